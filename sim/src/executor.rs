@@ -1,0 +1,187 @@
+//! Executors: what polls the rank tasks, and when model time advances.
+//!
+//! Both run every rank as one async task on one thread and advance model time only when no
+//! rank is runnable, so both are deterministic and give the same model time and the same
+//! numbers; they differ in the order runnable ranks are polled within one instant, which shows
+//! only in the trace digest.
+//!
+//! - `madsim`: madsim's executor polls ready tasks in a seeded random order, so each seed
+//!   explores another interleaving. A driver task sleeps on madsim's timer, which madsim fires
+//!   only when its ready queue is empty, then checks that every rank is parked and fires the
+//!   next model instant.
+//! - `fifo`: polls ranks first-in, first-out from a plain queue, with no per-poll bookkeeping;
+//!   for large runs where throughput matters more than exploring interleavings.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use crate::world::World;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Madsim,
+    Fifo,
+}
+
+impl ExecutorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Madsim => "madsim",
+            ExecutorKind::Fifo => "fifo",
+        }
+    }
+}
+
+/// Every unfinished rank waits and nothing in the model-time queue can wake any of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deadlock {
+    pub model_time_ns: u64,
+    pub stuck: Vec<String>,
+}
+
+/// Runs `task(rank)` for every rank of `world` to completion on `kind`. `seed` drives madsim's
+/// scheduling order.
+pub fn run_ranks<F, T>(
+    kind: ExecutorKind,
+    seed: u64,
+    world: &Rc<RefCell<World>>,
+    task: impl Fn(usize) -> F,
+) -> Result<Vec<T>, Deadlock>
+where
+    F: Future<Output = T> + 'static,
+    T: 'static,
+{
+    match kind {
+        ExecutorKind::Fifo => run_fifo(world, task),
+        ExecutorKind::Madsim => run_madsim(seed, world, task),
+    }
+}
+
+fn deadlock(world: &World) -> Deadlock {
+    Deadlock {
+        model_time_ns: world.now_ns(),
+        stuck: world.stuck_ranks(8),
+    }
+}
+
+/// Polls ranks first-in, first-out. Ranks are woken by the world listing them, so polling
+/// needs no wakers (a no-op one is passed) and no locks.
+fn run_fifo<F, T>(world: &Rc<RefCell<World>>, task: impl Fn(usize) -> F) -> Result<Vec<T>, Deadlock>
+where
+    F: Future<Output = T>,
+{
+    let rank_count = world.borrow().rank_count();
+    world.borrow_mut().list_woken_instead_of_waking();
+    if std::env::var_os("FAULTLINE_DEBUG_SIZES").is_some() {
+        eprintln!("task future: {} bytes", std::mem::size_of::<F>());
+    }
+    let mut tasks: Vec<Option<Pin<Box<F>>>> =
+        (0..rank_count).map(|r| Some(Box::pin(task(r)))).collect();
+    let mut outputs: Vec<Option<T>> = (0..rank_count).map(|_| None).collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut ready: Vec<u32> = (0..rank_count as u32).collect();
+    loop {
+        for &rank in &ready {
+            let rank = rank as usize;
+            let Some(future) = tasks[rank].as_mut() else {
+                continue;
+            };
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                outputs[rank] = Some(output);
+                tasks[rank] = None;
+                world.borrow_mut().mark_finished(rank);
+            }
+        }
+        let mut w = world.borrow_mut();
+        w.take_woken(&mut ready);
+        if !ready.is_empty() {
+            continue;
+        }
+        if w.all_finished() {
+            break;
+        }
+        if !w.advance() {
+            return Err(deadlock(&w));
+        }
+        w.take_woken(&mut ready);
+        // Poll in rank order: neighbouring ranks' futures and state sit side by side in memory.
+        ready.sort_unstable();
+    }
+    Ok(outputs
+        .into_iter()
+        .map(|o| o.expect("every rank finished"))
+        .collect())
+}
+
+#[cfg(madsim)]
+fn run_madsim<F, T>(
+    seed: u64,
+    world: &Rc<RefCell<World>>,
+    task: impl Fn(usize) -> F,
+) -> Result<Vec<T>, Deadlock>
+where
+    F: Future<Output = T> + 'static,
+    T: 'static,
+{
+    use std::time::Duration;
+    let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let rank_count = world.borrow().rank_count();
+    let outputs: Rc<RefCell<Vec<Option<T>>>> =
+        Rc::new(RefCell::new((0..rank_count).map(|_| None).collect()));
+    let driver_world = world.clone();
+    let driver_outputs = outputs.clone();
+    let tasks: Vec<F> = (0..rank_count).map(&task).collect();
+    let result = runtime.block_on(async move {
+        for (rank, future) in tasks.into_iter().enumerate() {
+            let world = driver_world.clone();
+            let outputs = driver_outputs.clone();
+            madsim::task::spawn_local(async move {
+                let output = future.await;
+                outputs.borrow_mut()[rank] = Some(output);
+                world.borrow_mut().mark_finished(rank);
+            });
+        }
+        loop {
+            // madsim fires this timer only once its ready queue has drained (or as its clock
+            // creeps during polls); the runnable count says which.
+            madsim::time::sleep(Duration::from_millis(1)).await;
+            let mut w = driver_world.borrow_mut();
+            if w.all_finished() {
+                return Ok(());
+            }
+            if w.runnable() > 0 {
+                continue;
+            }
+            if !w.advance() {
+                return Err(deadlock(&w));
+            }
+        }
+    });
+    result?;
+    let outputs = Rc::try_unwrap(outputs)
+        .ok()
+        .expect("tasks are done")
+        .into_inner();
+    Ok(outputs
+        .into_iter()
+        .map(|o| o.expect("every rank finished"))
+        .collect())
+}
+
+/// Without `--cfg madsim` madsim is only a tokio shim, so the seeded executor is unavailable;
+/// the caller asked for it, so say so rather than silently run another.
+#[cfg(not(madsim))]
+fn run_madsim<F, T>(
+    _seed: u64,
+    _world: &Rc<RefCell<World>>,
+    _task: impl Fn(usize) -> F,
+) -> Result<Vec<T>, Deadlock>
+where
+    F: Future<Output = T> + 'static,
+    T: 'static,
+{
+    panic!("this build has no madsim executor: build with RUSTFLAGS=\"--cfg madsim\" (the workspace's .cargo/config.toml does)")
+}

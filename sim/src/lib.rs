@@ -1,0 +1,14 @@
+//! faultline's simulated world: scenarios, topology, the model clock and fabric, executors, and
+//! the runs the `faultline` program offers. trainer-core's logic runs here unchanged through
+//! [`world::SimBackend`].
+
+pub mod executor;
+pub mod queue;
+pub mod run;
+pub mod scenario;
+pub mod topology;
+pub mod units;
+pub mod world;
+
+#[cfg(test)]
+mod tests;

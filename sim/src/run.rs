@@ -1,0 +1,349 @@
+//! Running things on the simulated cluster: a scenario's training job, or one collective.
+//! Each returns a report; the caller decides how to print it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::Serialize;
+use trainer_core::collectives::{Algo, Collective, Op};
+use trainer_core::job::{self, JobOutcome};
+use trainer_core::{Backend, CommError};
+
+use crate::executor::{run_ranks, Deadlock, ExecutorKind};
+use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
+use crate::topology::Topology;
+use crate::world::{SimBackend, World};
+
+/// Why a simulation could not produce a report.
+#[derive(Debug)]
+pub enum SimError {
+    Deadlock(Deadlock),
+    /// The requested executor is not in this build.
+    ExecutorUnavailable(String),
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimError::Deadlock(d) => {
+                write!(
+                    f,
+                    "deadlock at model time {} ns: {}",
+                    d.model_time_ns,
+                    d.stuck.join("; ")
+                )
+            }
+            SimError::ExecutorUnavailable(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+pub fn resolve_executor(choice: ExecutorChoice, gpus: usize) -> Result<ExecutorKind, SimError> {
+    let kind = match choice {
+        ExecutorChoice::Madsim => ExecutorKind::Madsim,
+        ExecutorChoice::Fifo => ExecutorKind::Fifo,
+        ExecutorChoice::Auto if gpus <= AUTO_MADSIM_MAX_GPUS && cfg!(madsim) => {
+            ExecutorKind::Madsim
+        }
+        ExecutorChoice::Auto => ExecutorKind::Fifo,
+    };
+    if kind == ExecutorKind::Madsim && !cfg!(madsim) {
+        return Err(SimError::ExecutorUnavailable(
+            "the madsim executor needs a build with --cfg madsim (the workspace's \
+             .cargo/config.toml sets it; a RUSTFLAGS variable replaces it)"
+                .into(),
+        ));
+    }
+    Ok(kind)
+}
+
+/// The result of running a scenario's training job.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub seed: u64,
+    pub executor: &'static str,
+    pub gpus: usize,
+    pub gpus_per_node: usize,
+    pub collective: &'static str,
+    pub steps_requested: u64,
+    pub steps_completed: u64,
+    pub model_time_ns: u64,
+    pub trace_digest: String,
+    pub param_digest: String,
+    pub final_loss: f32,
+    /// Mean loss at the first step, for seeing that training converges.
+    pub first_loss: f32,
+    /// True when every replica ended with the same parameters.
+    pub replicas_agree: bool,
+    pub messages: u64,
+    pub modelled_bytes: u64,
+    pub events_fired: u64,
+    /// Wall-clock milliseconds; the only field that differs between identical runs.
+    pub wall_ms: u64,
+}
+
+/// What one rank hands back: its outcome, and the loss of step 0 (rank 0 only).
+struct RankResult {
+    outcome: Result<JobOutcome, CommError>,
+    first_loss: f32,
+}
+
+pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
+    let started = wall_clock_start();
+    let kind = resolve_executor(scenario.run.executor, scenario.cluster.gpus)?;
+    let topology = Topology::new(&scenario.cluster, &scenario.fabric);
+    let world = Rc::new(RefCell::new(World::new(
+        topology,
+        scenario.gpu_achieved_flops_per_s,
+    )));
+    let config = scenario.job.clone();
+    let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
+        let backend = SimBackend::new(world.clone(), rank);
+        let config = config.clone();
+        async move {
+            let mut trainer = job::Trainer::new(config);
+            let mut first_loss = f32::NAN;
+            while trainer.step < trainer.config.steps {
+                match trainer.train_step(&backend).await {
+                    Ok(loss) if trainer.step == 1 => first_loss = loss,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return RankResult {
+                            outcome: Err(e),
+                            first_loss,
+                        }
+                    }
+                }
+            }
+            RankResult {
+                outcome: Ok(trainer.outcome()),
+                first_loss,
+            }
+        }
+    })
+    .map_err(SimError::Deadlock)?;
+    let world = world.borrow();
+    let stats = world.stats();
+    let rank0 = &results[0];
+    let outcome0 = rank0.outcome.as_ref().ok();
+    let replicas_agree = results.iter().all(|r| r.outcome.as_ref().ok() == outcome0);
+    Ok(RunReport {
+        scenario: scenario.name.clone(),
+        seed: scenario.run.seed,
+        executor: kind.name(),
+        gpus: scenario.cluster.gpus,
+        gpus_per_node: scenario.cluster.gpus_per_node,
+        collective: scenario.job.collective.algo.name(),
+        steps_requested: scenario.job.steps,
+        steps_completed: outcome0.map_or(0, |o| o.steps_completed),
+        model_time_ns: world.now_ns(),
+        trace_digest: hex(world.trace_digest()),
+        param_digest: hex(outcome0.map_or(0, |o| o.param_digest)),
+        final_loss: outcome0.map_or(f32::NAN, |o| o.final_loss),
+        first_loss: rank0.first_loss,
+        replicas_agree,
+        messages: stats.messages,
+        modelled_bytes: stats.modelled_bytes,
+        events_fired: stats.events_fired,
+        wall_ms: wall_ms_since(started),
+    })
+}
+
+pub fn hex(value: u64) -> String {
+    format!("{value:016x}")
+}
+
+/// One collective on a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct CollectiveSpec {
+    pub algo: Algo,
+    pub inter_node_algo: Algo,
+    pub op: Op,
+    pub gpus: usize,
+    pub gpus_per_node: usize,
+    pub elems: usize,
+    pub modelled_bytes: u64,
+    pub seed: u64,
+    pub executor: ExecutorKind,
+    /// The cluster and fabric to run on (its `gpus` and `gpus_per_node` are replaced).
+    pub base: Scenario,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CollectiveReport {
+    pub algo: &'static str,
+    pub op: &'static str,
+    pub gpus: usize,
+    pub gpus_per_node: usize,
+    pub elems: usize,
+    pub modelled_bytes: u64,
+    pub seed: u64,
+    pub executor: &'static str,
+    pub model_time_ns: u64,
+    pub messages: u64,
+    pub trace_digest: String,
+    pub instants: u64,
+    /// Every rank's result equals the exact reference.
+    pub exact: bool,
+    /// Ranks whose result differs from the reference (at most 8 listed).
+    pub mismatched_ranks: Vec<usize>,
+    pub wall_ms: u64,
+    #[serde(skip)]
+    pub rank0_result: Vec<f32>,
+}
+
+/// Rank `rank`'s input element `idx`: small integers, so every sum in any order is exact.
+pub fn collective_input(rank: usize, idx: usize) -> f32 {
+    ((rank * 7 + idx * 13) % 17) as f32 - 8.0
+}
+
+pub fn run_collective(spec: &CollectiveSpec) -> Result<CollectiveReport, SimError> {
+    let started = wall_clock_start();
+    let mut cluster = spec.base.cluster.clone();
+    cluster.gpus = spec.gpus;
+    cluster.gpus_per_node = spec.gpus_per_node;
+    cluster.clusters = cluster.clusters.min(spec.gpus.div_ceil(spec.gpus_per_node));
+    let topology = Topology::new(&cluster, &spec.base.fabric);
+    let world = Rc::new(RefCell::new(World::new(
+        topology,
+        spec.base.gpu_achieved_flops_per_s,
+    )));
+    let collective = Collective::with_inter_node(spec.algo, spec.inter_node_algo);
+    let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
+    let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
+    let results = run_ranks(spec.executor, spec.seed, &world, |rank| {
+        let backend = SimBackend::new(world.clone(), rank);
+        async move {
+            let mut data: Vec<f32> = (0..elems).map(|i| collective_input(rank, i)).collect();
+            let world_group = backend.placement().world();
+            let result = collective
+                .run(&backend, &world_group, op, 0, &mut data, bytes)
+                .await;
+            result.map(|()| data)
+        }
+    })
+    .map_err(SimError::Deadlock)?;
+    let reference = Reference::new(&collective, &placement, op, elems);
+    let mut mismatched = Vec::new();
+    for (rank, result) in results.iter().enumerate() {
+        let ok = result
+            .as_ref()
+            .is_ok_and(|data| reference.matches(rank, data));
+        if !ok && mismatched.len() < 8 {
+            mismatched.push(rank);
+        }
+    }
+    let world = world.borrow();
+    Ok(CollectiveReport {
+        algo: spec.algo.name(),
+        op: op.name(),
+        gpus: spec.gpus,
+        gpus_per_node: spec.gpus_per_node,
+        elems,
+        modelled_bytes: bytes,
+        seed: spec.seed,
+        executor: spec.executor.name(),
+        model_time_ns: world.now_ns(),
+        messages: world.stats().messages,
+        trace_digest: hex(world.trace_digest()),
+        instants: world.stats().instants,
+        exact: mismatched.is_empty(),
+        mismatched_ranks: mismatched,
+        wall_ms: wall_ms_since(started),
+        rank0_result: results
+            .into_iter()
+            .next()
+            .and_then(|r| r.ok())
+            .unwrap_or_default(),
+    })
+}
+
+/// The exact expected result of a collective on [`collective_input`], computed once for all
+/// ranks with integer arithmetic so that it is exact whatever order the algorithm summed in.
+pub struct Reference {
+    op: Op,
+    /// All-reduce and reduce-scatter: the sums. All-gather: the gathered buffer.
+    expected: Vec<f32>,
+    /// Reduce-scatter: the spans each rank must hold.
+    owned: Vec<Vec<trainer_core::Span>>,
+}
+
+impl Reference {
+    pub fn new(
+        collective: &Collective,
+        placement: &trainer_core::Placement,
+        op: Op,
+        elems: usize,
+    ) -> Reference {
+        let world = placement.world_size;
+        let group = placement.world();
+        let owned_by = |rank: usize| collective.owned_spans(placement, &group, rank, elems, 0);
+        let sums = || -> Vec<f32> {
+            let mut sums = vec![0i64; elems];
+            for rank in 0..world {
+                for (idx, sum) in sums.iter_mut().enumerate() {
+                    *sum += collective_input(rank, idx) as i64;
+                }
+            }
+            sums.into_iter().map(|s| s as f32).collect()
+        };
+        let (expected, owned) = match op {
+            Op::AllReduce => (sums(), Vec::new()),
+            Op::ReduceScatter => (sums(), (0..world).map(owned_by).collect()),
+            // Each rank contributes its own input on the spans it owns; the result is, at
+            // every index, the input of the rank that owns that index.
+            Op::AllGather => {
+                let mut gathered = vec![f32::NAN; elems];
+                for owner in 0..world {
+                    for span in owned_by(owner) {
+                        for idx in span.elems {
+                            gathered[idx] = collective_input(owner, idx);
+                        }
+                    }
+                }
+                (gathered, Vec::new())
+            }
+            Op::Broadcast { root_idx } => (
+                (0..elems).map(|i| collective_input(root_idx, i)).collect(),
+                Vec::new(),
+            ),
+            Op::Barrier => (Vec::new(), Vec::new()),
+        };
+        Reference {
+            op,
+            expected,
+            owned,
+        }
+    }
+
+    /// Whether `rank`'s result is exactly right, bit for bit.
+    pub fn matches(&self, rank: usize, data: &[f32]) -> bool {
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits();
+        match self.op {
+            Op::AllReduce | Op::AllGather | Op::Broadcast { .. } => {
+                data.len() == self.expected.len()
+                    && data.iter().zip(&self.expected).all(|(d, e)| same(*d, *e))
+            }
+            Op::ReduceScatter => self.owned[rank]
+                .iter()
+                .all(|span| span.elems.clone().all(|i| same(data[i], self.expected[i]))),
+            Op::Barrier => data
+                .iter()
+                .enumerate()
+                .all(|(i, d)| same(*d, collective_input(rank, i))),
+        }
+    }
+}
+
+/// Wall time is read here and nowhere in simulated logic; it only feeds `wall_ms`.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock_start() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn wall_ms_since(start: std::time::Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}

@@ -1,0 +1,667 @@
+//! Scenario files: TOML, validated on load into typed settings. Every error names the file (or
+//! the `--set` that caused it), the line and column, the dotted key, and what would be accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use trainer_core::collectives::{Algo, Collective};
+use trainer_core::job::JobConfig;
+
+use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
+
+/// Which executor runs the ranks. See `executor.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorChoice {
+    /// madsim up to [`AUTO_MADSIM_MAX_GPUS`] GPUs, first-in-first-out above.
+    Auto,
+    Madsim,
+    Fifo,
+}
+
+/// Above this many GPUs `auto` picks the first-in-first-out executor, which keeps cache
+/// locality at 100,000 tasks; below it madsim explores a seeded interleaving per seed.
+pub const AUTO_MADSIM_MAX_GPUS: usize = 16_384;
+
+/// The most virtual GPUs a scenario may ask for.
+pub const MAX_GPUS: usize = 1_000_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    pub gpus: usize,
+    pub gpus_per_node: usize,
+    /// Nodes whose rail-`j` NICs share one leaf switch (a scalable unit).
+    pub nodes_per_leaf: usize,
+    /// Leaf downlink bandwidth over uplink bandwidth; 1.0 is a non-blocking fat tree.
+    pub oversubscription: f64,
+    /// Clusters joined by inter-cluster links; nodes are split evenly between them.
+    pub clusters: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FabricConfig {
+    pub nvlink_bandwidth_bytes_per_s: f64,
+    pub nvlink_latency_ns: u64,
+    pub nic_bandwidth_bytes_per_s: f64,
+    pub nic_latency_ns: u64,
+    pub switch_link_bandwidth_bytes_per_s: f64,
+    pub switch_latency_ns: u64,
+    pub inter_cluster_bandwidth_bytes_per_s: f64,
+    pub inter_cluster_latency_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub executor: ExecutorChoice,
+}
+
+/// A loaded, validated scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The file stem, e.g. `quickstart`.
+    pub name: String,
+    pub description: String,
+    /// Whether the scenario is small enough for the CI snapshot test.
+    pub ci: bool,
+    pub cluster: ClusterConfig,
+    pub fabric: FabricConfig,
+    pub job: JobConfig,
+    /// Peak FLOP rate times model FLOP utilisation: what modelled compute is charged at.
+    pub gpu_achieved_flops_per_s: f64,
+    pub run: RunConfig,
+}
+
+impl Scenario {
+    pub fn placement(&self) -> trainer_core::Placement {
+        trainer_core::Placement::new(self.cluster.gpus, self.cluster.gpus_per_node)
+    }
+}
+
+/// A scenario that could not be loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScenarioError {
+    /// The file, or `--set KEY=VALUE` when an override caused it.
+    pub origin: String,
+    /// 1-based line and column, where known.
+    pub line_col: Option<(usize, usize)>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some((line, col)) = self.line_col {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Loads `path` and applies `overrides` (`key=value`, the value in TOML syntax, or a bare
+/// string).
+pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, ScenarioError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        origin: origin.clone(),
+        line_col: None,
+        key: None,
+        message: format!("cannot read the scenario file: {e}"),
+    })?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    load_str(&name, &origin, &text, overrides)
+}
+
+/// Loads a scenario from text; `origin` names it in errors.
+pub fn load_str(
+    name: &str,
+    origin: &str,
+    text: &str,
+    overrides: &[String],
+) -> Result<Scenario, ScenarioError> {
+    let source = Source::parse(origin, text)?;
+    // First pass on the text as written, so that type errors and unknown keys carry positions.
+    let raw: RawScenario = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
+    let raw = if overrides.is_empty() {
+        raw
+    } else {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
+        let mut set_keys = BTreeMap::new();
+        for item in overrides {
+            let (key, value) = parse_override(item)?;
+            set_value(&mut table, &key, value).map_err(|message| ScenarioError {
+                origin: format!("--set {item}"),
+                line_col: None,
+                key: Some(key.clone()),
+                message,
+            })?;
+            set_keys.insert(key, item.clone());
+        }
+        let raw =
+            RawScenario::deserialize(toml::Value::Table(table)).map_err(|e| ScenarioError {
+                origin: format!("--set {}", overrides.join(" --set ")),
+                line_col: None,
+                key: None,
+                message: e.message().to_string(),
+            })?;
+        return validate(
+            name,
+            raw,
+            &Source {
+                overrides: set_keys,
+                ..source
+            },
+        );
+    };
+    validate(name, raw, &source)
+}
+
+fn parse_override(item: &str) -> Result<(String, toml::Value), ScenarioError> {
+    let Some((key, value)) = item.split_once('=') else {
+        return Err(ScenarioError {
+            origin: format!("--set {item}"),
+            line_col: None,
+            key: None,
+            message: "expected KEY=VALUE, e.g. --set cluster.gpus=12345".into(),
+        });
+    };
+    let key = key.trim().to_string();
+    let value = value.trim();
+    // A value is TOML (`12345`, `1.5`, `true`, `"x"`), or else a bare string (`10min`).
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    Ok((key, parsed))
+}
+
+fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or("an empty key")?;
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// The scenario text with positions of its keys, for error messages.
+struct Source {
+    origin: String,
+    text: String,
+    doc: toml_edit::ImDocument<String>,
+    /// Keys set on the command line, and the `--set` that set each.
+    overrides: BTreeMap<String, String>,
+}
+
+impl Source {
+    fn parse(origin: &str, text: &str) -> Result<Source, ScenarioError> {
+        let doc = toml_edit::ImDocument::parse(text.to_string()).map_err(|e| ScenarioError {
+            origin: origin.to_string(),
+            line_col: e.span().map(|s| line_col(text, s.start)),
+            key: None,
+            message: format!("malformed TOML: {}", e.message()),
+        })?;
+        Ok(Source {
+            origin: origin.into(),
+            text: text.into(),
+            doc,
+            overrides: BTreeMap::new(),
+        })
+    }
+
+    fn serde_error(&self, error: &toml::de::Error) -> ScenarioError {
+        let span = error.span();
+        ScenarioError {
+            origin: self.origin.clone(),
+            line_col: span.clone().map(|s| line_col(&self.text, s.start)),
+            key: span.and_then(|s| self.key_at(&s)),
+            message: error.message().trim().to_string(),
+        }
+    }
+
+    /// An error about `key`, located where the key is set.
+    fn error(&self, key: &str, message: impl Into<String>) -> ScenarioError {
+        if let Some(item) = self.overrides.get(key) {
+            return ScenarioError {
+                origin: format!("--set {item}"),
+                line_col: None,
+                key: Some(key.into()),
+                message: message.into(),
+            };
+        }
+        let span = self.span_of(key);
+        ScenarioError {
+            origin: self.origin.clone(),
+            line_col: span.map(|s| line_col(&self.text, s.start)),
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    /// Where `key` (dotted) is written, or where its table is, or nothing.
+    fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        let mut item = self.doc.as_item();
+        let mut best = None;
+        for part in key.split('.') {
+            item = item.get(part)?;
+            best = item.span().or(best);
+        }
+        best
+    }
+
+    /// The dotted key whose value contains `span`.
+    fn key_at(&self, span: &Range<usize>) -> Option<String> {
+        fn walk(table: &dyn toml_edit::TableLike, prefix: &str, at: usize) -> Option<String> {
+            for (key, item) in table.iter() {
+                let path = if prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let key_span = table.key(key).and_then(|k| k.span());
+                let hit = |s: Option<Range<usize>>| {
+                    s.is_some_and(|s| s.start <= at && at < s.end.max(s.start + 1))
+                };
+                if let Some(inner) = item.as_table_like() {
+                    if let Some(found) = walk(inner, &path, at) {
+                        return Some(found);
+                    }
+                }
+                if hit(item.span()) || hit(key_span) {
+                    return Some(path);
+                }
+            }
+            None
+        }
+        walk(self.doc.as_table(), "", span.start)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+// The file format, as written. Defaults are those of a current H100 cluster.
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default)]
+    scenario: RawMeta,
+    cluster: RawCluster,
+    #[serde(default)]
+    fabric: RawFabric,
+    job: RawJob,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    #[serde(default)]
+    description: String,
+    /// Small enough for CI's snapshot test.
+    #[serde(default = "yes")]
+    ci: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    gpus: i64,
+    #[serde(default = "default_gpus_per_node")]
+    gpus_per_node: i64,
+    #[serde(default = "default_nodes_per_leaf")]
+    nodes_per_leaf: i64,
+    #[serde(default = "one_f64")]
+    oversubscription: f64,
+    #[serde(default = "one_i64")]
+    clusters: i64,
+}
+
+fn default_gpus_per_node() -> i64 {
+    8
+}
+fn default_nodes_per_leaf() -> i64 {
+    32
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn one_i64() -> i64 {
+    1
+}
+
+/// H100 defaults: NVLink 4 at 450 GB/s per direction per GPU through NVSwitch; one ConnectX-7
+/// 400 Gb/s NIC per GPU; 400 Gb/s switch ports.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawFabric {
+    nvlink_bandwidth: String,
+    nvlink_latency: String,
+    nic_bandwidth: String,
+    nic_latency: String,
+    switch_link_bandwidth: String,
+    switch_latency: String,
+    inter_cluster_bandwidth: String,
+    inter_cluster_latency: String,
+}
+
+impl Default for RawFabric {
+    fn default() -> Self {
+        RawFabric {
+            nvlink_bandwidth: "450GB/s".into(),
+            nvlink_latency: "1us".into(),
+            nic_bandwidth: "400Gb/s".into(),
+            nic_latency: "1500ns".into(),
+            switch_link_bandwidth: "400Gb/s".into(),
+            switch_latency: "500ns".into(),
+            inter_cluster_bandwidth: "25.6Tb/s".into(),
+            inter_cluster_latency: "10us".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    steps: i64,
+    #[serde(default = "default_collective")]
+    collective: String,
+    #[serde(default = "default_inter_node_collective")]
+    inter_node_collective: String,
+    #[serde(default = "default_proxy_elems")]
+    proxy_elems: i64,
+    #[serde(default = "default_batch")]
+    batch_per_rank: i64,
+    #[serde(default = "default_learning_rate")]
+    learning_rate: f64,
+    #[serde(default = "default_data_seed")]
+    data_seed: i64,
+    /// Parameters of the full-size model the proxy stands for.
+    #[serde(default = "default_model_params")]
+    model_params: f64,
+    #[serde(default = "default_grad_bytes_per_param")]
+    grad_bytes_per_param: f64,
+    #[serde(default = "default_tokens")]
+    tokens_per_gpu_per_step: f64,
+    #[serde(default = "default_peak_tflops")]
+    gpu_peak_tflops: f64,
+    #[serde(default = "default_mfu")]
+    mfu: f64,
+    #[serde(default = "default_optimizer_flops_per_param")]
+    optimizer_flops_per_param: f64,
+}
+
+fn default_collective() -> String {
+    "hierarchical".into()
+}
+fn default_inter_node_collective() -> String {
+    "halving-doubling".into()
+}
+fn default_proxy_elems() -> i64 {
+    256
+}
+fn default_batch() -> i64 {
+    4
+}
+fn default_learning_rate() -> f64 {
+    0.3
+}
+fn default_data_seed() -> i64 {
+    0x5eed
+}
+fn default_model_params() -> f64 {
+    8e9
+}
+fn default_grad_bytes_per_param() -> f64 {
+    2.0
+}
+fn default_tokens() -> f64 {
+    4096.0
+}
+/// H100 SXM dense BF16.
+fn default_peak_tflops() -> f64 {
+    989.0
+}
+fn default_mfu() -> f64 {
+    0.4
+}
+fn default_optimizer_flops_per_param() -> f64 {
+    10.0
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    #[serde(default = "one_i64")]
+    seed: i64,
+    #[serde(default = "default_executor")]
+    executor: String,
+}
+
+impl Default for RawRun {
+    fn default() -> Self {
+        RawRun {
+            seed: 1,
+            executor: default_executor(),
+        }
+    }
+}
+
+fn default_executor() -> String {
+    "auto".into()
+}
+
+fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, ScenarioError> {
+    let c = &raw.cluster;
+    let gpus = in_range(src, "cluster.gpus", c.gpus, 1, MAX_GPUS as i64)?;
+    let gpus_per_node = in_range(src, "cluster.gpus_per_node", c.gpus_per_node, 1, 256)?;
+    if gpus_per_node > gpus {
+        return Err(src.error(
+            "cluster.gpus_per_node",
+            format!("{gpus_per_node} GPUs per node is more than the {gpus} GPUs of the cluster"),
+        ));
+    }
+    let nodes = gpus.div_ceil(gpus_per_node);
+    let nodes_per_leaf = in_range(src, "cluster.nodes_per_leaf", c.nodes_per_leaf, 1, 4096)?;
+    if !(c.oversubscription.is_finite() && (1.0..=64.0).contains(&c.oversubscription)) {
+        return Err(src.error(
+            "cluster.oversubscription",
+            format!(
+                "expected a ratio from 1.0 (non-blocking) to 64.0, got {}",
+                c.oversubscription
+            ),
+        ));
+    }
+    let clusters = in_range(src, "cluster.clusters", c.clusters, 1, nodes as i64)?;
+    let cluster = ClusterConfig {
+        gpus,
+        gpus_per_node,
+        nodes_per_leaf,
+        oversubscription: c.oversubscription,
+        clusters,
+    };
+
+    let f = &raw.fabric;
+    let bandwidth = |key: &str, text: &str| {
+        parse_bandwidth_bytes_per_s(text)
+            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    let duration = |key: &str, text: &str| {
+        parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    let fabric = FabricConfig {
+        nvlink_bandwidth_bytes_per_s: bandwidth("fabric.nvlink_bandwidth", &f.nvlink_bandwidth)?,
+        nvlink_latency_ns: duration("fabric.nvlink_latency", &f.nvlink_latency)?,
+        nic_bandwidth_bytes_per_s: bandwidth("fabric.nic_bandwidth", &f.nic_bandwidth)?,
+        nic_latency_ns: duration("fabric.nic_latency", &f.nic_latency)?,
+        switch_link_bandwidth_bytes_per_s: bandwidth(
+            "fabric.switch_link_bandwidth",
+            &f.switch_link_bandwidth,
+        )?,
+        switch_latency_ns: duration("fabric.switch_latency", &f.switch_latency)?,
+        inter_cluster_bandwidth_bytes_per_s: bandwidth(
+            "fabric.inter_cluster_bandwidth",
+            &f.inter_cluster_bandwidth,
+        )?,
+        inter_cluster_latency_ns: duration(
+            "fabric.inter_cluster_latency",
+            &f.inter_cluster_latency,
+        )?,
+    };
+
+    let j = &raw.job;
+    let algo = |key: &str, text: &str| {
+        Algo::from_name(text).ok_or_else(|| {
+            src.error(
+                key,
+                format!(
+                    "unknown algorithm {text:?}; expected one of \"ring\", \"tree\", \
+                     \"halving-doubling\", \"hierarchical\""
+                ),
+            )
+        })
+    };
+    let collective = algo("job.collective", &j.collective)?;
+    let inter = algo("job.inter_node_collective", &j.inter_node_collective)?;
+    if inter == Algo::Hierarchical {
+        return Err(src.error(
+            "job.inter_node_collective",
+            "the algorithm across nodes cannot itself be hierarchical; expected \"ring\", \
+             \"tree\" or \"halving-doubling\"",
+        ));
+    }
+    let steps = in_range(src, "job.steps", j.steps, 1, 10_000_000)? as u64;
+    let proxy_elems = in_range(src, "job.proxy_elems", j.proxy_elems, 1, 1 << 20)?;
+    let batch_per_rank = in_range(src, "job.batch_per_rank", j.batch_per_rank, 1, 4096)?;
+    positive(src, "job.learning_rate", j.learning_rate, 10.0)?;
+    positive(src, "job.model_params", j.model_params, 1e15)?;
+    positive(
+        src,
+        "job.grad_bytes_per_param",
+        j.grad_bytes_per_param,
+        16.0,
+    )?;
+    positive(
+        src,
+        "job.tokens_per_gpu_per_step",
+        j.tokens_per_gpu_per_step,
+        1e9,
+    )?;
+    positive(src, "job.gpu_peak_tflops", j.gpu_peak_tflops, 1e6)?;
+    positive(src, "job.mfu", j.mfu, 1.0)?;
+    positive(
+        src,
+        "job.optimizer_flops_per_param",
+        j.optimizer_flops_per_param,
+        1e6,
+    )?;
+    let job = JobConfig {
+        steps,
+        collective: Collective::with_inter_node(collective, inter),
+        proxy_elems,
+        batch_per_rank,
+        learning_rate: j.learning_rate as f32,
+        data_seed: j.data_seed as u64,
+        modelled_grad_bytes: (j.model_params * j.grad_bytes_per_param).round() as u64,
+        // Forward and backward of a dense transformer: about 6 FLOPs per parameter per token.
+        modelled_step_flops: 6.0 * j.model_params * j.tokens_per_gpu_per_step,
+        modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
+    };
+    let run = RunConfig {
+        seed: j_seed(src, raw.run.seed)?,
+        executor: match raw.run.executor.as_str() {
+            "auto" => ExecutorChoice::Auto,
+            "madsim" => ExecutorChoice::Madsim,
+            "fifo" => ExecutorChoice::Fifo,
+            other => {
+                return Err(src.error(
+                    "run.executor",
+                    format!(
+                        "unknown executor {other:?}; expected \"auto\", \"madsim\" or \"fifo\""
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(Scenario {
+        name: name.to_string(),
+        description: raw.scenario.description,
+        ci: raw.scenario.ci,
+        cluster,
+        fabric,
+        job,
+        gpu_achieved_flops_per_s: j.gpu_peak_tflops * 1e12 * j.mfu,
+        run,
+    })
+}
+
+fn j_seed(src: &Source, seed: i64) -> Result<u64, ScenarioError> {
+    if seed < 0 {
+        return Err(src.error(
+            "run.seed",
+            format!("expected a seed of 0 or more, got {seed}"),
+        ));
+    }
+    Ok(seed as u64)
+}
+
+fn in_range(
+    src: &Source,
+    key: &str,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Result<usize, ScenarioError> {
+    if value < min || value > max {
+        return Err(src.error(
+            key,
+            format!("expected an integer from {min} to {max}, got {value}"),
+        ));
+    }
+    Ok(value as usize)
+}
+
+fn positive(src: &Source, key: &str, value: f64, max: f64) -> Result<(), ScenarioError> {
+    if !(value.is_finite() && value > 0.0 && value <= max) {
+        return Err(src.error(
+            key,
+            format!("expected a number above 0 and at most {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+use crate::scenario::load_str;
+
+const MINIMAL: &str = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
+
+#[test]
+fn a_minimal_scenario_gets_h100_defaults() {
+    let s = load_str("t", "t.toml", MINIMAL, &[]).unwrap();
+    assert_eq!(s.cluster.gpus_per_node, 8);
+    assert_eq!(s.fabric.nic_bandwidth_bytes_per_s, 50e9);
+    assert_eq!(s.fabric.nvlink_bandwidth_bytes_per_s, 450e9);
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let text = "[cluster]\ngpus = 16\ngpus_per_node = 32\n[job]\nsteps = 2\n";
+    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col, Some((3, 17)));
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus_per_node"));
+    assert!(
+        e.to_string()
+            .starts_with("bad.toml:3:17: cluster.gpus_per_node:"),
+        "{e}"
+    );
+
+    let text = "[cluster]\ngpus = \"many\"\n[job]\nsteps = 2\n";
+    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col.map(|l| l.0), Some(2));
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus"), "{e}");
+
+    let text = "[cluster]\ngpus = 16\ngpu_per_node = 8\n[job]\nsteps = 2\n";
+    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col.map(|l| l.0), Some(3));
+    assert!(e.message.contains("gpu_per_node"), "{e}");
+
+    let e = load_str("t", "bad.toml", "[cluster\ngpus = 1", &[]).unwrap_err();
+    assert!(e.message.contains("malformed TOML"), "{e}");
+}
+
+#[test]
+fn overrides_replace_keys_and_are_named_in_errors() {
+    let s = load_str(
+        "t",
+        "t.toml",
+        MINIMAL,
+        &["cluster.gpus=24".into(), "fabric.nic_latency=2us".into()],
+    )
+    .unwrap();
+    assert_eq!(s.cluster.gpus, 24);
+    assert_eq!(s.fabric.nic_latency_ns, 2000);
+    let e = load_str("t", "t.toml", MINIMAL, &["cluster.gpus=0".into()]).unwrap_err();
+    assert_eq!(e.origin, "--set cluster.gpus=0");
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus"));
+}
+
+/// Every arithmetic route is a shortest path of the petgraph view: the same number of switch
+/// hops as a breadth-first search finds, on clusters with partial nodes and several clusters.
+#[test]
+fn routes_are_shortest_paths_of_the_graph() {
+    use crate::topology::{Topology, Vertex};
+    use petgraph::visit::Bfs;
+    for sets in [
+        vec!["cluster.gpus=44", "cluster.nodes_per_leaf=2"],
+        vec![
+            "cluster.gpus=60",
+            "cluster.nodes_per_leaf=2",
+            "cluster.clusters=2",
+            "cluster.oversubscription=2.0",
+        ],
+    ] {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let s = load_str("t", "t.toml", MINIMAL, &sets).unwrap();
+        let topo = Topology::new(&s.cluster, &s.fabric);
+        let view = topo.graph();
+        for src in 0..topo.gpu_count() {
+            // Hop counts from `src` to every vertex.
+            let mut depth = vec![usize::MAX; view.graph.node_count()];
+            depth[view.gpus[src].index()] = 0;
+            let mut bfs = Bfs::new(&view.graph, view.gpus[src]);
+            while let Some(v) = bfs.next(&view.graph) {
+                for n in view.graph.neighbors(v) {
+                    if depth[n.index()] == usize::MAX {
+                        depth[n.index()] = depth[v.index()] + 1;
+                    }
+                }
+            }
+            for dst in 0..topo.gpu_count() {
+                let route = topo.route(src, dst);
+                let graph_hops = depth[view.gpus[dst].index()];
+                // The arithmetic view folds GPU-NIC-leaf into one link each way.
+                let same_node = src / s.cluster.gpus_per_node == dst / s.cluster.gpus_per_node;
+                let expected = if src == dst {
+                    0
+                } else if same_node {
+                    2
+                } else {
+                    graph_hops - 2
+                };
+                assert_eq!(route.links().len(), expected, "{src} -> {dst}");
+                for &link in route.links() {
+                    assert!((link as usize) < topo.link_count());
+                }
+                // The same pair always takes the same spine.
+                assert_eq!(topo.route(src, dst), route);
+            }
+        }
+        assert!(matches!(view.graph[view.gpus[0]], Vertex::Gpu(0)));
+    }
+}
+
+#[test]
+fn contention_serialises_transfers_on_a_shared_link() {
+    use crate::world::{SimBackend, World};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use trainer_core::{Backend, Tag};
+    let s = load_str("t", "t.toml", MINIMAL, &[]).unwrap();
+    // Ranks 0 and 1 each send 50 GB to rank 8 (another node): both cross rank 8's NIC, so the
+    // second arrives one serialisation time (1 s at 50 GB/s) after the first.
+    let topo = crate::topology::Topology::new(&s.cluster, &s.fabric);
+    let world = Rc::new(RefCell::new(World::new(topo, 1e15)));
+    let arrivals =
+        crate::executor::run_ranks(crate::executor::ExecutorKind::Fifo, 1, &world, |rank| {
+            let b = SimBackend::new(world.clone(), rank);
+            async move {
+                let tag = Tag::new(0, 0, 0);
+                if rank < 2 {
+                    b.send(
+                        8,
+                        tag,
+                        trainer_core::Payload::new(vec![1.0], 50_000_000_000),
+                    )
+                    .await
+                    .unwrap();
+                } else if rank == 8 {
+                    let mut times = Vec::new();
+                    for from in 0..2 {
+                        b.recv(from, tag).await.unwrap();
+                        times.push(b.now_ns());
+                    }
+                    return times;
+                }
+                Vec::new()
+            }
+        })
+        .unwrap();
+    let times = &arrivals[8];
+    let gap = times[0].abs_diff(times[1]);
+    assert!((999_000_000..=1_001_000_000).contains(&gap), "{times:?}");
+}

@@ -1,0 +1,345 @@
+//! The cluster's shape: GPUs on nodes behind an NVSwitch, one NIC per GPU wired rail-optimised
+//! to leaf switches (local GPU `j` of every node in a scalable unit shares the rail-`j` leaf),
+//! leaves to spines with a configurable oversubscription, and optionally several clusters
+//! joined through a core.
+//!
+//! Two views of one shape. Routing on the hot path is arithmetic over numbered directed links
+//! (`route`), O(1) per message at 100,000 GPUs. The petgraph view (`graph`) is built on demand
+//! for the `topo` summary, Graphviz output and the tests that check every arithmetic route is a
+//! shortest path of the graph.
+
+use petgraph::graph::{NodeIndex, UnGraph};
+
+use crate::scenario::{ClusterConfig, FabricConfig};
+use trainer_core::digest::mix64;
+
+/// Index of a directed link in [`Topology::links`].
+pub type LinkId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LinkKind {
+    /// GPU to NVSwitch or back.
+    NvLink,
+    /// GPU's NIC to its leaf switch or back.
+    Nic,
+    /// Leaf to spine or back.
+    LeafSpine,
+    /// A cluster's spines to the core or back.
+    InterCluster,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinkSpec {
+    pub kind: LinkKind,
+    pub bandwidth_bytes_per_s: f64,
+    pub latency_ns: u64,
+}
+
+/// A path: up to six directed links.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    links: [LinkId; 6],
+    len: u8,
+}
+
+impl Route {
+    fn push(&mut self, link: LinkId) {
+        self.links[self.len as usize] = link;
+        self.len += 1;
+    }
+
+    pub fn links(&self) -> &[LinkId] {
+        &self.links[..self.len as usize]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub cluster: ClusterConfig,
+    pub fabric: FabricConfig,
+    node_count: usize,
+    nodes_per_cluster: usize,
+    /// Scalable units (groups of `nodes_per_leaf` nodes) per cluster.
+    units_per_cluster: usize,
+    /// Uplinks per leaf, one to each spine of its cluster.
+    uplinks_per_leaf: usize,
+    leaf_count: usize,
+    /// First link id of each block.
+    leaf_link_base: u32,
+    cluster_link_base: u32,
+    link_count: u32,
+}
+
+impl Topology {
+    pub fn new(cluster: &ClusterConfig, fabric: &FabricConfig) -> Topology {
+        let gpus_per_node = cluster.gpus_per_node;
+        let node_count = cluster.gpus.div_ceil(gpus_per_node);
+        let nodes_per_cluster = node_count.div_ceil(cluster.clusters);
+        let units_per_cluster = nodes_per_cluster.div_ceil(cluster.nodes_per_leaf);
+        let downlinks = cluster.nodes_per_leaf.min(nodes_per_cluster);
+        let uplinks_per_leaf =
+            ((downlinks as f64 / cluster.oversubscription).ceil() as usize).max(1);
+        let leaf_count = cluster.clusters * units_per_cluster * gpus_per_node;
+        let leaf_link_base = 4 * cluster.gpus as u32;
+        let cluster_link_base = leaf_link_base + 2 * (leaf_count * uplinks_per_leaf) as u32;
+        let link_count = cluster_link_base + 2 * cluster.clusters as u32;
+        Topology {
+            cluster: cluster.clone(),
+            fabric: fabric.clone(),
+            node_count,
+            nodes_per_cluster,
+            units_per_cluster,
+            uplinks_per_leaf,
+            leaf_count,
+            leaf_link_base,
+            cluster_link_base,
+            link_count,
+        }
+    }
+
+    pub fn gpu_count(&self) -> usize {
+        self.cluster.gpus
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.node_count
+    }
+
+    pub fn leaf_count(&self) -> usize {
+        self.leaf_count
+    }
+
+    pub fn spine_count(&self) -> usize {
+        self.cluster.clusters * self.uplinks_per_leaf
+    }
+
+    pub fn link_count(&self) -> usize {
+        self.link_count as usize
+    }
+
+    fn node_of(&self, gpu: usize) -> usize {
+        gpu / self.cluster.gpus_per_node
+    }
+
+    fn cluster_of_node(&self, node: usize) -> usize {
+        node / self.nodes_per_cluster
+    }
+
+    /// The leaf switch that GPU `gpu`'s NIC plugs into.
+    pub fn leaf_of(&self, gpu: usize) -> usize {
+        let node = self.node_of(gpu);
+        let cluster = self.cluster_of_node(node);
+        let unit = (node % self.nodes_per_cluster) / self.cluster.nodes_per_leaf;
+        let rail = gpu % self.cluster.gpus_per_node;
+        (cluster * self.units_per_cluster + unit) * self.cluster.gpus_per_node + rail
+    }
+
+    fn nvlink_up(gpu: usize) -> LinkId {
+        4 * gpu as u32
+    }
+    fn nvlink_down(gpu: usize) -> LinkId {
+        4 * gpu as u32 + 1
+    }
+    fn nic_up(gpu: usize) -> LinkId {
+        4 * gpu as u32 + 2
+    }
+    fn nic_down(gpu: usize) -> LinkId {
+        4 * gpu as u32 + 3
+    }
+    fn leaf_up(&self, leaf: usize, spine: usize) -> LinkId {
+        self.leaf_link_base + 2 * (leaf * self.uplinks_per_leaf + spine) as u32
+    }
+    fn leaf_down(&self, leaf: usize, spine: usize) -> LinkId {
+        self.leaf_up(leaf, spine) + 1
+    }
+    fn cluster_up(&self, cluster: usize) -> LinkId {
+        self.cluster_link_base + 2 * cluster as u32
+    }
+    fn cluster_down(&self, cluster: usize) -> LinkId {
+        self.cluster_up(cluster) + 1
+    }
+
+    /// What link `link` is and how fast it is.
+    pub fn link_spec(&self, link: LinkId) -> LinkSpec {
+        let f = &self.fabric;
+        if link < self.leaf_link_base {
+            if link % 4 < 2 {
+                LinkSpec {
+                    kind: LinkKind::NvLink,
+                    bandwidth_bytes_per_s: f.nvlink_bandwidth_bytes_per_s,
+                    latency_ns: f.nvlink_latency_ns,
+                }
+            } else {
+                LinkSpec {
+                    kind: LinkKind::Nic,
+                    bandwidth_bytes_per_s: f.nic_bandwidth_bytes_per_s,
+                    latency_ns: f.nic_latency_ns,
+                }
+            }
+        } else if link < self.cluster_link_base {
+            LinkSpec {
+                kind: LinkKind::LeafSpine,
+                bandwidth_bytes_per_s: f.switch_link_bandwidth_bytes_per_s,
+                latency_ns: f.switch_latency_ns,
+            }
+        } else {
+            LinkSpec {
+                kind: LinkKind::InterCluster,
+                bandwidth_bytes_per_s: f.inter_cluster_bandwidth_bytes_per_s,
+                latency_ns: f.inter_cluster_latency_ns,
+            }
+        }
+    }
+
+    /// The spine a flow from `src` to `dst` crosses: a hash of the pair, so one flow keeps one
+    /// path (no reordering) and flows spread over the spines, as ECMP does.
+    fn ecmp_spine(&self, src: usize, dst: usize) -> usize {
+        (mix64(((src as u64) << 32) ^ dst as u64) % self.uplinks_per_leaf as u64) as usize
+    }
+
+    /// The directed links a message from GPU `src` to GPU `dst` crosses. Shortest path, with a
+    /// deterministic ECMP choice of spine.
+    pub fn route(&self, src: usize, dst: usize) -> Route {
+        let mut route = Route::default();
+        if src == dst {
+            return route;
+        }
+        let (src_node, dst_node) = (self.node_of(src), self.node_of(dst));
+        if src_node == dst_node {
+            route.push(Self::nvlink_up(src));
+            route.push(Self::nvlink_down(dst));
+            return route;
+        }
+        let (src_leaf, dst_leaf) = (self.leaf_of(src), self.leaf_of(dst));
+        route.push(Self::nic_up(src));
+        if src_leaf != dst_leaf {
+            let spine = self.ecmp_spine(src, dst);
+            route.push(self.leaf_up(src_leaf, spine));
+            let (src_cluster, dst_cluster) = (
+                self.cluster_of_node(src_node),
+                self.cluster_of_node(dst_node),
+            );
+            if src_cluster != dst_cluster {
+                route.push(self.cluster_up(src_cluster));
+                route.push(self.cluster_down(dst_cluster));
+            }
+            route.push(self.leaf_down(dst_leaf, spine));
+        }
+        route.push(Self::nic_down(dst));
+        route
+    }
+
+    /// Bisection bandwidth of the Clos: the least of what the NICs, the leaf uplinks and the
+    /// inter-cluster links can carry across a cut through the middle, per direction.
+    pub fn bisection_bandwidth_bytes_per_s(&self) -> f64 {
+        let f = &self.fabric;
+        let nics = self.cluster.gpus as f64 * f.nic_bandwidth_bytes_per_s / 2.0;
+        let uplinks = (self.leaf_count * self.uplinks_per_leaf) as f64
+            * f.switch_link_bandwidth_bytes_per_s
+            / 2.0;
+        let mut bisection = nics.min(uplinks);
+        if self.cluster.clusters > 1 {
+            let core = self.cluster.clusters as f64 * f.inter_cluster_bandwidth_bytes_per_s / 2.0;
+            bisection = bisection.min(core);
+        }
+        bisection
+    }
+
+    /// The whole cluster as an undirected petgraph graph, one vertex per GPU, NIC, NVSwitch,
+    /// leaf, spine and core, one edge per full-duplex link.
+    pub fn graph(&self) -> TopologyGraph {
+        let mut graph = UnGraph::<Vertex, LinkKind>::new_undirected();
+        let gpus: Vec<NodeIndex> = (0..self.cluster.gpus)
+            .map(|g| graph.add_node(Vertex::Gpu(g)))
+            .collect();
+        let nvswitches: Vec<NodeIndex> = (0..self.node_count)
+            .map(|n| graph.add_node(Vertex::NvSwitch(n)))
+            .collect();
+        let leaves: Vec<NodeIndex> = (0..self.leaf_count)
+            .map(|l| graph.add_node(Vertex::Leaf(l)))
+            .collect();
+        let spines: Vec<NodeIndex> = (0..self.spine_count())
+            .map(|s| graph.add_node(Vertex::Spine(s)))
+            .collect();
+        for (gpu, &vertex) in gpus.iter().enumerate() {
+            graph.add_edge(vertex, nvswitches[self.node_of(gpu)], LinkKind::NvLink);
+            let nic = graph.add_node(Vertex::Nic(gpu));
+            graph.add_edge(vertex, nic, LinkKind::Nic);
+            graph.add_edge(nic, leaves[self.leaf_of(gpu)], LinkKind::Nic);
+        }
+        let leaves_per_cluster = self.units_per_cluster * self.cluster.gpus_per_node;
+        for (leaf, &vertex) in leaves.iter().enumerate() {
+            let cluster = leaf / leaves_per_cluster;
+            for spine in 0..self.uplinks_per_leaf {
+                let s = spines[cluster * self.uplinks_per_leaf + spine];
+                graph.add_edge(vertex, s, LinkKind::LeafSpine);
+            }
+        }
+        let mut core = None;
+        if self.cluster.clusters > 1 {
+            let c = graph.add_node(Vertex::Core);
+            for &s in &spines {
+                graph.add_edge(s, c, LinkKind::InterCluster);
+            }
+            core = Some(c);
+        }
+        TopologyGraph { graph, gpus, core }
+    }
+}
+
+/// One vertex of the petgraph view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vertex {
+    Gpu(usize),
+    Nic(usize),
+    NvSwitch(usize),
+    Leaf(usize),
+    Spine(usize),
+    Core,
+}
+
+pub struct TopologyGraph {
+    pub graph: UnGraph<Vertex, LinkKind>,
+    pub gpus: Vec<NodeIndex>,
+    pub core: Option<NodeIndex>,
+}
+
+impl TopologyGraph {
+    /// Graphviz text: switches as boxes, GPUs as ellipses, edges labelled by link kind.
+    pub fn to_dot(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from("graph cluster {\n  node [fontsize=10];\n");
+        for idx in self.graph.node_indices() {
+            let (label, shape) = match self.graph[idx] {
+                Vertex::Gpu(g) => (format!("gpu{g}"), "ellipse"),
+                Vertex::Nic(g) => (format!("nic{g}"), "point"),
+                Vertex::NvSwitch(n) => (format!("nvswitch{n}"), "box"),
+                Vertex::Leaf(l) => (format!("leaf{l}"), "box"),
+                Vertex::Spine(s) => (format!("spine{s}"), "box"),
+                Vertex::Core => ("core".to_string(), "doubleoctagon"),
+            };
+            let _ = writeln!(
+                out,
+                "  v{} [label=\"{label}\", shape={shape}];",
+                idx.index()
+            );
+        }
+        for edge in self.graph.edge_indices() {
+            let (a, b) = self.graph.edge_endpoints(edge).expect("edge exists");
+            let kind = match self.graph[edge] {
+                LinkKind::NvLink => "nvlink",
+                LinkKind::Nic => "nic",
+                LinkKind::LeafSpine => "leaf-spine",
+                LinkKind::InterCluster => "inter-cluster",
+            };
+            let _ = writeln!(
+                out,
+                "  v{} -- v{} [label=\"{kind}\"];",
+                a.index(),
+                b.index()
+            );
+        }
+        out.push_str("}\n");
+        out
+    }
+}

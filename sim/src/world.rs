@@ -1,0 +1,504 @@
+//! The simulated world every rank lives in: the model clock and its event queue, the fabric's
+//! links, each rank's mailbox, and the trace digest. [`SimBackend`] is one rank's handle on it,
+//! implementing the trainer's `Backend` seam.
+//!
+//! Model time is a u64 count of nanoseconds owned here, never madsim's clock. It advances only
+//! when the executor finds no rank runnable: then [`World::advance`] fires every event of the
+//! next instant, which makes the ranks waiting on them runnable again.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use trainer_core::digest::Digest;
+use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
+
+use crate::queue::RadixQueue;
+use crate::topology::Topology;
+
+/// What happens at an instant of model time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventKind {
+    /// A message reaches its destination; the message waits in `in_flight[slot]`.
+    Deliver { slot: u32 },
+    /// A rank's sleep or compute ends.
+    Timer { rank: u32 },
+}
+
+struct Message {
+    from: u32,
+    to: u32,
+    tag: Tag,
+    payload: Payload,
+}
+
+/// What a parked rank waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Nothing,
+    Message { from: u32, tag: Tag },
+    Timer,
+}
+
+struct RankState {
+    /// Messages that arrived before anyone asked for them.
+    mailbox: Vec<(u32, Tag, Payload)>,
+    wait: Wait,
+    timer_fired: bool,
+    waker: Option<Waker>,
+    finished: bool,
+}
+
+/// Counters that end up in reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FabricStats {
+    pub messages: u64,
+    pub modelled_bytes: u64,
+    pub events_fired: u64,
+    /// Distinct instants of model time at which events fired.
+    pub instants: u64,
+}
+
+pub struct World {
+    placement: Placement,
+    topology: Topology,
+    gpu_flops_per_s: f64,
+    now_ns: u64,
+    queue: RadixQueue<EventKind>,
+    /// The events of the instant being fired (kept to reuse its allocation).
+    firing: Vec<EventKind>,
+    /// Wake ranks through their wakers (madsim), or only list them in `woken` (FIFO).
+    use_wakers: bool,
+    woken: Vec<u32>,
+    in_flight: Vec<Option<Message>>,
+    free_slots: Vec<u32>,
+    /// Per directed link: when it finishes serialising what it has been given.
+    link_busy_until_ns: Vec<u64>,
+    ranks: Vec<RankState>,
+    parked: usize,
+    finished: usize,
+    digest: Digest,
+    stats: FabricStats,
+    /// Payload buffers handed back by ranks, reused for the next sends.
+    spare_buffers: Vec<Vec<f32>>,
+}
+
+impl World {
+    pub fn new(topology: Topology, gpu_flops_per_s: f64) -> World {
+        let placement = Placement::new(topology.cluster.gpus, topology.cluster.gpus_per_node);
+        let ranks = (0..placement.world_size)
+            .map(|_| RankState {
+                mailbox: Vec::new(),
+                wait: Wait::Nothing,
+                timer_fired: false,
+                waker: None,
+                finished: false,
+            })
+            .collect();
+        World {
+            placement,
+            link_busy_until_ns: vec![0; topology.link_count()],
+            topology,
+            gpu_flops_per_s,
+            now_ns: 0,
+            queue: RadixQueue::default(),
+            firing: Vec::new(),
+            use_wakers: true,
+            woken: Vec::new(),
+            in_flight: Vec::new(),
+            free_slots: Vec::new(),
+            ranks,
+            parked: 0,
+            finished: 0,
+            digest: Digest::new(),
+            stats: FabricStats::default(),
+            spare_buffers: Vec::new(),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    pub fn rank_count(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// Ranks that have neither finished nor parked on a backend future.
+    pub fn runnable(&self) -> usize {
+        self.ranks.len() - self.finished - self.parked
+    }
+
+    pub fn all_finished(&self) -> bool {
+        self.finished == self.ranks.len()
+    }
+
+    pub fn stats(&self) -> FabricStats {
+        self.stats
+    }
+
+    pub fn trace_digest(&self) -> u64 {
+        self.digest.finish()
+    }
+
+    pub fn mark_finished(&mut self, rank: usize) {
+        let state = &mut self.ranks[rank];
+        debug_assert!(!state.finished && state.wait == Wait::Nothing);
+        state.finished = true;
+        self.finished += 1;
+        self.digest.u64(0xF1 << 56 | rank as u64);
+        self.digest.u64(self.now_ns);
+    }
+
+    /// Ranks parked with nothing in the queue to wake them: what a deadlock report shows.
+    pub fn stuck_ranks(&self, limit: usize) -> Vec<String> {
+        self.ranks
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, state)| match state.wait {
+                Wait::Message { from, tag } => Some(format!(
+                    "rank {rank} waits for rank {from} (op {} phase {} round {})",
+                    tag.op_id, tag.phase, tag.round
+                )),
+                Wait::Timer => Some(format!("rank {rank} waits for a timer")),
+                Wait::Nothing => None,
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Wake ranks only by listing them for [`World::take_woken`], not through wakers: for an
+    /// executor that polls from its own queue.
+    pub fn list_woken_instead_of_waking(&mut self) {
+        self.use_wakers = false;
+    }
+
+    /// Ranks woken since the last call, in the order they were woken.
+    pub fn take_woken(&mut self, into: &mut Vec<u32>) {
+        std::mem::swap(into, &mut self.woken);
+        self.woken.clear();
+    }
+
+    fn schedule(&mut self, time_ns: u64, what: EventKind) {
+        self.queue.push(time_ns, what);
+    }
+
+    /// Fires every event of the next instant. Returns false when the queue is empty.
+    pub fn advance(&mut self) -> bool {
+        let mut firing = std::mem::take(&mut self.firing);
+        let Some(instant_ns) = self.queue.pop_instant(&mut firing) else {
+            return false;
+        };
+        debug_assert!(instant_ns >= self.now_ns);
+        self.now_ns = instant_ns;
+        self.stats.instants += 1;
+        for what in firing.drain(..) {
+            self.fire(what);
+        }
+        self.firing = firing;
+        true
+    }
+
+    fn fire(&mut self, what: EventKind) {
+        self.stats.events_fired += 1;
+        match what {
+            EventKind::Deliver { slot } => {
+                let message = self.in_flight[slot as usize]
+                    .take()
+                    .expect("a message in flight");
+                self.free_slots.push(slot);
+                self.deliver(message);
+            }
+            EventKind::Timer { rank } => {
+                let state = &mut self.ranks[rank as usize];
+                debug_assert_eq!(state.wait, Wait::Timer);
+                state.timer_fired = true;
+                self.wake(rank as usize);
+            }
+        }
+    }
+
+    fn deliver(&mut self, message: Message) {
+        let Message {
+            from,
+            to,
+            tag,
+            payload,
+        } = message;
+        self.digest
+            .u64(0xD0 << 56 | (from as u64) << 24 | to as u64);
+        self.digest
+            .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
+        self.digest.u64(self.now_ns);
+        let state = &mut self.ranks[to as usize];
+        state.mailbox.push((from, tag, payload));
+        if state.wait == (Wait::Message { from, tag }) {
+            self.wake(to as usize);
+        }
+    }
+
+    fn wake(&mut self, rank: usize) {
+        let state = &mut self.ranks[rank];
+        state.wait = Wait::Nothing;
+        self.parked -= 1;
+        if self.use_wakers {
+            if let Some(waker) = &state.waker {
+                waker.wake_by_ref();
+            }
+        } else {
+            self.woken.push(rank as u32);
+        }
+    }
+
+    fn park(&mut self, rank: usize, wait: Wait, waker: &Waker) {
+        let state = &mut self.ranks[rank];
+        if self.use_wakers {
+            match &mut state.waker {
+                Some(existing) if existing.will_wake(waker) => {}
+                slot => *slot = Some(waker.clone()),
+            }
+        }
+        if state.wait == wait {
+            return; // polled again while still parked: only the waker may have changed
+        }
+        debug_assert_eq!(
+            state.wait,
+            Wait::Nothing,
+            "a rank waits on one thing at a time"
+        );
+        state.wait = wait;
+        self.parked += 1;
+    }
+
+    /// Puts a message on the fabric. Each directed link serialises what crosses it: the
+    /// transfer starts when the sender's turn comes on every link of the route, occupies each
+    /// for `bytes / bottleneck bandwidth`, and arrives after the route's latencies on top.
+    fn send(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) {
+        self.stats.messages += 1;
+        self.stats.modelled_bytes += payload.modelled_bytes;
+        let arrival_ns = if from == to {
+            self.now_ns
+        } else {
+            let route = self.topology.route(from, to);
+            let mut start_ns = self.now_ns;
+            let mut bottleneck = f64::INFINITY;
+            let mut latency_ns = 0;
+            for &link in route.links() {
+                start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
+                let spec = self.topology.link_spec(link);
+                bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
+                latency_ns += spec.latency_ns;
+            }
+            let serialise_ns = (payload.modelled_bytes as f64 * 1e9 / bottleneck).ceil() as u64;
+            let done_ns = start_ns + serialise_ns;
+            for &link in route.links() {
+                self.link_busy_until_ns[link as usize] = done_ns;
+            }
+            done_ns + latency_ns
+        };
+        let message = Message {
+            from: from as u32,
+            to: to as u32,
+            tag,
+            payload,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.in_flight[slot as usize] = Some(message);
+                slot
+            }
+            None => {
+                self.in_flight.push(Some(message));
+                (self.in_flight.len() - 1) as u32
+            }
+        };
+        self.schedule(arrival_ns, EventKind::Deliver { slot });
+    }
+
+    fn take_from_mailbox(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
+        let mailbox = &mut self.ranks[rank].mailbox;
+        let idx = mailbox
+            .iter()
+            .position(|(f, t, _)| *f == from && *t == tag)?;
+        Some(mailbox.swap_remove(idx).2)
+    }
+
+    fn emit(&mut self, rank: usize, event: &Event) {
+        self.digest.u64(0xE0 << 56 | rank as u64);
+        self.digest.u64(self.now_ns);
+        match *event {
+            Event::StepBegin { step } => self.digest.u64(step),
+            Event::StepEnd { step, loss } => {
+                self.digest.u64(step);
+                self.digest.u64(loss.to_bits() as u64);
+            }
+            Event::CollectiveBegin { op_id, op, algo } => {
+                self.digest.u64(op_id);
+                self.digest.bytes(op.name().as_bytes());
+                self.digest.bytes(algo.name().as_bytes());
+            }
+            Event::CollectiveEnd { op_id } => self.digest.u64(op_id),
+        }
+    }
+}
+
+/// One rank's handle on the shared world. Every rank runs on the executor's one thread, so the
+/// world is shared through `Rc<RefCell<_>>`; a borrow never spans an await.
+#[derive(Clone)]
+pub struct SimBackend {
+    rank: usize,
+    placement: Placement,
+    world: Rc<RefCell<World>>,
+}
+
+impl SimBackend {
+    pub fn new(world: Rc<RefCell<World>>, rank: usize) -> SimBackend {
+        let placement = world.borrow().placement;
+        SimBackend {
+            rank,
+            placement,
+            world,
+        }
+    }
+}
+
+impl Backend for SimBackend {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    fn send(
+        &self,
+        to: usize,
+        tag: Tag,
+        payload: Payload,
+    ) -> impl Future<Output = Result<(), CommError>> {
+        self.world.borrow_mut().send(self.rank, to, tag, payload);
+        std::future::ready(Ok(()))
+    }
+
+    fn recv(&self, from: usize, tag: Tag) -> impl Future<Output = Result<Payload, CommError>> {
+        Recv {
+            world: &self.world,
+            rank: self.rank,
+            from: from as u32,
+            tag,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.world.borrow().now_ns
+    }
+
+    fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()> {
+        Sleep {
+            world: &self.world,
+            rank: self.rank,
+            duration_ns,
+            scheduled: false,
+        }
+    }
+
+    fn compute(&self, work: Work) -> impl Future<Output = ()> {
+        let flops_per_s = self.world.borrow().gpu_flops_per_s;
+        let duration_ns = (work.flops / flops_per_s * 1e9).ceil() as u64;
+        self.sleep(duration_ns)
+    }
+
+    fn emit(&self, event: Event) {
+        self.world.borrow_mut().emit(self.rank, &event);
+    }
+
+    fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
+        let mut buffer = self
+            .world
+            .borrow_mut()
+            .spare_buffers
+            .pop()
+            .unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(data);
+        Payload::new(buffer, modelled_bytes)
+    }
+
+    fn recycle(&self, payload: Payload) {
+        let mut world = self.world.borrow_mut();
+        // Keep no more spare buffers than there can be messages in flight at once.
+        if world.spare_buffers.len() < world.ranks.len() {
+            world.spare_buffers.push(payload.data);
+        }
+    }
+}
+
+struct Recv<'a> {
+    world: &'a RefCell<World>,
+    rank: usize,
+    from: u32,
+    tag: Tag,
+}
+
+impl Future for Recv<'_> {
+    type Output = Result<Payload, CommError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut world = self.world.borrow_mut();
+        match world.take_from_mailbox(self.rank, self.from, self.tag) {
+            Some(payload) => Poll::Ready(Ok(payload)),
+            None => {
+                world.park(
+                    self.rank,
+                    Wait::Message {
+                        from: self.from,
+                        tag: self.tag,
+                    },
+                    cx.waker(),
+                );
+                Poll::Pending
+            }
+        }
+    }
+}
+
+struct Sleep<'a> {
+    world: &'a RefCell<World>,
+    rank: usize,
+    duration_ns: u64,
+    scheduled: bool,
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.duration_ns == 0 {
+            return Poll::Ready(());
+        }
+        let mut world = self.world.borrow_mut();
+        if self.scheduled {
+            if world.ranks[self.rank].timer_fired {
+                world.ranks[self.rank].timer_fired = false;
+                return Poll::Ready(());
+            }
+            // Polled again before the timer fired (a spurious wake): park again.
+            world.park(self.rank, Wait::Timer, cx.waker());
+            return Poll::Pending;
+        }
+        let at = world.now_ns + self.duration_ns;
+        world.schedule(
+            at,
+            EventKind::Timer {
+                rank: self.rank as u32,
+            },
+        );
+        world.park(self.rank, Wait::Timer, cx.waker());
+        drop(world);
+        self.scheduled = true;
+        Poll::Pending
+    }
+}

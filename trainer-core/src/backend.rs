@@ -1,0 +1,172 @@
+//! The seam between the training logic and the world it runs in.
+
+use std::future::Future;
+
+use crate::group::Placement;
+use crate::kernels;
+
+/// Identifies one message of one collective, so that a receive matches exactly the send it
+/// expects whatever order messages arrive in. Collectives build tags from the caller's
+/// operation id, a phase inside the algorithm and a round inside the phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag {
+    pub op_id: u64,
+    pub phase: u32,
+    pub round: u32,
+}
+
+impl Tag {
+    pub const fn new(op_id: u64, phase: u32, round: u32) -> Tag {
+        Tag {
+            op_id,
+            phase,
+            round,
+        }
+    }
+}
+
+/// What travels between ranks: a small real tensor that the logic computes on, and the size in
+/// bytes of the tensor it stands for, which the fabric charges time for. On real hardware the
+/// two are the same.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Payload {
+    pub data: Vec<f32>,
+    pub modelled_bytes: u64,
+}
+
+impl Payload {
+    pub fn new(data: Vec<f32>, modelled_bytes: u64) -> Payload {
+        Payload {
+            data,
+            modelled_bytes,
+        }
+    }
+}
+
+/// Errors a rank must survive. Both backends return the same variant for the same condition;
+/// anything that only a bug could cause is an assertion instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommError {
+    /// Nothing arrived from `peer` before the collective deadline.
+    Timeout { peer: usize, tag: Tag },
+    /// No working path leads to `peer`.
+    PeerUnreachable { peer: usize },
+    /// `peer` is known to be dead.
+    PeerDead { peer: usize },
+    /// A payload from `peer` failed its end-to-end check.
+    CorruptPayload { peer: usize },
+    /// This rank was told to abandon the job (its node crashed or the job is restarting).
+    Aborted,
+}
+
+impl std::fmt::Display for CommError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommError::Timeout { peer, tag } => write!(
+                f,
+                "timed out waiting for rank {peer} (op {} phase {} round {})",
+                tag.op_id, tag.phase, tag.round
+            ),
+            CommError::PeerUnreachable { peer } => write!(f, "rank {peer} is unreachable"),
+            CommError::PeerDead { peer } => write!(f, "rank {peer} is dead"),
+            CommError::CorruptPayload { peer } => write!(f, "corrupt payload from rank {peer}"),
+            CommError::Aborted => write!(f, "aborted"),
+        }
+    }
+}
+
+impl std::error::Error for CommError {}
+
+/// What a [`Backend::compute`] call stands for, so a backend can charge time (and a simulator
+/// can slow one kind down).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WorkKind {
+    ForwardBackward,
+    Optimizer,
+}
+
+/// Modelled work: the floating-point operations of the full-size model this step stands for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Work {
+    pub kind: WorkKind,
+    pub flops: f64,
+}
+
+/// Structured events for the trace. The backend adds model time and the rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Event {
+    StepBegin {
+        step: u64,
+    },
+    StepEnd {
+        step: u64,
+        loss: f32,
+    },
+    CollectiveBegin {
+        op_id: u64,
+        op: crate::Op,
+        algo: crate::Algo,
+    },
+    CollectiveEnd {
+        op_id: u64,
+    },
+}
+
+/// One rank's view of the world.
+///
+/// Futures returned here need not be `Send`: a simulator runs every rank on one thread.
+pub trait Backend {
+    /// This rank's index in the world, `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// How ranks sit on nodes.
+    fn placement(&self) -> Placement;
+
+    fn world_size(&self) -> usize {
+        self.placement().world_size
+    }
+
+    /// Hands `payload` to the transport. Completes once the payload is on its way; delivery
+    /// takes model time that the backend charges.
+    fn send(
+        &self,
+        to: usize,
+        tag: Tag,
+        payload: Payload,
+    ) -> impl Future<Output = Result<(), CommError>>;
+
+    /// Waits for the payload that `from` sent with `tag`.
+    fn recv(&self, from: usize, tag: Tag) -> impl Future<Output = Result<Payload, CommError>>;
+
+    /// Model time in nanoseconds since the job started.
+    fn now_ns(&self) -> u64;
+
+    /// Waits `duration_ns` of model time.
+    fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()>;
+
+    /// Charges the model time that `work` takes on this rank's GPU.
+    fn compute(&self, work: Work) -> impl Future<Output = ()>;
+
+    /// Records an event in the trace.
+    fn emit(&self, event: Event);
+
+    /// A payload holding a copy of `data`. A backend may hand out a recycled buffer.
+    fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
+        Payload::new(data.to_vec(), modelled_bytes)
+    }
+
+    /// Takes back a payload the logic has finished with, so its buffer can be reused.
+    fn recycle(&self, payload: Payload) {
+        drop(payload);
+    }
+
+    /// `acc[i] += src[i]` for every `i`, in that order. A GPU backend runs this as a kernel;
+    /// both must give the same bits.
+    fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
+        kernels::add_assign(acc, src);
+    }
+
+    /// `params[i] -= lr * grad[i]`, the SGD update.
+    fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) {
+        kernels::sgd_update(params, grad, lr);
+    }
+}

@@ -1,0 +1,288 @@
+//! Hierarchical: reduce-scatter inside each node over NVLink, all-reduce each chunk across
+//! nodes on its rail with an inner algorithm, all-gather inside the node again. Only 1/G of the
+//! data crosses the slower inter-node fabric per GPU, and each rail's traffic stays on its own
+//! rail of switches.
+//!
+//! The buffer is cut into `gpus_per_node` chunks. On a full node local GPU `c` owns chunk `c`;
+//! on a partial last node of `g` GPUs, local GPU `c % g` owns it, so some of its GPUs own several
+//! chunks and run their rails one after another in chunk order (which cannot deadlock: every
+//! rail waits only on lower-numbered chunks).
+//!
+//! Inside the node, each chunk is summed by its owner in local-index order, whoever's message
+//! arrives first, then copied back out: direct, as NVSwitch allows.
+
+use super::{halving_doubling, ring, tree, Algo, Ctx};
+use crate::backend::{Backend, CommError};
+use crate::group::{Group, Placement};
+use crate::span::Span;
+
+const PHASE_INTRA_REDUCE_SCATTER: u32 = 0;
+const PHASE_INTRA_ALL_GATHER: u32 = 1;
+const PHASE_INTRA_BROADCAST: u32 = 2;
+
+/// Where this rank sits, and the chunks it owns.
+struct Local {
+    placement: Placement,
+    node_first: usize,
+    local: usize,
+    gpus_here: usize,
+}
+
+impl Local {
+    fn of(placement: Placement, rank: usize) -> Local {
+        let node = placement.node_of(rank);
+        Local {
+            placement,
+            node_first: node * placement.gpus_per_node,
+            local: placement.local_idx_of(rank),
+            gpus_here: placement.gpus_on_node(node),
+        }
+    }
+
+    fn chunk_count(&self) -> usize {
+        self.placement.gpus_per_node
+    }
+
+    fn owner_of(&self, chunk: usize) -> usize {
+        chunk % self.gpus_here
+    }
+
+    fn my_chunks(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.local..self.chunk_count()).step_by(self.gpus_here)
+    }
+
+    /// The phase block of chunk `chunk`'s rail operation; 16 phases each, after the intra ones.
+    fn rail_phase(chunk: usize) -> u32 {
+        16 * (1 + chunk as u32)
+    }
+}
+
+pub(super) fn owned_spans(
+    inter: Algo,
+    placement: &Placement,
+    rank: usize,
+    span: &Span,
+) -> Vec<Span> {
+    let here = Local::of(*placement, rank);
+    let mut spans = Vec::new();
+    for chunk in here.my_chunks() {
+        let rail = placement.rail_group(chunk);
+        let idx = rail.index_of(rank).expect("a chunk owner is on its rail");
+        let chunk_span = span.part(here.chunk_count(), chunk);
+        let inner = match inter {
+            Algo::Ring => Some(ring::owned_span(rail.count(), idx, &chunk_span)),
+            Algo::Tree => Some(tree::owned_span(rail.count(), idx, &chunk_span)),
+            Algo::HalvingDoubling => halving_doubling::owned_span(rail.count(), idx, &chunk_span),
+            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
+        };
+        spans.extend(inner);
+    }
+    spans
+}
+
+pub(super) async fn all_reduce<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    inter: Algo,
+    data: &mut [f32],
+    span: &Span,
+) -> Result<(), CommError> {
+    let here = Local::of(ctx.backend.placement(), ctx.backend.rank());
+    intra_reduce_scatter(ctx, &here, data, span).await?;
+    for chunk in here.my_chunks() {
+        let rail = rail_ctx(ctx, &here, chunk);
+        let chunk_span = span.part(here.chunk_count(), chunk);
+        match inter {
+            Algo::Ring => ring::all_reduce(&rail, data, &chunk_span).await?,
+            Algo::Tree => tree::all_reduce(&rail, data, &chunk_span).await?,
+            Algo::HalvingDoubling => halving_doubling::all_reduce(&rail, data, &chunk_span).await?,
+            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
+        }
+    }
+    intra_all_gather(ctx, &here, data, span).await
+}
+
+pub(super) async fn reduce_scatter<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    inter: Algo,
+    data: &mut [f32],
+    span: &Span,
+) -> Result<(), CommError> {
+    let here = Local::of(ctx.backend.placement(), ctx.backend.rank());
+    intra_reduce_scatter(ctx, &here, data, span).await?;
+    for chunk in here.my_chunks() {
+        let rail = rail_ctx(ctx, &here, chunk);
+        let chunk_span = span.part(here.chunk_count(), chunk);
+        match inter {
+            Algo::Ring => ring::reduce_scatter(&rail, data, &chunk_span).await?,
+            Algo::Tree => tree::reduce_scatter(&rail, data, &chunk_span).await?,
+            Algo::HalvingDoubling => {
+                halving_doubling::reduce_scatter(&rail, data, &chunk_span).await?
+            }
+            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn all_gather<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    inter: Algo,
+    data: &mut [f32],
+    span: &Span,
+) -> Result<(), CommError> {
+    let here = Local::of(ctx.backend.placement(), ctx.backend.rank());
+    for chunk in here.my_chunks() {
+        let rail = rail_ctx(ctx, &here, chunk);
+        let chunk_span = span.part(here.chunk_count(), chunk);
+        match inter {
+            Algo::Ring => ring::all_gather(&rail, data, &chunk_span).await?,
+            Algo::Tree => tree::all_gather(&rail, data, &chunk_span).await?,
+            Algo::HalvingDoubling => halving_doubling::all_gather(&rail, data, &chunk_span).await?,
+            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
+        }
+    }
+    intra_all_gather(ctx, &here, data, span).await
+}
+
+/// Broadcast from `root_idx`: across nodes on the root's rail, then inside each node from the
+/// GPU on that rail.
+pub(super) async fn broadcast<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    inter: Algo,
+    root_idx: usize,
+    data: &mut [f32],
+    span: &Span,
+) -> Result<(), CommError> {
+    let placement = ctx.backend.placement();
+    let here = Local::of(placement, ctx.backend.rank());
+    let root = ctx.group.member(root_idx);
+    let chunk = placement.local_idx_of(root);
+    let carrier = here.owner_of(chunk);
+    if here.local == carrier {
+        let rail = rail_ctx(ctx, &here, chunk);
+        let rail_root = rail
+            .group
+            .index_of(root)
+            .expect("the root is on its own rail");
+        match inter {
+            Algo::Ring => ring::broadcast(&rail, rail_root, data, span).await?,
+            Algo::Tree | Algo::HalvingDoubling => {
+                tree::broadcast(&rail, rail_root, data, span).await?
+            }
+            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
+        }
+        for other in (0..here.gpus_here).filter(|&l| l != here.local) {
+            ctx.send(
+                here.node_first + other,
+                PHASE_INTRA_BROADCAST,
+                0,
+                data,
+                span,
+            )
+            .await?;
+        }
+        Ok(())
+    } else {
+        ctx.recv_copy(
+            here.node_first + carrier,
+            PHASE_INTRA_BROADCAST,
+            0,
+            data,
+            span,
+        )
+        .await
+    }
+}
+
+fn rail_ctx<'a, B: Backend>(ctx: &'a Ctx<'a, B>, here: &Local, chunk: usize) -> Ctx<'a, B> {
+    let rail: Group = here.placement.rail_group(chunk);
+    ctx.sub(rail, ctx.tag.phase + Local::rail_phase(chunk))
+}
+
+/// Each chunk goes to its owner, which sums it in local-index order.
+async fn intra_reduce_scatter<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    here: &Local,
+    data: &mut [f32],
+    span: &Span,
+) -> Result<(), CommError> {
+    let chunks = here.chunk_count();
+    for chunk in 0..chunks {
+        let owner = here.owner_of(chunk);
+        if owner != here.local {
+            let to = here.node_first + owner;
+            ctx.send(
+                to,
+                PHASE_INTRA_REDUCE_SCATTER,
+                chunk,
+                data,
+                &span.part(chunks, chunk),
+            )
+            .await?;
+        }
+    }
+    for chunk in here.my_chunks() {
+        let chunk_span = span.part(chunks, chunk);
+        let mut acc: Vec<f32> = Vec::new();
+        for local in 0..here.gpus_here {
+            if local == here.local {
+                let own = &data[chunk_span.elems.clone()];
+                if local == 0 {
+                    acc.extend_from_slice(own);
+                } else {
+                    ctx.backend.add_assign(&mut acc, own);
+                }
+                continue;
+            }
+            let payload = ctx
+                .recv(here.node_first + local, PHASE_INTRA_REDUCE_SCATTER, chunk)
+                .await?;
+            assert_eq!(
+                payload.data.len(),
+                chunk_span.elems.len(),
+                "a peer sent a chunk of another length"
+            );
+            if local == 0 {
+                acc.extend_from_slice(&payload.data);
+            } else {
+                ctx.backend.add_assign(&mut acc, &payload.data);
+            }
+            ctx.backend.recycle(payload);
+        }
+        data[chunk_span.elems].copy_from_slice(&acc);
+    }
+    Ok(())
+}
+
+/// Each owner copies its chunks to every other GPU of the node.
+async fn intra_all_gather<B: Backend>(
+    ctx: &Ctx<'_, B>,
+    here: &Local,
+    data: &mut [f32],
+    span: &Span,
+) -> Result<(), CommError> {
+    let chunks = here.chunk_count();
+    for chunk in here.my_chunks() {
+        for other in (0..here.gpus_here).filter(|&l| l != here.local) {
+            let to = here.node_first + other;
+            ctx.send(
+                to,
+                PHASE_INTRA_ALL_GATHER,
+                chunk,
+                data,
+                &span.part(chunks, chunk),
+            )
+            .await?;
+        }
+    }
+    for chunk in 0..chunks {
+        let owner = here.owner_of(chunk);
+        if owner != here.local {
+            let from = here.node_first + owner;
+            let chunk_span = span.part(chunks, chunk);
+            ctx.recv_copy(from, PHASE_INTRA_ALL_GATHER, chunk, data, &chunk_span)
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! Collectives written over point-to-point send and receive.
+//!
+//! Four algorithms (ring, binomial tree, recursive halving-doubling, and hierarchical: inside the
+//! node, across nodes per rail, inside again) for all-reduce, reduce-scatter, all-gather,
+//! broadcast and barrier, over any group size and any GPUs per node, partial last node included.
+//!
+//! Every algorithm sums in an order fixed by the algorithm and the group, never by message
+//! arrival: receives name their sender and tag, and each partial sum is computed by exactly one
+//! rank and then copied. So a run's numbers do not depend on the executor's interleaving.
+//!
+//! Reduce-scatter leaves each rank owning some [`Span`]s of the buffer; which ones is the
+//! algorithm's layout ([`Collective::owned_spans`]), and all-gather with the same algorithm
+//! takes that layout back to a full buffer.
+
+mod halving_doubling;
+mod hierarchical;
+mod ring;
+mod tree;
+
+use crate::backend::{Backend, CommError, Event, Payload, Tag};
+
+use crate::group::{Group, Placement};
+use crate::span::Span;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Algo {
+    Ring,
+    Tree,
+    HalvingDoubling,
+    Hierarchical,
+}
+
+impl Algo {
+    pub const ALL: [Algo; 4] = [
+        Algo::Ring,
+        Algo::Tree,
+        Algo::HalvingDoubling,
+        Algo::Hierarchical,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Ring => "ring",
+            Algo::Tree => "tree",
+            Algo::HalvingDoubling => "halving-doubling",
+            Algo::Hierarchical => "hierarchical",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Algo> {
+        Algo::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    AllReduce,
+    ReduceScatter,
+    AllGather,
+    /// Broadcast from the group member with this index.
+    Broadcast {
+        root_idx: usize,
+    },
+    Barrier,
+}
+
+impl Op {
+    pub const NAMES: [&'static str; 5] = [
+        "all-reduce",
+        "reduce-scatter",
+        "all-gather",
+        "broadcast",
+        "barrier",
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::AllReduce => "all-reduce",
+            Op::ReduceScatter => "reduce-scatter",
+            Op::AllGather => "all-gather",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Barrier => "barrier",
+        }
+    }
+
+    /// Parses an op name; broadcast is from member 0.
+    pub fn from_name(name: &str) -> Option<Op> {
+        Some(match name {
+            "all-reduce" => Op::AllReduce,
+            "reduce-scatter" => Op::ReduceScatter,
+            "all-gather" => Op::AllGather,
+            "broadcast" => Op::Broadcast { root_idx: 0 },
+            "barrier" => Op::Barrier,
+            _ => return None,
+        })
+    }
+}
+
+/// An algorithm choice. `inter_node_algo` is what the hierarchical algorithm runs across nodes
+/// on each rail; it is ignored by the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Collective {
+    pub algo: Algo,
+    pub inter_node_algo: Algo,
+}
+
+impl Collective {
+    pub fn new(algo: Algo) -> Collective {
+        Collective {
+            algo,
+            inter_node_algo: Algo::HalvingDoubling,
+        }
+    }
+
+    pub fn with_inter_node(algo: Algo, inter_node_algo: Algo) -> Collective {
+        assert!(
+            inter_node_algo != Algo::Hierarchical,
+            "hierarchical cannot nest in itself"
+        );
+        Collective {
+            algo,
+            inter_node_algo,
+        }
+    }
+
+    /// Runs `op` on `data` (the calling rank's buffer) over `group`, which must contain the
+    /// calling rank. `modelled_bytes` is the size of the tensor `data` stands for. Every member
+    /// must call with the same `op_id`, which must not be reused while messages of an earlier
+    /// operation with that id may still be in flight.
+    ///
+    /// For reduce-scatter the result is valid in [`Collective::owned_spans`]; for all-gather the
+    /// input is read only there. Broadcast and barrier ignore nothing and change nothing but
+    /// what their names say.
+    pub async fn run<B: Backend>(
+        &self,
+        backend: &B,
+        group: &Group,
+        op: Op,
+        op_id: u64,
+        data: &mut [f32],
+        modelled_bytes: u64,
+    ) -> Result<(), CommError> {
+        let me = group
+            .index_of(backend.rank())
+            .unwrap_or_else(|| panic!("rank {} is not in {group:?}", backend.rank()));
+        if self.algo == Algo::Hierarchical {
+            assert!(
+                group.is_contiguous_from_zero() && group.count() == backend.world_size(),
+                "the hierarchical algorithm runs over the world group"
+            );
+        }
+        backend.emit(Event::CollectiveBegin {
+            op_id,
+            op,
+            algo: self.algo,
+        });
+        let ctx = Ctx {
+            backend,
+            group: *group,
+            me,
+            tag: TagBase { op_id, phase: 0 },
+        };
+        let span = Span::new(data.len(), modelled_bytes);
+        let result = match op {
+            Op::AllReduce => self.all_reduce(&ctx, data, &span).await,
+            Op::ReduceScatter => self.reduce_scatter(&ctx, data, &span).await,
+            Op::AllGather => self.all_gather(&ctx, data, &span).await,
+            Op::Broadcast { root_idx } => {
+                assert!(root_idx < group.count(), "broadcast root outside the group");
+                self.broadcast(&ctx, root_idx, data, &span).await
+            }
+            Op::Barrier => self.all_reduce(&ctx, &mut [], &Span::new(0, 0)).await,
+        };
+        backend.emit(Event::CollectiveEnd { op_id });
+        result
+    }
+
+    /// Which spans of a buffer of `elem_count` elements standing for `modelled_bytes` the member
+    /// at `member_idx` of `group` owns after a reduce-scatter with this algorithm.
+    pub fn owned_spans(
+        &self,
+        placement: &Placement,
+        group: &Group,
+        member_idx: usize,
+        elem_count: usize,
+        modelled_bytes: u64,
+    ) -> Vec<Span> {
+        let span = Span::new(elem_count, modelled_bytes);
+        match self.algo {
+            Algo::Ring => vec![ring::owned_span(group.count(), member_idx, &span)],
+            Algo::Tree => vec![tree::owned_span(group.count(), member_idx, &span)],
+            Algo::HalvingDoubling => halving_doubling::owned_span(group.count(), member_idx, &span)
+                .into_iter()
+                .collect(),
+            Algo::Hierarchical => hierarchical::owned_spans(
+                self.inter_node_algo,
+                placement,
+                group.member(member_idx),
+                &span,
+            ),
+        }
+    }
+
+    async fn all_reduce<B: Backend>(
+        &self,
+        ctx: &Ctx<'_, B>,
+        data: &mut [f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        match self.algo {
+            Algo::Ring => ring::all_reduce(ctx, data, span).await,
+            Algo::Tree => tree::all_reduce(ctx, data, span).await,
+            Algo::HalvingDoubling => halving_doubling::all_reduce(ctx, data, span).await,
+            Algo::Hierarchical => {
+                hierarchical::all_reduce(ctx, self.inter_node_algo, data, span).await
+            }
+        }
+    }
+
+    async fn reduce_scatter<B: Backend>(
+        &self,
+        ctx: &Ctx<'_, B>,
+        data: &mut [f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        match self.algo {
+            Algo::Ring => ring::reduce_scatter(ctx, data, span).await,
+            Algo::Tree => tree::reduce_scatter(ctx, data, span).await,
+            Algo::HalvingDoubling => halving_doubling::reduce_scatter(ctx, data, span).await,
+            Algo::Hierarchical => {
+                hierarchical::reduce_scatter(ctx, self.inter_node_algo, data, span).await
+            }
+        }
+    }
+
+    async fn all_gather<B: Backend>(
+        &self,
+        ctx: &Ctx<'_, B>,
+        data: &mut [f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        match self.algo {
+            Algo::Ring => ring::all_gather(ctx, data, span).await,
+            Algo::Tree => tree::all_gather(ctx, data, span).await,
+            Algo::HalvingDoubling => halving_doubling::all_gather(ctx, data, span).await,
+            Algo::Hierarchical => {
+                hierarchical::all_gather(ctx, self.inter_node_algo, data, span).await
+            }
+        }
+    }
+
+    async fn broadcast<B: Backend>(
+        &self,
+        ctx: &Ctx<'_, B>,
+        root_idx: usize,
+        data: &mut [f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        match self.algo {
+            Algo::Ring => ring::broadcast(ctx, root_idx, data, span).await,
+            // A binomial tree is the latency-optimal broadcast; halving-doubling uses it too.
+            Algo::Tree | Algo::HalvingDoubling => tree::broadcast(ctx, root_idx, data, span).await,
+            Algo::Hierarchical => {
+                hierarchical::broadcast(ctx, self.inter_node_algo, root_idx, data, span).await
+            }
+        }
+    }
+}
+
+/// Tags of one operation: its id and the first phase number this (sub-)algorithm may use.
+/// Each algorithm uses phases `phase..phase + 16`; the hierarchical algorithm gives each rail
+/// chunk its own block of phases.
+#[derive(Clone, Copy, Debug)]
+struct TagBase {
+    op_id: u64,
+    phase: u32,
+}
+
+impl TagBase {
+    fn tag(&self, phase: u32, round: usize) -> Tag {
+        debug_assert!(phase < 16);
+        Tag::new(self.op_id, self.phase + phase, round as u32)
+    }
+}
+
+/// What every algorithm needs: who it is, over which group, and how to tag its messages.
+struct Ctx<'a, B> {
+    backend: &'a B,
+    group: Group,
+    me: usize,
+    tag: TagBase,
+}
+
+impl<B: Backend> Ctx<'_, B> {
+    fn count(&self) -> usize {
+        self.group.count()
+    }
+
+    /// The same backend and tags over another group that contains this rank.
+    fn sub(&self, group: Group, phase: u32) -> Ctx<'_, B> {
+        let me = group
+            .index_of(self.backend.rank())
+            .expect("rank is in its sub-group");
+        Ctx {
+            backend: self.backend,
+            group,
+            me,
+            tag: TagBase {
+                op_id: self.tag.op_id,
+                phase,
+            },
+        }
+    }
+
+    async fn send(
+        &self,
+        to_idx: usize,
+        phase: u32,
+        round: usize,
+        data: &[f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        let payload = self
+            .backend
+            .payload_from(&data[span.elems.clone()], span.modelled_bytes());
+        self.backend
+            .send(
+                self.group.member(to_idx),
+                self.tag.tag(phase, round),
+                payload,
+            )
+            .await
+    }
+
+    async fn recv(&self, from_idx: usize, phase: u32, round: usize) -> Result<Payload, CommError> {
+        let from = self.group.member(from_idx);
+        self.backend.recv(from, self.tag.tag(phase, round)).await
+    }
+
+    /// Receives `span` from `from_idx` and adds it into `data`.
+    async fn recv_add(
+        &self,
+        from_idx: usize,
+        phase: u32,
+        round: usize,
+        data: &mut [f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        let payload = self.recv(from_idx, phase, round).await?;
+        assert_eq!(
+            payload.data.len(),
+            span.elems.len(),
+            "a peer sent a span of another length"
+        );
+        self.backend
+            .add_assign(&mut data[span.elems.clone()], &payload.data);
+        self.backend.recycle(payload);
+        Ok(())
+    }
+
+    /// Receives `span` from `from_idx` and copies it into `data`.
+    async fn recv_copy(
+        &self,
+        from_idx: usize,
+        phase: u32,
+        round: usize,
+        data: &mut [f32],
+        span: &Span,
+    ) -> Result<(), CommError> {
+        let payload = self.recv(from_idx, phase, round).await?;
+        assert_eq!(
+            payload.data.len(),
+            span.elems.len(),
+            "a peer sent a span of another length"
+        );
+        data[span.elems.clone()].copy_from_slice(&payload.data);
+        self.backend.recycle(payload);
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! The training logic under test, written once against the [`Backend`] seam.
+//!
+//! Everything a rank does to the outside world (send, receive, read the clock, sleep, charge
+//! compute time, emit an event) goes through [`Backend`]. This crate knows nothing of madsim,
+//! tokio, the simulated fabric or CUDA: `faultline-sim` implements the seam over a simulated
+//! cluster and `cuda-backend` over real GPUs, and both run exactly this code.
+
+pub mod backend;
+pub mod collectives;
+pub mod digest;
+pub mod group;
+pub mod job;
+pub mod kernels;
+pub mod model;
+pub mod span;
+
+pub use backend::{Backend, CommError, Event, Payload, Tag, Work, WorkKind};
+pub use collectives::{Algo, Op};
+pub use group::{Group, Placement};
+pub use span::Span;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,47 @@
+//! Spans: a region of the real proxy tensor together with the region of the modelled tensor it
+//! stands for, split in step so that a segment of a 256-element proxy still carries its share of
+//! a 16 GB gradient when there are more segments than real elements.
+
+use std::ops::Range;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub elems: Range<usize>,
+    pub bytes: Range<u64>,
+}
+
+impl Span {
+    pub fn new(elem_count: usize, modelled_bytes: u64) -> Span {
+        Span {
+            elems: 0..elem_count,
+            bytes: 0..modelled_bytes,
+        }
+    }
+
+    pub fn modelled_bytes(&self) -> u64 {
+        self.bytes.end - self.bytes.start
+    }
+
+    /// Parts `first..last` of this span cut into `count` near-equal parts.
+    pub fn parts(&self, count: usize, first: usize, last: usize) -> Span {
+        debug_assert!(first <= last && last <= count && count > 0);
+        let elem_len = self.elems.end - self.elems.start;
+        let byte_len = self.bytes.end - self.bytes.start;
+        Span {
+            elems: self.elems.start + split_point(elem_len as u64, count, first) as usize
+                ..self.elems.start + split_point(elem_len as u64, count, last) as usize,
+            bytes: self.bytes.start + split_point(byte_len, count, first)
+                ..self.bytes.start + split_point(byte_len, count, last),
+        }
+    }
+
+    /// Part `idx` of this span cut into `count` near-equal parts.
+    pub fn part(&self, count: usize, idx: usize) -> Span {
+        self.parts(count, idx, idx + 1)
+    }
+}
+
+/// Where part `idx` of `total` cut into `count` parts begins.
+fn split_point(total: u64, count: usize, idx: usize) -> u64 {
+    (total as u128 * idx as u128 / count as u128) as u64
+}
