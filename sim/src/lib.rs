@@ -6,6 +6,7 @@ pub mod executor;
 pub mod queue;
 pub mod run;
 pub mod scenario;
+pub mod storage;
 pub mod topology;
 pub mod units;
 pub mod world;

@@ -55,6 +55,9 @@ struct RunArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Run the same scenario with every fault switched off.
+    #[arg(long)]
+    no_faults: bool,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +149,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         seed: None,
         sets: Vec::new(),
         json: false,
+        no_faults: false,
     }));
     match command {
         Command::Run(args) => cmd_run(args),
@@ -179,7 +183,13 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     if let Some(seed) = args.seed {
         scenario.run.seed = seed;
     }
-    let reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.sets);
+    if args.no_faults {
+        scenario = scenario.without_faults();
+    }
+    let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.sets);
+    if args.no_faults {
+        reproduce.push_str(" --no-faults");
+    }
     if !args.json {
         println!(
             "faultline run: {} (seed {})",
@@ -226,6 +236,19 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             "replicas agree: {}",
             if report.replicas_agree { "yes" } else { "NO" }
         );
+        println!(
+            "faults injected: {:?}; detected by: {:?}; recoveries: {}",
+            report.faults.injected, report.faults.detected, report.recoveries
+        );
+        if !report.lost_time_ns_by_cause.is_empty() {
+            let lost: Vec<String> = report
+                .lost_time_ns_by_cause
+                .iter()
+                .map(|(cause, ns)| format!("{cause} {}", format_duration_ns(*ns)))
+                .collect();
+            println!("time lost: {}", lost.join(", "));
+        }
+        println!("goodput: {:.2}%", 100.0 * report.goodput);
         println!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy { 0 } else { EXIT_FINDING })

@@ -10,7 +10,11 @@ use serde::Deserialize;
 use trainer_core::collectives::{Algo, Collective};
 use trainer_core::job::JobConfig;
 
+use trainer_core::checkpoint::{CheckpointPolicy, Interval};
+
+use crate::storage::StorageConfig;
 use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
+use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen};
 
 /// Which executor runs the ranks. See `executor.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +75,20 @@ pub struct Scenario {
     pub job: JobConfig,
     /// Peak FLOP rate times model FLOP utilisation: what modelled compute is charged at.
     pub gpu_achieved_flops_per_s: f64,
+    pub storage: StorageConfig,
+    /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
+    pub control: ControlConfig,
     pub run: RunConfig,
 }
 
 impl Scenario {
+    /// The same scenario with every fault switched off.
+    pub fn without_faults(mut self) -> Scenario {
+        self.control.crashes.clear();
+        self.control.node_failure_rate_per_ns = 0.0;
+        self
+    }
+
     pub fn placement(&self) -> trainer_core::Placement {
         trainer_core::Placement::new(self.cluster.gpus, self.cluster.gpus_per_node)
     }
@@ -322,6 +336,111 @@ struct RawScenario {
     job: RawJob,
     #[serde(default)]
     run: RawRun,
+    checkpoint: Option<RawCheckpoint>,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    recovery: RawRecovery,
+    #[serde(default)]
+    faults: RawFaults,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    /// A step count (integer) or a model-time duration ("10min").
+    interval: toml::Value,
+    #[serde(default = "default_keep")]
+    keep: i64,
+    /// Bytes of training state per parameter: bf16 weights, fp32 master weights and two fp32
+    /// Adam moments make 14; 16 with fp32 gradients.
+    #[serde(default = "default_state_bytes_per_param")]
+    state_bytes_per_param: f64,
+    #[serde(default = "default_snapshot_bandwidth")]
+    snapshot_bandwidth: String,
+    #[serde(default = "yes")]
+    buddy_copy: bool,
+}
+
+fn default_keep() -> i64 {
+    2
+}
+fn default_state_bytes_per_param() -> f64 {
+    16.0
+}
+fn default_snapshot_bandwidth() -> String {
+    "25GB/s".into()
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    host_bandwidth: String,
+    client_bandwidth: String,
+    aggregate_bandwidth: String,
+    latency: String,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            host_bandwidth: "25GB/s".into(),
+            client_bandwidth: "10GB/s".into(),
+            aggregate_bandwidth: "2TB/s".into(),
+            latency: "1ms".into(),
+        }
+    }
+}
+
+/// Defaults: PyTorch's 10-minute collective timeout; heartbeats every 10 s, three missed make
+/// a failure (about 30 s, as production systems probe); a 10-minute full restart.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecovery {
+    policy: String,
+    restart_time: String,
+    collective_timeout: String,
+    heartbeat_interval: String,
+    heartbeat_misses: i64,
+    max_restarts: i64,
+}
+
+impl Default for RawRecovery {
+    fn default() -> Self {
+        RawRecovery {
+            policy: "restart".into(),
+            restart_time: "10min".into(),
+            collective_timeout: "10min".into(),
+            heartbeat_interval: "10s".into(),
+            heartbeat_misses: 3,
+            max_restarts: 100,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    #[serde(default)]
+    crash: Vec<RawCrash>,
+    #[serde(default)]
+    rates: RawRates,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCrash {
+    node: Option<i64>,
+    gpu: Option<i64>,
+    at: Option<String>,
+    at_step: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRates {
+    #[serde(default)]
+    node_failures_per_1000_node_days: f64,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -601,6 +720,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         // Forward and backward of a dense transformer: about 6 FLOPs per parameter per token.
         modelled_step_flops: 6.0 * j.model_params * j.tokens_per_gpu_per_step,
         modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
+        checkpoint: None,
     };
     let run = RunConfig {
         seed: j_seed(src, raw.run.seed)?,
@@ -618,6 +738,13 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
             }
         },
     };
+    let checkpoint = match &raw.checkpoint {
+        None => None,
+        Some(c) => Some(validate_checkpoint(src, c, j.model_params)?),
+    };
+    let job = JobConfig { checkpoint, ..job };
+    let storage = validate_storage(src, &raw.storage)?;
+    let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes)?;
     Ok(Scenario {
         name: name.to_string(),
         description: raw.scenario.description,
@@ -626,7 +753,155 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         fabric,
         job,
         gpu_achieved_flops_per_s: j.gpu_peak_tflops * 1e12 * j.mfu,
+        storage,
+        control: ControlConfig {
+            seed: run.seed,
+            ..control
+        },
         run,
+    })
+}
+
+fn validate_checkpoint(
+    src: &Source,
+    c: &RawCheckpoint,
+    model_params: f64,
+) -> Result<CheckpointPolicy, ScenarioError> {
+    let expected = "a step count such as 50, or a duration such as \"30min\"";
+    let interval = match &c.interval {
+        toml::Value::Integer(steps) if *steps >= 1 => Interval::Steps(*steps as u64),
+        toml::Value::String(text) => match parse_duration_ns(text) {
+            Ok(ns) if ns > 0 => Interval::ModelTimeNs(ns),
+            _ => {
+                return Err(src.error(
+                    "checkpoint.interval",
+                    format!("expected {expected} above zero, got {text:?}"),
+                ))
+            }
+        },
+        other => {
+            return Err(src.error(
+                "checkpoint.interval",
+                format!("expected {expected} above zero, got {other}"),
+            ))
+        }
+    };
+    let keep = in_range(src, "checkpoint.keep", c.keep, 1, 1000)?;
+    positive(
+        src,
+        "checkpoint.state_bytes_per_param",
+        c.state_bytes_per_param,
+        64.0,
+    )?;
+    let snapshot = parse_bandwidth_bytes_per_s(&c.snapshot_bandwidth).map_err(|e| {
+        src.error(
+            "checkpoint.snapshot_bandwidth",
+            format!("expected {e}, got {:?}", c.snapshot_bandwidth),
+        )
+    })?;
+    Ok(CheckpointPolicy {
+        interval,
+        keep,
+        modelled_state_bytes: (model_params * c.state_bytes_per_param).round() as u64,
+        snapshot_bytes_per_s: snapshot,
+        buddy_copy: c.buddy_copy,
+    })
+}
+
+fn validate_storage(src: &Source, s: &RawStorage) -> Result<StorageConfig, ScenarioError> {
+    let bandwidth = |key: &str, text: &str| {
+        parse_bandwidth_bytes_per_s(text)
+            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    Ok(StorageConfig {
+        host_bytes_per_s: bandwidth("storage.host_bandwidth", &s.host_bandwidth)?,
+        client_bytes_per_s: bandwidth("storage.client_bandwidth", &s.client_bandwidth)?,
+        aggregate_bytes_per_s: bandwidth("storage.aggregate_bandwidth", &s.aggregate_bandwidth)?,
+        persistent_latency_ns: parse_duration_ns(&s.latency).map_err(|e| {
+            src.error(
+                "storage.latency",
+                format!("expected {e}, got {:?}", s.latency),
+            )
+        })?,
+    })
+}
+
+fn validate_control(
+    src: &Source,
+    r: &RawRecovery,
+    f: &RawFaults,
+    gpus: usize,
+    nodes: usize,
+) -> Result<ControlConfig, ScenarioError> {
+    if r.policy != "restart" {
+        return Err(src.error(
+            "recovery.policy",
+            format!(
+                "{:?} is not available in this version; expected \"restart\" (in-memory, \
+                 hot-spare and per-replica are planned)",
+                r.policy
+            ),
+        ));
+    }
+    let duration = |key: &str, text: &str| {
+        parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    let optional = |key: &str, text: &str| -> Result<Option<u64>, ScenarioError> {
+        Ok(Some(duration(key, text)?).filter(|ns| *ns > 0))
+    };
+    let rate = f.rates.node_failures_per_1000_node_days;
+    if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
+        return Err(src.error(
+            "faults.rates.node_failures_per_1000_node_days",
+            format!("expected a rate from 0 to 1e6, got {rate}"),
+        ));
+    }
+    let mut crashes = Vec::new();
+    for (idx, c) in f.crash.iter().enumerate() {
+        let key = |field: &str| format!("faults.crash.{idx}.{field}");
+        let target = match (c.node, c.gpu) {
+            (Some(node), None) => {
+                CrashTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
+            }
+            (None, Some(gpu)) => {
+                CrashTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?)
+            }
+            _ => {
+                return Err(src.error(
+                    &format!("faults.crash.{idx}"),
+                    "expected exactly one of `node` or `gpu`",
+                ))
+            }
+        };
+        let when = match (&c.at, c.at_step) {
+            (Some(at), None) => CrashWhen::AtNs(duration(&key("at"), at)?),
+            (None, Some(step)) => {
+                CrashWhen::AtStep(in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64)
+            }
+            _ => {
+                return Err(src.error(
+                    &format!("faults.crash.{idx}"),
+                    "expected exactly one of `at` (a time) or `at_step`",
+                ))
+            }
+        };
+        crashes.push(CrashSpec { target, when });
+    }
+    Ok(ControlConfig {
+        crashes,
+        node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
+        collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
+        heartbeat_interval_ns: optional("recovery.heartbeat_interval", &r.heartbeat_interval)?,
+        heartbeat_misses: in_range(
+            src,
+            "recovery.heartbeat_misses",
+            r.heartbeat_misses,
+            1,
+            1000,
+        )? as u64,
+        restart_time_ns: duration("recovery.restart_time", &r.restart_time)?,
+        max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
+        seed: 0,
     })
 }
 
