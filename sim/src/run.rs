@@ -81,6 +81,8 @@ pub struct RunReport {
     pub messages: u64,
     pub modelled_bytes: u64,
     pub events_fired: u64,
+    /// Distinct instants of model time at which events fired.
+    pub instants: u64,
     /// Wall-clock milliseconds; the only field that differs between identical runs.
     pub wall_ms: u64,
 }
@@ -148,6 +150,7 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
         messages: stats.messages,
         modelled_bytes: stats.modelled_bytes,
         events_fired: stats.events_fired,
+        instants: stats.instants,
         wall_ms: wall_ms_since(started),
     })
 }
