@@ -2,6 +2,8 @@
 //! 0 success, 1 the run found a problem (inexact collective, diverged replicas, deadlock),
 //! 2 bad input, 70 an internal error (a bug in faultline).
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,6 +41,42 @@ enum Command {
     Collective(CollectiveArgs),
     /// Summarise a scenario's topology.
     Topo(TopoArgs),
+    /// Benchmark the simulator: wall time, messages per second, model time and peak RSS per
+    /// case and size, each case in a child process, with the bare event loop as the lower bound.
+    Bench(BenchArgs),
+    /// Run one benchmark case in this process and print its result as one JSON line (what
+    /// `bench` runs in each child).
+    #[command(hide = true)]
+    BenchCase(BenchCaseArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// GPU counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 100_000])]
+    gpus: Vec<usize>,
+    /// Cases, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = bench::CASES)]
+    cases: Vec<String>,
+    /// Executors, comma-separated; the bare loop runs once whatever this says.
+    #[arg(long, value_delimiter = ',', default_values_t = ["fifo".to_string(), "madsim".to_string()], value_parser = ["fifo", "madsim"])]
+    executors: Vec<String>,
+    /// Runs per case; the table keeps the fastest (and the highest peak RSS).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchCaseArgs {
+    #[arg(value_parser = bench::CASES)]
+    case: String,
+    #[arg(long)]
+    gpus: usize,
+    #[arg(long, default_value = "fifo", value_parser = ["fifo", "madsim"])]
+    executor: String,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +193,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Run(args) => cmd_run(args),
         Command::Collective(args) => cmd_collective(args),
         Command::Topo(args) => cmd_topo(args),
+        Command::Bench(args) => cmd_bench(args),
+        Command::BenchCase(args) => cmd_bench_case(args),
     }
 }
 
@@ -405,5 +445,98 @@ fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {
             topology.bisection_bandwidth_bytes_per_s() * 8.0 / 1e12
         );
     }
+    Ok(0)
+}
+
+fn executor_kind(name: &str) -> Result<ExecutorKind, Failure> {
+    let choice = match name {
+        "madsim" => ExecutorChoice::Madsim,
+        _ => ExecutorChoice::Fifo,
+    };
+    run::resolve_executor(choice, 0).map_err(|e| Failure::bad_input(e.to_string()))
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<u8, Failure> {
+    if let Some(&gpus) = args.gpus.iter().find(|&&g| g == 0 || g > MAX_GPUS) {
+        return Err(Failure::bad_input(format!(
+            "--gpus: expected 1 to {MAX_GPUS}, got {gpus}"
+        )));
+    }
+    let cases: Vec<String> = if args.cases.is_empty() {
+        bench::CASES.iter().map(|c| c.to_string()).collect()
+    } else {
+        args.cases
+    };
+    let executors = args
+        .executors
+        .iter()
+        .map(|name| executor_kind(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !args.json {
+        println!(
+            "faultline bench: {} CPU(s); cases {}; GPUs {:?}; best of {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cases.join(", "),
+            args.gpus,
+            args.repeat.max(1)
+        );
+        println!(
+            "checkpoint: pending (no checkpoint logic yet); the ten-step case trains without it"
+        );
+    }
+    let json = args.json;
+    let rows = bench::run_all(&cases, &args.gpus, &executors, args.repeat, &mut |row| {
+        if !json {
+            eprintln!(
+                "  {} at {} GPUs on {}: {}",
+                row.case,
+                row.gpus,
+                row.executor,
+                match &row.outcome {
+                    Ok(r) => format!("{:.0} ms", r.wall_ms),
+                    Err(why) => why.clone(),
+                }
+            );
+        }
+    });
+    let all_ok = rows
+        .iter()
+        .all(|row| row.outcome.as_ref().map_or(true, |r| r.ok));
+    if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| match &row.outcome {
+                Ok(r) => {
+                    let mut value = serde_json::to_value(r).expect("a result serialises");
+                    value["messages_per_s"] = (r.messages as f64 / (r.wall_ms / 1e3)).into();
+                    if let Some(ratio) = bench::bare_ratio(&rows, r) {
+                        value["ratio_to_bare_loop"] = ratio.into();
+                    }
+                    value
+                }
+                Err(why) => serde_json::json!({
+                    "case": row.case, "gpus": row.gpus, "executor": row.executor, "not_run": why,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "rows": rows }));
+    } else {
+        print!("{}", bench::format_table(&rows));
+        println!("growth:");
+        print!("{}", bench::format_growth(&rows));
+    }
+    Ok(if all_ok { 0 } else { EXIT_FINDING })
+}
+
+fn cmd_bench_case(args: BenchCaseArgs) -> Result<u8, Failure> {
+    let executor = executor_kind(&args.executor)?;
+    let result = bench::run_case(&args.case, args.gpus, executor).map_err(|message| Failure {
+        status: EXIT_FINDING,
+        message,
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string(&result).expect("a result serialises")
+    );
     Ok(0)
 }

@@ -28,7 +28,7 @@ pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport}
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventKind {
-    /// A message reaches its destination; the message waits in `in_flight[slot]`.
+    /// A message reaches its destination; the message waits in `messages[slot]`.
     Deliver { slot: u32 },
     /// A rank's sleep or compute ends, unless the rank stopped waiting for timer `seq`.
     Timer { rank: u32, seq: u32 },
@@ -46,13 +46,18 @@ enum EventKind {
     Restart,
 }
 
+/// A message on the fabric, or in its receiver's mailbox.
 struct Message {
     generation: u64,
     from: u32,
     to: u32,
     tag: Tag,
     payload: Payload,
+    /// The next message of the same mailbox (a slot), or [`NO_SLOT`].
+    next: u32,
 }
+
+const NO_SLOT: u32 = u32::MAX;
 
 /// What a parked rank waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,14 +70,24 @@ enum Wait {
     Timer,
     /// In `await_restart`.
     Restart,
+    /// Not waiting: the message it waited for sits in its `delivered` slot.
+    Delivered {
+        from: u32,
+        tag: Tag,
+    },
 }
 
+/// What the world keeps per rank on the hot path, in one cache line: what it waits for, and
+/// the payload handed straight to it when the message it waits for arrives. Early messages
+/// and wakers live in side tables, touched only when used.
 struct RankState {
-    /// Messages that arrived before anyone asked for them.
-    mailbox: Vec<(u32, Tag, Payload)>,
     wait: Wait,
+    /// The message this rank was waiting for, delivered into its slot.
+    delivered: Option<Payload>,
+    /// Messages that arrived before the rank asked for them: a list through `World::messages`,
+    /// newest first, so early arrivals need no allocation of their own.
+    mailbox_head: u32,
     timer_fired: bool,
-    waker: Option<Waker>,
     finished: bool,
     /// Crashed and not yet replaced.
     dead: bool,
@@ -105,14 +120,19 @@ pub struct World {
     queue: RadixQueue<EventKind>,
     /// The events of the instant being fired (kept to reuse its allocation).
     firing: Vec<EventKind>,
-    /// Wake ranks through their wakers (madsim), or only list them in `woken` (FIFO).
+    /// Wake ranks through their wakers (madsim), or only mark them in `woken` (FIFO).
     use_wakers: bool,
-    woken: Vec<u32>,
-    in_flight: Vec<Option<Message>>,
+    /// One bit per rank: woken since the last `take_woken`. Read out in rank order.
+    woken: Vec<u64>,
+    woken_count: usize,
+    /// Messages on the fabric and in mailboxes; free slots are reused first.
+    messages: Vec<Option<Message>>,
     free_slots: Vec<u32>,
     /// Per directed link: when it finishes serialising what it has been given.
     link_busy_until_ns: Vec<u64>,
     ranks: Vec<RankState>,
+    /// Per rank, madsim only: the waker of its task.
+    wakers: Vec<Option<Waker>>,
     parked: usize,
     finished: usize,
     digest: Digest,
@@ -128,10 +148,10 @@ impl World {
         let placement = Placement::new(topology.cluster.gpus, topology.cluster.gpus_per_node);
         let ranks = (0..placement.world_size)
             .map(|_| RankState {
-                mailbox: Vec::new(),
                 wait: Wait::Nothing,
+                delivered: None,
+                mailbox_head: NO_SLOT,
                 timer_fired: false,
-                waker: None,
                 finished: false,
                 dead: false,
                 memory_lost: false,
@@ -141,6 +161,7 @@ impl World {
                 parked_since_ns: 0,
             })
             .collect();
+        let wakers = (0..placement.world_size).map(|_| None).collect();
         World {
             placement,
             link_busy_until_ns: vec![0; topology.link_count()],
@@ -150,10 +171,12 @@ impl World {
             queue: RadixQueue::default(),
             firing: Vec::new(),
             use_wakers: true,
-            woken: Vec::new(),
-            in_flight: Vec::new(),
+            woken: vec![0; placement.world_size.div_ceil(64)],
+            woken_count: 0,
+            messages: Vec::new(),
             free_slots: Vec::new(),
             ranks,
+            wakers,
             parked: 0,
             finished: 0,
             digest: Digest::new(),
@@ -199,6 +222,7 @@ impl World {
     }
 
     pub fn mark_finished(&mut self, rank: usize) {
+        self.file_unclaimed_delivery(rank);
         let state = &mut self.ranks[rank];
         debug_assert!(!state.finished && state.wait == Wait::Nothing);
         state.finished = true;
@@ -220,7 +244,7 @@ impl World {
                 )),
                 Wait::Timer => Some(format!("rank {rank} waits for a timer")),
                 Wait::Restart => Some(format!("rank {rank} waits for the job to restart")),
-                Wait::Nothing => None,
+                Wait::Nothing | Wait::Delivered { .. } => None,
             })
             .take(limit)
             .collect()
@@ -230,12 +254,28 @@ impl World {
     /// executor that polls from its own queue.
     pub fn list_woken_instead_of_waking(&mut self) {
         self.use_wakers = false;
+        self.wakers = Vec::new();
     }
 
-    /// Ranks woken since the last call, in the order they were woken.
+    /// Ranks woken since the last call, in rank order (which keeps the executor's walk over
+    /// rank futures and rank state sequential in memory).
     pub fn take_woken(&mut self, into: &mut Vec<u32>) {
-        std::mem::swap(into, &mut self.woken);
-        self.woken.clear();
+        into.clear();
+        if self.woken_count == 0 {
+            return;
+        }
+        into.reserve(self.woken_count);
+        for (word_idx, word) in self.woken.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                into.push((word_idx * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+            if into.len() == self.woken_count {
+                break;
+            }
+        }
+        self.woken_count = 0;
     }
 
     fn schedule(&mut self, time_ns: u64, what: EventKind) {
@@ -262,13 +302,7 @@ impl World {
     fn fire(&mut self, what: EventKind) {
         self.stats.events_fired += 1;
         match what {
-            EventKind::Deliver { slot } => {
-                let message = self.in_flight[slot as usize]
-                    .take()
-                    .expect("a message in flight");
-                self.free_slots.push(slot);
-                self.deliver(message);
-            }
+            EventKind::Deliver { slot } => self.deliver(slot),
             EventKind::Timer { rank, seq } => {
                 let state = &mut self.ranks[rank as usize];
                 if state.wait == Wait::Timer && state.timer_seq == seq {
@@ -285,29 +319,40 @@ impl World {
         }
     }
 
-    fn deliver(&mut self, message: Message) {
-        let Message {
-            generation,
-            from,
-            to,
-            tag,
-            payload,
-        } = message;
+    /// Hands the message in `slot` to its receiver's slot if it waits for exactly this one,
+    /// else links it into the receiver's mailbox where it lies.
+    fn deliver(&mut self, slot: u32) {
+        let message = self.messages[slot as usize]
+            .as_mut()
+            .expect("a message in flight");
+        let (from, to, tag) = (message.from, message.to, message.tag);
         let current = self.control.as_ref().map_or(0, |c| c.generation);
-        if generation != current || self.ranks[to as usize].dead {
+        if message.generation != current || self.ranks[to as usize].dead {
             // Sent before a restart, or to a rank that died: it never arrives.
-            self.spare_buffers.push(payload.data);
+            let message = self.messages[slot as usize].take().expect("a message");
+            self.free_slots.push(slot);
+            self.spare_buffers.push(message.payload.data);
             return;
         }
+        let message = self.messages[slot as usize]
+            .as_mut()
+            .expect("a message in flight");
         self.digest
             .u64(0xD0 << 56 | (from as u64) << 24 | to as u64);
         self.digest
             .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
         self.digest.u64(self.now_ns);
         let state = &mut self.ranks[to as usize];
-        state.mailbox.push((from, tag, payload));
         if state.wait == (Wait::Message { from, tag }) {
+            debug_assert!(state.delivered.is_none());
+            let message = self.messages[slot as usize].take().expect("a message");
+            self.free_slots.push(slot);
+            state.delivered = Some(message.payload);
             self.wake(to as usize);
+            self.ranks[to as usize].wait = Wait::Delivered { from, tag };
+        } else {
+            message.next = state.mailbox_head;
+            state.mailbox_head = slot;
         }
     }
 
@@ -323,22 +368,24 @@ impl World {
         state.wait = Wait::Nothing;
         self.parked -= 1;
         if self.use_wakers {
-            if let Some(waker) = &state.waker {
+            if let Some(waker) = &self.wakers[rank] {
                 waker.wake_by_ref();
             }
         } else {
-            self.woken.push(rank as u32);
+            self.woken[rank / 64] |= 1 << (rank % 64);
+            self.woken_count += 1;
         }
     }
 
     fn park(&mut self, rank: usize, wait: Wait, waker: &Waker) {
-        let state = &mut self.ranks[rank];
+        self.file_unclaimed_delivery(rank);
         if self.use_wakers {
-            match &mut state.waker {
+            match &mut self.wakers[rank] {
                 Some(existing) if existing.will_wake(waker) => {}
                 slot => *slot = Some(waker.clone()),
             }
         }
+        let state = &mut self.ranks[rank];
         if state.wait == wait {
             return; // polled again while still parked: only the waker may have changed
         }
@@ -360,23 +407,14 @@ impl World {
         self.stats.modelled_bytes += payload.modelled_bytes;
         let arrival_ns = self.transfer(from, to, payload.modelled_bytes);
         let generation = self.control.as_ref().map_or(0, |c| c.generation);
-        let message = Message {
+        let slot = self.store(Message {
             generation,
             from: from as u32,
             to: to as u32,
             tag,
             payload,
-        };
-        let slot = match self.free_slots.pop() {
-            Some(slot) => {
-                self.in_flight[slot as usize] = Some(message);
-                slot
-            }
-            None => {
-                self.in_flight.push(Some(message));
-                (self.in_flight.len() - 1) as u32
-            }
-        };
+            next: NO_SLOT,
+        });
         self.schedule(arrival_ns, EventKind::Deliver { slot });
     }
 
@@ -452,12 +490,94 @@ impl World {
         (ticket, done)
     }
 
-    fn take_from_mailbox(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
-        let mailbox = &mut self.ranks[rank].mailbox;
-        let idx = mailbox
-            .iter()
-            .position(|(f, t, _)| *f == from && *t == tag)?;
-        Some(mailbox.swap_remove(idx).2)
+    /// Drops every message waiting for `rank` (after a restart nothing old may arrive).
+    fn clear_mailbox(&mut self, rank: usize) {
+        let mut slot = std::mem::replace(&mut self.ranks[rank].mailbox_head, NO_SLOT);
+        while slot != NO_SLOT {
+            let message = self.messages[slot as usize]
+                .take()
+                .expect("a mailed message");
+            self.free_slots.push(slot);
+            self.spare_buffers.push(message.payload.data);
+            slot = message.next;
+        }
+        if let Some(payload) = self.ranks[rank].delivered.take() {
+            self.spare_buffers.push(payload.data);
+        }
+    }
+
+    fn store(&mut self, message: Message) -> u32 {
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.messages[slot as usize] = Some(message);
+                slot
+            }
+            None => {
+                self.messages.push(Some(message));
+                (self.messages.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
+    /// slot if it was waiting for it, else filed in its mailbox.
+    fn take_delivered(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
+        let state = &mut self.ranks[rank];
+        if state.wait == (Wait::Delivered { from, tag }) {
+            state.wait = Wait::Nothing;
+            return state.delivered.take();
+        }
+        self.file_unclaimed_delivery(rank);
+        // The oldest match: the last in the newest-first list.
+        let (mut found, mut found_prev) = (NO_SLOT, NO_SLOT);
+        let (mut prev, mut slot) = (NO_SLOT, self.ranks[rank].mailbox_head);
+        while slot != NO_SLOT {
+            let message = self.messages[slot as usize]
+                .as_ref()
+                .expect("a mailed message");
+            if message.from == from && message.tag == tag {
+                (found, found_prev) = (slot, prev);
+            }
+            (prev, slot) = (slot, message.next);
+        }
+        if found == NO_SLOT {
+            return None;
+        }
+        let message = self.messages[found as usize]
+            .take()
+            .expect("a mailed message");
+        self.free_slots.push(found);
+        match found_prev {
+            NO_SLOT => self.ranks[rank].mailbox_head = message.next,
+            prev => {
+                self.messages[prev as usize]
+                    .as_mut()
+                    .expect("a mailed message")
+                    .next = message.next
+            }
+        }
+        Some(message.payload)
+    }
+
+    /// A delivery nobody claimed (the receive that waited for it was dropped) goes to the
+    /// mailbox like any early message.
+    fn file_unclaimed_delivery(&mut self, rank: usize) {
+        let state = &mut self.ranks[rank];
+        if let Wait::Delivered { from, tag } = state.wait {
+            state.wait = Wait::Nothing;
+            let payload = state.delivered.take().expect("a delivered payload");
+            let head = state.mailbox_head;
+            let generation = self.control.as_ref().map_or(0, |c| c.generation);
+            let slot = self.store(Message {
+                generation,
+                from,
+                to: rank as u32,
+                tag,
+                payload,
+                next: head,
+            });
+            self.ranks[rank].mailbox_head = slot;
+        }
     }
 
     fn emit(&mut self, rank: usize, event: &Event) {
@@ -667,8 +787,9 @@ impl Backend for SimBackend {
 
     fn recycle(&self, payload: Payload) {
         let mut world = self.world.borrow_mut();
-        // Keep no more spare buffers than there can be messages in flight at once.
-        if world.spare_buffers.len() < world.ranks.len() {
+        // Every spare buffer was once a message's, so the pool never holds more than the most
+        // messages in flight at once; keeping them all spares malloc and free on every send.
+        if payload.data.capacity() > 0 {
             world.spare_buffers.push(payload.data);
         }
     }
@@ -693,7 +814,7 @@ impl Future for Recv<'_> {
             let (peer, tag) = (self.from as usize, self.tag);
             return Poll::Ready(Err(CommError::Timeout { peer, tag }));
         }
-        match world.take_from_mailbox(self.rank, self.from, self.tag) {
+        match world.take_delivered(self.rank, self.from, self.tag) {
             Some(payload) => Poll::Ready(Ok(payload)),
             None => {
                 world.park(

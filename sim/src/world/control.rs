@@ -340,8 +340,8 @@ impl World {
         }
         self.digest.u64(0xA0 << 56 | control.generation);
         for rank in 0..self.ranks.len() {
+            self.clear_mailbox(rank);
             let state = &mut self.ranks[rank];
-            state.mailbox.clear();
             state.dead = false;
             state.aborted = false;
             state.timed_out = false;
