@@ -89,6 +89,13 @@ pub struct RunReport {
     pub checkpoints_lost_in_flight: u64,
     /// Restores that skipped a committed checkpoint because a shard failed verification.
     pub restore_fallbacks: u64,
+    /// The controller's policy.
+    pub recovery_policy: &'static str,
+    pub spares_used: u64,
+    /// Failures that found no spare node left.
+    pub spare_pool_exhausted: u64,
+    /// Ranks' restores by where their shard came from (host, peer, persistent).
+    pub restores_by_tier: std::collections::BTreeMap<String, u64>,
     pub lost_time_ns_by_cause: std::collections::BTreeMap<String, u64>,
     /// Model time rank 0 spent on steps it had not completed before, over all model time.
     pub goodput: f64,
@@ -174,6 +181,10 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
         checkpoints_committed: faults.checkpoints_committed,
         checkpoints_lost_in_flight: faults.checkpoints_lost_in_flight,
         restore_fallbacks: faults.restore_fallbacks,
+        recovery_policy: scenario.control.policy.name(),
+        spares_used: faults.spares_used,
+        spare_pool_exhausted: faults.spare_pool_exhausted,
+        restores_by_tier: faults.restores_by_tier,
         lost_time_ns_by_cause: faults.lost_time_ns_by_cause,
         goodput: if model_time_ns == 0 {
             0.0

@@ -12,9 +12,9 @@ use trainer_core::job::JobConfig;
 
 use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 
-use crate::storage::StorageConfig;
+use crate::storage::{SlowWindow, StorageConfig, Window};
 use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
-use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen};
+use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, RecoveryPolicy};
 
 /// Which executor runs the ranks. See `executor.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,9 @@ impl Scenario {
     /// The same scenario with every fault switched off.
     pub fn without_faults(mut self) -> Scenario {
         self.control.crashes.clear();
+        self.control.corruptions_at_ns.clear();
+        self.storage.slow.clear();
+        self.storage.failing.clear();
         self.control.node_failure_rate_per_ns = 0.0;
         self
     }
@@ -403,6 +406,9 @@ struct RawRecovery {
     heartbeat_interval: String,
     heartbeat_misses: i64,
     max_restarts: i64,
+    spare_swap_time: String,
+    /// What hot-spare does with no spare left: "restart" in full, or "none" (give up).
+    fallback: String,
 }
 
 impl Default for RawRecovery {
@@ -414,6 +420,8 @@ impl Default for RawRecovery {
             heartbeat_interval: "10s".into(),
             heartbeat_misses: 3,
             max_restarts: 100,
+            spare_swap_time: "2min".into(),
+            fallback: "restart".into(),
         }
     }
 }
@@ -424,7 +432,21 @@ struct RawFaults {
     #[serde(default)]
     crash: Vec<RawCrash>,
     #[serde(default)]
+    storage: Vec<RawStorageFault>,
+    #[serde(default)]
     rates: RawRates,
+}
+
+/// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
+/// `"corrupt"` (a bit flip in a committed checkpoint shard) `at` a time.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawStorageFault {
+    kind: String,
+    from: Option<String>,
+    until: Option<String>,
+    factor: Option<f64>,
+    at: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -469,6 +491,9 @@ struct RawCluster {
     oversubscription: f64,
     #[serde(default = "one_i64")]
     clusters: i64,
+    /// Idle nodes standing by for the hot-spare policy, outside `gpus`.
+    #[serde(default)]
+    spare_nodes: i64,
 }
 
 fn default_gpus_per_node() -> i64 {
@@ -743,8 +768,21 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         Some(c) => Some(validate_checkpoint(src, c, j.model_params)?),
     };
     let job = JobConfig { checkpoint, ..job };
-    let storage = validate_storage(src, &raw.storage)?;
-    let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes)?;
+    let (slow, failing, corruptions_at_ns) = validate_storage_faults(src, &raw.faults)?;
+    let storage = StorageConfig {
+        slow,
+        failing,
+        ..validate_storage(src, &raw.storage)?
+    };
+    let spare_nodes = in_range(src, "cluster.spare_nodes", c.spare_nodes, 0, 1_000_000)?;
+    let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
+    let job = JobConfig {
+        checkpoint: job.checkpoint.map(|policy| CheckpointPolicy {
+            restore_from_memory: control.policy != RecoveryPolicy::Restart,
+            ..policy
+        }),
+        ..job
+    };
     Ok(Scenario {
         name: name.to_string(),
         description: raw.scenario.description,
@@ -756,6 +794,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         storage,
         control: ControlConfig {
             seed: run.seed,
+            corruptions_at_ns,
             ..control
         },
         run,
@@ -805,6 +844,7 @@ fn validate_checkpoint(
         modelled_state_bytes: (model_params * c.state_bytes_per_param).round() as u64,
         snapshot_bytes_per_s: snapshot,
         buddy_copy: c.buddy_copy,
+        restore_from_memory: false,
     })
 }
 
@@ -823,7 +863,58 @@ fn validate_storage(src: &Source, s: &RawStorage) -> Result<StorageConfig, Scena
                 format!("expected {e}, got {:?}", s.latency),
             )
         })?,
+        slow: Vec::new(),
+        failing: Vec::new(),
     })
+}
+
+type StorageFaults = (Vec<SlowWindow>, Vec<Window>, Vec<u64>);
+
+fn validate_storage_faults(src: &Source, f: &RawFaults) -> Result<StorageFaults, ScenarioError> {
+    let (mut slow, mut failing, mut corrupt) = (Vec::new(), Vec::new(), Vec::new());
+    for (idx, fault) in f.storage.iter().enumerate() {
+        let key = |field: &str| format!("faults.storage.{idx}.{field}");
+        let time = |field: &str, value: &Option<String>| -> Result<u64, ScenarioError> {
+            let text = value.as_deref().ok_or_else(|| {
+                let message = format!("`{field}` is required for kind {:?}", fault.kind);
+                src.error(&format!("faults.storage.{idx}"), message)
+            })?;
+            parse_duration_ns(text)
+                .map_err(|e| src.error(&key(field), format!("expected {e}, got {text:?}")))
+        };
+        let window = || -> Result<Window, ScenarioError> {
+            let (from_ns, until_ns) = (time("from", &fault.from)?, time("until", &fault.until)?);
+            if until_ns <= from_ns {
+                return Err(src.error(&key("until"), "expected a time after `from`"));
+            }
+            Ok(Window { from_ns, until_ns })
+        };
+        match fault.kind.as_str() {
+            "slow" => {
+                let factor = fault.factor.unwrap_or(f64::NAN);
+                if !(factor.is_finite() && (1.0..=1e6).contains(&factor)) {
+                    let message = format!("expected a slowdown factor from 1 to 1e6, got {factor}");
+                    return Err(src.error(&key("factor"), message));
+                }
+                slow.push(SlowWindow {
+                    window: window()?,
+                    factor,
+                });
+            }
+            "fail_writes" => failing.push(window()?),
+            "corrupt" => corrupt.push(time("at", &fault.at)?),
+            other => {
+                return Err(src.error(
+                    &key("kind"),
+                    format!(
+                        "unknown storage fault {other:?}; expected \"slow\", \"fail_writes\" \
+                         or \"corrupt\""
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((slow, failing, corrupt))
 }
 
 fn validate_control(
@@ -832,15 +923,44 @@ fn validate_control(
     f: &RawFaults,
     gpus: usize,
     nodes: usize,
+    spare_nodes: usize,
 ) -> Result<ControlConfig, ScenarioError> {
-    if r.policy != "restart" {
+    let policy = match r.policy.as_str() {
+        "restart" => RecoveryPolicy::Restart,
+        "in-memory" => RecoveryPolicy::InMemory,
+        "hot-spare" => RecoveryPolicy::HotSpare,
+        "per-replica" => {
+            return Err(src.error(
+                "recovery.policy",
+                "\"per-replica\" is not available in this version (it needs process groups \
+                 that shrink); expected \"restart\", \"in-memory\" or \"hot-spare\"",
+            ))
+        }
+        other => {
+            return Err(src.error(
+                "recovery.policy",
+                format!(
+                    "unknown policy {other:?}; expected \"restart\", \"in-memory\" or \
+                     \"hot-spare\""
+                ),
+            ))
+        }
+    };
+    let fallback_to_restart = match r.fallback.as_str() {
+        "restart" => true,
+        "none" => false,
+        other => {
+            return Err(src.error(
+                "recovery.fallback",
+                format!("unknown fallback {other:?}; expected \"restart\" or \"none\""),
+            ))
+        }
+    };
+    if policy == RecoveryPolicy::HotSpare && spare_nodes == 0 && !fallback_to_restart {
         return Err(src.error(
             "recovery.policy",
-            format!(
-                "{:?} is not available in this version; expected \"restart\" (in-memory, \
-                 hot-spare and per-replica are planned)",
-                r.policy
-            ),
+            "hot-spare with cluster.spare_nodes = 0 and recovery.fallback = \"none\" cannot \
+             recover from any failure; add spare nodes or fall back to \"restart\"",
         ));
     }
     let duration = |key: &str, text: &str| {
@@ -888,6 +1008,10 @@ fn validate_control(
         crashes.push(CrashSpec { target, when });
     }
     Ok(ControlConfig {
+        policy,
+        spare_nodes,
+        spare_swap_time_ns: duration("recovery.spare_swap_time", &r.spare_swap_time)?,
+        fallback_to_restart,
         crashes,
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
         collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
@@ -901,6 +1025,7 @@ fn validate_control(
         )? as u64,
         restart_time_ns: duration("recovery.restart_time", &r.restart_time)?,
         max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
+        corruptions_at_ns: Vec::new(),
         seed: 0,
     })
 }

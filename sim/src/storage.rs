@@ -19,6 +19,29 @@ pub struct StorageConfig {
     pub client_bytes_per_s: f64,
     pub aggregate_bytes_per_s: f64,
     pub persistent_latency_ns: u64,
+    /// Storage faults: the persistent store is slower by a factor in these windows.
+    pub slow: Vec<SlowWindow>,
+    /// Persistent writes that would land in these windows fail instead.
+    pub failing: Vec<Window>,
+}
+
+/// `from_ns..until_ns` of model time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub from_ns: u64,
+    pub until_ns: u64,
+}
+
+impl Window {
+    pub fn contains(&self, t_ns: u64) -> bool {
+        (self.from_ns..self.until_ns).contains(&t_ns)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlowWindow {
+    pub window: Window,
+    pub factor: f64,
 }
 
 /// An H100 node's host link and a large parallel file system.
@@ -29,6 +52,8 @@ impl Default for StorageConfig {
             client_bytes_per_s: 10e9,
             aggregate_bytes_per_s: 2e12,
             persistent_latency_ns: 1_000_000,
+            slow: Vec::new(),
+            failing: Vec::new(),
         }
     }
 }
@@ -78,16 +103,26 @@ impl Storage {
     }
 
     /// When a transfer of `bytes` between `node` and the persistent store, starting now, ends.
+    /// The node's client link and the store's aggregate bandwidth each queue their own work:
+    /// a transfer ends when both have carried it. (Reserving both for one interval instead
+    /// would let one node's busy client link hold the whole store idle.)
     pub fn persistent_transfer_done_ns(&mut self, node: usize, bytes: u64, now_ns: u64) -> u64 {
         let c = &self.config;
-        let start = now_ns
-            .max(self.client_busy_until_ns[node])
-            .max(self.aggregate_busy_until_ns);
-        let client_ns = (bytes as f64 * 1e9 / c.client_bytes_per_s).ceil() as u64;
-        let aggregate_ns = (bytes as f64 * 1e9 / c.aggregate_bytes_per_s).ceil() as u64;
-        self.client_busy_until_ns[node] = start + client_ns;
-        self.aggregate_busy_until_ns = start + aggregate_ns;
-        start + client_ns.max(aggregate_ns) + c.persistent_latency_ns
+        // A slow store (a degraded file system, a rebuilding array) stretches the transfers
+        // that start while it is slow.
+        let slowdown: f64 = c
+            .slow
+            .iter()
+            .filter(|s| s.window.contains(now_ns))
+            .map(|s| s.factor)
+            .product();
+        let client_ns = (bytes as f64 * 1e9 * slowdown / c.client_bytes_per_s).ceil() as u64;
+        let aggregate_ns = (bytes as f64 * 1e9 * slowdown / c.aggregate_bytes_per_s).ceil() as u64;
+        let client_done = now_ns.max(self.client_busy_until_ns[node]) + client_ns;
+        let aggregate_done = now_ns.max(self.aggregate_busy_until_ns) + aggregate_ns;
+        self.client_busy_until_ns[node] = client_done;
+        self.aggregate_busy_until_ns = aggregate_done;
+        client_done.max(aggregate_done) + c.persistent_latency_ns
     }
 
     pub fn host_copy_ns(&self, bytes: u64) -> u64 {
@@ -106,13 +141,21 @@ impl Storage {
         (self.writes.len() - 1) as u64
     }
 
-    /// The write's time has come: its bytes land, unless it already failed.
-    pub fn complete(&mut self, ticket: u64) {
+    /// The write's time has come: its bytes land, unless it already failed or the store is
+    /// failing writes now. Returns whether a store fault failed it.
+    pub fn complete(&mut self, ticket: u64, now_ns: u64) -> bool {
+        let failing = self.config.failing.iter().any(|w| w.contains(now_ns));
         let write = &mut self.writes[ticket as usize];
+        if failing && write.place == Place::Persistent && write.blob.is_some() {
+            write.blob = None;
+            write.status = WriteStatus::Failed;
+            return true;
+        }
         if let Some(blob) = write.blob.take() {
             write.status = WriteStatus::Durable;
             self.blobs.insert((write.place, write.name.clone()), blob);
         }
+        false
     }
 
     pub fn status(&self, ticket: u64) -> WriteStatus {

@@ -23,7 +23,7 @@ use crate::topology::Topology;
 
 mod control;
 
-pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport};
+pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
 
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ enum EventKind {
     Watchdog,
     /// The job restarts after the restart time.
     Restart,
+    /// A bit flips in a stored checkpoint shard.
+    CorruptBlob,
 }
 
 /// A message on the fabric, or in its receiver's mailbox.
@@ -310,7 +312,12 @@ impl World {
                     self.wake(rank as usize);
                 }
             }
-            EventKind::WriteDone { ticket } => self.storage.complete(ticket),
+            EventKind::WriteDone { ticket } => {
+                if self.storage.complete(ticket, self.now_ns) {
+                    self.count_injected("storage_write_failure");
+                }
+            }
+            EventKind::CorruptBlob => self.fire_corrupt_blob(),
             EventKind::Crash { idx } => self.fire_crash(idx),
             EventKind::RandomCrash => self.fire_random_crash(),
             EventKind::HeartbeatDetect { generation } => self.fire_heartbeat_detect(generation),

@@ -43,6 +43,8 @@ pub struct CheckpointPolicy {
     pub snapshot_bytes_per_s: f64,
     /// Also copy each shard into a buddy node's host memory.
     pub buddy_copy: bool,
+    /// Restore from host memory (own, then the buddy's) before the persistent store.
+    pub restore_from_memory: bool,
 }
 
 pub fn shard_name(step: u64, rank: usize) -> String {
@@ -388,7 +390,7 @@ impl Checkpointer {
             if rank == 0 {
                 backend.store_delete(Tier::Persistent, &manifest_name(*old));
             }
-            for tier in [Tier::Persistent, Tier::Host] {
+            for tier in restore_tiers(backend, true) {
                 backend.store_delete(tier, &shard_name(*old, rank));
             }
         }
@@ -418,12 +420,60 @@ pub struct Restored {
     pub params: Vec<f32>,
     /// Newer checkpoints that were skipped because a shard was missing or corrupt.
     pub fallbacks: u64,
+    /// Where this rank's shard came from.
+    pub tier: Tier,
+}
+
+/// The tiers a rank reads its shard from, best first: its own host memory, then its buddy's,
+/// then the persistent store; or the persistent store alone.
+fn restore_tiers<B: Backend>(backend: &B, from_memory: bool) -> Vec<Tier> {
+    let mut tiers = Vec::new();
+    if from_memory {
+        tiers.push(Tier::Host);
+        let placement = backend.placement();
+        let node = placement.node_of(backend.rank());
+        if let Some(buddy) = buddy_node(node, placement.node_count()) {
+            tiers.push(Tier::Peer { node: buddy });
+        }
+    }
+    tiers.push(Tier::Persistent);
+    tiers
+}
+
+/// Reads and verifies this rank's shard of `step` from `tier`, scattering it into `params`.
+async fn read_shard<B: Backend>(
+    backend: &B,
+    tier: Tier,
+    step: u64,
+    spans: &[Span],
+    params: &mut [f32],
+) -> Result<bool, CommError> {
+    let (rank, world) = (backend.rank(), backend.world_size());
+    let blob = match backend.store_get(tier, &shard_name(step, rank)).await {
+        Ok(blob) => blob,
+        Err(StorageError::Aborted) => return Err(CommError::Aborted),
+        Err(_) => return Ok(false),
+    };
+    let expected_len: usize = spans.iter().map(|s| s.elems.len()).sum();
+    match decode_shard(&blob.bytes, step, rank, world) {
+        Ok(values) if values.len() == expected_len => {
+            let mut values = values.into_iter();
+            for span in spans {
+                for slot in &mut params[span.elems.clone()] {
+                    *slot = values.next().expect("lengths checked");
+                }
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Restores the newest committed checkpoint whose every shard verifies, falling back to older
-/// ones; `None` when none does. Every rank must call this together: the ranks agree on each
-/// candidate with an all-reduce of their verdicts, then rebuild the parameters with an
-/// all-gather. `op_base` must not collide with the op ids of training steps.
+/// ones; `None` when none does. Every rank must call this together: each reads its own shard
+/// from the best tier that holds a verified copy, the ranks agree on each candidate with an
+/// all-reduce of their verdicts, then rebuild the parameters with an all-gather. `op_base`
+/// must not collide with the op ids of training steps.
 pub async fn restore<B: Backend>(
     backend: &B,
     checkpointer: &Checkpointer,
@@ -431,10 +481,9 @@ pub async fn restore<B: Backend>(
     op_base: u64,
 ) -> Result<Option<Restored>, CommError> {
     let world = backend.world_size();
-    let rank = backend.rank();
     let group = backend.placement().world();
     let spans = checkpointer.my_spans(backend, elems);
-    let mut fallbacks = 0;
+    let tiers = restore_tiers(backend, checkpointer.policy.restore_from_memory);
     let candidates = committed_steps(backend, Tier::Persistent);
     for (attempt, &step) in candidates.iter().rev().enumerate() {
         let op_id = op_base + 2 * attempt as u64;
@@ -447,59 +496,43 @@ pub async fn restore<B: Backend>(
             Err(StorageError::Aborted) => return Err(CommError::Aborted),
             Err(_) => false,
         };
-        let shard_ok = manifest_ok && {
-            match backend
-                .store_get(Tier::Persistent, &shard_name(step, rank))
-                .await
-            {
-                Ok(blob) => match decode_shard(&blob.bytes, step, rank, world) {
-                    Ok(values)
-                        if values.len() == spans.iter().map(|s| s.elems.len()).sum::<usize>() =>
-                    {
-                        let mut values = values.into_iter();
-                        for span in &spans {
-                            for slot in &mut params[span.elems.clone()] {
-                                *slot = values.next().expect("lengths checked");
-                            }
-                        }
-                        true
-                    }
-                    _ => false,
-                },
-                Err(StorageError::Aborted) => return Err(CommError::Aborted),
-                Err(_) => false,
+        let mut source = None;
+        if manifest_ok {
+            for &tier in &tiers {
+                if read_shard(backend, tier, step, &spans, &mut params).await? {
+                    source = Some(tier);
+                    break;
+                }
             }
-        };
-        let mut verdict = [if shard_ok { 1.0f32 } else { 0.0 }];
+        }
+        let mut verdict = [if source.is_some() { 1.0f32 } else { 0.0 }];
         checkpointer
             .collective
             .run(backend, &group, Op::AllReduce, op_id, &mut verdict, 8)
             .await?;
-        if verdict[0] != world as f32 {
+        let Some(tier) = source.filter(|_| verdict[0] == world as f32) else {
             backend.emit(Event::RestoreFallback { step });
-            fallbacks += 1;
             continue;
-        }
+        };
         let modelled = checkpointer.policy.modelled_state_bytes;
+        let all_gather = Op::AllGather;
         checkpointer
             .collective
             .run(
                 backend,
                 &group,
-                Op::AllGather,
+                all_gather,
                 op_id + 1,
                 &mut params,
                 modelled,
             )
             .await?;
-        backend.emit(Event::Restored {
-            step,
-            tier: Tier::Persistent,
-        });
+        backend.emit(Event::Restored { step, tier });
         return Ok(Some(Restored {
             step,
             params,
-            fallbacks,
+            fallbacks: attempt as u64,
+            tier,
         }));
     }
     Ok(None)

@@ -16,6 +16,7 @@ use statrs::distribution::Exp;
 use trainer_core::{CommError, Event, RestartOrder};
 
 use super::{EventKind, Wait, World};
+use crate::storage::Place;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashTarget {
@@ -38,8 +39,37 @@ pub struct CrashSpec {
     pub when: CrashWhen,
 }
 
+/// What the controller does after a failure. Where the trainer restores from is the
+/// trainer's checkpoint policy (`restore_from_memory`), set to match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryPolicy {
+    /// Every rank restarts after `restart_time`; the job reloads from the persistent store.
+    Restart,
+    /// As `Restart`, but ranks restore from host memory (own, then the buddy's) when it survived.
+    InMemory,
+    /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
+    /// Without spares left, the controller falls back to a full restart (or gives up).
+    HotSpare,
+}
+
+impl RecoveryPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryPolicy::Restart => "restart",
+            RecoveryPolicy::InMemory => "in-memory",
+            RecoveryPolicy::HotSpare => "hot-spare",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
+    pub policy: RecoveryPolicy,
+    /// Spare nodes for `HotSpare`.
+    pub spare_nodes: usize,
+    pub spare_swap_time_ns: u64,
+    /// With `HotSpare` and no spare left: restart in full (true) or give up (false).
+    pub fallback_to_restart: bool,
     pub crashes: Vec<CrashSpec>,
     /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
     pub node_failure_rate_per_ns: f64,
@@ -48,6 +78,8 @@ pub struct ControlConfig {
     pub heartbeat_misses: u64,
     pub restart_time_ns: u64,
     pub max_restarts: u64,
+    /// Times at which a bit flips in a shard of the newest committed checkpoint.
+    pub corruptions_at_ns: Vec<u64>,
     /// Root seed of the stochastic faults.
     pub seed: u64,
 }
@@ -75,6 +107,12 @@ pub struct FaultReport {
     pub checkpoints_lost_in_flight: u64,
     /// Checkpoints committed.
     pub checkpoints_committed: u64,
+    /// Spare nodes swapped in.
+    pub spares_used: u64,
+    /// Failures that found the spare pool empty.
+    pub spare_pool_exhausted: u64,
+    /// Ranks' restores by the tier their shard came from.
+    pub restores_by_tier: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,13 +137,17 @@ pub(super) struct Control {
     restarted_at_ns: Option<u64>,
     /// The checkpoint rank 0 has snapshotted and not yet seen committed.
     rank0_pending_checkpoint: Option<u64>,
+    /// Nodes that lost a rank since the last restart: each needs a replacement.
+    failed_nodes: std::collections::BTreeSet<usize>,
+    spares_left: usize,
 }
 
 impl Control {
     pub(super) fn new(config: ControlConfig, node_count: usize) -> Control {
         // The fault stream's own seed: adding another subsystem's draws never shifts it.
         let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(config.seed ^ 0x00c4_a511));
-        Control {
+        let spares_left = config.spare_nodes;
+        let mut control = Control {
             step_crashes_fired: vec![false; config.crashes.len()],
             config,
             phase: Phase::Running,
@@ -119,7 +161,11 @@ impl Control {
             rank0_high_water: 0,
             restarted_at_ns: None,
             rank0_pending_checkpoint: None,
-        }
+            failed_nodes: std::collections::BTreeSet::new(),
+            spares_left: 0,
+        };
+        control.spares_left = spares_left;
+        control
     }
 
     fn lose(&mut self, cause: &str, ns: u64) {
@@ -143,6 +189,9 @@ impl World {
             if let CrashWhen::AtNs(at) = crash.when {
                 self.schedule(at, EventKind::Crash { idx: idx as u32 });
             }
+        }
+        for &at in &config.corruptions_at_ns {
+            self.schedule(at, EventKind::CorruptBlob);
         }
         if let Some(timeout) = config.collective_timeout_ns {
             self.schedule((timeout / 10).max(1), EventKind::Watchdog);
@@ -200,6 +249,9 @@ impl World {
             CrashTarget::Gpu(rank) => (vec![rank], "gpu_failure"),
         };
         bump(&mut control.report.injected, kind);
+        control
+            .failed_nodes
+            .insert(self.placement.node_of(ranks[0]));
         if control.undetected_since_ns.is_none() && control.phase == Phase::Running {
             control.undetected_since_ns = Some(now);
             if let Some(interval) = control.config.heartbeat_interval_ns {
@@ -223,6 +275,35 @@ impl World {
             if matches!(state.wait, Wait::Message { .. } | Wait::Timer) {
                 self.wake(rank);
             }
+        }
+    }
+
+    pub(super) fn count_injected(&mut self, kind: &str) {
+        if let Some(control) = self.control.as_mut() {
+            bump(&mut control.report.injected, kind);
+        }
+    }
+
+    /// Flips one bit of one shard of the newest committed checkpoint in the persistent store,
+    /// chosen from the fault stream: silent corruption at rest, which only a verified restore
+    /// can notice.
+    pub(super) fn fire_corrupt_blob(&mut self) {
+        use rand::Rng;
+        use trainer_core::checkpoint::manifest_step;
+        let names = self.storage.list(Place::Persistent, "ckpt/");
+        let Some(step) = names.iter().filter_map(|n| manifest_step(n)).max() else {
+            return; // nothing committed yet: nothing to corrupt
+        };
+        let prefix = format!("ckpt/{step:012}/shard-");
+        let shards: Vec<&String> = names.iter().filter(|n| n.starts_with(&prefix)).collect();
+        let control = self.control.as_mut().expect("a controller");
+        if shards.is_empty() {
+            return;
+        }
+        let victim = shards[control.rng.gen_range(0..shards.len())].clone();
+        let bit = control.rng.gen::<u64>();
+        if self.storage.corrupt(Place::Persistent, &victim, bit) {
+            bump(&mut control.report.injected, "storage_corruption");
         }
     }
 
@@ -320,7 +401,23 @@ impl World {
             let at = self.now_ns;
             self.schedule(at, EventKind::Restart);
         } else {
-            let restart = control.config.restart_time_ns;
+            let needed = control.failed_nodes.len();
+            let config = &control.config;
+            let restart = if config.policy != RecoveryPolicy::HotSpare || needed == 0 {
+                config.restart_time_ns
+            } else if control.spares_left >= needed {
+                control.spares_left -= needed;
+                control.report.spares_used += needed as u64;
+                config.spare_swap_time_ns
+            } else {
+                control.report.spare_pool_exhausted += 1;
+                if !config.fallback_to_restart {
+                    control.report.abandoned = true;
+                }
+                // The failed nodes must be repaired or re-provisioned: a full restart.
+                config.restart_time_ns
+            };
+            control.failed_nodes.clear();
             control.lose("restart", restart);
             let at = self.now_ns + restart;
             self.schedule(at, EventKind::Restart);
@@ -387,6 +484,15 @@ impl World {
                 self.crash(target);
             }
         }
+        if let Event::Restored { tier, .. } = *event {
+            let name = match tier {
+                trainer_core::Tier::Host => "host",
+                trainer_core::Tier::Peer { .. } => "peer",
+                trainer_core::Tier::Persistent => "persistent",
+            };
+            let control = self.control.as_mut().expect("checked");
+            bump(&mut control.report.restores_by_tier, name);
+        }
         if rank != 0 {
             return;
         }
@@ -420,6 +526,7 @@ impl World {
                 }
             }
             Event::RestoreFallback { .. } => control.report.restore_fallbacks += 1,
+            Event::Restored { .. } => {}
             _ => {}
         }
     }
