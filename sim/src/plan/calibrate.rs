@@ -85,14 +85,15 @@ pub fn run_scenario_for(
     sets: &[String],
     steps: u64,
 ) -> Result<Scenario, scenario::ScenarioError> {
-    let view =
-        super::config::run_scenario_text(text).map_err(|message| scenario::ScenarioError {
+    let view = super::config::run_scenario_text(text, steps).map_err(|message| {
+        scenario::ScenarioError {
             origin: origin.to_string(),
             line_col: None,
             key: None,
             message,
-        })?;
-    let mut overrides: Vec<String> = sets
+        }
+    })?;
+    let overrides: Vec<String> = sets
         .iter()
         .filter(|s| {
             ["scenario.", "cluster.", "fabric.", "job.", "run."]
@@ -101,7 +102,6 @@ pub fn run_scenario_for(
         })
         .cloned()
         .collect();
-    overrides.push(format!("job.steps={steps}"));
     let origin = format!("{origin} (its run-scenario tables)");
     scenario::load_str(name, &origin, &view, &overrides)
 }

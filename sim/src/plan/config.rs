@@ -227,11 +227,18 @@ pub fn load_str(
     validate(name, raw, &source)
 }
 
-/// The run-scenario part of a planner file (`scenario`, `cluster`, `fabric`, `job`, `run`), as
-/// TOML text that `scenario::load_str` accepts once `job.steps` is set. Calibration runs it.
-pub fn run_scenario_text(text: &str) -> Result<String, String> {
+/// The run-scenario part of a planner file (`scenario`, `cluster`, `fabric`, `job`, `run`),
+/// with `job.steps` set to `steps`, as TOML text that `scenario::load_str` accepts.
+/// Calibration runs it.
+pub fn run_scenario_text(text: &str, steps: u64) -> Result<String, String> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
     table.retain(|key, _| ["scenario", "cluster", "fabric", "job", "run"].contains(&key));
+    let job = table
+        .entry("job")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .ok_or("`job` is not a table")?;
+    job.insert("steps".into(), toml::Value::Integer(steps as i64));
     toml::to_string(&table).map_err(|e| e.to_string())
 }
 
