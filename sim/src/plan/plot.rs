@@ -102,7 +102,7 @@ pub fn render_svg(report: &PlanReport) -> Result<String, String> {
                     grey.stroke_width(1),
                 ))
                 .map_err(e)?
-                .label(format!("Daly interval {daly:.1} min"))
+                .label(format!("Daly interval, best point: {daly:.1} min"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
         }
         for (idx, (name, points)) in series.iter().enumerate() {
