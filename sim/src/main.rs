@@ -649,12 +649,16 @@ fn emit_plan_report(
         .map(|(cause, s)| format!("{cause} {:.1} h", s / 3600.0))
         .collect();
     println!("time lost by cause (mean): {}", lost.join(", "));
-    println!(
-        "analytic, beside: job MTBF {:.2} h; Young {:.1} min; Daly {:.1} min",
-        report.job_mtbf_s / 3600.0,
-        min(report.young_interval_s),
-        min(report.daly_interval_s)
-    );
+    if report.job_mtbf_s > 0.0 {
+        println!(
+            "analytic, beside: job MTBF {:.2} h; Young {:.1} min; Daly {:.1} min",
+            report.job_mtbf_s / 3600.0,
+            min(report.young_interval_s),
+            min(report.daly_interval_s)
+        );
+    } else {
+        println!("analytic, beside: no failures configured, so no Young or Daly interval");
+    }
     Ok(())
 }
 

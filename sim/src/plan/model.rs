@@ -423,7 +423,9 @@ impl Sim<'_> {
             let stop_s = next_s.min(end_s).min(h);
             let spent_s = stop_s - self.t;
             self.result.lost.recovery_s += spent_s.min(recovery_s);
-            self.result.lost.degraded_s += (spent_s - recovery_s).max(0.0);
+            if spent_s > recovery_s {
+                self.result.lost.degraded_s += spent_s - recovery_s;
+            }
             self.t = stop_s;
             if next_s < end_s && next_s < h {
                 self.result.interruptions += 1;

@@ -24,7 +24,7 @@ pub struct PointInfo {
     pub restart_time_s: f64,
     /// Failure-weighted mean detection time.
     pub detection_time_s: f64,
-    /// The job's mean time between failures, all kinds together.
+    /// The job's mean time between failures, all kinds together; 0 when nothing fails.
     pub job_mtbf_s: f64,
     pub young_interval_s: f64,
     pub daly_interval_s: f64,
