@@ -413,8 +413,12 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
 
     let c = &raw.checkpoint;
     let checkpoint_interval_s = duration_s("checkpoint.interval", &c.interval, "1h")?;
-    if checkpoint_interval_s <= 0.0 {
-        return Err(src.error("checkpoint.interval", "expected an interval above zero"));
+    // Each interval is one turn of the model's loop: below a second, a month takes too long.
+    if checkpoint_interval_s < 1.0 {
+        return Err(src.error(
+            "checkpoint.interval",
+            format!("expected an interval of at least 1s, got {checkpoint_interval_s} s"),
+        ));
     }
     let checkpoint_write_time_s = duration_s("checkpoint.write_time", &c.write_time, "0s")?;
     let checkpoint_persist_time_s = duration_s("checkpoint.persist_time", &c.persist_time, "0s")?;

@@ -388,7 +388,11 @@ impl Sim<'_> {
         let write_end_s = (self.t + self.cfg.checkpoint_write_time_s).min(h);
         self.result.lost.checkpoint_s += write_end_s - self.t;
         self.t = write_end_s;
-        self.push_snapshot();
+        // The job goes down only once this checkpoint is persisted, so it counts as durable now.
+        self.snapshots.push(Snapshot {
+            end_s: self.t - self.cfg.checkpoint_persist_time_s,
+            progress_s: self.progress_s,
+        });
         let end_s = (self.t + m.duration_s + self.cfg.recovery.restart_time_s).min(h);
         self.result.lost.maintenance_s += end_s - self.t;
         self.t = end_s;

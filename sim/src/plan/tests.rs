@@ -164,6 +164,30 @@ fn useful_time_and_losses_add_up_to_the_horizon_under_every_policy() {
 }
 
 #[test]
+fn maintenance_alone_costs_exactly_its_windows_and_checkpoints() {
+    // No failures: every 2 days a 5 s checkpoint, 30 min of maintenance and a 10 min restart;
+    // a 5 s checkpoint every hour of work otherwise. Nothing is ever rolled back.
+    let text = "[cluster]\ngpus = 64\n[plan]\nhorizon = \"10d\"\nseeds = 2\n\
+                maintenance_interval = \"2d\"\nmaintenance_duration = \"30min\"\n\
+                [checkpoint]\ninterval = \"1h\"\nwrite_time = \"5s\"\npersist_time = \"1h\"\n\
+                [recovery]\nrestart_time = \"10min\"\n";
+    let points = points_from(text, &[]);
+    let r = run_seed(&points[0].config, 0);
+    assert_eq!(
+        r.planned_interruptions, 4,
+        "at days 2, 4, 6 and 8 (and later, not in 10 d)"
+    );
+    assert_eq!(r.lost.maintenance_s, 4.0 * 40.0 * MIN);
+    assert_eq!(r.lost.rework_s, 0.0);
+    assert_eq!(r.interruptions, 0);
+    let horizon = 10.0 * 86_400.0;
+    assert!((r.useful_s + r.lost.total_s() - horizon).abs() < 1e-6);
+    // About one 5 s write per hour of work.
+    let writes = r.lost.checkpoint_s / 5.0;
+    assert!((writes - r.useful_s / HOUR).abs() < 6.0, "{writes}");
+}
+
+#[test]
 fn results_do_not_depend_on_the_thread_count() {
     let points = points_from(
         &busy_world("per-replica"),
