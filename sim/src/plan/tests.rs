@@ -292,6 +292,22 @@ fn the_llama3_preset_lands_near_the_published_figures() {
 }
 
 #[test]
+fn the_daly_preset_covers_dalys_closed_form_at_every_point() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/plan-daly-closed-form.toml");
+    let points = load_points(&path, &[], &[], &Costs::default()).unwrap();
+    let report = summarise(&run_shard(&points, 0, 1, 2, &|| {}));
+    assert_eq!(report.sweep.len(), 7);
+    for p in &report.sweep {
+        assert!(
+            p.ettr_ci95[0] <= p.daly_ettr && p.daly_ettr <= p.ettr_ci95[1],
+            "{p:?}"
+        );
+    }
+    assert_eq!(report.best_checkpoint_interval_s, 56.7 * MIN);
+}
+
+#[test]
 fn the_100k_preset_compares_the_four_policies() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/plan-100k-30d.toml");
     let points = load_points(&path, &["plan.seeds=4".into()], &[], &Costs::default()).unwrap();
