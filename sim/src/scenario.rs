@@ -147,41 +147,49 @@ pub fn load_str(
     text: &str,
     overrides: &[String],
 ) -> Result<Scenario, ScenarioError> {
+    let (raw, source) = parse_checked::<RawScenario>(origin, text, overrides)?;
+    validate(name, raw, &source)
+}
+
+/// Parses `text`, applies `overrides` and deserialises the result into `R`. The returned
+/// [`Source`] locates keys for validation errors. The planner loads its own file format through
+/// this, so that its errors carry the same file, line, column and key.
+pub(crate) fn parse_checked<R: serde::de::DeserializeOwned>(
+    origin: &str,
+    text: &str,
+    overrides: &[String],
+) -> Result<(R, Source), ScenarioError> {
     let source = Source::parse(origin, text)?;
     // First pass on the text as written, so that type errors and unknown keys carry positions.
-    let raw: RawScenario = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
-    let raw = if overrides.is_empty() {
-        raw
-    } else {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
-        let mut set_keys = BTreeMap::new();
-        for item in overrides {
-            let (key, value) = parse_override(item)?;
-            set_value(&mut table, &key, value).map_err(|message| ScenarioError {
-                origin: format!("--set {item}"),
-                line_col: None,
-                key: Some(key.clone()),
-                message,
-            })?;
-            set_keys.insert(key, item.clone());
-        }
-        let raw =
-            RawScenario::deserialize(toml::Value::Table(table)).map_err(|e| ScenarioError {
-                origin: format!("--set {}", overrides.join(" --set ")),
-                line_col: None,
-                key: None,
-                message: e.message().to_string(),
-            })?;
-        return validate(
-            name,
-            raw,
-            &Source {
-                overrides: set_keys,
-                ..source
-            },
-        );
-    };
-    validate(name, raw, &source)
+    let raw: R = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
+    if overrides.is_empty() {
+        return Ok((raw, source));
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
+    let mut set_keys = BTreeMap::new();
+    for item in overrides {
+        let (key, value) = parse_override(item)?;
+        set_value(&mut table, &key, value).map_err(|message| ScenarioError {
+            origin: format!("--set {item}"),
+            line_col: None,
+            key: Some(key.clone()),
+            message,
+        })?;
+        set_keys.insert(key, item.clone());
+    }
+    let raw = R::deserialize(toml::Value::Table(table)).map_err(|e| ScenarioError {
+        origin: format!("--set {}", overrides.join(" --set ")),
+        line_col: None,
+        key: None,
+        message: e.message().to_string(),
+    })?;
+    Ok((
+        raw,
+        Source {
+            overrides: set_keys,
+            ..source
+        },
+    ))
 }
 
 fn parse_override(item: &str) -> Result<(String, toml::Value), ScenarioError> {
@@ -224,7 +232,7 @@ fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(
 }
 
 /// The scenario text with positions of its keys, for error messages.
-struct Source {
+pub(crate) struct Source {
     origin: String,
     text: String,
     doc: toml_edit::ImDocument<String>,
@@ -259,7 +267,7 @@ impl Source {
     }
 
     /// An error about `key`, located where the key is set.
-    fn error(&self, key: &str, message: impl Into<String>) -> ScenarioError {
+    pub(crate) fn error(&self, key: &str, message: impl Into<String>) -> ScenarioError {
         if let Some(item) = self.overrides.get(key) {
             return ScenarioError {
                 origin: format!("--set {item}"),
@@ -1040,7 +1048,7 @@ fn j_seed(src: &Source, seed: i64) -> Result<u64, ScenarioError> {
     Ok(seed as u64)
 }
 
-fn in_range(
+pub(crate) fn in_range(
     src: &Source,
     key: &str,
     value: i64,
@@ -1056,7 +1064,7 @@ fn in_range(
     Ok(value as usize)
 }
 
-fn positive(src: &Source, key: &str, value: f64, max: f64) -> Result<(), ScenarioError> {
+pub(crate) fn positive(src: &Source, key: &str, value: f64, max: f64) -> Result<(), ScenarioError> {
     if !(value.is_finite() && value > 0.0 && value <= max) {
         return Err(src.error(
             key,
