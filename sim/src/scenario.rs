@@ -117,7 +117,14 @@ impl fmt::Display for ScenarioError {
         if let Some(key) = &self.key {
             write!(f, ": {key}")?;
         }
-        write!(f, ": {}", self.message)
+        // One line, whatever the parser's message looked like.
+        let lines: Vec<&str> = self
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        write!(f, ": {}", lines.join("; "))
     }
 }
 
@@ -181,7 +188,7 @@ pub(crate) fn parse_checked<R: serde::de::DeserializeOwned>(
         origin: format!("--set {}", overrides.join(" --set ")),
         line_col: None,
         key: None,
-        message: e.message().to_string(),
+        message: with_suggestion(e.message().trim()),
     })?;
     Ok((
         raw,
@@ -262,7 +269,7 @@ impl Source {
             origin: self.origin.clone(),
             line_col: span.clone().map(|s| line_col(&self.text, s.start)),
             key: span.and_then(|s| self.key_at(&s)),
-            message: error.message().trim().to_string(),
+            message: with_suggestion(error.message().trim()),
         }
     }
 
@@ -290,7 +297,29 @@ impl Source {
         let mut item = self.doc.as_item();
         let mut best = None;
         for part in key.split('.') {
-            item = item.get(part)?;
+            item = match part.parse::<usize>() {
+                // An entry of an array of tables, like `faults.crash.0`.
+                Ok(idx) => match item.as_array_of_tables() {
+                    Some(array) => {
+                        let table = array.get(idx)?;
+                        best = table.span().or(best);
+                        // Continue inside the entry's table.
+                        let rest = key.split('.').skip_while(|p| *p != part).skip(1);
+                        let mut inner: Option<&toml_edit::Item> = None;
+                        for field in rest {
+                            let found = match inner {
+                                None => table.get(field)?,
+                                Some(it) => it.get(field)?,
+                            };
+                            best = found.span().or(best);
+                            inner = Some(found);
+                        }
+                        return best;
+                    }
+                    None => item.get(idx)?,
+                },
+                Err(_) => item.get(part)?,
+            };
             best = item.span().or(best);
         }
         best
@@ -322,6 +351,54 @@ impl Source {
         }
         walk(self.doc.as_table(), "", span.start)
     }
+}
+
+/// Adds "did you mean" to serde's unknown-field message when an expected field is close:
+/// `unknown field `gpu_per_node`, expected one of `gpus`, `gpus_per_node`, ...`.
+pub(crate) fn with_suggestion(message: &str) -> String {
+    // serde speaks Rust; people write TOML.
+    let message = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace(
+            "expected a string",
+            "expected a string (durations, sizes and bandwidths carry units: \"10min\", \"2GiB\", \"400Gb/s\")",
+        );
+    let message = message.as_str();
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|candidate| (edit_distance(unknown, candidate), candidate))
+        .min();
+    match best {
+        Some((distance, candidate)) if distance <= 2.max(unknown.len() / 3) => {
+            format!("{message}; did you mean `{candidate}`?")
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// Levenshtein distance, for suggesting the key someone meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -899,7 +976,10 @@ fn validate_storage_faults(src: &Source, f: &RawFaults) -> Result<StorageFaults,
         };
         match fault.kind.as_str() {
             "slow" => {
-                let factor = fault.factor.unwrap_or(f64::NAN);
+                let Some(factor) = fault.factor else {
+                    let message = "`factor` is required for kind \"slow\", e.g. factor = 4.0";
+                    return Err(src.error(&format!("faults.storage.{idx}"), message));
+                };
                 if !(factor.is_finite() && (1.0..=1e6).contains(&factor)) {
                     let message = format!("expected a slowdown factor from 1 to 1e6, got {factor}");
                     return Err(src.error(&key("factor"), message));
