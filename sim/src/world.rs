@@ -106,6 +106,9 @@ pub struct World {
     stats: FabricStats,
     /// Payload buffers handed back by ranks, reused for the next sends.
     spare_buffers: Vec<Vec<f32>>,
+    /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
+    /// recycled from a short message can carry a long one without a realloc.
+    buffer_elems: usize,
 }
 
 impl World {
@@ -141,6 +144,7 @@ impl World {
             digest: Digest::new(),
             stats: FabricStats::default(),
             spare_buffers: Vec::new(),
+            buffer_elems: 0,
         }
     }
 
@@ -426,6 +430,19 @@ impl World {
         }
     }
 
+    /// A spare buffer holding a copy of `data`.
+    fn buffer_from(&mut self, data: &[f32]) -> Vec<f32> {
+        self.buffer_elems = self.buffer_elems.max(data.len());
+        let mut buffer = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.buffer_elems));
+        buffer.clear();
+        buffer.reserve_exact(self.buffer_elems);
+        buffer.extend_from_slice(data);
+        buffer
+    }
+
     fn emit(&mut self, rank: usize, event: &Event) {
         self.digest.u64(0xE0 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
@@ -517,15 +534,7 @@ impl Backend for SimBackend {
     }
 
     fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
-        let mut buffer = self
-            .world
-            .borrow_mut()
-            .spare_buffers
-            .pop()
-            .unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(data);
-        Payload::new(buffer, modelled_bytes)
+        Payload::new(self.world.borrow_mut().buffer_from(data), modelled_bytes)
     }
 
     fn recycle(&self, payload: Payload) {
