@@ -93,9 +93,10 @@ pub struct World {
     firing: Vec<EventKind>,
     /// Wake ranks through their wakers (madsim), or only mark them in `woken` (FIFO).
     use_wakers: bool,
-    /// One bit per rank: woken since the last `take_woken`. Read out in rank order.
-    woken: Vec<u64>,
-    woken_count: usize,
+    /// Ranks woken since the last `take_woken`, in the order woken.
+    woken: Vec<u32>,
+    /// One bit per rank, scratch for putting a long `woken` list in rank order.
+    woken_bits: Vec<u64>,
     /// Messages on the fabric and in mailboxes; free slots are reused first.
     messages: Vec<Option<Message>>,
     free_slots: Vec<u32>,
@@ -137,8 +138,8 @@ impl World {
             queue: RadixQueue::default(),
             firing: Vec::new(),
             use_wakers: true,
-            woken: vec![0; placement.world_size.div_ceil(64)],
-            woken_count: 0,
+            woken: Vec::new(),
+            woken_bits: vec![0; placement.world_size.div_ceil(64)],
             messages: Vec::new(),
             free_slots: Vec::new(),
             ranks,
@@ -213,23 +214,28 @@ impl World {
 
     /// Ranks woken since the last call, in rank order (which keeps the executor's walk over
     /// rank futures and rank state sequential in memory).
+    /// A few woken ranks (a training step's many sparse instants) are sorted; many (a
+    /// collective's dense instants) are put in order through a bitmap, which costs one pass
+    /// over `rank_count / 64` words instead of a sort.
     pub fn take_woken(&mut self, into: &mut Vec<u32>) {
         into.clear();
-        if self.woken_count == 0 {
+        if self.woken.len() < self.woken_bits.len() {
+            std::mem::swap(into, &mut self.woken);
+            into.sort_unstable();
             return;
         }
-        into.reserve(self.woken_count);
-        for (word_idx, word) in self.woken.iter_mut().enumerate() {
+        for &rank in &self.woken {
+            self.woken_bits[rank as usize / 64] |= 1 << (rank % 64);
+        }
+        into.reserve(self.woken.len());
+        for (word_idx, word) in self.woken_bits.iter_mut().enumerate() {
             let mut bits = std::mem::take(word);
             while bits != 0 {
                 into.push((word_idx * 64) as u32 + bits.trailing_zeros());
                 bits &= bits - 1;
             }
-            if into.len() == self.woken_count {
-                break;
-            }
         }
-        self.woken_count = 0;
+        self.woken.clear();
     }
 
     fn schedule(&mut self, time_ns: u64, what: EventKind) {
@@ -320,8 +326,7 @@ impl World {
                 waker.wake_by_ref();
             }
         } else {
-            self.woken[rank / 64] |= 1 << (rank % 64);
-            self.woken_count += 1;
+            self.woken.push(rank as u32);
         }
     }
 
