@@ -213,7 +213,11 @@ pub fn run_all(
                     executors.iter().copied().map(Some).collect()
                 };
             for executor in runs_on {
-                let executor_name = executor.map_or("bare", ExecutorKind::name);
+                let executor_name = match executor {
+                    Some(kind) => kind.name(),
+                    None if case == "planner" => "-",
+                    None => "bare",
+                };
                 let outcome = match skip_reason(case, gpus) {
                     Some(reason) => Err(format!("skipped: {reason}")),
                     None => best_of(&exe, case, gpus, executor, repeat),

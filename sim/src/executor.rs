@@ -132,7 +132,10 @@ where
         Rc::new(RefCell::new((0..rank_count).map(|_| None).collect()));
     let driver_world = world.clone();
     let driver_outputs = outputs.clone();
-    let tasks: Vec<F> = (0..rank_count).map(&task).collect();
+    // Boxed, so that the spawned wrapper holds a pointer: an async block that awaits a
+    // captured future stores it twice (as the capture and as the awaited value), and madsim
+    // wraps it again, which made each task five times the size of the rank's future.
+    let tasks: Vec<Pin<Box<F>>> = (0..rank_count).map(|rank| Box::pin(task(rank))).collect();
     let result = runtime.block_on(async move {
         for (rank, future) in tasks.into_iter().enumerate() {
             let world = driver_world.clone();

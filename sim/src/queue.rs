@@ -13,6 +13,9 @@ pub struct RadixQueue<T> {
     last_ns: u64,
     len: usize,
     buckets: Vec<Vec<(u64, T)>>,
+    /// An empty vector with capacity, swapped in for a bucket being emptied so that no
+    /// bucket gives up its allocation: buckets refill every instant.
+    spare: Vec<(u64, T)>,
 }
 
 impl<T> Default for RadixQueue<T> {
@@ -21,6 +24,7 @@ impl<T> Default for RadixQueue<T> {
             last_ns: 0,
             len: 0,
             buckets: (0..65).map(|_| Vec::new()).collect(),
+            spare: Vec::new(),
         }
     }
 }
@@ -61,17 +65,19 @@ impl<T> RadixQueue<T> {
                 .iter()
                 .position(|b| !b.is_empty())
                 .expect("len > 0");
-            let items = std::mem::take(&mut self.buckets[bucket]);
+            let mut items =
+                std::mem::replace(&mut self.buckets[bucket], std::mem::take(&mut self.spare));
             self.last_ns = items.iter().map(|(t, _)| *t).min().expect("non-empty");
-            for (time_ns, item) in items {
+            for (time_ns, item) in items.drain(..) {
                 let lower = self.bucket_of(time_ns);
                 debug_assert!(lower < bucket);
                 self.buckets[lower].push((time_ns, item));
             }
+            self.spare = items;
         }
-        let instant = std::mem::take(&mut self.buckets[0]);
+        let instant = &mut self.buckets[0];
         self.len -= instant.len();
-        out.extend(instant.into_iter().map(|(_, item)| item));
+        out.extend(instant.drain(..).map(|(_, item)| item));
         Some(self.last_ns)
     }
 }

@@ -165,3 +165,42 @@ fn collective_input_sums_equal_the_sums_of_every_rank() {
         );
     }
 }
+
+#[test]
+fn divisor_divides_exactly() {
+    use crate::topology::Divisor;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for divisor in [
+        1,
+        2,
+        3,
+        7,
+        8,
+        17,
+        32,
+        1000,
+        12_500,
+        65_537,
+        (1 << 31) - 1,
+        (1 << 32) - 1,
+    ] {
+        let d = Divisor::new(divisor);
+        let edges = [0, 1, divisor - 1, divisor, divisor + 1, (1 << 32) - 1];
+        for numerator in edges.into_iter().filter(|&n| n < 1 << 32) {
+            assert_eq!(
+                d.div(numerator),
+                numerator / divisor,
+                "{numerator} / {divisor}"
+            );
+        }
+        for _ in 0..10_000 {
+            state = trainer_core::digest::mix64(state);
+            let numerator = (state >> 32) as usize;
+            assert_eq!(
+                d.div(numerator),
+                numerator / divisor,
+                "{numerator} / {divisor}"
+            );
+        }
+    }
+}

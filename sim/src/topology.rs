@@ -64,6 +64,10 @@ pub struct Topology {
     /// Uplinks per leaf, one to each spine of its cluster.
     uplinks_per_leaf: usize,
     leaf_count: usize,
+    /// The divisors routing uses on every message, prepared once.
+    per_node: Divisor,
+    per_cluster: Divisor,
+    per_leaf: Divisor,
     /// First link id of each block.
     leaf_link_base: u32,
     cluster_link_base: u32,
@@ -91,6 +95,9 @@ impl Topology {
             units_per_cluster,
             uplinks_per_leaf,
             leaf_count,
+            per_node: Divisor::new(gpus_per_node),
+            per_cluster: Divisor::new(nodes_per_cluster),
+            per_leaf: Divisor::new(cluster.nodes_per_leaf),
             leaf_link_base,
             cluster_link_base,
             link_count,
@@ -118,20 +125,21 @@ impl Topology {
     }
 
     fn node_of(&self, gpu: usize) -> usize {
-        gpu / self.cluster.gpus_per_node
+        self.per_node.div(gpu)
     }
 
     fn cluster_of_node(&self, node: usize) -> usize {
-        node / self.nodes_per_cluster
+        self.per_cluster.div(node)
     }
 
     /// The leaf switch that GPU `gpu`'s NIC plugs into.
     pub fn leaf_of(&self, gpu: usize) -> usize {
+        let gpus_per_node = self.cluster.gpus_per_node;
         let node = self.node_of(gpu);
         let cluster = self.cluster_of_node(node);
-        let unit = (node % self.nodes_per_cluster) / self.cluster.nodes_per_leaf;
-        let rail = gpu % self.cluster.gpus_per_node;
-        (cluster * self.units_per_cluster + unit) * self.cluster.gpus_per_node + rail
+        let unit = self.per_leaf.div(node - cluster * self.nodes_per_cluster);
+        let rail = gpu - node * gpus_per_node;
+        (cluster * self.units_per_cluster + unit) * gpus_per_node + rail
     }
 
     fn nvlink_up(gpu: usize) -> LinkId {
@@ -284,6 +292,40 @@ impl Topology {
             core = Some(c);
         }
         TopologyGraph { graph, gpus, core }
+    }
+}
+
+/// Division by a number fixed when the topology is built, as a multiply and a shift: routing
+/// divides about ten times per message, and a hardware division costs tens of cycles. Exact
+/// for every numerator and divisor below 2^32 (Lemire, Kaser and Kurz, "Faster remainder by
+/// direct computation", 2019).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Divisor {
+    divisor: u64,
+    /// ceil(2^64 / divisor); unused when the divisor is 1.
+    multiplier: u64,
+}
+
+impl Divisor {
+    pub(crate) fn new(divisor: usize) -> Divisor {
+        assert!((1..1 << 32).contains(&divisor));
+        let divisor = divisor as u64;
+        Divisor {
+            divisor,
+            multiplier: if divisor == 1 {
+                0
+            } else {
+                u64::MAX / divisor + 1
+            },
+        }
+    }
+
+    pub(crate) fn div(self, numerator: usize) -> usize {
+        debug_assert!(numerator < 1 << 32);
+        if self.divisor == 1 {
+            return numerator;
+        }
+        ((self.multiplier as u128 * numerator as u128) >> 64) as usize
     }
 }
 

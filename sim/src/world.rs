@@ -61,6 +61,10 @@ struct Message {
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// Instants with fewer events than this fire without [`World::warm_up`]: their slots and ranks
+/// are few enough to stay in cache.
+const WARM_UP_MIN_EVENTS: usize = 4096;
+
 /// What a parked rank waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wait {
@@ -124,9 +128,10 @@ pub struct World {
     firing: Vec<EventKind>,
     /// Wake ranks through their wakers (madsim), or only mark them in `woken` (FIFO).
     use_wakers: bool,
-    /// One bit per rank: woken since the last `take_woken`. Read out in rank order.
-    woken: Vec<u64>,
-    woken_count: usize,
+    /// Ranks woken since the last `take_woken`, in the order woken.
+    woken: Vec<u32>,
+    /// One bit per rank, scratch for putting a long `woken` list in rank order.
+    woken_bits: Vec<u64>,
     /// Messages on the fabric and in mailboxes; free slots are reused first.
     messages: Vec<Option<Message>>,
     free_slots: Vec<u32>,
@@ -143,6 +148,9 @@ pub struct World {
     spare_buffers: Vec<Vec<f32>>,
     storage: Storage,
     control: Option<control::Control>,
+    /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
+    /// recycled from a short message can carry a long one without a realloc.
+    buffer_elems: usize,
 }
 
 impl World {
@@ -173,8 +181,8 @@ impl World {
             queue: RadixQueue::default(),
             firing: Vec::new(),
             use_wakers: true,
-            woken: vec![0; placement.world_size.div_ceil(64)],
-            woken_count: 0,
+            woken: Vec::new(),
+            woken_bits: vec![0; placement.world_size.div_ceil(64)],
             messages: Vec::new(),
             free_slots: Vec::new(),
             ranks,
@@ -186,6 +194,7 @@ impl World {
             spare_buffers: Vec::new(),
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
+            buffer_elems: 0,
         }
     }
 
@@ -261,23 +270,28 @@ impl World {
 
     /// Ranks woken since the last call, in rank order (which keeps the executor's walk over
     /// rank futures and rank state sequential in memory).
+    /// A few woken ranks (a training step's many sparse instants) are sorted; many (a
+    /// collective's dense instants) are put in order through a bitmap, which costs one pass
+    /// over `rank_count / 64` words instead of a sort.
     pub fn take_woken(&mut self, into: &mut Vec<u32>) {
         into.clear();
-        if self.woken_count == 0 {
+        if self.woken.len() < self.woken_bits.len() {
+            std::mem::swap(into, &mut self.woken);
+            into.sort_unstable();
             return;
         }
-        into.reserve(self.woken_count);
-        for (word_idx, word) in self.woken.iter_mut().enumerate() {
+        for &rank in &self.woken {
+            self.woken_bits[rank as usize / 64] |= 1 << (rank % 64);
+        }
+        into.reserve(self.woken.len());
+        for (word_idx, word) in self.woken_bits.iter_mut().enumerate() {
             let mut bits = std::mem::take(word);
             while bits != 0 {
                 into.push((word_idx * 64) as u32 + bits.trailing_zeros());
                 bits &= bits - 1;
             }
-            if into.len() == self.woken_count {
-                break;
-            }
         }
-        self.woken_count = 0;
+        self.woken.clear();
     }
 
     fn schedule(&mut self, time_ns: u64, what: EventKind) {
@@ -294,11 +308,31 @@ impl World {
         debug_assert!(instant_ns >= self.now_ns);
         self.now_ns = instant_ns;
         self.stats.instants += 1;
+        if firing.len() >= WARM_UP_MIN_EVENTS {
+            self.warm_up(&firing);
+        }
         for what in firing.drain(..) {
             self.fire(what);
         }
         self.firing = firing;
         true
+    }
+
+    /// Reads, for every delivery of a large instant, its message slot and its receiver's
+    /// state, before firing any. These loads do not depend on each other, so the CPU keeps
+    /// many cache misses in flight at once; firing one event after another would wait for
+    /// each in turn. At 100,000 ranks neither the slab nor the rank states fit in cache.
+    fn warm_up(&self, firing: &[EventKind]) {
+        let mut receivers_waiting = 0usize;
+        for what in firing {
+            if let EventKind::Deliver { slot } = *what {
+                if let Some(message) = &self.messages[slot as usize] {
+                    let state = &self.ranks[message.to as usize];
+                    receivers_waiting += usize::from(state.wait != Wait::Nothing);
+                }
+            }
+        }
+        std::hint::black_box(receivers_waiting);
     }
 
     fn fire(&mut self, what: EventKind) {
@@ -379,8 +413,7 @@ impl World {
                 waker.wake_by_ref();
             }
         } else {
-            self.woken[rank / 64] |= 1 << (rank % 64);
-            self.woken_count += 1;
+            self.woken.push(rank as u32);
         }
     }
 
@@ -587,6 +620,19 @@ impl World {
         }
     }
 
+    /// A spare buffer holding a copy of `data`.
+    fn buffer_from(&mut self, data: &[f32]) -> Vec<f32> {
+        self.buffer_elems = self.buffer_elems.max(data.len());
+        let mut buffer = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.buffer_elems));
+        buffer.clear();
+        buffer.reserve_exact(self.buffer_elems);
+        buffer.extend_from_slice(data);
+        buffer
+    }
+
     fn emit(&mut self, rank: usize, event: &Event) {
         self.observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
@@ -694,15 +740,7 @@ impl Backend for SimBackend {
     }
 
     fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
-        let mut buffer = self
-            .world
-            .borrow_mut()
-            .spare_buffers
-            .pop()
-            .unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(data);
-        Payload::new(buffer, modelled_bytes)
+        Payload::new(self.world.borrow_mut().buffer_from(data), modelled_bytes)
     }
 
     fn store_put(

@@ -23,8 +23,9 @@ fn json(output: &Output) -> serde_json::Value {
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("faultline-plan-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    path
 }
 
 const LLAMA: &str = "scenarios/plan-llama3-16k-54d.toml";
@@ -137,8 +138,9 @@ fn results_are_equal_for_one_and_two_threads() {
 
 #[test]
 fn plan_writes_the_report_and_an_svg_plot_atomically() {
-    let out_path = temp("report.json");
-    let plot_path = temp("plot.svg");
+    // A folder of its own: other tests write (atomically, through temporary names) beside it.
+    let out_path = temp("atomic/report.json");
+    let plot_path = temp("atomic/plot.svg");
     let out = faultline(&[
         "plan",
         "scenarios/plan-100k-30d.toml",

@@ -342,7 +342,7 @@ fn planner_scenario_errors_name_file_line_column_and_key() {
         &format!("{base}[checkpoint]\nintervl = \"1h\"\n"),
         &[],
         "p.toml:6:1: checkpoint.intervl: unknown field `intervl`, expected one of `interval`, \
-         `write_time`, `persist_time`",
+         `write_time`, `persist_time`; did you mean `interval`?",
     );
     check(
         &format!("{base}[checkpoint]\ninterval = \"10\"\n"),
