@@ -1,0 +1,452 @@
+//! The NCCL transport: one rank per process, on one or several GPUs and nodes.
+//!
+//! NCCL matches a send with a receive by peer and order, knows nothing of tags, and needs the
+//! receiver to name the length; the logic names a sender and a tag and learns the length from
+//! the payload. So every message travels as one fixed-size frame (a header with its tag and
+//! length, then the data, padded to the largest payload of the job), and a frame that arrives
+//! before the logic asks for its tag waits in a stash.
+//!
+//! NCCL point-to-point calls also block the stream until the peer posts the matching call. A
+//! send is therefore held back and posted together with this rank's next receive, in one NCCL
+//! group, or at the end of the collective: posting a send never waits for a peer, as the
+//! `Backend` contract says, and the exchanges that both sides post as send-then-receive (a
+//! ring step) complete together instead of deadlocking.
+//!
+//! Not yet run on a GPU in this repository's history: see README "Real GPUs".
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::nccl::{Comm, Id};
+use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
+
+use crate::device::{CudaRank, DeviceError, Gpu, RankDevice};
+use crate::local::Mark;
+use crate::rendezvous::ID_LEN;
+
+/// Header slots at the front of every frame, each a u32 stored in an f32's bits.
+pub const HEADER_ELEMS: usize = 8;
+const FRAME_MAGIC: u32 = 0xfa17_11e5;
+
+/// A frame's header, as u32 words.
+pub fn encode_header(tag: Tag, len: usize, modelled_bytes: u64) -> [u32; HEADER_ELEMS] {
+    [
+        FRAME_MAGIC,
+        tag.op_id as u32,
+        (tag.op_id >> 32) as u32,
+        tag.phase,
+        tag.round,
+        u32::try_from(len).expect("payload under 2^32 elements"),
+        modelled_bytes as u32,
+        (modelled_bytes >> 32) as u32,
+    ]
+}
+
+/// A frame's tag, data length and modelled bytes, or `None` if it is not a frame.
+pub fn decode_header(words: &[u32]) -> Option<(Tag, usize, u64)> {
+    if words.len() < HEADER_ELEMS || words[0] != FRAME_MAGIC {
+        return None;
+    }
+    let op_id = u64::from(words[1]) | (u64::from(words[2]) << 32);
+    let tag = Tag::new(op_id, words[3], words[4]);
+    let modelled = u64::from(words[6]) | (u64::from(words[7]) << 32);
+    Some((tag, words[5] as usize, modelled))
+}
+
+/// The frame for `data`: header then data then zeros up to `frame_elems`.
+pub fn encode_frame(tag: Tag, data: &[f32], modelled_bytes: u64, frame_elems: usize) -> Vec<f32> {
+    assert!(
+        HEADER_ELEMS + data.len() <= frame_elems,
+        "a payload of {} elements exceeds the job's frame of {frame_elems}",
+        data.len()
+    );
+    let mut frame = Vec::with_capacity(frame_elems);
+    frame.extend(
+        encode_header(tag, data.len(), modelled_bytes)
+            .iter()
+            .map(|w| f32::from_bits(*w)),
+    );
+    frame.extend_from_slice(data);
+    frame.resize(frame_elems, 0.0);
+    frame
+}
+
+/// The tag and payload of a received frame.
+pub fn decode_frame(frame: &[f32]) -> Option<(Tag, Payload)> {
+    let words: Vec<u32> = frame
+        .iter()
+        .take(HEADER_ELEMS)
+        .map(|f| f.to_bits())
+        .collect();
+    let (tag, len, modelled) = decode_header(&words)?;
+    let data = frame.get(HEADER_ELEMS..HEADER_ELEMS + len)?.to_vec();
+    Some((tag, Payload::new(data, modelled)))
+}
+
+/// Errors while setting up NCCL.
+#[derive(Debug)]
+pub struct NcclSetupError(pub String);
+
+impl std::fmt::Display for NcclSetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NcclSetupError {}
+
+/// A fresh NCCL unique id (rank 0 makes it; the rendezvous shares it).
+pub fn new_unique_id() -> Result<[u8; ID_LEN], NcclSetupError> {
+    let id = Id::new().map_err(|e| NcclSetupError(format!("ncclGetUniqueId: {e:?}")))?;
+    Ok(id.internal().map(|c| c as u8))
+}
+
+/// This process's rank of an NCCL job.
+pub struct NcclBackend {
+    rank: usize,
+    placement: Placement,
+    comm: Comm,
+    device: CudaRank,
+    frame_elems: usize,
+    pending: RefCell<Vec<(usize, CudaSlice<f32>)>>,
+    stash: RefCell<BTreeMap<(usize, Tag), VecDeque<Payload>>>,
+    recv_timeout: Duration,
+    started: Instant,
+    marks: RefCell<Vec<Mark<cudarc::driver::CudaEvent>>>,
+}
+
+impl NcclBackend {
+    /// Joins the communicator `id` as `rank` on `gpu`. `max_payload_elems` is the largest
+    /// payload the job sends (the gradient buffer). Blocks until every rank has joined.
+    // The wall clock is what a real backend measures.
+    #[allow(clippy::disallowed_methods)]
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        placement: Placement,
+        rank: usize,
+        id: [u8; ID_LEN],
+        max_payload_elems: usize,
+        recv_timeout: Duration,
+    ) -> Result<NcclBackend, NcclSetupError> {
+        let device = gpu
+            .rank()
+            .map_err(|e| NcclSetupError(format!("stream: {e}")))?;
+        let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
+        let comm = Comm::from_rank(device.stream.clone(), rank, placement.world_size, id)
+            .map_err(|e| NcclSetupError(format!("ncclCommInitRank: {e:?}")))?;
+        Ok(NcclBackend {
+            rank,
+            placement,
+            comm,
+            device,
+            frame_elems: HEADER_ELEMS + max_payload_elems.max(2),
+            pending: RefCell::new(Vec::new()),
+            stash: RefCell::new(BTreeMap::new()),
+            recv_timeout,
+            started: Instant::now(),
+            marks: RefCell::new(Vec::new()),
+        })
+    }
+
+    pub fn device(&self) -> &CudaRank {
+        &self.device
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.device.stream
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) -> ! {
+        panic!("rank {}: {what}: {e}", self.rank)
+    }
+
+    /// Posts every held-back send, and a receive from `recv_from` into a new frame if asked, as
+    /// one NCCL group; returns the frame buffer.
+    fn post(&self, recv_from: Option<usize>) -> Option<CudaSlice<f32>> {
+        let sends = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut frame = recv_from.map(|_| {
+            self.stream()
+                .alloc_zeros::<f32>(self.frame_elems)
+                .unwrap_or_else(|e| self.fail("alloc", e))
+        });
+        if sends.is_empty() && frame.is_none() {
+            return None;
+        }
+        {
+            let mut group = self.comm.group();
+            for (to, slice) in &sends {
+                group
+                    .send(slice.as_view(), *to as i32)
+                    .unwrap_or_else(|e| self.fail("ncclSend", format!("{e:?}")));
+            }
+            if let (Some(from), Some(frame)) = (recv_from, frame.as_mut()) {
+                group
+                    .recv(frame.as_view_mut(), from as i32)
+                    .unwrap_or_else(|e| self.fail("ncclRecv", format!("{e:?}")));
+            }
+        }
+        // The sends' buffers are freed in stream order, after the group's kernels.
+        drop(sends);
+        frame
+    }
+
+    /// Waits for this rank's stream, or fails with a timeout naming `peer` and `tag`.
+    fn wait_stream(&self, peer: usize, tag: Tag) -> Result<(), CommError> {
+        let event = self
+            .stream()
+            .record_event(None)
+            .unwrap_or_else(|e| self.fail("event", e));
+        let deadline = self.recv_timeout;
+        let waited = self.clock();
+        while !event.is_complete() {
+            if self.clock().saturating_sub(waited) > deadline.as_nanos() as u64 {
+                return Err(CommError::Timeout { peer, tag });
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        Ok(())
+    }
+
+    fn clock(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn recv_now(&self, from: usize, tag: Tag) -> Result<Payload, CommError> {
+        loop {
+            if let Some(queue) = self.stash.borrow_mut().get_mut(&(from, tag)) {
+                if let Some(payload) = queue.pop_front() {
+                    return Ok(payload);
+                }
+            }
+            let frame = self.post(Some(from)).expect("a receive was posted");
+            self.wait_stream(from, tag)?;
+            let host = self
+                .device
+                .download(&frame)
+                .unwrap_or_else(|e| self.fail("download", e));
+            let (got, payload) =
+                decode_frame(&host).ok_or(CommError::CorruptPayload { peer: from })?;
+            if got == tag {
+                return Ok(payload);
+            }
+            self.stash
+                .borrow_mut()
+                .entry((from, got))
+                .or_default()
+                .push_back(payload);
+        }
+    }
+
+    /// Posts held-back sends and waits for everything queued on this rank's stream: call before
+    /// the process exits.
+    pub fn finish(&self) -> Result<(), DeviceError> {
+        self.post(None);
+        self.device.synchronize()
+    }
+
+    pub fn take_marks(&self) -> Vec<Mark<cudarc::driver::CudaEvent>> {
+        std::mem::take(&mut self.marks.borrow_mut())
+    }
+}
+
+impl Backend for NcclBackend {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    fn send(
+        &self,
+        to: usize,
+        tag: Tag,
+        payload: Payload,
+    ) -> impl Future<Output = Result<(), CommError>> {
+        let frame = encode_frame(tag, &payload.data, payload.modelled_bytes, self.frame_elems);
+        let slice = self
+            .device
+            .upload(&frame)
+            .unwrap_or_else(|e| self.fail("upload", e));
+        self.pending.borrow_mut().push((to, slice));
+        std::future::ready(Ok(()))
+    }
+
+    fn recv(&self, from: usize, tag: Tag) -> impl Future<Output = Result<Payload, CommError>> {
+        std::future::ready(self.recv_now(from, tag))
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock()
+    }
+
+    fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()> {
+        std::thread::sleep(Duration::from_nanos(duration_ns));
+        std::future::ready(())
+    }
+
+    fn compute(&self, _work: Work) -> impl Future<Output = ()> {
+        self.device
+            .synchronize()
+            .unwrap_or_else(|e| self.fail("synchronize", e));
+        std::future::ready(())
+    }
+
+    fn emit(&self, event: Event) {
+        if let Event::CollectiveEnd { .. } = event {
+            // The collective's last sends must not wait for a later receive that may never come.
+            self.post(None);
+        }
+        let mark = self
+            .device
+            .mark()
+            .unwrap_or_else(|e| self.fail("timing mark", e));
+        self.marks.borrow_mut().push(Mark { event, mark });
+    }
+
+    fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
+        self.device
+            .add_assign(acc, src)
+            .unwrap_or_else(|e| self.fail("add_assign kernel", e));
+    }
+
+    fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) {
+        self.device
+            .sgd_update(params, grad, lr)
+            .unwrap_or_else(|e| self.fail("sgd_update kernel", e));
+    }
+}
+
+/// Runs a future that never waits on anything outside this thread (every NCCL backend future
+/// is ready at once, or blocks the thread) to completion.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread tokio runtime builds");
+    runtime.block_on(future)
+}
+
+/// The tag of the end-of-job message in which every rank tells rank 0 its parameter digest.
+const AGREEMENT_TAG: Tag = Tag::new(u64::MAX, 0, 0);
+
+/// Every rank sends its parameter digest to rank 0; rank 0 says whether all equal its own.
+/// Other ranks return `true` (only rank 0 reports).
+pub async fn replicas_agree<B: Backend>(backend: &B, param_digest: u64) -> Result<bool, CommError> {
+    let words = [param_digest as u32, (param_digest >> 32) as u32].map(f32::from_bits);
+    if backend.rank() != 0 {
+        backend
+            .send(0, AGREEMENT_TAG, Payload::new(words.to_vec(), 8))
+            .await?;
+        return Ok(true);
+    }
+    let mut agree = true;
+    for peer in 1..backend.world_size() {
+        let payload = backend.recv(peer, AGREEMENT_TAG).await?;
+        let theirs: Vec<u32> = payload.data.iter().map(|f| f.to_bits()).collect();
+        agree &= theirs == words.map(f32::to_bits);
+    }
+    Ok(agree)
+}
+
+/// What the NCCL transport needs besides the job: where this process sits.
+#[derive(Clone, Debug)]
+pub struct NcclPlan {
+    pub env: crate::rendezvous::BootstrapEnv,
+    /// GPUs visible to this process.
+    pub device_count: usize,
+    /// Processes on this node (LOCAL_WORLD_SIZE, else every rank).
+    pub local_world_size: usize,
+}
+
+impl NcclPlan {
+    /// The GPU this process uses.
+    pub fn ordinal(&self) -> usize {
+        self.env.local_rank % self.device_count
+    }
+
+    /// Whether several processes share one GPU, which NCCL accepts only when each process
+    /// claims its own host (NCCL_HOSTID); see gpu.md.
+    pub fn shares_gpu(&self) -> bool {
+        self.local_world_size > self.device_count
+    }
+
+    /// The NCCL_HOSTID this process should set, if it must set one.
+    pub fn host_id(&self) -> Option<String> {
+        self.shares_gpu()
+            .then(|| format!("faultline-rank-{}", self.env.rank))
+    }
+}
+
+/// Runs this process's rank of the job over NCCL and returns its report (meaningful on rank 0,
+/// which also checks that every replica ended with its parameters).
+pub fn run_nccl_job(
+    plan: &NcclPlan,
+    settings: &crate::job::JobSettings,
+    options: &crate::job::RunOptions,
+) -> Result<crate::job::GpuRunReport, NcclSetupError> {
+    use crate::job;
+    let started = wall_clock_start();
+    if plan.env.world_size != settings.placement.world_size {
+        return Err(NcclSetupError(format!(
+            "WORLD_SIZE is {} but the scenario has cluster.gpus = {}",
+            plan.env.world_size, settings.placement.world_size
+        )));
+    }
+    let gpu = Gpu::open(plan.ordinal()).map_err(|e| NcclSetupError(e.to_string()))?;
+    let id = crate::rendezvous::share_id(
+        &plan.env,
+        || new_unique_id().unwrap_or_else(|e| panic!("{e}")),
+        Duration::from_secs(300),
+    )
+    .map_err(|e| NcclSetupError(e.to_string()))?;
+    let backend = NcclBackend::new(
+        &gpu,
+        settings.placement,
+        plan.env.rank,
+        id,
+        settings.job.proxy_elems + 1,
+        options.recv_timeout,
+    )?;
+    let result = block_on(job::train_rank(&backend, settings.job.clone(), options));
+    let digest = result.outcome.as_ref().map_or(0, |o| o.param_digest);
+    let agree = block_on(replicas_agree(&backend, digest)).unwrap_or(false);
+    backend
+        .finish()
+        .map_err(|e| NcclSetupError(e.to_string()))?;
+    let marks = backend.take_marks();
+    let (steps_ns, collectives_ns) = job::durations_ns(&marks, |a, b| {
+        backend
+            .device()
+            .elapsed_ns(a, b)
+            .unwrap_or_else(|e| panic!("timing events: {e}"))
+    });
+    let wall_ms = started.elapsed().as_millis() as u64;
+    let timings = job::timings(
+        CudaRank::TIMER,
+        wall_ms,
+        &steps_ns,
+        &collectives_ns,
+        settings,
+    );
+    let device = backend.device().describe();
+    Ok(job::report(
+        settings,
+        "nccl",
+        device,
+        &[result],
+        agree,
+        timings,
+    ))
+}
+
+/// Wall time feeds only `wall_ms`.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock_start() -> Instant {
+    Instant::now()
+}

@@ -1,0 +1,613 @@
+//! Tests that need no GPU: the file store, the rendezvous over loopback TCP, the bootstrap
+//! variables, the skip decision, the kernel source, NCCL framing, and the local transport and
+//! job runner on host memory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use trainer_core::collectives::{Algo, Collective, Op};
+use trainer_core::Tag;
+
+use crate::device::HostRank;
+use crate::job::{self, RunOptions};
+use crate::nccl::{self, NcclPlan};
+use crate::probe::{decide, GpuAvailability, SkipDecision};
+use crate::rendezvous::{self, BootstrapEnv, RendezvousError, ID_LEN};
+use crate::store::{self, FileStore, StoreError, TrainerState};
+use crate::{kernels, local};
+
+/// A fresh directory under the target directory's temporary area, unique per test.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "faultline-cuda-backend-{}-{test}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---- file store ----
+
+#[test]
+fn store_round_trips_and_overwrites() {
+    let store = FileStore::open(temp_dir("round-trip")).unwrap();
+    store.write("a", b"first").unwrap();
+    assert_eq!(store.read("a").unwrap(), b"first");
+    store.write("a", b"second, longer").unwrap();
+    assert_eq!(store.read("a").unwrap(), b"second, longer");
+    store.write("empty", b"").unwrap();
+    assert_eq!(store.read("empty").unwrap(), b"");
+    assert_eq!(store.list().unwrap(), vec!["a".to_string(), "empty".into()]);
+}
+
+#[test]
+fn store_detects_every_single_byte_corruption_and_truncation() {
+    let dir = temp_dir("corrupt");
+    let store = FileStore::open(&dir).unwrap();
+    let data: Vec<u8> = (0..64u8).collect();
+    store.write("blob", &data).unwrap();
+    let path = dir.join("blob");
+    let good = std::fs::read(&path).unwrap();
+    for at in 0..good.len() {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        match store.read("blob") {
+            Err(StoreError::Corrupt { name, .. }) => assert_eq!(name, "blob"),
+            other => panic!("byte {at} flipped: expected Corrupt, got {other:?}"),
+        }
+    }
+    for len in [0, 5, 23, good.len() - 1] {
+        std::fs::write(&path, &good[..len]).unwrap();
+        assert!(
+            matches!(store.read("blob"), Err(StoreError::Corrupt { .. })),
+            "truncated to {len}"
+        );
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(store.read("blob").unwrap(), data);
+}
+
+#[test]
+fn store_errors_are_typed() {
+    let store = FileStore::open(temp_dir("errors")).unwrap();
+    assert!(matches!(
+        store.read("missing"),
+        Err(StoreError::NotFound { .. })
+    ));
+    for bad in ["", ".hidden", "a/b", "..", "a\\b"] {
+        assert!(
+            matches!(store.write(bad, b"x"), Err(StoreError::BadName { .. })),
+            "{bad:?}"
+        );
+        assert!(matches!(store.read(bad), Err(StoreError::BadName { .. })));
+    }
+}
+
+#[test]
+fn store_never_lists_or_reads_a_blob_still_being_written() {
+    let dir = temp_dir("temp");
+    let store = FileStore::open(&dir).unwrap();
+    store.write("done", b"ok").unwrap();
+    // What a crash between write and rename leaves behind.
+    std::fs::write(dir.join(".tmp-123-half"), b"FLTBLOB1 torn").unwrap();
+    assert_eq!(store.list().unwrap(), vec!["done".to_string()]);
+    assert!(matches!(
+        store.read("half"),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn trainer_state_round_trips_bit_for_bit() {
+    let state = TrainerState {
+        step: 1 << 40,
+        last_loss: f32::NAN,
+        params: vec![
+            0.0,
+            -0.0,
+            1.5,
+            f32::MIN_POSITIVE / 2.0,
+            f32::from_bits(0x7fc0_1234),
+        ],
+    };
+    let back = TrainerState::decode(&state.encode()).unwrap();
+    assert_eq!(back.step, state.step);
+    assert_eq!(back.last_loss.to_bits(), state.last_loss.to_bits());
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&back.params), bits(&state.params));
+    let bytes = state.encode();
+    assert!(TrainerState::decode(&bytes[..bytes.len() - 1]).is_err());
+    assert!(TrainerState::decode(&bytes[..10]).is_err());
+}
+
+#[test]
+fn restore_picks_the_newest_step_that_every_rank_committed() {
+    let store = FileStore::open(temp_dir("latest")).unwrap();
+    assert_eq!(job::latest_complete_step(&store, 3).unwrap(), None);
+    for rank in 0..3 {
+        store.write(&job::checkpoint_name(10, rank), b"x").unwrap();
+    }
+    // Step 20 lost rank 2 in a crash.
+    for rank in 0..2 {
+        store.write(&job::checkpoint_name(20, rank), b"x").unwrap();
+    }
+    store.write("unrelated", b"x").unwrap();
+    assert_eq!(job::latest_complete_step(&store, 3).unwrap(), Some(10));
+    store.write(&job::checkpoint_name(20, 2), b"x").unwrap();
+    assert_eq!(job::latest_complete_step(&store, 3).unwrap(), Some(20));
+    assert_eq!(store::checkpoint_name(7), "rank-000007.ckpt");
+}
+
+// ---- bootstrap and rendezvous ----
+
+fn env_of(pairs: &[(&str, &str)]) -> Result<BootstrapEnv, String> {
+    let table: std::collections::BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    BootstrapEnv::from_lookup(|name| table.get(name).cloned()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn bootstrap_reads_the_usual_variables_and_names_the_bad_one() {
+    let ok = [
+        ("RANK", "3"),
+        ("WORLD_SIZE", "8"),
+        ("MASTER_ADDR", "10.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ];
+    let env = env_of(&ok).unwrap();
+    assert_eq!(
+        env,
+        BootstrapEnv {
+            rank: 3,
+            world_size: 8,
+            master_addr: "10.0.0.1".into(),
+            master_port: 29500,
+            local_rank: 3,
+        }
+    );
+    let mut with_local = ok.to_vec();
+    with_local.push(("LOCAL_RANK", "1"));
+    assert_eq!(env_of(&with_local).unwrap().local_rank, 1);
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&ok[1..], "RANK: not set"),
+        (&[("RANK", "x"), ok[1], ok[2], ok[3]], "RANK: \"x\" is not"),
+        (
+            &[("RANK", "8"), ok[1], ok[2], ok[3]],
+            "RANK: 8 is not below WORLD_SIZE 8",
+        ),
+        (
+            &[ok[0], ("WORLD_SIZE", "0"), ok[2], ok[3]],
+            "WORLD_SIZE: must be",
+        ),
+        (&[ok[0], ok[1], ok[3]], "MASTER_ADDR: not set"),
+        (
+            &[ok[0], ok[1], ok[2], ("MASTER_PORT", "70000")],
+            "MASTER_PORT: 70000",
+        ),
+        (
+            &[ok[0], ok[1], ok[2], ("MASTER_PORT", "0")],
+            "MASTER_PORT: 0",
+        ),
+    ];
+    for (pairs, expected) in cases {
+        let message = env_of(pairs).unwrap_err();
+        assert!(message.starts_with(expected), "{message:?} vs {expected:?}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+type Joined = Result<[u8; ID_LEN], RendezvousError>;
+
+/// Rank 0 serves an id to `joiners`, each a (rank, world size it claims); returns what rank 0
+/// and each joiner got.
+fn rendezvous_over_loopback(
+    world_size: usize,
+    joiners: &[(usize, usize)],
+) -> (Result<(), RendezvousError>, Vec<Joined>) {
+    let id: [u8; ID_LEN] = std::array::from_fn(|i| (i * 31 % 251) as u8);
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let deadline = Duration::from_secs(5);
+        let server = rendezvous::serve(listener, world_size, id, deadline);
+        // Every client runs concurrently with the server on this one thread.
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let handles: Vec<_> = joiners
+                    .iter()
+                    .map(|&(rank, world)| {
+                        tokio::task::spawn_local(rendezvous::join(
+                            "127.0.0.1",
+                            port,
+                            rank,
+                            world,
+                            deadline,
+                        ))
+                    })
+                    .collect();
+                let served = server.await;
+                let mut got = Vec::new();
+                for h in handles {
+                    got.push(h.await.unwrap());
+                }
+                (served, got)
+            })
+            .await
+    })
+}
+
+#[test]
+fn rendezvous_hands_every_rank_the_id_over_loopback() {
+    let (served, got) = rendezvous_over_loopback(4, &[(3, 4), (1, 4), (2, 4)]);
+    served.unwrap();
+    let expected: [u8; ID_LEN] = std::array::from_fn(|i| (i * 31 % 251) as u8);
+    for id in got {
+        assert_eq!(id.unwrap(), expected);
+    }
+}
+
+#[test]
+fn rendezvous_rejects_a_duplicate_rank_and_a_world_size_mismatch() {
+    let (served, _) = rendezvous_over_loopback(3, &[(1, 3), (1, 3)]);
+    assert!(matches!(
+        served,
+        Err(RendezvousError::DuplicateRank { rank: 1 })
+    ));
+    let (served, _) = rendezvous_over_loopback(3, &[(1, 3), (2, 4)]);
+    match served {
+        Err(RendezvousError::Protocol(m)) => assert!(m.contains("WORLD_SIZE is 4"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+}
+
+#[test]
+fn rendezvous_times_out_when_rank_0_never_listens() {
+    let result = runtime().block_on(async {
+        // Bind and drop, so the port is very likely free and nobody listens.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        rendezvous::join("127.0.0.1", port, 1, 2, Duration::from_millis(300)).await
+    });
+    assert!(matches!(result, Err(RendezvousError::Timeout { .. })));
+}
+
+#[test]
+fn share_id_with_a_world_of_one_needs_no_peer() {
+    let env = BootstrapEnv {
+        rank: 0,
+        world_size: 1,
+        master_addr: "127.0.0.1".into(),
+        master_port: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+        local_rank: 0,
+    };
+    let id = rendezvous::share_id(&env, || [7; ID_LEN], Duration::from_secs(5)).unwrap();
+    assert_eq!(id, [7; ID_LEN]);
+}
+
+// ---- skipping without a GPU ----
+
+#[test]
+fn a_missing_gpu_skips_with_a_message_unless_required() {
+    let absent = GpuAvailability::Absent {
+        reason: "libcuda.so is not installed".into(),
+    };
+    let present = GpuAvailability::Present { device_count: 2 };
+    let cases: &[(&GpuAvailability, Option<&str>, &str)] = &[
+        (&present, None, "run"),
+        (&present, Some("1"), "run"),
+        (&absent, None, "skip"),
+        (&absent, Some("0"), "skip"),
+        (&absent, Some(""), "skip"),
+        (&absent, Some("1"), "fail"),
+        (&absent, Some("yes"), "fail"),
+    ];
+    for (availability, require, expected) in cases {
+        let decision = decide("my_test", availability, *require);
+        let kind = match &decision {
+            SkipDecision::Run { device_count } => {
+                assert_eq!(*device_count, 2);
+                "run"
+            }
+            SkipDecision::Skip(line) => {
+                assert!(
+                    line.starts_with("SKIPPED my_test: no GPU (libcuda.so"),
+                    "{line}"
+                );
+                assert!(line.contains("REQUIRE_GPU=1"), "{line}");
+                "skip"
+            }
+            SkipDecision::Fail(m) => {
+                assert!(m.contains("REQUIRE_GPU") && m.contains("libcuda.so"), "{m}");
+                "fail"
+            }
+        };
+        assert_eq!(kind, *expected, "{availability:?} REQUIRE_GPU={require:?}");
+    }
+}
+
+// ---- kernel source ----
+
+#[test]
+fn kernels_are_declared_and_use_no_fused_or_racy_arithmetic() {
+    for name in kernels::ALL {
+        let declaration = format!("extern \"C\" __global__ void {name}(");
+        assert_eq!(
+            kernels::SOURCE.matches(&declaration).count(),
+            1,
+            "{name} must be declared once"
+        );
+    }
+    // Checked paths must not fuse, race or approximate.
+    for banned in [
+        "atomic",
+        "fma",
+        "__f",
+        "fast",
+        "sqrt",
+        "exp",
+        "log",
+        "sin",
+        "cos",
+        "pow",
+        "__shfl",
+        "__syncthreads",
+        "double",
+    ] {
+        assert!(
+            !kernels::SOURCE.contains(banned),
+            "kernel source uses {banned}"
+        );
+    }
+    // The hash is trainer-core's SplitMix64 finaliser, constant for constant.
+    for constant in [
+        "0x9e3779b97f4a7c15",
+        "0xbf58476d1ce4e5b9",
+        "0x94d049bb133111eb",
+    ] {
+        assert!(kernels::SOURCE.contains(constant));
+    }
+    let options = kernels::compile_options();
+    assert_eq!(options.fmad, Some(false));
+    assert_eq!(options.use_fast_math, Some(false));
+    assert_eq!(options.ftz, Some(false));
+    assert_eq!(options.prec_div, Some(true));
+}
+
+// ---- NCCL framing and placement ----
+
+#[test]
+fn nccl_frames_carry_tag_length_and_bits() {
+    let cases = [
+        (Tag::new(0, 0, 0), vec![]),
+        (
+            Tag::new(u64::MAX - 1, 17, 3),
+            vec![1.0, -0.0, f32::from_bits(0x7fc0_0001)],
+        ),
+        (
+            Tag::new(1 << 33, 0, 1 << 20),
+            (0..100).map(|i| i as f32 / 3.0).collect(),
+        ),
+    ];
+    for (tag, data) in cases {
+        let frame = nccl::encode_frame(tag, &data, 123 << 33, nccl::HEADER_ELEMS + 100);
+        assert_eq!(frame.len(), nccl::HEADER_ELEMS + 100);
+        let (got, payload) = nccl::decode_frame(&frame).unwrap();
+        assert_eq!(got, tag);
+        assert_eq!(payload.modelled_bytes, 123 << 33);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&payload.data), bits(&data));
+    }
+    assert!(nccl::decode_frame(&[0.0; 16]).is_none());
+    assert!(nccl::decode_frame(&[]).is_none());
+}
+
+#[test]
+fn nccl_ranks_sharing_a_gpu_claim_their_own_host() {
+    let plan = |rank: usize, local_world_size: usize, device_count: usize| NcclPlan {
+        env: BootstrapEnv {
+            rank,
+            world_size: 8,
+            master_addr: "127.0.0.1".into(),
+            master_port: 1,
+            local_rank: rank,
+        },
+        device_count,
+        local_world_size,
+    };
+    assert_eq!(plan(5, 8, 8).ordinal(), 5);
+    assert_eq!(plan(5, 8, 8).host_id(), None);
+    assert_eq!(plan(5, 8, 1).ordinal(), 0);
+    assert_eq!(plan(5, 8, 1).host_id().as_deref(), Some("faultline-rank-5"));
+    assert_eq!(plan(3, 8, 2).ordinal(), 1);
+}
+
+// ---- the local transport and the job on host memory ----
+
+fn exact_sum(world: usize, idx: usize) -> f32 {
+    (0..world)
+        .map(|r| job::collective_input(r, idx) as i64)
+        .sum::<i64>() as f32
+}
+
+#[test]
+fn local_transport_all_reduce_and_broadcast_are_exact_for_every_algorithm() {
+    for algo in Algo::ALL {
+        for gpus in 1..=11 {
+            for gpus_per_node in [1, 4] {
+                let collective = Collective::new(algo);
+                let elems = 37;
+                let results = job::run_local_collective(
+                    vec![HostRank; gpus],
+                    gpus_per_node,
+                    collective,
+                    Op::AllReduce,
+                    elems,
+                    job::collective_input,
+                );
+                for (rank, result) in results.iter().enumerate() {
+                    let data = result.as_ref().unwrap();
+                    for (idx, value) in data.iter().enumerate() {
+                        assert_eq!(
+                            value.to_bits(),
+                            exact_sum(gpus, idx).to_bits(),
+                            "{algo:?} {gpus}/{gpus_per_node} rank {rank} elem {idx}"
+                        );
+                    }
+                }
+                let root_idx = gpus / 2;
+                let results = job::run_local_collective(
+                    vec![HostRank; gpus],
+                    gpus_per_node,
+                    collective,
+                    Op::Broadcast { root_idx },
+                    elems,
+                    job::collective_input,
+                );
+                for result in results {
+                    let expected: Vec<f32> = (0..elems)
+                        .map(|i| job::collective_input(root_idx, i))
+                        .collect();
+                    assert_eq!(result.unwrap(), expected, "{algo:?} broadcast {gpus}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_receive_nobody_sends_times_out_with_the_simulators_error() {
+    use trainer_core::{Backend, CommError};
+    let world = local::LocalWorld::new(vec![HostRank; 2], 2, Duration::from_millis(50));
+    let results = local::run_ranks(&world, |backend| async move {
+        let tag = Tag::new(9, 1, 2);
+        backend.recv(1 - backend.rank(), tag).await.map(|_| ())
+    });
+    for (rank, result) in results.into_iter().enumerate() {
+        assert_eq!(
+            result,
+            Err(CommError::Timeout {
+                peer: 1 - rank,
+                tag: Tag::new(9, 1, 2)
+            })
+        );
+    }
+}
+
+const JOB: &str = "
+[cluster]
+gpus = 8
+gpus_per_node = 4
+[job]
+steps = 30
+collective = \"ring\"
+proxy_elems = 40
+";
+
+fn settings(sets: &[&str]) -> job::JobSettings {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    job::parse_scenario("small", "<test>", JOB, &sets).unwrap()
+}
+
+#[test]
+fn scenario_settings_use_the_simulators_defaults_and_overrides() {
+    let s = settings(&[]);
+    assert_eq!(s.placement.world_size, 8);
+    assert_eq!(s.placement.gpus_per_node, 4);
+    assert_eq!(s.job.steps, 30);
+    assert_eq!(s.job.batch_per_rank, 4);
+    assert_eq!(s.job.learning_rate, 0.3);
+    assert_eq!(s.job.data_seed, 0x5eed);
+    assert_eq!(s.job.collective, Collective::new(Algo::Ring));
+    assert_eq!(s.seed, 1);
+    let s = settings(&["job.collective=tree", "run.seed=9", "job.learning_rate=0.1"]);
+    assert_eq!(s.job.collective.algo, Algo::Tree);
+    assert_eq!(s.seed, 9);
+    assert_eq!(s.job.learning_rate, 0.1);
+    let bad = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        job::parse_scenario("small", "<test>", JOB, &sets)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        bad(&["job.collective=star"]),
+        "<test>: job.collective: unknown algorithm \"star\"; expected one of \"ring\", \
+         \"tree\", \"halving-doubling\", \"hierarchical\""
+    );
+    assert_eq!(
+        bad(&["cluster.gpus=0"]),
+        "<test>: cluster.gpus: 0 is outside 1 to 1000000"
+    );
+    assert_eq!(
+        bad(&["job.steps=\"many\""]),
+        "<test>: job.steps: expected an integer, found \"many\""
+    );
+    assert!(bad(&["nonsense"]).contains("expected KEY=VALUE"));
+}
+
+#[test]
+fn host_run_trains_agrees_and_times_every_step() {
+    let s = settings(&[]);
+    let report = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    assert_eq!(report.error, None);
+    assert!(report.replicas_agree);
+    assert_eq!(report.steps_completed, 30);
+    assert!(report.final_loss < report.first_loss / 10.0);
+    assert_eq!(report.timings.steps_timed, 30);
+    assert_eq!(report.timings.source, "host-clock");
+    assert_eq!(report.transport, "local");
+    // The same job again gives the same bits.
+    let again = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    assert_eq!(again.param_digest, report.param_digest);
+}
+
+#[test]
+fn restoring_a_real_checkpoint_ends_with_the_uninterrupted_parameters() {
+    let s = settings(&[]);
+    let uninterrupted = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    let store = FileStore::open(temp_dir("restore")).unwrap();
+    let mut options = RunOptions::new();
+    options.checkpoint_store = Some(store.clone());
+    options.checkpoint_every_steps = 10;
+    // Interrupted after 25 steps; the newest checkpoint holds step 20.
+    let first = job::run_local_job(vec![HostRank; 8], &settings(&["job.steps=25"]), &options);
+    assert_eq!(first.steps_completed, 25);
+    assert_eq!(job::latest_complete_step(&store, 8).unwrap(), Some(20));
+    options.restore = true;
+    let resumed = job::run_local_job(vec![HostRank; 8], &s, &options);
+    assert_eq!(resumed.resumed_from_step, Some(20));
+    assert_eq!(resumed.steps_completed, 30);
+    assert_eq!(resumed.param_digest, uninterrupted.param_digest);
+    assert_eq!(
+        resumed.final_loss.to_bits(),
+        uninterrupted.final_loss.to_bits()
+    );
+    // With nothing to restore, every rank says so instead of training from scratch.
+    let mut empty = RunOptions::new();
+    empty.checkpoint_store = Some(FileStore::open(temp_dir("restore-empty")).unwrap());
+    empty.restore = true;
+    let report = job::run_local_job(vec![HostRank; 8], &s, &empty);
+    assert_eq!(
+        report.error.as_deref(),
+        Some("rank 0: no step has a checkpoint from every rank to restore")
+    );
+}
