@@ -12,7 +12,9 @@
 //! `Backend` contract says, and the exchanges that both sides post as send-then-receive (a
 //! ring step) complete together instead of deadlocking.
 //!
-//! Not yet run on a GPU in this repository's history: see README "Real GPUs".
+//! The protocol is written once over [`FrameLink`]; [`NcclLink`] is NCCL, and [`ChannelLink`]
+//! (threads and channels, host memory) runs the same protocol in tests on any machine. The NCCL
+//! link itself has not yet run on a GPU in this repository's history: see run-on-gpu.sh.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -24,7 +26,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id};
 use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 
-use crate::device::{CudaRank, DeviceError, Gpu, RankDevice};
+use crate::device::{CudaRank, DeviceError, Gpu, HostRank, RankDevice};
 use crate::local::Mark;
 use crate::rendezvous::ID_LEN;
 
@@ -105,26 +107,213 @@ pub fn new_unique_id() -> Result<[u8; ID_LEN], NcclSetupError> {
     Ok(id.internal().map(|c| c as u8))
 }
 
-/// This process's rank of an NCCL job.
-pub struct NcclBackend {
-    rank: usize,
-    placement: Placement,
+/// A receive that did not complete within the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkTimeout;
+
+/// What the framed protocol needs from the wire: post some frames and maybe one receive, as one
+/// unit, and wait for the receive. [`NcclLink`] is NCCL (one group per call); [`ChannelLink`]
+/// is in-process channels, which check the protocol with threads on any machine.
+pub trait FrameLink {
+    type Device: RankDevice;
+    /// The rank's device, for kernels and timing marks.
+    fn device(&self) -> &Self::Device;
+    /// Posts `sends` (destination, frame) and, if `recv_from` is set, a receive of one frame of
+    /// `frame_elems` from that rank; returns the received frame once it arrived.
+    fn post(
+        &self,
+        sends: Vec<(usize, Vec<f32>)>,
+        recv_from: Option<usize>,
+        frame_elems: usize,
+        timeout: Duration,
+    ) -> Result<Option<Vec<f32>>, LinkTimeout>;
+    /// Waits until everything posted has completed (before the process exits).
+    fn finish(&self) -> Result<(), DeviceError>;
+}
+
+/// NCCL point-to-point on this rank's stream.
+pub struct NcclLink {
     comm: Comm,
     device: CudaRank,
+}
+
+impl NcclLink {
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.device.stream
+    }
+}
+
+fn nccl_fail(what: &str, e: impl std::fmt::Debug) -> ! {
+    panic!("NCCL transport: {what}: {e:?}")
+}
+
+impl FrameLink for NcclLink {
+    type Device = CudaRank;
+
+    fn device(&self) -> &CudaRank {
+        &self.device
+    }
+
+    fn post(
+        &self,
+        sends: Vec<(usize, Vec<f32>)>,
+        recv_from: Option<usize>,
+        frame_elems: usize,
+        timeout: Duration,
+    ) -> Result<Option<Vec<f32>>, LinkTimeout> {
+        let staged: Vec<(usize, CudaSlice<f32>)> = sends
+            .into_iter()
+            .map(|(to, frame)| {
+                let slice = self
+                    .device
+                    .upload(&frame)
+                    .unwrap_or_else(|e| nccl_fail("upload", e));
+                (to, slice)
+            })
+            .collect();
+        let mut frame = recv_from.map(|_| {
+            self.stream()
+                .alloc_zeros::<f32>(frame_elems)
+                .unwrap_or_else(|e| nccl_fail("alloc", e))
+        });
+        if staged.is_empty() && frame.is_none() {
+            return Ok(None);
+        }
+        {
+            let mut group = self.comm.group();
+            for (to, slice) in &staged {
+                group
+                    .send(slice.as_view(), *to as i32)
+                    .unwrap_or_else(|e| nccl_fail("ncclSend", e));
+            }
+            if let (Some(from), Some(frame)) = (recv_from, frame.as_mut()) {
+                group
+                    .recv(frame.as_view_mut(), from as i32)
+                    .unwrap_or_else(|e| nccl_fail("ncclRecv", e));
+            }
+        }
+        // The sends' buffers are freed in stream order, after the group's kernels.
+        drop(staged);
+        let Some(frame) = frame else {
+            return Ok(None);
+        };
+        // Poll an event rather than block in cuStreamSynchronize, so that a peer that never
+        // sends is a timeout, as in the simulator, not a hang.
+        let event = self
+            .stream()
+            .record_event(None)
+            .unwrap_or_else(|e| nccl_fail("event", e));
+        let waited = wall_clock_start();
+        while !event.is_complete() {
+            if waited.elapsed() > timeout {
+                return Err(LinkTimeout);
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        let host = self
+            .device
+            .download(&frame)
+            .unwrap_or_else(|e| nccl_fail("download", e));
+        Ok(Some(host))
+    }
+
+    fn finish(&self) -> Result<(), DeviceError> {
+        self.device.synchronize()
+    }
+}
+
+/// In-process channels between threads, one per ordered pair of ranks, with host memory for the
+/// device: the same framed protocol as NCCL, for tests on machines without a GPU. Sends never
+/// wait, like NCCL sends that fit its buffers.
+pub struct ChannelLink {
+    device: HostRank,
+    /// `to_peer[p]` carries this rank's frames to rank `p`.
+    to_peer: Vec<std::sync::mpsc::Sender<Vec<f32>>>,
+    /// `from_peer[p]` carries rank `p`'s frames to this rank.
+    from_peer: Vec<std::sync::mpsc::Receiver<Vec<f32>>>,
+}
+
+impl ChannelLink {
+    /// One link per rank of a world of `world_size`, wired to each other.
+    pub fn world(world_size: usize) -> Vec<ChannelLink> {
+        let mut to: Vec<Vec<Option<std::sync::mpsc::Sender<Vec<f32>>>>> = (0..world_size)
+            .map(|_| (0..world_size).map(|_| None).collect())
+            .collect();
+        let mut from: Vec<Vec<Option<std::sync::mpsc::Receiver<Vec<f32>>>>> = (0..world_size)
+            .map(|_| (0..world_size).map(|_| None).collect())
+            .collect();
+        for a in 0..world_size {
+            for b in 0..world_size {
+                let (tx, rx) = std::sync::mpsc::channel();
+                to[a][b] = Some(tx);
+                from[b][a] = Some(rx);
+            }
+        }
+        to.into_iter()
+            .zip(from)
+            .map(|(to, from)| ChannelLink {
+                device: HostRank,
+                to_peer: to.into_iter().map(|t| t.expect("wired")).collect(),
+                from_peer: from.into_iter().map(|f| f.expect("wired")).collect(),
+            })
+            .collect()
+    }
+}
+
+impl FrameLink for ChannelLink {
+    type Device = HostRank;
+
+    fn device(&self) -> &HostRank {
+        &self.device
+    }
+
+    fn post(
+        &self,
+        sends: Vec<(usize, Vec<f32>)>,
+        recv_from: Option<usize>,
+        frame_elems: usize,
+        timeout: Duration,
+    ) -> Result<Option<Vec<f32>>, LinkTimeout> {
+        for (to, frame) in sends {
+            assert_eq!(frame.len(), frame_elems);
+            // A peer that already finished has dropped its receiver; its frames do not matter.
+            let _ = self.to_peer[to].send(frame);
+        }
+        match recv_from {
+            None => Ok(None),
+            Some(from) => self.from_peer[from]
+                .recv_timeout(timeout)
+                .map(Some)
+                .map_err(|_| LinkTimeout),
+        }
+    }
+
+    fn finish(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}
+
+/// One rank of a job whose ranks each run in their own process (or thread), exchanging
+/// fixed-size tagged frames over a [`FrameLink`].
+pub struct FramedBackend<L: FrameLink> {
+    rank: usize,
+    placement: Placement,
+    link: L,
     frame_elems: usize,
-    pending: RefCell<Vec<(usize, CudaSlice<f32>)>>,
+    pending: RefCell<Vec<(usize, Vec<f32>)>>,
     stash: RefCell<BTreeMap<(usize, Tag), VecDeque<Payload>>>,
     recv_timeout: Duration,
     started: Instant,
-    marks: RefCell<Vec<Mark<cudarc::driver::CudaEvent>>>,
+    marks: RefCell<Vec<Mark<<L::Device as RankDevice>::Mark>>>,
 }
+
+/// The NCCL transport's backend.
+pub type NcclBackend = FramedBackend<NcclLink>;
 
 impl NcclBackend {
     /// Joins the communicator `id` as `rank` on `gpu`. `max_payload_elems` is the largest
     /// payload the job sends (the gradient buffer). Blocks until every rank has joined.
-    // The wall clock is what a real backend measures.
-    #[allow(clippy::disallowed_methods)]
-    pub fn new(
+    pub fn join(
         gpu: &Arc<Gpu>,
         placement: Placement,
         rank: usize,
@@ -138,81 +327,55 @@ impl NcclBackend {
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
         let comm = Comm::from_rank(device.stream.clone(), rank, placement.world_size, id)
             .map_err(|e| NcclSetupError(format!("ncclCommInitRank: {e:?}")))?;
-        Ok(NcclBackend {
+        Ok(FramedBackend::new(
+            NcclLink { comm, device },
+            placement,
+            rank,
+            max_payload_elems,
+            recv_timeout,
+        ))
+    }
+}
+
+impl<L: FrameLink> FramedBackend<L> {
+    pub fn new(
+        link: L,
+        placement: Placement,
+        rank: usize,
+        max_payload_elems: usize,
+        recv_timeout: Duration,
+    ) -> FramedBackend<L> {
+        FramedBackend {
             rank,
             placement,
-            comm,
-            device,
+            link,
             frame_elems: HEADER_ELEMS + max_payload_elems.max(2),
             pending: RefCell::new(Vec::new()),
             stash: RefCell::new(BTreeMap::new()),
             recv_timeout,
-            started: Instant::now(),
+            started: wall_clock_start(),
             marks: RefCell::new(Vec::new()),
-        })
+        }
     }
 
-    pub fn device(&self) -> &CudaRank {
-        &self.device
-    }
-
-    fn stream(&self) -> &Arc<CudaStream> {
-        &self.device.stream
+    pub fn device(&self) -> &L::Device {
+        self.link.device()
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> ! {
         panic!("rank {}: {what}: {e}", self.rank)
     }
 
-    /// Posts every held-back send, and a receive from `recv_from` into a new frame if asked, as
-    /// one NCCL group; returns the frame buffer.
-    fn post(&self, recv_from: Option<usize>) -> Option<CudaSlice<f32>> {
+    /// Posts every held-back send, alone: the end of a collective, whose last sends must not
+    /// wait for a later receive that may never come.
+    fn flush(&self) {
         let sends = std::mem::take(&mut *self.pending.borrow_mut());
-        let mut frame = recv_from.map(|_| {
-            self.stream()
-                .alloc_zeros::<f32>(self.frame_elems)
-                .unwrap_or_else(|e| self.fail("alloc", e))
-        });
-        if sends.is_empty() && frame.is_none() {
-            return None;
+        if !sends.is_empty() {
+            let posted = self
+                .link
+                .post(sends, None, self.frame_elems, self.recv_timeout);
+            debug_assert_eq!(posted, Ok(None));
         }
-        {
-            let mut group = self.comm.group();
-            for (to, slice) in &sends {
-                group
-                    .send(slice.as_view(), *to as i32)
-                    .unwrap_or_else(|e| self.fail("ncclSend", format!("{e:?}")));
-            }
-            if let (Some(from), Some(frame)) = (recv_from, frame.as_mut()) {
-                group
-                    .recv(frame.as_view_mut(), from as i32)
-                    .unwrap_or_else(|e| self.fail("ncclRecv", format!("{e:?}")));
-            }
-        }
-        // The sends' buffers are freed in stream order, after the group's kernels.
-        drop(sends);
-        frame
-    }
-
-    /// Waits for this rank's stream, or fails with a timeout naming `peer` and `tag`.
-    fn wait_stream(&self, peer: usize, tag: Tag) -> Result<(), CommError> {
-        let event = self
-            .stream()
-            .record_event(None)
-            .unwrap_or_else(|e| self.fail("event", e));
-        let deadline = self.recv_timeout;
-        let waited = self.clock();
-        while !event.is_complete() {
-            if self.clock().saturating_sub(waited) > deadline.as_nanos() as u64 {
-                return Err(CommError::Timeout { peer, tag });
-            }
-            std::thread::sleep(Duration::from_micros(20));
-        }
-        Ok(())
-    }
-
-    fn clock(&self) -> u64 {
-        self.started.elapsed().as_nanos() as u64
     }
 
     fn recv_now(&self, from: usize, tag: Tag) -> Result<Payload, CommError> {
@@ -222,14 +385,14 @@ impl NcclBackend {
                     return Ok(payload);
                 }
             }
-            let frame = self.post(Some(from)).expect("a receive was posted");
-            self.wait_stream(from, tag)?;
-            let host = self
-                .device
-                .download(&frame)
-                .unwrap_or_else(|e| self.fail("download", e));
+            let sends = std::mem::take(&mut *self.pending.borrow_mut());
+            let frame = self
+                .link
+                .post(sends, Some(from), self.frame_elems, self.recv_timeout)
+                .map_err(|LinkTimeout| CommError::Timeout { peer: from, tag })?
+                .expect("a receive was posted");
             let (got, payload) =
-                decode_frame(&host).ok_or(CommError::CorruptPayload { peer: from })?;
+                decode_frame(&frame).ok_or(CommError::CorruptPayload { peer: from })?;
             if got == tag {
                 return Ok(payload);
             }
@@ -241,19 +404,18 @@ impl NcclBackend {
         }
     }
 
-    /// Posts held-back sends and waits for everything queued on this rank's stream: call before
-    /// the process exits.
+    /// Posts held-back sends and waits for everything posted: call before the process exits.
     pub fn finish(&self) -> Result<(), DeviceError> {
-        self.post(None);
-        self.device.synchronize()
+        self.flush();
+        self.link.finish()
     }
 
-    pub fn take_marks(&self) -> Vec<Mark<cudarc::driver::CudaEvent>> {
+    pub fn take_marks(&self) -> Vec<Mark<<L::Device as RankDevice>::Mark>> {
         std::mem::take(&mut self.marks.borrow_mut())
     }
 }
 
-impl Backend for NcclBackend {
+impl<L: FrameLink> Backend for FramedBackend<L> {
     fn rank(&self) -> usize {
         self.rank
     }
@@ -268,12 +430,12 @@ impl Backend for NcclBackend {
         tag: Tag,
         payload: Payload,
     ) -> impl Future<Output = Result<(), CommError>> {
+        assert!(
+            to < self.placement.world_size,
+            "send to rank {to} outside the world"
+        );
         let frame = encode_frame(tag, &payload.data, payload.modelled_bytes, self.frame_elems);
-        let slice = self
-            .device
-            .upload(&frame)
-            .unwrap_or_else(|e| self.fail("upload", e));
-        self.pending.borrow_mut().push((to, slice));
+        self.pending.borrow_mut().push((to, frame));
         std::future::ready(Ok(()))
     }
 
@@ -282,7 +444,7 @@ impl Backend for NcclBackend {
     }
 
     fn now_ns(&self) -> u64 {
-        self.clock()
+        self.started.elapsed().as_nanos() as u64
     }
 
     fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()> {
@@ -291,7 +453,7 @@ impl Backend for NcclBackend {
     }
 
     fn compute(&self, _work: Work) -> impl Future<Output = ()> {
-        self.device
+        self.device()
             .synchronize()
             .unwrap_or_else(|e| self.fail("synchronize", e));
         std::future::ready(())
@@ -299,24 +461,23 @@ impl Backend for NcclBackend {
 
     fn emit(&self, event: Event) {
         if let Event::CollectiveEnd { .. } = event {
-            // The collective's last sends must not wait for a later receive that may never come.
-            self.post(None);
+            self.flush();
         }
         let mark = self
-            .device
+            .device()
             .mark()
             .unwrap_or_else(|e| self.fail("timing mark", e));
         self.marks.borrow_mut().push(Mark { event, mark });
     }
 
     fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
-        self.device
+        self.device()
             .add_assign(acc, src)
             .unwrap_or_else(|e| self.fail("add_assign kernel", e));
     }
 
     fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) {
-        self.device
+        self.device()
             .sgd_update(params, grad, lr)
             .unwrap_or_else(|e| self.fail("sgd_update kernel", e));
     }
@@ -405,7 +566,7 @@ pub fn run_nccl_job(
         Duration::from_secs(300),
     )
     .map_err(|e| NcclSetupError(e.to_string()))?;
-    let backend = NcclBackend::new(
+    let backend = NcclBackend::join(
         &gpu,
         settings.placement,
         plan.env.rank,
@@ -445,7 +606,7 @@ pub fn run_nccl_job(
     ))
 }
 
-/// Wall time feeds only `wall_ms`.
+/// A real transport measures real time: for `wall_ms`, `now_ns` and receive timeouts.
 #[allow(clippy::disallowed_methods)]
 fn wall_clock_start() -> Instant {
     Instant::now()

@@ -611,3 +611,135 @@ fn restoring_a_real_checkpoint_ends_with_the_uninterrupted_parameters() {
         Some("rank 0: no step has a checkpoint from every rank to restore")
     );
 }
+
+// ---- the NCCL transport's protocol, over in-process channels ----
+
+/// Runs `task` on every rank of a framed world of `world_size` ranks, one thread each, and
+/// returns the results in rank order.
+fn on_framed_world<T: Send>(
+    world_size: usize,
+    gpus_per_node: usize,
+    max_payload_elems: usize,
+    task: impl Fn(&nccl::FramedBackend<nccl::ChannelLink>) -> T + Sync,
+) -> Vec<T> {
+    let placement = trainer_core::Placement::new(world_size, gpus_per_node);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = nccl::ChannelLink::world(world_size)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, link)| {
+                let task = &task;
+                scope.spawn(move || {
+                    let backend = nccl::FramedBackend::new(
+                        link,
+                        placement,
+                        rank,
+                        max_payload_elems,
+                        Duration::from_secs(30),
+                    );
+                    let result = task(&backend);
+                    backend.finish().unwrap();
+                    result
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn framed_transport_trains_the_same_parameters_as_the_local_one() {
+    let s = settings(&["job.collective=hierarchical"]);
+    let local = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    let options = RunOptions::new();
+    let results = on_framed_world(8, 4, s.job.proxy_elems + 1, |backend| {
+        let result = nccl::block_on(job::train_rank(backend, s.job.clone(), &options));
+        let digest = result.outcome.as_ref().unwrap().param_digest;
+        let agree = nccl::block_on(nccl::replicas_agree(backend, digest)).unwrap();
+        (job::hex(digest), agree, backend.take_marks().len())
+    });
+    for (rank, (digest, agree, marks)) in results.into_iter().enumerate() {
+        assert_eq!(digest, local.param_digest, "rank {rank}");
+        assert!(agree);
+        // StepBegin, CollectiveBegin, CollectiveEnd, StepEnd for each of the 30 steps.
+        assert_eq!(marks, 4 * 30);
+    }
+}
+
+#[test]
+fn framed_transport_collectives_match_the_local_transport_bit_for_bit() {
+    fn awkward(rank: usize, idx: usize) -> f32 {
+        let h = trainer_core::digest::mix64(((rank as u64) << 32) ^ idx as u64);
+        ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2f32.powi((h % 20) as i32 - 10)
+    }
+    for (gpus, gpus_per_node) in [(1, 1), (6, 3), (8, 8), (11, 4)] {
+        for algo in Algo::ALL {
+            for op in [
+                Op::AllReduce,
+                Op::ReduceScatter,
+                Op::AllGather,
+                Op::Broadcast { root_idx: gpus - 1 },
+                Op::Barrier,
+            ] {
+                let collective = Collective::new(algo);
+                let elems = 29;
+                let expected = job::run_local_collective(
+                    vec![HostRank; gpus],
+                    gpus_per_node,
+                    collective,
+                    op,
+                    elems,
+                    awkward,
+                );
+                let got = on_framed_world(gpus, gpus_per_node, elems, |backend| {
+                    use trainer_core::Backend;
+                    let mut data: Vec<f32> =
+                        (0..elems).map(|i| awkward(backend.rank(), i)).collect();
+                    let group = backend.placement().world();
+                    nccl::block_on(collective.run(backend, &group, op, 0, &mut data, 116))
+                        .map(|()| data)
+                });
+                let bits = |r: &Result<Vec<f32>, trainer_core::CommError>| {
+                    r.as_ref()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                for rank in 0..gpus {
+                    assert_eq!(
+                        bits(&got[rank]),
+                        bits(&expected[rank]),
+                        "{algo:?} {op:?} {gpus}/{gpus_per_node} rank {rank}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn framed_transport_matches_tags_whatever_order_frames_arrive_in() {
+    use trainer_core::{Backend, CommError, Payload};
+    let results = on_framed_world(2, 2, 4, |backend| {
+        let (a, b, c) = (Tag::new(1, 0, 0), Tag::new(1, 0, 1), Tag::new(2, 5, 0));
+        if backend.rank() == 0 {
+            for (tag, value) in [(a, 1.0), (b, 2.0), (c, 3.0)] {
+                nccl::block_on(backend.send(1, tag, Payload::new(vec![value; 3], 12))).unwrap();
+            }
+            backend.finish().unwrap();
+            Vec::new()
+        } else {
+            // Asked for in another order than sent: earlier frames wait in the stash.
+            [c, a, b]
+                .into_iter()
+                .map(|tag| nccl::block_on(backend.recv(0, tag)).unwrap().data[0])
+                .chain([match nccl::block_on(backend.recv(0, Tag::new(9, 9, 9))) {
+                    Err(CommError::Timeout { peer: 0, .. }) => -1.0,
+                    other => panic!("expected a timeout, got {other:?}"),
+                }])
+                .collect()
+        }
+    });
+    assert_eq!(results[1], vec![3.0, 1.0, 2.0, -1.0]);
+}
