@@ -226,28 +226,32 @@ impl CudaRank {
 }
 
 impl RankDevice for CudaRank {
-    type Buffer = CudaSlice<f32>;
+    /// `None` for an empty payload (a barrier's): CUDA refuses zero-byte allocations.
+    type Buffer = Option<CudaSlice<f32>>;
     type Mark = CudaEvent;
     const TIMER: &'static str = "cuda-events";
 
-    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>, DeviceError> {
+    fn upload(&self, data: &[f32]) -> Result<Option<CudaSlice<f32>>, DeviceError> {
         if data.is_empty() {
-            return Ok(self.stream.alloc_zeros::<f32>(0)?);
+            return Ok(None);
         }
-        Ok(self.stream.clone_htod(data)?)
+        Ok(Some(self.stream.clone_htod(data)?))
     }
-    fn copy_from_peer(&self, src: &CudaSlice<f32>) -> Result<CudaSlice<f32>, DeviceError> {
-        if src.is_empty() {
-            return Ok(self.stream.alloc_zeros::<f32>(0)?);
-        }
+    fn copy_from_peer(
+        &self,
+        src: &Option<CudaSlice<f32>>,
+    ) -> Result<Option<CudaSlice<f32>>, DeviceError> {
+        let Some(src) = src else {
+            return Ok(None);
+        };
         // A device-to-device copy queued on the receiving rank's stream; cudarc makes it wait
         // for the event recorded on the sender's write.
-        Ok(self.stream.clone_dtod(src)?)
+        Ok(Some(self.stream.clone_dtod(src)?))
     }
-    fn download(&self, buffer: &CudaSlice<f32>) -> Result<Vec<f32>, DeviceError> {
-        if buffer.is_empty() {
+    fn download(&self, buffer: &Option<CudaSlice<f32>>) -> Result<Vec<f32>, DeviceError> {
+        let Some(buffer) = buffer else {
             return Ok(Vec::new());
-        }
+        };
         let data = self.stream.clone_dtoh(buffer)?;
         self.stream.synchronize()?;
         Ok(data)

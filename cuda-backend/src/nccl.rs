@@ -167,7 +167,8 @@ impl FrameLink for NcclLink {
                 let slice = self
                     .device
                     .upload(&frame)
-                    .unwrap_or_else(|e| nccl_fail("upload", e));
+                    .unwrap_or_else(|e| nccl_fail("upload", e))
+                    .expect("a frame is never empty");
                 (to, slice)
             })
             .collect();
@@ -212,7 +213,7 @@ impl FrameLink for NcclLink {
         }
         let host = self
             .device
-            .download(&frame)
+            .download(&Some(frame))
             .unwrap_or_else(|e| nccl_fail("download", e));
         Ok(Some(host))
     }

@@ -85,6 +85,11 @@ fn gpu_device_to_device_copies_between_rank_streams_keep_every_bit() {
     let delivered = receiver.copy_from_peer(&staged).unwrap();
     drop(staged);
     assert_eq!(bits(&receiver.download(&delivered).unwrap()), bits(&data));
+    // A barrier's empty payload takes no device memory (CUDA refuses zero-byte allocations).
+    let empty = receiver
+        .copy_from_peer(&sender.upload(&[]).unwrap())
+        .unwrap();
+    assert!(receiver.download(&empty).unwrap().is_empty());
     let (a, b) = (receiver.mark().unwrap(), receiver.mark().unwrap());
     receiver.elapsed_ns(&a, &b).unwrap();
 }
