@@ -161,6 +161,7 @@ cat "$OUT_DIR/timings.txt"
 
 # (5) Crash and restore from real checkpoint files.
 CKPT=$(mktemp -d)
+ulimit -c 0 # the crash is deliberate: no core file
 run_gpu "$SCENARIO" "${JOB[@]}" --checkpoint-dir "$CKPT" --checkpoint-every 10 \
     --crash-at-step 25 >"$OUT_DIR/crash.json" 2>"$OUT_DIR/crash.err"
 crash_status=$?

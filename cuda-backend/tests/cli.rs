@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn faultline_gpu(args: &[&str]) -> Output {
+    faultline_gpu_in(&workspace_root(), args)
+}
+
+fn faultline_gpu_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_faultline-gpu"))
         .args(args)
-        .current_dir(workspace_root())
+        .current_dir(dir)
         .output()
         .expect("faultline-gpu runs")
 }
@@ -137,7 +141,8 @@ fn a_crashed_run_restores_from_its_checkpoint_files_and_ends_with_the_same_param
     let dir = std::env::temp_dir().join(format!("faultline-gpu-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let dir_arg = dir.to_str().unwrap();
-    let mut base = vec!["run", "scenarios/quickstart.toml", "--device", "host"];
+    let scenario = workspace_root().join("scenarios/quickstart.toml");
+    let mut base = vec!["run", scenario.to_str().unwrap(), "--device", "host"];
     base.extend(SMALL);
     let uninterrupted = faultline_gpu(&base);
     assert!(uninterrupted.status.success());
@@ -151,7 +156,10 @@ fn a_crashed_run_restores_from_its_checkpoint_files_and_ends_with_the_same_param
         "--crash-at-step",
         "25",
     ]);
-    let crashed = faultline_gpu(&crash);
+    // Run where a core file from the abort, if the machine writes one, lands in the temporary
+    // directory rather than the source tree.
+    std::fs::create_dir_all(&dir).unwrap();
+    let crashed = faultline_gpu_in(&dir, &crash);
     assert!(!crashed.status.success(), "the run should have aborted");
     assert!(crashed.stdout.is_empty(), "a crashed run prints no report");
     assert!(stderr(&crashed).contains("crashing on purpose after step 25"));
