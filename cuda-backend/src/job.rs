@@ -221,7 +221,7 @@ pub fn load_scenario(path: &Path, overrides: &[String]) -> Result<JobSettings, S
 }
 
 /// Checkpointing and crash settings for one run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Save every rank's state to this store every `checkpoint_every_steps` steps.
     pub checkpoint_store: Option<FileStore>,
@@ -236,11 +236,21 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// No checkpoints, no crash, a two-minute receive timeout.
     pub fn new() -> RunOptions {
         RunOptions {
+            checkpoint_store: None,
+            checkpoint_every_steps: 0,
+            restore: false,
+            crash_at_step: None,
             recv_timeout: Duration::from_secs(120),
-            ..RunOptions::default()
         }
+    }
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions::new()
     }
 }
 

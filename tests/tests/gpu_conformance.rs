@@ -176,6 +176,13 @@ fn every_collective_gives_the_simulators_bits_on_every_arm() {
         Placement::new(12, 4),
         Placement::new(7, 3),
     ];
+    // faultline-gpu's `collective` command uses cuda-backend's copy of the input function.
+    for (rank, idx) in (0..40).flat_map(|r| (0..40).map(move |i| (r, i))) {
+        assert_eq!(
+            gpu_job::collective_input(rank, idx),
+            collective_input(rank, idx)
+        );
+    }
     for placement in placements {
         for algo in Algo::ALL {
             let gpus = placement.world_size;
