@@ -53,6 +53,8 @@ enum Command {
     /// Runs a scenario's training job and prints the JSON report.
     Run {
         scenario: PathBuf,
+        /// Overrides run.seed. Real hardware has no interleaving to explore, so the numbers do
+        /// not depend on it; it pairs the report with the simulator's run of the same seed.
         #[arg(long)]
         seed: Option<u64>,
         /// KEY=VALUE overrides, as for `faultline run`.
