@@ -12,6 +12,13 @@
 //! `Backend` contract says, and the exchanges that both sides post as send-then-receive (a
 //! ring step) complete together instead of deadlocking.
 //!
+//! What only a GPU run can settle: NCCL runs one group after another on the rank's stream, so a
+//! receive also waits for the sends posted before it to be matched. That is safe as long as
+//! NCCL completes small sends into its buffers without waiting for the peer (frames here are a
+//! few kilobytes for the default proxy tensor), and as long as every peer posts its receives
+//! in the order it needs them, which the collectives do. If the check in run-on-gpu.sh shows a
+//! hang, the receive times out with [`CommError::Timeout`] instead of blocking forever.
+//!
 //! The protocol is written once over [`FrameLink`]; [`NcclLink`] is NCCL, and [`ChannelLink`]
 //! (threads and channels, host memory) runs the same protocol in tests on any machine. The NCCL
 //! link itself has not yet run on a GPU in this repository's history: see run-on-gpu.sh.
