@@ -6,18 +6,21 @@
 //! must not depend on; a conformance test in the `tests` crate checks that both read every
 //! scenario into the same `JobConfig`.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 use trainer_core::collectives::{Algo, Collective};
-use trainer_core::job::{JobConfig, JobOutcome, Trainer};
-use trainer_core::{Backend, CommError, Event, Placement};
+use trainer_core::digest::Digest;
+use trainer_core::job::{self, JobConfig, JobOutcome, Trainer};
+use trainer_core::{Backend, CommError, Event, Placement, Tier};
 
 use crate::device::RankDevice;
 use crate::local::{run_ranks, LocalWorld, Mark};
-use crate::store::{self, FileStore, StoreError, TrainerState};
+use crate::store::Tiers;
+use crate::units;
 
 /// What the runner needs from a scenario file.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +32,14 @@ pub struct JobSettings {
     pub job: JobConfig,
     /// What the simulator charges compute at: peak FLOP rate times MFU.
     pub gpu_achieved_flops_per_s: f64,
+    /// `recovery.max_restarts`: restarts after which the job is abandoned.
+    pub max_restarts: u64,
+    /// The scenario's `[[faults.crash]]` entries with `at_step`, as (rank, step): on the local
+    /// transport that rank's compute fails at the start of that step, once (see
+    /// `local::LocalWorld::inject_failure`). Crashes at a model time (`at`) are not injected on
+    /// real hardware; `crashes_not_injected` counts them.
+    pub failures_at_step: Vec<(usize, u64)>,
+    pub crashes_not_injected: usize,
 }
 
 /// A scenario the runner cannot use: the key and what is wrong.
@@ -81,8 +92,8 @@ struct Reader<'a> {
     table: &'a toml::Table,
 }
 
-impl Reader<'_> {
-    fn get(&self, key: &str) -> Option<&toml::Value> {
+impl<'a> Reader<'a> {
+    fn get(&self, key: &str) -> Option<&'a toml::Value> {
         let (section, name) = key.split_once('.').expect("dotted key");
         self.table.get(section)?.as_table()?.get(name)
     }
@@ -126,6 +137,15 @@ impl Reader<'_> {
             return Err(self.error(key, format!("{value} is outside (0, {max}]")));
         }
         Ok(value)
+    }
+
+    fn string<'t>(&'t self, key: &str, default: &'t str) -> Result<&'t str, SettingsError> {
+        match self.get(key) {
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.error(key, format!("expected a string, found {v}"))),
+            None => Ok(default),
+        }
     }
 
     fn algo(&self, key: &str, default: &str) -> Result<Algo, SettingsError> {
@@ -194,15 +214,135 @@ pub fn parse_scenario(
         modelled_grad_bytes: (model_params * grad_bytes_per_param).round() as u64,
         modelled_step_flops: 6.0 * model_params * tokens,
         modelled_optimizer_flops: optimizer_flops_per_param * model_params,
+        checkpoint: None,
     };
     let seed = r.int("run.seed", Some(1), 0, i64::MAX)? as u64;
+    let restore_from_memory = match r.string("recovery.policy", "restart")? {
+        "restart" => false,
+        "in-memory" | "hot-spare" => true,
+        other => {
+            return Err(r.error(
+                "recovery.policy",
+                format!(
+                    "unknown policy {other:?}; expected \"restart\", \"in-memory\" or \"hot-spare\""
+                ),
+            ))
+        }
+    };
+    let checkpoint = match table.get("checkpoint") {
+        None => None,
+        Some(_) => Some(checkpoint_policy(&r, model_params, restore_from_memory)?),
+    };
+    let max_restarts = r.int("recovery.max_restarts", Some(100), 0, 1_000_000)? as u64;
+    let placement = Placement::new(gpus, gpus_per_node);
+    let (failures_at_step, crashes_not_injected) = crashes(&r, &placement)?;
     Ok(JobSettings {
         name: name.to_string(),
         seed,
-        placement: Placement::new(gpus, gpus_per_node),
-        job,
+        placement,
+        job: JobConfig { checkpoint, ..job },
         gpu_achieved_flops_per_s: peak_tflops * 1e12 * mfu,
+        max_restarts,
+        failures_at_step,
+        crashes_not_injected,
     })
+}
+
+/// The `[checkpoint]` section as trainer-core's policy, as the simulator builds it.
+fn checkpoint_policy(
+    r: &Reader<'_>,
+    model_params: f64,
+    restore_from_memory: bool,
+) -> Result<CheckpointPolicy, SettingsError> {
+    let expected = "a step count such as 50, or a duration such as \"30min\"";
+    let interval = match r.get("checkpoint.interval") {
+        Some(toml::Value::Integer(steps)) if *steps >= 1 => Interval::Steps(*steps as u64),
+        Some(toml::Value::String(text)) => match units::parse_duration_ns(text) {
+            Ok(ns) if ns > 0 => Interval::ModelTimeNs(ns),
+            _ => {
+                return Err(r.error(
+                    "checkpoint.interval",
+                    format!("expected {expected} above zero, got {text:?}"),
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(r.error(
+                "checkpoint.interval",
+                format!("expected {expected} above zero, got {other}"),
+            ))
+        }
+        None => return Err(r.error("checkpoint.interval", "missing")),
+    };
+    let keep = r.int("checkpoint.keep", Some(2), 1, 1000)? as usize;
+    let state_bytes_per_param = r.float("checkpoint.state_bytes_per_param", 16.0, 64.0)?;
+    let bandwidth = r.string("checkpoint.snapshot_bandwidth", "25GB/s")?;
+    let snapshot_bytes_per_s = units::parse_bandwidth_bytes_per_s(bandwidth).map_err(|e| {
+        r.error(
+            "checkpoint.snapshot_bandwidth",
+            format!("expected {e}, got {bandwidth:?}"),
+        )
+    })?;
+    let buddy_copy = match r.get("checkpoint.buddy_copy") {
+        None => true,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            r.error(
+                "checkpoint.buddy_copy",
+                format!("expected true or false, found {v}"),
+            )
+        })?,
+    };
+    Ok(CheckpointPolicy {
+        interval,
+        keep,
+        modelled_state_bytes: (model_params * state_bytes_per_param).round() as u64,
+        snapshot_bytes_per_s,
+        buddy_copy,
+        restore_from_memory,
+    })
+}
+
+/// The scenario's `[[faults.crash]]` entries at a step, as (rank, step) with every rank of a
+/// crashed node; and how many crashes at a model time were left out.
+fn crashes(
+    r: &Reader<'_>,
+    placement: &Placement,
+) -> Result<(Vec<(usize, u64)>, usize), SettingsError> {
+    let key = "faults.crash";
+    let Some(list) = r.get(key) else {
+        return Ok((Vec::new(), 0));
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| r.error(key, "expected an array of tables ([[faults.crash]])"))?;
+    let (mut at_step, mut not_injected) = (Vec::new(), 0);
+    for (idx, entry) in list.iter().enumerate() {
+        let field = |name: &str| entry.get(name).and_then(toml::Value::as_integer);
+        let Some(step) = field("at_step") else {
+            not_injected += 1;
+            continue;
+        };
+        let bad = |what: &str| r.error(&format!("{key}.{idx}"), what.to_string());
+        let step = u64::try_from(step).map_err(|_| bad("at_step must not be negative"))?;
+        let ranks: Vec<usize> = match (field("node"), field("gpu")) {
+            (Some(node), None) if node >= 0 && (node as usize) < placement.node_count() => {
+                let node = node as usize;
+                (0..placement.world_size)
+                    .filter(|&rank| placement.node_of(rank) == node)
+                    .collect()
+            }
+            (None, Some(gpu)) if gpu >= 0 && (gpu as usize) < placement.world_size => {
+                vec![gpu as usize]
+            }
+            _ => {
+                return Err(bad(
+                    "expected exactly one of `node` or `gpu`, inside the cluster",
+                ))
+            }
+        };
+        at_step.extend(ranks.into_iter().map(|rank| (rank, step)));
+    }
+    Ok((at_step, not_injected))
 }
 
 /// Loads and parses a scenario file.
@@ -220,31 +360,79 @@ pub fn load_scenario(path: &Path, overrides: &[String]) -> Result<JobSettings, S
     parse_scenario(&name, &origin, &text, overrides)
 }
 
-/// Checkpointing and crash settings for one run.
+/// Where checkpoints go, and the crash and restart settings of one run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Save every rank's state to this store every `checkpoint_every_steps` steps.
-    pub checkpoint_store: Option<FileStore>,
-    pub checkpoint_every_steps: u64,
-    /// Start from the newest checkpoint that every rank completed.
+    /// The persistent tier: checkpoints that outlive the process. `None`: a fresh temporary
+    /// directory, removed after the run.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The root of the per-node host-memory directories (`Tier::Host`, `Tier::Peer`). `None`:
+    /// under `/dev/shm` where it exists (see [`Tiers::default_host_root`]), named after the
+    /// checkpoint directory so that a restarted process finds the same one; a fresh one,
+    /// removed after the run, without a checkpoint directory.
+    pub host_dir: Option<PathBuf>,
+    /// This process is a restart: before training, restore the newest checkpoint that verifies
+    /// (trainer-core's restore, from the tiers the scenario's recovery policy allows), or start
+    /// over when none does.
     pub restore: bool,
-    /// Abort the whole process once a rank has completed this many steps: a real crash for the
+    /// Abort the whole process when a rank begins this step: a real crash for the
     /// crash-and-restore check.
     pub crash_at_step: Option<u64>,
+    /// Inject the scenario's `[[faults.crash]]` failures at a step (local transport).
+    pub inject_faults: bool,
     /// A receive that waits longer than this fails with a timeout.
     pub recv_timeout: Duration,
 }
 
 impl RunOptions {
-    /// No checkpoints, no crash, a two-minute receive timeout.
+    /// Temporary checkpoint directories, no restore, no crash, the scenario's faults, a
+    /// two-minute receive timeout.
     pub fn new() -> RunOptions {
         RunOptions {
-            checkpoint_store: None,
-            checkpoint_every_steps: 0,
+            checkpoint_dir: None,
+            host_dir: None,
             restore: false,
             crash_at_step: None,
+            inject_faults: true,
             recv_timeout: Duration::from_secs(120),
         }
+    }
+
+    /// The tiers for a job on `node_count` nodes, and the directories to remove after the run
+    /// (the temporary ones).
+    pub fn tiers(&self, node_count: usize) -> (Tiers, Vec<PathBuf>) {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let unique = || {
+            format!(
+                "faultline-gpu-{}-{}",
+                std::process::id(),
+                RUNS.fetch_add(1, Ordering::Relaxed)
+            )
+        };
+        let mut temporary = Vec::new();
+        let persistent = match &self.checkpoint_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = std::env::temp_dir().join(unique());
+                temporary.push(dir.clone());
+                dir
+            }
+        };
+        let host = match (&self.host_dir, &self.checkpoint_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(ckpt)) => {
+                let absolute = std::path::absolute(ckpt).unwrap_or_else(|_| ckpt.clone());
+                let mut digest = Digest::new();
+                digest.bytes(absolute.to_string_lossy().as_bytes());
+                Tiers::default_host_root(&format!("faultline-gpu-host-{:016x}", digest.finish()))
+            }
+            (None, None) => {
+                let dir = Tiers::default_host_root(&unique());
+                temporary.push(dir.clone());
+                dir
+            }
+        };
+        (Tiers::new(persistent, host, node_count), temporary)
     }
 }
 
@@ -254,149 +442,88 @@ impl Default for RunOptions {
     }
 }
 
-/// Why one rank stopped early.
-#[derive(Debug)]
-pub enum RankFailure {
-    Comm(CommError),
-    Store(StoreError),
-    /// Restore asked for, and no step has a checkpoint from every rank.
-    NothingToRestore,
-}
-
-impl std::fmt::Display for RankFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RankFailure::Comm(e) => write!(f, "{e}"),
-            RankFailure::Store(e) => write!(f, "{e}"),
-            RankFailure::NothingToRestore => {
-                f.write_str("no step has a checkpoint from every rank to restore")
-            }
-        }
-    }
-}
-
 /// What one rank hands back.
 #[derive(Debug)]
 pub struct RankResult {
-    pub outcome: Result<JobOutcome, RankFailure>,
-    /// Mean loss of step 0, if this run trained it.
-    pub first_loss: f32,
+    pub outcome: JobOutcome,
+    /// The step a restarted process restored (`--restore`), if a checkpoint verified.
     pub resumed_from_step: Option<u64>,
+    /// Why the job stopped before its last step, if it did.
+    pub failure: Option<String>,
 }
 
-/// The blob name of `rank`'s checkpoint after `step` steps.
-pub fn checkpoint_name(step: u64, rank: usize) -> String {
-    format!("step-{step:010}-{}", store::checkpoint_name(rank))
-}
-
-/// The newest step for which all `world_size` ranks committed a checkpoint. Blobs are only
-/// listed once renamed into place, so a half-written one never counts.
-pub fn latest_complete_step(
-    store: &FileStore,
-    world_size: usize,
-) -> Result<Option<u64>, StoreError> {
-    let mut ranks_per_step: BTreeMap<u64, usize> = BTreeMap::new();
-    for name in store.list()? {
-        let step = name
-            .strip_prefix("step-")
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(step, _)| step.parse::<u64>().ok());
-        if let Some(step) = step {
-            *ranks_per_step.entry(step).or_default() += 1;
+impl RankResult {
+    /// `failure` explains an outcome short of `steps`; `last` is the rank's last failure.
+    pub fn new(
+        outcome: JobOutcome,
+        steps: u64,
+        resumed_from_step: Option<u64>,
+        last: Option<CommError>,
+    ) -> RankResult {
+        let failure = (outcome.steps_completed < steps).then(|| {
+            let last = last.map_or_else(|| "none".to_string(), |e| e.to_string());
+            format!(
+                "the job was abandoned after {} of {steps} steps and {} restarts; last failure: {last}",
+                outcome.steps_completed, outcome.restarts
+            )
+        });
+        RankResult {
+            outcome,
+            resumed_from_step,
+            failure,
         }
     }
-    Ok(ranks_per_step
-        .into_iter()
-        .rev()
-        .find(|(_, count)| *count == world_size)
-        .map(|(step, _)| step))
 }
 
-/// One rank's whole job: restore if asked, train, checkpoint on schedule.
+/// One rank's whole job: trainer-core's `job::run` (its checkpoints, restarts and restores),
+/// or, in a restarted process (`options.restore`), a restore of the newest verified
+/// checkpoint first and then the same loop as `job::run`.
 pub async fn train_rank<B: Backend>(
     backend: &B,
     config: JobConfig,
     options: &RunOptions,
-) -> RankResult {
-    let mut result = RankResult {
-        outcome: Err(RankFailure::NothingToRestore),
-        first_loss: f32::NAN,
-        resumed_from_step: None,
-    };
-    let mut trainer = Trainer::new(config);
-    if options.restore {
-        let store = options
-            .checkpoint_store
-            .as_ref()
-            .expect("restore needs a checkpoint store");
-        let step = match latest_complete_step(store, backend.world_size()) {
-            Ok(Some(step)) => step,
-            Ok(None) => return result,
-            Err(e) => {
-                result.outcome = Err(RankFailure::Store(e));
-                return result;
-            }
-        };
-        let state = match store
-            .read(&checkpoint_name(step, backend.rank()))
-            .and_then(|bytes| {
-                TrainerState::decode(&bytes).map_err(|reason| StoreError::Corrupt {
-                    name: checkpoint_name(step, backend.rank()),
-                    reason,
-                })
-            }) {
-            Ok(state) => state,
-            Err(e) => {
-                result.outcome = Err(RankFailure::Store(e));
-                return result;
-            }
-        };
-        assert_eq!(state.step, step, "checkpoint name and content disagree");
-        assert_eq!(
-            state.params.len(),
-            trainer.params.len(),
-            "checkpoint from a job with another proxy_elems"
-        );
-        trainer.params = state.params;
-        trainer.step = state.step;
-        trainer.last_loss = state.last_loss;
-        result.resumed_from_step = Some(step);
+    restart_generation: u64,
+) -> (JobOutcome, Option<u64>) {
+    if !options.restore {
+        return (job::run(backend, config).await, None);
     }
-    while trainer.step < trainer.config.steps {
-        match trainer.train_step(backend).await {
-            Ok(loss) if trainer.step == 1 => result.first_loss = loss,
-            Ok(_) => {}
-            Err(e) => {
-                result.outcome = Err(RankFailure::Comm(e));
-                return result;
+    let mut trainer = Trainer::new(config.clone());
+    let mut generation = restart_generation;
+    let mut resumed = None;
+    let mut first = true;
+    loop {
+        let attempt = async {
+            trainer.restore(backend, generation).await?;
+            if first {
+                resumed = (trainer.step > 0).then_some(trainer.step);
             }
-        }
-        if let Some(store) = &options.checkpoint_store {
-            let every = options.checkpoint_every_steps;
-            if every > 0 && trainer.step % every == 0 {
-                let state = TrainerState {
-                    step: trainer.step,
-                    last_loss: trainer.last_loss,
-                    params: trainer.params.clone(),
-                };
-                let name = checkpoint_name(trainer.step, backend.rank());
-                if let Err(e) = store.write(&name, &state.encode()) {
-                    result.outcome = Err(RankFailure::Store(e));
-                    return result;
+            while trainer.step < trainer.config.steps {
+                trainer.train_step(backend).await?;
+            }
+            Ok::<(), CommError>(())
+        };
+        let result = attempt.await;
+        first = false;
+        match result {
+            Ok(()) => return (trainer.outcome(), resumed),
+            Err(error) => {
+                let order = backend.await_restart(&error).await;
+                if order.job_abandoned {
+                    return (trainer.outcome(), resumed);
                 }
+                if order.memory_lost {
+                    let mut fresh = Trainer::new(config.clone());
+                    fresh.restarts = trainer.restarts;
+                    fresh.recomputed_steps = trainer.recomputed_steps;
+                    fresh.high_water_step = trainer.high_water_step;
+                    fresh.first_loss = trainer.first_loss;
+                    trainer = fresh;
+                }
+                trainer.restarts += 1;
+                generation = order.generation;
             }
         }
-        if options.crash_at_step == Some(trainer.step) {
-            eprintln!(
-                "faultline-gpu: rank {} crashing on purpose after step {} (--crash-at-step)",
-                backend.rank(),
-                trainer.step
-            );
-            std::process::abort();
-        }
     }
-    result.outcome = Ok(trainer.outcome());
-    result
 }
 
 /// Measured times, from CUDA events on a GPU (the host clock without one).
@@ -434,10 +561,44 @@ pub struct GpuRunReport {
     pub final_loss: f32,
     pub first_loss: f32,
     pub replicas_agree: bool,
+    /// The step this process restored before training (`--restore`), if any.
     pub resumed_from_step: Option<u64>,
+    /// Times the job restarted after a failure inside this run (local transport).
+    pub restarts: u64,
+    /// Steps trained again after restores.
+    pub recomputed_steps: u64,
+    /// Checkpoints rank 0 committed (wrote the manifest of).
+    pub checkpoints_committed: u64,
+    /// Rank 0's restores after restarts, by the tier its shard came from.
+    pub restores_by_tier: std::collections::BTreeMap<String, u64>,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
     pub timings: Timings,
+}
+
+/// The simulator's name for a tier in `restores_by_tier`.
+pub fn tier_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Host => "host",
+        Tier::Peer { .. } => "peer",
+        Tier::Persistent => "persistent",
+    }
+}
+
+/// Checkpoints committed and restores by tier, from rank 0's events.
+pub fn checkpoint_counts<M>(marks: &[Mark<M>]) -> (u64, std::collections::BTreeMap<String, u64>) {
+    let mut committed = 0;
+    let mut restores = std::collections::BTreeMap::new();
+    for m in marks {
+        match m.event {
+            Event::CheckpointCommitted { .. } => committed += 1,
+            Event::Restored { tier, .. } => {
+                *restores.entry(tier_name(tier).to_string()).or_insert(0) += 1
+            }
+            _ => {}
+        }
+    }
+    (committed, restores)
 }
 
 pub fn hex(value: u64) -> String {
@@ -464,6 +625,12 @@ pub fn durations_ns<M>(marks: &[Mark<M>], elapsed: impl Fn(&M, &M) -> u64) -> (V
                     collectives.push(elapsed(b, &m.mark));
                 }
             }
+            // A failed step has no end: a restart drops its begin.
+            Event::Restored { .. } | Event::RestoreFallback { .. } => {
+                step_begin = None;
+                collective_begin = None;
+            }
+            Event::CheckpointSnapshot { .. } | Event::CheckpointCommitted { .. } => {}
         }
     }
     (steps, collectives)
@@ -500,20 +667,22 @@ pub fn timings(
 
 /// Builds the report from every rank's result (in rank order; a process of the NCCL transport
 /// passes only its own and says whether the others agreed).
-pub fn report(
+pub fn report<M>(
     settings: &JobSettings,
     transport: &'static str,
     device: String,
     results: &[RankResult],
     replicas_agree: bool,
+    marks0: &[Mark<M>],
     timings: Timings,
 ) -> GpuRunReport {
     let first = &results[0];
-    let outcome0 = first.outcome.as_ref().ok();
+    let outcome0 = &first.outcome;
     let error = results
         .iter()
         .enumerate()
-        .find_map(|(i, r)| r.outcome.as_ref().err().map(|e| format!("rank {i}: {e}")));
+        .find_map(|(i, r)| r.failure.as_ref().map(|e| format!("rank {i}: {e}")));
+    let (checkpoints_committed, restores_by_tier) = checkpoint_counts(marks0);
     GpuRunReport {
         scenario: settings.name.clone(),
         seed: settings.seed,
@@ -523,18 +692,24 @@ pub fn report(
         gpus_per_node: settings.placement.gpus_per_node,
         collective: settings.job.collective.algo.name(),
         steps_requested: settings.job.steps,
-        steps_completed: outcome0.map_or(0, |o| o.steps_completed),
-        param_digest: hex(outcome0.map_or(0, |o| o.param_digest)),
-        final_loss: outcome0.map_or(f32::NAN, |o| o.final_loss),
-        first_loss: first.first_loss,
+        steps_completed: outcome0.steps_completed,
+        param_digest: hex(outcome0.param_digest),
+        final_loss: outcome0.final_loss,
+        first_loss: outcome0.first_loss,
         replicas_agree,
         resumed_from_step: first.resumed_from_step,
+        restarts: outcome0.restarts,
+        recomputed_steps: outcome0.recomputed_steps,
+        checkpoints_committed,
+        restores_by_tier,
         error,
         timings,
     }
 }
 
-/// Runs the job with every rank in this process, one device each.
+/// Runs the job with every rank in this process, one device each, with the scenario's
+/// failures at a step injected (unless `options.inject_faults` is off) and the world as the
+/// job controller that restarts it.
 pub fn run_local_job<D: RankDevice + 'static>(
     devices: Vec<D>,
     settings: &JobSettings,
@@ -543,18 +718,39 @@ pub fn run_local_job<D: RankDevice + 'static>(
     assert_eq!(devices.len(), settings.placement.world_size);
     let started = wall_clock_start();
     let device_name = devices[0].describe();
+    let (tiers, temporary) = options.tiers(settings.placement.node_count());
     let world = LocalWorld::new(
         devices,
         settings.placement.gpus_per_node,
         options.recv_timeout,
+        tiers,
     );
+    world.set_max_restarts(settings.max_restarts);
+    world.set_crash_at_step(options.crash_at_step);
+    if options.inject_faults {
+        for &(rank, step) in &settings.failures_at_step {
+            world.inject_failure(rank, step);
+        }
+    }
+    let steps = settings.job.steps;
     let results = run_ranks(&world, |backend| {
         let config = settings.job.clone();
         let options = options.clone();
-        async move { train_rank(&backend, config, &options).await }
+        let world = world.clone();
+        async move {
+            let (outcome, resumed) = train_rank(&backend, config, &options, 1).await;
+            backend.finish();
+            RankResult::new(outcome, steps, resumed, world.last_failure(backend.rank()))
+        }
     });
-    let outcome0 = results[0].outcome.as_ref().ok();
-    let replicas_agree = results.iter().all(|r| r.outcome.as_ref().ok() == outcome0);
+    for dir in temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // Replicas agree on the model; restart bookkeeping (steps recomputed) may differ by rank.
+    let model = |o: &JobOutcome| (o.steps_completed, o.param_digest, o.final_loss.to_bits());
+    let replicas_agree = results
+        .iter()
+        .all(|r| model(&r.outcome) == model(&results[0].outcome));
     let marks = world.take_marks(0);
     let device0 = world.device(0);
     let (steps_ns, collectives_ns) = durations_ns(&marks, |a, b| {
@@ -570,6 +766,7 @@ pub fn run_local_job<D: RankDevice + 'static>(
         device_name,
         &results,
         replicas_agree,
+        &marks,
         timings,
     )
 }
@@ -590,7 +787,10 @@ pub fn run_local_collective<D: RankDevice + 'static>(
     elems: usize,
     input: fn(usize, usize) -> f32,
 ) -> Vec<Result<Vec<f32>, CommError>> {
-    let world = LocalWorld::new(devices, gpus_per_node, Duration::from_secs(120));
+    let node_count = Placement::new(devices.len(), gpus_per_node).node_count();
+    // A collective stores nothing: these directories are never created.
+    let (tiers, _) = RunOptions::new().tiers(node_count);
+    let world = LocalWorld::new(devices, gpus_per_node, Duration::from_secs(120), tiers);
     let results = run_ranks(&world, |backend| async move {
         let mut data: Vec<f32> = (0..elems).map(|i| input(backend.rank(), i)).collect();
         let group = backend.placement().world();

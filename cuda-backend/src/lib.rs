@@ -8,7 +8,9 @@
 //! - [`local`]: several ranks in one process, one stream each, device-to-device copies.
 //! - [`nccl`] and [`rendezvous`]: one rank per process over NCCL, bootstrapped from RANK,
 //!   WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
-//! - [`store`]: real files for checkpoints, atomic and checksummed.
+//! - [`store`]: real files for trainer-core's storage tiers (checkpoints), atomic and
+//!   checksummed.
+//! - [`units`]: durations and bandwidths as the simulator reads them.
 //! - [`job`]: the scenario's job settings and the JSON report the `faultline-gpu` program prints.
 //!
 //! This crate never depends on `faultline-sim`; the conformance tests that compare the two live
@@ -23,6 +25,7 @@ pub mod nccl;
 pub mod probe;
 pub mod rendezvous;
 pub mod store;
+pub mod units;
 
 #[cfg(test)]
 mod tests;

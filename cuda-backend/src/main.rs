@@ -3,7 +3,10 @@
 //! simulator's do.
 //!
 //! Exit status: 0 success; 1 the run found a problem (a rank failed, replicas diverged); 2 bad
-//! input; 3 no usable GPU (the message says what is missing); 70 an internal error.
+//! input; 3 no usable GPU (the message says what is missing); 70 an internal error; 75 (NCCL
+//! transport) a rank failed and asks the launcher to restart the job, which then runs with
+//! `--restore` (see `cuda_backend::nccl::EXIT_RESTART`); 134 (SIGABRT) the deliberate crash of
+//! `--crash-at-step`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +18,6 @@ use cuda_backend::job::{self, RunOptions};
 use cuda_backend::nccl::{self, NcclPlan};
 use cuda_backend::probe::{self, GpuAvailability};
 use cuda_backend::rendezvous::BootstrapEnv;
-use cuda_backend::store::FileStore;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::digest::Digest;
 
@@ -67,17 +69,24 @@ enum Command {
         /// The GPU the local transport puts every rank on.
         #[arg(long, default_value_t = 0)]
         gpu: usize,
-        /// Directory for checkpoints (real files, atomic, checksummed).
+        /// The persistent checkpoint directory (real files, atomic, checksummed); the
+        /// scenario's [checkpoint] section says when (e.g. --set checkpoint.interval=10).
+        /// Without it, a temporary directory removed after the run.
         #[arg(long)]
         checkpoint_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 0)]
-        checkpoint_every: u64,
-        /// Start from the newest checkpoint every rank completed.
+        /// The root of the per-node host-memory directories (default: under /dev/shm).
+        #[arg(long)]
+        host_dir: Option<PathBuf>,
+        /// This process is a restart: restore the newest checkpoint that verifies, then train.
         #[arg(long)]
         restore: bool,
-        /// Abort the process after this many steps (after any checkpoint of that step).
+        /// Abort the process when a rank begins this step (after that many steps and their
+        /// checkpoint work).
         #[arg(long)]
         crash_at_step: Option<u64>,
+        /// Do not inject the scenario's [[faults.crash]] failures.
+        #[arg(long)]
+        no_faults: bool,
         #[arg(long, default_value_t = 120)]
         recv_timeout_s: u64,
     },
@@ -118,9 +127,10 @@ fn main() -> ExitCode {
             device,
             gpu,
             checkpoint_dir,
-            checkpoint_every,
+            host_dir,
             restore,
             crash_at_step,
+            no_faults,
             recv_timeout_s,
         } => {
             if let Some(seed) = seed {
@@ -132,16 +142,32 @@ fn main() -> ExitCode {
             };
             let mut options = RunOptions::new();
             options.recv_timeout = Duration::from_secs(recv_timeout_s);
-            options.checkpoint_every_steps = checkpoint_every;
             options.restore = restore;
             options.crash_at_step = crash_at_step;
-            if let Some(dir) = checkpoint_dir {
-                match FileStore::open(dir) {
-                    Ok(store) => options.checkpoint_store = Some(store),
-                    Err(e) => return bad_input(e),
-                }
-            } else if restore || checkpoint_every > 0 {
-                return bad_input("--restore and --checkpoint-every need --checkpoint-dir");
+            options.inject_faults = !no_faults;
+            options.host_dir = host_dir;
+            if restore && checkpoint_dir.is_none() {
+                return bad_input("--restore needs --checkpoint-dir");
+            }
+            if restore && settings.job.checkpoint.is_none() {
+                return bad_input(
+                    "--restore needs the scenario's [checkpoint] section (e.g. --set checkpoint.interval=10)",
+                );
+            }
+            let shared = transport == Transport::Nccl && settings.job.checkpoint.is_some();
+            if shared && checkpoint_dir.is_none() {
+                return bad_input(
+                    "--transport nccl with a [checkpoint] section needs --checkpoint-dir, a \
+                     directory every rank's process shares",
+                );
+            }
+            options.checkpoint_dir = checkpoint_dir;
+            if settings.crashes_not_injected > 0 {
+                eprintln!(
+                    "faultline-gpu: {} [[faults.crash]] at a model time (`at`) not injected: real \
+                     hardware has no model time; only `at_step` crashes are",
+                    settings.crashes_not_injected
+                );
             }
             run_command(&settings, &options, transport, device, gpu)
         }

@@ -19,6 +19,15 @@
 //! in the order it needs them, which the collectives do. If the check in run-on-gpu.sh shows a
 //! hang, the receive times out with [`CommError::Timeout`] instead of blocking forever.
 //!
+//! Restarts: a rank that fails calls `await_restart`, which on NCCL aborts the communicator
+//! (`ncclCommAbort`, so no peer stays blocked on it) and exits the process with status
+//! [`EXIT_RESTART`] (75, `EX_TEMPFAIL`). The launcher is the job controller: torchrun (with
+//! `--max-restarts`) or any supervisor restarts every rank's process; a restarted process runs
+//! with `--restore` (or with TORCHELASTIC_RESTART_COUNT set, which implies it and numbers the
+//! generation), restores the newest verified checkpoint with trainer-core's restore, and goes
+//! on. `await_restart` therefore never returns on NCCL. Over [`ChannelLink`] (threads in one
+//! process, no launcher) it returns an order that abandons the job.
+//!
 //! The protocol is written once over [`FrameLink`]; [`NcclLink`] is NCCL, and [`ChannelLink`]
 //! (threads and channels, host memory) runs the same protocol in tests on any machine. The NCCL
 //! link itself has not yet run on a GPU in this repository's history: see run-on-gpu.sh.
@@ -31,11 +40,18 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id};
-use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
+use trainer_core::{
+    Backend, Blob, CommError, Event, Payload, Placement, RestartOrder, StorageError, Tag, Tier,
+    Work, WriteStatus, WriteTicket,
+};
 
 use crate::device::{CudaRank, DeviceError, Gpu, HostRank, RankDevice};
 use crate::local::Mark;
 use crate::rendezvous::ID_LEN;
+use crate::store::{RankStorage, Tiers};
+
+/// The exit status of a rank that failed and asks its launcher for a restart (`EX_TEMPFAIL`).
+pub const EXIT_RESTART: i32 = 75;
 
 /// Header slots at the front of every frame, each a u32 stored in an f32's bits.
 pub const HEADER_ELEMS: usize = 8;
@@ -136,11 +152,15 @@ pub trait FrameLink {
     ) -> Result<Option<Vec<f32>>, LinkTimeout>;
     /// Waits until everything posted has completed (before the process exits).
     fn finish(&self) -> Result<(), DeviceError>;
+    /// This rank failed with `error`: hand it to the job controller. NCCL aborts the
+    /// communicator and exits with [`EXIT_RESTART`]; channels abandon the job.
+    fn restart(&self, rank: usize, error: &CommError) -> RestartOrder;
 }
 
 /// NCCL point-to-point on this rank's stream.
 pub struct NcclLink {
-    comm: Comm,
+    /// `None` once aborted.
+    comm: RefCell<Option<Comm>>,
     device: CudaRank,
 }
 
@@ -188,7 +208,11 @@ impl FrameLink for NcclLink {
             return Ok(None);
         }
         {
-            let mut group = self.comm.group();
+            let comm = self.comm.borrow();
+            let comm = comm
+                .as_ref()
+                .unwrap_or_else(|| nccl_fail("post", "the communicator was aborted"));
+            let mut group = comm.group();
             for (to, slice) in &staged {
                 group
                     .send(slice.as_view(), *to as i32)
@@ -227,6 +251,16 @@ impl FrameLink for NcclLink {
 
     fn finish(&self) -> Result<(), DeviceError> {
         self.device.synchronize()
+    }
+
+    fn restart(&self, rank: usize, error: &CommError) -> RestartOrder {
+        eprintln!(
+            "faultline-gpu: rank {rank}: {error}; aborting the NCCL communicator and exiting with \
+             status {EXIT_RESTART} for the launcher to restart the job (then run with --restore)"
+        );
+        // Dropping the communicator calls ncclCommAbort.
+        drop(self.comm.borrow_mut().take());
+        std::process::exit(EXIT_RESTART)
     }
 }
 
@@ -299,6 +333,14 @@ impl FrameLink for ChannelLink {
     fn finish(&self) -> Result<(), DeviceError> {
         Ok(())
     }
+
+    fn restart(&self, _rank: usize, _error: &CommError) -> RestartOrder {
+        RestartOrder {
+            generation: 1,
+            memory_lost: false,
+            job_abandoned: true,
+        }
+    }
 }
 
 /// One rank of a job whose ranks each run in their own process (or thread), exchanging
@@ -313,6 +355,9 @@ pub struct FramedBackend<L: FrameLink> {
     recv_timeout: Duration,
     started: Instant,
     marks: RefCell<Vec<Mark<<L::Device as RankDevice>::Mark>>>,
+    storage: RankStorage,
+    crash_at_step: Option<u64>,
+    last_failure: RefCell<Option<CommError>>,
 }
 
 /// The NCCL transport's backend.
@@ -328,6 +373,7 @@ impl NcclBackend {
         id: [u8; ID_LEN],
         max_payload_elems: usize,
         recv_timeout: Duration,
+        tiers: Tiers,
     ) -> Result<NcclBackend, NcclSetupError> {
         let device = gpu
             .rank()
@@ -336,11 +382,15 @@ impl NcclBackend {
         let comm = Comm::from_rank(device.stream.clone(), rank, placement.world_size, id)
             .map_err(|e| NcclSetupError(format!("ncclCommInitRank: {e:?}")))?;
         Ok(FramedBackend::new(
-            NcclLink { comm, device },
+            NcclLink {
+                comm: RefCell::new(Some(comm)),
+                device,
+            },
             placement,
             rank,
             max_payload_elems,
             recv_timeout,
+            tiers,
         ))
     }
 }
@@ -352,8 +402,13 @@ impl<L: FrameLink> FramedBackend<L> {
         rank: usize,
         max_payload_elems: usize,
         recv_timeout: Duration,
+        tiers: Tiers,
     ) -> FramedBackend<L> {
+        let storage = RankStorage::new(tiers, placement.node_of(rank));
         FramedBackend {
+            storage,
+            crash_at_step: None,
+            last_failure: RefCell::new(None),
             rank,
             placement,
             link,
@@ -368,6 +423,16 @@ impl<L: FrameLink> FramedBackend<L> {
 
     pub fn device(&self) -> &L::Device {
         self.link.device()
+    }
+
+    /// Aborts the process when this rank begins step `step` (`--crash-at-step`).
+    pub fn set_crash_at_step(&mut self, step: Option<u64>) {
+        self.crash_at_step = step;
+    }
+
+    /// The last failure this rank reported, if any.
+    pub fn last_failure(&self) -> Option<CommError> {
+        self.last_failure.borrow().clone()
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> ! {
@@ -455,27 +520,75 @@ impl<L: FrameLink> Backend for FramedBackend<L> {
         self.started.elapsed().as_nanos() as u64
     }
 
-    fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()> {
+    /// A process that runs is alive: a failure elsewhere shows up as a receive that times out,
+    /// and this rank's own failures end the process through `await_restart`.
+    fn sleep(&self, duration_ns: u64) -> impl Future<Output = Result<(), CommError>> {
         std::thread::sleep(Duration::from_nanos(duration_ns));
-        std::future::ready(())
+        std::future::ready(Ok(()))
     }
 
-    fn compute(&self, _work: Work) -> impl Future<Output = ()> {
+    fn compute(&self, _work: Work) -> impl Future<Output = Result<(), CommError>> {
         self.device()
             .synchronize()
             .unwrap_or_else(|e| self.fail("synchronize", e));
-        std::future::ready(())
+        std::future::ready(Ok(()))
     }
 
     fn emit(&self, event: Event) {
         if let Event::CollectiveEnd { .. } = event {
             self.flush();
         }
+        if let Event::StepBegin { step } = event {
+            if self.crash_at_step == Some(step) {
+                crate::local::crash(self.rank, step);
+            }
+        }
         let mark = self
             .device()
             .mark()
             .unwrap_or_else(|e| self.fail("timing mark", e));
         self.marks.borrow_mut().push(Mark { event, mark });
+    }
+
+    fn store_put(
+        &self,
+        tier: Tier,
+        name: &str,
+        blob: Blob,
+    ) -> impl Future<Output = Result<(), StorageError>> {
+        std::future::ready(self.storage.put(tier, name, &blob))
+    }
+
+    fn store_put_async(&self, tier: Tier, name: &str, blob: Blob) -> WriteTicket {
+        self.storage.put_async(tier, name, &blob)
+    }
+
+    fn store_poll(&self, ticket: WriteTicket) -> WriteStatus {
+        self.storage.poll(ticket)
+    }
+
+    fn store_get(
+        &self,
+        tier: Tier,
+        name: &str,
+    ) -> impl Future<Output = Result<Blob, StorageError>> {
+        std::future::ready(self.storage.get(tier, name))
+    }
+
+    fn store_list(&self, tier: Tier, prefix: &str) -> Vec<String> {
+        self.storage.list(tier, prefix)
+    }
+
+    fn store_delete(&self, tier: Tier, name: &str) {
+        self.storage.delete(tier, name)
+    }
+
+    /// See the module docs: on NCCL this never returns.
+    fn await_restart(&self, error: &CommError) -> impl Future<Output = RestartOrder> {
+        *self.last_failure.borrow_mut() = Some(error.clone());
+        // Sends held back for a receive that will not come are dropped with the generation.
+        self.pending.borrow_mut().clear();
+        std::future::ready(self.link.restart(self.rank, error))
     }
 
     fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
@@ -574,17 +687,33 @@ pub fn run_nccl_job(
         Duration::from_secs(300),
     )
     .map_err(|e| NcclSetupError(e.to_string()))?;
-    let backend = NcclBackend::join(
+    let (tiers, _) = options.tiers(settings.placement.node_count());
+    let mut backend = NcclBackend::join(
         &gpu,
         settings.placement,
         plan.env.rank,
         id,
-        settings.job.proxy_elems + 1,
+        max_payload_elems(&settings.job),
         options.recv_timeout,
+        tiers,
     )?;
-    let result = block_on(job::train_rank(&backend, settings.job.clone(), options));
-    let digest = result.outcome.as_ref().map_or(0, |o| o.param_digest);
-    let agree = block_on(replicas_agree(&backend, digest)).unwrap_or(false);
+    backend.set_crash_at_step(options.crash_at_step);
+    // torchelastic numbers restarts; a restarted process restores before training.
+    let restart_count = std::env::var("TORCHELASTIC_RESTART_COUNT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|count| *count > 0);
+    let mut options = options.clone();
+    options.restore |= restart_count.is_some();
+    let generation = restart_count.unwrap_or(1);
+    let (outcome, resumed) = block_on(job::train_rank(
+        &backend,
+        settings.job.clone(),
+        &options,
+        generation,
+    ));
+    let result = job::RankResult::new(outcome, settings.job.steps, resumed, backend.last_failure());
+    let agree = block_on(replicas_agree(&backend, result.outcome.param_digest)).unwrap_or(false);
     backend
         .finish()
         .map_err(|e| NcclSetupError(e.to_string()))?;
@@ -610,8 +739,15 @@ pub fn run_nccl_job(
         device,
         &[result],
         agree,
+        &marks,
         timings,
     ))
+}
+
+/// The largest payload a job sends: the step's all-reduce buffer (gradient, loss and
+/// trainer-core's checkpoint votes); a restore's all-gather carries only the parameters.
+pub fn max_payload_elems(job: &trainer_core::job::JobConfig) -> usize {
+    job.proxy_elems + 1 + trainer_core::checkpoint::VOTE_COUNT
 }
 
 /// A real transport measures real time: for `wall_ms`, `now_ns` and receive timeouts.

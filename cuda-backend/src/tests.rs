@@ -13,7 +13,7 @@ use crate::job::{self, RunOptions};
 use crate::nccl::{self, NcclPlan};
 use crate::probe::{decide, GpuAvailability, SkipDecision};
 use crate::rendezvous::{self, BootstrapEnv, RendezvousError, ID_LEN};
-use crate::store::{self, FileStore, StoreError, TrainerState};
+use crate::store::{FileStore, RankStorage, StoreError, Tiers};
 use crate::{kernels, local};
 
 /// A fresh directory under the target directory's temporary area, unique per test.
@@ -76,7 +76,20 @@ fn store_errors_are_typed() {
         store.read("missing"),
         Err(StoreError::NotFound { .. })
     ));
-    for bad in ["", ".hidden", "a/b", "..", "a\\b"] {
+    for bad in [
+        "",
+        ".hidden",
+        "..",
+        "a/../b",
+        "../outside",
+        "/etc/passwd",
+        "a//b",
+        "a/",
+        "a/./b",
+        "a\\b",
+        "ckpt/.tmp-1-x",
+        "nul\0",
+    ] {
         assert!(
             matches!(store.write(bad, b"x"), Err(StoreError::BadName { .. })),
             "{bad:?}"
@@ -100,44 +113,120 @@ fn store_never_lists_or_reads_a_blob_still_being_written() {
 }
 
 #[test]
-fn trainer_state_round_trips_bit_for_bit() {
-    let state = TrainerState {
-        step: 1 << 40,
-        last_loss: f32::NAN,
-        params: vec![
-            0.0,
-            -0.0,
-            1.5,
-            f32::MIN_POSITIVE / 2.0,
-            f32::from_bits(0x7fc0_1234),
-        ],
-    };
-    let back = TrainerState::decode(&state.encode()).unwrap();
-    assert_eq!(back.step, state.step);
-    assert_eq!(back.last_loss.to_bits(), state.last_loss.to_bits());
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&back.params), bits(&state.params));
-    let bytes = state.encode();
-    assert!(TrainerState::decode(&bytes[..bytes.len() - 1]).is_err());
-    assert!(TrainerState::decode(&bytes[..10]).is_err());
+fn store_names_are_paths_listed_by_prefix_and_deleted() {
+    let dir = temp_dir("paths");
+    let store = FileStore::open(&dir).unwrap();
+    for step in [12u64, 8] {
+        for rank in [1, 0] {
+            let name = format!("ckpt/{step:012}/shard-{rank:06}");
+            store.write(&name, name.as_bytes()).unwrap();
+        }
+    }
+    store.write("ckpt/000000000008/manifest", b"m").unwrap();
+    store.write("other", b"o").unwrap();
+    assert!(dir.join("ckpt/000000000012/shard-000001").is_file());
+    assert_eq!(
+        store.list_prefix("ckpt/").unwrap(),
+        [
+            "ckpt/000000000008/manifest",
+            "ckpt/000000000008/shard-000000",
+            "ckpt/000000000008/shard-000001",
+            "ckpt/000000000012/shard-000000",
+            "ckpt/000000000012/shard-000001",
+        ]
+    );
+    assert_eq!(
+        store
+            .list_prefix("ckpt/000000000012/shard-00000")
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(store.list().unwrap().len(), 6);
+    assert_eq!(
+        store.read("ckpt/000000000012/shard-000001").unwrap(),
+        b"ckpt/000000000012/shard-000001"
+    );
+    // A blob in a subdirectory being written is not listed either.
+    std::fs::write(dir.join("ckpt/000000000012/.tmp-9-shard-000002"), b"torn").unwrap();
+    assert_eq!(store.list_prefix("ckpt/000000000012/").unwrap().len(), 2);
+    std::fs::remove_file(dir.join("ckpt/000000000012/.tmp-9-shard-000002")).unwrap();
+    for rank in 0..2 {
+        store
+            .delete(&format!("ckpt/000000000012/shard-{rank:06}"))
+            .unwrap();
+    }
+    // Deleting what is not there is fine; the emptied directory is gone.
+    store.delete("ckpt/000000000012/shard-000000").unwrap();
+    assert!(!dir.join("ckpt/000000000012").exists());
+    assert!(matches!(
+        store.delete("../x"),
+        Err(StoreError::BadName { .. })
+    ));
+    // A store whose directory does not exist yet is empty.
+    assert!(FileStore::at(dir.join("nothing-yet"))
+        .list_prefix("")
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
-fn restore_picks_the_newest_step_that_every_rank_committed() {
-    let store = FileStore::open(temp_dir("latest")).unwrap();
-    assert_eq!(job::latest_complete_step(&store, 3).unwrap(), None);
-    for rank in 0..3 {
-        store.write(&job::checkpoint_name(10, rank), b"x").unwrap();
+fn rank_storage_keeps_trainer_cores_contract_on_real_files() {
+    use trainer_core::{Blob, StorageError, Tier, WriteStatus, WriteTicket};
+    let root = temp_dir("tiers");
+    let tiers = Tiers::new(root.join("persistent"), root.join("host"), 2);
+    let node0 = RankStorage::new(tiers.clone(), 0);
+    let node1 = RankStorage::new(tiers, 1);
+    let blob = Blob {
+        bytes: vec![1, 2, 3],
+        modelled_bytes: 1 << 40,
+    };
+    node0.put(Tier::Persistent, "ckpt/a", &blob).unwrap();
+    assert_eq!(node1.get(Tier::Persistent, "ckpt/a"), Ok(blob.clone()));
+    // Host is per node; Peer { node } is that node's host directory.
+    node0.put(Tier::Host, "h", &blob).unwrap();
+    assert_eq!(
+        node1.get(Tier::Host, "h"),
+        Err(StorageError::NotFound { name: "h".into() })
+    );
+    assert_eq!(node1.get(Tier::Peer { node: 0 }, "h"), Ok(blob.clone()));
+    assert!(root.join("host/node-000000/h").is_file());
+    assert_eq!(
+        node0.get(Tier::Peer { node: 2 }, "h"),
+        Err(StorageError::Unavailable {
+            tier: Tier::Peer { node: 2 }
+        })
+    );
+    let ticket = node0.put_async(Tier::Peer { node: 1 }, "ckpt/p", &blob);
+    assert_eq!(node0.poll(ticket), WriteStatus::Durable);
+    assert_eq!(node1.list(Tier::Host, "ckpt/"), ["ckpt/p"]);
+    assert_eq!(node0.poll(WriteTicket(99)), WriteStatus::Failed);
+    // Names that would leave the tier's directory: typed errors, nothing written.
+    for bad in ["../escape", "/abs", "a/../../b"] {
+        assert_eq!(
+            node0.put(Tier::Persistent, bad, &blob),
+            Err(StorageError::WriteFailed { name: bad.into() })
+        );
+        let ticket = node0.put_async(Tier::Host, bad, &blob);
+        assert_eq!(node0.poll(ticket), WriteStatus::Failed);
+        assert_eq!(
+            node0.get(Tier::Persistent, bad),
+            Err(StorageError::NotFound { name: bad.into() })
+        );
+        node0.delete(Tier::Persistent, bad);
     }
-    // Step 20 lost rank 2 in a crash.
-    for rank in 0..2 {
-        store.write(&job::checkpoint_name(20, rank), b"x").unwrap();
-    }
-    store.write("unrelated", b"x").unwrap();
-    assert_eq!(job::latest_complete_step(&store, 3).unwrap(), Some(10));
-    store.write(&job::checkpoint_name(20, 2), b"x").unwrap();
-    assert_eq!(job::latest_complete_step(&store, 3).unwrap(), Some(20));
-    assert_eq!(store::checkpoint_name(7), "rank-000007.ckpt");
+    assert!(!root.join("escape").exists());
+    // A corrupt blob reads as missing, so that a restore falls back to another copy.
+    let path = root.join("persistent/ckpt/a");
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        node0.get(Tier::Persistent, "ckpt/a"),
+        Err(StorageError::NotFound { .. })
+    ));
+    node0.delete(Tier::Persistent, "ckpt/a");
+    assert!(node0.list(Tier::Persistent, "").is_empty());
 }
 
 // ---- bootstrap and rendezvous ----
@@ -496,7 +585,8 @@ fn local_transport_all_reduce_and_broadcast_are_exact_for_every_algorithm() {
 #[test]
 fn a_receive_nobody_sends_times_out_with_the_simulators_error() {
     use trainer_core::{Backend, CommError};
-    let world = local::LocalWorld::new(vec![HostRank; 2], 2, Duration::from_millis(50));
+    let (tiers, _) = RunOptions::new().tiers(1);
+    let world = local::LocalWorld::new(vec![HostRank; 2], 2, Duration::from_millis(50), tiers);
     let results = local::run_ranks(&world, |backend| async move {
         let tag = Tag::new(9, 1, 2);
         backend.recv(1 - backend.rank(), tag).await.map(|_| ())
@@ -580,35 +670,181 @@ fn host_run_trains_agrees_and_times_every_step() {
     assert_eq!(again.param_digest, report.param_digest);
 }
 
+/// Options that keep every tier under `temp_dir(test)`.
+fn options_in(test: &str) -> (RunOptions, PathBuf) {
+    let dir = temp_dir(test);
+    let mut options = RunOptions::new();
+    options.checkpoint_dir = Some(dir.join("persistent"));
+    options.host_dir = Some(dir.join("host"));
+    (options, dir)
+}
+
 #[test]
-fn restoring_a_real_checkpoint_ends_with_the_uninterrupted_parameters() {
+fn restoring_trainer_cores_checkpoint_files_ends_with_the_uninterrupted_parameters() {
     let s = settings(&[]);
     let uninterrupted = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
-    let store = FileStore::open(temp_dir("restore")).unwrap();
-    let mut options = RunOptions::new();
-    options.checkpoint_store = Some(store.clone());
-    options.checkpoint_every_steps = 10;
-    // Interrupted after 25 steps; the newest checkpoint holds step 20.
-    let first = job::run_local_job(vec![HostRank; 8], &settings(&["job.steps=25"]), &options);
-    assert_eq!(first.steps_completed, 25);
-    assert_eq!(job::latest_complete_step(&store, 8).unwrap(), Some(20));
-    options.restore = true;
-    let resumed = job::run_local_job(vec![HostRank; 8], &s, &options);
-    assert_eq!(resumed.resumed_from_step, Some(20));
-    assert_eq!(resumed.steps_completed, 30);
-    assert_eq!(resumed.param_digest, uninterrupted.param_digest);
-    assert_eq!(
-        resumed.final_loss.to_bits(),
-        uninterrupted.final_loss.to_bits()
-    );
-    // With nothing to restore, every rank says so instead of training from scratch.
-    let mut empty = RunOptions::new();
-    empty.checkpoint_store = Some(FileStore::open(temp_dir("restore-empty")).unwrap());
+    for policy in ["restart", "in-memory"] {
+        let sets = |extra: &[&str]| {
+            let mut all = vec!["checkpoint.interval=10"];
+            let policy = format!("recovery.policy={policy}");
+            all.push(&policy);
+            all.extend_from_slice(extra);
+            settings(&all)
+        };
+        let (mut options, dir) = options_in(&format!("restore-{policy}"));
+        // Interrupted after 25 steps: the step-20 checkpoint was committed at step 21.
+        let first = job::run_local_job(vec![HostRank; 8], &sets(&["job.steps=25"]), &options);
+        assert_eq!(first.error, None);
+        assert_eq!(first.steps_completed, 25);
+        assert_eq!(first.checkpoints_committed, 2);
+        let manifests: Vec<_> = FileStore::at(dir.join("persistent"))
+            .list_prefix("ckpt/")
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with("/manifest"))
+            .collect();
+        assert_eq!(
+            manifests,
+            ["ckpt/000000000010/manifest", "ckpt/000000000020/manifest"]
+        );
+        // Each node's host directory holds its ranks' shards; with buddy copies, also the
+        // previous node's.
+        let host = FileStore::at(dir.join("host/node-000001"));
+        assert_eq!(host.list_prefix("ckpt/000000000020/").unwrap().len(), 8);
+        // A new process restores step 20 and trains the last 10 steps.
+        options.restore = true;
+        let resumed = job::run_local_job(vec![HostRank; 8], &sets(&[]), &options);
+        assert_eq!(resumed.error, None, "{policy}");
+        assert_eq!(resumed.resumed_from_step, Some(20), "{policy}");
+        let tier = if policy == "restart" {
+            "persistent"
+        } else {
+            "host"
+        };
+        assert_eq!(
+            resumed.restores_by_tier,
+            [(tier.to_string(), 1)].into_iter().collect(),
+            "{policy}"
+        );
+        assert_eq!(resumed.steps_completed, 30);
+        assert_eq!(resumed.param_digest, uninterrupted.param_digest, "{policy}");
+        assert_eq!(
+            resumed.final_loss.to_bits(),
+            uninterrupted.final_loss.to_bits()
+        );
+        // A corrupt shard of step 20: the restore falls back to step 10.
+        for name in FileStore::at(dir.join("host"))
+            .list_prefix("")
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.ends_with("000000000020/shard-000003"))
+        {
+            std::fs::write(dir.join("host").join(name), b"garbage").unwrap();
+        }
+        std::fs::write(
+            dir.join("persistent/ckpt/000000000020/shard-000003"),
+            b"garbage",
+        )
+        .unwrap();
+        let fallback = job::run_local_job(vec![HostRank; 8], &sets(&[]), &options);
+        assert_eq!(fallback.resumed_from_step, Some(10), "{policy}");
+        assert_eq!(fallback.param_digest, uninterrupted.param_digest);
+    }
+    // With nothing to restore, a restarted process starts over, as trainer-core says.
+    let (mut empty, _) = options_in("restore-empty");
     empty.restore = true;
-    let report = job::run_local_job(vec![HostRank; 8], &s, &empty);
+    let report = job::run_local_job(
+        vec![HostRank; 8],
+        &settings(&["checkpoint.interval=10"]),
+        &empty,
+    );
+    assert_eq!(report.error, None);
+    assert_eq!(report.resumed_from_step, None);
+    assert_eq!(report.param_digest, uninterrupted.param_digest);
+}
+
+#[test]
+fn a_failed_rank_restarts_every_rank_through_the_barrier_and_training_recovers() {
+    let uninterrupted = job::run_local_job(vec![HostRank; 8], &settings(&[]), &RunOptions::new());
+    for policy in ["restart", "in-memory"] {
+        let (options, _) = options_in(&format!("barrier-{policy}"));
+        let mut s = settings(&[
+            "checkpoint.interval=5",
+            &format!("recovery.policy={policy}"),
+        ]);
+        // Rank 5 fails at step 13, then rank 0 at step 27 (after the first restart).
+        s.failures_at_step = vec![(5, 13), (0, 27)];
+        let report = job::run_local_job(vec![HostRank; 8], &s, &options);
+        assert_eq!(report.error, None, "{policy}");
+        assert!(report.replicas_agree);
+        assert_eq!(report.restarts, 2, "{policy}");
+        // Step 13 restarts from the step-10 checkpoint, step 27 from step 25: 3 + 2 steps again.
+        assert_eq!(report.recomputed_steps, 5, "{policy}");
+        let tier = if policy == "restart" {
+            "persistent"
+        } else {
+            "host"
+        };
+        assert_eq!(
+            report.restores_by_tier,
+            [(tier.to_string(), 2)].into_iter().collect(),
+            "{policy}"
+        );
+        assert_eq!(report.param_digest, uninterrupted.param_digest, "{policy}");
+        // The same failures again give the same run.
+        let again = job::run_local_job(vec![HostRank; 8], &s, &options_in("barrier-again").0);
+        assert_eq!(again.param_digest, report.param_digest);
+        assert_eq!(again.recomputed_steps, report.recomputed_steps);
+    }
+    // Without checkpoints a restart trains from step 0 again.
+    let mut s = settings(&[]);
+    s.failures_at_step = vec![(2, 4)];
+    let report = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    assert_eq!((report.restarts, report.recomputed_steps), (1, 4));
+    assert_eq!(report.param_digest, uninterrupted.param_digest);
+    // Past recovery.max_restarts the job is abandoned, and the report says why.
+    let mut s = settings(&["recovery.max_restarts=1"]);
+    s.failures_at_step = vec![(1, 3), (6, 7)];
+    let report = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    assert_eq!(report.restarts, 1);
     assert_eq!(
         report.error.as_deref(),
-        Some("rank 0: no step has a checkpoint from every rank to restore")
+        Some(
+            "rank 0: the job was abandoned after 6 of 30 steps and 1 restarts; last failure: \
+             aborted"
+        )
+    );
+}
+
+#[test]
+fn the_scenarios_crashes_at_a_step_are_injected_on_the_local_transport() {
+    let text = format!(
+        "{JOB}[checkpoint]\ninterval = 4\n[[faults.crash]]\nnode = 1\nat_step = 9\n\
+         [[faults.crash]]\ngpu = 2\nat = \"1s\"\n"
+    );
+    let s = job::parse_scenario("crash", "<test>", &text, &[]).unwrap();
+    assert_eq!(s.failures_at_step, [(4, 9), (5, 9), (6, 9), (7, 9)]);
+    assert_eq!(s.crashes_not_injected, 1);
+    let report = job::run_local_job(vec![HostRank; 8], &s, &options_in("scenario-crash").0);
+    assert_eq!(report.error, None);
+    // Rank 0 had not finished step 8, so the step-8 checkpoint was never committed: the job
+    // goes back to step 4, as in scenarios/node-crash-mid-checkpoint.toml.
+    assert_eq!((report.restarts, report.recomputed_steps), (1, 4));
+    let mut quiet = options_in("scenario-crash-off").0;
+    quiet.inject_faults = false;
+    assert_eq!(
+        job::run_local_job(vec![HostRank; 8], &s, &quiet).restarts,
+        0
+    );
+    let bad = job::parse_scenario(
+        "crash",
+        "<test>",
+        &format!("{JOB}[[faults.crash]]\nnode = 9\nat_step = 1\n"),
+        &[],
+    );
+    assert_eq!(
+        bad.unwrap_err().to_string(),
+        "<test>: faults.crash.0: expected exactly one of `node` or `gpu`, inside the cluster"
     );
 }
 
@@ -620,6 +856,7 @@ fn on_framed_world<T: Send>(
     world_size: usize,
     gpus_per_node: usize,
     max_payload_elems: usize,
+    tiers: &Tiers,
     task: impl Fn(&nccl::FramedBackend<nccl::ChannelLink>) -> T + Sync,
 ) -> Vec<T> {
     let placement = trainer_core::Placement::new(world_size, gpus_per_node);
@@ -636,6 +873,7 @@ fn on_framed_world<T: Send>(
                         rank,
                         max_payload_elems,
                         Duration::from_secs(30),
+                        tiers.clone(),
                     );
                     let result = task(&backend);
                     backend.finish().unwrap();
@@ -649,20 +887,38 @@ fn on_framed_world<T: Send>(
 
 #[test]
 fn framed_transport_trains_the_same_parameters_as_the_local_one() {
-    let s = settings(&["job.collective=hierarchical"]);
+    let s = settings(&["job.collective=hierarchical", "checkpoint.interval=10"]);
     let local = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
-    let options = RunOptions::new();
-    let results = on_framed_world(8, 4, s.job.proxy_elems + 1, |backend| {
-        let result = nccl::block_on(job::train_rank(backend, s.job.clone(), &options));
-        let digest = result.outcome.as_ref().unwrap().param_digest;
-        let agree = nccl::block_on(nccl::replicas_agree(backend, digest)).unwrap();
-        (job::hex(digest), agree, backend.take_marks().len())
-    });
-    for (rank, (digest, agree, marks)) in results.into_iter().enumerate() {
+    let (mut options, dir) = options_in("framed");
+    let (tiers, _) = options.tiers(2);
+    let max = nccl::max_payload_elems(&s.job);
+    let run = |options: &RunOptions| {
+        on_framed_world(8, 4, max, &tiers, |backend| {
+            let (outcome, resumed) =
+                nccl::block_on(job::train_rank(backend, s.job.clone(), options, 1));
+            let digest = outcome.param_digest;
+            let agree = nccl::block_on(nccl::replicas_agree(backend, digest)).unwrap();
+            let steps = backend
+                .take_marks()
+                .iter()
+                .filter(|m| matches!(m.event, trainer_core::Event::StepEnd { .. }))
+                .count();
+            (job::hex(digest), agree, steps, resumed)
+        })
+    };
+    for (rank, (digest, agree, steps, resumed)) in run(&options).into_iter().enumerate() {
         assert_eq!(digest, local.param_digest, "rank {rank}");
         assert!(agree);
-        // StepBegin, CollectiveBegin, CollectiveEnd, StepEnd for each of the 30 steps.
-        assert_eq!(marks, 4 * 30);
+        assert_eq!((steps, resumed), (30, None));
+    }
+    // Its checkpoints are trainer-core's, on real files: a restarted world restores step 20
+    // (the step-30 checkpoint was never committed) and ends with the same parameters.
+    assert!(dir.join("persistent/ckpt/000000000020/manifest").is_file());
+    options.restore = true;
+    for (rank, (digest, agree, steps, resumed)) in run(&options).into_iter().enumerate() {
+        assert_eq!(digest, local.param_digest, "rank {rank}");
+        assert!(agree);
+        assert_eq!((steps, resumed), (10, Some(20)));
     }
 }
 
@@ -691,7 +947,8 @@ fn framed_transport_collectives_match_the_local_transport_bit_for_bit() {
                     elems,
                     awkward,
                 );
-                let got = on_framed_world(gpus, gpus_per_node, elems, |backend| {
+                let (tiers, _) = RunOptions::new().tiers(gpus.div_ceil(gpus_per_node));
+                let got = on_framed_world(gpus, gpus_per_node, elems, &tiers, |backend| {
                     use trainer_core::Backend;
                     let mut data: Vec<f32> =
                         (0..elems).map(|i| awkward(backend.rank(), i)).collect();
@@ -721,7 +978,8 @@ fn framed_transport_collectives_match_the_local_transport_bit_for_bit() {
 #[test]
 fn framed_transport_matches_tags_whatever_order_frames_arrive_in() {
     use trainer_core::{Backend, CommError, Payload};
-    let results = on_framed_world(2, 2, 4, |backend| {
+    let (tiers, _) = RunOptions::new().tiers(1);
+    let results = on_framed_world(2, 2, 4, &tiers, |backend| {
         let (a, b, c) = (Tag::new(1, 0, 0), Tag::new(1, 0, 1), Tag::new(2, 5, 0));
         if backend.rank() == 0 {
             for (tag, value) in [(a, 1.0), (b, 2.0), (c, 3.0)] {

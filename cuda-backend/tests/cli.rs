@@ -53,7 +53,7 @@ fn bad_input_exits_2_and_names_the_problem() {
         ),
         (
             &["run", "scenarios/quickstart.toml", "--restore"],
-            "need --checkpoint-dir",
+            "--restore needs --checkpoint-dir",
         ),
         (
             &[
@@ -140,36 +140,43 @@ fn a_host_run_prints_the_simulators_report_fields() {
 fn a_crashed_run_restores_from_its_checkpoint_files_and_ends_with_the_same_parameters() {
     let dir = std::env::temp_dir().join(format!("faultline-gpu-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let dir_arg = dir.to_str().unwrap();
     let scenario = workspace_root().join("scenarios/quickstart.toml");
     let mut base = vec!["run", scenario.to_str().unwrap(), "--device", "host"];
     base.extend(SMALL);
     let uninterrupted = faultline_gpu(&base);
     assert!(uninterrupted.status.success());
 
-    let mut crash = base.clone();
-    crash.extend([
+    // trainer-core's checkpoints, every 10 steps, to real files: the persistent tier in
+    // `dir/persistent`, each node's host memory under `dir/host`.
+    let persistent = dir.join("persistent");
+    let host = dir.join("host");
+    let (persistent, host) = (persistent.to_str().unwrap(), host.to_str().unwrap());
+    base.extend([
+        "--set",
+        "checkpoint.interval=10",
         "--checkpoint-dir",
-        dir_arg,
-        "--checkpoint-every",
-        "10",
-        "--crash-at-step",
-        "25",
+        persistent,
+        "--host-dir",
+        host,
     ]);
+    let mut crash = base.clone();
+    crash.extend(["--crash-at-step", "25"]);
     // Run where a core file from the abort, if the machine writes one, lands in the temporary
     // directory rather than the source tree.
     std::fs::create_dir_all(&dir).unwrap();
     let crashed = faultline_gpu_in(&dir, &crash);
     assert!(!crashed.status.success(), "the run should have aborted");
     assert!(crashed.stdout.is_empty(), "a crashed run prints no report");
-    assert!(stderr(&crashed).contains("crashing on purpose after step 25"));
+    assert!(stderr(&crashed).contains("crashing on purpose before step 25"));
+    assert!(dir.join("persistent/ckpt/000000000020/manifest").is_file());
 
     let mut restore = base.clone();
-    restore.extend(["--checkpoint-dir", dir_arg, "--restore"]);
+    restore.push("--restore");
     let restored = faultline_gpu(&restore);
     assert!(restored.status.success(), "{}", stderr(&restored));
     let (a, b) = (json(&uninterrupted), json(&restored));
     assert_eq!(b["resumed_from_step"], 20);
+    assert_eq!(b["restores_by_tier"]["persistent"], 1);
     assert_eq!(b["steps_completed"], 50);
     assert_eq!(a["param_digest"], b["param_digest"]);
     assert_eq!(a["final_loss"], b["final_loss"]);

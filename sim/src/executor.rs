@@ -106,9 +106,8 @@ where
         if !w.advance() {
             return Err(deadlock(&w));
         }
+        // In rank order: neighbouring ranks' futures and state sit side by side in memory.
         w.take_woken(&mut ready);
-        // Poll in rank order: neighbouring ranks' futures and state sit side by side in memory.
-        ready.sort_unstable();
     }
     Ok(outputs
         .into_iter()

@@ -3,9 +3,11 @@
 //! [`world::SimBackend`].
 
 pub mod executor;
+pub mod plan;
 pub mod queue;
 pub mod run;
 pub mod scenario;
+pub mod storage;
 pub mod topology;
 pub mod units;
 pub mod world;

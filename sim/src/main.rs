@@ -2,11 +2,14 @@
 //! 0 success, 1 the run found a problem (inexact collective, diverged replicas, deadlock),
 //! 2 bad input, 70 an internal error (a bug in faultline).
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use faultline_sim::executor::ExecutorKind;
+use faultline_sim::plan;
 use faultline_sim::run::{self, CollectiveSpec};
 use faultline_sim::scenario::{self, ExecutorChoice, Scenario, MAX_GPUS};
 use faultline_sim::topology::Topology;
@@ -39,6 +42,108 @@ enum Command {
     Collective(CollectiveArgs),
     /// Summarise a scenario's topology.
     Topo(TopoArgs),
+    /// Benchmark the simulator: wall time, messages per second, model time and peak RSS per
+    /// case and size, each case in a child process, with the bare event loop as the lower bound.
+    Bench(BenchArgs),
+    /// Run one benchmark case in this process and print its result as one JSON line (what
+    /// `bench` runs in each child).
+    #[command(hide = true)]
+    BenchCase(BenchCaseArgs),
+    /// Capacity planning: Monte Carlo of failures, recovery and checkpoints over weeks.
+    Plan(PlanArgs),
+    /// Merge `plan --shard i/n --out FILE` shards into the unsharded report.
+    Merge(MergeArgs),
+    /// Measure planner costs by running the training logic at the scenario's scale.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// GPU counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 100_000])]
+    gpus: Vec<usize>,
+    /// Cases, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = bench::CASES)]
+    cases: Vec<String>,
+    /// Executors, comma-separated; the bare loop runs once whatever this says.
+    #[arg(long, value_delimiter = ',', default_values_t = ["fifo".to_string(), "madsim".to_string()], value_parser = ["fifo", "madsim"])]
+    executors: Vec<String>,
+    /// Runs per case; the table keeps the fastest (and the highest peak RSS).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchCaseArgs {
+    #[arg(value_parser = bench::CASES)]
+    case: String,
+    #[arg(long)]
+    gpus: usize,
+    #[arg(long, default_value = "fifo", value_parser = ["fifo", "madsim"])]
+    executor: String,
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Planner scenario file.
+    scenario: PathBuf,
+    /// Seeds per sweep point; overrides plan.seeds.
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Override a scenario key by its dotted path, e.g. --set checkpoint.interval=30min.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Sweep a key over values; repeat for a cartesian product. Replaces the file's plan.sweep.
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    sweeps: Vec<String>,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Draw ETTR against the checkpoint interval into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Run only shard i of n (seeds i, i+n, ...); needs --out, and `faultline merge` combines.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Write the report (or with --shard, the shard) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// A cost file from `faultline calibrate`.
+    #[arg(long, value_name = "FILE")]
+    costs: Option<PathBuf>,
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// Shard files written by `plan --shard i/n --out FILE`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CalibrateArgs {
+    /// Planner scenario file; its cluster, fabric and job tables set up the run.
+    scenario: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Training steps to run.
+    #[arg(long, default_value_t = 3)]
+    steps: u64,
+    /// The cost file to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -55,6 +160,9 @@ struct RunArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Run the same scenario with every fault switched off.
+    #[arg(long)]
+    no_faults: bool,
 }
 
 #[derive(clap::Args)]
@@ -146,11 +254,17 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         seed: None,
         sets: Vec::new(),
         json: false,
+        no_faults: false,
     }));
     match command {
         Command::Run(args) => cmd_run(args),
         Command::Collective(args) => cmd_collective(args),
         Command::Topo(args) => cmd_topo(args),
+        Command::Bench(args) => cmd_bench(args),
+        Command::BenchCase(args) => cmd_bench_case(args),
+        Command::Plan(args) => cmd_plan(args),
+        Command::Merge(args) => cmd_merge(args),
+        Command::Calibrate(args) => cmd_calibrate(args),
     }
 }
 
@@ -179,7 +293,13 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     if let Some(seed) = args.seed {
         scenario.run.seed = seed;
     }
-    let reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.sets);
+    if args.no_faults {
+        scenario = scenario.without_faults();
+    }
+    let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.sets);
+    if args.no_faults {
+        reproduce.push_str(" --no-faults");
+    }
     if !args.json {
         println!(
             "faultline run: {} (seed {})",
@@ -226,6 +346,19 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             "replicas agree: {}",
             if report.replicas_agree { "yes" } else { "NO" }
         );
+        println!(
+            "faults injected: {:?}; detected by: {:?}; recoveries: {}",
+            report.faults.injected, report.faults.detected, report.recoveries
+        );
+        if !report.lost_time_ns_by_cause.is_empty() {
+            let lost: Vec<String> = report
+                .lost_time_ns_by_cause
+                .iter()
+                .map(|(cause, ns)| format!("{cause} {}", format_duration_ns(*ns)))
+                .collect();
+            println!("time lost: {}", lost.join(", "));
+        }
+        println!("goodput: {:.2}%", 100.0 * report.goodput);
         println!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy { 0 } else { EXIT_FINDING })
@@ -382,5 +515,371 @@ fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {
             topology.bisection_bandwidth_bytes_per_s() * 8.0 / 1e12
         );
     }
+    Ok(0)
+}
+
+fn executor_kind(name: &str) -> Result<ExecutorKind, Failure> {
+    let choice = match name {
+        "madsim" => ExecutorChoice::Madsim,
+        _ => ExecutorChoice::Fifo,
+    };
+    run::resolve_executor(choice, 0).map_err(|e| Failure::bad_input(e.to_string()))
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<u8, Failure> {
+    if let Some(&gpus) = args.gpus.iter().find(|&&g| g == 0 || g > MAX_GPUS) {
+        return Err(Failure::bad_input(format!(
+            "--gpus: expected 1 to {MAX_GPUS}, got {gpus}"
+        )));
+    }
+    let cases: Vec<String> = if args.cases.is_empty() {
+        bench::CASES.iter().map(|c| c.to_string()).collect()
+    } else {
+        args.cases
+    };
+    let executors = args
+        .executors
+        .iter()
+        .map(|name| executor_kind(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !args.json {
+        println!(
+            "faultline bench: {} CPU(s); cases {}; GPUs {:?}; best of {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cases.join(", "),
+            args.gpus,
+            args.repeat.max(1)
+        );
+        println!(
+            "checkpoint: pending (no checkpoint logic yet); the ten-step case trains without it"
+        );
+    }
+    let json = args.json;
+    let rows = bench::run_all(&cases, &args.gpus, &executors, args.repeat, &mut |row| {
+        if !json {
+            eprintln!(
+                "  {} at {} GPUs on {}: {}",
+                row.case,
+                row.gpus,
+                row.executor,
+                match &row.outcome {
+                    Ok(r) => format!("{:.0} ms", r.wall_ms),
+                    Err(why) => why.clone(),
+                }
+            );
+        }
+    });
+    let all_ok = rows
+        .iter()
+        .all(|row| row.outcome.as_ref().map_or(true, |r| r.ok));
+    if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| match &row.outcome {
+                Ok(r) => {
+                    let mut value = serde_json::to_value(r).expect("a result serialises");
+                    value["messages_per_s"] = (r.messages as f64 / (r.wall_ms / 1e3)).into();
+                    if let Some(ratio) = bench::bare_ratio(&rows, r) {
+                        value["ratio_to_bare_loop"] = ratio.into();
+                    }
+                    value
+                }
+                Err(why) => serde_json::json!({
+                    "case": row.case, "gpus": row.gpus, "executor": row.executor, "not_run": why,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "rows": rows }));
+    } else {
+        print!("{}", bench::format_table(&rows));
+        println!("growth:");
+        print!("{}", bench::format_growth(&rows));
+    }
+    Ok(if all_ok { 0 } else { EXIT_FINDING })
+}
+
+fn cmd_bench_case(args: BenchCaseArgs) -> Result<u8, Failure> {
+    let executor = executor_kind(&args.executor)?;
+    let result = bench::run_case(&args.case, args.gpus, executor).map_err(|message| Failure {
+        status: EXIT_FINDING,
+        message,
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string(&result).expect("a result serialises")
+    );
+    Ok(0)
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
+    let bad = || {
+        Failure::bad_input(format!(
+            "--shard: expected I/N with 0 <= I < N, got {text:?}"
+        ))
+    };
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
+    use std::io::IsTerminal;
+    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    if shard.is_some() && args.out.is_none() {
+        return Err(Failure::bad_input("--shard needs --out FILE for the shard"));
+    }
+    let costs = match &args.costs {
+        None => plan::config::Costs::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::bad_input(format!("--costs {}: {e}", path.display())))?;
+            let file: plan::calibrate::CostFile = serde_json::from_str(&text).map_err(|e| {
+                Failure::bad_input(format!("--costs {}: not a cost file: {e}", path.display()))
+            })?;
+            file.costs()
+        }
+    };
+    let mut sets = args.sets.clone();
+    if let Some(seeds) = args.seeds {
+        sets.push(format!("plan.seeds={seeds}"));
+    }
+    let points = plan::load_points(&args.scenario, &sets, &args.sweeps, &costs)
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+    let (shard_idx, shard_count) = shard.unwrap_or((0, 1));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs =
+        points.len() * plan::shard_seeds(points[0].config.seeds, shard_idx, shard_count).len();
+    let bar = if std::io::stderr().is_terminal() && jobs >= 2_000 {
+        indicatif::ProgressBar::new(jobs as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    #[allow(clippy::disallowed_methods)] // wall time for people, never in results
+    let started = std::time::Instant::now();
+    let result = plan::run_shard(&points, shard_idx, shard_count, threads, &|| bar.inc(1));
+    bar.finish_and_clear();
+    let wall_ms = started.elapsed().as_millis();
+    if let Some((i, n)) = shard {
+        let out = args.out.as_ref().expect("checked above");
+        let text = serde_json::to_string(&result).expect("a shard serialises");
+        write_atomically(out, text.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
+        if !args.json {
+            println!(
+                "faultline plan: shard {i}/{n} of {} ({} points, seeds {i}, {}, ... of {}) written to {} in {wall_ms} ms",
+                result.scenario,
+                result.points.len(),
+                i + n,
+                result.seeds,
+                out.display()
+            );
+        }
+        return Ok(0);
+    }
+    let report = plan::report::summarise(&result);
+    if !args.json {
+        println!(
+            "faultline plan: {} (seed {}, {} seeds, {} threads)",
+            report.scenario, report.root_seed, report.seeds, threads
+        );
+        println!("reproduce: {}", plan_reproduce_line(&args));
+    }
+    emit_plan_report(
+        &report,
+        args.json,
+        args.plot.as_deref(),
+        args.out.as_deref(),
+    )?;
+    if !args.json {
+        println!("wall: {wall_ms} ms");
+    }
+    Ok(0)
+}
+
+/// The one command line that reproduces a plan.
+fn plan_reproduce_line(args: &PlanArgs) -> String {
+    let mut line = format!("faultline plan {}", args.scenario.display());
+    if let Some(seeds) = args.seeds {
+        line.push_str(&format!(" --seeds {seeds}"));
+    }
+    for set in &args.sets {
+        line.push_str(&format!(" --set {set}"));
+    }
+    for sweep in &args.sweeps {
+        line.push_str(&format!(" --sweep {sweep}"));
+    }
+    if let Some(costs) = &args.costs {
+        line.push_str(&format!(" --costs {}", costs.display()));
+    }
+    line
+}
+
+fn emit_plan_report(
+    report: &plan::report::PlanReport,
+    json: bool,
+    plot_path: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<(), Failure> {
+    let text = serde_json::to_string(report).expect("a report serialises");
+    if let Some(out) = out {
+        write_atomically(out, text.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
+    }
+    if let Some(path) = plot_path {
+        let svg = plan::plot::render_svg(report).map_err(|e| Failure {
+            status: EXIT_BUG,
+            message: format!("plot: {e}"),
+        })?;
+        write_atomically(path, svg.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--plot {}: {e}", path.display())))?;
+    }
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let min = |s: f64| s / 60.0;
+    println!(
+        "cluster: {} GPUs ({} nodes); horizon {:.1} days",
+        report.gpus,
+        report.nodes,
+        report.horizon_s / 86_400.0
+    );
+    let names: Vec<String> = report
+        .sweep
+        .iter()
+        .map(|p| {
+            if p.settings.is_empty() {
+                format!("interval {:.1} min", min(p.checkpoint_interval_s))
+            } else {
+                p.settings
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        })
+        .collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+    println!(
+        "{:<width$} {:>8} {:>19} {:>9} {:>9} {:>9}",
+        "point", "ETTR", "95% CI", "interrupt", "Daly ETTR", "Kokolis"
+    );
+    for (p, name) in report.sweep.iter().zip(&names) {
+        println!(
+            "{:<width$} {:>8.4} [{:>8.4}, {:>8.4}] {:>9.1} {:>9.4} {:>9.4}",
+            name,
+            p.ettr_mean,
+            p.ettr_ci95[0],
+            p.ettr_ci95[1],
+            p.interruptions_mean,
+            p.daly_ettr,
+            p.kokolis_ettr
+        );
+    }
+    println!(
+        "best: ETTR {:.4} [{:.4}, {:.4}] at checkpoint interval {:.1} min {:?}",
+        report.ettr_mean,
+        report.ettr_ci95[0],
+        report.ettr_ci95[1],
+        min(report.best_checkpoint_interval_s),
+        report.best_settings
+    );
+    println!(
+        "interruptions: {:.1} [{:.1}, {:.1}] unexpected, {:.1} planned",
+        report.interruptions_mean,
+        report.interruptions_ci95[0],
+        report.interruptions_ci95[1],
+        report.planned_interruptions_mean
+    );
+    let lost: Vec<String> = report
+        .lost_s_by_cause
+        .iter()
+        .map(|(cause, s)| format!("{cause} {:.1} h", s / 3600.0))
+        .collect();
+    println!("time lost by cause (mean): {}", lost.join(", "));
+    if report.job_mtbf_s > 0.0 {
+        println!(
+            "analytic, beside: job MTBF {:.2} h; Young {:.1} min; Daly {:.1} min",
+            report.job_mtbf_s / 3600.0,
+            min(report.young_interval_s),
+            min(report.daly_interval_s)
+        );
+    } else {
+        println!("analytic, beside: no failures configured, so no Young or Daly interval");
+    }
+    Ok(())
+}
+
+fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
+    let mut shards = Vec::new();
+    for path in &args.files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::bad_input(format!("{}: {e}", path.display())))?;
+        let shard: plan::report::Shard = serde_json::from_str(&text).map_err(|e| {
+            Failure::bad_input(format!("{}: not a plan shard: {e}", path.display()))
+        })?;
+        shards.push(shard);
+    }
+    let merged = plan::report::merge(shards).map_err(Failure::bad_input)?;
+    let report = plan::report::summarise(&merged);
+    emit_plan_report(
+        &report,
+        args.json,
+        args.plot.as_deref(),
+        args.out.as_deref(),
+    )?;
+    Ok(0)
+}
+
+fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
+    let origin = args.scenario.display().to_string();
+    let text = std::fs::read_to_string(&args.scenario)
+        .map_err(|e| Failure::bad_input(format!("{origin}: cannot read the scenario file: {e}")))?;
+    // The planner's own keys are checked first, so a bad planner file fails with its position.
+    plan::config::load_str("calibrate", &origin, &text, &[])
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+    if args.steps == 0 || args.steps > 1_000 {
+        return Err(Failure::bad_input(format!(
+            "--steps: expected 1 to 1000, got {}",
+            args.steps
+        )));
+    }
+    let name = args
+        .scenario
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let scenario = plan::calibrate::run_scenario_for(&name, &origin, &text, &args.sets, args.steps)
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+    let costs = plan::calibrate::calibrate(&scenario).map_err(|e| Failure {
+        status: EXIT_FINDING,
+        message: e.to_string(),
+    })?;
+    let text = serde_json::to_string_pretty(&costs).expect("a cost file serialises");
+    write_atomically(&args.out, text.as_bytes())
+        .map_err(|e| Failure::bad_input(format!("--out {}: {e}", args.out.display())))?;
+    println!(
+        "faultline calibrate: {} on {} GPUs, {} steps: step time {:.4} s (measured); not yet \
+         measured: {}; written to {}",
+        costs.scenario,
+        costs.gpus,
+        costs.steps_run,
+        costs.measured["step_time_s"],
+        costs
+            .not_measured
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.out.display()
+    );
     Ok(0)
 }

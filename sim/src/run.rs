@@ -6,13 +6,13 @@ use std::rc::Rc;
 
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
-use trainer_core::job::{self, JobOutcome};
-use trainer_core::{Backend, CommError};
+use trainer_core::job;
+use trainer_core::Backend;
 
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::topology::Topology;
-use crate::world::{SimBackend, World};
+use crate::world::{ControlConfig, SimBackend, World};
 
 /// Why a simulation could not produce a report.
 #[derive(Debug)]
@@ -81,14 +81,38 @@ pub struct RunReport {
     pub messages: u64,
     pub modelled_bytes: u64,
     pub events_fired: u64,
+    /// Faults injected and detected, recoveries, and model time lost by cause.
+    pub faults: FaultSummary,
+    pub recoveries: u64,
+    pub checkpoints_committed: u64,
+    /// Checkpoints still persisting when a failure aborted the job.
+    pub checkpoints_lost_in_flight: u64,
+    /// Restores that skipped a committed checkpoint because a shard failed verification.
+    pub restore_fallbacks: u64,
+    /// The controller's policy.
+    pub recovery_policy: &'static str,
+    pub spares_used: u64,
+    /// Failures that found no spare node left.
+    pub spare_pool_exhausted: u64,
+    /// Ranks' restores by where their shard came from (host, peer, persistent).
+    pub restores_by_tier: std::collections::BTreeMap<String, u64>,
+    pub lost_time_ns_by_cause: std::collections::BTreeMap<String, u64>,
+    /// Model time rank 0 spent on steps it had not completed before, over all model time.
+    pub goodput: f64,
+    /// Distinct instants of model time at which events fired.
+    pub instants: u64,
     /// Wall-clock milliseconds; the only field that differs between identical runs.
     pub wall_ms: u64,
 }
 
-/// What one rank hands back: its outcome, and the loss of step 0 (rank 0 only).
-struct RankResult {
-    outcome: Result<JobOutcome, CommError>,
-    first_loss: f32,
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultSummary {
+    pub injected: std::collections::BTreeMap<String, u64>,
+    pub detected: std::collections::BTreeMap<String, u64>,
+    pub skipped_after_finish: u64,
+    pub job_abandoned: bool,
+    /// Some ranks finished the last step after others had died: nothing was restarted.
+    pub finished_despite_failure: bool,
 }
 
 pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
@@ -99,37 +123,35 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
         topology,
         scenario.gpu_achieved_flops_per_s,
     )));
+    {
+        let mut w = world.borrow_mut();
+        w.configure_storage(scenario.storage.clone());
+        w.configure_control(ControlConfig {
+            seed: scenario.run.seed,
+            ..scenario.control.clone()
+        });
+    }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let config = config.clone();
-        async move {
-            let mut trainer = job::Trainer::new(config);
-            let mut first_loss = f32::NAN;
-            while trainer.step < trainer.config.steps {
-                match trainer.train_step(&backend).await {
-                    Ok(loss) if trainer.step == 1 => first_loss = loss,
-                    Ok(_) => {}
-                    Err(e) => {
-                        return RankResult {
-                            outcome: Err(e),
-                            first_loss,
-                        }
-                    }
-                }
-            }
-            RankResult {
-                outcome: Ok(trainer.outcome()),
-                first_loss,
-            }
-        }
+        async move { job::run(&backend, config).await }
     })
     .map_err(SimError::Deadlock)?;
     let world = world.borrow();
     let stats = world.stats();
-    let rank0 = &results[0];
-    let outcome0 = rank0.outcome.as_ref().ok();
-    let replicas_agree = results.iter().all(|r| r.outcome.as_ref().ok() == outcome0);
+    // Ranks that died after others had finished never resumed; judge the ranks that finished.
+    let finished: Vec<_> = results
+        .iter()
+        .filter(|r| r.steps_completed == scenario.job.steps)
+        .collect();
+    let outcome0 = finished.first().copied().unwrap_or(&results[0]);
+    let replicas_agree = !finished.is_empty()
+        && finished
+            .iter()
+            .all(|r| r.param_digest == outcome0.param_digest);
+    let faults = world.fault_report().unwrap_or_default();
+    let model_time_ns = world.now_ns();
     Ok(RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.run.seed,
@@ -138,16 +160,38 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
         gpus_per_node: scenario.cluster.gpus_per_node,
         collective: scenario.job.collective.algo.name(),
         steps_requested: scenario.job.steps,
-        steps_completed: outcome0.map_or(0, |o| o.steps_completed),
-        model_time_ns: world.now_ns(),
+        steps_completed: outcome0.steps_completed,
+        model_time_ns,
         trace_digest: hex(world.trace_digest()),
-        param_digest: hex(outcome0.map_or(0, |o| o.param_digest)),
-        final_loss: outcome0.map_or(f32::NAN, |o| o.final_loss),
-        first_loss: rank0.first_loss,
+        param_digest: hex(outcome0.param_digest),
+        final_loss: outcome0.final_loss,
+        first_loss: outcome0.first_loss,
         replicas_agree,
         messages: stats.messages,
         modelled_bytes: stats.modelled_bytes,
         events_fired: stats.events_fired,
+        faults: FaultSummary {
+            injected: faults.injected,
+            detected: faults.detected,
+            skipped_after_finish: faults.skipped_after_finish,
+            job_abandoned: faults.abandoned,
+            finished_despite_failure: faults.finished_despite_failure,
+        },
+        recoveries: faults.recoveries,
+        checkpoints_committed: faults.checkpoints_committed,
+        checkpoints_lost_in_flight: faults.checkpoints_lost_in_flight,
+        restore_fallbacks: faults.restore_fallbacks,
+        recovery_policy: scenario.control.policy.name(),
+        spares_used: faults.spares_used,
+        spare_pool_exhausted: faults.spare_pool_exhausted,
+        restores_by_tier: faults.restores_by_tier,
+        lost_time_ns_by_cause: faults.lost_time_ns_by_cause,
+        goodput: if model_time_ns == 0 {
+            0.0
+        } else {
+            faults.useful_step_ns as f64 / model_time_ns as f64
+        },
+        instants: stats.instants,
         wall_ms: wall_ms_since(started),
     })
 }
@@ -197,7 +241,26 @@ pub struct CollectiveReport {
 
 /// Rank `rank`'s input element `idx`: small integers, so every sum in any order is exact.
 pub fn collective_input(rank: usize, idx: usize) -> f32 {
-    ((rank * 7 + idx * 13) % 17) as f32 - 8.0
+    ((rank * 7 + idx * 13) % INPUT_PERIOD) as f32 - 8.0
+}
+
+/// [`collective_input`] repeats every `INPUT_PERIOD` ranks.
+const INPUT_PERIOD: usize = 17;
+
+/// The exact sum over ranks `0..world` of every element of [`collective_input`]. The input
+/// repeats every [`INPUT_PERIOD`] ranks, so this counts ranks per residue instead of visiting
+/// `world x elems` values: at 100,000 ranks the reference costs nothing beside the run.
+pub fn collective_input_sums(world: usize, elems: usize) -> Vec<i64> {
+    let ranks_with_residue = |residue: usize| {
+        (world / INPUT_PERIOD + usize::from(residue < world % INPUT_PERIOD)) as i64
+    };
+    (0..elems)
+        .map(|idx| {
+            (0..INPUT_PERIOD.min(world))
+                .map(|residue| ranks_with_residue(residue) * collective_input(residue, idx) as i64)
+                .sum()
+        })
+        .collect()
 }
 
 pub fn run_collective(spec: &CollectiveSpec) -> Result<CollectiveReport, SimError> {
@@ -282,13 +345,10 @@ impl Reference {
         let group = placement.world();
         let owned_by = |rank: usize| collective.owned_spans(placement, &group, rank, elems, 0);
         let sums = || -> Vec<f32> {
-            let mut sums = vec![0i64; elems];
-            for rank in 0..world {
-                for (idx, sum) in sums.iter_mut().enumerate() {
-                    *sum += collective_input(rank, idx) as i64;
-                }
-            }
-            sums.into_iter().map(|s| s as f32).collect()
+            collective_input_sums(world, elems)
+                .into_iter()
+                .map(|s| s as f32)
+                .collect()
         };
         let (expected, owned) = match op {
             Op::AllReduce => (sums(), Vec::new()),

@@ -10,7 +10,11 @@ use serde::Deserialize;
 use trainer_core::collectives::{Algo, Collective};
 use trainer_core::job::JobConfig;
 
+use trainer_core::checkpoint::{CheckpointPolicy, Interval};
+
+use crate::storage::{SlowWindow, StorageConfig, Window};
 use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
+use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, RecoveryPolicy};
 
 /// Which executor runs the ranks. See `executor.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +75,23 @@ pub struct Scenario {
     pub job: JobConfig,
     /// Peak FLOP rate times model FLOP utilisation: what modelled compute is charged at.
     pub gpu_achieved_flops_per_s: f64,
+    pub storage: StorageConfig,
+    /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
+    pub control: ControlConfig,
     pub run: RunConfig,
 }
 
 impl Scenario {
+    /// The same scenario with every fault switched off.
+    pub fn without_faults(mut self) -> Scenario {
+        self.control.crashes.clear();
+        self.control.corruptions_at_ns.clear();
+        self.storage.slow.clear();
+        self.storage.failing.clear();
+        self.control.node_failure_rate_per_ns = 0.0;
+        self
+    }
+
     pub fn placement(&self) -> trainer_core::Placement {
         trainer_core::Placement::new(self.cluster.gpus, self.cluster.gpus_per_node)
     }
@@ -130,41 +147,49 @@ pub fn load_str(
     text: &str,
     overrides: &[String],
 ) -> Result<Scenario, ScenarioError> {
+    let (raw, source) = parse_checked::<RawScenario>(origin, text, overrides)?;
+    validate(name, raw, &source)
+}
+
+/// Parses `text`, applies `overrides` and deserialises the result into `R`. The returned
+/// [`Source`] locates keys for validation errors. The planner loads its own file format through
+/// this, so that its errors carry the same file, line, column and key.
+pub(crate) fn parse_checked<R: serde::de::DeserializeOwned>(
+    origin: &str,
+    text: &str,
+    overrides: &[String],
+) -> Result<(R, Source), ScenarioError> {
     let source = Source::parse(origin, text)?;
     // First pass on the text as written, so that type errors and unknown keys carry positions.
-    let raw: RawScenario = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
-    let raw = if overrides.is_empty() {
-        raw
-    } else {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
-        let mut set_keys = BTreeMap::new();
-        for item in overrides {
-            let (key, value) = parse_override(item)?;
-            set_value(&mut table, &key, value).map_err(|message| ScenarioError {
-                origin: format!("--set {item}"),
-                line_col: None,
-                key: Some(key.clone()),
-                message,
-            })?;
-            set_keys.insert(key, item.clone());
-        }
-        let raw =
-            RawScenario::deserialize(toml::Value::Table(table)).map_err(|e| ScenarioError {
-                origin: format!("--set {}", overrides.join(" --set ")),
-                line_col: None,
-                key: None,
-                message: e.message().to_string(),
-            })?;
-        return validate(
-            name,
-            raw,
-            &Source {
-                overrides: set_keys,
-                ..source
-            },
-        );
-    };
-    validate(name, raw, &source)
+    let raw: R = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
+    if overrides.is_empty() {
+        return Ok((raw, source));
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| source.serde_error(&e))?;
+    let mut set_keys = BTreeMap::new();
+    for item in overrides {
+        let (key, value) = parse_override(item)?;
+        set_value(&mut table, &key, value).map_err(|message| ScenarioError {
+            origin: format!("--set {item}"),
+            line_col: None,
+            key: Some(key.clone()),
+            message,
+        })?;
+        set_keys.insert(key, item.clone());
+    }
+    let raw = R::deserialize(toml::Value::Table(table)).map_err(|e| ScenarioError {
+        origin: format!("--set {}", overrides.join(" --set ")),
+        line_col: None,
+        key: None,
+        message: e.message().to_string(),
+    })?;
+    Ok((
+        raw,
+        Source {
+            overrides: set_keys,
+            ..source
+        },
+    ))
 }
 
 fn parse_override(item: &str) -> Result<(String, toml::Value), ScenarioError> {
@@ -207,7 +232,7 @@ fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(
 }
 
 /// The scenario text with positions of its keys, for error messages.
-struct Source {
+pub(crate) struct Source {
     origin: String,
     text: String,
     doc: toml_edit::ImDocument<String>,
@@ -242,7 +267,7 @@ impl Source {
     }
 
     /// An error about `key`, located where the key is set.
-    fn error(&self, key: &str, message: impl Into<String>) -> ScenarioError {
+    pub(crate) fn error(&self, key: &str, message: impl Into<String>) -> ScenarioError {
         if let Some(item) = self.overrides.get(key) {
             return ScenarioError {
                 origin: format!("--set {item}"),
@@ -322,6 +347,130 @@ struct RawScenario {
     job: RawJob,
     #[serde(default)]
     run: RawRun,
+    checkpoint: Option<RawCheckpoint>,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    recovery: RawRecovery,
+    #[serde(default)]
+    faults: RawFaults,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    /// A step count (integer) or a model-time duration ("10min").
+    interval: toml::Value,
+    #[serde(default = "default_keep")]
+    keep: i64,
+    /// Bytes of training state per parameter: bf16 weights, fp32 master weights and two fp32
+    /// Adam moments make 14; 16 with fp32 gradients.
+    #[serde(default = "default_state_bytes_per_param")]
+    state_bytes_per_param: f64,
+    #[serde(default = "default_snapshot_bandwidth")]
+    snapshot_bandwidth: String,
+    #[serde(default = "yes")]
+    buddy_copy: bool,
+}
+
+fn default_keep() -> i64 {
+    2
+}
+fn default_state_bytes_per_param() -> f64 {
+    16.0
+}
+fn default_snapshot_bandwidth() -> String {
+    "25GB/s".into()
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    host_bandwidth: String,
+    client_bandwidth: String,
+    aggregate_bandwidth: String,
+    latency: String,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            host_bandwidth: "25GB/s".into(),
+            client_bandwidth: "10GB/s".into(),
+            aggregate_bandwidth: "2TB/s".into(),
+            latency: "1ms".into(),
+        }
+    }
+}
+
+/// Defaults: PyTorch's 10-minute collective timeout; heartbeats every 10 s, three missed make
+/// a failure (about 30 s, as production systems probe); a 10-minute full restart.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecovery {
+    policy: String,
+    restart_time: String,
+    collective_timeout: String,
+    heartbeat_interval: String,
+    heartbeat_misses: i64,
+    max_restarts: i64,
+    spare_swap_time: String,
+    /// What hot-spare does with no spare left: "restart" in full, or "none" (give up).
+    fallback: String,
+}
+
+impl Default for RawRecovery {
+    fn default() -> Self {
+        RawRecovery {
+            policy: "restart".into(),
+            restart_time: "10min".into(),
+            collective_timeout: "10min".into(),
+            heartbeat_interval: "10s".into(),
+            heartbeat_misses: 3,
+            max_restarts: 100,
+            spare_swap_time: "2min".into(),
+            fallback: "restart".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    #[serde(default)]
+    crash: Vec<RawCrash>,
+    #[serde(default)]
+    storage: Vec<RawStorageFault>,
+    #[serde(default)]
+    rates: RawRates,
+}
+
+/// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
+/// `"corrupt"` (a bit flip in a committed checkpoint shard) `at` a time.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawStorageFault {
+    kind: String,
+    from: Option<String>,
+    until: Option<String>,
+    factor: Option<f64>,
+    at: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCrash {
+    node: Option<i64>,
+    gpu: Option<i64>,
+    at: Option<String>,
+    at_step: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRates {
+    #[serde(default)]
+    node_failures_per_1000_node_days: f64,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -350,6 +499,9 @@ struct RawCluster {
     oversubscription: f64,
     #[serde(default = "one_i64")]
     clusters: i64,
+    /// Idle nodes standing by for the hot-spare policy, outside `gpus`.
+    #[serde(default)]
+    spare_nodes: i64,
 }
 
 fn default_gpus_per_node() -> i64 {
@@ -601,6 +753,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         // Forward and backward of a dense transformer: about 6 FLOPs per parameter per token.
         modelled_step_flops: 6.0 * j.model_params * j.tokens_per_gpu_per_step,
         modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
+        checkpoint: None,
     };
     let run = RunConfig {
         seed: j_seed(src, raw.run.seed)?,
@@ -618,6 +771,26 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
             }
         },
     };
+    let checkpoint = match &raw.checkpoint {
+        None => None,
+        Some(c) => Some(validate_checkpoint(src, c, j.model_params)?),
+    };
+    let job = JobConfig { checkpoint, ..job };
+    let (slow, failing, corruptions_at_ns) = validate_storage_faults(src, &raw.faults)?;
+    let storage = StorageConfig {
+        slow,
+        failing,
+        ..validate_storage(src, &raw.storage)?
+    };
+    let spare_nodes = in_range(src, "cluster.spare_nodes", c.spare_nodes, 0, 1_000_000)?;
+    let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
+    let job = JobConfig {
+        checkpoint: job.checkpoint.map(|policy| CheckpointPolicy {
+            restore_from_memory: control.policy != RecoveryPolicy::Restart,
+            ..policy
+        }),
+        ..job
+    };
     Ok(Scenario {
         name: name.to_string(),
         description: raw.scenario.description,
@@ -626,7 +799,242 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         fabric,
         job,
         gpu_achieved_flops_per_s: j.gpu_peak_tflops * 1e12 * j.mfu,
+        storage,
+        control: ControlConfig {
+            seed: run.seed,
+            corruptions_at_ns,
+            ..control
+        },
         run,
+    })
+}
+
+fn validate_checkpoint(
+    src: &Source,
+    c: &RawCheckpoint,
+    model_params: f64,
+) -> Result<CheckpointPolicy, ScenarioError> {
+    let expected = "a step count such as 50, or a duration such as \"30min\"";
+    let interval = match &c.interval {
+        toml::Value::Integer(steps) if *steps >= 1 => Interval::Steps(*steps as u64),
+        toml::Value::String(text) => match parse_duration_ns(text) {
+            Ok(ns) if ns > 0 => Interval::ModelTimeNs(ns),
+            _ => {
+                return Err(src.error(
+                    "checkpoint.interval",
+                    format!("expected {expected} above zero, got {text:?}"),
+                ))
+            }
+        },
+        other => {
+            return Err(src.error(
+                "checkpoint.interval",
+                format!("expected {expected} above zero, got {other}"),
+            ))
+        }
+    };
+    let keep = in_range(src, "checkpoint.keep", c.keep, 1, 1000)?;
+    positive(
+        src,
+        "checkpoint.state_bytes_per_param",
+        c.state_bytes_per_param,
+        64.0,
+    )?;
+    let snapshot = parse_bandwidth_bytes_per_s(&c.snapshot_bandwidth).map_err(|e| {
+        src.error(
+            "checkpoint.snapshot_bandwidth",
+            format!("expected {e}, got {:?}", c.snapshot_bandwidth),
+        )
+    })?;
+    Ok(CheckpointPolicy {
+        interval,
+        keep,
+        modelled_state_bytes: (model_params * c.state_bytes_per_param).round() as u64,
+        snapshot_bytes_per_s: snapshot,
+        buddy_copy: c.buddy_copy,
+        restore_from_memory: false,
+    })
+}
+
+fn validate_storage(src: &Source, s: &RawStorage) -> Result<StorageConfig, ScenarioError> {
+    let bandwidth = |key: &str, text: &str| {
+        parse_bandwidth_bytes_per_s(text)
+            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    Ok(StorageConfig {
+        host_bytes_per_s: bandwidth("storage.host_bandwidth", &s.host_bandwidth)?,
+        client_bytes_per_s: bandwidth("storage.client_bandwidth", &s.client_bandwidth)?,
+        aggregate_bytes_per_s: bandwidth("storage.aggregate_bandwidth", &s.aggregate_bandwidth)?,
+        persistent_latency_ns: parse_duration_ns(&s.latency).map_err(|e| {
+            src.error(
+                "storage.latency",
+                format!("expected {e}, got {:?}", s.latency),
+            )
+        })?,
+        slow: Vec::new(),
+        failing: Vec::new(),
+    })
+}
+
+type StorageFaults = (Vec<SlowWindow>, Vec<Window>, Vec<u64>);
+
+fn validate_storage_faults(src: &Source, f: &RawFaults) -> Result<StorageFaults, ScenarioError> {
+    let (mut slow, mut failing, mut corrupt) = (Vec::new(), Vec::new(), Vec::new());
+    for (idx, fault) in f.storage.iter().enumerate() {
+        let key = |field: &str| format!("faults.storage.{idx}.{field}");
+        let time = |field: &str, value: &Option<String>| -> Result<u64, ScenarioError> {
+            let text = value.as_deref().ok_or_else(|| {
+                let message = format!("`{field}` is required for kind {:?}", fault.kind);
+                src.error(&format!("faults.storage.{idx}"), message)
+            })?;
+            parse_duration_ns(text)
+                .map_err(|e| src.error(&key(field), format!("expected {e}, got {text:?}")))
+        };
+        let window = || -> Result<Window, ScenarioError> {
+            let (from_ns, until_ns) = (time("from", &fault.from)?, time("until", &fault.until)?);
+            if until_ns <= from_ns {
+                return Err(src.error(&key("until"), "expected a time after `from`"));
+            }
+            Ok(Window { from_ns, until_ns })
+        };
+        match fault.kind.as_str() {
+            "slow" => {
+                let factor = fault.factor.unwrap_or(f64::NAN);
+                if !(factor.is_finite() && (1.0..=1e6).contains(&factor)) {
+                    let message = format!("expected a slowdown factor from 1 to 1e6, got {factor}");
+                    return Err(src.error(&key("factor"), message));
+                }
+                slow.push(SlowWindow {
+                    window: window()?,
+                    factor,
+                });
+            }
+            "fail_writes" => failing.push(window()?),
+            "corrupt" => corrupt.push(time("at", &fault.at)?),
+            other => {
+                return Err(src.error(
+                    &key("kind"),
+                    format!(
+                        "unknown storage fault {other:?}; expected \"slow\", \"fail_writes\" \
+                         or \"corrupt\""
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((slow, failing, corrupt))
+}
+
+fn validate_control(
+    src: &Source,
+    r: &RawRecovery,
+    f: &RawFaults,
+    gpus: usize,
+    nodes: usize,
+    spare_nodes: usize,
+) -> Result<ControlConfig, ScenarioError> {
+    let policy = match r.policy.as_str() {
+        "restart" => RecoveryPolicy::Restart,
+        "in-memory" => RecoveryPolicy::InMemory,
+        "hot-spare" => RecoveryPolicy::HotSpare,
+        "per-replica" => {
+            return Err(src.error(
+                "recovery.policy",
+                "\"per-replica\" is not available in this version (it needs process groups \
+                 that shrink); expected \"restart\", \"in-memory\" or \"hot-spare\"",
+            ))
+        }
+        other => {
+            return Err(src.error(
+                "recovery.policy",
+                format!(
+                    "unknown policy {other:?}; expected \"restart\", \"in-memory\" or \
+                     \"hot-spare\""
+                ),
+            ))
+        }
+    };
+    let fallback_to_restart = match r.fallback.as_str() {
+        "restart" => true,
+        "none" => false,
+        other => {
+            return Err(src.error(
+                "recovery.fallback",
+                format!("unknown fallback {other:?}; expected \"restart\" or \"none\""),
+            ))
+        }
+    };
+    if policy == RecoveryPolicy::HotSpare && spare_nodes == 0 && !fallback_to_restart {
+        return Err(src.error(
+            "recovery.policy",
+            "hot-spare with cluster.spare_nodes = 0 and recovery.fallback = \"none\" cannot \
+             recover from any failure; add spare nodes or fall back to \"restart\"",
+        ));
+    }
+    let duration = |key: &str, text: &str| {
+        parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    let optional = |key: &str, text: &str| -> Result<Option<u64>, ScenarioError> {
+        Ok(Some(duration(key, text)?).filter(|ns| *ns > 0))
+    };
+    let rate = f.rates.node_failures_per_1000_node_days;
+    if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
+        return Err(src.error(
+            "faults.rates.node_failures_per_1000_node_days",
+            format!("expected a rate from 0 to 1e6, got {rate}"),
+        ));
+    }
+    let mut crashes = Vec::new();
+    for (idx, c) in f.crash.iter().enumerate() {
+        let key = |field: &str| format!("faults.crash.{idx}.{field}");
+        let target = match (c.node, c.gpu) {
+            (Some(node), None) => {
+                CrashTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
+            }
+            (None, Some(gpu)) => {
+                CrashTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?)
+            }
+            _ => {
+                return Err(src.error(
+                    &format!("faults.crash.{idx}"),
+                    "expected exactly one of `node` or `gpu`",
+                ))
+            }
+        };
+        let when = match (&c.at, c.at_step) {
+            (Some(at), None) => CrashWhen::AtNs(duration(&key("at"), at)?),
+            (None, Some(step)) => {
+                CrashWhen::AtStep(in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64)
+            }
+            _ => {
+                return Err(src.error(
+                    &format!("faults.crash.{idx}"),
+                    "expected exactly one of `at` (a time) or `at_step`",
+                ))
+            }
+        };
+        crashes.push(CrashSpec { target, when });
+    }
+    Ok(ControlConfig {
+        policy,
+        spare_nodes,
+        spare_swap_time_ns: duration("recovery.spare_swap_time", &r.spare_swap_time)?,
+        fallback_to_restart,
+        crashes,
+        node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
+        collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
+        heartbeat_interval_ns: optional("recovery.heartbeat_interval", &r.heartbeat_interval)?,
+        heartbeat_misses: in_range(
+            src,
+            "recovery.heartbeat_misses",
+            r.heartbeat_misses,
+            1,
+            1000,
+        )? as u64,
+        restart_time_ns: duration("recovery.restart_time", &r.restart_time)?,
+        max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
+        corruptions_at_ns: Vec::new(),
+        seed: 0,
     })
 }
 
@@ -640,7 +1048,7 @@ fn j_seed(src: &Source, seed: i64) -> Result<u64, ScenarioError> {
     Ok(seed as u64)
 }
 
-fn in_range(
+pub(crate) fn in_range(
     src: &Source,
     key: &str,
     value: i64,
@@ -656,7 +1064,7 @@ fn in_range(
     Ok(value as usize)
 }
 
-fn positive(src: &Source, key: &str, value: f64, max: f64) -> Result<(), ScenarioError> {
+pub(crate) fn positive(src: &Source, key: &str, value: f64, max: f64) -> Result<(), ScenarioError> {
     if !(value.is_finite() && value > 0.0 && value <= max) {
         return Err(src.error(
             key,

@@ -147,3 +147,21 @@ fn contention_serialises_transfers_on_a_shared_link() {
     let gap = times[0].abs_diff(times[1]);
     assert!((999_000_000..=1_001_000_000).contains(&gap), "{times:?}");
 }
+
+#[test]
+fn collective_input_sums_equal_the_sums_of_every_rank() {
+    for world in [1, 2, 16, 17, 18, 35, 100] {
+        let elems = 40;
+        let mut sums = vec![0i64; elems];
+        for rank in 0..world {
+            for (idx, sum) in sums.iter_mut().enumerate() {
+                *sum += crate::run::collective_input(rank, idx) as i64;
+            }
+        }
+        assert_eq!(
+            crate::run::collective_input_sums(world, elems),
+            sums,
+            "{world}"
+        );
+    }
+}

@@ -15,40 +15,93 @@ use std::task::{Context, Poll, Waker};
 use trainer_core::digest::Digest;
 use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 
+use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
+
 use crate::queue::RadixQueue;
+use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::Topology;
+
+mod control;
+
+pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
 
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventKind {
-    /// A message reaches its destination; the message waits in `in_flight[slot]`.
+    /// A message reaches its destination; the message waits in `messages[slot]`.
     Deliver { slot: u32 },
-    /// A rank's sleep or compute ends.
-    Timer { rank: u32 },
+    /// A rank's sleep or compute ends, unless the rank stopped waiting for timer `seq`.
+    Timer { rank: u32, seq: u32 },
+    /// A storage write lands.
+    WriteDone { ticket: u64 },
+    /// Scheduled crash `idx` of the controller's list.
+    Crash { idx: u32 },
+    /// The next arrival of the stochastic node-failure process.
+    RandomCrash,
+    /// The heartbeat monitor notices the crash of that generation.
+    HeartbeatDetect { generation: u64 },
+    /// The collective watchdog's periodic check.
+    Watchdog,
+    /// The job restarts after the restart time.
+    Restart,
+    /// A bit flips in a stored checkpoint shard.
+    CorruptBlob,
 }
 
+/// A message on the fabric, or in its receiver's mailbox.
 struct Message {
+    generation: u64,
     from: u32,
     to: u32,
     tag: Tag,
     payload: Payload,
+    /// The next message of the same mailbox (a slot), or [`NO_SLOT`].
+    next: u32,
 }
+
+const NO_SLOT: u32 = u32::MAX;
 
 /// What a parked rank waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wait {
     Nothing,
-    Message { from: u32, tag: Tag },
+    Message {
+        from: u32,
+        tag: Tag,
+    },
     Timer,
+    /// In `await_restart`.
+    Restart,
+    /// Not waiting: the message it waited for sits in its `delivered` slot.
+    Delivered {
+        from: u32,
+        tag: Tag,
+    },
 }
 
+/// What the world keeps per rank on the hot path, in one cache line: what it waits for, and
+/// the payload handed straight to it when the message it waits for arrives. Early messages
+/// and wakers live in side tables, touched only when used.
 struct RankState {
-    /// Messages that arrived before anyone asked for them.
-    mailbox: Vec<(u32, Tag, Payload)>,
     wait: Wait,
+    /// The message this rank was waiting for, delivered into its slot.
+    delivered: Option<Payload>,
+    /// Messages that arrived before the rank asked for them: a list through `World::messages`,
+    /// newest first, so early arrivals need no allocation of their own.
+    mailbox_head: u32,
     timer_fired: bool,
-    waker: Option<Waker>,
     finished: bool,
+    /// Crashed and not yet replaced.
+    dead: bool,
+    /// Died since its last restart order: its memory is gone.
+    memory_lost: bool,
+    /// The job is stopping: communication fails with `Aborted`.
+    aborted: bool,
+    /// The watchdog gave up on its receive.
+    timed_out: bool,
+    /// Counts this rank's timers; a timer event for an older one is stale.
+    timer_seq: u32,
+    parked_since_ns: u64,
 }
 
 /// Counters that end up in reports.
@@ -69,20 +122,27 @@ pub struct World {
     queue: RadixQueue<EventKind>,
     /// The events of the instant being fired (kept to reuse its allocation).
     firing: Vec<EventKind>,
-    /// Wake ranks through their wakers (madsim), or only list them in `woken` (FIFO).
+    /// Wake ranks through their wakers (madsim), or only mark them in `woken` (FIFO).
     use_wakers: bool,
-    woken: Vec<u32>,
-    in_flight: Vec<Option<Message>>,
+    /// One bit per rank: woken since the last `take_woken`. Read out in rank order.
+    woken: Vec<u64>,
+    woken_count: usize,
+    /// Messages on the fabric and in mailboxes; free slots are reused first.
+    messages: Vec<Option<Message>>,
     free_slots: Vec<u32>,
     /// Per directed link: when it finishes serialising what it has been given.
     link_busy_until_ns: Vec<u64>,
     ranks: Vec<RankState>,
+    /// Per rank, madsim only: the waker of its task.
+    wakers: Vec<Option<Waker>>,
     parked: usize,
     finished: usize,
     digest: Digest,
     stats: FabricStats,
     /// Payload buffers handed back by ranks, reused for the next sends.
     spare_buffers: Vec<Vec<f32>>,
+    storage: Storage,
+    control: Option<control::Control>,
 }
 
 impl World {
@@ -90,13 +150,20 @@ impl World {
         let placement = Placement::new(topology.cluster.gpus, topology.cluster.gpus_per_node);
         let ranks = (0..placement.world_size)
             .map(|_| RankState {
-                mailbox: Vec::new(),
                 wait: Wait::Nothing,
+                delivered: None,
+                mailbox_head: NO_SLOT,
                 timer_fired: false,
-                waker: None,
                 finished: false,
+                dead: false,
+                memory_lost: false,
+                aborted: false,
+                timed_out: false,
+                timer_seq: 0,
+                parked_since_ns: 0,
             })
             .collect();
+        let wakers = (0..placement.world_size).map(|_| None).collect();
         World {
             placement,
             link_busy_until_ns: vec![0; topology.link_count()],
@@ -106,20 +173,33 @@ impl World {
             queue: RadixQueue::default(),
             firing: Vec::new(),
             use_wakers: true,
-            woken: Vec::new(),
-            in_flight: Vec::new(),
+            woken: vec![0; placement.world_size.div_ceil(64)],
+            woken_count: 0,
+            messages: Vec::new(),
             free_slots: Vec::new(),
             ranks,
+            wakers,
             parked: 0,
             finished: 0,
             digest: Digest::new(),
             stats: FabricStats::default(),
             spare_buffers: Vec::new(),
+            storage: Storage::new(StorageConfig::default(), placement.node_count()),
+            control: None,
         }
     }
 
     pub fn now_ns(&self) -> u64 {
         self.now_ns
+    }
+
+    pub fn configure_storage(&mut self, config: StorageConfig) {
+        self.storage = Storage::new(config, self.placement.node_count());
+    }
+
+    /// The storage model, for tests and reports.
+    pub fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
     }
 
     pub fn rank_count(&self) -> usize {
@@ -144,10 +224,12 @@ impl World {
     }
 
     pub fn mark_finished(&mut self, rank: usize) {
+        self.file_unclaimed_delivery(rank);
         let state = &mut self.ranks[rank];
         debug_assert!(!state.finished && state.wait == Wait::Nothing);
         state.finished = true;
         self.finished += 1;
+        self.maybe_schedule_restart();
         self.digest.u64(0xF1 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
     }
@@ -163,7 +245,8 @@ impl World {
                     tag.op_id, tag.phase, tag.round
                 )),
                 Wait::Timer => Some(format!("rank {rank} waits for a timer")),
-                Wait::Nothing => None,
+                Wait::Restart => Some(format!("rank {rank} waits for the job to restart")),
+                Wait::Nothing | Wait::Delivered { .. } => None,
             })
             .take(limit)
             .collect()
@@ -173,15 +256,32 @@ impl World {
     /// executor that polls from its own queue.
     pub fn list_woken_instead_of_waking(&mut self) {
         self.use_wakers = false;
+        self.wakers = Vec::new();
     }
 
-    /// Ranks woken since the last call, in the order they were woken.
+    /// Ranks woken since the last call, in rank order (which keeps the executor's walk over
+    /// rank futures and rank state sequential in memory).
     pub fn take_woken(&mut self, into: &mut Vec<u32>) {
-        std::mem::swap(into, &mut self.woken);
-        self.woken.clear();
+        into.clear();
+        if self.woken_count == 0 {
+            return;
+        }
+        into.reserve(self.woken_count);
+        for (word_idx, word) in self.woken.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                into.push((word_idx * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+            if into.len() == self.woken_count {
+                break;
+            }
+        }
+        self.woken_count = 0;
     }
 
     fn schedule(&mut self, time_ns: u64, what: EventKind) {
+        debug_assert!(time_ns < 1 << 50, "an event at {time_ns} ns: {what:?}");
         self.queue.push(time_ns, what);
     }
 
@@ -204,39 +304,70 @@ impl World {
     fn fire(&mut self, what: EventKind) {
         self.stats.events_fired += 1;
         match what {
-            EventKind::Deliver { slot } => {
-                let message = self.in_flight[slot as usize]
-                    .take()
-                    .expect("a message in flight");
-                self.free_slots.push(slot);
-                self.deliver(message);
-            }
-            EventKind::Timer { rank } => {
+            EventKind::Deliver { slot } => self.deliver(slot),
+            EventKind::Timer { rank, seq } => {
                 let state = &mut self.ranks[rank as usize];
-                debug_assert_eq!(state.wait, Wait::Timer);
-                state.timer_fired = true;
-                self.wake(rank as usize);
+                if state.wait == Wait::Timer && state.timer_seq == seq {
+                    state.timer_fired = true;
+                    self.wake(rank as usize);
+                }
             }
+            EventKind::WriteDone { ticket } => {
+                if self.storage.complete(ticket, self.now_ns) {
+                    self.count_injected("storage_write_failure");
+                }
+            }
+            EventKind::CorruptBlob => self.fire_corrupt_blob(),
+            EventKind::Crash { idx } => self.fire_crash(idx),
+            EventKind::RandomCrash => self.fire_random_crash(),
+            EventKind::HeartbeatDetect { generation } => self.fire_heartbeat_detect(generation),
+            EventKind::Watchdog => self.fire_watchdog(),
+            EventKind::Restart => self.fire_restart(),
         }
     }
 
-    fn deliver(&mut self, message: Message) {
-        let Message {
-            from,
-            to,
-            tag,
-            payload,
-        } = message;
+    /// Hands the message in `slot` to its receiver's slot if it waits for exactly this one,
+    /// else links it into the receiver's mailbox where it lies.
+    fn deliver(&mut self, slot: u32) {
+        let message = self.messages[slot as usize]
+            .as_mut()
+            .expect("a message in flight");
+        let (from, to, tag) = (message.from, message.to, message.tag);
+        let current = self.control.as_ref().map_or(0, |c| c.generation);
+        if message.generation != current || self.ranks[to as usize].dead {
+            // Sent before a restart, or to a rank that died: it never arrives.
+            let message = self.messages[slot as usize].take().expect("a message");
+            self.free_slots.push(slot);
+            self.spare_buffers.push(message.payload.data);
+            return;
+        }
+        let message = self.messages[slot as usize]
+            .as_mut()
+            .expect("a message in flight");
         self.digest
             .u64(0xD0 << 56 | (from as u64) << 24 | to as u64);
         self.digest
             .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
         self.digest.u64(self.now_ns);
         let state = &mut self.ranks[to as usize];
-        state.mailbox.push((from, tag, payload));
         if state.wait == (Wait::Message { from, tag }) {
+            debug_assert!(state.delivered.is_none());
+            let message = self.messages[slot as usize].take().expect("a message");
+            self.free_slots.push(slot);
+            state.delivered = Some(message.payload);
             self.wake(to as usize);
+            self.ranks[to as usize].wait = Wait::Delivered { from, tag };
+        } else {
+            message.next = state.mailbox_head;
+            state.mailbox_head = slot;
         }
+    }
+
+    /// A parked rank that woke by itself (its wait was cut short): no waker to call.
+    fn unpark(&mut self, rank: usize) {
+        self.ranks[rank].wait = Wait::Nothing;
+        self.ranks[rank].timer_fired = false;
+        self.parked -= 1;
     }
 
     fn wake(&mut self, rank: usize) {
@@ -244,22 +375,24 @@ impl World {
         state.wait = Wait::Nothing;
         self.parked -= 1;
         if self.use_wakers {
-            if let Some(waker) = &state.waker {
+            if let Some(waker) = &self.wakers[rank] {
                 waker.wake_by_ref();
             }
         } else {
-            self.woken.push(rank as u32);
+            self.woken[rank / 64] |= 1 << (rank % 64);
+            self.woken_count += 1;
         }
     }
 
     fn park(&mut self, rank: usize, wait: Wait, waker: &Waker) {
-        let state = &mut self.ranks[rank];
+        self.file_unclaimed_delivery(rank);
         if self.use_wakers {
-            match &mut state.waker {
+            match &mut self.wakers[rank] {
                 Some(existing) if existing.will_wake(waker) => {}
                 slot => *slot = Some(waker.clone()),
             }
         }
+        let state = &mut self.ranks[rank];
         if state.wait == wait {
             return; // polled again while still parked: only the waker may have changed
         }
@@ -269,6 +402,7 @@ impl World {
             "a rank waits on one thing at a time"
         );
         state.wait = wait;
+        state.parked_since_ns = self.now_ns;
         self.parked += 1;
     }
 
@@ -278,54 +412,183 @@ impl World {
     fn send(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) {
         self.stats.messages += 1;
         self.stats.modelled_bytes += payload.modelled_bytes;
-        let arrival_ns = if from == to {
-            self.now_ns
-        } else {
-            let route = self.topology.route(from, to);
-            let mut start_ns = self.now_ns;
-            let mut bottleneck = f64::INFINITY;
-            let mut latency_ns = 0;
-            for &link in route.links() {
-                start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
-                let spec = self.topology.link_spec(link);
-                bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
-                latency_ns += spec.latency_ns;
-            }
-            let serialise_ns = (payload.modelled_bytes as f64 * 1e9 / bottleneck).ceil() as u64;
-            let done_ns = start_ns + serialise_ns;
-            for &link in route.links() {
-                self.link_busy_until_ns[link as usize] = done_ns;
-            }
-            done_ns + latency_ns
-        };
-        let message = Message {
+        let arrival_ns = self.transfer(from, to, payload.modelled_bytes);
+        let generation = self.control.as_ref().map_or(0, |c| c.generation);
+        let slot = self.store(Message {
+            generation,
             from: from as u32,
             to: to as u32,
             tag,
             payload,
-        };
-        let slot = match self.free_slots.pop() {
-            Some(slot) => {
-                self.in_flight[slot as usize] = Some(message);
-                slot
-            }
-            None => {
-                self.in_flight.push(Some(message));
-                (self.in_flight.len() - 1) as u32
-            }
-        };
+            next: NO_SLOT,
+        });
         self.schedule(arrival_ns, EventKind::Deliver { slot });
     }
 
-    fn take_from_mailbox(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
-        let mailbox = &mut self.ranks[rank].mailbox;
-        let idx = mailbox
-            .iter()
-            .position(|(f, t, _)| *f == from && *t == tag)?;
-        Some(mailbox.swap_remove(idx).2)
+    /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival
+    /// time: the transfer starts when every link of the route is free, occupies them for
+    /// `bytes / bottleneck bandwidth`, and arrives after the route's latencies.
+    fn transfer(&mut self, from: usize, to: usize, bytes: u64) -> u64 {
+        if from == to {
+            return self.now_ns;
+        }
+        let route = self.topology.route(from, to);
+        let mut start_ns = self.now_ns;
+        let mut bottleneck = f64::INFINITY;
+        let mut latency_ns = 0;
+        for &link in route.links() {
+            start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
+            let spec = self.topology.link_spec(link);
+            bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
+            latency_ns += spec.latency_ns;
+        }
+        let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;
+        let done_ns = start_ns + serialise_ns;
+        for &link in route.links() {
+            self.link_busy_until_ns[link as usize] = done_ns;
+        }
+        done_ns + latency_ns
+    }
+
+    /// The GPU of `node` with `rank`'s local index (or the node's last), for peer transfers.
+    fn peer_gpu(&self, node: usize, rank: usize) -> usize {
+        let local = self
+            .placement
+            .local_idx_of(rank)
+            .min(self.placement.gpus_on_node(node) - 1);
+        node * self.placement.gpus_per_node + local
+    }
+
+    /// When moving `bytes` between `rank` and `place` ends, starting now.
+    fn storage_done_ns(&mut self, rank: usize, place: Place, bytes: u64, to_place: bool) -> u64 {
+        let node = self.placement.node_of(rank);
+        match place {
+            Place::Host(n) if n == node => self.now_ns + self.storage.host_copy_ns(bytes),
+            Place::Host(n) => {
+                let peer = self.peer_gpu(n, rank);
+                let (from, to) = if to_place { (rank, peer) } else { (peer, rank) };
+                self.transfer(from, to, bytes) + self.storage.host_copy_ns(bytes)
+            }
+            Place::Persistent => self
+                .storage
+                .persistent_transfer_done_ns(node, bytes, self.now_ns),
+        }
+    }
+
+    fn node_alive(&self, node: usize) -> bool {
+        let first = node * self.placement.gpus_per_node;
+        !self.ranks[first].dead
+    }
+
+    /// Starts a write; returns its ticket and when it lands.
+    fn put_async(&mut self, rank: usize, tier: Tier, name: &str, blob: Blob) -> (u64, u64) {
+        let node = self.placement.node_of(rank);
+        let place = place_of(tier, node);
+        let bytes = blob.modelled_bytes;
+        let ticket = self.storage.begin_write(place, name, blob, node);
+        if let Place::Host(n) = place {
+            if !self.node_alive(n) {
+                self.storage.crash_node(n);
+                return (ticket, self.now_ns);
+            }
+        }
+        let done = self.storage_done_ns(rank, place, bytes, true);
+        self.schedule(done, EventKind::WriteDone { ticket });
+        (ticket, done)
+    }
+
+    /// Drops every message waiting for `rank` (after a restart nothing old may arrive).
+    fn clear_mailbox(&mut self, rank: usize) {
+        let mut slot = std::mem::replace(&mut self.ranks[rank].mailbox_head, NO_SLOT);
+        while slot != NO_SLOT {
+            let message = self.messages[slot as usize]
+                .take()
+                .expect("a mailed message");
+            self.free_slots.push(slot);
+            self.spare_buffers.push(message.payload.data);
+            slot = message.next;
+        }
+        if let Some(payload) = self.ranks[rank].delivered.take() {
+            self.spare_buffers.push(payload.data);
+        }
+    }
+
+    fn store(&mut self, message: Message) -> u32 {
+        match self.free_slots.pop() {
+            Some(slot) => {
+                self.messages[slot as usize] = Some(message);
+                slot
+            }
+            None => {
+                self.messages.push(Some(message));
+                (self.messages.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
+    /// slot if it was waiting for it, else filed in its mailbox.
+    fn take_delivered(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
+        let state = &mut self.ranks[rank];
+        if state.wait == (Wait::Delivered { from, tag }) {
+            state.wait = Wait::Nothing;
+            return state.delivered.take();
+        }
+        self.file_unclaimed_delivery(rank);
+        // The oldest match: the last in the newest-first list.
+        let (mut found, mut found_prev) = (NO_SLOT, NO_SLOT);
+        let (mut prev, mut slot) = (NO_SLOT, self.ranks[rank].mailbox_head);
+        while slot != NO_SLOT {
+            let message = self.messages[slot as usize]
+                .as_ref()
+                .expect("a mailed message");
+            if message.from == from && message.tag == tag {
+                (found, found_prev) = (slot, prev);
+            }
+            (prev, slot) = (slot, message.next);
+        }
+        if found == NO_SLOT {
+            return None;
+        }
+        let message = self.messages[found as usize]
+            .take()
+            .expect("a mailed message");
+        self.free_slots.push(found);
+        match found_prev {
+            NO_SLOT => self.ranks[rank].mailbox_head = message.next,
+            prev => {
+                self.messages[prev as usize]
+                    .as_mut()
+                    .expect("a mailed message")
+                    .next = message.next
+            }
+        }
+        Some(message.payload)
+    }
+
+    /// A delivery nobody claimed (the receive that waited for it was dropped) goes to the
+    /// mailbox like any early message.
+    fn file_unclaimed_delivery(&mut self, rank: usize) {
+        let state = &mut self.ranks[rank];
+        if let Wait::Delivered { from, tag } = state.wait {
+            state.wait = Wait::Nothing;
+            let payload = state.delivered.take().expect("a delivered payload");
+            let head = state.mailbox_head;
+            let generation = self.control.as_ref().map_or(0, |c| c.generation);
+            let slot = self.store(Message {
+                generation,
+                from,
+                to: rank as u32,
+                tag,
+                payload,
+                next: head,
+            });
+            self.ranks[rank].mailbox_head = slot;
+        }
     }
 
     fn emit(&mut self, rank: usize, event: &Event) {
+        self.observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
         match *event {
@@ -340,6 +603,17 @@ impl World {
                 self.digest.bytes(algo.name().as_bytes());
             }
             Event::CollectiveEnd { op_id } => self.digest.u64(op_id),
+            Event::CheckpointSnapshot { step, stall_ns } => {
+                self.digest.u64(step);
+                self.digest.u64(stall_ns);
+            }
+            Event::CheckpointCommitted { step } | Event::RestoreFallback { step } => {
+                self.digest.u64(step)
+            }
+            Event::Restored { step, tier } => {
+                self.digest.u64(step);
+                self.digest.bytes(format!("{tier:?}").as_bytes());
+            }
         }
     }
 }
@@ -379,7 +653,11 @@ impl Backend for SimBackend {
         tag: Tag,
         payload: Payload,
     ) -> impl Future<Output = Result<(), CommError>> {
-        self.world.borrow_mut().send(self.rank, to, tag, payload);
+        let mut world = self.world.borrow_mut();
+        if world.ranks[self.rank].aborted {
+            return std::future::ready(Err(CommError::Aborted));
+        }
+        world.send(self.rank, to, tag, payload);
         std::future::ready(Ok(()))
     }
 
@@ -396,7 +674,7 @@ impl Backend for SimBackend {
         self.world.borrow().now_ns
     }
 
-    fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()> {
+    fn sleep(&self, duration_ns: u64) -> impl Future<Output = Result<(), CommError>> {
         Sleep {
             world: &self.world,
             rank: self.rank,
@@ -405,7 +683,7 @@ impl Backend for SimBackend {
         }
     }
 
-    fn compute(&self, work: Work) -> impl Future<Output = ()> {
+    fn compute(&self, work: Work) -> impl Future<Output = Result<(), CommError>> {
         let flops_per_s = self.world.borrow().gpu_flops_per_s;
         let duration_ns = (work.flops / flops_per_s * 1e9).ceil() as u64;
         self.sleep(duration_ns)
@@ -427,10 +705,98 @@ impl Backend for SimBackend {
         Payload::new(buffer, modelled_bytes)
     }
 
+    fn store_put(
+        &self,
+        tier: Tier,
+        name: &str,
+        blob: Blob,
+    ) -> impl Future<Output = Result<(), StorageError>> {
+        let name = name.to_string();
+        async move {
+            if self.world.borrow().ranks[self.rank].aborted {
+                return Err(StorageError::Aborted);
+            }
+            let (ticket, done) = self
+                .world
+                .borrow_mut()
+                .put_async(self.rank, tier, &name, blob);
+            let wait = done - self.now_ns();
+            if self.sleep(wait).await.is_err() {
+                return Err(StorageError::Aborted);
+            }
+            match self.world.borrow().storage.status(ticket) {
+                WriteStatus::Durable => Ok(()),
+                _ => Err(StorageError::WriteFailed { name }),
+            }
+        }
+    }
+
+    fn store_put_async(&self, tier: Tier, name: &str, blob: Blob) -> WriteTicket {
+        WriteTicket(
+            self.world
+                .borrow_mut()
+                .put_async(self.rank, tier, name, blob)
+                .0,
+        )
+    }
+
+    fn store_poll(&self, ticket: WriteTicket) -> WriteStatus {
+        self.world.borrow().storage.status(ticket.0)
+    }
+
+    fn store_get(
+        &self,
+        tier: Tier,
+        name: &str,
+    ) -> impl Future<Output = Result<Blob, StorageError>> {
+        let name = name.to_string();
+        async move {
+            let (blob, done) = {
+                let mut world = self.world.borrow_mut();
+                if world.ranks[self.rank].aborted {
+                    return Err(StorageError::Aborted);
+                }
+                let place = place_of(tier, world.placement.node_of(self.rank));
+                let Some(blob) = world.storage.get(place, &name).cloned() else {
+                    return Err(StorageError::NotFound { name });
+                };
+                let done = world.storage_done_ns(self.rank, place, blob.modelled_bytes, false);
+                (blob, done)
+            };
+            let wait = done - self.now_ns();
+            if self.sleep(wait).await.is_err() {
+                return Err(StorageError::Aborted);
+            }
+            Ok(blob)
+        }
+    }
+
+    fn store_list(&self, tier: Tier, prefix: &str) -> Vec<String> {
+        let world = self.world.borrow();
+        world
+            .storage
+            .list(place_of(tier, world.placement.node_of(self.rank)), prefix)
+    }
+
+    fn store_delete(&self, tier: Tier, name: &str) {
+        let mut world = self.world.borrow_mut();
+        let place = place_of(tier, world.placement.node_of(self.rank));
+        world.storage.delete(place, name);
+    }
+
+    fn await_restart(&self, error: &CommError) -> impl Future<Output = RestartOrder> {
+        AwaitRestart {
+            world: &self.world,
+            rank: self.rank,
+            error: Some(error.clone()),
+        }
+    }
+
     fn recycle(&self, payload: Payload) {
         let mut world = self.world.borrow_mut();
-        // Keep no more spare buffers than there can be messages in flight at once.
-        if world.spare_buffers.len() < world.ranks.len() {
+        // Every spare buffer was once a message's, so the pool never holds more than the most
+        // messages in flight at once; keeping them all spares malloc and free on every send.
+        if payload.data.capacity() > 0 {
             world.spare_buffers.push(payload.data);
         }
     }
@@ -448,7 +814,14 @@ impl Future for Recv<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut world = self.world.borrow_mut();
-        match world.take_from_mailbox(self.rank, self.from, self.tag) {
+        if world.ranks[self.rank].aborted {
+            return Poll::Ready(Err(CommError::Aborted));
+        }
+        if std::mem::take(&mut world.ranks[self.rank].timed_out) {
+            let (peer, tag) = (self.from as usize, self.tag);
+            return Poll::Ready(Err(CommError::Timeout { peer, tag }));
+        }
+        match world.take_delivered(self.rank, self.from, self.tag) {
             Some(payload) => Poll::Ready(Ok(payload)),
             None => {
                 world.park(
@@ -473,32 +846,68 @@ struct Sleep<'a> {
 }
 
 impl Future for Sleep<'_> {
-    type Output = ();
+    type Output = Result<(), CommError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.duration_ns == 0 {
-            return Poll::Ready(());
-        }
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut world = self.world.borrow_mut();
+        let rank = self.rank;
+        if world.ranks[rank].aborted {
+            if world.ranks[rank].wait == Wait::Timer {
+                world.unpark(rank);
+            }
+            return Poll::Ready(Err(CommError::Aborted));
+        }
+        if self.duration_ns == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if self.scheduled {
-            if world.ranks[self.rank].timer_fired {
-                world.ranks[self.rank].timer_fired = false;
-                return Poll::Ready(());
+            if world.ranks[rank].timer_fired {
+                world.ranks[rank].timer_fired = false;
+                return Poll::Ready(Ok(()));
             }
             // Polled again before the timer fired (a spurious wake): park again.
-            world.park(self.rank, Wait::Timer, cx.waker());
+            world.park(rank, Wait::Timer, cx.waker());
             return Poll::Pending;
         }
         let at = world.now_ns + self.duration_ns;
+        world.ranks[rank].timer_seq += 1;
+        let seq = world.ranks[rank].timer_seq;
         world.schedule(
             at,
             EventKind::Timer {
-                rank: self.rank as u32,
+                rank: rank as u32,
+                seq,
             },
         );
-        world.park(self.rank, Wait::Timer, cx.waker());
+        world.park(rank, Wait::Timer, cx.waker());
         drop(world);
         self.scheduled = true;
         Poll::Pending
+    }
+}
+
+struct AwaitRestart<'a> {
+    world: &'a RefCell<World>,
+    rank: usize,
+    /// Reported on the first poll.
+    error: Option<CommError>,
+}
+
+impl Future for AwaitRestart<'_> {
+    type Output = RestartOrder;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RestartOrder> {
+        let rank = self.rank;
+        let mut world = self.world.borrow_mut();
+        if let Some(error) = self.error.take() {
+            world.enter_await_restart(rank, &error);
+            world.park(rank, Wait::Restart, cx.waker());
+            return Poll::Pending;
+        }
+        if world.ranks[rank].wait == Wait::Restart {
+            world.park(rank, Wait::Restart, cx.waker());
+            return Poll::Pending;
+        }
+        Poll::Ready(world.restart_order(rank))
     }
 }

@@ -83,8 +83,13 @@ fn train(arm: Arm, gpu: Option<&Arc<Gpu>>, sets: &[String]) -> (String, u32, boo
 #[test]
 fn the_training_job_ends_with_the_simulators_parameters_on_every_arm() {
     let (arms, gpu) = arms("the_training_job_ends_with_the_simulators_parameters_on_every_arm");
-    for algo in ["hierarchical", "ring"] {
-        let sets = vec![format!("job.collective={algo}"), "run.seed=5".to_string()];
+    // The last case also checkpoints (trainer-core's checkpoints, to real files on the real
+    // arms): the parameters must not change.
+    for (algo, checkpoint) in [("hierarchical", false), ("ring", false), ("ring", true)] {
+        let mut sets = vec![format!("job.collective={algo}"), "run.seed=5".to_string()];
+        if checkpoint {
+            sets.push("checkpoint.interval=10".to_string());
+        }
         let expected = train(Arm::Simulated, None, &sets);
         assert!(expected.2, "the simulator's replicas disagree");
         for &arm in &arms {
@@ -247,11 +252,21 @@ fn the_runner_reads_every_scenario_as_the_simulator_does() {
             "job.data_seed=7",
         ],
     ];
+    let mut checked = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
+        // Planner files (`plan-*.toml`) are not run scenarios: the simulator's loader says so.
+        if load_str("s", "<test>", &text, &[]).is_err() {
+            println!("not a run scenario, skipped: {}", file.display());
+            continue;
+        }
+        checked += 1;
         for sets in override_sets {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-            let sim = load_str("s", "<test>", &text, &sets).unwrap();
+            // An override can make a scenario invalid (a crash on a GPU beyond 37).
+            let Ok(sim) = load_str("s", "<test>", &text, &sets) else {
+                continue;
+            };
             let gpu = gpu_job::parse_scenario("s", "<test>", &text, &sets).unwrap();
             let what = format!("{} {sets:?}", file.display());
             assert_eq!(gpu.job, sim.job, "{what}");
@@ -261,6 +276,61 @@ fn the_runner_reads_every_scenario_as_the_simulator_does() {
                 gpu.gpu_achieved_flops_per_s, sim.gpu_achieved_flops_per_s,
                 "{what}"
             );
+            assert_eq!(gpu.max_restarts, sim.control.max_restarts, "{what}");
         }
     }
+    // quickstart, 100k-gpus and the three recovery scenarios at least.
+    assert!(checked >= 5, "only {checked} run scenarios");
+    // Every checkpoint key, both interval forms and every recovery policy read alike.
+    let text = "
+[cluster]
+gpus = 16
+spare_nodes = 1
+[job]
+steps = 3
+model_params = 7e10
+[checkpoint]
+interval = \"90s\"
+keep = 5
+state_bytes_per_param = 14
+snapshot_bandwidth = \"400Gb/s\"
+buddy_copy = false
+";
+    for policy in ["restart", "in-memory", "hot-spare"] {
+        for interval in ["checkpoint.interval=\"2h\"", "checkpoint.interval=7"] {
+            let sets = vec![format!("recovery.policy={policy}"), interval.to_string()];
+            let sim = load_str("s", "<test>", text, &sets).unwrap();
+            let gpu = gpu_job::parse_scenario("s", "<test>", text, &sets).unwrap();
+            assert!(sim.job.checkpoint.is_some());
+            assert_eq!(gpu.job, sim.job, "{sets:?}");
+        }
+    }
+}
+
+/// The runner injects a scenario's crashes at a step and recovers through trainer-core's
+/// checkpoints on real files; the simulator recovers through its own controller. Both end with
+/// the fault-free parameters.
+#[test]
+fn recovery_from_the_scenarios_crashes_ends_with_the_simulators_parameters() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let path = root.join("node-crash-mid-checkpoint.toml");
+    let sim = faultline_sim::scenario::load(&path, &[]).unwrap();
+    let expected = run_scenario(&sim.clone().without_faults()).unwrap();
+    let faulty = run_scenario(&sim).unwrap();
+    assert_eq!(faulty.param_digest, expected.param_digest);
+    let settings = gpu_job::load_scenario(&path, &[]).unwrap();
+    assert!(!settings.failures_at_step.is_empty());
+    let dir = std::env::temp_dir().join(format!("faultline-conformance-{}", std::process::id()));
+    let mut options = RunOptions::new();
+    options.checkpoint_dir = Some(dir.join("persistent"));
+    options.host_dir = Some(dir.join("host"));
+    let world = settings.placement.world_size;
+    let report = gpu_job::run_local_job(vec![HostRank; world], &settings, &options);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(report.error, None);
+    assert!(report.replicas_agree);
+    assert_eq!(report.restarts, 1);
+    assert_eq!(report.steps_completed, expected.steps_completed);
+    assert_eq!(report.param_digest, expected.param_digest);
+    assert_eq!(report.final_loss.to_bits(), expected.final_loss.to_bits());
 }

@@ -110,6 +110,94 @@ pub enum Event {
     CollectiveEnd {
         op_id: u64,
     },
+    /// The blocking part of a checkpoint at `step` took `stall_ns`.
+    CheckpointSnapshot {
+        step: u64,
+        stall_ns: u64,
+    },
+    /// Every shard of `step` is durable and its manifest is committed.
+    CheckpointCommitted {
+        step: u64,
+    },
+    /// Training state was restored from the checkpoint of `step` in `tier`.
+    Restored {
+        step: u64,
+        tier: Tier,
+    },
+    /// The restore found the checkpoint of `step` unusable and fell back to an older one.
+    RestoreFallback {
+        step: u64,
+    },
+}
+
+/// Where a blob lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// This node's host memory: fast, lost when the node crashes.
+    Host,
+    /// Another node's host memory, reached over the fabric: lost when that node crashes.
+    Peer { node: usize },
+    /// The shared persistent store: survives crashes, bandwidth shared by every client.
+    Persistent,
+}
+
+/// A stored object: real bytes, and the size of the object it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    pub bytes: Vec<u8>,
+    pub modelled_bytes: u64,
+}
+
+/// Storage failures a rank must handle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageError {
+    NotFound {
+        name: String,
+    },
+    /// The write did not become durable.
+    WriteFailed {
+        name: String,
+    },
+    /// The tier's memory is gone (its node crashed) or cannot be reached.
+    Unavailable {
+        tier: Tier,
+    },
+    Aborted,
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::NotFound { name } => write!(f, "no blob named {name}"),
+            StorageError::WriteFailed { name } => write!(f, "writing {name} failed"),
+            StorageError::Unavailable { tier } => write!(f, "{tier:?} is unavailable"),
+            StorageError::Aborted => write!(f, "aborted"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// An asynchronous write in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WriteTicket(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteStatus {
+    Pending,
+    Durable,
+    Failed,
+}
+
+/// What the job controller tells a rank once the job restarts after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartOrder {
+    /// Counts restarts; messages of an older generation never arrive.
+    pub generation: u64,
+    /// This rank's process (or node) died: everything it held in memory is gone.
+    pub memory_lost: bool,
+    /// The controller gave up on the job (too many restarts): stop.
+    pub job_abandoned: bool,
 }
 
 /// One rank's view of the world.
@@ -140,14 +228,42 @@ pub trait Backend {
     /// Model time in nanoseconds since the job started.
     fn now_ns(&self) -> u64;
 
-    /// Waits `duration_ns` of model time.
-    fn sleep(&self, duration_ns: u64) -> impl Future<Output = ()>;
+    /// Waits `duration_ns` of model time. Fails with `Aborted` when the rank dies or the job
+    /// stops meanwhile.
+    fn sleep(&self, duration_ns: u64) -> impl Future<Output = Result<(), CommError>>;
 
     /// Charges the model time that `work` takes on this rank's GPU.
-    fn compute(&self, work: Work) -> impl Future<Output = ()>;
+    fn compute(&self, work: Work) -> impl Future<Output = Result<(), CommError>>;
 
     /// Records an event in the trace.
     fn emit(&self, event: Event);
+
+    /// Writes `blob` as `name` in `tier`, waiting until it is durable there.
+    fn store_put(
+        &self,
+        tier: Tier,
+        name: &str,
+        blob: Blob,
+    ) -> impl Future<Output = Result<(), StorageError>>;
+
+    /// Starts writing `blob` as `name` in `tier` and returns at once; the write proceeds while
+    /// the rank goes on. [`Backend::store_poll`] says when it is durable.
+    fn store_put_async(&self, tier: Tier, name: &str, blob: Blob) -> WriteTicket;
+
+    fn store_poll(&self, ticket: WriteTicket) -> WriteStatus;
+
+    /// Reads `name` from `tier`.
+    fn store_get(&self, tier: Tier, name: &str)
+        -> impl Future<Output = Result<Blob, StorageError>>;
+
+    /// Names in `tier` that start with `prefix`, in order.
+    fn store_list(&self, tier: Tier, prefix: &str) -> Vec<String>;
+
+    fn store_delete(&self, tier: Tier, name: &str);
+
+    /// Reports that this rank met `error` it cannot get past, and waits for the job controller
+    /// to restart the job.
+    fn await_restart(&self, error: &CommError) -> impl Future<Output = RestartOrder>;
 
     /// A payload holding a copy of `data`. A backend may hand out a recycled buffer.
     fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {

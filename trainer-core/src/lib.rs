@@ -6,6 +6,7 @@
 //! cluster and `cuda-backend` over real GPUs, and both run exactly this code.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod collectives;
 pub mod digest;
 pub mod group;
@@ -14,7 +15,10 @@ pub mod kernels;
 pub mod model;
 pub mod span;
 
-pub use backend::{Backend, CommError, Event, Payload, Tag, Work, WorkKind};
+pub use backend::{
+    Backend, Blob, CommError, Event, Payload, RestartOrder, StorageError, Tag, Tier, Work,
+    WorkKind, WriteStatus, WriteTicket,
+};
 pub use collectives::{Algo, Op};
 pub use group::{Group, Placement};
 pub use span::Span;

@@ -41,7 +41,12 @@ impl Span {
     }
 }
 
-/// Where part `idx` of `total` cut into `count` parts begins.
+/// Where part `idx` of `total` cut into `count` parts begins. In u64 when the product fits (it
+/// always does for real sizes; a u128 division is a library call on every message), else u128:
+/// the same value either way.
 fn split_point(total: u64, count: usize, idx: usize) -> u64 {
-    (total as u128 * idx as u128 / count as u128) as u64
+    match total.checked_mul(idx as u64) {
+        Some(product) => product / count as u64,
+        None => (total as u128 * idx as u128 / count as u128) as u64,
+    }
 }

@@ -1,0 +1,443 @@
+//! The lower bound faultline's cost is measured against: a minimal single-threaded
+//! discrete-event loop that moves the messages of the hierarchical all-reduce (reduce-scatter
+//! inside the node, halving-doubling across nodes on each rail, all-gather inside the node) with
+//! the fabric timing model of `World::send`, and no async machinery. Each rank is an explicit
+//! state machine (a stage and an index) that the loop steps; there are no futures, wakers or
+//! executor.
+//!
+//! It is bench code, not a second simulator: it knows one algorithm on full nodes only, and
+//! exists so that a benchmark can say how much the async machinery costs over moving the same
+//! messages. Within an instant it steps woken ranks in rank order, as the FIFO executor polls
+//! them, so it puts messages on the links in the same order and reaches the same model time.
+
+use faultline_sim::queue::RadixQueue;
+use faultline_sim::run::Reference;
+use faultline_sim::topology::Topology;
+use trainer_core::collectives::{Algo, Collective, Op};
+use trainer_core::{Placement, Span};
+
+/// What one run moved, for comparison with the simulator's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BareReport {
+    pub messages: u64,
+    pub model_time_ns: u64,
+    pub instants: u64,
+    /// Every rank ended with the exact sums.
+    pub exact: bool,
+}
+
+/// Stages of one rank's program, in order.
+const STAGE_INTRA_RS_SEND: u8 = 0;
+const STAGE_INTRA_RS_RECV: u8 = 1;
+const STAGE_FOLD: u8 = 2;
+const STAGE_HALVING: u8 = 3;
+const STAGE_DOUBLING: u8 = 4;
+const STAGE_UNFOLD: u8 = 5;
+const STAGE_INTRA_AG_SEND: u8 = 6;
+const STAGE_INTRA_AG_RECV: u8 = 7;
+const STAGE_DONE: u8 = 8;
+
+/// One step of a rank's program.
+enum Action {
+    Send {
+        to: u32,
+        tag: u32,
+        span: Span,
+    },
+    Recv {
+        from: u32,
+        tag: u32,
+        span: Span,
+        add: bool,
+    },
+    /// Nothing to do at this index: move on.
+    Skip,
+    /// The stage is over: go to the next.
+    NextStage,
+}
+
+fn tag(stage: u8, round: usize, chunk: usize) -> u32 {
+    (stage as u32) << 24 | (round as u32) << 8 | chunk as u32
+}
+
+#[derive(Clone, Default)]
+struct BareRank {
+    stage: u8,
+    idx: u32,
+    /// The (from, tag) this rank waits for, if parked.
+    waiting: Option<(u32, u32)>,
+    /// Messages that arrived before their receive: (from, tag, message slot).
+    mailbox: Vec<(u32, u32, u32)>,
+}
+
+struct BareMessage {
+    from: u32,
+    to: u32,
+    tag: u32,
+    data: Vec<f32>,
+}
+
+/// The rail's halving-doubling shape, as in trainer-core: `pow2` virtual members, the first
+/// `2 * extra` members fold in pairs.
+struct Shape {
+    pow2: usize,
+    extra: usize,
+    log2: usize,
+}
+
+impl Shape {
+    fn of(count: usize) -> Shape {
+        let pow2 = if count.is_power_of_two() {
+            count
+        } else {
+            count.next_power_of_two() / 2
+        };
+        Shape {
+            pow2,
+            extra: count - pow2,
+            log2: pow2.trailing_zeros() as usize,
+        }
+    }
+
+    fn virtual_of(&self, idx: usize) -> Option<usize> {
+        if idx < 2 * self.extra {
+            (idx % 2 == 1).then_some(idx / 2)
+        } else {
+            Some(idx - self.extra)
+        }
+    }
+
+    fn member_of(&self, virt: usize) -> usize {
+        if virt < self.extra {
+            2 * virt + 1
+        } else {
+            virt + self.extra
+        }
+    }
+}
+
+struct BareLoop<'a> {
+    topology: &'a Topology,
+    gpus_per_node: usize,
+    elems: usize,
+    span: Span,
+    shape: Shape,
+    now_ns: u64,
+    queue: RadixQueue<u32>,
+    messages: Vec<Option<BareMessage>>,
+    free_slots: Vec<u32>,
+    spare_buffers: Vec<Vec<f32>>,
+    link_busy_until_ns: Vec<u64>,
+    ranks: Vec<BareRank>,
+    /// Every rank's buffer, `elems` each, side by side.
+    data: Vec<f32>,
+    message_count: u64,
+}
+
+impl BareLoop<'_> {
+    /// What rank `rank` does at (`stage`, `idx`).
+    fn action(&self, rank: usize, stage: u8, idx: usize) -> Action {
+        let g = self.gpus_per_node;
+        let (node, local) = (rank / g, rank % g);
+        let node_first = node * g;
+        let chunk_span = self.span.part(g, local);
+        let rail_member = |node: usize| (node * g + local) as u32;
+        let shape = &self.shape;
+        let virt = shape.virtual_of(node);
+        match stage {
+            STAGE_INTRA_RS_SEND | STAGE_INTRA_RS_RECV | STAGE_INTRA_AG_SEND
+            | STAGE_INTRA_AG_RECV
+                if idx >= g =>
+            {
+                Action::NextStage
+            }
+            _ if matches!(
+                stage,
+                STAGE_INTRA_RS_SEND
+                    | STAGE_INTRA_RS_RECV
+                    | STAGE_INTRA_AG_SEND
+                    | STAGE_INTRA_AG_RECV
+            ) && idx == local =>
+            {
+                Action::Skip
+            }
+            STAGE_INTRA_RS_SEND => Action::Send {
+                to: (node_first + idx) as u32,
+                tag: tag(stage, 0, idx),
+                span: self.span.part(g, idx),
+            },
+            STAGE_INTRA_RS_RECV => Action::Recv {
+                from: (node_first + idx) as u32,
+                tag: tag(STAGE_INTRA_RS_SEND, 0, local),
+                span: chunk_span,
+                add: true,
+            },
+            STAGE_FOLD => match (idx, virt) {
+                (0, None) => Action::Send {
+                    to: rail_member(node + 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                },
+                (0, Some(_)) if node < 2 * shape.extra => Action::Recv {
+                    from: rail_member(node - 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                    add: true,
+                },
+                _ => Action::NextStage,
+            },
+            STAGE_HALVING | STAGE_DOUBLING => {
+                let round = idx / 2;
+                let Some(v) = virt.filter(|_| round < shape.log2) else {
+                    return Action::NextStage;
+                };
+                let (mask, keep, give) = if stage == STAGE_HALVING {
+                    // The range before this round is `width` wide and holds v; keep v's half.
+                    let width = shape.pow2 >> round;
+                    let lo = v & !(width - 1);
+                    let mid = lo + width / 2;
+                    let mask = width / 2;
+                    if v & mask == 0 {
+                        (mask, (lo, mid), (mid, lo + width))
+                    } else {
+                        (mask, (mid, lo + width), (lo, mid))
+                    }
+                } else {
+                    // Swap the owned `width`-wide range with the partner's.
+                    let width = 1 << round;
+                    let lo = v & !(width - 1);
+                    let theirs = lo ^ width;
+                    (width, (theirs, theirs + width), (lo, lo + width))
+                };
+                let partner = rail_member(shape.member_of(v ^ mask));
+                let tag = tag(stage, round, local);
+                if idx % 2 == 0 {
+                    Action::Send {
+                        to: partner,
+                        tag,
+                        span: chunk_span.parts(shape.pow2, give.0, give.1),
+                    }
+                } else {
+                    Action::Recv {
+                        from: partner,
+                        tag,
+                        span: chunk_span.parts(shape.pow2, keep.0, keep.1),
+                        add: stage == STAGE_HALVING,
+                    }
+                }
+            }
+            STAGE_UNFOLD => match (idx, virt) {
+                (0, None) => Action::Recv {
+                    from: rail_member(node + 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                    add: false,
+                },
+                (0, Some(_)) if node < 2 * shape.extra => Action::Send {
+                    to: rail_member(node - 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                },
+                _ => Action::NextStage,
+            },
+            STAGE_INTRA_AG_SEND => Action::Send {
+                to: (node_first + idx) as u32,
+                tag: tag(stage, 0, local),
+                span: chunk_span,
+            },
+            STAGE_INTRA_AG_RECV => Action::Recv {
+                from: (node_first + idx) as u32,
+                tag: tag(STAGE_INTRA_AG_SEND, 0, idx),
+                span: self.span.part(g, idx),
+                add: false,
+            },
+            _ => Action::NextStage,
+        }
+    }
+
+    /// Runs `rank` until it waits for a message that has not arrived, or finishes.
+    fn step(&mut self, rank: usize) {
+        loop {
+            let (stage, idx) = (self.ranks[rank].stage, self.ranks[rank].idx as usize);
+            if stage == STAGE_DONE {
+                return;
+            }
+            match self.action(rank, stage, idx) {
+                Action::NextStage => {
+                    let state = &mut self.ranks[rank];
+                    state.stage += 1;
+                    state.idx = 0;
+                    continue;
+                }
+                Action::Skip => {}
+                Action::Send { to, tag, span } => self.send(rank, to as usize, tag, &span),
+                Action::Recv {
+                    from,
+                    tag,
+                    span,
+                    add,
+                } => {
+                    let mailbox = &mut self.ranks[rank].mailbox;
+                    let Some(pos) = mailbox.iter().position(|m| m.0 == from && m.1 == tag) else {
+                        self.ranks[rank].waiting = Some((from, tag));
+                        return;
+                    };
+                    let slot = mailbox.swap_remove(pos).2;
+                    let message = self.messages[slot as usize].take().expect("a message");
+                    self.free_slots.push(slot);
+                    self.consume(rank, message, &span, add);
+                }
+            }
+            self.ranks[rank].idx += 1;
+        }
+    }
+
+    fn consume(&mut self, rank: usize, message: BareMessage, span: &Span, add: bool) {
+        let base = rank * self.elems;
+        let dst = &mut self.data[base + span.elems.start..base + span.elems.end];
+        assert_eq!(dst.len(), message.data.len());
+        if add {
+            trainer_core::kernels::add_assign(dst, &message.data);
+        } else {
+            dst.copy_from_slice(&message.data);
+        }
+        self.spare_buffers.push(message.data);
+    }
+
+    /// `World::send`'s timing model: wait for every link of the route, hold them all for the
+    /// modelled bytes over the bottleneck bandwidth, arrive after the latencies.
+    fn send(&mut self, from: usize, to: usize, tag: u32, span: &Span) {
+        self.message_count += 1;
+        let route = self.topology.route(from, to);
+        let mut start_ns = self.now_ns;
+        let mut bottleneck = f64::INFINITY;
+        let mut latency_ns = 0;
+        for &link in route.links() {
+            start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
+            let spec = self.topology.link_spec(link);
+            bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
+            latency_ns += spec.latency_ns;
+        }
+        let serialise_ns = (span.modelled_bytes() as f64 * 1e9 / bottleneck).ceil() as u64;
+        let done_ns = start_ns + serialise_ns;
+        for &link in route.links() {
+            self.link_busy_until_ns[link as usize] = done_ns;
+        }
+        let mut data = self.spare_buffers.pop().unwrap_or_default();
+        data.clear();
+        let base = from * self.elems;
+        data.extend_from_slice(&self.data[base + span.elems.start..base + span.elems.end]);
+        let message = BareMessage {
+            from: from as u32,
+            to: to as u32,
+            tag,
+            data,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.messages[slot as usize] = Some(message);
+                slot
+            }
+            None => {
+                self.messages.push(Some(message));
+                (self.messages.len() - 1) as u32
+            }
+        };
+        self.queue.push(done_ns + latency_ns, slot);
+    }
+
+    /// Hands a delivered message to its receiver if it waits for exactly this one (and lists
+    /// the receiver in `woken`), else files it in the receiver's mailbox.
+    fn deliver(&mut self, slot: u32, woken: &mut Vec<u32>) {
+        let message = self.messages[slot as usize].as_ref().expect("a message");
+        let (from, to, tag) = (message.from, message.to, message.tag);
+        let state = &mut self.ranks[to as usize];
+        if state.waiting != Some((from, tag)) {
+            state.mailbox.push((from, tag, slot));
+            return;
+        }
+        state.waiting = None;
+        let (stage, idx) = (state.stage, state.idx as usize);
+        let Action::Recv { span, add, .. } = self.action(to as usize, stage, idx) else {
+            unreachable!("a rank waits only at a receive")
+        };
+        let message = self.messages[slot as usize].take().expect("a message");
+        self.free_slots.push(slot);
+        self.consume(to as usize, message, &span, add);
+        self.ranks[to as usize].idx += 1;
+        woken.push(to);
+    }
+}
+
+/// Rank `rank`'s input element `idx`: the same as the simulator's collective input.
+fn input(rank: usize, idx: usize) -> f32 {
+    faultline_sim::run::collective_input(rank, idx)
+}
+
+/// Moves one hierarchical all-reduce of `elems` elements standing for `modelled_bytes` over
+/// `topology`, whose nodes must all be full.
+pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64) -> BareReport {
+    let gpus = topology.gpu_count();
+    let gpus_per_node = topology.cluster.gpus_per_node;
+    assert!(
+        gpus % gpus_per_node == 0,
+        "the bare loop handles full nodes only"
+    );
+    let mut data = vec![0.0f32; gpus * elems];
+    for (rank, buffer) in data.chunks_mut(elems.max(1)).enumerate().take(gpus) {
+        for (idx, value) in buffer.iter_mut().enumerate() {
+            *value = input(rank, idx);
+        }
+    }
+    let mut bare = BareLoop {
+        topology,
+        gpus_per_node,
+        elems,
+        span: Span::new(elems, modelled_bytes),
+        shape: Shape::of(gpus / gpus_per_node),
+        now_ns: 0,
+        queue: RadixQueue::default(),
+        messages: Vec::new(),
+        free_slots: Vec::new(),
+        spare_buffers: Vec::new(),
+        link_busy_until_ns: vec![0; topology.link_count()],
+        ranks: vec![BareRank::default(); gpus],
+        data,
+        message_count: 0,
+    };
+    let mut woken: Vec<u32> = (0..gpus as u32).collect();
+    let mut firing = Vec::new();
+    let mut instants = 0;
+    loop {
+        for &rank in &woken {
+            bare.step(rank as usize);
+        }
+        woken.clear();
+        let Some(instant_ns) = bare.queue.pop_instant(&mut firing) else {
+            break;
+        };
+        bare.now_ns = instant_ns;
+        instants += 1;
+        for slot in firing.drain(..) {
+            bare.deliver(slot, &mut woken);
+        }
+        woken.sort_unstable();
+    }
+    // The simulator's own check, so both sides spend the same on verifying.
+    let finished = bare.ranks.iter().all(|r| r.stage == STAGE_DONE);
+    let reference = Reference::new(
+        &Collective::new(Algo::Hierarchical),
+        &Placement::new(gpus, gpus_per_node),
+        Op::AllReduce,
+        elems,
+    );
+    let exact = finished
+        && (0..gpus)
+            .all(|rank| reference.matches(rank, &bare.data[rank * elems..(rank + 1) * elems]));
+    BareReport {
+        messages: bare.message_count,
+        model_time_ns: bare.now_ns,
+        instants,
+        exact,
+    }
+}

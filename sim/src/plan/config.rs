@@ -1,0 +1,615 @@
+//! Planner scenarios: the TOML a capacity planner writes, validated into a [`PlanConfig`].
+//! Loaded through the same machinery as run scenarios, so every error names the file (or the
+//! `--set` that caused it), the line and column, and the dotted key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::scenario::{in_range, parse_checked, positive, ScenarioError, Source, MAX_GPUS};
+use crate::units::parse_duration_ns;
+
+/// The failure kinds the planner models, in the order reports list them. Rates are failures
+/// per 1,000 node-days, each written `faults.rates.<kind>_failures_per_1000_node_days`, except
+/// the generic `node`, written `faults.rates.node_failures_per_1000_node_days`.
+pub const FAULT_KINDS: [&str; 9] = [
+    "node", "gpu", "hbm", "host", "nic", "switch", "link", "software", "sdc",
+];
+
+/// The index of the lemon-node stream in per-kind counts, after [`FAULT_KINDS`].
+pub const LEMON: usize = FAULT_KINDS.len();
+
+/// Every kind a report counts: [`FAULT_KINDS`] and then `lemon`.
+pub const COUNTED_KINDS: [&str; 10] = [
+    "node", "gpu", "hbm", "host", "nic", "switch", "link", "software", "sdc", "lemon",
+];
+
+/// The index of silent data corruption in [`FAULT_KINDS`]: found late, and never recoverable
+/// by rejoining a replica, since the corruption has already spread through the all-reduce.
+pub const SDC: usize = 8;
+
+/// Whether a failure of this kind takes a node out of the job until it is repaired, so that
+/// recovery needs a replacement node. Switch, link and software failures do not.
+pub fn needs_replacement_node(kind_idx: usize) -> bool {
+    matches!(kind_idx, 0..=4 | SDC | LEMON)
+}
+
+/// How the job gets going again after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Tear the job down, reschedule, reload the last persisted checkpoint.
+    Restart,
+    /// Replace the node from the spare pool and restore the last snapshot from a peer's host
+    /// memory (GEMINI-style); no wait for the persist.
+    InMemory,
+    /// Swap in an already initialised spare node and reload the last persisted checkpoint.
+    HotSpare,
+    /// Only the failed replica group restarts, from a healthy peer's live state (TorchFT,
+    /// FT-HSDP); the others stall briefly and then run one replica short.
+    PerReplica,
+}
+
+impl Policy {
+    pub const NAMES: [&'static str; 4] = ["restart", "in-memory", "hot-spare", "per-replica"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Restart => "restart",
+            Policy::InMemory => "in-memory",
+            Policy::HotSpare => "hot-spare",
+            Policy::PerReplica => "per-replica",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Policy> {
+        Some(match name {
+            "restart" => Policy::Restart,
+            "in-memory" => Policy::InMemory,
+            "hot-spare" => Policy::HotSpare,
+            "per-replica" => Policy::PerReplica,
+            _ => return None,
+        })
+    }
+}
+
+/// How the time between two failures of one kind is distributed, at the job level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Distribution {
+    Exponential,
+    /// A renewal process with Weibull interarrival times of this shape, scaled so that the
+    /// mean matches the rate. Shape below 1 clusters failures after each one.
+    Weibull {
+        shape: f64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultProcess {
+    /// Failures per node per second, for an ordinary (non-lemon) node.
+    pub rate_per_node_s: f64,
+    pub distribution: Distribution,
+    /// From the failure to the moment recovery starts; the job makes no useful progress.
+    pub detection_s: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lemons {
+    /// Nodes whose node-attached hardware fails `rate_multiplier` times as often.
+    pub nodes: usize,
+    pub rate_multiplier: f64,
+    /// Drain a lemon after this many failures; 0 never drains.
+    pub exclude_after: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recovery {
+    pub policy: Policy,
+    pub restart_time_s: f64,
+    pub in_memory_restore_time_s: f64,
+    pub hot_spare_time_s: f64,
+    pub per_replica_stall_time_s: f64,
+    pub replicas: usize,
+    pub replica_rejoin_time_s: f64,
+    /// Spare nodes for the in-memory, hot-spare and per-replica policies; `None` is unlimited.
+    /// When all are in repair the recovery falls back to a full restart.
+    pub spare_nodes: Option<usize>,
+    pub repair_time_s: f64,
+}
+
+impl Recovery {
+    /// What one recovery costs under the policy when a spare is at hand, without rollback.
+    pub fn policy_recovery_s(&self) -> f64 {
+        match self.policy {
+            Policy::Restart => self.restart_time_s,
+            Policy::InMemory => self.in_memory_restore_time_s,
+            Policy::HotSpare => self.hot_spare_time_s,
+            Policy::PerReplica => {
+                self.per_replica_stall_time_s + self.replica_rejoin_time_s / self.replicas as f64
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Maintenance {
+    pub interval_s: f64,
+    pub duration_s: f64,
+}
+
+/// A loaded, validated planner scenario: one point of a sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanConfig {
+    pub name: String,
+    pub description: String,
+    pub gpus: usize,
+    pub gpus_per_node: usize,
+    pub nodes: usize,
+    pub horizon_s: f64,
+    pub seeds: usize,
+    pub root_seed: u64,
+    /// `key=v1,v2,...` sweeps from the file's `plan.sweep`.
+    pub sweep: Vec<String>,
+    pub checkpoint_interval_s: f64,
+    pub checkpoint_write_time_s: f64,
+    pub checkpoint_persist_time_s: f64,
+    pub recovery: Recovery,
+    /// One per [`FAULT_KINDS`] entry.
+    pub faults: Vec<FaultProcess>,
+    pub lemons: Lemons,
+    pub maintenance: Option<Maintenance>,
+    /// Measured step time from a cost file; 0 treats work as continuous.
+    pub step_time_s: f64,
+}
+
+impl PlanConfig {
+    /// The job's failure rate, all kinds and lemons together, per second.
+    pub fn job_failures_per_s(&self) -> f64 {
+        let ordinary = (self.nodes - self.lemons.nodes) as f64;
+        let mut rate = 0.0;
+        let mut node_hardware = 0.0;
+        for (idx, f) in self.faults.iter().enumerate() {
+            if needs_replacement_node(idx) {
+                rate += f.rate_per_node_s * ordinary;
+                node_hardware += f.rate_per_node_s;
+            } else {
+                rate += f.rate_per_node_s * self.nodes as f64;
+            }
+        }
+        rate + node_hardware * self.lemons.rate_multiplier * self.lemons.nodes as f64
+    }
+
+    /// Failure-weighted mean detection time.
+    pub fn mean_detection_s(&self) -> f64 {
+        let total: f64 = self.faults.iter().map(|f| f.rate_per_node_s).sum();
+        if total == 0.0 {
+            return 0.0;
+        }
+        self.faults
+            .iter()
+            .map(|f| f.rate_per_node_s * f.detection_s)
+            .sum::<f64>()
+            / total
+    }
+}
+
+/// The checkpoint and restart costs `faultline calibrate` measured, as `plan --costs` reads
+/// them. Only what the simulator can measure today is here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Costs {
+    pub step_time_s: Option<f64>,
+}
+
+/// Loads a planner scenario and applies `overrides` (`key=value`).
+pub fn load(path: &Path, overrides: &[String]) -> Result<PlanConfig, ScenarioError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        origin: origin.clone(),
+        line_col: None,
+        key: None,
+        message: format!("cannot read the scenario file: {e}"),
+    })?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    load_str(&name, &origin, &text, overrides)
+}
+
+/// Loads a planner scenario from text; `origin` names it in errors.
+pub fn load_str(
+    name: &str,
+    origin: &str,
+    text: &str,
+    overrides: &[String],
+) -> Result<PlanConfig, ScenarioError> {
+    let (raw, source) = parse_checked::<RawPlanFile>(origin, text, overrides)?;
+    validate(name, raw, &source)
+}
+
+/// The run-scenario part of a planner file (`scenario`, `cluster`, `fabric`, `job`, `run`),
+/// with `job.steps` set to `steps`, as TOML text that `scenario::load_str` accepts.
+/// Calibration runs it.
+pub fn run_scenario_text(text: &str, steps: u64) -> Result<String, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    table.retain(|key, _| ["scenario", "cluster", "fabric", "job", "run"].contains(&key));
+    let job = table
+        .entry("job")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .ok_or("`job` is not a table")?;
+    job.insert("steps".into(), toml::Value::Integer(steps as i64));
+    toml::to_string(&table).map_err(|e| e.to_string())
+}
+
+// The file format, as written.
+
+#[derive(Deserialize, Debug)]
+// Some fields are only checked here (names and types); calibration reads them from the text.
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct RawPlanFile {
+    #[serde(default)]
+    scenario: RawMeta,
+    cluster: RawCluster,
+    /// Read only by `faultline calibrate`, which runs the training job at this scale.
+    #[serde(default)]
+    fabric: Option<toml::Table>,
+    #[serde(default)]
+    job: Option<toml::Table>,
+    #[serde(default)]
+    run: Option<toml::Table>,
+    #[serde(default)]
+    plan: RawPlan,
+    #[serde(default)]
+    checkpoint: RawCheckpoint,
+    #[serde(default)]
+    recovery: RawRecovery,
+    #[serde(default)]
+    faults: RawFaults,
+}
+
+#[derive(Deserialize, Debug, Default)]
+// Some fields are only checked here (names and types); calibration reads them from the text.
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    ci: Option<bool>,
+}
+
+#[derive(Deserialize, Debug)]
+// Some fields are only checked here (names and types); calibration reads them from the text.
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    gpus: i64,
+    #[serde(default = "default_gpus_per_node")]
+    gpus_per_node: i64,
+    // Topology keys, read by calibration only.
+    #[serde(default)]
+    nodes_per_leaf: Option<i64>,
+    #[serde(default)]
+    oversubscription: Option<f64>,
+    #[serde(default)]
+    clusters: Option<i64>,
+}
+
+fn default_gpus_per_node() -> i64 {
+    8
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    horizon: Option<String>,
+    seeds: Option<i64>,
+    seed: Option<i64>,
+    #[serde(default)]
+    sweep: Vec<String>,
+    maintenance_interval: Option<String>,
+    maintenance_duration: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    interval: Option<String>,
+    write_time: Option<String>,
+    persist_time: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecovery {
+    policy: Option<String>,
+    restart_time: Option<String>,
+    detection_time: Option<String>,
+    in_memory_restore_time: Option<String>,
+    hot_spare_time: Option<String>,
+    per_replica_stall_time: Option<String>,
+    replicas: Option<i64>,
+    replica_rejoin_time: Option<String>,
+    spare_nodes: Option<i64>,
+    repair_time: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFaults {
+    #[serde(default)]
+    rates: BTreeMap<String, f64>,
+    #[serde(default)]
+    distribution: BTreeMap<String, String>,
+    #[serde(default)]
+    weibull_shape: BTreeMap<String, f64>,
+    #[serde(default)]
+    detection: BTreeMap<String, String>,
+    #[serde(default)]
+    lemon: RawLemon,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLemon {
+    node_fraction: Option<f64>,
+    rate_multiplier: Option<f64>,
+    exclude_after: Option<i64>,
+}
+
+const SECONDS_PER_NODE_DAY_PER_1000: f64 = 1000.0 * 86_400.0;
+
+fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, ScenarioError> {
+    let duration_s = |key: &str, text: &Option<String>, default: &str| {
+        let text = text.as_deref().unwrap_or(default);
+        parse_duration_ns(text)
+            .map(|ns| ns as f64 / 1e9)
+            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    };
+    let gpus = in_range(src, "cluster.gpus", raw.cluster.gpus, 1, MAX_GPUS as i64)?;
+    let gpus_per_node = in_range(
+        src,
+        "cluster.gpus_per_node",
+        raw.cluster.gpus_per_node,
+        1,
+        256,
+    )?;
+    if gpus_per_node > gpus {
+        return Err(src.error(
+            "cluster.gpus_per_node",
+            format!("{gpus_per_node} GPUs per node is more than the {gpus} GPUs of the cluster"),
+        ));
+    }
+    let nodes = gpus.div_ceil(gpus_per_node);
+
+    let p = &raw.plan;
+    let horizon_s = duration_s("plan.horizon", &p.horizon, "30d")?;
+    if horizon_s <= 0.0 {
+        return Err(src.error("plan.horizon", "expected a horizon above zero"));
+    }
+    let seeds = in_range(src, "plan.seeds", p.seeds.unwrap_or(100), 1, 10_000_000)?;
+    let root_seed = in_range(src, "plan.seed", p.seed.unwrap_or(1), 0, i64::MAX)? as u64;
+    for (idx, item) in p.sweep.iter().enumerate() {
+        parse_sweep(item).map_err(|message| src.error(&format!("plan.sweep.{idx}"), message))?;
+    }
+    let maintenance = match (&p.maintenance_interval, &p.maintenance_duration) {
+        (None, None) => None,
+        (interval, duration) => {
+            let interval_s = duration_s("plan.maintenance_interval", interval, "0s")?;
+            if interval_s <= 0.0 {
+                return Err(src.error(
+                    "plan.maintenance_interval",
+                    "expected an interval above zero when plan.maintenance_duration is set",
+                ));
+            }
+            Some(Maintenance {
+                interval_s,
+                duration_s: duration_s("plan.maintenance_duration", duration, "0s")?,
+            })
+        }
+    };
+
+    let c = &raw.checkpoint;
+    let checkpoint_interval_s = duration_s("checkpoint.interval", &c.interval, "1h")?;
+    // Each interval is one turn of the model's loop: below a second, a month takes too long.
+    if checkpoint_interval_s < 1.0 {
+        return Err(src.error(
+            "checkpoint.interval",
+            format!("expected an interval of at least 1s, got {checkpoint_interval_s} s"),
+        ));
+    }
+    let checkpoint_write_time_s = duration_s("checkpoint.write_time", &c.write_time, "0s")?;
+    let checkpoint_persist_time_s = duration_s("checkpoint.persist_time", &c.persist_time, "0s")?;
+
+    let r = &raw.recovery;
+    let policy_name = r.policy.as_deref().unwrap_or("restart");
+    let policy = Policy::from_name(policy_name).ok_or_else(|| {
+        src.error(
+            "recovery.policy",
+            format!(
+                "unknown policy {policy_name:?}; expected one of \"restart\", \"in-memory\", \
+                 \"hot-spare\", \"per-replica\""
+            ),
+        )
+    })?;
+    let restart_time_s = duration_s("recovery.restart_time", &r.restart_time, "10min")?;
+    let detection_time_s = duration_s("recovery.detection_time", &r.detection_time, "0s")?;
+    let replicas = in_range(
+        src,
+        "recovery.replicas",
+        r.replicas.unwrap_or(8),
+        2,
+        1 << 20,
+    )?;
+    let recovery = Recovery {
+        policy,
+        restart_time_s,
+        in_memory_restore_time_s: duration_s(
+            "recovery.in_memory_restore_time",
+            &r.in_memory_restore_time,
+            "3min",
+        )?,
+        hot_spare_time_s: duration_s("recovery.hot_spare_time", &r.hot_spare_time, "5min")?,
+        per_replica_stall_time_s: duration_s(
+            "recovery.per_replica_stall_time",
+            &r.per_replica_stall_time,
+            "3min",
+        )?,
+        replicas,
+        replica_rejoin_time_s: match &r.replica_rejoin_time {
+            Some(_) => duration_s("recovery.replica_rejoin_time", &r.replica_rejoin_time, "")?,
+            None => restart_time_s,
+        },
+        spare_nodes: match r.spare_nodes {
+            None => None,
+            Some(n) => Some(in_range(
+                src,
+                "recovery.spare_nodes",
+                n,
+                0,
+                MAX_GPUS as i64,
+            )?),
+        },
+        repair_time_s: duration_s("recovery.repair_time", &r.repair_time, "3d")?,
+    };
+
+    let f = &raw.faults;
+    let kind_of = |key_prefix: &str, name: &str| {
+        FAULT_KINDS.iter().position(|k| *k == name).ok_or_else(|| {
+            src.error(
+                &format!("{key_prefix}.{name}"),
+                format!("unknown failure kind {name:?}; expected one of {FAULT_KINDS:?}"),
+            )
+        })
+    };
+    let mut faults: Vec<FaultProcess> = FAULT_KINDS
+        .iter()
+        .map(|_| FaultProcess {
+            rate_per_node_s: 0.0,
+            distribution: Distribution::Exponential,
+            detection_s: detection_time_s,
+        })
+        .collect();
+    for (key, &rate) in &f.rates {
+        let full_key = format!("faults.rates.{key}");
+        let kind = key
+            .strip_suffix("_failures_per_1000_node_days")
+            .ok_or_else(|| {
+                src.error(
+                    &full_key,
+                    "expected a key named <kind>_failures_per_1000_node_days, e.g. \
+                     node_failures_per_1000_node_days",
+                )
+            })?;
+        let idx = kind_of("faults.rates", kind).map_err(|_| {
+            src.error(
+                &full_key,
+                format!("unknown failure kind {kind:?}; expected one of {FAULT_KINDS:?}"),
+            )
+        })?;
+        if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
+            return Err(src.error(
+                &full_key,
+                format!("expected a rate from 0 to 1e6 failures per 1,000 node-days, got {rate}"),
+            ));
+        }
+        faults[idx].rate_per_node_s = rate / SECONDS_PER_NODE_DAY_PER_1000;
+    }
+    for (kind, name) in &f.distribution {
+        let idx = kind_of("faults.distribution", kind)?;
+        let key = format!("faults.distribution.{kind}");
+        faults[idx].distribution = match name.as_str() {
+            "exponential" => Distribution::Exponential,
+            "weibull" => {
+                let shape = *f.weibull_shape.get(kind).ok_or_else(|| {
+                    src.error(
+                        &key,
+                        format!("a Weibull distribution needs faults.weibull_shape.{kind}"),
+                    )
+                })?;
+                Distribution::Weibull { shape }
+            }
+            other => {
+                return Err(src.error(
+                    &key,
+                    format!(
+                        "unknown distribution {other:?}; expected \"exponential\" or \"weibull\""
+                    ),
+                ))
+            }
+        };
+    }
+    for (kind, &shape) in &f.weibull_shape {
+        kind_of("faults.weibull_shape", kind)?;
+        positive(src, &format!("faults.weibull_shape.{kind}"), shape, 20.0)?;
+    }
+    for (kind, text) in &f.detection {
+        let idx = kind_of("faults.detection", kind)?;
+        faults[idx].detection_s =
+            duration_s(&format!("faults.detection.{kind}"), &Some(text.clone()), "")?;
+    }
+    let fraction = f.lemon.node_fraction.unwrap_or(0.0);
+    if !(0.0..=0.5).contains(&fraction) {
+        return Err(src.error(
+            "faults.lemon.node_fraction",
+            format!("expected a share of nodes from 0 to 0.5, got {fraction}"),
+        ));
+    }
+    let rate_multiplier = f.lemon.rate_multiplier.unwrap_or(1.0);
+    if !(rate_multiplier.is_finite() && (1.0..=1e4).contains(&rate_multiplier)) {
+        return Err(src.error(
+            "faults.lemon.rate_multiplier",
+            format!("expected a multiplier from 1 to 1e4, got {rate_multiplier}"),
+        ));
+    }
+    let lemons = Lemons {
+        nodes: (nodes as f64 * fraction).round() as usize,
+        rate_multiplier,
+        exclude_after: in_range(
+            src,
+            "faults.lemon.exclude_after",
+            f.lemon.exclude_after.unwrap_or(0),
+            0,
+            1_000_000,
+        )? as u64,
+    };
+
+    Ok(PlanConfig {
+        name: name.to_string(),
+        description: raw.scenario.description,
+        gpus,
+        gpus_per_node,
+        nodes,
+        horizon_s,
+        seeds,
+        root_seed,
+        sweep: p.sweep.clone(),
+        checkpoint_interval_s,
+        checkpoint_write_time_s,
+        checkpoint_persist_time_s,
+        recovery,
+        faults,
+        lemons,
+        maintenance,
+        step_time_s: 0.0,
+    })
+}
+
+/// Splits `key=v1,v2,...` into the key and its values.
+pub fn parse_sweep(item: &str) -> Result<(String, Vec<String>), String> {
+    let (key, values) = item
+        .split_once('=')
+        .ok_or("expected KEY=V1,V2,..., e.g. checkpoint.interval=10min,30min,1h")?;
+    let key = key.trim();
+    let values: Vec<String> = values
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if key.is_empty() || values.is_empty() {
+        return Err("expected KEY=V1,V2,..., e.g. checkpoint.interval=10min,30min,1h".into());
+    }
+    Ok((key.to_string(), values))
+}

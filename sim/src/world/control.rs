@@ -1,0 +1,542 @@
+//! The job controller: what a cluster scheduler and the job's launcher do around the trainer.
+//! It injects crashes, detects them (heartbeats, the collective watchdog, or a rank reporting
+//! an error), aborts every rank, waits until all have stopped, charges the restart time,
+//! replaces dead ranks with empty ones and restarts the job in a new generation. It also keeps
+//! the books: faults injected and detected, and model time lost by cause.
+//!
+//! It decides nothing the trainer should decide: restoring, from which checkpoint, and with
+//! what verification is trainer-core's logic.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use statrs::distribution::Exp;
+use trainer_core::{CommError, Event, RestartOrder};
+
+use super::{EventKind, Wait, World};
+use crate::storage::Place;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashTarget {
+    /// The node dies: its ranks and its host memory are lost.
+    Node(usize),
+    /// One GPU fails: its rank's process dies; the node's host memory survives.
+    Gpu(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashWhen {
+    AtNs(u64),
+    /// When the target's first rank begins this step for the first time.
+    AtStep(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashSpec {
+    pub target: CrashTarget,
+    pub when: CrashWhen,
+}
+
+/// What the controller does after a failure. Where the trainer restores from is the
+/// trainer's checkpoint policy (`restore_from_memory`), set to match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryPolicy {
+    /// Every rank restarts after `restart_time`; the job reloads from the persistent store.
+    Restart,
+    /// As `Restart`, but ranks restore from host memory (own, then the buddy's) when it survived.
+    InMemory,
+    /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
+    /// Without spares left, the controller falls back to a full restart (or gives up).
+    HotSpare,
+}
+
+impl RecoveryPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryPolicy::Restart => "restart",
+            RecoveryPolicy::InMemory => "in-memory",
+            RecoveryPolicy::HotSpare => "hot-spare",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub policy: RecoveryPolicy,
+    /// Spare nodes for `HotSpare`.
+    pub spare_nodes: usize,
+    pub spare_swap_time_ns: u64,
+    /// With `HotSpare` and no spare left: restart in full (true) or give up (false).
+    pub fallback_to_restart: bool,
+    pub crashes: Vec<CrashSpec>,
+    /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
+    pub node_failure_rate_per_ns: f64,
+    pub collective_timeout_ns: Option<u64>,
+    pub heartbeat_interval_ns: Option<u64>,
+    pub heartbeat_misses: u64,
+    pub restart_time_ns: u64,
+    pub max_restarts: u64,
+    /// Times at which a bit flips in a shard of the newest committed checkpoint.
+    pub corruptions_at_ns: Vec<u64>,
+    /// Root seed of the stochastic faults.
+    pub seed: u64,
+}
+
+/// What the report says about faults and recovery.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultReport {
+    /// Fault kind to count.
+    pub injected: BTreeMap<String, u64>,
+    /// Detector (heartbeat, watchdog, peer_error) to count.
+    pub detected: BTreeMap<String, u64>,
+    /// Faults not injected because the job had already finished.
+    pub skipped_after_finish: u64,
+    pub recoveries: u64,
+    /// The job gave up after `max_restarts`, or finished while some ranks had failed.
+    pub abandoned: bool,
+    /// Some ranks completed the last step while others had died: nothing left to restart.
+    pub finished_despite_failure: bool,
+    pub lost_time_ns_by_cause: BTreeMap<String, u64>,
+    /// Model time rank 0 spent in steps it had never completed before.
+    pub useful_step_ns: u64,
+    /// Restores that found a committed checkpoint unusable and fell back.
+    pub restore_fallbacks: u64,
+    /// Checkpoints being persisted when the job was aborted (never committed).
+    pub checkpoints_lost_in_flight: u64,
+    /// Checkpoints committed.
+    pub checkpoints_committed: u64,
+    /// Spare nodes swapped in.
+    pub spares_used: u64,
+    /// Failures that found the spare pool empty.
+    pub spare_pool_exhausted: u64,
+    /// Ranks' restores by the tier their shard came from.
+    pub restores_by_tier: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Aborting,
+}
+
+pub(super) struct Control {
+    config: ControlConfig,
+    phase: Phase,
+    pub(super) generation: u64,
+    awaiting: usize,
+    /// When the oldest crash not yet detected happened.
+    undetected_since_ns: Option<u64>,
+    step_crashes_fired: Vec<bool>,
+    rng: ChaCha8Rng,
+    node_count: usize,
+    pub(super) report: FaultReport,
+    rank0_step_began: Option<(u64, u64)>,
+    rank0_high_water: u64,
+    restarted_at_ns: Option<u64>,
+    /// The checkpoint rank 0 has snapshotted and not yet seen committed.
+    rank0_pending_checkpoint: Option<u64>,
+    /// Nodes that lost a rank since the last restart: each needs a replacement.
+    failed_nodes: std::collections::BTreeSet<usize>,
+    spares_left: usize,
+}
+
+impl Control {
+    pub(super) fn new(config: ControlConfig, node_count: usize) -> Control {
+        // The fault stream's own seed: adding another subsystem's draws never shifts it.
+        let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(config.seed ^ 0x00c4_a511));
+        let spares_left = config.spare_nodes;
+        let mut control = Control {
+            step_crashes_fired: vec![false; config.crashes.len()],
+            config,
+            phase: Phase::Running,
+            generation: 0,
+            awaiting: 0,
+            undetected_since_ns: None,
+            rng,
+            node_count,
+            report: FaultReport::default(),
+            rank0_step_began: None,
+            rank0_high_water: 0,
+            restarted_at_ns: None,
+            rank0_pending_checkpoint: None,
+            failed_nodes: std::collections::BTreeSet::new(),
+            spares_left: 0,
+        };
+        control.spares_left = spares_left;
+        control
+    }
+
+    fn lose(&mut self, cause: &str, ns: u64) {
+        *self
+            .report
+            .lost_time_ns_by_cause
+            .entry(cause.to_string())
+            .or_default() += ns;
+    }
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    *map.entry(key.to_string()).or_default() += 1;
+}
+
+impl World {
+    /// Installs the controller and schedules what it knows in advance.
+    pub fn configure_control(&mut self, config: ControlConfig) {
+        let node_count = self.placement.node_count();
+        for (idx, crash) in config.crashes.iter().enumerate() {
+            if let CrashWhen::AtNs(at) = crash.when {
+                self.schedule(at, EventKind::Crash { idx: idx as u32 });
+            }
+        }
+        for &at in &config.corruptions_at_ns {
+            self.schedule(at, EventKind::CorruptBlob);
+        }
+        if let Some(timeout) = config.collective_timeout_ns {
+            self.schedule((timeout / 10).max(1), EventKind::Watchdog);
+        }
+        let mut control = Control::new(config, node_count);
+        if control.config.node_failure_rate_per_ns > 0.0 {
+            let at = next_arrival(&mut control, 0);
+            self.schedule(at, EventKind::RandomCrash);
+        }
+        self.control = Some(control);
+    }
+
+    pub fn fault_report(&self) -> Option<FaultReport> {
+        self.control.as_ref().map(|c| c.report.clone())
+    }
+
+    pub(super) fn fire_crash(&mut self, idx: u32) {
+        let spec = self
+            .control
+            .as_ref()
+            .expect("crash events need a controller")
+            .config
+            .crashes[idx as usize];
+        self.crash(spec.target);
+    }
+
+    pub(super) fn fire_random_crash(&mut self) {
+        let control = self.control.as_mut().expect("a controller");
+        use rand::Rng;
+        let node = control.rng.gen_range(0..control.node_count);
+        let next = next_arrival(control, self.now_ns);
+        self.crash(CrashTarget::Node(node));
+        if !self.all_finished() {
+            self.schedule(next, EventKind::RandomCrash);
+        }
+    }
+
+    fn crash(&mut self, target: CrashTarget) {
+        let now = self.now_ns;
+        let control = self.control.as_mut().expect("a controller");
+        if self.finished > 0 {
+            control.report.skipped_after_finish += 1;
+            return;
+        }
+        let (ranks, kind) = match target {
+            CrashTarget::Node(node) => {
+                let group = self.placement.node_group(node);
+                (
+                    (0..group.count())
+                        .map(|i| group.member(i))
+                        .collect::<Vec<_>>(),
+                    "node_crash",
+                )
+            }
+            CrashTarget::Gpu(rank) => (vec![rank], "gpu_failure"),
+        };
+        bump(&mut control.report.injected, kind);
+        control
+            .failed_nodes
+            .insert(self.placement.node_of(ranks[0]));
+        if control.undetected_since_ns.is_none() && control.phase == Phase::Running {
+            control.undetected_since_ns = Some(now);
+            if let Some(interval) = control.config.heartbeat_interval_ns {
+                // The monitor notices after `misses` silent intervals, at its next check.
+                let silent = interval * control.config.heartbeat_misses;
+                let at = (now + silent).div_ceil(interval) * interval;
+                let generation = control.generation;
+                self.schedule(at, EventKind::HeartbeatDetect { generation });
+            }
+        }
+        if let CrashTarget::Node(node) = target {
+            self.storage.crash_node(node);
+        }
+        self.digest.u64(0xC0 << 56 | ranks[0] as u64);
+        for rank in ranks {
+            let state = &mut self.ranks[rank];
+            state.dead = true;
+            state.memory_lost = true;
+            state.aborted = true;
+            // The process is gone: whatever it waited on, it stops now.
+            if matches!(state.wait, Wait::Message { .. } | Wait::Timer) {
+                self.wake(rank);
+            }
+        }
+    }
+
+    pub(super) fn count_injected(&mut self, kind: &str) {
+        if let Some(control) = self.control.as_mut() {
+            bump(&mut control.report.injected, kind);
+        }
+    }
+
+    /// Flips one bit of one shard of the newest committed checkpoint in the persistent store,
+    /// chosen from the fault stream: silent corruption at rest, which only a verified restore
+    /// can notice.
+    pub(super) fn fire_corrupt_blob(&mut self) {
+        use rand::Rng;
+        use trainer_core::checkpoint::manifest_step;
+        let names = self.storage.list(Place::Persistent, "ckpt/");
+        let Some(step) = names.iter().filter_map(|n| manifest_step(n)).max() else {
+            return; // nothing committed yet: nothing to corrupt
+        };
+        let prefix = format!("ckpt/{step:012}/shard-");
+        let shards: Vec<&String> = names.iter().filter(|n| n.starts_with(&prefix)).collect();
+        let control = self.control.as_mut().expect("a controller");
+        if shards.is_empty() {
+            return;
+        }
+        let victim = shards[control.rng.gen_range(0..shards.len())].clone();
+        let bit = control.rng.gen::<u64>();
+        if self.storage.corrupt(Place::Persistent, &victim, bit) {
+            bump(&mut control.report.injected, "storage_corruption");
+        }
+    }
+
+    pub(super) fn fire_heartbeat_detect(&mut self, generation: u64) {
+        let control = self.control.as_mut().expect("a controller");
+        if control.generation == generation && control.phase == Phase::Running {
+            bump(&mut control.report.detected, "heartbeat");
+            self.begin_abort();
+        }
+    }
+
+    /// Times out every receive that has waited longer than the collective timeout.
+    pub(super) fn fire_watchdog(&mut self) {
+        let Some(timeout) = self
+            .control
+            .as_ref()
+            .and_then(|c| c.config.collective_timeout_ns)
+        else {
+            return;
+        };
+        let now = self.now_ns;
+        let mut receiving = 0;
+        for rank in 0..self.ranks.len() {
+            let state = &mut self.ranks[rank];
+            if matches!(state.wait, Wait::Message { .. }) {
+                receiving += 1;
+                if now - state.parked_since_ns >= timeout {
+                    state.timed_out = true;
+                    self.wake(rank);
+                }
+            }
+        }
+        // Keep watching while anything can still happen; with nothing else queued and nobody
+        // receiving, the world is stuck, and the executor must be free to say so.
+        if !self.all_finished() && (receiving > 0 || self.runnable() > 0 || !self.queue.is_empty())
+        {
+            self.schedule(now + (timeout / 10).max(1), EventKind::Watchdog);
+        }
+    }
+
+    /// Stops the job: every rank's next (or current) communication fails with `Aborted`.
+    fn begin_abort(&mut self) {
+        let now = self.now_ns;
+        let control = self.control.as_mut().expect("a controller");
+        if control.phase != Phase::Running {
+            return;
+        }
+        control.phase = Phase::Aborting;
+        if control.rank0_pending_checkpoint.take().is_some() {
+            control.report.checkpoints_lost_in_flight += 1;
+        }
+        if let Some(since) = control.undetected_since_ns.take() {
+            control.lose("detection", now - since);
+        }
+        for rank in 0..self.ranks.len() {
+            self.ranks[rank].aborted = true;
+            if matches!(self.ranks[rank].wait, Wait::Message { .. }) {
+                self.wake(rank);
+            }
+        }
+    }
+
+    /// A rank gives up on the current attempt; returns true once it may be restarted.
+    pub(super) fn enter_await_restart(&mut self, rank: usize, error: &CommError) {
+        let control = self
+            .control
+            .as_mut()
+            .expect("await_restart needs a controller");
+        // A dead rank reports nothing: its peers, or the heartbeat monitor, must notice.
+        if control.phase == Phase::Running && !self.ranks[rank].dead {
+            let detector = match error {
+                CommError::Timeout { .. } => "watchdog",
+                CommError::Aborted => "aborted",
+                _ => "peer_error",
+            };
+            bump(&mut control.report.detected, detector);
+            self.begin_abort();
+        }
+        self.control.as_mut().expect("a controller").awaiting += 1;
+        self.maybe_schedule_restart();
+    }
+
+    /// Once every rank has either stopped for the restart or finished, the restart can go.
+    pub(super) fn maybe_schedule_restart(&mut self) {
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        if control.awaiting == 0 || control.awaiting + self.finished != self.ranks.len() {
+            return;
+        }
+        if self.finished > 0 {
+            // Some ranks finished the last step: the job's work is done, nothing to restart.
+            control.report.abandoned = true;
+            control.report.finished_despite_failure = true;
+            let at = self.now_ns;
+            self.schedule(at, EventKind::Restart);
+        } else {
+            let needed = control.failed_nodes.len();
+            let config = &control.config;
+            let restart = if config.policy != RecoveryPolicy::HotSpare || needed == 0 {
+                config.restart_time_ns
+            } else if control.spares_left >= needed {
+                control.spares_left -= needed;
+                control.report.spares_used += needed as u64;
+                config.spare_swap_time_ns
+            } else {
+                control.report.spare_pool_exhausted += 1;
+                if !config.fallback_to_restart {
+                    control.report.abandoned = true;
+                }
+                // The failed nodes must be repaired or re-provisioned: a full restart.
+                config.restart_time_ns
+            };
+            control.failed_nodes.clear();
+            control.lose("restart", restart);
+            let at = self.now_ns + restart;
+            self.schedule(at, EventKind::Restart);
+        }
+    }
+
+    pub(super) fn fire_restart(&mut self) {
+        let control = self.control.as_mut().expect("a controller");
+        control.generation += 1;
+        control.awaiting = 0;
+        control.phase = Phase::Running;
+        control.restarted_at_ns = Some(self.now_ns);
+        if control.report.abandoned || control.report.recoveries >= control.config.max_restarts {
+            control.report.abandoned = true;
+        } else {
+            control.report.recoveries += 1;
+        }
+        self.digest.u64(0xA0 << 56 | control.generation);
+        for rank in 0..self.ranks.len() {
+            self.clear_mailbox(rank);
+            let state = &mut self.ranks[rank];
+            state.dead = false;
+            state.aborted = false;
+            state.timed_out = false;
+            if state.wait == Wait::Restart {
+                self.wake(rank);
+            }
+        }
+    }
+
+    /// The order a rank leaving `await_restart` receives.
+    pub(super) fn restart_order(&mut self, rank: usize) -> RestartOrder {
+        let control = self.control.as_ref().expect("a controller");
+        let state = &mut self.ranks[rank];
+        let memory_lost = std::mem::take(&mut state.memory_lost);
+        RestartOrder {
+            generation: control.generation,
+            memory_lost,
+            job_abandoned: control.report.abandoned,
+        }
+    }
+
+    /// Bookkeeping on rank 0's events, and crashes scheduled at a step.
+    pub(super) fn observe(&mut self, rank: usize, event: &Event) {
+        let now = self.now_ns;
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        if let Event::StepBegin { step } = *event {
+            let mut due = None;
+            for (idx, crash) in control.config.crashes.iter().enumerate() {
+                let first_rank = match crash.target {
+                    CrashTarget::Node(n) => n * self.placement.gpus_per_node,
+                    CrashTarget::Gpu(r) => r,
+                };
+                let hits = first_rank == rank && crash.when == CrashWhen::AtStep(step);
+                if hits && !control.step_crashes_fired[idx] {
+                    control.step_crashes_fired[idx] = true;
+                    due = Some(crash.target);
+                    break;
+                }
+            }
+            if let Some(target) = due {
+                self.crash(target);
+            }
+        }
+        if let Event::Restored { tier, .. } = *event {
+            let name = match tier {
+                trainer_core::Tier::Host => "host",
+                trainer_core::Tier::Peer { .. } => "peer",
+                trainer_core::Tier::Persistent => "persistent",
+            };
+            let control = self.control.as_mut().expect("checked");
+            bump(&mut control.report.restores_by_tier, name);
+        }
+        if rank != 0 {
+            return;
+        }
+        let control = self.control.as_mut().expect("checked");
+        match *event {
+            Event::StepBegin { step } => {
+                if let Some(at) = control.restarted_at_ns.take() {
+                    control.lose("restore", now - at);
+                }
+                control.rank0_step_began = Some((step, now));
+            }
+            Event::StepEnd { step, .. } => {
+                if let Some((began_step, began)) = control.rank0_step_began.take() {
+                    debug_assert_eq!(began_step, step);
+                    if step < control.rank0_high_water {
+                        control.lose("recomputed_steps", now - began);
+                    } else {
+                        control.report.useful_step_ns += now - began;
+                    }
+                    control.rank0_high_water = control.rank0_high_water.max(step + 1);
+                }
+            }
+            Event::CheckpointSnapshot { stall_ns, step } => {
+                control.lose("checkpoint_stalls", stall_ns);
+                control.rank0_pending_checkpoint = Some(step);
+            }
+            Event::CheckpointCommitted { step } => {
+                control.report.checkpoints_committed += 1;
+                if control.rank0_pending_checkpoint == Some(step) {
+                    control.rank0_pending_checkpoint = None;
+                }
+            }
+            Event::RestoreFallback { .. } => control.report.restore_fallbacks += 1,
+            Event::Restored { .. } => {}
+            _ => {}
+        }
+    }
+}
+
+fn next_arrival(control: &mut Control, now_ns: u64) -> u64 {
+    use rand::distributions::Distribution;
+    let rate = control.config.node_failure_rate_per_ns * control.node_count as f64;
+    let gap = Exp::new(rate)
+        .expect("a positive rate")
+        .sample(&mut control.rng);
+    now_ns.saturating_add(gap.min(1e18) as u64)
+}
