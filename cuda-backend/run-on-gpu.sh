@@ -12,8 +12,11 @@
 # param_digest against the faultline program's for the same scenario and seed; (3) the NCCL
 # transport: 4 processes on one GPU, each with its own NCCL_HOSTID; (4) timings measured with
 # CUDA events beside the simulator's model of the same job; (5) crash and restore: a run that
-# checkpoints to real files and aborts, a restore from those files, and the same param_digest
-# as an uninterrupted run.
+# writes trainer-core's checkpoints to real files and aborts, a new process that restores them
+# with trainer-core's verified restore, and the same param_digest as an uninterrupted run;
+# (6) recovery inside one process: scenarios/node-crash-mid-checkpoint.toml with its node
+# crash injected, all ranks restarted through the local transport's barrier, and the
+# simulator's param_digest at the end.
 #
 # Prints PASS/FAIL per check and exits non-zero if any failed. Writes its logs and a summary to
 # $OUT (or target/gpu-check) for carrying back.
@@ -159,23 +162,42 @@ fi
 pass "timings recorded in timings.txt (device $DEVICE, local transport, one GPU)"
 cat "$OUT_DIR/timings.txt"
 
-# (5) Crash and restore from real checkpoint files.
+# (5) Crash and restore from real checkpoint files: trainer-core's checkpoints every 10 steps,
+# the persistent tier in $CKPT/persistent, each node's host memory in $CKPT/host.
 CKPT=$(mktemp -d)
+TIERS=(--set checkpoint.interval=10 --checkpoint-dir "$CKPT/persistent" --host-dir "$CKPT/host")
 ulimit -c 0 # the crash is deliberate: no core file
-run_gpu "$SCENARIO" "${JOB[@]}" --checkpoint-dir "$CKPT" --checkpoint-every 10 \
+run_gpu "$SCENARIO" "${JOB[@]}" "${TIERS[@]}" \
     --crash-at-step 25 >"$OUT_DIR/crash.json" 2>"$OUT_DIR/crash.err"
 crash_status=$?
-run_gpu "$SCENARIO" "${JOB[@]}" --checkpoint-dir "$CKPT" --restore \
+run_gpu "$SCENARIO" "${JOB[@]}" "${TIERS[@]}" --restore \
     >"$OUT_DIR/restore.json" 2>"$OUT_DIR/restore.err"
 restored=$(field param_digest <"$OUT_DIR/restore.json")
 from=$(field resumed_from_step <"$OUT_DIR/restore.json")
 uninterrupted=$(field param_digest <"$OUT_DIR/gpu-local.json")
 if [[ $crash_status != 0 && "$from" == 20 && -n "$restored" && "$restored" == "$uninterrupted" ]]; then
-    pass "crash after step 25 (exit $crash_status), restore from step 20: param_digest $restored equals the uninterrupted run's"
+    pass "crash before step 25 (exit $crash_status), restore from step 20: param_digest $restored equals the uninterrupted run's"
 else
     fail "crash and restore" "crash exit $crash_status, resumed from '$from', digest '$restored' vs '$uninterrupted'"
 fi
-ls -l "$CKPT" >"$OUT_DIR/checkpoints.txt"
+ls -lR "$CKPT" >"$OUT_DIR/checkpoints.txt"
+rm -rf "$CKPT"
+
+# (6) A node crash injected mid-checkpoint, recovered inside the process: every rank restarts
+# through the local transport's barrier and restores trainer-core's committed checkpoint.
+CKPT=$(mktemp -d)
+RECOVERY=scenarios/node-crash-mid-checkpoint.toml
+run_gpu "$RECOVERY" --checkpoint-dir "$CKPT/persistent" --host-dir "$CKPT/host" \
+    >"$OUT_DIR/recovery.json" 2>"$OUT_DIR/recovery.err"
+"$SIM" run "$RECOVERY" --json >"$OUT_DIR/recovery-sim.json" 2>"$OUT_DIR/recovery-sim.err"
+got=$(field param_digest <"$OUT_DIR/recovery.json")
+want=$(field param_digest <"$OUT_DIR/recovery-sim.json")
+restarts=$(field restarts <"$OUT_DIR/recovery.json")
+if [[ -n "$got" && "$got" == "$want" && "$restarts" == 1 ]]; then
+    pass "node crash mid-checkpoint: 1 restart, param_digest $got equals the simulator's"
+else
+    fail "recovery in process" "restarts '$restarts', digest '$got' vs the simulator's '$want'"
+fi
 rm -rf "$CKPT"
 
 say "failures: $failures"

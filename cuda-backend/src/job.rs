@@ -1,6 +1,12 @@
 //! A scenario's training job on real hardware: its settings (read from the same TOML files as
-//! the simulator, with the simulator's defaults), one rank's training loop with real
-//! checkpoints, and the JSON report, whose shared fields mean what the simulator's do.
+//! the simulator, with the simulator's defaults, including `[checkpoint]`, the recovery policy
+//! and `[[faults.crash]]` at a step), one rank's job (trainer-core's `job::run`, with
+//! trainer-core's checkpoints on real files), and the JSON report, whose shared fields mean
+//! what the simulator's do.
+//!
+//! Sections the job does not need (`[fabric]`, `[storage]`, the rest of `[recovery]` and
+//! `[faults]`, `cluster.spare_nodes`) are accepted and left to the simulator, which validates
+//! them. On real hardware a `ModelTimeNs` checkpoint interval is wall time.
 //!
 //! The settings are parsed here rather than borrowed from `faultline-sim`, which this crate
 //! must not depend on; a conformance test in the `tests` crate checks that both read every
