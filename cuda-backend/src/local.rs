@@ -365,6 +365,9 @@ impl<D: RankDevice> Backend for LocalBackend<D> {
     }
 
     fn store_put_async(&self, tier: Tier, name: &str, blob: Blob) -> WriteTicket {
+        if self.world.aborting() {
+            return self.storage.refused();
+        }
         self.storage.put_async(tier, name, &blob)
     }
 

@@ -398,6 +398,15 @@ impl RankStorage {
             Ok(()) => WriteStatus::Durable,
             Err(_) => WriteStatus::Failed,
         };
+        self.ticket(status)
+    }
+
+    /// A ticket for a write that was refused before it started (the job is restarting).
+    pub fn refused(&self) -> WriteTicket {
+        self.ticket(WriteStatus::Failed)
+    }
+
+    fn ticket(&self, status: WriteStatus) -> WriteTicket {
         let mut tickets = self.tickets.borrow_mut();
         tickets.push(status);
         WriteTicket(tickets.len() as u64 - 1)
