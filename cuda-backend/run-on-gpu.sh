@@ -10,8 +10,9 @@
 # every collective and the 8-rank 50-step job bit for bit against the simulator (the test
 # binaries, with REQUIRE_GPU=1 so that a skip fails), and the faultline-gpu program's
 # param_digest against the faultline program's for the same scenario and seed; (3) the NCCL
-# transport: 4 processes on one GPU, each with its own NCCL_HOSTID; (4) timings measured with
-# CUDA events beside the simulator's model of the same job; (5) crash and restore: a run that
+# transport: 4 processes on one GPU, each with its own NCCL_HOSTID, then a restart through a
+# launcher (one process crashes, the others exit 75, all restart with --restore); (4) timings
+# measured with CUDA events beside the simulator's model of the same job; (5) crash and restore: a run that
 # writes trainer-core's checkpoints to real files and aborts, a new process that restores them
 # with trainer-core's verified restore, and the same param_digest as an uninterrupted run;
 # (6) recovery inside one process: scenarios/node-crash-mid-checkpoint.toml with its node
@@ -137,6 +138,43 @@ elif grep -q '"nccl":"present"' "$OUT_DIR/probe.json"; then
     else
         fail "NCCL transport" "exit ok=$nccl_ok, simulator '$sim_digest', NCCL '$nccl_digest', agree '$agree' (see gpu-nccl-rank*.err)"
     fi
+    # (3b) A restart through the launcher, as torchrun would do it: rank 2's process crashes
+    # before step 25, the others time out, abort their communicator and exit 75; every
+    # process is then started again with --restore and resumes from the step-20 checkpoint.
+    CKPT=$(mktemp -d)
+    TIERS=(--set checkpoint.interval=10 --checkpoint-dir "$CKPT/persistent" --host-dir "$CKPT/host"
+        --recv-timeout-s 20)
+    ulimit -c 0
+    launch() { # launch PORT ATTEMPT ARGS...: the 4 ranks; their exit statuses in $statuses
+        local port=$1 attempt=$2; shift 2
+        local pids=() rank
+        for rank in 0 1 2 3; do
+            local extra=()
+            [[ $attempt == crash && $rank == 2 ]] && extra=(--crash-at-step 25)
+            RANK=$rank WORLD_SIZE=4 LOCAL_RANK=$rank LOCAL_WORLD_SIZE=4 MASTER_ADDR=127.0.0.1 \
+                MASTER_PORT=$port NCCL_SOCKET_IFNAME=lo NCCL_HOSTID="faultline-rank-$rank" \
+                timeout 300 "$BUNDLE/faultline-gpu" run "$SCENARIO" "${NCCL_JOB[@]}" \
+                --transport nccl "${TIERS[@]}" "$@" "${extra[@]}" \
+                >"$OUT_DIR/nccl-$attempt-rank$rank.json" 2>"$OUT_DIR/nccl-$attempt-rank$rank.err" &
+            pids+=($!)
+        done
+        statuses=""
+        local pid
+        for pid in "${pids[@]}"; do wait "$pid"; statuses="$statuses $?"; done
+    }
+    launch 29518 crash
+    crash_statuses=$statuses
+    launch 29519 restore --restore
+    restore_statuses=$statuses
+    nccl_restored=$(field param_digest <"$OUT_DIR/nccl-restore-rank0.json")
+    nccl_from=$(field resumed_from_step <"$OUT_DIR/nccl-restore-rank0.json")
+    if [[ "$crash_statuses" == " 75 75 134 75" && "$restore_statuses" == " 0 0 0 0" &&
+        "$nccl_from" == 20 && "$nccl_restored" == "$sim_digest" ]]; then
+        pass "NCCL restart: exits$crash_statuses, restored step 20, param_digest $nccl_restored equals the simulator's"
+    else
+        fail "NCCL restart" "crash exits$crash_statuses, restore exits$restore_statuses, resumed from '$nccl_from', digest '$nccl_restored' vs '$sim_digest' (see nccl-*-rank*.err)"
+    fi
+    rm -rf "$CKPT"
 else
     fail "NCCL transport" "libnccl.so not found (cudarc never looks for libnccl.so.2; see gpu.md)"
 fi
