@@ -12,9 +12,10 @@
 # param_digest against the faultline program's for the same scenario and seed; (3) the NCCL
 # transport: 4 processes on one GPU, each with its own NCCL_HOSTID, then a restart through a
 # launcher (one process crashes, the others exit 75, all restart with --restore); (4) timings
-# measured with CUDA events beside the simulator's model of the same job; (5) crash and restore: a run that
-# writes trainer-core's checkpoints to real files and aborts, a new process that restores them
-# with trainer-core's verified restore, and the same param_digest as an uninterrupted run;
+# measured with CUDA events beside the simulator's model of the same job; (5) crash and
+# restore: a run that writes trainer-core's checkpoints to real files and aborts, a new process
+# that restores them with trainer-core's verified restore, and the same param_digest as an
+# uninterrupted run;
 # (6) recovery inside one process: scenarios/node-crash-mid-checkpoint.toml with its node
 # crash injected, all ranks restarted through the local transport's barrier, and the
 # simulator's param_digest at the end.
