@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use faultline_sim::executor::ExecutorKind;
+use faultline_sim::limits;
 use faultline_sim::plan;
 use faultline_sim::run::{self, CollectiveSpec};
 use faultline_sim::scenario::{self, ExecutorChoice, Scenario, MAX_GPUS};
@@ -296,6 +297,8 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     if args.no_faults {
         scenario = scenario.without_faults();
     }
+    let estimate = limits::estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
+    limits::check("this run", estimate, limits::available_bytes()).map_err(Failure::bad_input)?;
     let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.sets);
     if args.no_faults {
         reproduce.push_str(" --no-faults");
@@ -393,6 +396,9 @@ fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
             args.elems
         )));
     }
+    let estimate = limits::estimate_run_bytes(args.gpus, args.elems);
+    limits::check("this collective", estimate, limits::available_bytes())
+        .map_err(Failure::bad_input)?;
     let algo = Algo::from_name(&args.algo).expect("clap checked the name");
     let inter_node_algo = Algo::from_name(&args.inter_node_algo).expect("clap checked the name");
     let op = Op::from_name(&args.op).expect("clap checked the name");

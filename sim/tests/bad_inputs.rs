@@ -27,6 +27,8 @@ fn run_case(path: &Path) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args(&args)
         .current_dir(&root)
+        // A fixed memory limit, so the limits-before-work messages do not depend on the machine.
+        .env("FAULTLINE_MEMORY_LIMIT", "16GiB")
         .output()
         .expect("faultline runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
