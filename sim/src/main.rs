@@ -135,13 +135,18 @@ struct MergeArgs {
 
 #[derive(clap::Args)]
 struct CalibrateArgs {
-    /// Planner scenario file; its cluster, fabric and job tables set up the run.
+    /// Planner scenario file; its cluster, fabric, job, storage, checkpoint and recovery
+    /// tables set up the runs.
     scenario: PathBuf,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Training steps to run.
+    /// Training steps of the steady run (the step time); the crash runs take a few more.
     #[arg(long, default_value_t = 3)]
     steps: u64,
+    /// Also run a crash for each recovery policy the scenario does not name, to measure
+    /// every policy's restore time (one more run each).
+    #[arg(long)]
+    all_policies: bool,
     /// The cost file to write.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -863,29 +868,47 @@ fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let scenario = plan::calibrate::run_scenario_for(&name, &origin, &text, &args.sets, args.steps)
-        .map_err(|e| Failure::bad_input(e.to_string()))?;
-    let costs = plan::calibrate::calibrate(&scenario).map_err(|e| Failure {
+    let runs = plan::calibrate::plan_runs(
+        &name,
+        &origin,
+        &text,
+        &args.sets,
+        args.steps,
+        args.all_policies,
+    )
+    .map_err(|e| Failure::bad_input(e.to_string()))?;
+    #[allow(clippy::disallowed_methods)] // wall time for people, never in the cost file
+    let started = std::time::Instant::now();
+    let costs = plan::calibrate::calibrate(&runs).map_err(|message| Failure {
         status: EXIT_FINDING,
-        message: e.to_string(),
+        message,
     })?;
+    let wall_s = started.elapsed().as_secs_f64();
     let text = serde_json::to_string_pretty(&costs).expect("a cost file serialises");
     write_atomically(&args.out, text.as_bytes())
         .map_err(|e| Failure::bad_input(format!("--out {}: {e}", args.out.display())))?;
     println!(
-        "faultline calibrate: {} on {} GPUs, {} steps: step time {:.4} s (measured); not yet \
-         measured: {}; written to {}",
+        "faultline calibrate: {} on {} GPUs, {} runs in {wall_s:.1} s wall time, written to {}",
         costs.scenario,
         costs.gpus,
-        costs.steps_run,
-        costs.measured["step_time_s"],
+        costs.runs.len(),
+        args.out.display()
+    );
+    for (key, value) in &costs.measured {
+        println!("  measured {key} = {value:.6}");
+    }
+    println!(
+        "  inputs: {}",
+        costs.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  not measured: {}",
         costs
             .not_measured
             .keys()
             .cloned()
             .collect::<Vec<_>>()
-            .join(", "),
-        args.out.display()
+            .join(", ")
     );
     Ok(0)
 }

@@ -85,6 +85,12 @@ pub struct RunReport {
     pub faults: FaultSummary,
     pub recoveries: u64,
     pub checkpoints_committed: u64,
+    /// Blocking snapshots taken (checkpoints started), counted on rank 0.
+    pub checkpoint_snapshots: u64,
+    /// Model time from rank 0's snapshot to the commit, summed over committed checkpoints.
+    pub checkpoint_persist_ns: u64,
+    /// Model time of the first commit; absent when none was committed.
+    pub first_commit_ns: Option<u64>,
     /// Checkpoints still persisting when a failure aborted the job.
     pub checkpoints_lost_in_flight: u64,
     /// Restores that skipped a committed checkpoint because a shard failed verification.
@@ -179,6 +185,9 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
         },
         recoveries: faults.recoveries,
         checkpoints_committed: faults.checkpoints_committed,
+        checkpoint_snapshots: faults.checkpoint_snapshots,
+        checkpoint_persist_ns: faults.checkpoint_persist_ns,
+        first_commit_ns: faults.first_commit_ns,
         checkpoints_lost_in_flight: faults.checkpoints_lost_in_flight,
         restore_fallbacks: faults.restore_fallbacks,
         recovery_policy: scenario.control.policy.name(),

@@ -541,6 +541,7 @@ struct RawCrash {
     gpu: Option<i64>,
     at: Option<String>,
     at_step: Option<i64>,
+    after_commits: Option<i64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -1081,15 +1082,20 @@ fn validate_control(
                 ))
             }
         };
-        let when = match (&c.at, c.at_step) {
-            (Some(at), None) => CrashWhen::AtNs(duration(&key("at"), at)?),
-            (None, Some(step)) => {
+        let when = match (&c.at, c.at_step, c.after_commits) {
+            (Some(at), None, None) => CrashWhen::AtNs(duration(&key("at"), at)?),
+            (None, Some(step), None) => {
                 CrashWhen::AtStep(in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64)
+            }
+            (None, None, Some(commits)) => {
+                CrashWhen::AfterCommits(
+                    in_range(src, &key("after_commits"), commits, 1, i64::MAX)? as u64
+                )
             }
             _ => {
                 return Err(src.error(
                     &format!("faults.crash.{idx}"),
-                    "expected exactly one of `at` (a time) or `at_step`",
+                    "expected exactly one of `at` (a time), `at_step` or `after_commits`",
                 ))
             }
         };

@@ -211,17 +211,51 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
         String::from_utf8_lossy(&out.stderr)
     );
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&costs).unwrap()).unwrap();
+    assert_eq!(file["format"], "faultline-costs/2");
     assert_eq!(file["gpus"], 16);
     assert_eq!(file["steps_run"], 2);
     let step = file["measured"]["step_time_s"].as_f64().unwrap();
     assert!(step > 0.0 && step < 60.0, "{step}");
+    // What the simulator measures is no longer listed as unmeasured.
     for key in [
         "checkpoint.write_time",
-        "recovery.restart_time",
+        "checkpoint.persist_time",
         "recovery.detection_time",
+        "recovery.restart_time",
+    ] {
+        assert!(file["not_measured"].get(key).is_none(), "{key}");
+    }
+    // Per-replica recovery is not simulated; the restart time is an input, said so.
+    for key in [
+        "recovery.per_replica_stall_time",
+        "recovery.replica_rejoin_time",
     ] {
         assert!(file["not_measured"].get(key).is_some(), "{key}");
     }
+    let restart = file["inputs"]["recovery.restart_time"].as_str().unwrap();
+    assert!(restart.contains("an input, not a measurement"), "{restart}");
+    // Only the scenario's policy ran a crash (restart): the others say how to measure them.
+    assert!(file["not_measured"]
+        .get("restore_time_s.in-memory")
+        .is_some());
+    assert_eq!(file["runs"].as_array().unwrap().len(), 2);
+    // The same inputs give the same cost file, byte for byte.
+    let again = temp("costs-again.json");
+    let out = faultline(&[
+        "calibrate",
+        LLAMA,
+        "--set",
+        "cluster.gpus=16",
+        "--steps",
+        "2",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read(&costs).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
     // plan --costs rounds the checkpoint interval up to whole steps.
     let report = json(&faultline(&[
         "plan",
@@ -236,4 +270,99 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
     ]));
     let interval = report["best_checkpoint_interval_s"].as_f64().unwrap();
     assert!(interval >= 1.0, "{interval}");
+}
+
+#[test]
+fn calibrate_measures_checkpoint_restore_and_detection_consistently_with_the_scenario() {
+    let costs = temp("costs-all.json");
+    let out = faultline(&[
+        "calibrate",
+        LLAMA,
+        "--set",
+        "cluster.gpus=32",
+        "--set",
+        "recovery.heartbeat_interval=5s",
+        "--set",
+        "recovery.heartbeat_misses=2",
+        "--set",
+        "checkpoint.snapshot_bandwidth=10GB/s",
+        "--steps",
+        "2",
+        "--all-policies",
+        "--out",
+        costs.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&costs).unwrap()).unwrap();
+    let m = |key: &str| {
+        file["measured"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("measured {key}"))
+    };
+    // The blocking snapshot: each rank copies its share of 8e9 parameters x 16 bytes of
+    // state at 10 GB/s, so 128 GB / 32 ranks / 10 GB/s = 0.4 s.
+    let write = m("checkpoint_write_time_s");
+    assert!((write - 0.4).abs() < 0.01, "{write}");
+    // The persist: each node sends 32 GB at 10 GB/s to the store, then the next step's votes
+    // commit it; a few seconds, at least the transfer.
+    let persist = m("checkpoint_persist_time_s");
+    assert!((3.2..30.0).contains(&persist), "{persist}");
+    // Heartbeats every 5 s, 2 misses: found 10 to 15 s after the crash.
+    for key in [
+        "detection_time_s",
+        "detection_time_s.in-memory",
+        "detection_time_s.hot-spare",
+    ] {
+        let detection = m(key);
+        assert!((10.0..=15.0).contains(&detection), "{key}: {detection}");
+    }
+    // Restores: from the persistent store (4 nodes x 32 GB through 10 GB/s clients) for
+    // restart, from host memory or the buddy's for the others, which is faster.
+    let restart = m("restore_time_s.restart");
+    let in_memory = m("restore_time_s.in-memory");
+    let hot_spare = m("restore_time_s.hot-spare");
+    assert!(restart >= 3.2, "{restart}");
+    assert!(
+        in_memory > 0.0 && in_memory < restart,
+        "{in_memory} {restart}"
+    );
+    assert!(
+        hot_spare > 0.0 && hot_spare < restart,
+        "{hot_spare} {restart}"
+    );
+    assert!(m("recomputed_s.restart") > 0.0);
+    assert!(file["not_measured"]
+        .get("restore_time_s.in-memory")
+        .is_none());
+    let runs = file["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for run in &runs[1..] {
+        assert_eq!(run["recoveries"], 1, "{run}");
+        assert_eq!(run["faults_injected"]["node_crash"], 1, "{run}");
+        assert_eq!(run["faults_detected"]["heartbeat"], 1, "{run}");
+        assert!(run["checkpoints_committed"].as_u64().unwrap() >= 1, "{run}");
+        assert_eq!(run["replicas_agree"], true, "{run}");
+    }
+    assert_eq!(runs[1]["restores_by_tier"]["persistent"], 32);
+    assert_eq!(runs[2]["policy"], "in-memory");
+    assert!(runs[2]["restores_by_tier"].get("persistent").is_none());
+
+    // plan --costs uses them: a checkpoint write of 0.4 s and a measured detection replace the
+    // scenario's 5 s and 1 min, so the calibrated plan loses less to both.
+    let plan = |costs_arg: Option<&str>| {
+        let mut args = vec!["plan", LLAMA, "--seeds", "4", "--json"];
+        if let Some(path) = costs_arg {
+            args.extend(["--costs", path]);
+        }
+        json(&faultline(&args))
+    };
+    let plain = plan(None);
+    let calibrated = plan(Some(costs.to_str().unwrap()));
+    let lost = |r: &serde_json::Value, cause: &str| r["lost_s_by_cause"][cause].as_f64().unwrap();
+    assert!(lost(&calibrated, "checkpoint") < lost(&plain, "checkpoint"));
+    assert!(lost(&calibrated, "detection") < lost(&plain, "detection"));
 }

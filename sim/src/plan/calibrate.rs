@@ -1,54 +1,70 @@
 //! `faultline calibrate`: measures the planner's costs by running the real training logic
 //! (trainer-core's `Trainer` through `run::run_scenario`) on the simulated cluster at the
-//! scenario's scale for a few steps. Only the step time can be measured today: the simulator
-//! has no checkpoint, detection or recovery logic yet, so the cost file lists those costs as
-//! not measured and the planner keeps the scenario's values for them.
+//! scenario's scale for a few steps.
+//!
+//! Two kinds of run, each a run scenario built from the planner file (its `scenario`, `cluster`,
+//! `fabric`, `job`, `run` and `storage` tables, and the run-scenario keys of its `checkpoint` and
+//! `recovery` tables):
+//!
+//! - `steady`: fault-free, no checkpoints, `--steps` steps: the step time.
+//! - `crash-<policy>`: a checkpoint after every step, and one node crash when the last node's
+//!   first rank begins a step after the first checkpoint was committed; the job recovers with
+//!   the policy and finishes. It measures the blocking snapshot per checkpoint, the time from a
+//!   snapshot to its commit, the detection latency, the restore and the work done again. If no
+//!   checkpoint was committed (and so nothing crashed) within its steps, it runs again with
+//!   twice as many.
+//!
+//! The runs are independent, so they run on threads; every figure is model time, so the cost
+//! file is the same for the same inputs.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Costs;
+use super::config::{self, Costs, PlanConfig, Policy, CRASH_KINDS};
 use crate::run::{run_scenario, RunReport};
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, Scenario, ScenarioError};
 
-pub const COSTS_FORMAT: &str = "faultline-costs/1";
+pub const COSTS_FORMAT: &str = "faultline-costs/2";
 
-/// The planner keys the simulator cannot measure yet, and why.
-pub const NOT_MEASURED: [(&str, &str); 8] = [
-    (
-        "checkpoint.write_time",
-        "the simulator has no checkpoint logic yet",
-    ),
-    (
-        "checkpoint.persist_time",
-        "the simulator has no checkpoint or storage tier logic yet",
-    ),
-    (
-        "recovery.restart_time",
-        "the simulator has no restart logic yet",
-    ),
-    (
-        "recovery.detection_time",
-        "the simulator has no failure detection (health checks, timeouts) yet",
-    ),
-    (
-        "recovery.in_memory_restore_time",
-        "the simulator has no in-memory checkpoint logic yet",
-    ),
-    (
-        "recovery.hot_spare_time",
-        "the simulator has no hot-spare logic yet",
-    ),
+/// Crash runs try this many step counts, doubling, before giving up.
+const CRASH_RUN_ATTEMPTS: u32 = 4;
+
+/// The planner keys the simulator cannot measure, and why.
+pub const NOT_MEASURED: [(&str, &str); 3] = [
     (
         "recovery.per_replica_stall_time",
-        "the simulator has no per-replica recovery logic yet",
+        "the simulator has no per-replica recovery (it needs process groups that shrink)",
     ),
     (
         "recovery.replica_rejoin_time",
-        "the simulator has no per-replica recovery logic yet",
+        "the simulator has no per-replica recovery (it needs process groups that shrink)",
+    ),
+    (
+        "faults.detection (nic, switch, link, software, sdc)",
+        "the simulator injects only node and GPU crashes, which heartbeats find; network \
+         failures, hangs and silent data corruption are not simulated, so these kinds keep the \
+         scenario's detection time",
     ),
 ];
+
+/// One calibration run, as the cost file records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub name: String,
+    pub policy: String,
+    pub steps: u64,
+    pub steps_completed: u64,
+    pub model_time_s: f64,
+    pub checkpoint_snapshots: u64,
+    pub checkpoints_committed: u64,
+    pub recoveries: u64,
+    pub faults_injected: BTreeMap<String, u64>,
+    pub faults_detected: BTreeMap<String, u64>,
+    pub restores_by_tier: BTreeMap<String, u64>,
+    pub lost_s_by_cause: BTreeMap<String, f64>,
+    pub replicas_agree: bool,
+}
 
 /// What `calibrate` writes and `plan --costs` reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +73,7 @@ pub struct CostFile {
     pub scenario: String,
     pub gpus: usize,
     pub gpus_per_node: usize,
+    /// Steps of the steady run, which gives the step time.
     pub steps_run: u64,
     pub seed: u64,
     pub executor: String,
@@ -64,73 +81,422 @@ pub struct CostFile {
     pub method: String,
     /// Measured costs, by name.
     pub measured: BTreeMap<String, f64>,
-    /// Planner keys with no measurement yet, and why; the planner keeps the scenario's values.
+    /// What `plan --costs` does with each measured cost.
+    #[serde(default)]
+    pub used_as: BTreeMap<String, String>,
+    /// Costs the runs took as given, not measured.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Planner keys with no measurement, and why; the planner keeps the scenario's values.
     pub not_measured: BTreeMap<String, String>,
+    #[serde(default)]
+    pub runs: Vec<RunSummary>,
 }
 
 impl CostFile {
     pub fn costs(&self) -> Costs {
+        let m = |key: &str| self.measured.get(key).copied();
         Costs {
-            step_time_s: self.measured.get("step_time_s").copied(),
+            step_time_s: m("step_time_s"),
+            checkpoint_write_time_s: m("checkpoint_write_time_s"),
+            checkpoint_persist_time_s: m("checkpoint_persist_time_s"),
+            crash_detection_time_s: m("detection_time_s"),
+            restore_time_s: Policy::NAMES
+                .iter()
+                .filter_map(|p| Some((p.to_string(), m(&format!("restore_time_s.{p}"))?)))
+                .collect(),
         }
     }
 }
 
-/// Builds the run scenario for a planner file: its `scenario`, `cluster`, `fabric`, `job` and
-/// `run` tables with `job.steps` set to `steps`, and the `--set`s that touch those tables.
+/// The runs of one calibration, loaded and validated.
+pub struct Plan {
+    pub name: String,
+    pub steady: Scenario,
+    /// One crash run per policy, the planner's own policy first.
+    pub crash: Vec<(Policy, Scenario)>,
+    /// The planner's values the runs took as inputs.
+    planner: PlanConfig,
+}
+
+/// The run-scenario keys of a planner file's `checkpoint` and `recovery` tables, which the
+/// planner only checks and calibration passes on.
+const PASSED_ON: [(&str, &str); 6] = [
+    ("checkpoint", "state_bytes_per_param"),
+    ("checkpoint", "snapshot_bandwidth"),
+    ("checkpoint", "buddy_copy"),
+    ("recovery", "heartbeat_interval"),
+    ("recovery", "heartbeat_misses"),
+    ("recovery", "collective_timeout"),
+];
+
+/// Whether a `--set` applies to the run scenarios: the steady run has no `checkpoint` or
+/// `recovery` tables, so only the crash runs take the keys passed on to those.
+fn is_run_key(set: &str, crash_run: bool) -> bool {
+    let set = set.trim_start();
+    [
+        "scenario.",
+        "cluster.",
+        "fabric.",
+        "job.",
+        "run.",
+        "storage.",
+    ]
+    .iter()
+    .any(|prefix| set.starts_with(prefix))
+        || crash_run
+            && PASSED_ON.iter().any(|(table, key)| {
+                set.strip_prefix(&format!("{table}.{key}"))
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+}
+
+fn duration(seconds: f64) -> toml::Value {
+    toml::Value::String(format!("{}ns", (seconds * 1e9).round() as u64))
+}
+
+/// The run-scenario view of a planner file: its run tables with `job.steps` set, and for a
+/// crash run, checkpoints after every step, the recovery policy, and one node crash after the
+/// first commit.
+fn view(
+    text: &str,
+    steps: u64,
+    crash: Option<(Policy, &PlanConfig, usize)>,
+) -> Result<String, String> {
+    let full: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    let mut table = full.clone();
+    table
+        .retain(|key, _| ["scenario", "cluster", "fabric", "job", "run", "storage"].contains(&key));
+    config::run_table_with_steps(&mut table, steps)?;
+    if let Some((policy, planner, crash_node)) = crash {
+        let passed = |name: &str| -> toml::Table {
+            let from = full.get(name).and_then(|v| v.as_table());
+            PASSED_ON
+                .iter()
+                .filter(|(t, _)| *t == name)
+                .filter_map(|(_, key)| Some((key.to_string(), from?.get(*key)?.clone())))
+                .collect()
+        };
+        let mut checkpoint = passed("checkpoint");
+        checkpoint.insert("interval".into(), toml::Value::Integer(1));
+        table.insert("checkpoint".into(), toml::Value::Table(checkpoint));
+        let mut recovery = passed("recovery");
+        recovery.insert("policy".into(), toml::Value::String(policy.name().into()));
+        let r = &planner.recovery;
+        recovery.insert("restart_time".into(), duration(r.restart_time_s));
+        recovery.insert("spare_swap_time".into(), duration(r.hot_spare_time_s));
+        table.insert("recovery".into(), toml::Value::Table(recovery));
+        if policy == Policy::HotSpare {
+            let cluster = table
+                .entry("cluster")
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .ok_or("`cluster` is not a table")?;
+            cluster.insert("spare_nodes".into(), toml::Value::Integer(1));
+        }
+        let mut crash = toml::Table::new();
+        crash.insert("node".into(), toml::Value::Integer(crash_node as i64));
+        crash.insert("after_commits".into(), toml::Value::Integer(1));
+        let mut faults = toml::Table::new();
+        faults.insert(
+            "crash".into(),
+            toml::Value::Array(vec![toml::Value::Table(crash)]),
+        );
+        table.insert("faults".into(), toml::Value::Table(faults));
+    }
+    toml::to_string(&table).map_err(|e| e.to_string())
+}
+
+fn load_view(
+    name: &str,
+    origin: &str,
+    view_text: Result<String, String>,
+    sets: &[String],
+    crash_run: bool,
+) -> Result<Scenario, ScenarioError> {
+    let view_text = view_text.map_err(|message| ScenarioError {
+        origin: origin.to_string(),
+        line_col: None,
+        key: None,
+        message,
+    })?;
+    let overrides: Vec<String> = sets
+        .iter()
+        .filter(|s| is_run_key(s, crash_run))
+        .cloned()
+        .collect();
+    let origin = format!("{origin} (its run-scenario view)");
+    scenario::load_str(name, &origin, &view_text, &overrides)
+}
+
+/// Builds the run scenario for a planner file: its run tables with `job.steps` set to `steps`
+/// and the `--set`s that touch them. The steady run of a calibration.
 pub fn run_scenario_for(
     name: &str,
     origin: &str,
     text: &str,
     sets: &[String],
     steps: u64,
-) -> Result<Scenario, scenario::ScenarioError> {
-    let view = super::config::run_scenario_text(text, steps).map_err(|message| {
-        scenario::ScenarioError {
-            origin: origin.to_string(),
-            line_col: None,
-            key: None,
-            message,
-        }
-    })?;
-    let overrides: Vec<String> = sets
-        .iter()
-        .filter(|s| {
-            ["scenario.", "cluster.", "fabric.", "job.", "run."]
-                .iter()
-                .any(|prefix| s.trim_start().starts_with(prefix))
-        })
-        .cloned()
-        .collect();
-    let origin = format!("{origin} (its run-scenario tables)");
-    scenario::load_str(name, &origin, &view, &overrides)
+) -> Result<Scenario, ScenarioError> {
+    load_view(name, origin, view(text, steps, None), sets, false)
 }
 
-/// Runs the scenario's training job and turns the report into a cost file.
-pub fn calibrate(scenario: &Scenario) -> Result<CostFile, crate::run::SimError> {
-    let report: RunReport = run_scenario(scenario)?;
-    let steps = report.steps_completed.max(1);
+/// Loads the runs of a calibration: the steady run, and a crash run for the planner's policy
+/// (restart when it names per-replica, which the simulator does not have), or for every policy
+/// the simulator has when `all_policies`.
+pub fn plan_runs(
+    name: &str,
+    origin: &str,
+    text: &str,
+    sets: &[String],
+    steps: u64,
+    all_policies: bool,
+) -> Result<Plan, ScenarioError> {
+    let planner = config::load_str(name, origin, text, sets)?;
+    let steady = run_scenario_for(name, origin, text, sets, steps)?;
+    let crash_node = steady.placement().node_count() - 1;
+    let own = match planner.recovery.policy {
+        Policy::PerReplica => Policy::Restart,
+        p => p,
+    };
+    let mut policies = vec![own];
+    if all_policies {
+        for p in [Policy::Restart, Policy::InMemory, Policy::HotSpare] {
+            if p != own {
+                policies.push(p);
+            }
+        }
+    }
+    let crash_steps = steps.max(2) + 4;
+    let crash = policies
+        .into_iter()
+        .map(|policy| {
+            let text = view(text, crash_steps, Some((policy, &planner, crash_node)));
+            Ok((policy, load_view(name, origin, text, sets, true)?))
+        })
+        .collect::<Result<Vec<_>, ScenarioError>>()?;
+    Ok(Plan {
+        name: name.to_string(),
+        steady,
+        crash,
+        planner,
+    })
+}
+
+fn summary(name: &str, report: &RunReport) -> RunSummary {
+    RunSummary {
+        name: name.to_string(),
+        policy: report.recovery_policy.to_string(),
+        steps: report.steps_requested,
+        steps_completed: report.steps_completed,
+        model_time_s: report.model_time_ns as f64 / 1e9,
+        checkpoint_snapshots: report.checkpoint_snapshots,
+        checkpoints_committed: report.checkpoints_committed,
+        recoveries: report.recoveries,
+        faults_injected: report.faults.injected.clone(),
+        faults_detected: report.faults.detected.clone(),
+        restores_by_tier: report.restores_by_tier.clone(),
+        lost_s_by_cause: report
+            .lost_time_ns_by_cause
+            .iter()
+            .map(|(k, ns)| (k.clone(), *ns as f64 / 1e9))
+            .collect(),
+        replicas_agree: report.replicas_agree,
+    }
+}
+
+/// Runs a crash run, doubling its steps until a checkpoint was committed and the crash fired.
+fn crash_run(mut scenario: Scenario) -> Result<RunReport, String> {
+    for _ in 0..CRASH_RUN_ATTEMPTS {
+        let report = run_scenario(&scenario).map_err(|e| e.to_string())?;
+        if report.recoveries > 0 {
+            if report.faults.job_abandoned || !report.replicas_agree {
+                return Err(format!(
+                    "the {} crash run did not recover cleanly (abandoned: {}, replicas agree: {})",
+                    report.recovery_policy, report.faults.job_abandoned, report.replicas_agree
+                ));
+            }
+            return Ok(report);
+        }
+        scenario.job.steps *= 2;
+    }
+    Err(format!(
+        "no checkpoint was committed within {} steps, so the crash never came: the persist \
+         takes too long beside the step time to calibrate in a few steps",
+        scenario.job.steps / 2
+    ))
+}
+
+/// Runs the calibration's runs (on threads: each is independent and deterministic) and turns
+/// the reports into a cost file.
+pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
+    let (steady, crashes) = std::thread::scope(|scope| {
+        let crash_threads: Vec<_> = plan
+            .crash
+            .iter()
+            .map(|(_, s)| {
+                let s = s.clone();
+                scope.spawn(move || crash_run(s))
+            })
+            .collect();
+        let steady = run_scenario(&plan.steady).map_err(|e| e.to_string());
+        let crashes: Vec<Result<RunReport, String>> = crash_threads
+            .into_iter()
+            .map(|t| t.join().expect("a calibration run does not panic"))
+            .collect();
+        (steady, crashes)
+    });
+    let steady = steady?;
+    let crashes = crashes.into_iter().collect::<Result<Vec<_>, String>>()?;
+
+    let secs = |ns: u64| ns as f64 / 1e9;
     let mut measured = BTreeMap::new();
-    measured.insert(
-        "step_time_s".to_string(),
-        report.model_time_ns as f64 / 1e9 / steps as f64,
+    let mut used_as = BTreeMap::new();
+    let mut put = |key: &str, value: f64, use_: &str| {
+        measured.insert(key.to_string(), value);
+        if !use_.is_empty() {
+            used_as.insert(key.to_string(), use_.to_string());
+        }
+    };
+    put(
+        "step_time_s",
+        secs(steady.model_time_ns) / steady.steps_completed.max(1) as f64,
+        "the step: plan rounds the checkpoint interval up to whole steps",
     );
+    let lost = |r: &RunReport, cause: &str| secs(*r.lost_time_ns_by_cause.get(cause).unwrap_or(&0));
+    // The planner's own policy's run gives the checkpoint and detection figures.
+    let own = &crashes[0];
+    put(
+        "checkpoint_write_time_s",
+        lost(own, "checkpoint_stalls") / own.checkpoint_snapshots.max(1) as f64,
+        "checkpoint.write_time",
+    );
+    put(
+        "checkpoint_persist_time_s",
+        secs(own.checkpoint_persist_ns) / own.checkpoints_committed.max(1) as f64,
+        "checkpoint.persist_time",
+    );
+    let kinds = CRASH_KINDS.join(", ");
+    put(
+        "detection_time_s",
+        lost(own, "detection"),
+        &format!(
+            "recovery.detection_time of the kinds {kinds} (faults.detection.<kind> of the \
+             others is kept)"
+        ),
+    );
+    for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
+        let p = policy.name();
+        let relaunch = match policy {
+            Policy::Restart => "recovery.restart_time",
+            Policy::InMemory => "recovery.in_memory_restore_time",
+            _ => "recovery.hot_spare_time",
+        };
+        put(
+            &format!("restore_time_s.{p}"),
+            lost(report, "restore"),
+            &format!("added to {relaunch}, which is the relaunch (or swap) alone"),
+        );
+        put(
+            &format!("recomputed_s.{p}"),
+            lost(report, "recomputed_steps"),
+            "",
+        );
+        if *policy != plan.crash[0].0 {
+            put(
+                &format!("detection_time_s.{p}"),
+                lost(report, "detection"),
+                "",
+            );
+        }
+    }
+
+    let r = &plan.planner.recovery;
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        "recovery.restart_time".to_string(),
+        format!(
+            "{} s, an input, not a measurement: the relaunch (reschedule, initialise) that the \
+             simulator charges as given (recovery.restart_time of the crash runs); plan --costs \
+             adds the measured restore_time_s.restart to it",
+            r.restart_time_s
+        ),
+    );
+    inputs.insert(
+        "recovery.hot_spare_time".to_string(),
+        format!(
+            "{} s, an input: the spare swap (recovery.spare_swap_time of the hot-spare run); \
+             plan --costs adds the measured restore_time_s.hot-spare to it",
+            r.hot_spare_time_s
+        ),
+    );
+    inputs.insert(
+        "recovery.in_memory_restore_time".to_string(),
+        format!(
+            "{} s, an input: the relaunch under the in-memory policy; plan --costs adds the \
+             measured restore_time_s.in-memory to it (the in-memory run relaunches in \
+             recovery.restart_time, which does not change its restore)",
+            r.in_memory_restore_time_s
+        ),
+    );
+
+    let mut not_measured: BTreeMap<String, String> = NOT_MEASURED
+        .iter()
+        .map(|(k, why)| (k.to_string(), why.to_string()))
+        .collect();
+    for (policy, key) in [
+        (Policy::Restart, "restore_time_s.restart"),
+        (Policy::InMemory, "restore_time_s.in-memory"),
+        (Policy::HotSpare, "restore_time_s.hot-spare"),
+    ] {
+        if !measured.contains_key(key) {
+            not_measured.insert(
+                key.to_string(),
+                format!(
+                    "no {} crash run (calibrate --all-policies runs one); plan adds nothing to \
+                     the policy's recovery time",
+                    policy.name()
+                ),
+            );
+        }
+    }
+    if plan.planner.recovery.policy == Policy::PerReplica {
+        not_measured.insert(
+            "recovery.policy = per-replica".to_string(),
+            "the checkpoint and detection figures come from a restart run".to_string(),
+        );
+    }
+
+    let mut runs = vec![summary("steady", &steady)];
+    for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
+        runs.push(summary(&format!("crash-{}", policy.name()), report));
+    }
     Ok(CostFile {
         format: COSTS_FORMAT.to_string(),
-        scenario: scenario.name.clone(),
-        gpus: report.gpus,
-        gpus_per_node: report.gpus_per_node,
-        steps_run: report.steps_completed,
-        seed: report.seed,
-        executor: report.executor.to_string(),
-        method: "model time of fault-free training steps of trainer_core::job::Trainer on the \
-                 simulated cluster (compute charged at peak x MFU, gradient all-reduce over the \
-                 modelled fabric), divided by the steps run"
+        scenario: plan.name.clone(),
+        gpus: steady.gpus,
+        gpus_per_node: steady.gpus_per_node,
+        steps_run: steady.steps_completed,
+        seed: steady.seed,
+        executor: steady.executor.to_string(),
+        method: "model time of trainer_core::job::Trainer on the simulated cluster at the \
+                 scenario's scale. step_time_s: a fault-free run without checkpoints, model \
+                 time over steps. The crash runs checkpoint after every step (sharded \
+                 snapshot, asynchronous persist, buddy copy, manifest committed by the votes \
+                 of the next step that finds every shard durable) and crash the last node at \
+                 the first step its first rank begins after the first commit. \
+                 checkpoint_write_time_s: blocking snapshot stall over snapshots taken; \
+                 checkpoint_persist_time_s: snapshot to commit, over checkpoints committed; \
+                 detection_time_s: crash to abort (heartbeats or watchdog); restore_time_s: \
+                 relaunch done to the first step begun (shard reads with verification, \
+                 agreement, all-gather); recomputed_s: steps done again after the restore. \
+                 One crash per run: detection depends on where the crash falls between \
+                 heartbeat checks, recomputed work on where it falls after the checkpoint."
             .to_string(),
         measured,
-        not_measured: NOT_MEASURED
-            .iter()
-            .map(|(k, why)| (k.to_string(), why.to_string()))
-            .collect(),
+        used_as,
+        inputs,
+        not_measured,
+        runs,
     })
 }

@@ -193,11 +193,56 @@ impl PlanConfig {
     }
 }
 
-/// The checkpoint and restart costs `faultline calibrate` measured, as `plan --costs` reads
-/// them. Only what the simulator can measure today is here.
+/// The failure kinds whose failures kill a process or a node, as the simulator's crashes do:
+/// heartbeats find them, so a measured crash detection time applies to them.
+pub const CRASH_KINDS: [&str; 4] = ["node", "gpu", "hbm", "host"];
+
+/// The checkpoint and recovery costs `faultline calibrate` measured, as `plan --costs` reads
+/// them. What is `None` (or absent) keeps the scenario's value.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Costs {
     pub step_time_s: Option<f64>,
+    /// The blocking snapshot per checkpoint.
+    pub checkpoint_write_time_s: Option<f64>,
+    /// From the snapshot to the commit: how long a new checkpoint cannot be restored.
+    pub checkpoint_persist_time_s: Option<f64>,
+    /// From a crash to the start of recovery, for the kinds in [`CRASH_KINDS`].
+    pub crash_detection_time_s: Option<f64>,
+    /// Reading and rebuilding the state after the relaunch, by policy name; added to the
+    /// policy's relaunch (or swap) time, which stays an input.
+    pub restore_time_s: BTreeMap<String, f64>,
+}
+
+impl Costs {
+    /// Applies the measured costs to one point of a plan.
+    pub fn apply(&self, config: &mut PlanConfig) {
+        if let Some(step) = self.step_time_s {
+            config.step_time_s = step;
+        }
+        if let Some(write) = self.checkpoint_write_time_s {
+            config.checkpoint_write_time_s = write;
+        }
+        if let Some(persist) = self.checkpoint_persist_time_s {
+            config.checkpoint_persist_time_s = persist;
+        }
+        if let Some(detection) = self.crash_detection_time_s {
+            for (kind, process) in FAULT_KINDS.iter().zip(config.faults.iter_mut()) {
+                if CRASH_KINDS.contains(kind) {
+                    process.detection_s = detection;
+                }
+            }
+        }
+        let r = &mut config.recovery;
+        for (policy, time) in [
+            (Policy::Restart, &mut r.restart_time_s),
+            (Policy::InMemory, &mut r.in_memory_restore_time_s),
+            (Policy::HotSpare, &mut r.hot_spare_time_s),
+        ] {
+            if let Some(restore) = self.restore_time_s.get(policy.name()) {
+                *time += restore;
+            }
+        }
+    }
 }
 
 /// Loads a planner scenario and applies `overrides` (`key=value`).
@@ -233,13 +278,19 @@ pub fn load_str(
 pub fn run_scenario_text(text: &str, steps: u64) -> Result<String, String> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
     table.retain(|key, _| ["scenario", "cluster", "fabric", "job", "run"].contains(&key));
+    run_table_with_steps(&mut table, steps)?;
+    toml::to_string(&table).map_err(|e| e.to_string())
+}
+
+/// Sets `job.steps` in a run-scenario table.
+pub fn run_table_with_steps(table: &mut toml::Table, steps: u64) -> Result<(), String> {
     let job = table
         .entry("job")
         .or_insert_with(|| toml::Value::Table(Default::default()))
         .as_table_mut()
         .ok_or("`job` is not a table")?;
     job.insert("steps".into(), toml::Value::Integer(steps as i64));
-    toml::to_string(&table).map_err(|e| e.to_string())
+    Ok(())
 }
 
 // The file format, as written.
@@ -259,6 +310,9 @@ struct RawPlanFile {
     job: Option<toml::Table>,
     #[serde(default)]
     run: Option<toml::Table>,
+    /// The storage tiers' bandwidths and latency, as in a run scenario: read by calibration.
+    #[serde(default)]
+    storage: Option<toml::Table>,
     #[serde(default)]
     plan: RawPlan,
     #[serde(default)]
@@ -314,14 +368,22 @@ struct RawPlan {
 }
 
 #[derive(Deserialize, Debug, Default)]
+// The run-scenario keys are only checked here (names and types); calibration reads them.
+#[allow(dead_code)]
 #[serde(deny_unknown_fields)]
 struct RawCheckpoint {
     interval: Option<String>,
     write_time: Option<String>,
     persist_time: Option<String>,
+    // Run-scenario keys, read by calibration only.
+    state_bytes_per_param: Option<f64>,
+    snapshot_bandwidth: Option<String>,
+    buddy_copy: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
+// The run-scenario keys are only checked here (names and types); calibration reads them.
+#[allow(dead_code)]
 #[serde(deny_unknown_fields)]
 struct RawRecovery {
     policy: Option<String>,
@@ -334,6 +396,10 @@ struct RawRecovery {
     replica_rejoin_time: Option<String>,
     spare_nodes: Option<i64>,
     repair_time: Option<String>,
+    // Run-scenario keys (failure detection), read by calibration only.
+    heartbeat_interval: Option<String>,
+    heartbeat_misses: Option<i64>,
+    collective_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]

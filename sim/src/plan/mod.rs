@@ -76,9 +76,7 @@ pub fn load_points(
             let mut all = sets.to_vec();
             all.extend(settings.iter().map(|(k, v)| format!("{k}={v}")));
             let mut config = config::load(path, &all)?;
-            if let Some(step) = costs.step_time_s {
-                config.step_time_s = step;
-            }
+            costs.apply(&mut config);
             Ok(Point { settings, config })
         })
         .collect::<Result<Vec<_>, ScenarioError>>()?;

@@ -342,7 +342,8 @@ fn planner_scenario_errors_name_file_line_column_and_key() {
         &format!("{base}[checkpoint]\nintervl = \"1h\"\n"),
         &[],
         "p.toml:6:1: checkpoint.intervl: unknown field `intervl`, expected one of `interval`, \
-         `write_time`, `persist_time`; did you mean `interval`?",
+         `write_time`, `persist_time`, `state_bytes_per_param`, `snapshot_bandwidth`, \
+         `buddy_copy`; did you mean `interval`?",
     );
     check(
         &format!("{base}[checkpoint]\ninterval = \"10\"\n"),
@@ -367,4 +368,37 @@ fn planner_scenario_errors_name_file_line_column_and_key() {
         ok.faults.iter().map(|f| f.rate_per_node_s).sum::<f64>(),
         0.0
     );
+}
+
+#[test]
+fn measured_costs_replace_the_scenarios_and_add_restores_to_relaunches() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/plan-llama3-16k-54d.toml");
+    let costs = Costs {
+        step_time_s: Some(2.0),
+        checkpoint_write_time_s: Some(0.5),
+        checkpoint_persist_time_s: Some(7.0),
+        crash_detection_time_s: Some(35.0),
+        restore_time_s: [("restart".to_string(), 4.0), ("hot-spare".to_string(), 1.0)]
+            .into_iter()
+            .collect(),
+    };
+    let plain = &load_points(&path, &[], &[], &Costs::default()).unwrap()[0].config;
+    let calibrated = &load_points(&path, &[], &[], &costs).unwrap()[0].config;
+    assert_eq!(calibrated.step_time_s, 2.0);
+    assert_eq!(calibrated.checkpoint_write_time_s, 0.5);
+    assert_eq!(calibrated.checkpoint_persist_time_s, 7.0);
+    for (kind, (before, after)) in config::FAULT_KINDS
+        .iter()
+        .zip(plain.faults.iter().zip(&calibrated.faults))
+    {
+        if config::CRASH_KINDS.contains(kind) {
+            assert_eq!(after.detection_s, 35.0, "{kind}");
+        } else {
+            assert_eq!(after.detection_s, before.detection_s, "{kind}");
+        }
+    }
+    let (r0, r1) = (&plain.recovery, &calibrated.recovery);
+    assert_eq!(r1.restart_time_s, r0.restart_time_s + 4.0);
+    assert_eq!(r1.hot_spare_time_s, r0.hot_spare_time_s + 1.0);
+    assert_eq!(r1.in_memory_restore_time_s, r0.in_memory_restore_time_s);
 }

@@ -31,6 +31,9 @@ pub enum CrashWhen {
     AtNs(u64),
     /// When the target's first rank begins this step for the first time.
     AtStep(u64),
+    /// When the target's first rank begins a step after this many checkpoints were committed:
+    /// a failure that finds a checkpoint to restore, whatever the persist takes.
+    AfterCommits(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,14 @@ pub struct FaultReport {
     pub checkpoints_lost_in_flight: u64,
     /// Checkpoints committed.
     pub checkpoints_committed: u64,
+    /// Blocking snapshots rank 0 took (each checkpoint started; `checkpoint_stalls` over this
+    /// is the stall per checkpoint).
+    pub checkpoint_snapshots: u64,
+    /// Model time from rank 0's snapshot to the commit, summed over the checkpoints committed:
+    /// how long each checkpoint stayed unusable for a restore while it persisted.
+    pub checkpoint_persist_ns: u64,
+    /// When the first checkpoint was committed.
+    pub first_commit_ns: Option<u64>,
     /// Spare nodes swapped in.
     pub spares_used: u64,
     /// Failures that found the spare pool empty.
@@ -135,8 +146,9 @@ pub(super) struct Control {
     rank0_step_began: Option<(u64, u64)>,
     rank0_high_water: u64,
     restarted_at_ns: Option<u64>,
-    /// The checkpoint rank 0 has snapshotted and not yet seen committed.
-    rank0_pending_checkpoint: Option<u64>,
+    /// The checkpoint rank 0 has snapshotted and not yet seen committed, and when the
+    /// snapshot ended.
+    rank0_pending_checkpoint: Option<(u64, u64)>,
     /// Nodes that lost a rank since the last restart: each needs a replacement.
     failed_nodes: std::collections::BTreeSet<usize>,
     spares_left: usize,
@@ -473,7 +485,12 @@ impl World {
                     CrashTarget::Node(n) => n * self.placement.gpus_per_node,
                     CrashTarget::Gpu(r) => r,
                 };
-                let hits = first_rank == rank && crash.when == CrashWhen::AtStep(step);
+                let due_now = match crash.when {
+                    CrashWhen::AtStep(at) => at == step,
+                    CrashWhen::AfterCommits(n) => control.report.checkpoints_committed >= n,
+                    CrashWhen::AtNs(_) => false,
+                };
+                let hits = first_rank == rank && due_now;
                 if hits && !control.step_crashes_fired[idx] {
                     control.step_crashes_fired[idx] = true;
                     due = Some(crash.target);
@@ -517,12 +534,17 @@ impl World {
             }
             Event::CheckpointSnapshot { stall_ns, step } => {
                 control.lose("checkpoint_stalls", stall_ns);
-                control.rank0_pending_checkpoint = Some(step);
+                control.report.checkpoint_snapshots += 1;
+                control.rank0_pending_checkpoint = Some((step, now));
             }
             Event::CheckpointCommitted { step } => {
                 control.report.checkpoints_committed += 1;
-                if control.rank0_pending_checkpoint == Some(step) {
-                    control.rank0_pending_checkpoint = None;
+                control.report.first_commit_ns.get_or_insert(now);
+                if let Some((pending, snapshot_ns)) = control.rank0_pending_checkpoint {
+                    if pending == step {
+                        control.rank0_pending_checkpoint = None;
+                        control.report.checkpoint_persist_ns += now - snapshot_ns;
+                    }
                 }
             }
             Event::RestoreFallback { .. } => control.report.restore_fallbacks += 1,
