@@ -25,7 +25,7 @@ pub mod nccl;
 pub mod probe;
 pub mod rendezvous;
 pub mod store;
-pub mod units;
+pub use trainer_core::units;
 
 #[cfg(test)]
 mod tests;

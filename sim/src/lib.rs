@@ -10,7 +10,8 @@ pub mod run;
 pub mod scenario;
 pub mod storage;
 pub mod topology;
-pub mod units;
+/// Scenario units, shared with the GPU runner through trainer-core.
+pub use trainer_core::units;
 pub mod world;
 
 #[cfg(test)]

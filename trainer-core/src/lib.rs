@@ -14,6 +14,7 @@ pub mod job;
 pub mod kernels;
 pub mod model;
 pub mod span;
+pub mod units;
 
 pub use backend::{
     Backend, Blob, CommError, Event, Payload, RestartOrder, StorageError, Tag, Tier, Work,

@@ -1,5 +1,7 @@
 //! Durations, sizes and bandwidths as people write them in scenario files: `"10min"`, `"2GiB"`,
-//! `"400Gb/s"`. Each parser says what it would have accepted.
+//! `"400Gb/s"`. Each parser says what it would have accepted. It lives here, beside the logic
+//! both backends run, so that the simulator and the GPU runner read scenarios the same way
+//! from one copy.
 
 /// Parses a duration into nanoseconds: a number and one of `ns`, `us`, `ms`, `s`, `min`, `h`,
 /// `d`. A bare number is refused, since nobody can tell which unit was meant.
