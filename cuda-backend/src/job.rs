@@ -777,11 +777,8 @@ pub fn run_local_job<D: RankDevice + 'static>(
     )
 }
 
-/// Rank `rank`'s input element `idx` for a collective check: small integers, so every sum in
-/// any order is exact. The same function as the simulator's `collective_input`.
-pub fn collective_input(rank: usize, idx: usize) -> f32 {
-    ((rank * 7 + idx * 13) % 17) as f32 - 8.0
-}
+/// Rank `rank`'s input element `idx` for a collective check: the simulator's too.
+pub use trainer_core::collectives::exact_input as collective_input;
 
 /// Runs one collective with every rank in this process, rank `r`'s element `i` being
 /// `input(r, i)`, and returns every rank's result, in rank order.

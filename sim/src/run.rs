@@ -249,12 +249,9 @@ pub struct CollectiveReport {
 }
 
 /// Rank `rank`'s input element `idx`: small integers, so every sum in any order is exact.
-pub fn collective_input(rank: usize, idx: usize) -> f32 {
-    ((rank * 7 + idx * 13) % INPUT_PERIOD) as f32 - 8.0
-}
+pub use trainer_core::collectives::exact_input as collective_input;
 
-/// [`collective_input`] repeats every `INPUT_PERIOD` ranks.
-const INPUT_PERIOD: usize = 17;
+use trainer_core::collectives::INPUT_PERIOD;
 
 /// The exact sum over ranks `0..world` of every element of [`collective_input`]. The input
 /// repeats every [`INPUT_PERIOD`] ranks, so this counts ranks per residue instead of visiting

@@ -22,6 +22,16 @@ use crate::backend::{Backend, CommError, Event, Payload, Tag};
 use crate::group::{Group, Placement};
 use crate::span::Span;
 
+/// [`exact_input`] repeats every `INPUT_PERIOD` ranks.
+pub const INPUT_PERIOD: usize = 17;
+
+/// Rank `rank`'s input element `idx` in exactness checks: small integers, so every sum in any
+/// order is exact and any algorithm must give the reference bit for bit. Both backends' checks
+/// use this one definition.
+pub fn exact_input(rank: usize, idx: usize) -> f32 {
+    ((rank * 7 + idx * 13) % INPUT_PERIOD) as f32 - 8.0
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Algo {
     Ring,
