@@ -75,9 +75,6 @@ where
 {
     let rank_count = world.borrow().rank_count();
     world.borrow_mut().list_woken_instead_of_waking();
-    if std::env::var_os("FAULTLINE_DEBUG_SIZES").is_some() {
-        eprintln!("task future: {} bytes", std::mem::size_of::<F>());
-    }
     let mut tasks: Vec<Option<Pin<Box<F>>>> =
         (0..rank_count).map(|r| Some(Box::pin(task(r)))).collect();
     let mut outputs: Vec<Option<T>> = (0..rank_count).map(|_| None).collect();
