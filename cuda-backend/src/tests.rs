@@ -698,14 +698,13 @@ fn restoring_trainer_cores_checkpoint_files_ends_with_the_uninterrupted_paramete
         assert_eq!(first.steps_completed, 25);
         assert_eq!(first.checkpoints_committed, 2);
         let manifests: Vec<_> = FileStore::at(dir.join("persistent"))
-            .list_prefix("ckpt/")
+            .list_prefix("manifests/")
             .unwrap()
             .into_iter()
-            .filter(|n| n.ends_with("/manifest"))
             .collect();
         assert_eq!(
             manifests,
-            ["ckpt/000000000010/manifest", "ckpt/000000000020/manifest"]
+            ["manifests/000000000010", "manifests/000000000020"]
         );
         // Each node's host directory holds its ranks' shards; with buddy copies, also the
         // previous node's.
@@ -913,7 +912,7 @@ fn framed_transport_trains_the_same_parameters_as_the_local_one() {
     }
     // Its checkpoints are trainer-core's, on real files: a restarted world restores step 20
     // (the step-30 checkpoint was never committed) and ends with the same parameters.
-    assert!(dir.join("persistent/ckpt/000000000020/manifest").is_file());
+    assert!(dir.join("persistent/manifests/000000000020").is_file());
     options.restore = true;
     for (rank, (digest, agree, steps, resumed)) in run(&options).into_iter().enumerate() {
         assert_eq!(digest, local.param_digest, "rank {rank}");

@@ -168,7 +168,7 @@ fn a_crashed_run_restores_from_its_checkpoint_files_and_ends_with_the_same_param
     assert!(!crashed.status.success(), "the run should have aborted");
     assert!(crashed.stdout.is_empty(), "a crashed run prints no report");
     assert!(stderr(&crashed).contains("crashing on purpose before step 25"));
-    assert!(dir.join("persistent/ckpt/000000000020/manifest").is_file());
+    assert!(dir.join("persistent/manifests/000000000020").is_file());
 
     let mut restore = base.clone();
     restore.push("--restore");

@@ -2,7 +2,8 @@
 //! asynchronous persist, an optional copy in a buddy node's memory, retention of the last K, and
 //! a verified restore that falls back to an older checkpoint when a shard is missing or corrupt.
 //!
-//! Layout in a tier: `ckpt/{step:012}/shard-{rank:06}` and `ckpt/{step:012}/manifest`, where
+//! Layout in a tier: `ckpt/{step:012}/shard-{rank:06}` and `manifests/{step:012}` (apart, so
+//! listing the committed checkpoints never walks every shard), where
 //! `step` is the number of completed steps the checkpoint resumes from. A checkpoint exists, for
 //! a restore, only if its manifest does: rank 0 writes the manifest once every rank has reported
 //! its shard durable, so no restore can read a checkpoint that was still being written.
@@ -52,12 +53,12 @@ pub fn shard_name(step: u64, rank: usize) -> String {
 }
 
 pub fn manifest_name(step: u64) -> String {
-    format!("ckpt/{step:012}/manifest")
+    format!("manifests/{step:012}")
 }
 
 /// The step of a manifest's name, if `name` is one.
 pub fn manifest_step(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix("ckpt/")?.strip_suffix("/manifest")?;
+    let rest = name.strip_prefix("manifests/")?;
     (rest.len() == 12).then(|| rest.parse().ok()).flatten()
 }
 
@@ -407,7 +408,7 @@ impl Checkpointer {
 /// Steps of the committed checkpoints in `tier`, oldest first.
 pub fn committed_steps<B: Backend>(backend: &B, tier: Tier) -> Vec<u64> {
     backend
-        .store_list(tier, "ckpt/")
+        .store_list(tier, "manifests/")
         .iter()
         .filter_map(|name| manifest_step(name))
         .collect()

@@ -302,11 +302,12 @@ impl World {
     pub(super) fn fire_corrupt_blob(&mut self) {
         use rand::Rng;
         use trainer_core::checkpoint::manifest_step;
-        let names = self.storage.list(Place::Persistent, "ckpt/");
-        let Some(step) = names.iter().filter_map(|n| manifest_step(n)).max() else {
+        let manifests = self.storage.list(Place::Persistent, "manifests/");
+        let Some(step) = manifests.iter().filter_map(|n| manifest_step(n)).max() else {
             return; // nothing committed yet: nothing to corrupt
         };
         let prefix = format!("ckpt/{step:012}/shard-");
+        let names = self.storage.list(Place::Persistent, &prefix);
         let shards: Vec<&String> = names.iter().filter(|n| n.starts_with(&prefix)).collect();
         let control = self.control.as_mut().expect("a controller");
         if shards.is_empty() {
