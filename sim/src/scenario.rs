@@ -130,9 +130,8 @@ impl fmt::Display for ScenarioError {
 
 impl std::error::Error for ScenarioError {}
 
-/// Loads `path` and applies `overrides` (`key=value`, the value in TOML syntax, or a bare
-/// string).
-pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, ScenarioError> {
+/// Reads a scenario file: its name (the file stem), its origin for errors, and its text.
+pub(crate) fn read_scenario_file(path: &Path) -> Result<(String, String, String), ScenarioError> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
         origin: origin.clone(),
@@ -144,6 +143,13 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, ScenarioError
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    Ok((name, origin, text))
+}
+
+/// Loads `path` and applies `overrides` (`key=value`, the value in TOML syntax, or a bare
+/// string).
+pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, ScenarioError> {
+    let (name, origin, text) = read_scenario_file(path)?;
     load_str(&name, &origin, &text, overrides)
 }
 

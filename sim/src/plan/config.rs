@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::scenario::read_scenario_file;
 use crate::scenario::{in_range, parse_checked, positive, ScenarioError, Source, MAX_GPUS};
 use crate::units::parse_duration_ns;
 
@@ -247,17 +248,7 @@ impl Costs {
 
 /// Loads a planner scenario and applies `overrides` (`key=value`).
 pub fn load(path: &Path, overrides: &[String]) -> Result<PlanConfig, ScenarioError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-        origin: origin.clone(),
-        line_col: None,
-        key: None,
-        message: format!("cannot read the scenario file: {e}"),
-    })?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (name, origin, text) = read_scenario_file(path)?;
     load_str(&name, &origin, &text, overrides)
 }
 
