@@ -3,6 +3,7 @@
 //! [`world::SimBackend`].
 
 pub mod executor;
+pub mod fuzzing;
 pub mod limits;
 pub mod plan;
 pub mod queue;
