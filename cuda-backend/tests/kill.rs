@@ -82,14 +82,22 @@ fn careless_write(dir: &Path, name: &str, data: &[u8]) {
 fn spawn_writer(dir: &Path, careless: bool) -> Child {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("KILL_TEST_DIR", dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if careless {
         command.env("KILL_TEST_CARELESS", "1");
     }
-    command.spawn().expect("the test binary runs again as a writer")
+    command
+        .spawn()
+        .expect("the test binary runs again as a writer")
 }
 
 /// Waits until the writer has put the first version of every blob in place, so each kill

@@ -555,6 +555,9 @@ struct RawCrash {
 struct RawRates {
     #[serde(default)]
     node_failures_per_1000_node_days: f64,
+    /// Weibull interarrival times of this shape instead of exponential ones (the planner's
+    /// `weibull` distribution): below 1, failures cluster after each other.
+    node_failure_weibull_shape: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -1071,6 +1074,16 @@ fn validate_control(
             format!("expected a rate from 0 to 1e6, got {rate}"),
         ));
     }
+    let weibull_shape = match f.rates.node_failure_weibull_shape {
+        None => None,
+        Some(shape) if shape.is_finite() && (0.1..=10.0).contains(&shape) => Some(shape),
+        Some(shape) => {
+            return Err(src.error(
+                "faults.rates.node_failure_weibull_shape",
+                format!("expected a Weibull shape from 0.1 to 10, got {shape}"),
+            ))
+        }
+    };
     let mut crashes = Vec::new();
     for (idx, c) in f.crash.iter().enumerate() {
         let key = |field: &str| format!("faults.crash.{idx}.{field}");
@@ -1114,6 +1127,7 @@ fn validate_control(
         fallback_to_restart,
         crashes,
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
+        node_failure_weibull_shape: weibull_shape,
         collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
         heartbeat_interval_ns: optional("recovery.heartbeat_interval", &r.heartbeat_interval)?,
         heartbeat_misses: in_range(

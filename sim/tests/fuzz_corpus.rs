@@ -37,7 +37,10 @@ fn scenario_loader_survives_its_corpus() {
 
 #[test]
 fn checkpoint_reader_survives_its_corpus() {
-    run_corpus("checkpoint_reader", faultline_sim::fuzzing::checkpoint_reader);
+    run_corpus(
+        "checkpoint_reader",
+        faultline_sim::fuzzing::checkpoint_reader,
+    );
 }
 
 #[test]
@@ -50,9 +53,18 @@ fn write_checkpoint_seeds() {
         ("manifest-step-12", encode_manifest(12, 1024)),
         ("manifest-step-max", encode_manifest(u64::MAX >> 1, 100_000)),
         ("shard-empty", encode_shard(3, 0, 1, &[])),
-        ("shard-small", encode_shard(7, 2, 8, &[1.0, -2.5, 3.25, f32::MIN_POSITIVE])),
-        ("shard-nan", encode_shard(9, 5, 16, &[f32::NAN, f32::INFINITY, -0.0])),
-        ("shard-64", encode_shard(40, 63, 64, &(0..64).map(|i| i as f32).collect::<Vec<_>>())),
+        (
+            "shard-small",
+            encode_shard(7, 2, 8, &[1.0, -2.5, 3.25, f32::MIN_POSITIVE]),
+        ),
+        (
+            "shard-nan",
+            encode_shard(9, 5, 16, &[f32::NAN, f32::INFINITY, -0.0]),
+        ),
+        (
+            "shard-64",
+            encode_shard(40, 63, 64, &(0..64).map(|i| i as f32).collect::<Vec<_>>()),
+        ),
     ];
     for (name, bytes) in seeds {
         std::fs::write(dir.join(name), bytes).unwrap();
