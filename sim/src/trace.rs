@@ -102,6 +102,18 @@ pub enum Record<'a> {
     StorageCorruption { name: &'a str },
 }
 
+/// The `kind`s of the controller's records, which every level keeps.
+pub const CONTROL_KINDS: [&str; 8] = [
+    "crash",
+    "crash_skipped",
+    "detected",
+    "abort",
+    "restart_scheduled",
+    "restart",
+    "storage_write_failed",
+    "storage_corruption",
+];
+
 impl Record<'_> {
     /// Whether the controller, not a rank's own logic, produced this record: such records are
     /// kept at every level.
