@@ -43,7 +43,7 @@ impl World {
             }
         }
         // A stopped rank's compute ends before it starts (its sleep fails with `Aborted`).
-        if !self.ranks[rank].aborted {
+        if self.recorder.is_some() && !self.ranks[rank].aborted {
             let record = Record::Compute {
                 work: work.kind,
                 duration_ns,
