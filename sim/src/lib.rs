@@ -11,6 +11,7 @@ pub mod run;
 pub mod scenario;
 pub mod storage;
 pub mod topology;
+pub mod trace;
 /// Scenario units, shared with the GPU runner through trainer-core.
 pub use trainer_core::units;
 pub mod world;

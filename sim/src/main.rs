@@ -3,6 +3,7 @@
 //! 2 bad input, 70 an internal error (a bug in faultline).
 
 mod bench;
+mod check;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use faultline_sim::plan;
 use faultline_sim::run::{self, CollectiveSpec};
 use faultline_sim::scenario::{self, ExecutorChoice, Scenario, MAX_GPUS};
 use faultline_sim::topology::Topology;
+use faultline_sim::trace;
 use faultline_sim::units::format_duration_ns;
 use trainer_core::collectives::{Algo, Op};
 
@@ -56,6 +58,18 @@ enum Command {
     Merge(MergeArgs),
     /// Measure planner costs by running the training logic at the scenario's scale.
     Calibrate(CalibrateArgs),
+    /// Re-run the scenario recorded in a `run --trace` file and check that it comes out the
+    /// same: the digests, and every record the trace holds.
+    Replay(ReplayArgs),
+    /// Determinism self-check: run a scenario twice in separate processes and compare their
+    /// traces record by record; on divergence, print the first differing record.
+    Check(check::CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// A trace written by `faultline run --trace FILE`.
+    trace: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -169,6 +183,18 @@ struct RunArgs {
     /// Run the same scenario with every fault switched off.
     #[arg(long)]
     no_faults: bool,
+    /// Write a JSON-lines event trace here (columns in docs/trace.md).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// What the trace keeps; `auto` is `events` up to 1,024 GPUs, `summary` above.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "summary", "events", "messages"])]
+    trace_level: String,
+    /// Write a Chrome/Perfetto trace of the model timeline here.
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
+    /// Test hook for `check`: make compute call N one nanosecond longer.
+    #[arg(long, hide = true, value_name = "N")]
+    perturb_compute: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -261,6 +287,10 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         sets: Vec::new(),
         json: false,
         no_faults: false,
+        trace: None,
+        trace_level: "auto".into(),
+        perfetto: None,
+        perturb_compute: None,
     }));
     match command {
         Command::Run(args) => cmd_run(args),
@@ -271,6 +301,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Plan(args) => cmd_plan(args),
         Command::Merge(args) => cmd_merge(args),
         Command::Calibrate(args) => cmd_calibrate(args),
+        Command::Replay(args) => cmd_replay(args),
+        Command::Check(args) => check::cmd_check(args),
     }
 }
 
@@ -304,6 +336,7 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     }
     let estimate = limits::estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
     limits::check("this run", estimate, limits::available_bytes()).map_err(Failure::bad_input)?;
+    let recorder = recorder_for(&args, &scenario)?;
     let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.sets);
     if args.no_faults {
         reproduce.push_str(" --no-faults");
@@ -315,10 +348,22 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         );
         println!("reproduce: {reproduce}");
     }
-    let report = run::run_scenario(&scenario).map_err(|e| Failure {
+    let hooks = run::RunHooks {
+        recorder,
+        perturb_compute: args.perturb_compute,
+    };
+    let (report, recorder) = run::run_scenario_with(&scenario, hooks).map_err(|e| Failure {
         status: EXIT_FINDING,
         message: e.to_string(),
     })?;
+    if let Some(recorder) = recorder {
+        recorder
+            .finish(
+                |records| trace::footer_of(&report, records),
+                report.model_time_ns,
+            )
+            .map_err(|e| Failure::bad_input(format!("writing the trace: {e}")))?;
+    }
     let healthy = report.replicas_agree && report.steps_completed == report.steps_requested;
     if args.json {
         let mut value = serde_json::to_value(&report).expect("a report serialises");
@@ -370,6 +415,76 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         println!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy { 0 } else { EXIT_FINDING })
+}
+
+/// The trace and timeline a run asked for, their files opened before the run starts.
+fn recorder_for(args: &RunArgs, scenario: &Scenario) -> Result<Option<trace::Recorder>, Failure> {
+    if args.trace.is_none() && args.perfetto.is_none() {
+        return Ok(None);
+    }
+    let mut recorder = trace::Recorder::new();
+    if let Some(path) = &args.trace {
+        let level = match args.trace_level.as_str() {
+            "auto" => trace::TraceLevel::auto(scenario.cluster.gpus),
+            name => trace::TraceLevel::from_name(name).expect("clap checked the level"),
+        };
+        let scenario_path = locate(&args.scenario);
+        let text = std::fs::read_to_string(&scenario_path)
+            .map_err(|e| Failure::bad_input(format!("{}: {e}", scenario_path.display())))?;
+        let header = trace::TraceHeader::for_run(
+            scenario,
+            &args.scenario.display().to_string(),
+            &text,
+            &args.sets,
+            args.no_faults,
+            level,
+        )
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+        recorder
+            .trace_to_file(path, &header, level)
+            .map_err(|e| Failure::bad_input(format!("--trace {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.perfetto {
+        let cluster = &scenario.cluster;
+        if let Err(e) = recorder.perfetto_to_file(path, cluster.gpus, cluster.gpus_per_node) {
+            recorder.discard();
+            return Err(Failure::bad_input(format!(
+                "--perfetto {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    Ok(Some(recorder))
+}
+
+fn cmd_replay(args: ReplayArgs) -> Result<u8, Failure> {
+    let outcome = trace::replay(&args.trace).map_err(|e| Failure::bad_input(e.to_string()))?;
+    let outcome = outcome.map_err(|e| Failure {
+        status: EXIT_FINDING,
+        message: format!("the replay failed: {e}"),
+    })?;
+    match outcome {
+        trace::ReplayOutcome::Match { records } => {
+            println!(
+                "faultline replay: {}: the same run: digests and all {records} records match",
+                args.trace.display()
+            );
+            Ok(0)
+        }
+        trace::ReplayOutcome::Mismatch {
+            line,
+            recorded,
+            replayed,
+        } => {
+            println!(
+                "faultline replay: {}: MISMATCH at line {line}",
+                args.trace.display()
+            );
+            println!("  recorded: {recorded}");
+            println!("  replayed: {replayed}");
+            Ok(EXIT_FINDING)
+        }
+    }
 }
 
 /// The one command line that reproduces a run.

@@ -122,6 +122,22 @@ pub struct FaultSummary {
 }
 
 pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
+    run_scenario_with(scenario, RunHooks::default()).map(|(report, _)| report)
+}
+
+/// What a run may carry besides its scenario: a recorder for the trace and timeline, and the
+/// test hook that perturbs one compute call (for `faultline check`'s own test).
+#[derive(Default)]
+pub struct RunHooks {
+    pub recorder: Option<crate::trace::Recorder>,
+    pub perturb_compute: Option<u64>,
+}
+
+/// Runs a scenario with `hooks`; hands the recorder back for the caller to finish.
+pub fn run_scenario_with(
+    scenario: &Scenario,
+    hooks: RunHooks,
+) -> Result<(RunReport, Option<crate::trace::Recorder>), SimError> {
     let started = wall_clock_start();
     let kind = resolve_executor(scenario.run.executor, scenario.cluster.gpus)?;
     let topology = Topology::new(&scenario.cluster, &scenario.fabric);
@@ -136,14 +152,29 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             seed: scenario.run.seed,
             ..scenario.control.clone()
         });
+        if let Some(recorder) = hooks.recorder {
+            w.set_recorder(recorder);
+        }
+        if let Some(call) = hooks.perturb_compute {
+            w.perturb_compute(call);
+        }
     }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let config = config.clone();
         async move { job::run(&backend, config).await }
-    })
-    .map_err(SimError::Deadlock)?;
+    });
+    let results = match results {
+        Ok(results) => results,
+        Err(deadlock) => {
+            if let Some(recorder) = world.borrow_mut().take_recorder() {
+                recorder.discard();
+            }
+            return Err(SimError::Deadlock(deadlock));
+        }
+    };
+    let recorder = world.borrow_mut().take_recorder();
     let world = world.borrow();
     let stats = world.stats();
     // Ranks that died after others had finished never resumed; judge the ranks that finished.
@@ -158,7 +189,7 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             .all(|r| r.param_digest == outcome0.param_digest);
     let faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
-    Ok(RunReport {
+    let report = RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.run.seed,
         executor: kind.name(),
@@ -202,7 +233,8 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
         },
         instants: stats.instants,
         wall_ms: wall_ms_since(started),
-    })
+    };
+    Ok((report, recorder))
 }
 
 pub fn hex(value: u64) -> String {

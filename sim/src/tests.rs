@@ -204,3 +204,48 @@ fn divisor_divides_exactly() {
         }
     }
 }
+
+/// A run recorded at the most detailed level, with a timeline, is the run without either: the
+/// same digests, model time and fault books.
+#[test]
+fn recording_a_run_does_not_change_it() {
+    use crate::run::{run_scenario, run_scenario_with, RunHooks};
+    use crate::trace::{Recorder, TraceHeader, TraceLevel};
+    let text = "[cluster]\ngpus = 16\n[job]\nsteps = 6\n[checkpoint]\ninterval = 2\n\
+                [recovery]\npolicy = \"restart\"\nrestart_time = \"1min\"\n\
+                [[faults.crash]]\nnode = 1\nat_step = 4\n";
+    let scenario = load_str("t", "t.toml", text, &[]).unwrap();
+    let plain = run_scenario(&scenario).unwrap();
+    let header =
+        TraceHeader::for_run(&scenario, "t.toml", text, &[], false, TraceLevel::Messages).unwrap();
+    let mut recorder = Recorder::new();
+    recorder.trace_to_memory(&header, TraceLevel::Messages);
+    let timeline = std::env::temp_dir().join(format!("faultline-unit-{}.json", std::process::id()));
+    recorder.perfetto_to_file(&timeline, 16, 8).unwrap();
+    let hooks = RunHooks {
+        recorder: Some(recorder),
+        perturb_compute: None,
+    };
+    let (recorded, recorder) = run_scenario_with(&scenario, hooks).unwrap();
+    let trace = recorder
+        .unwrap()
+        .finish(
+            |n| crate::trace::footer_of(&recorded, n),
+            recorded.model_time_ns,
+        )
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(&timeline).unwrap();
+    assert_eq!(plain.faults.injected.get("node_crash"), Some(&1));
+    assert_eq!(recorded.trace_digest, plain.trace_digest);
+    assert_eq!(recorded.param_digest, plain.param_digest);
+    assert_eq!(recorded.model_time_ns, plain.model_time_ns);
+    assert_eq!(recorded.lost_time_ns_by_cause, plain.lost_time_ns_by_cause);
+    // Every delivery is in the trace at this level.
+    let deliveries = String::from_utf8(trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"deliver\""))
+        .count() as u64;
+    assert!(deliveries > 0 && deliveries <= plain.messages);
+}

@@ -20,8 +20,10 @@ use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTic
 use crate::queue::RadixQueue;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::Topology;
+use crate::trace::Record;
 
 mod control;
+mod recording;
 
 pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
 
@@ -151,6 +153,11 @@ pub struct World {
     /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
     /// recycled from a short message can carry a long one without a realloc.
     buffer_elems: usize,
+    /// The trace and timeline, when asked for; `None` costs one branch per record site.
+    recorder: Option<Box<crate::trace::Recorder>>,
+    /// A test hook for `faultline check`: the compute call of this index (counted from 0
+    /// across all ranks) lasts one nanosecond longer, a real divergence to catch.
+    perturb_compute: Option<u64>,
 }
 
 impl World {
@@ -195,6 +202,8 @@ impl World {
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
             buffer_elems: 0,
+            recorder: None,
+            perturb_compute: None,
         }
     }
 
@@ -241,6 +250,7 @@ impl World {
         self.maybe_schedule_restart();
         self.digest.u64(0xF1 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
+        self.record(Some(rank as u32), Record::Finished);
     }
 
     /// Ranks parked with nothing in the queue to wake them: what a deadlock report shows.
@@ -349,6 +359,7 @@ impl World {
             EventKind::WriteDone { ticket } => {
                 if self.storage.complete(ticket, self.now_ns) {
                     self.count_injected("storage_write_failure");
+                    self.record(None, Record::StorageWriteFailed);
                 }
             }
             EventKind::CorruptBlob => self.fire_corrupt_blob(),
@@ -383,6 +394,10 @@ impl World {
         self.digest
             .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
         self.digest.u64(self.now_ns);
+        if let Some(recorder) = &mut self.recorder {
+            let bytes = message.payload.modelled_bytes;
+            recorder.record(self.now_ns, Some(to), Record::Deliver { from, tag, bytes });
+        }
         let state = &mut self.ranks[to as usize];
         if state.wait == (Wait::Message { from, tag }) {
             debug_assert!(state.delivered.is_none());
@@ -634,6 +649,7 @@ impl World {
     }
 
     fn emit(&mut self, rank: usize, event: &Event) {
+        self.record(Some(rank as u32), Record::Rank(event));
         self.observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
@@ -730,8 +746,7 @@ impl Backend for SimBackend {
     }
 
     fn compute(&self, work: Work) -> impl Future<Output = Result<(), CommError>> {
-        let flops_per_s = self.world.borrow().gpu_flops_per_s;
-        let duration_ns = (work.flops / flops_per_s * 1e9).ceil() as u64;
+        let duration_ns = self.world.borrow_mut().begin_compute(self.rank, work);
         self.sleep(duration_ns)
     }
 

@@ -1,14 +1,40 @@
 //! Every scenario in `scenarios/` small enough for CI, as a snapshot test: a change to the
 //! trainer logic, the fabric or the planner that alters a report shows as a readable diff.
-//! Run scenarios snapshot their `run --json` report (less `wall_ms`); planner scenarios their
+//! Run scenarios snapshot their `run --json` report (less `wall_ms`) and a bounded slice of their
+//! `events`-level trace (the first and last records, and the controller's records); planner
+//! scenarios their
 //! `plan --json` report at 20 seeds. A scenario with `[scenario] ci = false` is skipped here and
 //! said to be. CI fails on any mismatch (insta never writes snapshots when `CI` is set).
 
 use std::path::Path;
 
 use faultline_sim::plan;
-use faultline_sim::run::run_scenario;
 use faultline_sim::scenario;
+use faultline_sim::trace::{self, TraceHeader, TraceLevel};
+
+/// Records at each end of the trace, and controller records, that a snapshot shows.
+const TRACE_ENDS: usize = 3;
+const TRACE_CONTROL_RECORDS: usize = 16;
+
+/// A bounded, stable slice of a trace's record lines (header and footer left out).
+fn trace_slice(lines: &[String]) -> serde_json::Value {
+    let records = &lines[1..lines.len() - 1];
+    let control: Vec<&String> = records
+        .iter()
+        .filter(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let kind = record["kind"].as_str().unwrap();
+            trace::CONTROL_KINDS.contains(&kind)
+        })
+        .collect();
+    serde_json::json!({
+        "records": records.len(),
+        "first": &records[..TRACE_ENDS.min(records.len())],
+        "last": &records[records.len().saturating_sub(TRACE_ENDS)..],
+        "control_records": control.len(),
+        "control": &control[..TRACE_CONTROL_RECORDS.min(control.len())],
+    })
+}
 
 fn is_planner(path: &Path) -> bool {
     let text = std::fs::read_to_string(path).unwrap();
@@ -37,9 +63,15 @@ fn snapshot_of(path: &Path) -> Option<serde_json::Value> {
         );
         return None;
     }
-    let report = run_scenario(&scenario).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap();
+    let name = format!("scenarios/{}", path.file_name().unwrap().to_string_lossy());
+    let header =
+        TraceHeader::for_run(&scenario, &name, &text, &[], false, TraceLevel::Events).unwrap();
+    let (report, lines) = trace::run_traced_in_memory(&scenario, &header)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut value = serde_json::to_value(report).unwrap();
     value.as_object_mut().unwrap().remove("wall_ms");
+    value["trace"] = trace_slice(&lines);
     Some(value)
 }
 

@@ -17,6 +17,7 @@ use trainer_core::{CommError, Event, RestartOrder};
 
 use super::{EventKind, Wait, World};
 use crate::storage::Place;
+use crate::trace::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashTarget {
@@ -249,6 +250,11 @@ impl World {
         let control = self.control.as_mut().expect("a controller");
         if self.finished > 0 {
             control.report.skipped_after_finish += 1;
+            let (kind, node) = match target {
+                CrashTarget::Node(node) => ("node_crash", node),
+                CrashTarget::Gpu(rank) => ("gpu_failure", self.placement.node_of(rank)),
+            };
+            self.record(None, Record::CrashSkipped { kind, node });
             return;
         }
         let (ranks, kind) = match target {
@@ -280,6 +286,13 @@ impl World {
         if let CrashTarget::Node(node) = target {
             self.storage.crash_node(node);
         }
+        let node = self.placement.node_of(ranks[0]);
+        let crash = Record::Crash {
+            kind,
+            node,
+            rank_count: ranks.len(),
+        };
+        self.record(Some(ranks[0] as u32), crash);
         self.digest.u64(0xC0 << 56 | ranks[0] as u64);
         for rank in ranks {
             let state = &mut self.ranks[rank];
@@ -320,6 +333,7 @@ impl World {
         let bit = control.rng.gen::<u64>();
         if self.storage.corrupt(Place::Persistent, &victim, bit) {
             bump(&mut control.report.injected, "storage_corruption");
+            self.record(None, Record::StorageCorruption { name: &victim });
         }
     }
 
@@ -327,6 +341,7 @@ impl World {
         let control = self.control.as_mut().expect("a controller");
         if control.generation == generation && control.phase == Phase::Running {
             bump(&mut control.report.detected, "heartbeat");
+            self.record(None, Record::Detected { by: "heartbeat" });
             self.begin_abort();
         }
     }
@@ -374,6 +389,7 @@ impl World {
         if let Some(since) = control.undetected_since_ns.take() {
             control.lose("detection", now - since);
         }
+        self.record(None, Record::Abort);
         for rank in 0..self.ranks.len() {
             self.ranks[rank].aborted = true;
             if matches!(self.ranks[rank].wait, Wait::Message { .. }) {
@@ -396,6 +412,7 @@ impl World {
                 _ => "peer_error",
             };
             bump(&mut control.report.detected, detector);
+            self.record(Some(rank as u32), Record::Detected { by: detector });
             self.begin_abort();
         }
         self.control.as_mut().expect("a controller").awaiting += 1;
@@ -415,7 +432,16 @@ impl World {
             control.report.abandoned = true;
             control.report.finished_despite_failure = true;
             let at = self.now_ns;
+            let generation = control.generation + 1;
             self.schedule(at, EventKind::Restart);
+            let delay_ns = 0;
+            self.record(
+                None,
+                Record::RestartScheduled {
+                    generation,
+                    delay_ns,
+                },
+            );
         } else {
             let needed = control.failed_nodes.len();
             let config = &control.config;
@@ -435,8 +461,17 @@ impl World {
             };
             control.failed_nodes.clear();
             control.lose("restart", restart);
+            let generation = control.generation + 1;
             let at = self.now_ns + restart;
             self.schedule(at, EventKind::Restart);
+            let delay_ns = restart;
+            self.record(
+                None,
+                Record::RestartScheduled {
+                    generation,
+                    delay_ns,
+                },
+            );
         }
     }
 
@@ -452,6 +487,11 @@ impl World {
             control.report.recoveries += 1;
         }
         self.digest.u64(0xA0 << 56 | control.generation);
+        let restart = Record::Restart {
+            generation: control.generation,
+            abandoned: control.report.abandoned,
+        };
+        self.record(None, restart);
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
             let state = &mut self.ranks[rank];

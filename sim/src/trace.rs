@@ -1,0 +1,1139 @@
+//! The run's recording: a JSON-lines event trace (`--trace`) and a Chrome/Perfetto timeline
+//! (`--perfetto`). The world hands every rank event, compute, control event and (at level
+//! `messages`) delivery to [`Recorder::record`] as a [`Record`]; that one function decides what
+//! each output keeps. A new fault kind becomes a new `Record` variant, its fields in
+//! [`Record::write_fields`], and, if it has a span, a case in [`Timeline::record`].
+//!
+//! Recording only observes: it never touches the trace digest, the clock or any random stream,
+//! so a run with a recorder is the run without one. Both files are written to a temporary name
+//! in their directory and renamed at the end, so a reader never sees half a file.
+//!
+//! The columns are documented in `docs/trace.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use trainer_core::{Event, Tag, Tier, WorkKind};
+
+/// The trace format's version, the header's `faultline_trace` value.
+pub const TRACE_FORMAT: u64 = 1;
+
+/// With level `auto`, runs up to this many GPUs record `events`, larger ones `summary`.
+pub const AUTO_EVENTS_MAX_GPUS: usize = 1024;
+
+/// Perfetto: up to this many ranks get one track each; above it, one track per node.
+pub const PERFETTO_RANK_TRACKS_MAX: usize = 64;
+
+/// How much of a run the JSON-lines trace keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TraceLevel {
+    /// Control events, and rank 0's rank events: bounded by the steps, not the GPU count.
+    Summary,
+    /// Control events and every rank's events (steps, computes, collectives, checkpoints).
+    Events,
+    /// As `Events`, plus every message delivery.
+    Messages,
+}
+
+impl TraceLevel {
+    pub const NAMES: [&'static str; 3] = ["summary", "events", "messages"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceLevel::Summary => "summary",
+            TraceLevel::Events => "events",
+            TraceLevel::Messages => "messages",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TraceLevel> {
+        match name {
+            "summary" => Some(TraceLevel::Summary),
+            "events" => Some(TraceLevel::Events),
+            "messages" => Some(TraceLevel::Messages),
+            _ => None,
+        }
+    }
+
+    /// The level `auto` picks for a run of `gpus` GPUs.
+    pub fn auto(gpus: usize) -> TraceLevel {
+        if gpus <= AUTO_EVENTS_MAX_GPUS {
+            TraceLevel::Events
+        } else {
+            TraceLevel::Summary
+        }
+    }
+}
+
+/// One thing that happened, as the world saw it. Records of a rank carry it; the controller's
+/// records that concern no one rank carry none.
+#[derive(Clone, Copy, Debug)]
+pub enum Record<'a> {
+    /// An event the trainer emitted through `Backend::emit`.
+    Rank(&'a Event),
+    /// A `Backend::compute` began; it lasts `duration_ns` unless the rank is stopped.
+    Compute { work: WorkKind, duration_ns: u64 },
+    /// A message reached its receiver (the record's rank).
+    Deliver { from: u32, tag: Tag, bytes: u64 },
+    /// The rank's job finished.
+    Finished,
+    /// A crash struck `rank_count` ranks from the record's rank on.
+    Crash {
+        kind: &'static str,
+        node: usize,
+        rank_count: usize,
+    },
+    /// A crash was due after the job had finished; nothing happened.
+    CrashSkipped { kind: &'static str, node: usize },
+    /// The controller learnt of a failure through `by` (from the record's rank, if any).
+    Detected { by: &'static str },
+    /// The controller stopped every rank.
+    Abort,
+    /// The job restarts in `generation` after `delay_ns` (restart or spare swap).
+    RestartScheduled { generation: u64, delay_ns: u64 },
+    /// Generation `generation` starts; `abandoned` when the job gives up instead.
+    Restart { generation: u64, abandoned: bool },
+    /// A storage write failed (a failing store).
+    StorageWriteFailed,
+    /// A bit flipped in a stored blob.
+    StorageCorruption { name: &'a str },
+}
+
+/// The `kind`s of the controller's records, which every level keeps.
+pub const CONTROL_KINDS: [&str; 8] = [
+    "crash",
+    "crash_skipped",
+    "detected",
+    "abort",
+    "restart_scheduled",
+    "restart",
+    "storage_write_failed",
+    "storage_corruption",
+];
+
+impl Record<'_> {
+    /// Whether the controller, not a rank's own logic, produced this record: such records are
+    /// kept at every level.
+    pub fn is_control(&self) -> bool {
+        !matches!(
+            self,
+            Record::Rank(_) | Record::Compute { .. } | Record::Deliver { .. } | Record::Finished
+        )
+    }
+
+    fn kept_at(&self, level: TraceLevel, rank: Option<u32>) -> bool {
+        match self {
+            Record::Deliver { .. } => level == TraceLevel::Messages,
+            _ if self.is_control() => true,
+            _ => level >= TraceLevel::Events || rank == Some(0),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Record::Rank(event) => match event {
+                Event::StepBegin { .. } => "step_begin",
+                Event::StepEnd { .. } => "step_end",
+                Event::CollectiveBegin { .. } => "collective_begin",
+                Event::CollectiveEnd { .. } => "collective_end",
+                Event::CheckpointSnapshot { .. } => "checkpoint_snapshot",
+                Event::CheckpointCommitted { .. } => "checkpoint_committed",
+                Event::Restored { .. } => "restored",
+                Event::RestoreFallback { .. } => "restore_fallback",
+            },
+            Record::Compute { .. } => "compute",
+            Record::Deliver { .. } => "deliver",
+            Record::Finished => "finished",
+            Record::Crash { .. } => "crash",
+            Record::CrashSkipped { .. } => "crash_skipped",
+            Record::Detected { .. } => "detected",
+            Record::Abort => "abort",
+            Record::RestartScheduled { .. } => "restart_scheduled",
+            Record::Restart { .. } => "restart",
+            Record::StorageWriteFailed => "storage_write_failed",
+            Record::StorageCorruption { .. } => "storage_corruption",
+        }
+    }
+
+    /// The kind's own fields, each as `,"key":value`, in a fixed order.
+    fn write_fields(&self, out: &mut String) {
+        let _ = match *self {
+            Record::Rank(event) => match *event {
+                Event::StepBegin { step } => write!(out, ",\"step\":{step}"),
+                Event::StepEnd { step, loss } => {
+                    write!(out, ",\"step\":{step},\"loss\":{}", json_f32(loss))
+                }
+                Event::CollectiveBegin { op_id, op, algo } => write!(
+                    out,
+                    ",\"op_id\":{op_id},\"op\":\"{}\",\"algo\":\"{}\"",
+                    op.name(),
+                    algo.name()
+                ),
+                Event::CollectiveEnd { op_id } => write!(out, ",\"op_id\":{op_id}"),
+                Event::CheckpointSnapshot { step, stall_ns } => {
+                    write!(out, ",\"step\":{step},\"stall_ns\":{stall_ns}")
+                }
+                Event::CheckpointCommitted { step } | Event::RestoreFallback { step } => {
+                    write!(out, ",\"step\":{step}")
+                }
+                Event::Restored { step, tier } => {
+                    write!(out, ",\"step\":{step},\"tier\":\"{}\"", tier_name(tier))
+                }
+            },
+            Record::Compute { work, duration_ns } => write!(
+                out,
+                ",\"work\":\"{}\",\"duration_ns\":{duration_ns}",
+                work_name(work)
+            ),
+            Record::Deliver { from, tag, bytes } => write!(
+                out,
+                ",\"from\":{from},\"op_id\":{},\"phase\":{},\"round\":{},\"bytes\":{bytes}",
+                tag.op_id, tag.phase, tag.round
+            ),
+            Record::Finished | Record::Abort | Record::StorageWriteFailed => Ok(()),
+            Record::Crash {
+                kind,
+                node,
+                rank_count,
+            } => write!(
+                out,
+                ",\"fault\":\"{kind}\",\"node\":{node},\"rank_count\":{rank_count}"
+            ),
+            Record::CrashSkipped { kind, node } => {
+                write!(out, ",\"fault\":\"{kind}\",\"node\":{node}")
+            }
+            Record::Detected { by } => write!(out, ",\"by\":\"{by}\""),
+            Record::RestartScheduled {
+                generation,
+                delay_ns,
+            } => write!(out, ",\"generation\":{generation},\"delay_ns\":{delay_ns}"),
+            Record::Restart {
+                generation,
+                abandoned,
+            } => write!(
+                out,
+                ",\"generation\":{generation},\"abandoned\":{abandoned}"
+            ),
+            Record::StorageCorruption { name } => write!(
+                out,
+                ",\"name\":{}",
+                serde_json::to_string(name).expect("a string serialises")
+            ),
+        };
+    }
+}
+
+fn json_f32(value: f32) -> String {
+    if value.is_finite() {
+        // serde_json prints the shortest text that reads back as the same f32.
+        serde_json::to_string(&value).expect("a finite float serialises")
+    } else {
+        format!("\"{value}\"")
+    }
+}
+
+fn tier_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Host => "host",
+        Tier::Peer { .. } => "peer",
+        Tier::Persistent => "persistent",
+    }
+}
+
+fn work_name(work: WorkKind) -> &'static str {
+    match work {
+        WorkKind::ForwardBackward => "forward_backward",
+        WorkKind::Optimizer => "optimizer",
+    }
+}
+
+/// What the first line of a trace says: enough to run the scenario again without its file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TraceHeader {
+    pub faultline_trace: u64,
+    pub version: String,
+    /// The scenario's name (its file stem) and path, as given.
+    pub scenario: String,
+    pub scenario_path: String,
+    /// The scenario file's full text.
+    pub scenario_toml: String,
+    /// `--set KEY=VALUE` overrides, in order.
+    pub overrides: Vec<String>,
+    pub no_faults: bool,
+    pub seed: u64,
+    /// The executor that ran (`madsim` or `fifo`), never `auto`.
+    pub executor: String,
+    pub level: String,
+}
+
+/// The last line of a complete trace.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TraceFooter {
+    pub faultline_trace_end: u64,
+    pub trace_digest: String,
+    pub param_digest: String,
+    pub steps_completed: u64,
+    pub model_time_ns: u64,
+    /// Records between the header and the footer.
+    pub records: u64,
+}
+
+/// A file written under a temporary name in its directory and renamed into place at the end.
+struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl AtomicFile {
+    fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+        })?;
+        let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+        let file = File::create(&tmp)?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+        })
+    }
+
+    fn commit(self) -> std::io::Result<()> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)
+    }
+
+    fn discard(self) {
+        drop(self.out);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Where the JSON lines go.
+enum Sink {
+    File(AtomicFile),
+    Memory(Vec<u8>),
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => file.out.write_all(bytes),
+            Sink::Memory(buffer) => {
+                buffer.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+struct JsonLines {
+    level: TraceLevel,
+    sink: Sink,
+    line: String,
+    records: u64,
+}
+
+/// The recording of one run: a JSON-lines trace, a Perfetto timeline, or both.
+pub struct Recorder {
+    lines: Option<JsonLines>,
+    timeline: Option<Timeline>,
+    /// The first write error; reported when the recording finishes.
+    error: Option<std::io::Error>,
+}
+
+impl Recorder {
+    /// A recorder that writes nothing yet; add outputs with [`Recorder::trace_to_file`],
+    /// [`Recorder::trace_to_memory`] and [`Recorder::perfetto_to_file`].
+    pub fn new() -> Recorder {
+        Recorder {
+            lines: None,
+            timeline: None,
+            error: None,
+        }
+    }
+
+    /// Opens `path`'s temporary file now, so an unwritable path fails before the run.
+    pub fn trace_to_file(
+        &mut self,
+        path: &Path,
+        header: &TraceHeader,
+        level: TraceLevel,
+    ) -> std::io::Result<()> {
+        let file = AtomicFile::create(path)?;
+        self.start_lines(Sink::File(file), header, level)
+    }
+
+    /// Keeps the trace in memory, for [`Recorder::finish`] to return.
+    pub fn trace_to_memory(&mut self, header: &TraceHeader, level: TraceLevel) {
+        self.start_lines(Sink::Memory(Vec::new()), header, level)
+            .expect("memory takes every write");
+    }
+
+    fn start_lines(
+        &mut self,
+        mut sink: Sink,
+        header: &TraceHeader,
+        level: TraceLevel,
+    ) -> std::io::Result<()> {
+        let mut text = serde_json::to_string(header).expect("a header serialises");
+        text.push('\n');
+        sink.write(text.as_bytes())?;
+        self.lines = Some(JsonLines {
+            level,
+            sink,
+            line: String::new(),
+            records: 0,
+        });
+        Ok(())
+    }
+
+    /// Opens `path`'s temporary file now, so an unwritable path fails before the run.
+    pub fn perfetto_to_file(
+        &mut self,
+        path: &Path,
+        gpus: usize,
+        gpus_per_node: usize,
+    ) -> std::io::Result<()> {
+        let file = AtomicFile::create(path)?;
+        self.timeline = Some(Timeline::new(file, gpus, gpus_per_node)?);
+        Ok(())
+    }
+
+    /// The one place a world or controller event becomes trace output.
+    pub fn record(&mut self, t_ns: u64, rank: Option<u32>, record: Record) {
+        if let Some(lines) = &mut self.lines {
+            if record.kept_at(lines.level, rank) {
+                let line = &mut lines.line;
+                line.clear();
+                let _ = write!(line, "{{\"t_ns\":{t_ns},\"rank\":");
+                match rank {
+                    Some(rank) => {
+                        let _ = write!(line, "{rank}");
+                    }
+                    None => line.push_str("null"),
+                }
+                let _ = write!(line, ",\"kind\":\"{}\"", record.kind());
+                record.write_fields(line);
+                line.push_str("}\n");
+                lines.records += 1;
+                if let Err(e) = lines.sink.write(line.as_bytes()) {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(timeline) = &mut self.timeline {
+            if let Err(e) = timeline.record(t_ns, rank, record) {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Writes the footer (with the number of records) and moves both files into place.
+    /// Returns the in-memory trace, if that is where it went.
+    pub fn finish(
+        mut self,
+        footer: impl FnOnce(u64) -> TraceFooter,
+        end_ns: u64,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let mut memory = None;
+        if let Some(mut lines) = self.lines.take() {
+            let mut text = serde_json::to_string(&footer(lines.records)).expect("serialises");
+            text.push('\n');
+            let written = lines.sink.write(text.as_bytes());
+            match (self.error.take(), written, lines.sink) {
+                (Some(e), _, Sink::File(file)) | (None, Err(e), Sink::File(file)) => {
+                    file.discard();
+                    return Err(e);
+                }
+                (_, _, Sink::File(file)) => file.commit()?,
+                (_, _, Sink::Memory(buffer)) => memory = Some(buffer),
+            }
+        }
+        if let Some(timeline) = self.timeline.take() {
+            timeline.finish(end_ns)?;
+        }
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(memory),
+        }
+    }
+
+    /// Throws the outputs away (the run failed): their temporary files are removed.
+    pub fn discard(mut self) {
+        if let Some(JsonLines {
+            sink: Sink::File(file),
+            ..
+        }) = self.lines.take()
+        {
+            file.discard();
+        }
+        if let Some(timeline) = self.timeline.take() {
+            timeline.file.discard();
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder::new()
+    }
+}
+
+/// What a tracked rank's track has open.
+#[derive(Default)]
+struct OpenSpans {
+    step: Option<(u64, u64)>,
+    compute: Option<(u64, u64, WorkKind)>,
+    collective: Option<(u64, u64, &'static str)>,
+    /// Since the restart: the restore runs until the rank's first step (or its end).
+    restore: Option<u64>,
+    restored_from: Option<(u64, Tier)>,
+}
+
+/// Controller tracks: pid 2.
+const CONTROLLER_PID: u32 = 2;
+const RANKS_PID: u32 = 1;
+const TID_FAULTS: u32 = 1;
+const TID_RECOVERY: u32 = 2;
+const TID_PERSIST: u32 = 3;
+
+/// The Chrome trace-event timeline, streamed: spans are written as they close.
+struct Timeline {
+    file: AtomicFile,
+    open: BTreeMap<u32, OpenSpans>,
+    first_event: bool,
+    /// The oldest crash not yet detected, and what struck.
+    undetected: Option<(u64, String)>,
+    /// Detection (or abort) time, until the restart.
+    stopped_at: Option<u64>,
+    /// Rank 0's snapshots still persisting: step to snapshot end.
+    persisting: BTreeMap<u64, u64>,
+}
+
+fn us(t_ns: u64) -> f64 {
+    t_ns as f64 / 1e3
+}
+
+impl Timeline {
+    fn new(file: AtomicFile, gpus: usize, gpus_per_node: usize) -> std::io::Result<Timeline> {
+        let per_rank = gpus <= PERFETTO_RANK_TRACKS_MAX;
+        let mut timeline = Timeline {
+            file,
+            open: BTreeMap::new(),
+            first_event: true,
+            undetected: None,
+            stopped_at: None,
+            persisting: BTreeMap::new(),
+        };
+        timeline.file.out.write_all(b"{\"traceEvents\":[\n")?;
+        let tracks = if per_rank {
+            "rank"
+        } else {
+            "node (its first rank)"
+        };
+        timeline.metadata(
+            "process_name",
+            RANKS_PID,
+            0,
+            &format!("ranks: one {tracks} a track"),
+        )?;
+        timeline.metadata("process_name", CONTROLLER_PID, 0, "controller")?;
+        timeline.metadata("thread_name", CONTROLLER_PID, TID_FAULTS, "faults")?;
+        timeline.metadata("thread_name", CONTROLLER_PID, TID_RECOVERY, "recovery")?;
+        timeline.metadata(
+            "thread_name",
+            CONTROLLER_PID,
+            TID_PERSIST,
+            "checkpoint persist",
+        )?;
+        let step = if per_rank { 1 } else { gpus_per_node };
+        for rank in (0..gpus).step_by(step) {
+            let name = if per_rank {
+                format!("rank {rank}")
+            } else {
+                format!("node {} (rank {rank})", rank / gpus_per_node)
+            };
+            timeline.metadata("thread_name", RANKS_PID, rank as u32, &name)?;
+            timeline.open.insert(rank as u32, OpenSpans::default());
+        }
+        Ok(timeline)
+    }
+
+    fn push(&mut self, event: serde_json::Value) -> std::io::Result<()> {
+        if !self.first_event {
+            self.file.out.write_all(b",\n")?;
+        }
+        self.first_event = false;
+        serde_json::to_writer(&mut self.file.out, &event).map_err(std::io::Error::other)
+    }
+
+    fn metadata(&mut self, what: &str, pid: u32, tid: u32, name: &str) -> std::io::Result<()> {
+        self.push(serde_json::json!({
+            "ph": "M", "name": what, "pid": pid, "tid": tid, "args": { "name": name },
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        cat: &str,
+        name: &str,
+        start_ns: u64,
+        end_ns: u64,
+        args: serde_json::Value,
+    ) -> std::io::Result<()> {
+        self.push(serde_json::json!({
+            "ph": "X", "cat": cat, "name": name, "pid": pid, "tid": tid,
+            "ts": us(start_ns), "dur": us(end_ns.saturating_sub(start_ns)), "args": args,
+        }))
+    }
+
+    fn instant(&mut self, tid: u32, name: &str, t_ns: u64) -> std::io::Result<()> {
+        self.push(serde_json::json!({
+            "ph": "i", "s": "t", "cat": "fault", "name": name, "pid": CONTROLLER_PID,
+            "tid": tid, "ts": us(t_ns),
+        }))
+    }
+
+    /// Closes a tracked rank's compute span if it ended by `t_ns` (or cuts it there).
+    fn close_compute(&mut self, rank: u32, t_ns: u64, cut: bool) -> std::io::Result<()> {
+        let open = self.open.get_mut(&rank).expect("a tracked rank");
+        let Some((start, end, work)) = open.compute else {
+            return Ok(());
+        };
+        if end > t_ns && !cut {
+            return Ok(());
+        }
+        open.compute = None;
+        let args = serde_json::json!({ "cut": end > t_ns });
+        self.span(
+            RANKS_PID,
+            rank,
+            "compute",
+            work_name(work),
+            start,
+            end.min(t_ns),
+            args,
+        )
+    }
+
+    /// Closes every span a tracked rank has open at `t_ns`, marked as cut by `why`.
+    fn cut(&mut self, rank: u32, t_ns: u64, why: &str) -> std::io::Result<()> {
+        self.close_compute(rank, t_ns, true)?;
+        let open = self.open.get_mut(&rank).expect("a tracked rank");
+        let (collective, step, restore) = (
+            open.collective.take(),
+            open.step.take(),
+            open.restore.take(),
+        );
+        open.restored_from = None;
+        let args = serde_json::json!({ "cut": why });
+        if let Some((start, op_id, op)) = collective {
+            let name = format!("{op} {op_id}");
+            self.span(
+                RANKS_PID,
+                rank,
+                "collective",
+                &name,
+                start,
+                t_ns,
+                args.clone(),
+            )?;
+        }
+        if let Some((start, step)) = step {
+            let name = format!("step {step}");
+            self.span(RANKS_PID, rank, "step", &name, start, t_ns, args.clone())?;
+        }
+        if let Some(start) = restore {
+            self.span(RANKS_PID, rank, "restore", "restore", start, t_ns, args)?;
+        }
+        Ok(())
+    }
+
+    fn end_restore(&mut self, rank: u32, t_ns: u64) -> std::io::Result<()> {
+        let open = self.open.get_mut(&rank).expect("a tracked rank");
+        let Some(start) = open.restore.take() else {
+            return Ok(());
+        };
+        let args = match open.restored_from.take() {
+            Some((step, tier)) => serde_json::json!({ "step": step, "tier": tier_name(tier) }),
+            None => serde_json::json!({ "step": null, "tier": null }),
+        };
+        self.span(RANKS_PID, rank, "restore", "restore", start, t_ns, args)
+    }
+
+    fn record(&mut self, t_ns: u64, rank: Option<u32>, record: Record) -> std::io::Result<()> {
+        if !record.is_control() {
+            let Some(rank) = rank.filter(|r| self.open.contains_key(r)) else {
+                return Ok(());
+            };
+            self.close_compute(rank, t_ns, false)?;
+            return self.rank_record(t_ns, rank, record);
+        }
+        match record {
+            Record::Crash {
+                kind,
+                node,
+                rank_count,
+            } => {
+                let first = rank.expect("a crash names its first rank");
+                let what = format!(
+                    "{kind}: node {node}, ranks {first}..{}",
+                    first as usize + rank_count
+                );
+                self.instant(TID_FAULTS, &what, t_ns)?;
+                if self.undetected.is_none() && self.stopped_at.is_none() {
+                    self.undetected = Some((t_ns, what));
+                }
+                let dead: Vec<u32> = self
+                    .open
+                    .range(first..first + rank_count as u32)
+                    .map(|(&r, _)| r)
+                    .collect();
+                for r in dead {
+                    self.cut(r, t_ns, "crashed")?;
+                }
+            }
+            Record::Detected { by } => {
+                if self.stopped_at.is_none() {
+                    if let Some((start, what)) = self.undetected.take() {
+                        let args = serde_json::json!({ "detected_by": by });
+                        let name = format!("undetected {what}");
+                        self.span(
+                            CONTROLLER_PID,
+                            TID_FAULTS,
+                            "fault",
+                            &name,
+                            start,
+                            t_ns,
+                            args,
+                        )?;
+                    }
+                    self.stopped_at = Some(t_ns);
+                }
+            }
+            Record::Abort => {
+                self.stopped_at.get_or_insert(t_ns);
+                self.undetected = None;
+                for (step, start) in std::mem::take(&mut self.persisting) {
+                    let args = serde_json::json!({ "step": step, "committed": false });
+                    let name = format!("persist step {step} (lost)");
+                    self.span(
+                        CONTROLLER_PID,
+                        TID_PERSIST,
+                        "checkpoint",
+                        &name,
+                        start,
+                        t_ns,
+                        args,
+                    )?;
+                }
+                let ranks: Vec<u32> = self.open.keys().copied().collect();
+                for r in ranks {
+                    self.cut(r, t_ns, "aborted")?;
+                }
+            }
+            Record::Restart {
+                generation,
+                abandoned,
+            } => {
+                if let Some(start) = self.stopped_at.take() {
+                    let name = format!("stopped until generation {generation}");
+                    let args = serde_json::json!({ "abandoned": abandoned });
+                    self.span(
+                        CONTROLLER_PID,
+                        TID_RECOVERY,
+                        "recovery",
+                        &name,
+                        start,
+                        t_ns,
+                        args,
+                    )?;
+                }
+                if !abandoned {
+                    for open in self.open.values_mut() {
+                        open.restore = Some(t_ns);
+                    }
+                }
+            }
+            Record::CrashSkipped { .. }
+            | Record::RestartScheduled { .. }
+            | Record::StorageWriteFailed
+            | Record::StorageCorruption { .. } => {
+                let mut fields = String::new();
+                record.write_fields(&mut fields);
+                let fields = fields.trim_start_matches(',').replace('"', "");
+                self.instant(TID_FAULTS, &format!("{} {fields}", record.kind()), t_ns)?;
+            }
+            Record::Rank(_)
+            | Record::Compute { .. }
+            | Record::Deliver { .. }
+            | Record::Finished => {
+                unreachable!("not a control record")
+            }
+        }
+        Ok(())
+    }
+
+    fn rank_record(&mut self, t_ns: u64, rank: u32, record: Record) -> std::io::Result<()> {
+        match record {
+            Record::Compute { work, duration_ns } => {
+                self.open.get_mut(&rank).expect("tracked").compute =
+                    Some((t_ns, t_ns + duration_ns, work));
+            }
+            Record::Finished => self.end_restore(rank, t_ns)?,
+            Record::Deliver { .. } => {}
+            Record::Rank(event) => match *event {
+                Event::StepBegin { step } => {
+                    self.end_restore(rank, t_ns)?;
+                    self.open.get_mut(&rank).expect("tracked").step = Some((t_ns, step));
+                }
+                Event::StepEnd { step, loss } => {
+                    if let Some((start, _)) = self.open.get_mut(&rank).expect("tracked").step.take()
+                    {
+                        let args = serde_json::json!({ "loss": loss });
+                        self.span(
+                            RANKS_PID,
+                            rank,
+                            "step",
+                            &format!("step {step}"),
+                            start,
+                            t_ns,
+                            args,
+                        )?;
+                    }
+                }
+                Event::CollectiveBegin { op_id, op, .. } => {
+                    self.open.get_mut(&rank).expect("tracked").collective =
+                        Some((t_ns, op_id, op.name()));
+                }
+                Event::CollectiveEnd { .. } => {
+                    if let Some((start, op_id, op)) =
+                        self.open.get_mut(&rank).expect("tracked").collective.take()
+                    {
+                        let args = serde_json::json!({ "op_id": op_id });
+                        let name = format!("{op} {op_id}");
+                        self.span(RANKS_PID, rank, "collective", &name, start, t_ns, args)?;
+                    }
+                }
+                Event::CheckpointSnapshot { step, stall_ns } => {
+                    let args = serde_json::json!({ "step": step });
+                    let name = format!("checkpoint snapshot {step}");
+                    self.span(
+                        RANKS_PID,
+                        rank,
+                        "checkpoint",
+                        &name,
+                        t_ns - stall_ns,
+                        t_ns,
+                        args,
+                    )?;
+                    if rank == 0 {
+                        self.persisting.insert(step, t_ns);
+                    }
+                }
+                Event::CheckpointCommitted { step } => {
+                    if let Some(start) = self.persisting.remove(&step) {
+                        {
+                            let args = serde_json::json!({ "step": step, "committed": true });
+                            let name = format!("persist step {step}");
+                            self.span(
+                                CONTROLLER_PID,
+                                TID_PERSIST,
+                                "checkpoint",
+                                &name,
+                                start,
+                                t_ns,
+                                args,
+                            )?;
+                        }
+                    }
+                }
+                Event::Restored { step, tier } => {
+                    self.open.get_mut(&rank).expect("tracked").restored_from = Some((step, tier));
+                }
+                Event::RestoreFallback { step } => {
+                    self.push(serde_json::json!({
+                        "ph": "i", "s": "t", "cat": "restore", "name": format!("checkpoint {step} unusable"),
+                        "pid": RANKS_PID, "tid": rank, "ts": us(t_ns),
+                    }))?;
+                }
+            },
+            _ => unreachable!("a rank record"),
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, end_ns: u64) -> std::io::Result<()> {
+        let ranks: Vec<u32> = self.open.keys().copied().collect();
+        for r in ranks {
+            self.cut(r, end_ns, "run ended")?;
+        }
+        self.file
+            .out
+            .write_all(b"\n],\"displayTimeUnit\":\"ns\"}\n")?;
+        self.file.commit()
+    }
+}
+
+/// A trace file that cannot be read back; its message names the file and line.
+#[derive(Debug)]
+pub struct TraceFileError(pub String);
+
+impl std::fmt::Display for TraceFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A trace read back: its header, its record lines (as written) and its footer.
+pub struct TraceFile {
+    pub header: TraceHeader,
+    pub records: Vec<String>,
+    pub footer: TraceFooter,
+}
+
+/// Reads and checks a whole trace: a header first, a footer last, JSON objects between.
+pub fn read_trace(path: &Path) -> Result<TraceFile, TraceFileError> {
+    let name = path.display();
+    let file = File::open(path).map_err(|e| TraceFileError(format!("{name}: {e}")))?;
+    let mut lines = Vec::new();
+    for (idx, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| TraceFileError(format!("{name}:{}: {e}", idx + 1)))?;
+        lines.push(line);
+    }
+    let Some(first) = lines.first() else {
+        return Err(TraceFileError(format!(
+            "{name}:1: empty file, not a faultline trace"
+        )));
+    };
+    let value: serde_json::Value = serde_json::from_str(first)
+        .map_err(|e| TraceFileError(format!("{name}:1: not a faultline trace (not JSON: {e})")))?;
+    match value.get("faultline_trace").and_then(|v| v.as_u64()) {
+        Some(TRACE_FORMAT) => {}
+        Some(other) => {
+            return Err(TraceFileError(format!(
+                "{name}:1: trace format {other}; this faultline reads format {TRACE_FORMAT}"
+            )))
+        }
+        None => {
+            return Err(TraceFileError(format!(
+                "{name}:1: not a faultline trace (the first line has no \"faultline_trace\" key)"
+            )))
+        }
+    }
+    let header: TraceHeader = serde_json::from_value(value)
+        .map_err(|e| TraceFileError(format!("{name}:1: a corrupt trace header: {e}")))?;
+    let last_idx = lines.len() - 1;
+    for (idx, line) in lines.iter().enumerate().skip(1) {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        match parsed {
+            Ok(v) if v.is_object() => {}
+            Ok(_) => {
+                return Err(TraceFileError(format!(
+                    "{name}:{}: a corrupt record (not a JSON object)",
+                    idx + 1
+                )))
+            }
+            Err(e) if idx == last_idx => {
+                return Err(TraceFileError(format!(
+                    "{name}:{}: truncated: the last line is cut off ({e}); the run did not finish writing",
+                    idx + 1
+                )))
+            }
+            Err(e) => {
+                return Err(TraceFileError(format!(
+                    "{name}:{}: a corrupt record (not JSON: {e})",
+                    idx + 1
+                )))
+            }
+        }
+    }
+    let footer_line = &lines[last_idx];
+    let footer: TraceFooter = match serde_json::from_str::<serde_json::Value>(footer_line) {
+        Ok(v) if v.get("faultline_trace_end").is_some() => {
+            serde_json::from_value(v).map_err(|e| {
+                TraceFileError(format!("{name}:{}: a corrupt footer: {e}", last_idx + 1))
+            })?
+        }
+        _ => {
+            return Err(TraceFileError(format!(
+                "{name}:{}: truncated: the last line is not the footer (\"faultline_trace_end\"); \
+                 the run did not finish writing",
+                last_idx + 1
+            )))
+        }
+    };
+    let records = lines[1..last_idx].to_vec();
+    if records.len() as u64 != footer.records {
+        return Err(TraceFileError(format!(
+            "{name}:{}: the footer counts {} records, the file holds {}",
+            last_idx + 1,
+            footer.records,
+            records.len()
+        )));
+    }
+    Ok(TraceFile {
+        header,
+        records,
+        footer,
+    })
+}
+
+/// The first line (1-based) where two traces' texts differ, with both lines (`None` past an
+/// end).
+pub fn first_difference<'a>(
+    a: &'a [String],
+    b: &'a [String],
+) -> Option<(usize, Option<&'a str>, Option<&'a str>)> {
+    let len = a.len().max(b.len());
+    (0..len).find_map(|idx| {
+        let (x, y) = (a.get(idx), b.get(idx));
+        (x != y).then(|| (idx + 1, x.map(String::as_str), y.map(String::as_str)))
+    })
+}
+
+/// Every line of a trace file, for comparing two.
+pub fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
+    BufReader::new(File::open(path)?).lines().collect()
+}
+
+impl TraceHeader {
+    /// The header of a run of `scenario` loaded from `scenario_toml` with `overrides`.
+    pub fn for_run(
+        scenario: &crate::scenario::Scenario,
+        scenario_path: &str,
+        scenario_toml: &str,
+        overrides: &[String],
+        no_faults: bool,
+        level: TraceLevel,
+    ) -> Result<TraceHeader, crate::run::SimError> {
+        let executor = crate::run::resolve_executor(scenario.run.executor, scenario.cluster.gpus)?;
+        Ok(TraceHeader {
+            faultline_trace: TRACE_FORMAT,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            scenario: scenario.name.clone(),
+            scenario_path: scenario_path.to_string(),
+            scenario_toml: scenario_toml.to_string(),
+            overrides: overrides.to_vec(),
+            no_faults,
+            seed: scenario.run.seed,
+            executor: executor.name().to_string(),
+            level: level.name().to_string(),
+        })
+    }
+
+    /// The scenario this header describes, rebuilt from the embedded text; `origin` names it
+    /// in errors.
+    pub fn scenario(
+        &self,
+        origin: &str,
+    ) -> Result<crate::scenario::Scenario, crate::scenario::ScenarioError> {
+        let mut scenario = crate::scenario::load_str(
+            &self.scenario,
+            origin,
+            &self.scenario_toml,
+            &self.overrides,
+        )?;
+        scenario.run.seed = self.seed;
+        scenario.run.executor = match self.executor.as_str() {
+            "madsim" => crate::scenario::ExecutorChoice::Madsim,
+            _ => crate::scenario::ExecutorChoice::Fifo,
+        };
+        if self.no_faults {
+            scenario = scenario.without_faults();
+        }
+        Ok(scenario)
+    }
+}
+
+/// The footer of a finished run.
+pub fn footer_of(report: &crate::run::RunReport, records: u64) -> TraceFooter {
+    TraceFooter {
+        faultline_trace_end: TRACE_FORMAT,
+        trace_digest: report.trace_digest.clone(),
+        param_digest: report.param_digest.clone(),
+        steps_completed: report.steps_completed,
+        model_time_ns: report.model_time_ns,
+        records,
+    }
+}
+
+/// Runs `scenario` and returns its report and its whole trace at `header`'s level, as lines.
+pub fn run_traced_in_memory(
+    scenario: &crate::scenario::Scenario,
+    header: &TraceHeader,
+) -> Result<(crate::run::RunReport, Vec<String>), crate::run::SimError> {
+    let level = TraceLevel::from_name(&header.level).unwrap_or(TraceLevel::Events);
+    let mut recorder = Recorder::new();
+    recorder.trace_to_memory(header, level);
+    let hooks = crate::run::RunHooks {
+        recorder: Some(recorder),
+        perturb_compute: None,
+    };
+    let (report, recorder) = crate::run::run_scenario_with(scenario, hooks)?;
+    let bytes = recorder
+        .expect("the recorder comes back")
+        .finish(|records| footer_of(&report, records), report.model_time_ns)
+        .expect("memory takes every write")
+        .expect("an in-memory trace");
+    let text = String::from_utf8(bytes).expect("the trace is UTF-8");
+    Ok((report, text.lines().map(String::from).collect()))
+}
+
+/// What replaying a trace found.
+pub enum ReplayOutcome {
+    /// Same digests, and the same records line for line.
+    Match { records: u64 },
+    /// The first line (1-based, in the file) that differs, with both texts.
+    Mismatch {
+        line: usize,
+        recorded: String,
+        replayed: String,
+    },
+}
+
+/// Re-runs the scenario a trace's header describes and compares: every record line and the
+/// footer's digests.
+pub fn replay(path: &Path) -> Result<Result<ReplayOutcome, crate::run::SimError>, TraceFileError> {
+    let trace = read_trace(path)?;
+    let origin = format!("{}:1 (the embedded scenario)", path.display());
+    let scenario = trace
+        .header
+        .scenario(&origin)
+        .map_err(|e| TraceFileError(e.to_string()))?;
+    if TraceLevel::from_name(&trace.header.level).is_none() {
+        return Err(TraceFileError(format!(
+            "{}:1: level: expected one of {:?}, got {:?}",
+            path.display(),
+            TraceLevel::NAMES,
+            trace.header.level
+        )));
+    }
+    let (_, replayed) = match run_traced_in_memory(&scenario, &trace.header) {
+        Ok(run) => run,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut recorded = Vec::with_capacity(trace.records.len() + 2);
+    recorded.push(serde_json::to_string(&trace.header).expect("serialises"));
+    recorded.extend(trace.records);
+    recorded.push(serde_json::to_string(&trace.footer).expect("serialises"));
+    Ok(Ok(match first_difference(&recorded, &replayed) {
+        None => ReplayOutcome::Match {
+            records: trace.footer.records,
+        },
+        Some((line, a, b)) => ReplayOutcome::Mismatch {
+            line,
+            recorded: a.unwrap_or("(end of trace)").to_string(),
+            replayed: b.unwrap_or("(end of trace)").to_string(),
+        },
+    }))
+}

@@ -1,0 +1,55 @@
+//! The world's side of recording: installing a [`Recorder`], handing it records, and the
+//! compute calls (whose duration the trace and the timeline show).
+
+use trainer_core::Work;
+
+use super::World;
+use crate::trace::{Record, Recorder};
+
+impl World {
+    /// Records everything from now on into `recorder`.
+    pub fn set_recorder(&mut self, recorder: Recorder) {
+        self.recorder = Some(Box::new(recorder));
+    }
+
+    /// The recorder, once the run is over.
+    pub fn take_recorder(&mut self) -> Option<Recorder> {
+        self.recorder.take().map(|r| *r)
+    }
+
+    /// Makes the compute call of index `call` (across all ranks, from 0) one nanosecond longer:
+    /// the deliberate nondeterminism `faultline check`'s own test must catch.
+    pub fn perturb_compute(&mut self, call: u64) {
+        self.perturb_compute = Some(call);
+    }
+
+    /// Hands `record` at the current instant to the recorder, if there is one.
+    #[inline]
+    pub(super) fn record(&mut self, rank: Option<u32>, record: Record) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(self.now_ns, rank, record);
+        }
+    }
+
+    /// How long `work` takes on `rank`, recorded as a compute span.
+    pub(super) fn begin_compute(&mut self, rank: usize, work: Work) -> u64 {
+        let mut duration_ns = (work.flops / self.gpu_flops_per_s * 1e9).ceil() as u64;
+        if let Some(left) = &mut self.perturb_compute {
+            if *left == 0 {
+                duration_ns += 1;
+                self.perturb_compute = None;
+            } else {
+                *left -= 1;
+            }
+        }
+        // A stopped rank's compute ends before it starts (its sleep fails with `Aborted`).
+        if self.recorder.is_some() && !self.ranks[rank].aborted {
+            let record = Record::Compute {
+                work: work.kind,
+                duration_ns,
+            };
+            self.record(Some(rank as u32), record);
+        }
+        duration_ns
+    }
+}
