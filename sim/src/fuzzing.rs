@@ -43,3 +43,10 @@ pub fn checkpoint_reader(data: &[u8]) {
     let (rank, world) = (word(16, 4) as usize, word(20, 4) as usize);
     let _ = decode_shard(data, step, rank, world);
 }
+
+/// The trace reader behind `faultline replay`, and the scenario a trace's header carries.
+pub fn trace_reader(data: &[u8]) {
+    if let Ok(trace) = crate::trace::parse_trace("fuzz.jsonl", data) {
+        let _ = trace.header.scenario("fuzz.jsonl");
+    }
+}

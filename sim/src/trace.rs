@@ -903,12 +903,22 @@ pub struct TraceFile {
 
 /// Reads and checks a whole trace: a header first, a footer last, JSON objects between.
 pub fn read_trace(path: &Path) -> Result<TraceFile, TraceFileError> {
-    let name = path.display();
-    let file = File::open(path).map_err(|e| TraceFileError(format!("{name}: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| TraceFileError(format!("{}: {e}", path.display())))?;
+    parse_trace(&path.display().to_string(), &bytes)
+}
+
+/// Checks and splits the bytes of a trace file; `name` names it in errors.
+pub fn parse_trace(name: &str, bytes: &[u8]) -> Result<TraceFile, TraceFileError> {
     let mut lines = Vec::new();
-    for (idx, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| TraceFileError(format!("{name}:{}: {e}", idx + 1)))?;
-        lines.push(line);
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if !body.is_empty() {
+        for (idx, line) in body.split(|&b| b == b'\n').enumerate() {
+            let line = std::str::from_utf8(line).map_err(|e| {
+                TraceFileError(format!("{name}:{}: not UTF-8 text: {e}", idx + 1))
+            })?;
+            lines.push(line.strip_suffix('\r').unwrap_or(line).to_string());
+        }
     }
     let Some(first) = lines.first() else {
         return Err(TraceFileError(format!(

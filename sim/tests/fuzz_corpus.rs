@@ -70,3 +70,8 @@ fn write_checkpoint_seeds() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[test]
+fn trace_reader_survives_its_corpus() {
+    run_corpus("trace_reader", faultline_sim::fuzzing::trace_reader);
+}
