@@ -2,6 +2,7 @@
 //! the runs the `faultline` program offers. trainer-core's logic runs here unchanged through
 //! [`world::SimBackend`].
 
+pub mod atomic;
 pub mod executor;
 pub mod fuzzing;
 pub mod limits;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use faultline_sim::atomic::write_atomically;
 use faultline_sim::executor::ExecutorKind;
 use faultline_sim::limits;
 use faultline_sim::plan;
@@ -591,20 +592,6 @@ fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
         );
     }
     Ok(if report.exact { 0 } else { EXIT_FINDING })
-}
-
-/// Writes `bytes` to a temporary name beside `path`, syncs it and renames it into place, so a
-/// reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("not a file name"))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {

@@ -13,8 +13,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use crate::atomic::AtomicFile;
 
 use trainer_core::{Event, Tag, Tier, WorkKind};
 
@@ -279,39 +281,6 @@ pub struct TraceFooter {
     pub model_time_ns: u64,
     /// Records between the header and the footer.
     pub records: u64,
-}
-
-/// A file written under a temporary name in its directory and renamed into place at the end.
-struct AtomicFile {
-    path: PathBuf,
-    tmp: PathBuf,
-    out: BufWriter<File>,
-}
-
-impl AtomicFile {
-    fn create(path: &Path) -> std::io::Result<AtomicFile> {
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
-        })?;
-        let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-        let file = File::create(&tmp)?;
-        Ok(AtomicFile {
-            path: path.to_path_buf(),
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-        })
-    }
-
-    fn commit(self) -> std::io::Result<()> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)
-    }
-
-    fn discard(self) {
-        drop(self.out);
-        let _ = std::fs::remove_file(&self.tmp);
-    }
 }
 
 /// Where the JSON lines go.
@@ -903,8 +872,8 @@ pub struct TraceFile {
 
 /// Reads and checks a whole trace: a header first, a footer last, JSON objects between.
 pub fn read_trace(path: &Path) -> Result<TraceFile, TraceFileError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| TraceFileError(format!("{}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| TraceFileError(format!("{}: {e}", path.display())))?;
     parse_trace(&path.display().to_string(), &bytes)
 }
 
@@ -914,9 +883,8 @@ pub fn parse_trace(name: &str, bytes: &[u8]) -> Result<TraceFile, TraceFileError
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if !body.is_empty() {
         for (idx, line) in body.split(|&b| b == b'\n').enumerate() {
-            let line = std::str::from_utf8(line).map_err(|e| {
-                TraceFileError(format!("{name}:{}: not UTF-8 text: {e}", idx + 1))
-            })?;
+            let line = std::str::from_utf8(line)
+                .map_err(|e| TraceFileError(format!("{name}:{}: not UTF-8 text: {e}", idx + 1)))?;
             lines.push(line.strip_suffix('\r').unwrap_or(line).to_string());
         }
     }
