@@ -9,6 +9,7 @@ pub mod queue;
 pub mod run;
 pub mod scenario;
 pub mod storage;
+pub mod swarm;
 pub mod topology;
 /// Scenario units, shared with the GPU runner through trainer-core.
 pub use trainer_core::units;

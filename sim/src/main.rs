@@ -3,6 +3,7 @@
 //! 2 bad input, 70 an internal error (a bug in faultline).
 
 mod bench;
+mod swarm_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use faultline_sim::topology::Topology;
 use faultline_sim::units::format_duration_ns;
 use trainer_core::collectives::{Algo, Op};
 
-const EXIT_FINDING: u8 = 1;
+pub(crate) const EXIT_FINDING: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_BUG: u8 = 70;
 
@@ -56,6 +57,13 @@ enum Command {
     Merge(MergeArgs),
     /// Measure planner costs by running the training logic at the scenario's scale.
     Calibrate(CalibrateArgs),
+    /// Swarm testing: run many seeds, each with a random subset of fault kinds at random
+    /// times, and check every invariant on each.
+    #[command(long_about = swarm_cli::SWARM_ABOUT)]
+    Swarm(swarm_cli::SwarmArgs),
+    /// Shrink a failing seed's fault schedule to a minimal one and write it as a scenario.
+    #[command(long_about = swarm_cli::SHRINK_ABOUT)]
+    Shrink(swarm_cli::ShrinkArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +177,10 @@ struct RunArgs {
     /// Run the same scenario with every fault switched off.
     #[arg(long)]
     no_faults: bool,
+    /// Also check every invariant the swarm checks (runs the scenario twice and once without
+    /// faults); exit 1 when one breaks.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -215,13 +227,13 @@ struct TopoArgs {
 }
 
 /// A failure and the exit status it maps to.
-struct Failure {
-    status: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) status: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn bad_input(message: impl Into<String>) -> Failure {
+    pub(crate) fn bad_input(message: impl Into<String>) -> Failure {
         Failure {
             status: EXIT_BAD_INPUT,
             message: message.into(),
@@ -261,6 +273,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         sets: Vec::new(),
         json: false,
         no_faults: false,
+        check: false,
     }));
     match command {
         Command::Run(args) => cmd_run(args),
@@ -271,6 +284,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Plan(args) => cmd_plan(args),
         Command::Merge(args) => cmd_merge(args),
         Command::Calibrate(args) => cmd_calibrate(args),
+        Command::Swarm(args) => swarm_cli::cmd_swarm(args),
+        Command::Shrink(args) => swarm_cli::cmd_shrink(args),
     }
 }
 
@@ -317,12 +332,25 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     }
     let report = run::run_scenario(&scenario).map_err(|e| Failure {
         status: EXIT_FINDING,
-        message: e.to_string(),
+        message: if args.check {
+            format!("invariant broken: liveness: the run did not finish: {e}")
+        } else {
+            e.to_string()
+        },
     })?;
-    let healthy = report.replicas_agree && report.steps_completed == report.steps_requested;
+    let mut healthy = report.replicas_agree && report.steps_completed == report.steps_requested;
+    let violations = if args.check {
+        swarm_cli::check_run(&scenario, &report)?
+    } else {
+        Vec::new()
+    };
+    healthy &= violations.is_empty();
     if args.json {
         let mut value = serde_json::to_value(&report).expect("a report serialises");
         value["reproduce"] = serde_json::Value::String(reproduce);
+        if args.check {
+            value["violations"] = serde_json::to_value(&violations).expect("serialises");
+        }
         println!("{value}");
     } else {
         let model = format_duration_ns(report.model_time_ns);
@@ -367,6 +395,9 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             println!("time lost: {}", lost.join(", "));
         }
         println!("goodput: {:.2}%", 100.0 * report.goodput);
+        if args.check {
+            swarm_cli::print_violations(&violations);
+        }
         println!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy { 0 } else { EXIT_FINDING })
@@ -480,7 +511,7 @@ fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
 
 /// Writes `bytes` to a temporary name beside `path`, syncs it and renames it into place, so a
 /// reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let name = path
         .file_name()

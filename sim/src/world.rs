@@ -151,6 +151,8 @@ pub struct World {
     /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
     /// recycled from a short message can carry a long one without a realloc.
     buffer_elems: usize,
+    /// A known bug planted in the trainer's logic, for tests of the swarm; normally `None`.
+    planted_bug: Option<trainer_core::PlantedBug>,
 }
 
 impl World {
@@ -195,7 +197,13 @@ impl World {
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
             buffer_elems: 0,
+            planted_bug: None,
         }
+    }
+
+    /// Plants a known bug in the trainer logic of every rank (see trainer-core's `planted.rs`).
+    pub fn plant_bug(&mut self, bug: Option<trainer_core::PlantedBug>) {
+        self.planted_bug = bug;
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -209,6 +217,11 @@ impl World {
     /// The storage model, for tests and reports.
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
+    }
+
+    /// The storage model, read-only: its atomicity audit goes into the report.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn rank_count(&self) -> usize {
@@ -798,6 +811,8 @@ impl Backend for SimBackend {
                 let Some(blob) = world.storage.get(place, &name).cloned() else {
                     return Err(StorageError::NotFound { name });
                 };
+                let now_ns = world.now_ns;
+                world.storage.audit.read(&name, now_ns);
                 let done = world.storage_done_ns(self.rank, place, blob.modelled_bytes, false);
                 (blob, done)
             };
@@ -828,6 +843,10 @@ impl Backend for SimBackend {
             rank: self.rank,
             error: Some(error.clone()),
         }
+    }
+
+    fn planted_bug(&self) -> Option<trainer_core::PlantedBug> {
+        self.world.borrow().planted_bug
     }
 
     fn recycle(&self, payload: Payload) {
