@@ -189,7 +189,11 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
         println!("  reproduce: {}", outcome.reproduce);
         if let Some(dir) = emit {
             let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
-            println!("  reproduce: faultline run --check {}", path.display());
+            println!(
+                "  reproduce: {}faultline run --check {}",
+                base.permission(),
+                path.display()
+            );
         }
         println!("  shrink: {}", base.shrink_command(outcome.seed));
     }
@@ -226,14 +230,11 @@ pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
     let shrunk = shrink(&base, args.seed, invariant, args.max_runs).map_err(failure)?;
     write_atomically(&out, shrunk.scenario_text.as_bytes())
         .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
-    let rerun = if base.plants_bug() {
-        format!(
-            "FAULTLINE_ALLOW_PLANTED_BUGS=1 faultline run --check {}",
-            out.display()
-        )
-    } else {
-        format!("faultline run --check {}", out.display())
-    };
+    let rerun = format!(
+        "{}faultline run --check {}",
+        base.permission(),
+        out.display()
+    );
     if args.json {
         let mut value = serde_json::to_value(&shrunk).expect("serialises");
         value["out"] = out.display().to_string().into();
@@ -254,6 +255,10 @@ pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
             "still breaks {}: {}",
             shrunk.invariant.name(),
             shrunk.violation.detail
+        );
+        println!(
+            "job.steps: {} -> {}",
+            shrunk.steps_original, shrunk.steps_minimal
         );
         println!(
             "runs: {}{}",

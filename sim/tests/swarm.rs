@@ -105,6 +105,8 @@ fn check_found_and_shrunk(bug: &str, invariant: &str) {
         minimal.len()
     );
     assert!(minimal.len() <= shrunk["original"].as_array().unwrap().len());
+    assert!(shrunk["steps_minimal"].as_u64() <= shrunk["steps_original"].as_u64());
+    assert!(shrunk["runs"].as_u64().unwrap() <= 300, "{shrunk}");
     // The written file reproduces on its own, with no swarm and no seed range.
     let written = std::fs::read_to_string(&out).unwrap();
     assert!(
@@ -173,7 +175,10 @@ fn the_printed_verdict_is_the_same_on_one_thread_and_on_three() {
     };
     let one = run("1");
     assert!(one.contains("FAIL checkpoint_atomicity"), "{one}");
-    assert!(one.contains("reproduce: faultline swarm"), "{one}");
+    assert!(
+        one.contains("reproduce: FAULTLINE_ALLOW_PLANTED_BUGS=1 faultline swarm"),
+        "{one}"
+    );
     assert_eq!(one, run("3"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -43,6 +43,7 @@ impl std::fmt::Display for SwarmError {
 
 /// The scenario a swarm varies: its file as a table without faults, its fault-free run, and
 /// where faults may be drawn.
+#[derive(Clone)]
 pub struct Base {
     /// The path as given, for reproduce commands.
     pub path: String,
@@ -108,6 +109,24 @@ impl Base {
         text
     }
 
+    /// The same base with `job.steps = steps`, and its own fault-free run (one simulation).
+    /// Where faults are drawn stays as it was, so a seed draws the same schedule.
+    pub fn with_steps(&self, steps: u64) -> Result<Base, String> {
+        let mut table = self.table.clone();
+        if let Some(job) = table.get_mut("job").and_then(|j| j.as_table_mut()) {
+            job.insert("steps".into(), toml::Value::Integer(steps as i64));
+        }
+        let text = toml::to_string(&table).expect("a table serialises");
+        let scenario = self.load_text(&format!("<{} with {steps} steps>", self.path), &text)?;
+        let reference = Reference::of(&scenario)?;
+        Ok(Base {
+            table,
+            scenario,
+            reference,
+            ..self.clone()
+        })
+    }
+
     /// Loads a schedule's text as `faultline run` would load the file.
     pub fn load_text(&self, origin: &str, text: &str) -> Result<Scenario, String> {
         scenario::load_str(&self.name, origin, text, &[]).map_err(|e| e.to_string())
@@ -115,14 +134,30 @@ impl Base {
 
     /// The command that reruns one seed of the swarm.
     pub fn swarm_command(&self, seed: u64) -> String {
-        format!("faultline swarm {} --seeds {seed}..{}", self.path, seed + 1)
+        format!(
+            "{}faultline swarm {} --seeds {seed}..{}",
+            self.permission(),
+            self.path,
+            seed + 1
+        )
     }
 
     pub fn shrink_command(&self, seed: u64) -> String {
         format!(
-            "faultline shrink {} --seed {seed} --out {}-seed-{seed}-shrunk.toml",
-            self.path, self.name
+            "{}faultline shrink {} --seed {seed} --out {}-seed-{seed}-shrunk.toml",
+            self.permission(),
+            self.path,
+            self.name
         )
+    }
+
+    /// What a command line needs in front to load this base: the planted-bug permission.
+    pub fn permission(&self) -> String {
+        if self.plants_bug() {
+            format!("{}=1 ", scenario::ALLOW_PLANTED_BUGS_ENV)
+        } else {
+            String::new()
+        }
     }
 
     /// Whether the base plants a bug, so a written file needs the permission to load.

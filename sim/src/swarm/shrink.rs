@@ -10,6 +10,7 @@ use super::faults::{draw_schedule, FaultSpec};
 use super::invariants::{check, Invariant, Violation};
 use super::{Base, SwarmError};
 use crate::run::run_scenario;
+use crate::world::CrashWhen;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Shrunk {
@@ -22,7 +23,10 @@ pub struct Shrunk {
     pub minimal_schedule: Vec<FaultSpec>,
     /// The violation the minimal schedule shows.
     pub violation: Violation,
-    /// Simulations run while shrinking (the fault-free one not counted).
+    /// Training steps of the base, and of the minimal scenario.
+    pub steps_original: u64,
+    pub steps_minimal: u64,
+    /// Simulations run while shrinking (the first fault-free one not counted).
     pub runs: u64,
     /// Whether the budget ran out before a fixed point.
     pub budget_exhausted: bool,
@@ -31,15 +35,16 @@ pub struct Shrunk {
     pub scenario_text: String,
 }
 
-struct Search<'a> {
-    base: &'a Base,
+struct Search {
+    /// The base, with fewer steps once the shrinker has cut some.
+    base: Base,
     seed: u64,
     invariant: Invariant,
     runs: u64,
     max_runs: u64,
 }
 
-impl Search<'_> {
+impl Search {
     /// Runs `faults` and returns the target invariant's violation, if it still breaks.
     fn breaks(&mut self, faults: &[FaultSpec]) -> Option<Violation> {
         let text = self.base.scenario_text(self.seed, faults, &[]);
@@ -58,6 +63,41 @@ impl Search<'_> {
 
     fn budget_left(&self) -> bool {
         self.runs < self.max_runs
+    }
+
+    /// Fewer training steps, as long as every fault that names a step still comes before the
+    /// end and the same invariant breaks. Each try costs a fault-free run and a faulty one.
+    fn fewer_steps(&mut self, faults: &[FaultSpec]) -> Option<Violation> {
+        let steps = self.base.scenario.job.steps;
+        let needed = faults
+            .iter()
+            .filter_map(|f| match f {
+                FaultSpec::Crash {
+                    when: CrashWhen::AtStep(s),
+                    ..
+                } => Some(s + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let mut candidates = vec![needed, steps / 2, steps - steps / 4];
+        candidates.retain(|&c| c >= needed.max(1) && c < steps);
+        candidates.dedup();
+        for candidate in candidates {
+            if self.runs + 2 > self.max_runs {
+                return None;
+            }
+            self.runs += 1;
+            let Ok(shorter) = self.base.with_steps(candidate) else {
+                continue;
+            };
+            let longer = std::mem::replace(&mut self.base, shorter);
+            if let Some(v) = self.breaks(faults) {
+                return Some(v);
+            }
+            self.base = longer;
+        }
+        None
     }
 }
 
@@ -89,7 +129,7 @@ pub fn shrink(
         })?,
     };
     let mut search = Search {
-        base,
+        base: base.clone(),
         seed,
         invariant: target,
         runs: 2,
@@ -119,7 +159,7 @@ pub fn shrink(
         }
         // Simpler faults.
         for idx in 0..faults.len() {
-            for simpler in faults[idx].simpler(base.space.gpus_per_node) {
+            for simpler in faults[idx].simpler(search.base.space.gpus_per_node) {
                 if !search.budget_left() {
                     break;
                 }
@@ -131,6 +171,13 @@ pub fn shrink(
                     changed = true;
                     break;
                 }
+            }
+        }
+        // Fewer steps: a shorter run that still breaks is a smaller reproduction.
+        if search.budget_left() {
+            if let Some(v) = search.fewer_steps(&faults) {
+                violation = v;
+                changed = true;
             }
         }
         if !changed || !search.budget_left() {
@@ -145,6 +192,10 @@ pub fn shrink(
             original.len(),
             faults.len(),
             search.runs
+        ),
+        format!(
+            "job.steps: {} (the base has {}).",
+            search.base.scenario.job.steps, base.scenario.job.steps
         ),
         format!("It breaks {}: {}", target.name(), violation.detail),
         "Every fault is explicit; run.seed only orders the ranks' interleaving and picks \
@@ -163,8 +214,10 @@ pub fn shrink(
         invariant: target,
         original: original.iter().map(FaultSpec::describe).collect(),
         minimal: faults.iter().map(FaultSpec::describe).collect(),
-        scenario_text: base.scenario_text(seed, &faults, &header),
+        scenario_text: search.base.scenario_text(seed, &faults, &header),
         minimal_schedule: faults,
+        steps_original: base.scenario.job.steps,
+        steps_minimal: search.base.scenario.job.steps,
         violation,
         runs: search.runs,
         budget_exhausted,
