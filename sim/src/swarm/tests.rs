@@ -229,3 +229,81 @@ fn the_verdict_does_not_depend_on_the_thread_count() {
     assert_eq!(one.seeds_run, 8);
     assert_eq!(json(one), json(three));
 }
+
+#[test]
+fn each_invariant_is_named_by_the_report_field_that_breaks_it() {
+    use super::invariants::{check, Invariant};
+    use crate::run::RunReport;
+    let base = Base::load(&base_path()).unwrap();
+    let good = base.reference.fault_free.clone();
+    let judge = |run: RunReport, rerun: Option<RunReport>| -> Vec<Invariant> {
+        let rerun = rerun.map(Ok);
+        check(&base.scenario, &base.reference, &Ok(run), rerun.as_ref())
+            .into_iter()
+            .map(|v| v.invariant)
+            .collect()
+    };
+    assert_eq!(judge(good.clone(), Some(good.clone())), vec![]);
+    type Change = fn(&mut RunReport);
+    let cases: Vec<(&str, Change, Vec<Invariant>)> = vec![
+        (
+            "params differ",
+            |r| r.param_digest = "0".into(),
+            vec![Invariant::FaultFreeEquivalence],
+        ),
+        (
+            "replicas disagree",
+            |r| r.replicas_agree = false,
+            vec![Invariant::ReplicasAgree],
+        ),
+        (
+            "stopped early",
+            |r| r.steps_completed -= 1,
+            vec![Invariant::Liveness],
+        ),
+        (
+            "abandoned",
+            |r| r.faults.job_abandoned = true,
+            vec![Invariant::Liveness],
+        ),
+        (
+            "finished while others died",
+            |r| {
+                r.faults.job_abandoned = true;
+                r.faults.finished_despite_failure = true;
+            },
+            vec![],
+        ),
+        (
+            "too slow after the last fault",
+            |r| {
+                r.last_fault_ns = Some(1_000);
+                r.model_time_ns = 3 * r.model_time_ns + 200_000_000_000;
+            },
+            vec![Invariant::Liveness],
+        ),
+        (
+            "read a premature commit",
+            |r| r.atomicity_violation_count = 1,
+            vec![Invariant::CheckpointAtomicity],
+        ),
+    ];
+    for (name, change, expected) in cases {
+        let mut run = good.clone();
+        change(&mut run);
+        assert_eq!(judge(run, None), expected, "{name}");
+    }
+    let mut other = good.clone();
+    other.trace_digest = "1".into();
+    assert_eq!(
+        judge(good.clone(), Some(other)),
+        vec![Invariant::Determinism]
+    );
+    let deadlock = check(
+        &base.scenario,
+        &base.reference,
+        &Err("deadlock".into()),
+        None,
+    );
+    assert_eq!(deadlock[0].invariant, Invariant::Liveness);
+}
