@@ -338,7 +338,10 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             e.to_string()
         },
     })?;
-    let mut healthy = report.replicas_agree && report.steps_completed == report.steps_requested;
+    // A restore that read a checkpoint not atomically committed is a finding of the run itself.
+    let mut healthy = report.replicas_agree
+        && report.steps_completed == report.steps_requested
+        && report.atomicity_violation_count == 0;
     let violations = if args.check {
         swarm_cli::check_run(&scenario, &report)?
     } else {
@@ -395,6 +398,14 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             println!("time lost: {}", lost.join(", "));
         }
         println!("goodput: {:.2}%", 100.0 * report.goodput);
+        if let Some(first) = report.atomicity_violations.first() {
+            println!(
+                "checkpoint atomicity: BROKEN, {} read(s); first at {}: {}",
+                report.atomicity_violation_count,
+                format_duration_ns(first.at_ns),
+                first.what
+            );
+        }
         if args.check {
             swarm_cli::print_violations(&violations);
         }

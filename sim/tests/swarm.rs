@@ -122,6 +122,17 @@ fn check_found_and_shrunk(bug: &str, invariant: &str) {
         "{}",
         text(&output)
     );
+    // Atomicity is observed by the run itself: plain `faultline run` reports it too.
+    if invariant == "checkpoint_atomicity" {
+        let output = faultline(&["run", out.to_str().unwrap()], true);
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("checkpoint atomicity: BROKEN"),
+            "{}",
+            text(&output)
+        );
+    }
     // The planted bug needs the permission: the same file is refused without it.
     let output = faultline(&["run", out.to_str().unwrap()], false);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
