@@ -11,6 +11,7 @@ pub mod queue;
 pub mod run;
 pub mod scenario;
 pub mod storage;
+pub mod swarm;
 pub mod topology;
 pub mod trace;
 /// Scenario units, shared with the GPU runner through trainer-core.

@@ -4,6 +4,7 @@
 
 mod bench;
 mod check;
+mod swarm_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +21,7 @@ use faultline_sim::trace;
 use faultline_sim::units::format_duration_ns;
 use trainer_core::collectives::{Algo, Op};
 
-const EXIT_FINDING: u8 = 1;
+pub(crate) const EXIT_FINDING: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_BUG: u8 = 70;
 
@@ -59,6 +60,13 @@ enum Command {
     Merge(MergeArgs),
     /// Measure planner costs by running the training logic at the scenario's scale.
     Calibrate(CalibrateArgs),
+    /// Swarm testing: run many seeds, each with a random subset of fault kinds at random
+    /// times, and check every invariant on each.
+    #[command(long_about = swarm_cli::SWARM_ABOUT)]
+    Swarm(swarm_cli::SwarmArgs),
+    /// Shrink a failing seed's fault schedule to a minimal one and write it as a scenario.
+    #[command(long_about = swarm_cli::SHRINK_ABOUT)]
+    Shrink(swarm_cli::ShrinkArgs),
     /// Re-run the scenario recorded in a `run --trace` file and check that it comes out the
     /// same: the digests, and every record the trace holds.
     Replay(ReplayArgs),
@@ -196,6 +204,10 @@ struct RunArgs {
     /// Test hook for `check`: make compute call N one nanosecond longer.
     #[arg(long, hide = true, value_name = "N")]
     perturb_compute: Option<u64>,
+    /// Also check every invariant the swarm checks (runs the scenario twice and once without
+    /// faults); exit 1 when one breaks.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(clap::Args)]
@@ -242,13 +254,13 @@ struct TopoArgs {
 }
 
 /// A failure and the exit status it maps to.
-struct Failure {
-    status: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) status: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn bad_input(message: impl Into<String>) -> Failure {
+    pub(crate) fn bad_input(message: impl Into<String>) -> Failure {
         Failure {
             status: EXIT_BAD_INPUT,
             message: message.into(),
@@ -292,6 +304,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         trace_level: "auto".into(),
         perfetto: None,
         perturb_compute: None,
+        check: false,
     }));
     match command {
         Command::Run(args) => cmd_run(args),
@@ -304,6 +317,8 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Calibrate(args) => cmd_calibrate(args),
         Command::Replay(args) => cmd_replay(args),
         Command::Check(args) => check::cmd_check(args),
+        Command::Swarm(args) => swarm_cli::cmd_swarm(args),
+        Command::Shrink(args) => swarm_cli::cmd_shrink(args),
     }
 }
 
@@ -355,7 +370,11 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     };
     let (report, recorder) = run::run_scenario_with(&scenario, hooks).map_err(|e| Failure {
         status: EXIT_FINDING,
-        message: e.to_string(),
+        message: if args.check {
+            format!("invariant broken: liveness: the run did not finish: {e}")
+        } else {
+            e.to_string()
+        },
     })?;
     if let Some(recorder) = recorder {
         recorder
@@ -365,10 +384,22 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             )
             .map_err(|e| Failure::bad_input(format!("writing the trace: {e}")))?;
     }
-    let healthy = report.replicas_agree && report.steps_completed == report.steps_requested;
+    // A restore that read a checkpoint not atomically committed is a finding of the run itself.
+    let mut healthy = report.replicas_agree
+        && report.steps_completed == report.steps_requested
+        && report.atomicity_violation_count == 0;
+    let violations = if args.check {
+        swarm_cli::check_run(&scenario, &report)?
+    } else {
+        Vec::new()
+    };
+    healthy &= violations.is_empty();
     if args.json {
         let mut value = serde_json::to_value(&report).expect("a report serialises");
         value["reproduce"] = serde_json::Value::String(reproduce);
+        if args.check {
+            value["violations"] = serde_json::to_value(&violations).expect("serialises");
+        }
         println!("{value}");
     } else {
         let model = format_duration_ns(report.model_time_ns);
@@ -413,6 +444,17 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             println!("time lost: {}", lost.join(", "));
         }
         println!("goodput: {:.2}%", 100.0 * report.goodput);
+        if let Some(first) = report.atomicity_violations.first() {
+            println!(
+                "checkpoint atomicity: BROKEN, {} read(s); first at {}: {}",
+                report.atomicity_violation_count,
+                format_duration_ns(first.at_ns),
+                first.what
+            );
+        }
+        if args.check {
+            swarm_cli::print_violations(&violations);
+        }
         println!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy { 0 } else { EXIT_FINDING })

@@ -11,6 +11,7 @@ use trainer_core::Backend;
 
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
+use crate::storage::AtomicityViolation;
 use crate::topology::Topology;
 use crate::world::{ControlConfig, SimBackend, World};
 
@@ -107,8 +108,24 @@ pub struct RunReport {
     pub goodput: f64,
     /// Distinct instants of model time at which events fired.
     pub instants: u64,
+    /// Reads of a checkpoint that was not atomically committed (storage's audit); listed only
+    /// when there are any.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub atomicity_violation_count: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub atomicity_violations: Vec<AtomicityViolation>,
+    /// The bug planted in the trainer logic, for tests of the swarm; absent normally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planted_bug: Option<&'static str>,
+    /// When the last fault was injected, for the liveness check.
+    #[serde(skip)]
+    pub last_fault_ns: Option<u64>,
     /// Wall-clock milliseconds; the only field that differs between identical runs.
     pub wall_ms: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -158,6 +175,7 @@ pub fn run_scenario_with(
         if let Some(call) = hooks.perturb_compute {
             w.perturb_compute(call);
         }
+        w.plant_bug(scenario.planted_bug);
     }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
@@ -232,6 +250,10 @@ pub fn run_scenario_with(
             faults.useful_step_ns as f64 / model_time_ns as f64
         },
         instants: stats.instants,
+        atomicity_violation_count: world.storage().audit.violation_count,
+        atomicity_violations: world.storage().audit.violations.clone(),
+        planted_bug: scenario.planted_bug.map(|bug| bug.name()),
+        last_fault_ns: faults.last_fault_ns,
         wall_ms: wall_ms_since(started),
     };
     Ok((report, recorder))

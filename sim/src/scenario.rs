@@ -79,7 +79,14 @@ pub struct Scenario {
     /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
     pub control: ControlConfig,
     pub run: RunConfig,
+    /// `[debug] planted_bug`: a known bug planted in the trainer, accepted only with
+    /// [`ALLOW_PLANTED_BUGS_ENV`]`=1`, for tests of the swarm.
+    pub planted_bug: Option<trainer_core::PlantedBug>,
 }
+
+/// The environment variable that must be `1` for a scenario to plant a bug: a switch that a
+/// user cannot hit by accident with a scenario file alone.
+pub const ALLOW_PLANTED_BUGS_ENV: &str = "FAULTLINE_ALLOW_PLANTED_BUGS";
 
 impl Scenario {
     /// The same scenario with every fault switched off.
@@ -437,6 +444,15 @@ struct RawScenario {
     recovery: RawRecovery,
     #[serde(default)]
     faults: RawFaults,
+    #[serde(default)]
+    debug: RawDebug,
+}
+
+/// Test-only switches.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDebug {
+    planted_bug: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -893,7 +909,41 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
             ..control
         },
         run,
+        planted_bug: validate_debug(src, &raw.debug)?,
     })
+}
+
+fn validate_debug(
+    src: &Source,
+    d: &RawDebug,
+) -> Result<Option<trainer_core::PlantedBug>, ScenarioError> {
+    use trainer_core::PlantedBug;
+    let Some(name) = &d.planted_bug else {
+        return Ok(None);
+    };
+    let Some(bug) = PlantedBug::from_name(name) else {
+        let names: Vec<String> = PlantedBug::ALL
+            .iter()
+            .map(|b| format!("{:?}", b.name()))
+            .collect();
+        return Err(src.error(
+            "debug.planted_bug",
+            format!(
+                "unknown planted bug {name:?}; expected one of {}",
+                names.join(", ")
+            ),
+        ));
+    };
+    if std::env::var(ALLOW_PLANTED_BUGS_ENV).as_deref() != Ok("1") {
+        return Err(src.error(
+            "debug.planted_bug",
+            format!(
+                "planted bugs break the trainer on purpose, for testing `faultline swarm`; \
+                 set {ALLOW_PLANTED_BUGS_ENV}=1 to accept this key"
+            ),
+        ));
+    }
+    Ok(Some(bug))
 }
 
 fn validate_checkpoint(

@@ -9,9 +9,13 @@
 //!
 //! Blobs are keyed by (place, name) in a BTreeMap, so listing is ordered.
 
+mod audit;
+
 use std::collections::BTreeMap;
 
 use trainer_core::{Blob, Tier, WriteStatus};
+
+pub use audit::{AtomicityViolation, Audit};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StorageConfig {
@@ -89,6 +93,8 @@ pub struct Storage {
     client_busy_until_ns: Vec<u64>,
     aggregate_busy_until_ns: u64,
     writes: Vec<Write>,
+    /// Checkpoint atomicity, as observed: see `audit.rs`.
+    pub audit: Audit,
 }
 
 impl Storage {
@@ -99,6 +105,7 @@ impl Storage {
             client_busy_until_ns: vec![0; node_count],
             aggregate_busy_until_ns: 0,
             writes: Vec::new(),
+            audit: Audit::default(),
         }
     }
 
@@ -153,6 +160,12 @@ impl Storage {
         }
         if let Some(blob) = write.blob.take() {
             write.status = WriteStatus::Durable;
+            if write.place == Place::Persistent {
+                let blobs = &self.blobs;
+                let durable = |shard: &str| blobs.contains_key(&(Place::Persistent, shard.into()));
+                self.audit
+                    .manifest_landed(&write.name, &blob.bytes, durable);
+            }
             self.blobs.insert((write.place, write.name.clone()), blob);
         }
         false

@@ -158,6 +158,8 @@ pub struct World {
     /// A test hook for `faultline check`: the compute call of this index (counted from 0
     /// across all ranks) lasts one nanosecond longer, a real divergence to catch.
     perturb_compute: Option<u64>,
+    /// A known bug planted in the trainer's logic, for tests of the swarm; normally `None`.
+    planted_bug: Option<trainer_core::PlantedBug>,
 }
 
 impl World {
@@ -204,7 +206,13 @@ impl World {
             buffer_elems: 0,
             recorder: None,
             perturb_compute: None,
+            planted_bug: None,
         }
+    }
+
+    /// Plants a known bug in the trainer logic of every rank (see trainer-core's `planted.rs`).
+    pub fn plant_bug(&mut self, bug: Option<trainer_core::PlantedBug>) {
+        self.planted_bug = bug;
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -218,6 +226,11 @@ impl World {
     /// The storage model, for tests and reports.
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
+    }
+
+    /// The storage model, read-only: its atomicity audit goes into the report.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn rank_count(&self) -> usize {
@@ -813,6 +826,8 @@ impl Backend for SimBackend {
                 let Some(blob) = world.storage.get(place, &name).cloned() else {
                     return Err(StorageError::NotFound { name });
                 };
+                let now_ns = world.now_ns;
+                world.storage.audit.read(&name, now_ns);
                 let done = world.storage_done_ns(self.rank, place, blob.modelled_bytes, false);
                 (blob, done)
             };
@@ -843,6 +858,10 @@ impl Backend for SimBackend {
             rank: self.rank,
             error: Some(error.clone()),
         }
+    }
+
+    fn planted_bug(&self) -> Option<trainer_core::PlantedBug> {
+        self.world.borrow().planted_bug
     }
 
     fn recycle(&self, payload: Payload) {

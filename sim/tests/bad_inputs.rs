@@ -29,6 +29,8 @@ fn run_case(path: &Path) -> String {
         .current_dir(&root)
         // A fixed memory limit, so the limits-before-work messages do not depend on the machine.
         .env("FAULTLINE_MEMORY_LIMIT", "16GiB")
+        // Planted bugs are refused without this; a developer's shell must not change that.
+        .env_remove("FAULTLINE_ALLOW_PLANTED_BUGS")
         .output()
         .expect("faultline runs");
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -275,6 +275,12 @@ pub trait Backend {
         drop(payload);
     }
 
+    /// A known bug to plant in the trainer's logic, for proving that the seed swarm finds
+    /// bugs; `None` on every backend unless a test asked for one (see `planted.rs`).
+    fn planted_bug(&self) -> Option<crate::PlantedBug> {
+        None
+    }
+
     /// `acc[i] += src[i]` for every `i`, in that order. A GPU backend runs this as a kernel;
     /// both must give the same bits.
     fn add_assign(&self, acc: &mut [f32], src: &[f32]) {

@@ -17,6 +17,7 @@ use crate::backend::{
 };
 use crate::collectives::{Collective, Op};
 use crate::digest::Digest;
+use crate::planted::PlantedBug;
 use crate::span::Span;
 
 const SHARD_MAGIC: &[u8; 4] = b"FLCK";
@@ -151,6 +152,26 @@ pub fn decode_shard(
     Ok(values)
 }
 
+/// The planted bug [`PlantedBug::UnverifiedRestore`]: [`decode_shard`] without the checksum
+/// comparison. Never called unless that bug is planted.
+fn decode_shard_unverified(
+    bytes: &[u8],
+    step: u64,
+    rank: usize,
+    world: usize,
+) -> Result<Vec<f32>, FormatError> {
+    match decode_shard(bytes, step, rank, world) {
+        Err(FormatError::ChecksumMismatch) => {
+            let values = bytes[36..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            Ok(values)
+        }
+        other => other,
+    }
+}
+
 pub fn encode_manifest(step: u64, world: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.extend_from_slice(MANIFEST_MAGIC);
@@ -282,7 +303,9 @@ impl Checkpointer {
                 // Some shard will never be durable: drop this checkpoint everywhere.
                 backend.store_delete(Tier::Persistent, &shard_name(pending.step, backend.rank()));
                 self.pending = None;
-            } else if summed.durable == world {
+            } else if summed.durable == world
+                || backend.planted_bug() == Some(PlantedBug::CommitBeforeDurable)
+            {
                 self.pending = None;
                 self.commit(backend, pending.step).await?;
             }
@@ -456,7 +479,12 @@ async fn read_shard<B: Backend>(
         Err(_) => return Ok(false),
     };
     let expected_len: usize = spans.iter().map(|s| s.elems.len()).sum();
-    match decode_shard(&blob.bytes, step, rank, world) {
+    let decoded = if backend.planted_bug() == Some(PlantedBug::UnverifiedRestore) {
+        decode_shard_unverified(&blob.bytes, step, rank, world)
+    } else {
+        decode_shard(&blob.bytes, step, rank, world)
+    };
+    match decoded {
         Ok(values) if values.len() == expected_len => {
             let mut values = values.into_iter();
             for span in spans {

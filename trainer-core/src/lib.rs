@@ -13,6 +13,7 @@ pub mod group;
 pub mod job;
 pub mod kernels;
 pub mod model;
+pub mod planted;
 pub mod span;
 pub mod units;
 
@@ -22,6 +23,7 @@ pub use backend::{
 };
 pub use collectives::{Algo, Op};
 pub use group::{Group, Placement};
+pub use planted::PlantedBug;
 pub use span::Span;
 
 #[cfg(test)]

@@ -128,6 +128,8 @@ pub struct FaultReport {
     pub spare_pool_exhausted: u64,
     /// Ranks' restores by the tier their shard came from.
     pub restores_by_tier: BTreeMap<String, u64>,
+    /// When the last fault was injected; liveness is judged from there.
+    pub last_fault_ns: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +272,7 @@ impl World {
             CrashTarget::Gpu(rank) => (vec![rank], "gpu_failure"),
         };
         bump(&mut control.report.injected, kind);
+        control.report.last_fault_ns = Some(now);
         control
             .failed_nodes
             .insert(self.placement.node_of(ranks[0]));
@@ -309,6 +312,7 @@ impl World {
     pub(super) fn count_injected(&mut self, kind: &str) {
         if let Some(control) = self.control.as_mut() {
             bump(&mut control.report.injected, kind);
+            control.report.last_fault_ns = Some(self.now_ns);
         }
     }
 
@@ -329,10 +333,15 @@ impl World {
         if shards.is_empty() {
             return;
         }
-        let victim = shards[control.rng.gen_range(0..shards.len())].clone();
-        let bit = control.rng.gen::<u64>();
+        // Each corruption draws from its own stream, keyed by its time, so that adding or
+        // removing another fault (as `faultline shrink` does) never moves this one's bit.
+        let stream = trainer_core::digest::mix64(self.now_ns) ^ control.config.seed ^ 0x00c0_44e7;
+        let mut rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(stream));
+        let victim = shards[rng.gen_range(0..shards.len())].clone();
+        let bit = rng.gen::<u64>();
         if self.storage.corrupt(Place::Persistent, &victim, bit) {
             bump(&mut control.report.injected, "storage_corruption");
+            control.report.last_fault_ns = Some(self.now_ns);
             self.record(None, Record::StorageCorruption { name: &victim });
         }
     }

@@ -1,0 +1,221 @@
+//! The invariants of DESIGN.md, checked on a faulty run's report against the same scenario's
+//! fault-free run and a second run of the same seed. What a check finds is data (a
+//! [`Violation`]), never a panic.
+//!
+//! Checked: determinism (a second run gives the same trace digest, parameter digest and model
+//! time), replicas agree, fault-free equivalence (a run that finished ends with the fault-free
+//! parameter digest), checkpoint atomicity (the storage audit saw no restore read a checkpoint
+//! not atomically committed) and liveness (the job finishes every step, within a bound of model
+//! time after the last fault). Exactness of single collectives is checked by
+//! `faultline collective` and the collective tests; in a training run it shows as fault-free
+//! equivalence. No silent escape needs SDC faults, which this version does not inject: a check
+//! for it belongs in [`check`] beside the others once they exist.
+
+use serde::Serialize;
+
+use crate::run::{run_scenario, RunReport};
+use crate::scenario::Scenario;
+use crate::units::format_duration_ns;
+
+/// The invariants, in the order a run's first violation is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
+    CheckpointAtomicity,
+    FaultFreeEquivalence,
+    ReplicasAgree,
+    Determinism,
+    Liveness,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 5] = [
+        Invariant::CheckpointAtomicity,
+        Invariant::FaultFreeEquivalence,
+        Invariant::ReplicasAgree,
+        Invariant::Determinism,
+        Invariant::Liveness,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::CheckpointAtomicity => "checkpoint_atomicity",
+            Invariant::FaultFreeEquivalence => "fault_free_equivalence",
+            Invariant::ReplicasAgree => "replicas_agree",
+            Invariant::Determinism => "determinism",
+            Invariant::Liveness => "liveness",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Invariant> {
+        Invariant::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Violation {
+    pub invariant: Invariant,
+    pub detail: String,
+}
+
+/// What a faulty run is judged against.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    /// The same scenario with every fault switched off.
+    pub fault_free: RunReport,
+    /// Model time the job may take, after the last fault, to finish every step.
+    pub liveness_bound_ns: u64,
+}
+
+impl Reference {
+    /// Runs `scenario` without faults. The liveness bound: twice the whole fault-free job (one
+    /// for the restore, which reads one checkpoint, one for the steps done again and the rest),
+    /// plus the longest detection (the heartbeat monitor's, or the collective timeout when
+    /// there is no monitor) and one restart. A job that recovers from its last fault within
+    /// that bound has made progress again.
+    pub fn of(scenario: &Scenario) -> Result<Reference, String> {
+        let fault_free =
+            run_scenario(&scenario.clone().without_faults()).map_err(|e| e.to_string())?;
+        let control = &scenario.control;
+        let heartbeat = control
+            .heartbeat_interval_ns
+            .map(|interval| interval * (control.heartbeat_misses + 1));
+        let detection_ns = heartbeat.or(control.collective_timeout_ns).unwrap_or(0);
+        let liveness_bound_ns =
+            2 * fault_free.model_time_ns + detection_ns + control.restart_time_ns;
+        Ok(Reference {
+            fault_free,
+            liveness_bound_ns,
+        })
+    }
+}
+
+/// When the run's faults are all over: the last injected fault, or the end of the last storage
+/// fault window, whichever is later.
+pub fn healed_from_ns(scenario: &Scenario, report: &RunReport) -> u64 {
+    let storage = &scenario.storage;
+    let windows = storage
+        .slow
+        .iter()
+        .map(|s| s.window)
+        .chain(storage.failing.iter().copied())
+        .map(|w| w.until_ns);
+    windows.chain(report.last_fault_ns).max().unwrap_or(0)
+}
+
+/// Checks one run. `run` is the run's report, or why it could not finish (a deadlock);
+/// `rerun` the same for a second run of the same scenario and seed, when there was one.
+pub fn check(
+    scenario: &Scenario,
+    reference: &Reference,
+    run: &Result<RunReport, String>,
+    rerun: Option<&Result<RunReport, String>>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut violate = |invariant: Invariant, detail: String| {
+        out.push(Violation { invariant, detail });
+    };
+    if let Some(rerun) = rerun {
+        let fingerprint = |r: &Result<RunReport, String>| match r {
+            Ok(r) => format!(
+                "trace {} params {} model time {} ns",
+                r.trace_digest, r.param_digest, r.model_time_ns
+            ),
+            Err(e) => e.clone(),
+        };
+        let (first, second) = (fingerprint(run), fingerprint(rerun));
+        if first != second {
+            violate(
+                Invariant::Determinism,
+                format!("two runs of the same seed differ: {first}; then {second}"),
+            );
+        }
+    }
+    let report = match run {
+        Ok(report) => report,
+        Err(error) => {
+            violate(
+                Invariant::Liveness,
+                format!("the run did not finish: {error}"),
+            );
+            out.sort_by_key(|v| v.invariant);
+            return out;
+        }
+    };
+    if report.atomicity_violation_count > 0 {
+        let first = report
+            .atomicity_violations
+            .first()
+            .map(|v| format!("at {}: {}", format_duration_ns(v.at_ns), v.what))
+            .unwrap_or_default();
+        violate(
+            Invariant::CheckpointAtomicity,
+            format!(
+                "{} read(s) of a checkpoint not atomically committed; first {first}",
+                report.atomicity_violation_count
+            ),
+        );
+    }
+    // A job marked abandoned only because some ranks had already finished the last step when
+    // others died has done its work: that is not a liveness failure.
+    let finished = report.steps_completed == report.steps_requested
+        && (!report.faults.job_abandoned || report.faults.finished_despite_failure);
+    if finished && !report.replicas_agree {
+        violate(
+            Invariant::ReplicasAgree,
+            "replicas that finished hold different parameters".into(),
+        );
+    }
+    let fault_free = &reference.fault_free;
+    if finished && report.param_digest != fault_free.param_digest {
+        violate(
+            Invariant::FaultFreeEquivalence,
+            format!(
+                "finished step {} with param digest {}, the fault-free run with {}",
+                report.steps_completed, report.param_digest, fault_free.param_digest
+            ),
+        );
+    }
+    if !finished {
+        violate(
+            Invariant::Liveness,
+            format!(
+                "the job stopped at step {} of {}{}",
+                report.steps_completed,
+                report.steps_requested,
+                if report.faults.job_abandoned {
+                    " (abandoned)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    } else {
+        let healed = healed_from_ns(scenario, report);
+        let took = report.model_time_ns.saturating_sub(healed);
+        if took > reference.liveness_bound_ns {
+            violate(
+                Invariant::Liveness,
+                format!(
+                    "finished {} after the last fault, over the bound of {}",
+                    format_duration_ns(took),
+                    format_duration_ns(reference.liveness_bound_ns)
+                ),
+            );
+        }
+    }
+    out.sort_by_key(|v| v.invariant);
+    out
+}
+
+/// Runs `scenario` twice and checks every invariant against `reference`. What
+/// `faultline run --check`, the swarm and the shrinker all do for one schedule.
+pub fn run_and_check(
+    scenario: &Scenario,
+    reference: &Reference,
+) -> (Result<RunReport, String>, Vec<Violation>) {
+    let run = run_scenario(scenario).map_err(|e| e.to_string());
+    let rerun = run_scenario(scenario).map_err(|e| e.to_string());
+    let violations = check(scenario, reference, &run, Some(&rerun));
+    (run, violations)
+}

@@ -1,0 +1,178 @@
+//! Running a range of seeds on worker threads. Each seed's schedule is drawn from the seed
+//! alone and each run is single-threaded (a `World` lives and dies on its thread), so the
+//! results, gathered in a `BTreeMap` by seed, do not depend on the thread count.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::faults::{draw_schedule, FaultSpec};
+use super::invariants::{run_and_check, Invariant, Violation};
+use super::Base;
+
+/// One seed's schedule and verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeedOutcome {
+    pub seed: u64,
+    /// The drawn faults, one line each.
+    pub faults: Vec<String>,
+    #[serde(skip)]
+    pub schedule: Vec<FaultSpec>,
+    /// Every invariant the seed broke, in [`Invariant`] order; empty when it passed.
+    pub violations: Vec<Violation>,
+    pub steps_completed: u64,
+    pub model_time_ns: u64,
+    pub recoveries: u64,
+    /// The command that reruns this seed alone.
+    pub reproduce: String,
+}
+
+impl SeedOutcome {
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty()
+    }
+
+    /// The invariant the seed is listed under: its first violation.
+    pub fn first_invariant(&self) -> Option<Invariant> {
+        self.violations.first().map(|v| v.invariant)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SwarmReport {
+    pub scenario: String,
+    pub seeds_from: u64,
+    pub seeds_until: u64,
+    pub fault_free_param_digest: String,
+    pub fault_free_model_time_ns: u64,
+    pub faulty_until_ns: u64,
+    pub faulty_steps: u64,
+    pub liveness_bound_ns: u64,
+    pub seeds_run: u64,
+    pub seeds_failed: u64,
+    /// Failing seeds by the invariant they are listed under.
+    pub failures_by_invariant: BTreeMap<String, u64>,
+    /// Seeds that ran with no fault at all (every kind switched off).
+    pub seeds_without_faults: u64,
+    /// Simulations run: two per seed (the second checks determinism), plus the fault-free one.
+    pub simulations: u64,
+    pub outcomes: Vec<SeedOutcome>,
+}
+
+/// Draws, runs and checks one seed.
+pub fn run_seed(base: &Base, seed: u64) -> SeedOutcome {
+    let schedule = draw_schedule(seed, &base.space);
+    let text = base.scenario_text(seed, &schedule, &[]);
+    let origin = format!("<seed {seed} of {}>", base.path);
+    let (run, violations) = match base.load_text(&origin, &text) {
+        Ok(scenario) => run_and_check(&scenario, &base.reference),
+        // The swarm wrote this text itself: failing to load it is a bug in the swarm.
+        Err(e) => panic!("the swarm's own scenario for seed {seed} does not load: {e}"),
+    };
+    let (steps_completed, model_time_ns, recoveries) = run.as_ref().map_or((0, 0, 0), |r| {
+        (r.steps_completed, r.model_time_ns, r.recoveries)
+    });
+    SeedOutcome {
+        seed,
+        faults: schedule.iter().map(FaultSpec::describe).collect(),
+        schedule,
+        violations,
+        steps_completed,
+        model_time_ns,
+        recoveries,
+        reproduce: base.swarm_command(seed),
+    }
+}
+
+/// Runs every seed of `seeds` on `jobs` threads; `progress` is called after each seed.
+pub fn run_swarm(
+    base: &Base,
+    seeds: Range<u64>,
+    jobs: usize,
+    progress: &(dyn Fn() + Sync),
+) -> SwarmReport {
+    let next = AtomicU64::new(seeds.start);
+    let results = Mutex::new(BTreeMap::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds.end {
+                    break;
+                }
+                let outcome = run_seed(base, seed);
+                results
+                    .lock()
+                    .expect("no worker panicked")
+                    .insert(seed, outcome);
+                progress();
+            });
+        }
+    });
+    let outcomes: Vec<SeedOutcome> = results
+        .into_inner()
+        .expect("no worker panicked")
+        .into_values()
+        .collect();
+    let mut failures_by_invariant = BTreeMap::new();
+    for invariant in outcomes.iter().filter_map(SeedOutcome::first_invariant) {
+        *failures_by_invariant
+            .entry(invariant.name().to_string())
+            .or_default() += 1;
+    }
+    let fault_free = &base.reference.fault_free;
+    SwarmReport {
+        scenario: base.name.clone(),
+        seeds_from: seeds.start,
+        seeds_until: seeds.end,
+        fault_free_param_digest: fault_free.param_digest.clone(),
+        fault_free_model_time_ns: fault_free.model_time_ns,
+        faulty_until_ns: base.space.faulty_until_ns,
+        faulty_steps: base.space.faulty_steps,
+        liveness_bound_ns: base.reference.liveness_bound_ns,
+        seeds_run: outcomes.len() as u64,
+        seeds_failed: outcomes.iter().filter(|o| o.failed()).count() as u64,
+        failures_by_invariant,
+        seeds_without_faults: outcomes.iter().filter(|o| o.schedule.is_empty()).count() as u64,
+        simulations: 2 * outcomes.len() as u64 + 1,
+        outcomes,
+    }
+}
+
+/// Parses `A..B` (B excluded) or `A..=B` (B included).
+pub fn parse_seed_range(text: &str) -> Result<Range<u64>, String> {
+    let expected = "expected a seed range such as 1..101 (101 excluded) or 1..=100";
+    let (from, until, inclusive) = if let Some((a, b)) = text.split_once("..=") {
+        (a, b, true)
+    } else if let Some((a, b)) = text.split_once("..") {
+        (a, b, false)
+    } else {
+        return Err(format!("{expected}, got {text:?}"));
+    };
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{expected}, got {text:?}"))
+    };
+    let (from, until) = (number(from)?, number(until)?);
+    let until = if inclusive {
+        until
+            .checked_add(1)
+            .ok_or_else(|| format!("{expected}, got {text:?}"))?
+    } else {
+        until
+    };
+    if until <= from {
+        return Err(format!("{expected}; {text:?} holds no seed"));
+    }
+    if until - from > 1_000_000 {
+        return Err(format!(
+            "{expected}; at most 1,000,000 seeds at once, got {}",
+            until - from
+        ));
+    }
+    Ok(from..until)
+}

@@ -1,0 +1,309 @@
+//! Unit tests of the swarm's parts: schedules as data, their TOML, the shrinker's candidates,
+//! the atomicity audit, and the verdict's independence from the thread count.
+
+use std::path::PathBuf;
+
+use super::faults::{draw_schedule, DrawSpace, FaultKind, FaultSpec};
+use super::seeds::{parse_seed_range, run_swarm};
+use super::Base;
+use crate::storage::Audit;
+use crate::world::{CrashTarget, CrashWhen};
+
+fn base_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/swarm-checkpoint-restart.toml")
+}
+
+const SPACE: DrawSpace = DrawSpace {
+    nodes: 4,
+    gpus: 32,
+    gpus_per_node: 8,
+    faulty_until_ns: 6_000_000_000,
+    faulty_steps: 9,
+};
+
+fn kind_of(fault: &FaultSpec) -> &'static str {
+    match fault {
+        FaultSpec::Crash {
+            when: CrashWhen::AtNs(_),
+            target: CrashTarget::Node(_),
+        } => "node_crash",
+        FaultSpec::Crash {
+            when: CrashWhen::AtNs(_),
+            target: CrashTarget::Gpu(_),
+        } => "gpu_crash",
+        FaultSpec::Crash {
+            when: CrashWhen::AtStep(_),
+            ..
+        } => "crash_at_step",
+        FaultSpec::Crash {
+            when: CrashWhen::AfterCommits(_),
+            ..
+        } => "crash_after_commits",
+        FaultSpec::StorageSlow { .. } => "storage_slow",
+        FaultSpec::StorageFailWrites { .. } => "storage_fail_writes",
+        FaultSpec::StorageCorrupt { .. } => "storage_corrupt",
+    }
+}
+
+#[test]
+fn schedules_depend_on_the_seed_alone_and_cover_every_kind() {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut sizes = std::collections::BTreeSet::new();
+    for seed in 1..200 {
+        let schedule = draw_schedule(seed, &SPACE);
+        assert_eq!(schedule, draw_schedule(seed, &SPACE), "seed {seed}");
+        sizes.insert(schedule.len());
+        for fault in &schedule {
+            seen.insert(kind_of(fault));
+            // Every fault falls in the faulty phase and on the cluster.
+            match *fault {
+                FaultSpec::Crash { target, when } => {
+                    match target {
+                        CrashTarget::Node(n) => assert!(n < SPACE.nodes),
+                        CrashTarget::Gpu(g) => assert!(g < SPACE.gpus),
+                    }
+                    match when {
+                        CrashWhen::AtNs(t) => assert!(t < SPACE.faulty_until_ns),
+                        CrashWhen::AtStep(s) => assert!(s < SPACE.faulty_steps),
+                        CrashWhen::AfterCommits(c) => assert!((1..=3).contains(&c)),
+                    }
+                }
+                FaultSpec::StorageSlow {
+                    from_ns, until_ns, ..
+                }
+                | FaultSpec::StorageFailWrites { from_ns, until_ns } => {
+                    assert!(from_ns < until_ns && until_ns <= SPACE.faulty_until_ns)
+                }
+                FaultSpec::StorageCorrupt { at_ns } => assert!(at_ns < SPACE.faulty_until_ns),
+            }
+        }
+    }
+    let all: std::collections::BTreeSet<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(seen, all, "some kind is never drawn");
+    // Swarm testing: seeds differ in how many faults they carry.
+    assert!(sizes.len() > 4, "{sizes:?}");
+}
+
+#[test]
+fn a_schedule_written_as_toml_loads_back_as_the_same_faults() {
+    let base = Base::load(&base_path()).unwrap();
+    for seed in 1..40 {
+        let schedule = draw_schedule(seed, &base.space);
+        let text = base.scenario_text(seed, &schedule, &["a header".into()]);
+        assert!(text.starts_with("# a header\n"));
+        let scenario = base.load_text("test", &text).unwrap();
+        assert_eq!(scenario.run.seed, seed);
+        let crashes: Vec<(CrashTarget, CrashWhen)> = schedule
+            .iter()
+            .filter_map(|f| match *f {
+                FaultSpec::Crash { target, when } => Some((target, when)),
+                _ => None,
+            })
+            .collect();
+        let loaded: Vec<(CrashTarget, CrashWhen)> = scenario
+            .control
+            .crashes
+            .iter()
+            .map(|c| (c.target, c.when))
+            .collect();
+        assert_eq!(loaded, crashes, "seed {seed}");
+        let corruptions = schedule
+            .iter()
+            .filter(|f| matches!(f, FaultSpec::StorageCorrupt { .. }))
+            .count();
+        assert_eq!(scenario.control.corruptions_at_ns.len(), corruptions);
+        let windows = schedule
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f,
+                    FaultSpec::StorageSlow { .. } | FaultSpec::StorageFailWrites { .. }
+                )
+            })
+            .count();
+        assert_eq!(
+            scenario.storage.slow.len() + scenario.storage.failing.len(),
+            windows
+        );
+        // No stochastic faults: the schedule is all there is.
+        assert_eq!(scenario.control.node_failure_rate_per_ns, 0.0);
+    }
+}
+
+/// A measure that every simpler form must lower, compared as a tuple: time, then ranks or
+/// counts; for windows, length, then start, then factor. Strictly lower at each step means the
+/// shrinker's loop ends.
+fn size(fault: &FaultSpec) -> (u64, u64, u64) {
+    match *fault {
+        FaultSpec::Crash { target, when } => {
+            let ranks = match target {
+                CrashTarget::Node(n) => 1000 + n as u64,
+                CrashTarget::Gpu(g) => g as u64,
+            };
+            let when = match when {
+                CrashWhen::AtNs(t) => t,
+                CrashWhen::AtStep(s) => s,
+                CrashWhen::AfterCommits(c) => c,
+            };
+            (when, ranks, 0)
+        }
+        FaultSpec::StorageSlow {
+            from_ns,
+            until_ns,
+            factor,
+        } => (until_ns - from_ns, from_ns, factor as u64),
+        FaultSpec::StorageFailWrites { from_ns, until_ns } => (until_ns - from_ns, from_ns, 0),
+        FaultSpec::StorageCorrupt { at_ns } => (at_ns, 0, 0),
+    }
+}
+
+#[test]
+fn every_simpler_fault_is_smaller_so_shrinking_ends() {
+    for seed in 1..100 {
+        for fault in draw_schedule(seed, &SPACE) {
+            for simpler in fault.simpler(SPACE.gpus_per_node) {
+                assert!(
+                    size(&simpler) < size(&fault),
+                    "{simpler:?} is not simpler than {fault:?}"
+                );
+                assert_eq!(
+                    kind_of(&simpler).contains("storage"),
+                    kind_of(&fault).contains("storage")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn seed_ranges_parse_or_say_what_they_expected() {
+    assert_eq!(parse_seed_range("1..101"), Ok(1..101));
+    assert_eq!(parse_seed_range("1..=100"), Ok(1..101));
+    assert_eq!(parse_seed_range(" 7 .. 8 "), Ok(7..8));
+    for bad in [
+        "5..3",
+        "3..3",
+        "x..4",
+        "17",
+        "1..=18446744073709551615",
+        "0..2000000",
+    ] {
+        let error = parse_seed_range(bad).unwrap_err();
+        assert!(error.contains("expected a seed range"), "{bad}: {error}");
+    }
+}
+
+#[test]
+fn the_audit_flags_reads_of_a_manifest_committed_before_its_shards() {
+    use trainer_core::checkpoint::{encode_manifest, manifest_name, shard_name};
+    let manifest = encode_manifest(4, 2);
+    // Atomic: both shards durable when the manifest lands.
+    let mut audit = Audit::default();
+    audit.manifest_landed(&manifest_name(4), &manifest, |_| true);
+    audit.read(&manifest_name(4), 10);
+    audit.read(&shard_name(4, 1), 11);
+    assert_eq!(audit.violation_count, 0);
+    // A shard of a step never committed.
+    audit.read(&shard_name(6, 0), 12);
+    assert_eq!(audit.violation_count, 1);
+    assert!(audit.violations[0].what.contains("no manifest"));
+    // Premature: shard 1 was not durable yet.
+    let mut audit = Audit::default();
+    let shard1 = shard_name(4, 1);
+    audit.manifest_landed(&manifest_name(4), &manifest, |name| name != shard1);
+    audit.read(&manifest_name(4), 20);
+    assert_eq!(audit.violation_count, 1);
+    assert!(
+        audit.violations[0].what.contains(&shard1),
+        "{:?}",
+        audit.violations
+    );
+}
+
+#[test]
+fn the_verdict_does_not_depend_on_the_thread_count() {
+    let base = Base::load(&base_path()).unwrap();
+    let one = run_swarm(&base, 1..9, 1, &|| {});
+    let three = run_swarm(&base, 1..9, 3, &|| {});
+    let json = |r| serde_json::to_string(&r).unwrap();
+    assert_eq!(one.seeds_run, 8);
+    assert_eq!(json(one), json(three));
+}
+
+#[test]
+fn each_invariant_is_named_by_the_report_field_that_breaks_it() {
+    use super::invariants::{check, Invariant};
+    use crate::run::RunReport;
+    let base = Base::load(&base_path()).unwrap();
+    let good = base.reference.fault_free.clone();
+    let judge = |run: RunReport, rerun: Option<RunReport>| -> Vec<Invariant> {
+        let rerun = rerun.map(Ok);
+        check(&base.scenario, &base.reference, &Ok(run), rerun.as_ref())
+            .into_iter()
+            .map(|v| v.invariant)
+            .collect()
+    };
+    assert_eq!(judge(good.clone(), Some(good.clone())), vec![]);
+    type Change = fn(&mut RunReport);
+    let cases: Vec<(&str, Change, Vec<Invariant>)> = vec![
+        (
+            "params differ",
+            |r| r.param_digest = "0".into(),
+            vec![Invariant::FaultFreeEquivalence],
+        ),
+        (
+            "replicas disagree",
+            |r| r.replicas_agree = false,
+            vec![Invariant::ReplicasAgree],
+        ),
+        (
+            "stopped early",
+            |r| r.steps_completed -= 1,
+            vec![Invariant::Liveness],
+        ),
+        (
+            "abandoned",
+            |r| r.faults.job_abandoned = true,
+            vec![Invariant::Liveness],
+        ),
+        (
+            "finished while others died",
+            |r| {
+                r.faults.job_abandoned = true;
+                r.faults.finished_despite_failure = true;
+            },
+            vec![],
+        ),
+        (
+            "too slow after the last fault",
+            |r| {
+                r.last_fault_ns = Some(1_000);
+                r.model_time_ns = 3 * r.model_time_ns + 200_000_000_000;
+            },
+            vec![Invariant::Liveness],
+        ),
+        (
+            "read a premature commit",
+            |r| r.atomicity_violation_count = 1,
+            vec![Invariant::CheckpointAtomicity],
+        ),
+    ];
+    for (name, change, expected) in cases {
+        let mut run = good.clone();
+        change(&mut run);
+        assert_eq!(judge(run, None), expected, "{name}");
+    }
+    let mut other = good.clone();
+    other.trace_digest = "1".into();
+    assert_eq!(
+        judge(good.clone(), Some(other)),
+        vec![Invariant::Determinism]
+    );
+    let deadlock = check(
+        &base.scenario,
+        &base.reference,
+        &Err("deadlock".into()),
+        None,
+    );
+    assert_eq!(deadlock[0].invariant, Invariant::Liveness);
+}
