@@ -12,7 +12,7 @@ use trainer_core::Backend;
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::topology::Topology;
-use crate::world::{ControlConfig, SimBackend, World};
+use crate::world::{ControlConfig, LinkFlapReport, SimBackend, StragglerReport, World};
 
 /// Why a simulation could not produce a report.
 #[derive(Debug)]
@@ -107,6 +107,15 @@ pub struct RunReport {
     pub goodput: f64,
     /// Distinct instants of model time at which events fired.
     pub instants: u64,
+    /// Link flaps: reroutes, retries, lost transfers, detection; absent without flaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_flaps: Option<LinkFlapReport>,
+    /// Straggler slowdowns and scores; absent without either.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stragglers: Option<StragglerReport>,
+    /// Rank 0's completed step durations in order (for tests and tools; not serialised).
+    #[serde(skip)]
+    pub rank0_step_ns: Vec<u64>,
     /// Wall-clock milliseconds; the only field that differs between identical runs.
     pub wall_ms: u64,
 }
@@ -136,6 +145,8 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             seed: scenario.run.seed,
             ..scenario.control.clone()
         });
+        w.configure_link_faults(scenario.link_faults.clone());
+        w.configure_stragglers(scenario.stragglers.clone());
     }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
@@ -201,6 +212,9 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             faults.useful_step_ns as f64 / model_time_ns as f64
         },
         instants: stats.instants,
+        link_flaps: world.link_flap_report(),
+        stragglers: world.straggler_report(),
+        rank0_step_ns: world.rank0_step_ns(),
         wall_ms: wall_ms_since(started),
     })
 }

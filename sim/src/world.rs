@@ -22,8 +22,15 @@ use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::Topology;
 
 mod control;
+mod links;
+mod stragglers;
 
 pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
+pub use links::{LinkFaultConfig, LinkFlapReport, LinkFlapSpec, Transport};
+pub use stragglers::{
+    FlaggedRank, StragglerConfig, StragglerDetection, StragglerKind, StragglerReport,
+    StragglerSpec, StragglerTarget,
+};
 
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +53,12 @@ enum EventKind {
     Restart,
     /// A bit flips in a stored checkpoint shard.
     CorruptBlob,
+    /// Repeat `repeat` of link flap series `idx`: the link goes down.
+    LinkFlap { idx: u32, repeat: u32 },
+    /// The transport retries the transfer in `messages[slot]` (retry number `attempt`).
+    RetrySend { slot: u32, attempt: u32 },
+    /// Slowdown `idx` of the straggler list begins.
+    StragglerBegins { idx: u32 },
 }
 
 /// A message on the fabric, or in its receiver's mailbox.
@@ -151,6 +164,10 @@ pub struct World {
     /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
     /// recycled from a short message can carry a long one without a realloc.
     buffer_elems: usize,
+    /// Link flaps and the transport policy.
+    links: links::LinkFaults,
+    /// Slowdowns and straggler scores.
+    stragglers: stragglers::Stragglers,
 }
 
 impl World {
@@ -195,6 +212,8 @@ impl World {
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
             buffer_elems: 0,
+            links: links::LinkFaults::default(),
+            stragglers: stragglers::Stragglers::default(),
         }
     }
 
@@ -357,6 +376,9 @@ impl World {
             EventKind::HeartbeatDetect { generation } => self.fire_heartbeat_detect(generation),
             EventKind::Watchdog => self.fire_watchdog(),
             EventKind::Restart => self.fire_restart(),
+            EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
+            EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),
+            EventKind::StragglerBegins { idx } => self.fire_straggler_begins(idx),
         }
     }
 
@@ -445,6 +467,10 @@ impl World {
     fn send(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) {
         self.stats.messages += 1;
         self.stats.modelled_bytes += payload.modelled_bytes;
+        if self.links.active() {
+            self.send_over_flapping_links(from, to, tag, payload);
+            return;
+        }
         let arrival_ns = self.transfer(from, to, payload.modelled_bytes);
         let generation = self.control.as_ref().map_or(0, |c| c.generation);
         let slot = self.store(Message {
@@ -466,13 +492,18 @@ impl World {
             return self.now_ns;
         }
         let route = self.topology.route(from, to);
+        self.reserve_route(route, bytes)
+    }
+
+    /// Reserves `route` for `bytes` and returns the arrival time (see [`World::transfer`]).
+    fn reserve_route(&mut self, route: crate::topology::Route, bytes: u64) -> u64 {
         let mut start_ns = self.now_ns;
         let mut bottleneck = f64::INFINITY;
         let mut latency_ns = 0;
         for &link in route.links() {
             start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
             let spec = self.topology.link_spec(link);
-            bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
+            bottleneck = bottleneck.min(self.link_bandwidth(link, spec.bandwidth_bytes_per_s));
             latency_ns += spec.latency_ns;
         }
         let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;
@@ -634,6 +665,16 @@ impl World {
     }
 
     fn emit(&mut self, rank: usize, event: &Event) {
+        if matches!(
+            event,
+            Event::ComputeTimed { .. } | Event::StepBegin { .. } | Event::StepEnd { .. }
+        ) {
+            self.observe_for_stragglers(rank, event);
+        }
+        if let Event::ComputeTimed { .. } = event {
+            // Telemetry for the scores, derived from model time already in the trace.
+            return;
+        }
         self.observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
@@ -660,6 +701,7 @@ impl World {
                 self.digest.u64(step);
                 self.digest.bytes(format!("{tier:?}").as_bytes());
             }
+            Event::ComputeTimed { .. } => unreachable!("returned above"),
         }
     }
 }
@@ -730,8 +772,10 @@ impl Backend for SimBackend {
     }
 
     fn compute(&self, work: Work) -> impl Future<Output = Result<(), CommError>> {
-        let flops_per_s = self.world.borrow().gpu_flops_per_s;
-        let duration_ns = (work.flops / flops_per_s * 1e9).ceil() as u64;
+        let world = self.world.borrow();
+        let nominal_ns = (work.flops / world.gpu_flops_per_s * 1e9).ceil() as u64;
+        let duration_ns = world.compute_ns(self.rank, nominal_ns);
+        drop(world);
         self.sleep(duration_ns)
     }
 
