@@ -288,7 +288,7 @@ impl Topology {
             }
         };
         let expect_fields = |n: usize| -> Result<(), String> {
-            if fields.len() == n {
+            if fields.len() <= n {
                 Ok(())
             } else {
                 Err(format!("{grammar}, got {name:?}"))
