@@ -12,7 +12,9 @@ use trainer_core::Backend;
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::topology::Topology;
-use crate::world::{ControlConfig, LinkFlapReport, SimBackend, StragglerReport, World};
+use crate::world::{
+    ControlConfig, LinkFaultConfig, LinkFlapReport, SimBackend, StragglerReport, World,
+};
 
 /// Why a simulation could not produce a report.
 #[derive(Debug)]
@@ -145,7 +147,10 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             seed: scenario.run.seed,
             ..scenario.control.clone()
         });
-        w.configure_link_faults(scenario.link_faults.clone());
+        w.configure_link_faults(LinkFaultConfig {
+            seed: scenario.run.seed,
+            ..scenario.link_faults.clone()
+        });
         w.configure_stragglers(scenario.stragglers.clone());
     }
     let config = scenario.job.clone();

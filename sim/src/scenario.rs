@@ -99,6 +99,7 @@ impl Scenario {
         self.storage.failing.clear();
         self.control.node_failure_rate_per_ns = 0.0;
         self.link_faults.flaps.clear();
+        self.link_faults.random_flap_rate_per_link_per_ns = 0.0;
         self.stragglers.stragglers.clear();
         self
     }
@@ -580,6 +581,10 @@ struct RawCrash {
 struct RawRates {
     #[serde(default)]
     node_failures_per_1000_node_days: f64,
+    /// Random flaps of NIC uplinks and leaf-spine links, each `link_flap_down` long.
+    #[serde(default)]
+    link_flaps_per_1000_link_days: f64,
+    link_flap_down: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -914,6 +919,10 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         src,
         &transport,
         &raw.faults.link_flap,
+        &degrade::RawFlapRate {
+            per_1000_link_days: raw.faults.rates.link_flaps_per_1000_link_days,
+            down: raw.faults.rates.link_flap_down.as_deref().unwrap_or("5s"),
+        },
         &crate::topology::Topology::new(&cluster, &fabric),
         control.collective_timeout_ns,
     )?;

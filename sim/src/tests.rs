@@ -292,6 +292,16 @@ fn link_flap_and_straggler_keys_are_validated_with_their_key() {
             "\"compute\" or \"nic\"",
         ),
         (
+            "[faults.rates]\nlink_flaps_per_1000_link_days = -1.0\n",
+            "faults.rates.link_flaps_per_1000_link_days",
+            "from 0 to 1e9",
+        ),
+        (
+            "[faults.rates]\nlink_flaps_per_1000_link_days = 5.0\nlink_flap_down = \"5 parsecs\"\n",
+            "faults.rates.link_flap_down",
+            "expected",
+        ),
+        (
             "[recovery]\nstraggler_mitigation = \"evict\"\n",
             "recovery.straggler_mitigation",
             "straggler_detection = true",

@@ -167,6 +167,20 @@ impl Topology {
         self.cluster_up(cluster) + 1
     }
 
+    /// Full-duplex links that random flaps strike: every NIC uplink and every leaf-spine link.
+    pub fn flappable_link_count(&self) -> usize {
+        self.cluster.gpus + self.leaf_count * self.uplinks_per_leaf
+    }
+
+    /// The first directed link of flappable link `idx` (in `0..flappable_link_count()`).
+    pub fn flappable_link(&self, idx: usize) -> LinkId {
+        if idx < self.cluster.gpus {
+            Self::nic_up(idx)
+        } else {
+            self.leaf_link_base + 2 * (idx - self.cluster.gpus) as u32
+        }
+    }
+
     /// The GPU whose NIC link (either direction) `link` is, if it is one.
     pub fn nic_gpu(&self, link: LinkId) -> Option<usize> {
         (link < self.leaf_link_base && link % 4 >= 2).then_some((link / 4) as usize)

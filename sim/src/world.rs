@@ -59,6 +59,8 @@ enum EventKind {
     RetrySend { slot: u32, attempt: u32 },
     /// Slowdown `idx` of the straggler list begins.
     StragglerBegins { idx: u32 },
+    /// The next arrival of the random link flap process.
+    RandomLinkFlap,
 }
 
 /// A message on the fabric, or in its receiver's mailbox.
@@ -379,6 +381,7 @@ impl World {
             EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
             EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),
             EventKind::StragglerBegins { idx } => self.fire_straggler_begins(idx),
+            EventKind::RandomLinkFlap => self.fire_random_link_flap(),
         }
     }
 

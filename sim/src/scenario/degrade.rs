@@ -61,6 +61,12 @@ pub(super) struct RawTransport<'a> {
     pub retry_budget: &'a str,
 }
 
+/// `[faults.rates]`'s random link flaps.
+pub(super) struct RawFlapRate<'a> {
+    pub per_1000_link_days: f64,
+    pub down: &'a str,
+}
+
 /// The straggler keys of `[recovery]`.
 pub(super) struct RawStragglerRecovery<'a> {
     pub detection: bool,
@@ -77,6 +83,7 @@ pub(super) fn validate_link_faults(
     src: &Source,
     t: &RawTransport,
     flaps: &[RawLinkFlap],
+    rate: &RawFlapRate,
     topology: &Topology,
     collective_timeout_ns: Option<u64>,
 ) -> Result<LinkFaultConfig, ScenarioError> {
@@ -159,9 +166,34 @@ pub(super) fn validate_link_faults(
             period_ns,
         });
     }
+    let per_1000_link_days = rate.per_1000_link_days;
+    let rate_key = "faults.rates.link_flaps_per_1000_link_days";
+    if !(per_1000_link_days.is_finite() && (0.0..=1e9).contains(&per_1000_link_days)) {
+        return Err(src.error(
+            rate_key,
+            format!("expected a rate from 0 to 1e9, got {per_1000_link_days}"),
+        ));
+    }
+    let random_flap_down_ns = duration(src, "faults.rates.link_flap_down", rate.down)?;
+    if per_1000_link_days > 0.0 {
+        if random_flap_down_ns == 0 {
+            let message = "expected a duration above zero";
+            return Err(src.error("faults.rates.link_flap_down", message));
+        }
+        if collective_timeout_ns.is_none() {
+            return Err(src.error(
+                rate_key,
+                "a transfer over a dead link can be lost, and only the collective watchdog \
+                 notices; set recovery.collective_timeout",
+            ));
+        }
+    }
     Ok(LinkFaultConfig {
         transport,
         flaps: specs,
+        random_flap_rate_per_link_per_ns: per_1000_link_days / 1000.0 / 86_400e9,
+        random_flap_down_ns,
+        seed: 0,
     })
 }
 

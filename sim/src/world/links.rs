@@ -6,7 +6,10 @@
 //! after a crash); `retry` tries again after a bounded exponential backoff
 //! (trainer-core's `RetryPolicy`), rerouting each attempt, until its budget is spent.
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use statrs::distribution::Exp;
 use trainer_core::transport::RetryPolicy;
 use trainer_core::{Payload, Tag};
 
@@ -44,10 +47,24 @@ pub struct LinkFlapSpec {
     pub period_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LinkFaultConfig {
     pub transport: Transport,
     pub flaps: Vec<LinkFlapSpec>,
+    /// Random flaps per flappable link (NIC uplinks, leaf-spine links) per nanosecond, drawn
+    /// as a Poisson process; 0 for none.
+    pub random_flap_rate_per_link_per_ns: f64,
+    /// How long a random flap keeps its link down.
+    pub random_flap_down_ns: u64,
+    /// Root seed of the random flaps; set from `run.seed` when a run starts.
+    pub seed: u64,
+}
+
+impl LinkFaultConfig {
+    /// Whether any flap, scheduled or random, can happen.
+    pub fn any(&self) -> bool {
+        !self.flaps.is_empty() || self.random_flap_rate_per_link_per_ns > 0.0
+    }
 }
 
 impl Default for LinkFaultConfig {
@@ -55,6 +72,9 @@ impl Default for LinkFaultConfig {
         LinkFaultConfig {
             transport: Transport::Plain,
             flaps: Vec::new(),
+            random_flap_rate_per_link_per_ns: 0.0,
+            random_flap_down_ns: 0,
+            seed: 0,
         }
     }
 }
@@ -96,6 +116,8 @@ pub(super) struct LinkFaults {
     lost_since_ns: Option<u64>,
     detection_latency_total_ns: u64,
     report: LinkFlapReport,
+    /// The random flaps' own stream: other subsystems' draws never shift it.
+    rng: Option<ChaCha8Rng>,
 }
 
 impl LinkFaults {
@@ -109,15 +131,24 @@ impl World {
     /// Installs the flaps and schedules each series' first one.
     pub fn configure_link_faults(&mut self, config: LinkFaultConfig) {
         let mut faults = LinkFaults::default();
-        if !config.flaps.is_empty() {
+        if config.any() {
             faults.down_until_ns = vec![0; self.topology.link_count()];
-            for (idx, flap) in config.flaps.iter().enumerate() {
-                let what = EventKind::LinkFlap {
-                    idx: idx as u32,
-                    repeat: 0,
-                };
-                self.schedule(flap.at_ns, what);
-            }
+        }
+        if config.random_flap_rate_per_link_per_ns > 0.0 {
+            let seed = trainer_core::digest::mix64(config.seed ^ 0x0f1a_9115);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let rate = config.random_flap_rate_per_link_per_ns
+                * self.topology.flappable_link_count() as f64;
+            let at = next_flap_ns(&mut rng, rate, 0);
+            faults.rng = Some(rng);
+            self.schedule(at, EventKind::RandomLinkFlap);
+        }
+        for (idx, flap) in config.flaps.iter().enumerate() {
+            let what = EventKind::LinkFlap {
+                idx: idx as u32,
+                repeat: 0,
+            };
+            self.schedule(flap.at_ns, what);
         }
         faults.report.transport = config.transport.name();
         faults.config = config;
@@ -125,7 +156,7 @@ impl World {
     }
 
     pub fn link_flap_report(&self) -> Option<LinkFlapReport> {
-        if self.links.config.flaps.is_empty() {
+        if !self.links.config.any() {
             return None;
         }
         let mut report = self.links.report.clone();
@@ -143,17 +174,9 @@ impl World {
             return;
         }
         let flap = &self.links.config.flaps[idx as usize];
-        let (a, b) = flap.links;
-        let until = self.now_ns + flap.down_ns;
+        let (link, down_ns) = (flap.links.0, flap.down_ns);
         let next = (repeat + 1 < flap.count).then(|| self.now_ns + flap.period_ns);
-        for link in [a, b] {
-            let slot = &mut self.links.down_until_ns[link as usize];
-            *slot = (*slot).max(until);
-        }
-        self.links.report.flaps += 1;
-        self.count_injected("link_flap");
-        self.digest.u64(0xF1 << 56 | 0xA9 << 48 | a as u64);
-        self.digest.u64(until);
+        self.take_link_down(link, down_ns);
         if let Some(at) = next {
             let what = EventKind::LinkFlap {
                 idx,
@@ -161,6 +184,38 @@ impl World {
             };
             self.schedule(at, what);
         }
+    }
+
+    /// The next arrival of the random flap process: a link drawn uniformly from the
+    /// flappable ones goes down.
+    pub(super) fn fire_random_link_flap(&mut self) {
+        if self.all_finished() {
+            return;
+        }
+        let config = &self.links.config;
+        let rate =
+            config.random_flap_rate_per_link_per_ns * self.topology.flappable_link_count() as f64;
+        let down_ns = config.random_flap_down_ns;
+        let rng = self.links.rng.as_mut().expect("random flaps have a stream");
+        use rand::Rng;
+        let idx = rng.gen_range(0..self.topology.flappable_link_count());
+        let next = next_flap_ns(rng, rate, self.now_ns);
+        let link = self.topology.flappable_link(idx);
+        self.take_link_down(link, down_ns);
+        self.schedule(next, EventKind::RandomLinkFlap);
+    }
+
+    /// Both directions of the link whose first direction is `link` go down for `down_ns`.
+    fn take_link_down(&mut self, link: LinkId, down_ns: u64) {
+        let until = self.now_ns + down_ns;
+        for directed in [link, link + 1] {
+            let slot = &mut self.links.down_until_ns[directed as usize];
+            *slot = (*slot).max(until);
+        }
+        self.links.report.flaps += 1;
+        self.count_injected("link_flap");
+        self.digest.u64(0xF1 << 56 | 0xA9 << 48 | link as u64);
+        self.digest.u64(until);
     }
 
     fn link_up(&self, link: LinkId) -> bool {
@@ -307,4 +362,12 @@ impl World {
             *max = (*max).max(latency);
         }
     }
+}
+
+/// When the next random flap strikes, after `now_ns`, with `rate` flaps per nanosecond over
+/// all flappable links.
+fn next_flap_ns(rng: &mut ChaCha8Rng, rate: f64, now_ns: u64) -> u64 {
+    use rand::distributions::Distribution;
+    let gap = Exp::new(rate).expect("a positive rate").sample(rng);
+    now_ns.saturating_add(gap.min(1e15) as u64)
 }
