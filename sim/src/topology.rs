@@ -242,6 +242,7 @@ impl Topology {
 
     /// As [`Topology::route`], but through spine `spine` (of the source's cluster) when the
     /// route crosses spines: the other equal-cost paths, for rerouting around a dead uplink.
+    #[inline]
     pub fn route_via_spine(&self, src: usize, dst: usize, spine: usize) -> Route {
         let mut route = Route::default();
         if src == dst {

@@ -499,14 +499,22 @@ impl World {
     }
 
     /// Reserves `route` for `bytes` and returns the arrival time (see [`World::transfer`]).
+    #[inline]
     fn reserve_route(&mut self, route: crate::topology::Route, bytes: u64) -> u64 {
         let mut start_ns = self.now_ns;
         let mut bottleneck = f64::INFINITY;
         let mut latency_ns = 0;
+        // Checked once per transfer, not per link: the hot path of a run without slow NICs.
+        let slow_nics = self.has_slow_nics();
         for &link in route.links() {
             start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
             let spec = self.topology.link_spec(link);
-            bottleneck = bottleneck.min(self.link_bandwidth(link, spec.bandwidth_bytes_per_s));
+            let bandwidth = if slow_nics {
+                self.link_bandwidth(link, spec.bandwidth_bytes_per_s)
+            } else {
+                spec.bandwidth_bytes_per_s
+            };
+            bottleneck = bottleneck.min(bandwidth);
             latency_ns += spec.latency_ns;
         }
         let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;

@@ -122,6 +122,7 @@ pub(super) struct LinkFaults {
 
 impl LinkFaults {
     /// Whether sends must look at link state (flaps are configured).
+    #[inline]
     pub(super) fn active(&self) -> bool {
         !self.down_until_ns.is_empty()
     }

@@ -193,11 +193,14 @@ impl World {
         (nominal_ns as f64 * self.slowdown(rank, StragglerKind::Compute)).ceil() as u64
     }
 
+    /// Whether any NIC slowdown is configured.
+    #[inline]
+    pub(super) fn has_slow_nics(&self) -> bool {
+        self.stragglers.has_nic
+    }
+
     /// The bandwidth of `link` now, less a NIC slowdown of its GPU.
     pub(super) fn link_bandwidth(&self, link: LinkId, nominal: f64) -> f64 {
-        if !self.stragglers.has_nic {
-            return nominal;
-        }
         match self.topology.nic_gpu(link) {
             Some(gpu) => nominal / self.slowdown(gpu, StragglerKind::Nic),
             None => nominal,
