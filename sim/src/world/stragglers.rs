@@ -283,7 +283,9 @@ impl World {
         });
         self.digest.u64(0x5C << 56 | rank as u64);
         self.digest.u64(now);
-        let evict = s.config.detection.is_some_and(|d| d.evict);
+        // Once some rank has finished the last step there is no job left to restart onto a
+        // spare: the flag is reported only.
+        let evict = s.config.detection.is_some_and(|d| d.evict) && self.finished == 0;
         if !self.note_detection("straggler_score") || !evict {
             return;
         }
