@@ -636,7 +636,9 @@ pub fn durations_ns<M>(marks: &[Mark<M>], elapsed: impl Fn(&M, &M) -> u64) -> (V
                 step_begin = None;
                 collective_begin = None;
             }
-            Event::CheckpointSnapshot { .. } | Event::CheckpointCommitted { .. } => {}
+            Event::CheckpointSnapshot { .. }
+            | Event::CheckpointCommitted { .. }
+            | Event::ComputeTimed { .. } => {}
         }
     }
     (steps, collectives)

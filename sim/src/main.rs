@@ -249,6 +249,9 @@ struct TopoArgs {
     /// Print the topology as Graphviz instead.
     #[arg(long)]
     dot: bool,
+    /// List every full-duplex link by the name `[[faults.link_flap]] link` takes.
+    #[arg(long)]
+    links: bool,
     #[arg(long)]
     json: bool,
 }
@@ -442,6 +445,42 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
                 .map(|(cause, ns)| format!("{cause} {}", format_duration_ns(*ns)))
                 .collect();
             println!("time lost: {}", lost.join(", "));
+        }
+        if let Some(flaps) = &report.link_flaps {
+            println!(
+                "link flaps ({} transport): {} flaps; {} transfers rerouted, {} retried \
+                 ({} retries, {}), {} lost; {} detections, latency max {}",
+                flaps.transport,
+                flaps.flaps,
+                flaps.transfers_rerouted,
+                flaps.transfers_retried,
+                flaps.retry_attempts,
+                format_duration_ns(flaps.retry_time_ns),
+                flaps.transfers_lost,
+                flaps.detections,
+                format_duration_ns(flaps.detection_latency_ns_max),
+            );
+        }
+        if let Some(s) = &report.stragglers {
+            let flagged: Vec<String> = s
+                .flagged
+                .iter()
+                .map(|f| format!("rank {} at step {} (score {:.2})", f.rank, f.step, f.score))
+                .collect();
+            println!(
+                "stragglers: {} injected; max score {:.2}; flagged: {}; evicted {}; step time \
+                 p50 {}, max {}",
+                s.slowdowns_injected,
+                s.max_score,
+                if flagged.is_empty() {
+                    "none".to_string()
+                } else {
+                    flagged.join(", ")
+                },
+                s.stragglers_evicted,
+                format_duration_ns(s.step_time_ns_p50),
+                format_duration_ns(s.step_time_ns_max),
+            );
         }
         println!("goodput: {:.2}%", 100.0 * report.goodput);
         if let Some(first) = report.atomicity_violations.first() {
@@ -641,6 +680,20 @@ fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {
     let topology = Topology::new(&scenario.cluster, &scenario.fabric);
     if args.dot {
         print!("{}", topology.graph().to_dot());
+        return Ok(0);
+    }
+    if args.links {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        // Both directions of a link are adjacent ids; the even one names the pair.
+        let named = if scenario.cluster.clusters > 1 {
+            topology.link_count()
+        } else {
+            topology.link_count() - 2 // one cluster: no inter-cluster link
+        };
+        for link in (0..named as u32).step_by(2) {
+            let _ = writeln!(out, "{}", topology.link_name(link));
+        }
         return Ok(0);
     }
     let graph = topology.graph();

@@ -13,7 +13,9 @@ use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::storage::AtomicityViolation;
 use crate::topology::Topology;
-use crate::world::{ControlConfig, SimBackend, World};
+use crate::world::{
+    ControlConfig, LinkFaultConfig, LinkFlapReport, SimBackend, StragglerReport, World,
+};
 
 /// Why a simulation could not produce a report.
 #[derive(Debug)]
@@ -120,6 +122,15 @@ pub struct RunReport {
     /// When the last fault was injected, for the liveness check.
     #[serde(skip)]
     pub last_fault_ns: Option<u64>,
+    /// Link flaps: reroutes, retries, lost transfers, detection; absent without flaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_flaps: Option<LinkFlapReport>,
+    /// Straggler slowdowns and scores; absent without either.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stragglers: Option<StragglerReport>,
+    /// Rank 0's completed step durations in order (for tests and tools; not serialised).
+    #[serde(skip)]
+    pub rank0_step_ns: Vec<u64>,
     /// Wall-clock milliseconds; the only field that differs between identical runs.
     pub wall_ms: u64,
 }
@@ -176,6 +187,11 @@ pub fn run_scenario_with(
             w.perturb_compute(call);
         }
         w.plant_bug(scenario.planted_bug);
+        w.configure_link_faults(LinkFaultConfig {
+            seed: scenario.run.seed,
+            ..scenario.link_faults.clone()
+        });
+        w.configure_stragglers(scenario.stragglers.clone());
     }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
@@ -254,6 +270,9 @@ pub fn run_scenario_with(
         atomicity_violations: world.storage().audit.violations.clone(),
         planted_bug: scenario.planted_bug.map(|bug| bug.name()),
         last_fault_ns: faults.last_fault_ns,
+        link_flaps: world.link_flap_report(),
+        stragglers: world.straggler_report(),
+        rank0_step_ns: world.rank0_step_ns(),
         wall_ms: wall_ms_since(started),
     };
     Ok((report, recorder))

@@ -14,7 +14,12 @@ use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 
 use crate::storage::{SlowWindow, StorageConfig, Window};
 use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
-use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, RecoveryPolicy};
+use crate::world::{
+    ControlConfig, CrashSpec, CrashTarget, CrashWhen, LinkFaultConfig, RecoveryPolicy,
+    StragglerConfig,
+};
+
+mod degrade;
 
 /// Which executor runs the ranks. See `executor.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +83,10 @@ pub struct Scenario {
     pub storage: StorageConfig,
     /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
     pub control: ControlConfig,
+    /// Link flaps and the transport policy.
+    pub link_faults: LinkFaultConfig,
+    /// Slowdowns, straggler scores and mitigation.
+    pub stragglers: StragglerConfig,
     pub run: RunConfig,
     /// `[debug] planted_bug`: a known bug planted in the trainer, accepted only with
     /// [`ALLOW_PLANTED_BUGS_ENV`]`=1`, for tests of the swarm.
@@ -96,6 +105,9 @@ impl Scenario {
         self.storage.slow.clear();
         self.storage.failing.clear();
         self.control.node_failure_rate_per_ns = 0.0;
+        self.link_faults.flaps.clear();
+        self.link_faults.random_flap_rate_per_link_per_ns = 0.0;
+        self.stragglers.stragglers.clear();
         self
     }
 
@@ -516,6 +528,12 @@ struct RawRecovery {
     spare_swap_time: String,
     /// What hot-spare does with no spare left: "restart" in full, or "none" (give up).
     fallback: String,
+    /// Score each rank's compute time against the step's median.
+    straggler_detection: bool,
+    straggler_threshold: f64,
+    straggler_patience: i64,
+    /// "off" (report only) or "evict" (replace a flagged rank's node).
+    straggler_mitigation: String,
 }
 
 impl Default for RawRecovery {
@@ -529,6 +547,10 @@ impl Default for RawRecovery {
             max_restarts: 100,
             spare_swap_time: "2min".into(),
             fallback: "restart".into(),
+            straggler_detection: false,
+            straggler_threshold: 1.2,
+            straggler_patience: 3,
+            straggler_mitigation: "off".into(),
         }
     }
 }
@@ -542,6 +564,10 @@ struct RawFaults {
     storage: Vec<RawStorageFault>,
     #[serde(default)]
     rates: RawRates,
+    #[serde(default)]
+    link_flap: Vec<degrade::RawLinkFlap>,
+    #[serde(default)]
+    straggler: Vec<degrade::RawStraggler>,
 }
 
 /// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
@@ -574,6 +600,10 @@ struct RawRates {
     /// Weibull interarrival times of this shape instead of exponential ones (the planner's
     /// `weibull` distribution): below 1, failures cluster after each other.
     node_failure_weibull_shape: Option<f64>,
+    /// Random flaps of NIC uplinks and leaf-spine links, each `link_flap_down` long.
+    #[serde(default)]
+    link_flaps_per_1000_link_days: f64,
+    link_flap_down: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -633,6 +663,12 @@ struct RawFabric {
     switch_latency: String,
     inter_cluster_bandwidth: String,
     inter_cluster_latency: String,
+    /// "plain" or "retry": what a transfer does when no path is up.
+    transport: String,
+    retry_initial_backoff: String,
+    retry_max_backoff: String,
+    /// Total backoff before the retry transport gives up.
+    retry_budget: String,
 }
 
 impl Default for RawFabric {
@@ -646,6 +682,10 @@ impl Default for RawFabric {
             switch_latency: "500ns".into(),
             inter_cluster_bandwidth: "25.6Tb/s".into(),
             inter_cluster_latency: "10us".into(),
+            transport: "plain".into(),
+            retry_initial_backoff: "1ms".into(),
+            retry_max_backoff: "1s".into(),
+            retry_budget: "30s".into(),
         }
     }
 }
@@ -887,6 +927,33 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     };
     let spare_nodes = in_range(src, "cluster.spare_nodes", c.spare_nodes, 0, 1_000_000)?;
     let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
+    let f = &raw.fabric;
+    let transport = degrade::RawTransport {
+        transport: &f.transport,
+        retry_initial_backoff: &f.retry_initial_backoff,
+        retry_max_backoff: &f.retry_max_backoff,
+        retry_budget: &f.retry_budget,
+    };
+    let link_faults = degrade::validate_link_faults(
+        src,
+        &transport,
+        &raw.faults.link_flap,
+        &degrade::RawFlapRate {
+            per_1000_link_days: raw.faults.rates.link_flaps_per_1000_link_days,
+            down: raw.faults.rates.link_flap_down.as_deref().unwrap_or("5s"),
+        },
+        &crate::topology::Topology::new(&cluster, &fabric),
+        control.collective_timeout_ns,
+    )?;
+    let r = &raw.recovery;
+    let straggler_recovery = degrade::RawStragglerRecovery {
+        detection: r.straggler_detection,
+        threshold: r.straggler_threshold,
+        patience: r.straggler_patience,
+        mitigation: &r.straggler_mitigation,
+    };
+    let stragglers =
+        degrade::validate_stragglers(src, &straggler_recovery, &raw.faults.straggler, gpus, nodes)?;
     let job = JobConfig {
         checkpoint: job.checkpoint.map(|policy| CheckpointPolicy {
             restore_from_memory: control.policy != RecoveryPolicy::Restart,
@@ -908,6 +975,8 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
             corruptions_at_ns,
             ..control
         },
+        link_faults,
+        stragglers,
         run,
         planted_bug: validate_debug(src, &raw.debug)?,
     })

@@ -249,3 +249,117 @@ fn recording_a_run_does_not_change_it() {
         .count() as u64;
     assert!(deliveries > 0 && deliveries <= plain.messages);
 }
+
+#[test]
+fn every_link_name_parses_back_to_its_link_and_bad_names_say_why() {
+    let text = "[cluster]\ngpus = 40\nnodes_per_leaf = 2\nclusters = 2\n[job]\nsteps = 2\n";
+    let s = load_str("t", "t.toml", text, &[]).unwrap();
+    let topology = crate::topology::Topology::new(&s.cluster, &s.fabric);
+    for link in (0..topology.link_count() as u32).step_by(2) {
+        let name = topology.link_name(link);
+        assert_eq!(topology.parse_link(&name), Ok((link, link + 1)), "{name}");
+        assert_eq!(topology.link_name(link + 1), name);
+    }
+    for (bad, says) in [
+        ("nic:gpu=40", "gpu 40 does not exist"),
+        ("nic:gpu=x", "not a number"),
+        ("leaf-spine:leaf=0", "no `spine`"),
+        ("leaf-spine:leaf=0,spine=99", "spine 99 does not exist"),
+        ("nvlink", "expected"),
+        ("fiber:gpu=1", "expected"),
+    ] {
+        let e = topology.parse_link(bad).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn rerouting_avoids_the_dead_spine_and_only_leaf_to_leaf_routes_have_alternatives() {
+    let text = "[cluster]\ngpus = 64\nnodes_per_leaf = 2\n[job]\nsteps = 2\n";
+    let s = load_str("t", "t.toml", text, &[]).unwrap();
+    let t = crate::topology::Topology::new(&s.cluster, &s.fabric);
+    assert_eq!(t.spines_per_leaf(), 2);
+    // GPU 0 (unit 0) to GPU 32 (unit 2) crosses a spine; each spine gives a distinct route of
+    // the same length, and the ECMP choice is one of them.
+    let via: Vec<_> = (0..2)
+        .map(|spine| t.route_via_spine(0, 32, spine))
+        .collect();
+    assert_ne!(via[0], via[1]);
+    assert_eq!(via[0].links().len(), via[1].links().len());
+    assert!(via.contains(&t.route(0, 32)));
+    // Inside a node or under one leaf there is no spine to change.
+    assert_eq!(t.route_via_spine(0, 1, 1), t.route(0, 1));
+    assert_eq!(t.route_via_spine(0, 8, 1), t.route(0, 8));
+}
+
+#[test]
+fn link_flap_and_straggler_keys_are_validated_with_their_key() {
+    let base = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
+    for (extra, key, says) in [
+        (
+            "[fabric]\ntransport = \"carrier-pigeon\"\n",
+            "fabric.transport",
+            "expected \"plain\" or \"retry\"",
+        ),
+        (
+            "[fabric]\ntransport = \"retry\"\nretry_initial_backoff = \"1s\"\nretry_max_backoff = \"1ms\"\n",
+            "fabric.retry_max_backoff",
+            "at least",
+        ),
+        (
+            "[[faults.link_flap]]\nlink = \"nic:gpu=16\"\nat = \"1s\"\ndown = \"1s\"\n",
+            "faults.link_flap.0.link",
+            "does not exist",
+        ),
+        (
+            "[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"1s\"\ncount = 3\n",
+            "faults.link_flap.0.count",
+            "`period` is required",
+        ),
+        (
+            "[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"2s\"\ncount = 3\nperiod = \"1s\"\n",
+            "faults.link_flap.0.period",
+            "longer than `down`",
+        ),
+        (
+            "[recovery]\ncollective_timeout = \"0s\"\n[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"1s\"\n",
+            "faults.link_flap.0.link",
+            "collective_timeout",
+        ),
+        (
+            "[[faults.straggler]]\ngpu = 3\nfactor = 0.5\nduration = \"1s\"\n",
+            "faults.straggler.0.factor",
+            "from 1 to 1000",
+        ),
+        (
+            "[[faults.straggler]]\ngpu = 3\nkind = \"pcie\"\nfactor = 2.0\nduration = \"1s\"\n",
+            "faults.straggler.0.kind",
+            "\"compute\" or \"nic\"",
+        ),
+        (
+            "[faults.rates]\nlink_flaps_per_1000_link_days = -1.0\n",
+            "faults.rates.link_flaps_per_1000_link_days",
+            "from 0 to 1e9",
+        ),
+        (
+            "[faults.rates]\nlink_flaps_per_1000_link_days = 5.0\nlink_flap_down = \"5 parsecs\"\n",
+            "faults.rates.link_flap_down",
+            "expected",
+        ),
+        (
+            "[recovery]\nstraggler_mitigation = \"evict\"\n",
+            "recovery.straggler_mitigation",
+            "straggler_detection = true",
+        ),
+        (
+            "[recovery]\nstraggler_detection = true\nstraggler_threshold = 0.9\n",
+            "recovery.straggler_threshold",
+            "above 1",
+        ),
+    ] {
+        let e = load_str("t", "t.toml", &format!("{base}{extra}"), &[]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert!(e.line_col.is_some(), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}

@@ -167,6 +167,25 @@ impl Topology {
         self.cluster_up(cluster) + 1
     }
 
+    /// Full-duplex links that random flaps strike: every NIC uplink and every leaf-spine link.
+    pub fn flappable_link_count(&self) -> usize {
+        self.cluster.gpus + self.leaf_count * self.uplinks_per_leaf
+    }
+
+    /// The first directed link of flappable link `idx` (in `0..flappable_link_count()`).
+    pub fn flappable_link(&self, idx: usize) -> LinkId {
+        if idx < self.cluster.gpus {
+            Self::nic_up(idx)
+        } else {
+            self.leaf_link_base + 2 * (idx - self.cluster.gpus) as u32
+        }
+    }
+
+    /// The GPU whose NIC link (either direction) `link` is, if it is one.
+    pub fn nic_gpu(&self, link: LinkId) -> Option<usize> {
+        (link < self.leaf_link_base && link % 4 >= 2).then_some((link / 4) as usize)
+    }
+
     /// What link `link` is and how fast it is.
     pub fn link_spec(&self, link: LinkId) -> LinkSpec {
         let f = &self.fabric;
@@ -208,6 +227,23 @@ impl Topology {
     /// The directed links a message from GPU `src` to GPU `dst` crosses. Shortest path, with a
     /// deterministic ECMP choice of spine.
     pub fn route(&self, src: usize, dst: usize) -> Route {
+        self.route_via_spine(src, dst, self.ecmp_spine(src, dst))
+    }
+
+    /// Spines each leaf has an uplink to: the choices a leaf-to-leaf route has.
+    pub fn spines_per_leaf(&self) -> usize {
+        self.uplinks_per_leaf
+    }
+
+    /// The spine `route` picks for a flow (the ECMP hash).
+    pub fn default_spine(&self, src: usize, dst: usize) -> usize {
+        self.ecmp_spine(src, dst)
+    }
+
+    /// As [`Topology::route`], but through spine `spine` (of the source's cluster) when the
+    /// route crosses spines: the other equal-cost paths, for rerouting around a dead uplink.
+    #[inline]
+    pub fn route_via_spine(&self, src: usize, dst: usize, spine: usize) -> Route {
         let mut route = Route::default();
         if src == dst {
             return route;
@@ -221,7 +257,6 @@ impl Topology {
         let (src_leaf, dst_leaf) = (self.leaf_of(src), self.leaf_of(dst));
         route.push(Self::nic_up(src));
         if src_leaf != dst_leaf {
-            let spine = self.ecmp_spine(src, dst);
             route.push(self.leaf_up(src_leaf, spine));
             let (src_cluster, dst_cluster) = (
                 self.cluster_of_node(src_node),
@@ -235,6 +270,90 @@ impl Topology {
         }
         route.push(Self::nic_down(dst));
         route
+    }
+
+    /// Parses a link name (see [`Topology::link_name`]) into its two directed links, or says
+    /// what is wrong and what names exist.
+    pub fn parse_link(&self, name: &str) -> Result<(LinkId, LinkId), String> {
+        let gpus = self.cluster.gpus;
+        let grammar = "expected \"nvlink:gpu=G\", \"nic:gpu=G\", \
+                       \"leaf-spine:leaf=L,spine=S\" or \"inter-cluster:cluster=C\"";
+        let Some((kind, args)) = name.split_once(':') else {
+            return Err(format!("{grammar}, got {name:?}"));
+        };
+        let mut fields = Vec::new();
+        for part in args.split(',') {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!("{grammar}, got {name:?}"));
+            };
+            let value: usize = value.trim().parse().map_err(|_| {
+                format!("{grammar}, got {name:?} (`{}` is not a number)", key.trim())
+            })?;
+            fields.push((key.trim(), value));
+        }
+        let field = |want: &str, count: usize| -> Result<usize, String> {
+            let found = fields.iter().find(|(k, _)| *k == want).map(|(_, v)| *v);
+            match found {
+                None => Err(format!("{grammar}, got {name:?} (no `{want}`)")),
+                Some(v) if v >= count => Err(format!(
+                    "{want} {v} does not exist in {name:?}: there are {count} (0 to {})",
+                    count - 1
+                )),
+                Some(v) => Ok(v),
+            }
+        };
+        let expect_fields = |n: usize| -> Result<(), String> {
+            if fields.len() <= n {
+                Ok(())
+            } else {
+                Err(format!("{grammar}, got {name:?}"))
+            }
+        };
+        let up = match kind.trim() {
+            "nvlink" => {
+                expect_fields(1)?;
+                Self::nvlink_up(field("gpu", gpus)?)
+            }
+            "nic" => {
+                expect_fields(1)?;
+                Self::nic_up(field("gpu", gpus)?)
+            }
+            "leaf-spine" => {
+                expect_fields(2)?;
+                let leaf = field("leaf", self.leaf_count)?;
+                self.leaf_up(leaf, field("spine", self.uplinks_per_leaf)?)
+            }
+            "inter-cluster" => {
+                expect_fields(1)?;
+                if self.cluster.clusters < 2 {
+                    return Err("a single cluster has no inter-cluster links".into());
+                }
+                self.cluster_up(field("cluster", self.cluster.clusters)?)
+            }
+            _ => return Err(format!("{grammar}, got {name:?}")),
+        };
+        Ok((up, up + 1))
+    }
+
+    /// The name of the full-duplex link that directed link `link` belongs to, in the grammar
+    /// [`Topology::parse_link`] reads.
+    pub fn link_name(&self, link: LinkId) -> String {
+        if link < self.leaf_link_base {
+            let gpu = link / 4;
+            match link % 4 {
+                0 | 1 => format!("nvlink:gpu={gpu}"),
+                _ => format!("nic:gpu={gpu}"),
+            }
+        } else if link < self.cluster_link_base {
+            let idx = ((link - self.leaf_link_base) / 2) as usize;
+            let (leaf, spine) = (idx / self.uplinks_per_leaf, idx % self.uplinks_per_leaf);
+            format!("leaf-spine:leaf={leaf},spine={spine}")
+        } else {
+            format!(
+                "inter-cluster:cluster={}",
+                (link - self.cluster_link_base) / 2
+            )
+        }
     }
 
     /// Bisection bandwidth of the Clos: the least of what the NICs, the leaf uplinks and the

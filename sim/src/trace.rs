@@ -137,6 +137,8 @@ impl Record<'_> {
     fn kind(&self) -> &'static str {
         match self {
             Record::Rank(event) => match event {
+                // Not recorded (World::emit keeps it out): the compute record holds it.
+                Event::ComputeTimed { .. } => "compute_timed",
                 Event::StepBegin { .. } => "step_begin",
                 Event::StepEnd { .. } => "step_end",
                 Event::CollectiveBegin { .. } => "collective_begin",
@@ -165,6 +167,9 @@ impl Record<'_> {
         let _ = match *self {
             Record::Rank(event) => match *event {
                 Event::StepBegin { step } => write!(out, ",\"step\":{step}"),
+                Event::ComputeTimed { step, compute_ns } => {
+                    write!(out, ",\"step\":{step},\"compute_ns\":{compute_ns}")
+                }
                 Event::StepEnd { step, loss } => {
                     write!(out, ",\"step\":{step},\"loss\":{}", json_f32(loss))
                 }
@@ -761,6 +766,7 @@ impl Timeline {
             Record::Finished => self.end_restore(rank, t_ns)?,
             Record::Deliver { .. } => {}
             Record::Rank(event) => match *event {
+                Event::ComputeTimed { .. } => {}
                 Event::StepBegin { step } => {
                     self.end_restore(rank, t_ns)?;
                     self.open.get_mut(&rank).expect("tracked").step = Some((t_ns, step));

@@ -23,9 +23,16 @@ use crate::topology::Topology;
 use crate::trace::Record;
 
 mod control;
+mod links;
 mod recording;
+mod stragglers;
 
 pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
+pub use links::{LinkFaultConfig, LinkFlapReport, LinkFlapSpec, Transport};
+pub use stragglers::{
+    FlaggedRank, StragglerConfig, StragglerDetection, StragglerKind, StragglerReport,
+    StragglerSpec, StragglerTarget,
+};
 
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +55,14 @@ enum EventKind {
     Restart,
     /// A bit flips in a stored checkpoint shard.
     CorruptBlob,
+    /// Repeat `repeat` of link flap series `idx`: the link goes down.
+    LinkFlap { idx: u32, repeat: u32 },
+    /// The transport retries the transfer in `messages[slot]` (retry number `attempt`).
+    RetrySend { slot: u32, attempt: u32 },
+    /// Slowdown `idx` of the straggler list begins.
+    StragglerBegins { idx: u32 },
+    /// The next arrival of the random link flap process.
+    RandomLinkFlap,
 }
 
 /// A message on the fabric, or in its receiver's mailbox.
@@ -160,6 +175,10 @@ pub struct World {
     perturb_compute: Option<u64>,
     /// A known bug planted in the trainer's logic, for tests of the swarm; normally `None`.
     planted_bug: Option<trainer_core::PlantedBug>,
+    /// Link flaps and the transport policy.
+    links: links::LinkFaults,
+    /// Slowdowns and straggler scores.
+    stragglers: stragglers::Stragglers,
 }
 
 impl World {
@@ -207,6 +226,8 @@ impl World {
             recorder: None,
             perturb_compute: None,
             planted_bug: None,
+            links: links::LinkFaults::default(),
+            stragglers: stragglers::Stragglers::default(),
         }
     }
 
@@ -381,6 +402,10 @@ impl World {
             EventKind::HeartbeatDetect { generation } => self.fire_heartbeat_detect(generation),
             EventKind::Watchdog => self.fire_watchdog(),
             EventKind::Restart => self.fire_restart(),
+            EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
+            EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),
+            EventKind::StragglerBegins { idx } => self.fire_straggler_begins(idx),
+            EventKind::RandomLinkFlap => self.fire_random_link_flap(),
         }
     }
 
@@ -473,6 +498,10 @@ impl World {
     fn send(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) {
         self.stats.messages += 1;
         self.stats.modelled_bytes += payload.modelled_bytes;
+        if self.links.active() {
+            self.send_over_flapping_links(from, to, tag, payload);
+            return;
+        }
         let arrival_ns = self.transfer(from, to, payload.modelled_bytes);
         let generation = self.control.as_ref().map_or(0, |c| c.generation);
         let slot = self.store(Message {
@@ -494,13 +523,26 @@ impl World {
             return self.now_ns;
         }
         let route = self.topology.route(from, to);
+        self.reserve_route(route, bytes)
+    }
+
+    /// Reserves `route` for `bytes` and returns the arrival time (see [`World::transfer`]).
+    #[inline]
+    fn reserve_route(&mut self, route: crate::topology::Route, bytes: u64) -> u64 {
         let mut start_ns = self.now_ns;
         let mut bottleneck = f64::INFINITY;
         let mut latency_ns = 0;
+        // Checked once per transfer, not per link: the hot path of a run without slow NICs.
+        let slow_nics = self.has_slow_nics();
         for &link in route.links() {
             start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
             let spec = self.topology.link_spec(link);
-            bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
+            let bandwidth = if slow_nics {
+                self.link_bandwidth(link, spec.bandwidth_bytes_per_s)
+            } else {
+                spec.bandwidth_bytes_per_s
+            };
+            bottleneck = bottleneck.min(bandwidth);
             latency_ns += spec.latency_ns;
         }
         let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;
@@ -662,6 +704,16 @@ impl World {
     }
 
     fn emit(&mut self, rank: usize, event: &Event) {
+        if matches!(
+            event,
+            Event::ComputeTimed { .. } | Event::StepBegin { .. } | Event::StepEnd { .. }
+        ) {
+            self.observe_for_stragglers(rank, event);
+        }
+        if let Event::ComputeTimed { .. } = event {
+            // Telemetry for the scores, derived from model time already in the trace.
+            return;
+        }
         self.record(Some(rank as u32), Record::Rank(event));
         self.observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
@@ -689,6 +741,7 @@ impl World {
                 self.digest.u64(step);
                 self.digest.bytes(format!("{tier:?}").as_bytes());
             }
+            Event::ComputeTimed { .. } => unreachable!("returned above"),
         }
     }
 }

@@ -128,6 +128,12 @@ pub enum Event {
     RestoreFallback {
         step: u64,
     },
+    /// This rank's forward and backward compute of `step` took `compute_ns`, as the rank
+    /// measured it: telemetry for straggler scores, collected outside the training buffer.
+    ComputeTimed {
+        step: u64,
+        compute_ns: u64,
+    },
 }
 
 /// Where a blob lives.

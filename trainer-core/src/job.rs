@@ -96,12 +96,15 @@ impl Trainer {
             checkpointer.votes(backend).write(&mut buffer[dim + 1..]);
         }
         let flops = cfg.modelled_step_flops;
+        let compute_began_ns = backend.now_ns();
         backend
             .compute(Work {
                 kind: WorkKind::ForwardBackward,
                 flops,
             })
             .await?;
+        let compute_ns = backend.now_ns() - compute_began_ns;
+        backend.emit(Event::ComputeTimed { step, compute_ns });
         let world = backend.placement().world();
         let op_id = step;
         let bytes = cfg.modelled_grad_bytes;

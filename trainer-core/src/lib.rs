@@ -10,11 +10,13 @@ pub mod checkpoint;
 pub mod collectives;
 pub mod digest;
 pub mod group;
+pub mod health;
 pub mod job;
 pub mod kernels;
 pub mod model;
 pub mod planted;
 pub mod span;
+pub mod transport;
 pub mod units;
 
 pub use backend::{

@@ -43,3 +43,48 @@ fn data_is_a_pure_function_of_seed_rank_and_step() {
     let l3 = crate::model::loss_and_gradient(&params, 7, 4, 11, 4, &mut g2);
     assert_ne!(l1, l3);
 }
+
+#[test]
+fn retry_backoff_doubles_up_to_its_cap_and_stops_at_the_budget() {
+    use crate::transport::RetryPolicy;
+    let policy = RetryPolicy {
+        initial_backoff_ns: 10,
+        max_backoff_ns: 50,
+        budget_ns: 200,
+    };
+    let waits: Vec<u64> = (1..=7).map(|a| policy.backoff_ns(a)).collect();
+    assert_eq!(waits, vec![10, 20, 40, 50, 50, 50, 50]);
+    // Cumulative: 10, 30, 70, 120, 170, 220: the sixth retry would pass the budget.
+    let allowed: Vec<Option<u64>> = (1..=6).map(|a| policy.next_backoff(a)).collect();
+    assert_eq!(
+        allowed,
+        vec![Some(10), Some(20), Some(40), Some(50), Some(50), None]
+    );
+    // No overflow on absurd attempt counts.
+    assert_eq!(policy.backoff_ns(200), 50);
+}
+
+#[test]
+fn straggler_scores_flag_a_slow_rank_after_patience_steps_only() {
+    use crate::health::StragglerDetector;
+    let mut detector = StragglerDetector::new(5, 1.2, 3);
+    let normal = [100, 101, 99, 100, 100];
+    let slow = [100, 101, 99, 150, 100];
+    // Two slow steps, then a normal one: the run resets, nothing is flagged.
+    for times in [&slow, &slow, &normal, &slow, &slow] {
+        assert!(detector.observe(times).flagged.is_empty());
+    }
+    let scores = detector.observe(&slow);
+    assert_eq!(scores.median_ns, 100);
+    assert_eq!(scores.max_ns, 150);
+    assert_eq!(scores.flagged.len(), 1);
+    assert_eq!(scores.flagged[0].rank, 3);
+    assert!((scores.flagged[0].score - 1.5).abs() < 1e-9);
+    // Flagged once; flagged again only after its flag is cleared (new hardware) and a new run.
+    assert!(detector.observe(&slow).flagged.is_empty());
+    detector.clear_flag(3);
+    for _ in 0..2 {
+        assert!(detector.observe(&slow).flagged.is_empty());
+    }
+    assert_eq!(detector.observe(&slow).flagged.len(), 1);
+}

@@ -186,7 +186,7 @@ impl Control {
         control
     }
 
-    fn lose(&mut self, cause: &str, ns: u64) {
+    pub(super) fn lose(&mut self, cause: &str, ns: u64) {
         *self
             .report
             .lost_time_ns_by_cause
@@ -384,8 +384,45 @@ impl World {
         }
     }
 
+    /// A fault that only a detector can notice began now (a lost transfer): its detection
+    /// time is charged from here unless an earlier fault's already is.
+    pub(super) fn note_undetected_fault(&mut self) {
+        let now = self.now_ns;
+        if let Some(control) = self.control.as_mut() {
+            if control.phase == Phase::Running && control.undetected_since_ns.is_none() {
+                control.undetected_since_ns = Some(now);
+            }
+        }
+    }
+
+    /// Counts a detection by `detector` if the job is running (not already stopping); returns
+    /// whether it counted.
+    pub(super) fn note_detection(&mut self, detector: &str) -> bool {
+        match self.control.as_mut() {
+            Some(control) if control.phase == Phase::Running => {
+                bump(&mut control.report.detected, detector);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes `node` out of the job (a straggler's): the job stops, and restarts with the node
+    /// replaced (a spare under hot-spare), its ranks starting with empty memory.
+    pub(super) fn evict_node(&mut self, node: usize) {
+        let control = self.control.as_mut().expect("eviction needs a controller");
+        control.failed_nodes.insert(node);
+        let group = self.placement.node_group(node);
+        for idx in 0..group.count() {
+            self.ranks[group.member(idx)].memory_lost = true;
+        }
+        self.digest.u64(0xEE << 56 | node as u64);
+        self.begin_abort();
+    }
+
     /// Stops the job: every rank's next (or current) communication fails with `Aborted`.
     fn begin_abort(&mut self) {
+        self.link_faults_on_abort();
         let now = self.now_ns;
         let control = self.control.as_mut().expect("a controller");
         if control.phase != Phase::Running {
@@ -501,6 +538,7 @@ impl World {
             abandoned: control.report.abandoned,
         };
         self.record(None, restart);
+        self.stragglers_on_restart();
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
             let state = &mut self.ranks[rank];

@@ -33,7 +33,9 @@ impl World {
 
     /// How long `work` takes on `rank`, recorded as a compute span.
     pub(super) fn begin_compute(&mut self, rank: usize, work: Work) -> u64 {
-        let mut duration_ns = (work.flops / self.gpu_flops_per_s * 1e9).ceil() as u64;
+        let nominal_ns = (work.flops / self.gpu_flops_per_s * 1e9).ceil() as u64;
+        // A straggler's compute runs `factor` times longer.
+        let mut duration_ns = self.compute_ns(rank, nominal_ns);
         if let Some(left) = &mut self.perturb_compute {
             if *left == 0 {
                 duration_ns += 1;

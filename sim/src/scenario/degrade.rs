@@ -1,0 +1,290 @@
+//! Scenario keys for faults that slow the job or cut links rather than kill ranks: link flaps
+//! and the transport policy (`[fabric] transport`, `retry_*`, `[[faults.link_flap]]`), and
+//! stragglers with their scores and mitigation (`[[faults.straggler]]`,
+//! `[recovery] straggler_*`).
+
+use serde::Deserialize;
+use trainer_core::transport::RetryPolicy;
+
+use super::{in_range, ScenarioError, Source};
+use crate::topology::Topology;
+use crate::units::parse_duration_ns;
+use crate::world::{
+    LinkFaultConfig, LinkFlapSpec, StragglerConfig, StragglerDetection, StragglerKind,
+    StragglerSpec, StragglerTarget, Transport,
+};
+
+/// `[[faults.link_flap]]`: `link` goes down at `at` for `down`, `count` times, one every
+/// `period`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLinkFlap {
+    link: String,
+    at: String,
+    down: String,
+    #[serde(default = "one")]
+    count: i64,
+    period: Option<String>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// `[[faults.straggler]]`: `gpu` or `node` runs `factor` times slower from `from` for
+/// `duration`; `kind` is "compute" (the default) or "nic".
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStraggler {
+    gpu: Option<i64>,
+    node: Option<i64>,
+    #[serde(default = "compute")]
+    kind: String,
+    factor: f64,
+    #[serde(default = "zero_time")]
+    from: String,
+    duration: String,
+}
+
+fn compute() -> String {
+    "compute".into()
+}
+fn zero_time() -> String {
+    "0s".into()
+}
+
+/// The transport keys of `[fabric]`.
+pub(super) struct RawTransport<'a> {
+    pub transport: &'a str,
+    pub retry_initial_backoff: &'a str,
+    pub retry_max_backoff: &'a str,
+    pub retry_budget: &'a str,
+}
+
+/// `[faults.rates]`'s random link flaps.
+pub(super) struct RawFlapRate<'a> {
+    pub per_1000_link_days: f64,
+    pub down: &'a str,
+}
+
+/// The straggler keys of `[recovery]`.
+pub(super) struct RawStragglerRecovery<'a> {
+    pub detection: bool,
+    pub threshold: f64,
+    pub patience: i64,
+    pub mitigation: &'a str,
+}
+
+fn duration(src: &Source, key: &str, text: &str) -> Result<u64, ScenarioError> {
+    parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+}
+
+pub(super) fn validate_link_faults(
+    src: &Source,
+    t: &RawTransport,
+    flaps: &[RawLinkFlap],
+    rate: &RawFlapRate,
+    topology: &Topology,
+    collective_timeout_ns: Option<u64>,
+) -> Result<LinkFaultConfig, ScenarioError> {
+    let transport = match t.transport {
+        "plain" => Transport::Plain,
+        "retry" => {
+            let initial = duration(src, "fabric.retry_initial_backoff", t.retry_initial_backoff)?;
+            let max = duration(src, "fabric.retry_max_backoff", t.retry_max_backoff)?;
+            let budget = duration(src, "fabric.retry_budget", t.retry_budget)?;
+            if initial == 0 {
+                return Err(src.error(
+                    "fabric.retry_initial_backoff",
+                    "expected a duration above zero",
+                ));
+            }
+            if max < initial {
+                return Err(src.error(
+                    "fabric.retry_max_backoff",
+                    "expected at least fabric.retry_initial_backoff",
+                ));
+            }
+            Transport::Retry(RetryPolicy {
+                initial_backoff_ns: initial,
+                max_backoff_ns: max,
+                budget_ns: budget,
+            })
+        }
+        other => {
+            return Err(src.error(
+                "fabric.transport",
+                format!("unknown transport {other:?}; expected \"plain\" or \"retry\""),
+            ))
+        }
+    };
+    let mut specs = Vec::new();
+    for (idx, f) in flaps.iter().enumerate() {
+        let key = |field: &str| format!("faults.link_flap.{idx}.{field}");
+        let links = topology
+            .parse_link(&f.link)
+            .map_err(|message| src.error(&key("link"), message))?;
+        let at_ns = duration(src, &key("at"), &f.at)?;
+        let down_ns = duration(src, &key("down"), &f.down)?;
+        if down_ns == 0 {
+            return Err(src.error(&key("down"), "expected a duration above zero"));
+        }
+        let count = in_range(src, &key("count"), f.count, 1, 1_000_000)? as u32;
+        let period_ns = match (&f.period, count) {
+            (None, 1) => 0,
+            (None, _) => {
+                return Err(src.error(
+                    &key("count"),
+                    "`period` is required when a link flaps more than once",
+                ))
+            }
+            (Some(text), _) => {
+                let period = duration(src, &key("period"), text)?;
+                if period <= down_ns {
+                    return Err(src.error(
+                        &key("period"),
+                        "expected a period longer than `down` (the link must come back up \
+                         between flaps)",
+                    ));
+                }
+                period
+            }
+        };
+        if collective_timeout_ns.is_none() {
+            return Err(src.error(
+                &key("link"),
+                "a transfer over a dead link can be lost, and only the collective watchdog \
+                 notices; set recovery.collective_timeout",
+            ));
+        }
+        specs.push(LinkFlapSpec {
+            name: f.link.clone(),
+            links,
+            at_ns,
+            down_ns,
+            count,
+            period_ns,
+        });
+    }
+    let per_1000_link_days = rate.per_1000_link_days;
+    let rate_key = "faults.rates.link_flaps_per_1000_link_days";
+    if !(per_1000_link_days.is_finite() && (0.0..=1e9).contains(&per_1000_link_days)) {
+        return Err(src.error(
+            rate_key,
+            format!("expected a rate from 0 to 1e9, got {per_1000_link_days}"),
+        ));
+    }
+    let random_flap_down_ns = duration(src, "faults.rates.link_flap_down", rate.down)?;
+    if per_1000_link_days > 0.0 {
+        if random_flap_down_ns == 0 {
+            let message = "expected a duration above zero";
+            return Err(src.error("faults.rates.link_flap_down", message));
+        }
+        if collective_timeout_ns.is_none() {
+            return Err(src.error(
+                rate_key,
+                "a transfer over a dead link can be lost, and only the collective watchdog \
+                 notices; set recovery.collective_timeout",
+            ));
+        }
+    }
+    Ok(LinkFaultConfig {
+        transport,
+        flaps: specs,
+        random_flap_rate_per_link_per_ns: per_1000_link_days / 1000.0 / 86_400e9,
+        random_flap_down_ns,
+        seed: 0,
+    })
+}
+
+pub(super) fn validate_stragglers(
+    src: &Source,
+    r: &RawStragglerRecovery,
+    stragglers: &[RawStraggler],
+    gpus: usize,
+    nodes: usize,
+) -> Result<StragglerConfig, ScenarioError> {
+    let mut specs = Vec::new();
+    for (idx, s) in stragglers.iter().enumerate() {
+        let key = |field: &str| format!("faults.straggler.{idx}.{field}");
+        let target = match (s.gpu, s.node) {
+            (Some(gpu), None) => {
+                StragglerTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?)
+            }
+            (None, Some(node)) => {
+                StragglerTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
+            }
+            _ => {
+                return Err(src.error(
+                    &format!("faults.straggler.{idx}"),
+                    "expected exactly one of `gpu` or `node`",
+                ))
+            }
+        };
+        let kind = match s.kind.as_str() {
+            "compute" => StragglerKind::Compute,
+            "nic" => StragglerKind::Nic,
+            other => {
+                return Err(src.error(
+                    &key("kind"),
+                    format!("unknown straggler kind {other:?}; expected \"compute\" or \"nic\""),
+                ))
+            }
+        };
+        if !(s.factor.is_finite() && (1.0..=1000.0).contains(&s.factor)) {
+            return Err(src.error(
+                &key("factor"),
+                format!(
+                    "expected a slowdown factor from 1 to 1000, got {}",
+                    s.factor
+                ),
+            ));
+        }
+        let from_ns = duration(src, &key("from"), &s.from)?;
+        let duration_ns = duration(src, &key("duration"), &s.duration)?;
+        if duration_ns == 0 {
+            return Err(src.error(&key("duration"), "expected a duration above zero"));
+        }
+        specs.push(StragglerSpec {
+            target,
+            kind,
+            factor: s.factor,
+            from_ns,
+            until_ns: from_ns.saturating_add(duration_ns),
+        });
+    }
+    let evict = match r.mitigation {
+        "off" => false,
+        "evict" => true,
+        other => {
+            return Err(src.error(
+                "recovery.straggler_mitigation",
+                format!("unknown mitigation {other:?}; expected \"off\" or \"evict\""),
+            ))
+        }
+    };
+    if evict && !r.detection {
+        return Err(src.error(
+            "recovery.straggler_mitigation",
+            "\"evict\" acts on straggler scores; set recovery.straggler_detection = true",
+        ));
+    }
+    if !(r.threshold.is_finite() && r.threshold > 1.0 && r.threshold <= 100.0) {
+        return Err(src.error(
+            "recovery.straggler_threshold",
+            format!(
+                "expected a score above 1 and at most 100 (a rank's time over the median), got {}",
+                r.threshold
+            ),
+        ));
+    }
+    let patience = in_range(src, "recovery.straggler_patience", r.patience, 1, 1_000_000)? as u32;
+    Ok(StragglerConfig {
+        stragglers: specs,
+        detection: r.detection.then_some(StragglerDetection {
+            threshold: r.threshold,
+            patience,
+            evict,
+        }),
+    })
+}
