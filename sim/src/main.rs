@@ -319,7 +319,10 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         status: EXIT_FINDING,
         message: e.to_string(),
     })?;
-    let healthy = report.replicas_agree && report.steps_completed == report.steps_requested;
+    // An escaped corruption is a finding, like replicas that disagree.
+    let healthy = report.replicas_agree
+        && report.steps_completed == report.steps_requested
+        && report.faults.escaped.is_empty();
     if args.json {
         let mut value = serde_json::to_value(&report).expect("a report serialises");
         value["reproduce"] = serde_json::Value::String(reproduce);
@@ -358,6 +361,7 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             "faults injected: {:?}; detected by: {:?}; recoveries: {}",
             report.faults.injected, report.faults.detected, report.recoveries
         );
+        print_sdc_summary(&report);
         if !report.lost_time_ns_by_cause.is_empty() {
             let lost: Vec<String> = report
                 .lost_time_ns_by_cause
@@ -370,6 +374,31 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         println!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy { 0 } else { EXIT_FINDING })
+}
+
+/// Per SDC kind: injected, detected, escaped, latency and time lost; then each escape.
+fn print_sdc_summary(report: &run::RunReport) {
+    for (kind, k) in &report.faults.sdc {
+        println!(
+            "{kind}: {} injected, {} detected, {} escaped; detection latency mean {} max {}; \
+             time lost {}",
+            k.injected,
+            k.detected,
+            k.escaped,
+            format_duration_ns(k.detection_latency_ns_mean),
+            format_duration_ns(k.detection_latency_ns_max),
+            format_duration_ns(k.lost_time_ns),
+        );
+    }
+    for escape in &report.faults.escaped {
+        println!(
+            "ESCAPED: {} on GPU {} entered at step {}",
+            escape.kind, escape.gpu, escape.step_entered
+        );
+    }
+    if !report.faults.quarantined_gpus.is_empty() {
+        println!("quarantined GPUs: {:?}", report.faults.quarantined_gpus);
+    }
 }
 
 /// The one command line that reproduces a run.

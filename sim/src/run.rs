@@ -119,6 +119,12 @@ pub struct FaultSummary {
     pub job_abandoned: bool,
     /// Some ranks finished the last step after others had died: nothing was restarted.
     pub finished_despite_failure: bool,
+    /// Silent data corruptions no check caught, each with the step it entered.
+    pub escaped: Vec<crate::world::Escape>,
+    /// Per SDC kind: injected, detected, escaped, detection latency and time lost.
+    pub sdc: std::collections::BTreeMap<String, crate::world::SdcKindReport>,
+    /// GPUs a health check found computing wrong sums, replaced.
+    pub quarantined_gpus: Vec<usize>,
 }
 
 pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
@@ -136,6 +142,7 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             seed: scenario.run.seed,
             ..scenario.control.clone()
         });
+        w.configure_sdc(scenario.sdc.clone(), scenario.run.seed);
     }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
@@ -182,6 +189,9 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
             skipped_after_finish: faults.skipped_after_finish,
             job_abandoned: faults.abandoned,
             finished_despite_failure: faults.finished_despite_failure,
+            escaped: faults.escaped,
+            sdc: faults.sdc,
+            quarantined_gpus: faults.quarantined_gpus,
         },
         recoveries: faults.recoveries,
         checkpoints_committed: faults.checkpoints_committed,

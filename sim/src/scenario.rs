@@ -13,8 +13,10 @@ use trainer_core::job::JobConfig;
 use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 
 use crate::storage::{SlowWindow, StorageConfig, Window};
+
+mod sdc;
 use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
-use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, RecoveryPolicy};
+use crate::world::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, RecoveryPolicy, SdcConfig};
 
 /// Which executor runs the ranks. See `executor.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +80,8 @@ pub struct Scenario {
     pub storage: StorageConfig,
     /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
     pub control: ControlConfig,
+    /// Silent data corruption to inject (`[[faults.sdc]]`) and the checksum cost.
+    pub sdc: SdcConfig,
     pub run: RunConfig,
 }
 
@@ -89,6 +93,7 @@ impl Scenario {
         self.storage.slow.clear();
         self.storage.failing.clear();
         self.control.node_failure_rate_per_ns = 0.0;
+        self.sdc.specs.clear();
         self
     }
 
@@ -437,6 +442,8 @@ struct RawScenario {
     recovery: RawRecovery,
     #[serde(default)]
     faults: RawFaults,
+    #[serde(default)]
+    detection: sdc::RawDetection,
 }
 
 #[derive(Deserialize, Debug)]
@@ -526,6 +533,8 @@ struct RawFaults {
     storage: Vec<RawStorageFault>,
     #[serde(default)]
     rates: RawRates,
+    #[serde(default)]
+    sdc: Vec<sdc::RawSdc>,
 }
 
 /// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
@@ -838,6 +847,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         modelled_step_flops: 6.0 * j.model_params * j.tokens_per_gpu_per_step,
         modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
         checkpoint: None,
+        detection: trainer_core::integrity::DetectionPolicy::OFF,
     };
     let run = RunConfig {
         seed: j_seed(src, raw.run.seed)?,
@@ -868,11 +878,18 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     };
     let spare_nodes = in_range(src, "cluster.spare_nodes", c.spare_nodes, 0, 1_000_000)?;
     let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
+    let (detection, checksum_bytes_per_s) = sdc::validate_detection(src, &raw.detection)?;
+    let sdc = SdcConfig {
+        specs: sdc::validate_sdc(src, &raw.faults.sdc, gpus)?,
+        checksum_bytes_per_s,
+    };
     let job = JobConfig {
         checkpoint: job.checkpoint.map(|policy| CheckpointPolicy {
             restore_from_memory: control.policy != RecoveryPolicy::Restart,
             ..policy
         }),
+        collective: job.collective.with_checksums(detection.payload_checksums),
+        detection,
         ..job
     };
     Ok(Scenario {
@@ -889,6 +906,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
             corruptions_at_ns,
             ..control
         },
+        sdc,
         run,
     })
 }

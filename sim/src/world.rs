@@ -22,8 +22,10 @@ use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::Topology;
 
 mod control;
+mod sdc;
 
 pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
+pub use sdc::{Escape, SdcConfig, SdcKind, SdcKindReport, SdcSpec};
 
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +153,10 @@ pub struct World {
     /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
     /// recycled from a short message can carry a long one without a realloc.
     buffer_elems: usize,
+    /// Silent data corruption to inject, and its books.
+    sdc: Option<Box<sdc::Sdc>>,
+    /// What checksumming a payload costs; 0: free.
+    checksum_bytes_per_s: f64,
 }
 
 impl World {
@@ -195,6 +201,8 @@ impl World {
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
             buffer_elems: 0,
+            sdc: None,
+            checksum_bytes_per_s: 0.0,
         }
     }
 
@@ -375,6 +383,9 @@ impl World {
             self.spare_buffers.push(message.payload.data);
             return;
         }
+        if self.sdc.is_some() {
+            self.corrupt_in_flight(slot);
+        }
         let message = self.messages[slot as usize]
             .as_mut()
             .expect("a message in flight");
@@ -445,7 +456,10 @@ impl World {
     fn send(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) {
         self.stats.messages += 1;
         self.stats.modelled_bytes += payload.modelled_bytes;
-        let arrival_ns = self.transfer(from, to, payload.modelled_bytes);
+        let mut arrival_ns = self.transfer(from, to, payload.modelled_bytes);
+        if payload.checksum.is_some() {
+            arrival_ns += self.checksum_ns(payload.modelled_bytes);
+        }
         let generation = self.control.as_ref().map_or(0, |c| c.generation);
         let slot = self.store(Message {
             generation,
@@ -462,11 +476,16 @@ impl World {
     /// time: the transfer starts when every link of the route is free, occupies them for
     /// `bytes / bottleneck bandwidth`, and arrives after the route's latencies.
     fn transfer(&mut self, from: usize, to: usize, bytes: u64) -> u64 {
+        self.transfer_from(from, to, bytes, self.now_ns)
+    }
+
+    /// As [`World::transfer`], for a transfer that cannot start before `earliest_ns`.
+    fn transfer_from(&mut self, from: usize, to: usize, bytes: u64, earliest_ns: u64) -> u64 {
         if from == to {
-            return self.now_ns;
+            return earliest_ns;
         }
         let route = self.topology.route(from, to);
-        let mut start_ns = self.now_ns;
+        let mut start_ns = earliest_ns;
         let mut bottleneck = f64::INFINITY;
         let mut latency_ns = 0;
         for &link in route.links() {
@@ -635,6 +654,7 @@ impl World {
 
     fn emit(&mut self, rank: usize, event: &Event) {
         self.observe(rank, event);
+        self.sdc_observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
         match *event {
@@ -659,6 +679,32 @@ impl World {
             Event::Restored { step, tier } => {
                 self.digest.u64(step);
                 self.digest.bytes(format!("{tier:?}").as_bytes());
+            }
+            Event::ChecksumMismatch { peer, tag } => {
+                self.digest.u64(peer as u64);
+                self.digest
+                    .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
+            }
+            Event::SdcSuspect { step, check } => {
+                self.digest.u64(step);
+                self.digest.bytes(check.name().as_bytes());
+            }
+            Event::SdcVerdict { step, persistent } => {
+                self.digest.u64(step);
+                self.digest.u64(u64::from(persistent));
+            }
+            Event::HealthCheckCost {
+                step,
+                check,
+                elapsed_ns,
+            } => {
+                self.digest.u64(step);
+                self.digest.bytes(check.name().as_bytes());
+                self.digest.u64(elapsed_ns);
+            }
+            Event::SdcRollback { from_step, to_step } => {
+                self.digest.u64(from_step);
+                self.digest.u64(to_step);
             }
         }
     }
@@ -713,6 +759,38 @@ impl Backend for SimBackend {
             rank: self.rank,
             from: from as u32,
             tag,
+        }
+    }
+
+    fn recv_resend(
+        &self,
+        from: usize,
+        tag: Tag,
+    ) -> impl Future<Output = Result<Payload, CommError>> {
+        let resent = {
+            let mut world = self.world.borrow_mut();
+            !world.ranks[self.rank].aborted && world.resend(from, self.rank, tag)
+        };
+        async move {
+            if !resent {
+                return Err(CommError::CorruptPayload { peer: from });
+            }
+            self.recv(from, tag).await
+        }
+    }
+
+    fn fault_point(&self, point: trainer_core::FaultPoint, data: &mut [f32]) {
+        let mut world = self.world.borrow_mut();
+        if world.sdc.is_some() {
+            world.sdc_fault_point(self.rank, point, data);
+        }
+    }
+
+    fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
+        trainer_core::kernels::add_assign(acc, src);
+        let mut world = self.world.borrow_mut();
+        if world.kernel_may_be_faulty(self.rank) {
+            world.faulty_reduction(self.rank, acc, src);
         }
     }
 

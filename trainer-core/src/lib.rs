@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod collectives;
 pub mod digest;
 pub mod group;
+pub mod integrity;
 pub mod job;
 pub mod kernels;
 pub mod model;
@@ -17,8 +18,8 @@ pub mod span;
 pub mod units;
 
 pub use backend::{
-    Backend, Blob, CommError, Event, Payload, RestartOrder, StorageError, Tag, Tier, Work,
-    WorkKind, WriteStatus, WriteTicket,
+    Backend, Blob, CommError, Event, FaultPoint, Payload, RestartOrder, StorageError, Tag, Tier,
+    Work, WorkKind, WriteStatus, WriteTicket,
 };
 pub use collectives::{Algo, Op};
 pub use group::{Group, Placement};
