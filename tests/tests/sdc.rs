@@ -199,6 +199,8 @@ fn a_faulty_reduction_kernel_is_persistent_quarantined_and_replaced() {
     assert_eq!(report.spares_used, 1);
     let k = &report.faults.sdc["sdc_reduction_kernel"];
     assert!(k.classified_persistent >= 1);
+    // The re-runs, and the abort, spare swap (1 min) and restore of the quarantine.
+    assert!(k.lost_time_ns >= 60_000_000_000 + lost(&report, "sdc_rerun"));
     assert_eq!(k.classified_transient, 0);
     assert!(k.detected >= 1);
     assert_eq!(report.steps_completed, 12);

@@ -122,6 +122,8 @@ pub(super) struct Sdc {
     quarantined: Vec<usize>,
     /// Per kind: re-runs that found the fault transient, and persistent.
     verdicts: BTreeMap<SdcKind, (u64, u64)>,
+    /// When the last quarantine stopped the job, until rank 0 trains again.
+    quarantine_since_ns: Option<u64>,
     has_in_flight: bool,
     has_kernel: bool,
 }
@@ -150,6 +152,7 @@ impl Sdc {
             rollback_kind: None,
             quarantined: Vec::new(),
             verdicts: BTreeMap::new(),
+            quarantine_since_ns: None,
         }
     }
 
@@ -376,6 +379,7 @@ impl World {
             return;
         }
         sdc.quarantined.push(rank);
+        sdc.quarantine_since_ns = Some(self.now_ns);
         for (idx, spec) in sdc.config.specs.iter().enumerate() {
             if spec.gpu == rank && spec.kind == SdcKind::ReductionKernel {
                 sdc.removed[idx] = true;
@@ -398,7 +402,15 @@ impl World {
             return;
         };
         match *event {
-            Event::StepBegin { step } => sdc.step_of[rank] = step,
+            Event::StepBegin { step } => {
+                sdc.step_of[rank] = step;
+                if rank == 0 {
+                    // The quarantine's abort, replacement and restore: the faulty kernel's cost.
+                    if let Some(since) = sdc.quarantine_since_ns.take() {
+                        sdc.charge(SdcKind::ReductionKernel, now - since);
+                    }
+                }
+            }
             Event::ChecksumMismatch { peer, tag } => {
                 let key = (peer as u32, rank as u32, tag);
                 sdc.detect(Check::PayloadChecksum, now, |o| o.message == Some(key));
