@@ -392,8 +392,8 @@ fn print_sdc_summary(report: &run::RunReport) {
     }
     for escape in &report.faults.escaped {
         println!(
-            "ESCAPED: {} on GPU {} entered at step {}",
-            escape.kind, escape.gpu, escape.step_entered
+            "ESCAPED: {} on GPU {} entered at step {} (attempt {})",
+            escape.kind, escape.gpu, escape.step_entered, escape.attempt
         );
     }
     if !report.faults.quarantined_gpus.is_empty() {

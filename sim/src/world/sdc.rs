@@ -72,6 +72,8 @@ pub struct Escape {
     pub gpu: usize,
     /// The step during which the corruption entered the job.
     pub step_entered: u64,
+    /// Restarts and roll-backs the GPU had lived through: a step trained again is a new attempt.
+    pub attempt: u64,
 }
 
 /// Per fault kind: what entered, what was caught, how fast, and what catching it cost.
@@ -519,6 +521,7 @@ impl World {
                         kind: o.kind.name(),
                         gpu: o.gpu,
                         step_entered: o.step,
+                        attempt: o.epoch,
                     });
                 }
             }
