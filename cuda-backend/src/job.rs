@@ -20,6 +20,7 @@ use serde::Serialize;
 use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 use trainer_core::collectives::{Algo, Collective};
 use trainer_core::digest::Digest;
+use trainer_core::integrity::DetectionPolicy;
 use trainer_core::job::{self, JobConfig, JobOutcome, Trainer};
 use trainer_core::{Backend, CommError, Event, Placement, Tier};
 
@@ -221,6 +222,13 @@ pub fn parse_scenario(
         modelled_step_flops: 6.0 * model_params * tokens,
         modelled_optimizer_flops: optimizer_flops_per_param * model_params,
         checkpoint: None,
+        detection: detection_policy(&r)?,
+    };
+    let job = JobConfig {
+        collective: job
+            .collective
+            .with_checksums(job.detection.payload_checksums),
+        ..job
     };
     let seed = r.int("run.seed", Some(1), 0, i64::MAX)? as u64;
     let restore_from_memory = match r.string("recovery.policy", "restart")? {
@@ -251,6 +259,50 @@ pub fn parse_scenario(
         max_restarts,
         failures_at_step,
         crashes_not_injected,
+    })
+}
+
+/// The `[detection]` section as trainer-core's policy, as the simulator builds it (its
+/// `checksum_bandwidth` prices checksums in model time, which real hardware measures instead).
+fn detection_policy(r: &Reader<'_>) -> Result<DetectionPolicy, SettingsError> {
+    let d = DetectionPolicy::DEFAULT;
+    let flag = |key: &str, default: bool| match r.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| r.error(key, format!("expected true or false, found {v}"))),
+    };
+    let factor = |key: &str, default: Option<f64>| -> Result<Option<f64>, SettingsError> {
+        let value = match r.get(key) {
+            None => return Ok(default),
+            Some(toml::Value::Float(f)) => *f,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(v) => return Err(r.error(key, format!("expected a number, found {v}"))),
+        };
+        if value == 0.0 {
+            Ok(None)
+        } else if value.is_finite() && (1.0..=1e12).contains(&value) {
+            Ok(Some(value))
+        } else {
+            let message = format!("expected 0 (off) or 1 to 1e12, got {value}");
+            Err(r.error(key, message))
+        }
+    };
+    let every = d.fingerprint_every_steps as i64;
+    Ok(DetectionPolicy {
+        payload_checksums: flag("detection.payload_checksums", d.payload_checksums)?,
+        gradient_norm_factor: factor(
+            "detection.gradient_norm_guard_factor",
+            d.gradient_norm_factor,
+        )?,
+        loss_factor: factor("detection.loss_guard_factor", d.loss_factor)?,
+        fingerprint_every_steps: r.int(
+            "detection.fingerprint_every_steps",
+            Some(every),
+            0,
+            1_000_000,
+        )? as u64,
+        rerun_suspect_steps: flag("detection.rerun_suspect_steps", d.rerun_suspect_steps)?,
     })
 }
 
@@ -639,6 +691,11 @@ pub fn durations_ns<M>(marks: &[Mark<M>], elapsed: impl Fn(&M, &M) -> u64) -> (V
             Event::CheckpointSnapshot { .. }
             | Event::CheckpointCommitted { .. }
             | Event::ComputeTimed { .. } => {}
+            Event::ChecksumMismatch { .. }
+            | Event::SdcSuspect { .. }
+            | Event::SdcVerdict { .. }
+            | Event::HealthCheckCost { .. }
+            | Event::SdcRollback { .. } => {}
         }
     }
     (steps, collectives)

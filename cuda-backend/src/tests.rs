@@ -626,7 +626,15 @@ fn scenario_settings_use_the_simulators_defaults_and_overrides() {
     assert_eq!(s.job.batch_per_rank, 4);
     assert_eq!(s.job.learning_rate, 0.3);
     assert_eq!(s.job.data_seed, 0x5eed);
-    assert_eq!(s.job.collective, Collective::new(Algo::Ring));
+    // The simulator's default SDC checks, payload checksums included.
+    assert_eq!(
+        s.job.collective,
+        Collective::new(Algo::Ring).with_checksums(true)
+    );
+    assert_eq!(
+        s.job.detection,
+        trainer_core::integrity::DetectionPolicy::DEFAULT
+    );
     assert_eq!(s.seed, 1);
     let s = settings(&["job.collective=tree", "run.seed=9", "job.learning_rate=0.1"]);
     assert_eq!(s.job.collective.algo, Algo::Tree);

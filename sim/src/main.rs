@@ -390,7 +390,9 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     // A restore that read a checkpoint not atomically committed is a finding of the run itself.
     let mut healthy = report.replicas_agree
         && report.steps_completed == report.steps_requested
-        && report.atomicity_violation_count == 0;
+        && report.atomicity_violation_count == 0
+        // An escaped corruption is a finding, like replicas that disagree.
+        && report.faults.escaped.is_empty();
     let violations = if args.check {
         swarm_cli::check_run(&scenario, &report)?
     } else {
@@ -438,6 +440,7 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
             "faults injected: {:?}; detected by: {:?}; recoveries: {}",
             report.faults.injected, report.faults.detected, report.recoveries
         );
+        print_sdc_summary(&report);
         if !report.lost_time_ns_by_cause.is_empty() {
             let lost: Vec<String> = report
                 .lost_time_ns_by_cause
@@ -566,6 +569,31 @@ fn cmd_replay(args: ReplayArgs) -> Result<u8, Failure> {
             println!("  replayed: {replayed}");
             Ok(EXIT_FINDING)
         }
+    }
+}
+
+/// Per SDC kind: injected, detected, escaped, latency and time lost; then each escape.
+fn print_sdc_summary(report: &run::RunReport) {
+    for (kind, k) in &report.faults.sdc {
+        println!(
+            "{kind}: {} injected, {} detected, {} escaped; detection latency mean {} max {}; \
+             time lost {}",
+            k.injected,
+            k.detected,
+            k.escaped,
+            format_duration_ns(k.detection_latency_ns_mean),
+            format_duration_ns(k.detection_latency_ns_max),
+            format_duration_ns(k.lost_time_ns),
+        );
+    }
+    for escape in &report.faults.escaped {
+        println!(
+            "ESCAPED: {} on GPU {} entered at step {} (attempt {})",
+            escape.kind, escape.gpu, escape.step_entered, escape.attempt
+        );
+    }
+    if !report.faults.quarantined_gpus.is_empty() {
+        println!("quarantined GPUs: {:?}", report.faults.quarantined_gpus);
     }
 }
 

@@ -147,6 +147,12 @@ pub struct FaultSummary {
     pub job_abandoned: bool,
     /// Some ranks finished the last step after others had died: nothing was restarted.
     pub finished_despite_failure: bool,
+    /// Silent data corruptions no check caught, each with the step it entered.
+    pub escaped: Vec<crate::world::Escape>,
+    /// Per SDC kind: injected, detected, escaped, detection latency and time lost.
+    pub sdc: std::collections::BTreeMap<String, crate::world::SdcKindReport>,
+    /// GPUs a health check found computing wrong sums, replaced.
+    pub quarantined_gpus: Vec<usize>,
 }
 
 pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
@@ -192,6 +198,7 @@ pub fn run_scenario_with(
             ..scenario.link_faults.clone()
         });
         w.configure_stragglers(scenario.stragglers.clone());
+        w.configure_sdc(scenario.sdc.clone(), scenario.run.seed);
     }
     let config = scenario.job.clone();
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
@@ -247,6 +254,9 @@ pub fn run_scenario_with(
             skipped_after_finish: faults.skipped_after_finish,
             job_abandoned: faults.abandoned,
             finished_despite_failure: faults.finished_despite_failure,
+            escaped: faults.escaped,
+            sdc: faults.sdc,
+            quarantined_gpus: faults.quarantined_gpus,
         },
         recoveries: faults.recoveries,
         checkpoints_committed: faults.checkpoints_committed,
@@ -353,7 +363,11 @@ pub fn run_collective(spec: &CollectiveSpec) -> Result<CollectiveReport, SimErro
         topology,
         spec.base.gpu_achieved_flops_per_s,
     )));
-    let collective = Collective::with_inter_node(spec.algo, spec.inter_node_algo);
+    // Every payload is checksummed and verified, as in a scenario's default detection; the
+    // world charges no model time for it here (`detection.checksum_bandwidth` is a scenario
+    // setting), so model times and trace digests are those of plain collectives.
+    let collective =
+        Collective::with_inter_node(spec.algo, spec.inter_node_algo).with_checksums(true);
     let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {

@@ -13,9 +13,11 @@ use trainer_core::job::JobConfig;
 use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 
 use crate::storage::{SlowWindow, StorageConfig, Window};
+
+mod sdc;
 use crate::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
 use crate::world::{
-    ControlConfig, CrashSpec, CrashTarget, CrashWhen, LinkFaultConfig, RecoveryPolicy,
+    ControlConfig, CrashSpec, CrashTarget, CrashWhen, LinkFaultConfig, RecoveryPolicy, SdcConfig,
     StragglerConfig,
 };
 
@@ -87,6 +89,8 @@ pub struct Scenario {
     pub link_faults: LinkFaultConfig,
     /// Slowdowns, straggler scores and mitigation.
     pub stragglers: StragglerConfig,
+    /// Silent data corruption to inject (`[[faults.sdc]]`) and the checksum cost.
+    pub sdc: SdcConfig,
     pub run: RunConfig,
     /// `[debug] planted_bug`: a known bug planted in the trainer, accepted only with
     /// [`ALLOW_PLANTED_BUGS_ENV`]`=1`, for tests of the swarm.
@@ -108,6 +112,7 @@ impl Scenario {
         self.link_faults.flaps.clear();
         self.link_faults.random_flap_rate_per_link_per_ns = 0.0;
         self.stragglers.stragglers.clear();
+        self.sdc.specs.clear();
         self
     }
 
@@ -458,6 +463,8 @@ struct RawScenario {
     faults: RawFaults,
     #[serde(default)]
     debug: RawDebug,
+    #[serde(default)]
+    detection: sdc::RawDetection,
 }
 
 /// Test-only switches.
@@ -568,6 +575,8 @@ struct RawFaults {
     link_flap: Vec<degrade::RawLinkFlap>,
     #[serde(default)]
     straggler: Vec<degrade::RawStraggler>,
+    #[serde(default)]
+    sdc: Vec<sdc::RawSdc>,
 }
 
 /// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
@@ -897,6 +906,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         modelled_step_flops: 6.0 * j.model_params * j.tokens_per_gpu_per_step,
         modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
         checkpoint: None,
+        detection: trainer_core::integrity::DetectionPolicy::OFF,
     };
     let run = RunConfig {
         seed: j_seed(src, raw.run.seed)?,
@@ -954,11 +964,18 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     };
     let stragglers =
         degrade::validate_stragglers(src, &straggler_recovery, &raw.faults.straggler, gpus, nodes)?;
+    let (detection, checksum_bytes_per_s) = sdc::validate_detection(src, &raw.detection)?;
+    let sdc = SdcConfig {
+        specs: sdc::validate_sdc(src, &raw.faults.sdc, gpus)?,
+        checksum_bytes_per_s,
+    };
     let job = JobConfig {
         checkpoint: job.checkpoint.map(|policy| CheckpointPolicy {
             restore_from_memory: control.policy != RecoveryPolicy::Restart,
             ..policy
         }),
+        collective: job.collective.with_checksums(detection.payload_checksums),
+        detection,
         ..job
     };
     Ok(Scenario {
@@ -977,6 +994,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         },
         link_faults,
         stragglers,
+        sdc,
         run,
         planted_bug: validate_debug(src, &raw.debug)?,
     })

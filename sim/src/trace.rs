@@ -139,6 +139,11 @@ impl Record<'_> {
             Record::Rank(event) => match event {
                 // Not recorded (World::emit keeps it out): the compute record holds it.
                 Event::ComputeTimed { .. } => "compute_timed",
+                Event::ChecksumMismatch { .. } => "checksum_mismatch",
+                Event::SdcSuspect { .. } => "sdc_suspect",
+                Event::SdcVerdict { .. } => "sdc_verdict",
+                Event::HealthCheckCost { .. } => "health_check_cost",
+                Event::SdcRollback { .. } => "sdc_rollback",
                 Event::StepBegin { .. } => "step_begin",
                 Event::StepEnd { .. } => "step_end",
                 Event::CollectiveBegin { .. } => "collective_begin",
@@ -169,6 +174,29 @@ impl Record<'_> {
                 Event::StepBegin { step } => write!(out, ",\"step\":{step}"),
                 Event::ComputeTimed { step, compute_ns } => {
                     write!(out, ",\"step\":{step},\"compute_ns\":{compute_ns}")
+                }
+                Event::ChecksumMismatch { peer, tag } => write!(
+                    out,
+                    ",\"peer\":{peer},\"op_id\":{},\"phase\":{},\"round\":{}",
+                    tag.op_id, tag.phase, tag.round
+                ),
+                Event::SdcSuspect { step, check } => {
+                    write!(out, ",\"step\":{step},\"check\":\"{}\"", check.name())
+                }
+                Event::SdcVerdict { step, persistent } => {
+                    write!(out, ",\"step\":{step},\"persistent\":{persistent}")
+                }
+                Event::HealthCheckCost {
+                    step,
+                    check,
+                    elapsed_ns,
+                } => write!(
+                    out,
+                    ",\"step\":{step},\"check\":\"{}\",\"elapsed_ns\":{elapsed_ns}",
+                    check.name()
+                ),
+                Event::SdcRollback { from_step, to_step } => {
+                    write!(out, ",\"from_step\":{from_step},\"to_step\":{to_step}")
                 }
                 Event::StepEnd { step, loss } => {
                     write!(out, ",\"step\":{step},\"loss\":{}", json_f32(loss))
@@ -766,7 +794,14 @@ impl Timeline {
             Record::Finished => self.end_restore(rank, t_ns)?,
             Record::Deliver { .. } => {}
             Record::Rank(event) => match *event {
-                Event::ComputeTimed { .. } => {}
+                // Health checks show in the trace; the timeline keeps to compute, communication,
+                // checkpoints and faults.
+                Event::ComputeTimed { .. }
+                | Event::ChecksumMismatch { .. }
+                | Event::SdcSuspect { .. }
+                | Event::SdcVerdict { .. }
+                | Event::HealthCheckCost { .. }
+                | Event::SdcRollback { .. } => {}
                 Event::StepBegin { step } => {
                     self.end_restore(rank, t_ns)?;
                     self.open.get_mut(&rank).expect("tracked").step = Some((t_ns, step));

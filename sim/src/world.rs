@@ -25,10 +25,12 @@ use crate::trace::Record;
 mod control;
 mod links;
 mod recording;
+mod sdc;
 mod stragglers;
 
 pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
 pub use links::{LinkFaultConfig, LinkFlapReport, LinkFlapSpec, Transport};
+pub use sdc::{Escape, SdcConfig, SdcKind, SdcKindReport, SdcSpec};
 pub use stragglers::{
     FlaggedRank, StragglerConfig, StragglerDetection, StragglerKind, StragglerReport,
     StragglerSpec, StragglerTarget,
@@ -179,6 +181,10 @@ pub struct World {
     links: links::LinkFaults,
     /// Slowdowns and straggler scores.
     stragglers: stragglers::Stragglers,
+    /// Silent data corruption to inject, and its books.
+    sdc: Option<Box<sdc::Sdc>>,
+    /// What checksumming a payload costs; 0: free.
+    checksum_bytes_per_s: f64,
 }
 
 impl World {
@@ -228,6 +234,8 @@ impl World {
             planted_bug: None,
             links: links::LinkFaults::default(),
             stragglers: stragglers::Stragglers::default(),
+            sdc: None,
+            checksum_bytes_per_s: 0.0,
         }
     }
 
@@ -424,6 +432,9 @@ impl World {
             self.spare_buffers.push(message.payload.data);
             return;
         }
+        if self.sdc.is_some() {
+            self.corrupt_in_flight(slot);
+        }
         let message = self.messages[slot as usize]
             .as_mut()
             .expect("a message in flight");
@@ -502,7 +513,10 @@ impl World {
             self.send_over_flapping_links(from, to, tag, payload);
             return;
         }
-        let arrival_ns = self.transfer(from, to, payload.modelled_bytes);
+        let mut arrival_ns = self.transfer(from, to, payload.modelled_bytes);
+        if payload.checksum.is_some() {
+            arrival_ns += self.checksum_ns(payload.modelled_bytes);
+        }
         let generation = self.control.as_ref().map_or(0, |c| c.generation);
         let slot = self.store(Message {
             generation,
@@ -519,17 +533,27 @@ impl World {
     /// time: the transfer starts when every link of the route is free, occupies them for
     /// `bytes / bottleneck bandwidth`, and arrives after the route's latencies.
     fn transfer(&mut self, from: usize, to: usize, bytes: u64) -> u64 {
+        self.transfer_from(from, to, bytes, self.now_ns)
+    }
+
+    /// As [`World::transfer`], for a transfer that cannot start before `earliest_ns`.
+    fn transfer_from(&mut self, from: usize, to: usize, bytes: u64, earliest_ns: u64) -> u64 {
         if from == to {
-            return self.now_ns;
+            return earliest_ns;
         }
         let route = self.topology.route(from, to);
-        self.reserve_route(route, bytes)
+        self.reserve_route(route, bytes, earliest_ns)
     }
 
     /// Reserves `route` for `bytes` and returns the arrival time (see [`World::transfer`]).
     #[inline]
-    fn reserve_route(&mut self, route: crate::topology::Route, bytes: u64) -> u64 {
-        let mut start_ns = self.now_ns;
+    fn reserve_route(
+        &mut self,
+        route: crate::topology::Route,
+        bytes: u64,
+        earliest_ns: u64,
+    ) -> u64 {
+        let mut start_ns = earliest_ns;
         let mut bottleneck = f64::INFINITY;
         let mut latency_ns = 0;
         // Checked once per transfer, not per link: the hot path of a run without slow NICs.
@@ -716,6 +740,7 @@ impl World {
         }
         self.record(Some(rank as u32), Record::Rank(event));
         self.observe(rank, event);
+        self.sdc_observe(rank, event);
         self.digest.u64(0xE0 << 56 | rank as u64);
         self.digest.u64(self.now_ns);
         match *event {
@@ -742,6 +767,32 @@ impl World {
                 self.digest.bytes(format!("{tier:?}").as_bytes());
             }
             Event::ComputeTimed { .. } => unreachable!("returned above"),
+            Event::ChecksumMismatch { peer, tag } => {
+                self.digest.u64(peer as u64);
+                self.digest
+                    .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
+            }
+            Event::SdcSuspect { step, check } => {
+                self.digest.u64(step);
+                self.digest.bytes(check.name().as_bytes());
+            }
+            Event::SdcVerdict { step, persistent } => {
+                self.digest.u64(step);
+                self.digest.u64(u64::from(persistent));
+            }
+            Event::HealthCheckCost {
+                step,
+                check,
+                elapsed_ns,
+            } => {
+                self.digest.u64(step);
+                self.digest.bytes(check.name().as_bytes());
+                self.digest.u64(elapsed_ns);
+            }
+            Event::SdcRollback { from_step, to_step } => {
+                self.digest.u64(from_step);
+                self.digest.u64(to_step);
+            }
         }
     }
 }
@@ -795,6 +846,38 @@ impl Backend for SimBackend {
             rank: self.rank,
             from: from as u32,
             tag,
+        }
+    }
+
+    fn recv_resend(
+        &self,
+        from: usize,
+        tag: Tag,
+    ) -> impl Future<Output = Result<Payload, CommError>> {
+        let resent = {
+            let mut world = self.world.borrow_mut();
+            !world.ranks[self.rank].aborted && world.resend(from, self.rank, tag)
+        };
+        async move {
+            if !resent {
+                return Err(CommError::CorruptPayload { peer: from });
+            }
+            self.recv(from, tag).await
+        }
+    }
+
+    fn fault_point(&self, point: trainer_core::FaultPoint, data: &mut [f32]) {
+        let mut world = self.world.borrow_mut();
+        if world.sdc.is_some() {
+            world.sdc_fault_point(self.rank, point, data);
+        }
+    }
+
+    fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
+        trainer_core::kernels::add_assign(acc, src);
+        let mut world = self.world.borrow_mut();
+        if world.kernel_may_be_faulty(self.rank) {
+            world.faulty_reduction(self.rank, acc, src);
         }
     }
 

@@ -43,7 +43,17 @@ fn planted(bug: &str, test: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(&dir).unwrap();
     let base = std::fs::read_to_string(root().join(BASE)).unwrap();
     let path = dir.join(format!("{bug}.toml"));
-    std::fs::write(&path, format!("{base}\n[debug]\nplanted_bug = \"{bug}\"\n")).unwrap();
+    // A shard restored without its checksum gives one replica wrong parameters, which the
+    // default cross-replica fingerprints catch and roll back (defence in depth: the swarm over
+    // the same seeds then passes). To show the swarm finds the trainer bug itself, that
+    // second line of defence is off for this bug.
+    let detection = if bug == "unverified-restore" {
+        "\n[detection]\nfingerprint_every_steps = 0\n"
+    } else {
+        ""
+    };
+    let text = format!("{base}{detection}\n[debug]\nplanted_bug = \"{bug}\"\n");
+    std::fs::write(&path, text).unwrap();
     (dir, path)
 }
 

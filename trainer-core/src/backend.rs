@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use crate::group::Placement;
+use crate::integrity::Check;
 use crate::kernels;
 
 /// Identifies one message of one collective, so that a receive matches exactly the send it
@@ -32,6 +33,8 @@ impl Tag {
 pub struct Payload {
     pub data: Vec<f32>,
     pub modelled_bytes: u64,
+    /// The sender's [`crate::integrity::checksum`] of `data`, when payload checksums are on.
+    pub checksum: Option<u64>,
 }
 
 impl Payload {
@@ -39,6 +42,7 @@ impl Payload {
         Payload {
             data,
             modelled_bytes,
+            checksum: None,
         }
     }
 }
@@ -57,6 +61,8 @@ pub enum CommError {
     CorruptPayload { peer: usize },
     /// This rank was told to abandon the job (its node crashed or the job is restarting).
     Aborted,
+    /// A health check found `rank`'s GPU computing wrong results: it must be replaced.
+    Quarantined { rank: usize },
 }
 
 impl std::fmt::Display for CommError {
@@ -71,6 +77,7 @@ impl std::fmt::Display for CommError {
             CommError::PeerDead { peer } => write!(f, "rank {peer} is dead"),
             CommError::CorruptPayload { peer } => write!(f, "corrupt payload from rank {peer}"),
             CommError::Aborted => write!(f, "aborted"),
+            CommError::Quarantined { rank } => write!(f, "rank {rank}'s GPU is quarantined"),
         }
     }
 }
@@ -134,6 +141,43 @@ pub enum Event {
         step: u64,
         compute_ns: u64,
     },
+    /// A payload from `peer` with `tag` failed its checksum; a resend was asked for.
+    ChecksumMismatch {
+        peer: usize,
+        tag: Tag,
+    },
+    /// `check` found step `step` suspect (a corrupted gradient, sum or parameter).
+    SdcSuspect {
+        step: u64,
+        check: Check,
+    },
+    /// Re-running suspect step `step` told a transient fault (a clean, different sum) from a
+    /// persistent one (the same sum again).
+    SdcVerdict {
+        step: u64,
+        persistent: bool,
+    },
+    /// Health-check work (a fingerprint, a re-run) at `step` took `elapsed_ns`.
+    HealthCheckCost {
+        step: u64,
+        check: Check,
+        elapsed_ns: u64,
+    },
+    /// Replicas diverged: training goes back from `from_step` to the checkpoint of `to_step`
+    /// (0: the start).
+    SdcRollback {
+        from_step: u64,
+        to_step: u64,
+    },
+}
+
+/// Where the training step offers its data to [`Backend::fault_point`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// This rank's freshly computed gradient of `step`, before the all-reduce.
+    Gradient { step: u64 },
+    /// This replica's resident parameters as step `step` begins.
+    Parameters { step: u64 },
 }
 
 /// Where a blob lives.
@@ -270,6 +314,24 @@ pub trait Backend {
     /// Reports that this rank met `error` it cannot get past, and waits for the job controller
     /// to restart the job.
     fn await_restart(&self, error: &CommError) -> impl Future<Output = RestartOrder>;
+
+    /// Asks the transport to send again the payload from `from` with `tag`, whose checksum did
+    /// not match, and waits for it. A transport that keeps no copy for resending fails with
+    /// `CorruptPayload`.
+    fn recv_resend(
+        &self,
+        from: usize,
+        tag: Tag,
+    ) -> impl Future<Output = Result<Payload, CommError>> {
+        let _ = tag;
+        std::future::ready(Err(CommError::CorruptPayload { peer: from }))
+    }
+
+    /// Shows `data` at `point` to the world. Real hardware does nothing here; a simulator
+    /// injects silent data corruption (a flipped bit) that the trainer's checks must catch.
+    fn fault_point(&self, point: FaultPoint, data: &mut [f32]) {
+        let _ = (point, data);
+    }
 
     /// A payload holding a copy of `data`. A backend may hand out a recycled buffer.
     fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {

@@ -509,11 +509,40 @@ pub async fn restore<B: Backend>(
     elems: usize,
     op_base: u64,
 ) -> Result<Option<Restored>, CommError> {
+    restore_at_or_before(backend, checkpointer, elems, op_base, u64::MAX).await
+}
+
+/// Deletes every committed checkpoint newer than `step` (rank 0 its manifest, each rank its
+/// shards): after replicas diverged, those hold parameters that must not be restored.
+pub fn forget_after<B: Backend>(backend: &B, step: u64) {
+    let rank = backend.rank();
+    for newer in committed_steps(backend, Tier::Persistent)
+        .into_iter()
+        .filter(|s| *s > step)
+    {
+        for tier in restore_tiers(backend, true) {
+            backend.store_delete(tier, &shard_name(newer, rank));
+        }
+        if rank == 0 {
+            backend.store_delete(Tier::Persistent, &manifest_name(newer));
+        }
+    }
+}
+
+/// As [`restore`], considering only checkpoints of at most `max_step` completed steps.
+pub async fn restore_at_or_before<B: Backend>(
+    backend: &B,
+    checkpointer: &Checkpointer,
+    elems: usize,
+    op_base: u64,
+    max_step: u64,
+) -> Result<Option<Restored>, CommError> {
     let world = backend.world_size();
     let group = backend.placement().world();
     let spans = checkpointer.my_spans(backend, elems);
     let tiers = restore_tiers(backend, checkpointer.policy.restore_from_memory);
-    let candidates = committed_steps(backend, Tier::Persistent);
+    let mut candidates = committed_steps(backend, Tier::Persistent);
+    candidates.retain(|s| *s <= max_step);
     for (attempt, &step) in candidates.iter().rev().enumerate() {
         let op_id = op_base + 2 * attempt as u64;
         let mut params = vec![0.0f32; elems];

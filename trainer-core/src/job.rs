@@ -2,12 +2,18 @@
 //! gradients (and the loss) are summed with an all-reduce, and every rank applies the same SGD
 //! update, so all replicas hold the same parameters bit for bit.
 
-use crate::backend::{Backend, CommError, Event, Work, WorkKind};
+use crate::backend::{Backend, CommError, Event, FaultPoint, Work, WorkKind};
 use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Votes, VOTE_COUNT};
 use crate::collectives::{Collective, Op};
 use crate::digest::params_digest;
+use crate::integrity::{self, Check, DetectionPolicy, Guard, HealthCounters};
 use crate::kernels;
 use crate::model;
+
+/// Op ids of health-check collectives: far above any step, below the restore's ids.
+fn health_op_id(step: u64, idx: u64) -> u64 {
+    (1 << 61) + step * 8 + idx
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobConfig {
@@ -25,6 +31,8 @@ pub struct JobConfig {
     /// Floating-point operations of one rank's optimizer update on the full model.
     pub modelled_optimizer_flops: f64,
     pub checkpoint: Option<CheckpointPolicy>,
+    /// Checks against silent data corruption.
+    pub detection: DetectionPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +61,11 @@ pub struct Trainer {
     pub restarts: u64,
     pub recomputed_steps: u64,
     pub first_loss: f32,
+    grad_guard: Guard,
+    loss_guard: Guard,
+    /// Completed steps at the last fingerprint that found every replica equal.
+    last_clean_step: u64,
+    rollbacks: u64,
 }
 
 impl Trainer {
@@ -72,16 +85,25 @@ impl Trainer {
             restarts: 0,
             recomputed_steps: 0,
             first_loss: f32::NAN,
+            grad_guard: Guard::default(),
+            loss_guard: Guard::default(),
+            last_clean_step: 0,
+            rollbacks: 0,
         }
     }
 
-    /// Runs one synchronous data-parallel step and returns the global mean loss.
-    pub async fn train_step<B: Backend>(&mut self, backend: &B) -> Result<f32, CommError> {
+    /// This rank's gradient, loss and checkpoint votes for `step`, summed over the world with
+    /// `collective`: one all-reduce carries all three.
+    async fn reduce_gradient<B: Backend>(
+        &self,
+        backend: &B,
+        step: u64,
+        op_id: u64,
+        collective: Collective,
+        counters: &HealthCounters,
+    ) -> Result<Vec<f32>, CommError> {
         let cfg = &self.config;
-        let step = self.step;
-        backend.emit(Event::StepBegin { step });
         let dim = self.params.len();
-        // Gradient, then the loss, then the checkpoint votes: one all-reduce carries all three.
         let mut buffer = vec![0.0f32; dim + 1 + VOTE_COUNT];
         let local_loss = model::loss_and_gradient(
             &self.params,
@@ -91,6 +113,7 @@ impl Trainer {
             cfg.batch_per_rank,
             &mut buffer[..dim],
         );
+        backend.fault_point(FaultPoint::Gradient { step }, &mut buffer[..dim]);
         buffer[dim] = local_loss;
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.votes(backend).write(&mut buffer[dim + 1..]);
@@ -106,15 +129,237 @@ impl Trainer {
         let compute_ns = backend.now_ns() - compute_began_ns;
         backend.emit(Event::ComputeTimed { step, compute_ns });
         let world = backend.placement().world();
-        let op_id = step;
         let bytes = cfg.modelled_grad_bytes;
-        cfg.collective
-            .run(backend, &world, Op::AllReduce, op_id, &mut buffer, bytes)
+        collective
+            .run_checked(
+                backend,
+                &world,
+                Op::AllReduce,
+                op_id,
+                &mut buffer,
+                bytes,
+                counters,
+            )
             .await?;
+        Ok(buffer)
+    }
+
+    /// Going back in time makes the running averages stale; and every rank, including one that
+    /// restarts with empty memory, must hold the same ones to reach the same verdicts.
+    fn reset_guards(&mut self) {
+        self.grad_guard = Guard::default();
+        self.loss_guard = Guard::default();
+    }
+
+    /// The guard that finds the summed gradient and loss in `buffer` suspect, if one does.
+    fn suspect(&self, buffer: &[f32]) -> Option<Check> {
+        let detection = &self.config.detection;
+        let dim = self.params.len();
+        if let Some(factor) = detection.gradient_norm_factor {
+            if self
+                .grad_guard
+                .is_suspect(integrity::norm(&buffer[..dim]), factor)
+            {
+                return Some(Check::GradientGuard);
+            }
+        }
+        if let Some(factor) = detection.loss_factor {
+            if self.loss_guard.is_suspect(buffer[dim] as f64, factor) {
+                return Some(Check::LossGuard);
+            }
+        }
+        None
+    }
+
+    /// Step `step`'s sum was suspect. Re-runs the step: a clean, different result means the
+    /// fault was transient, and the re-run's sum is used. The same result again means a
+    /// persistent fault: the step runs once more with every reduction checked against the
+    /// host's reference kernel, which names the GPU whose kernel is wrong, and that GPU is
+    /// quarantined. `None`: the step's update is skipped.
+    async fn resolve_suspect<B: Backend>(
+        &self,
+        backend: &B,
+        step: u64,
+        first: &[f32],
+    ) -> Result<Option<Vec<f32>>, CommError> {
+        if !self.config.detection.rerun_suspect_steps {
+            return Ok(None);
+        }
+        let started = backend.now_ns();
+        let dim = self.params.len();
+        let collective = self.config.collective;
+        let counters = HealthCounters::default();
+        let op_id = health_op_id(step, 2);
+        let rerun = self
+            .reduce_gradient(backend, step, op_id, collective, &counters)
+            .await?;
+        let same = first[..=dim]
+            .iter()
+            .zip(&rerun[..=dim])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        backend.emit(Event::SdcVerdict {
+            step,
+            persistent: same,
+        });
+        let mut culprit = None;
+        let result = if !same && self.suspect(&rerun).is_none() {
+            Some(rerun)
+        } else if same {
+            let checked = Collective {
+                verify_reductions: true,
+                ..collective
+            };
+            let counters = HealthCounters::default();
+            let op_id = health_op_id(step, 3);
+            self.reduce_gradient(backend, step, op_id, checked, &counters)
+                .await?;
+            let faulty = counters.kernel_mismatches.get() > 0;
+            // Said before the last all-reduce: once a rank learns the culprit it stops the job,
+            // and a rank still inside that all-reduce would never say it.
+            backend.emit(Event::HealthCheckCost {
+                step,
+                check: Check::Rerun,
+                elapsed_ns: backend.now_ns() - started,
+            });
+            let rank = backend.rank() as f32;
+            let mut flags = [f32::from(u8::from(faulty)), if faulty { rank } else { 0.0 }];
+            let world = backend.placement().world();
+            collective
+                .run(
+                    backend,
+                    &world,
+                    Op::AllReduce,
+                    health_op_id(step, 4),
+                    &mut flags,
+                    8,
+                )
+                .await?;
+            // One faulty GPU names itself; several would need the check per rank.
+            if flags[0] == 1.0 {
+                culprit = Some(flags[1] as usize);
+            }
+            None
+        } else {
+            None
+        };
+        if !same {
+            backend.emit(Event::HealthCheckCost {
+                step,
+                check: Check::Rerun,
+                elapsed_ns: backend.now_ns() - started,
+            });
+        }
+        if let Some(rank) = culprit {
+            return Err(CommError::Quarantined { rank });
+        }
+        Ok(result)
+    }
+
+    /// Compares this replica's parameters with rank 0's: a broadcast of rank 0's digest, then
+    /// an all-reduce of who differs. Returns true when every replica agrees.
+    async fn fingerprint<B: Backend>(&mut self, backend: &B) -> Result<bool, CommError> {
+        let started = backend.now_ns();
+        let step = self.step;
+        let collective = self.config.collective;
+        let world = backend.placement().world();
+        let mine = integrity::fingerprint_pieces(params_digest(&self.params));
+        let mut root = mine;
+        let op_id = health_op_id(step, 0);
+        let root_idx = 0;
+        collective
+            .run(
+                backend,
+                &world,
+                Op::Broadcast { root_idx },
+                op_id,
+                &mut root,
+                32,
+            )
+            .await?;
+        let differs = root != mine;
+        let rank = backend.rank() as f32;
+        let mut flags = [
+            f32::from(u8::from(differs)),
+            if differs { rank } else { 0.0 },
+        ];
+        collective
+            .run(backend, &world, Op::AllReduce, op_id + 1, &mut flags, 8)
+            .await?;
+        backend.emit(Event::HealthCheckCost {
+            step,
+            check: Check::Fingerprint,
+            elapsed_ns: backend.now_ns() - started,
+        });
+        if flags[0] > 0.0 {
+            let check = Check::Fingerprint;
+            backend.emit(Event::SdcSuspect { step, check });
+            return Ok(false);
+        }
+        self.last_clean_step = step;
+        Ok(true)
+    }
+
+    /// Replicas diverged since the last clean fingerprint, and every replica's updates since
+    /// then carry the diverged one's gradient: go back to the newest checkpoint at or before
+    /// that fingerprint (or to the start), forgetting newer checkpoints, and train again.
+    async fn rollback<B: Backend>(&mut self, backend: &B) -> Result<(), CommError> {
+        let from_step = self.step;
+        let clean = self.last_clean_step;
+        self.rollbacks += 1;
+        self.params.fill(0.0);
+        self.step = 0;
+        self.reset_guards();
+        if let Some(checkpointer) = &mut self.checkpointer {
+            checkpointer.reset(backend.now_ns());
+            checkpoint::forget_after(backend, clean);
+            let op_base = (1 << 60) + (self.rollbacks << 20);
+            let elems = self.params.len();
+            if let Some(restored) =
+                checkpoint::restore_at_or_before(backend, checkpointer, elems, op_base, clean)
+                    .await?
+            {
+                self.params = restored.params;
+                self.step = restored.step;
+            }
+        }
+        self.last_clean_step = self.step;
+        backend.emit(Event::SdcRollback {
+            from_step,
+            to_step: self.step,
+        });
+        Ok(())
+    }
+
+    /// Runs one synchronous data-parallel step and returns the global mean loss.
+    pub async fn train_step<B: Backend>(&mut self, backend: &B) -> Result<f32, CommError> {
+        let step = self.step;
+        backend.emit(Event::StepBegin { step });
+        backend.fault_point(FaultPoint::Parameters { step }, &mut self.params);
+        let dim = self.params.len();
+        let counters = HealthCounters::default();
+        let collective = self.config.collective;
+        let mut buffer = self
+            .reduce_gradient(backend, step, step, collective, &counters)
+            .await?;
+        let mut apply = true;
+        if let Some(check) = self.suspect(&buffer) {
+            backend.emit(Event::SdcSuspect { step, check });
+            match self.resolve_suspect(backend, step, &buffer).await? {
+                Some(clean) => buffer = clean,
+                None => apply = false,
+            }
+        }
         let votes = Votes::read(&buffer[dim + 1..]);
-        kernels::scale(&mut buffer[..dim + 1], 1.0 / backend.world_size() as f32);
-        backend.sgd_update(&mut self.params, &buffer[..dim], cfg.learning_rate);
-        let flops = cfg.modelled_optimizer_flops;
+        if apply {
+            self.grad_guard.accept(integrity::norm(&buffer[..dim]));
+            self.loss_guard.accept(buffer[dim] as f64);
+            kernels::scale(&mut buffer[..dim + 1], 1.0 / backend.world_size() as f32);
+            let lr = self.config.learning_rate;
+            backend.sgd_update(&mut self.params, &buffer[..dim], lr);
+        } else {
+            kernels::scale(&mut buffer[dim..dim + 1], 1.0 / backend.world_size() as f32);
+        }
+        let flops = self.config.modelled_optimizer_flops;
         backend
             .compute(Work {
                 kind: WorkKind::Optimizer,
@@ -132,6 +377,13 @@ impl Trainer {
         if step == 0 {
             self.first_loss = loss;
         }
+        let every = self.config.detection.fingerprint_every_steps;
+        let fingerprint_due =
+            every > 0 && (self.step % every == 0 || self.step == self.config.steps);
+        if fingerprint_due && !self.fingerprint(backend).await? {
+            self.rollback(backend).await?;
+            return Ok(loss);
+        }
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer
                 .at_step_boundary(backend, votes, self.step, &self.params)
@@ -148,6 +400,8 @@ impl Trainer {
     ) -> Result<(), CommError> {
         self.params.fill(0.0);
         self.step = 0;
+        self.last_clean_step = 0;
+        self.reset_guards();
         let Some(checkpointer) = &mut self.checkpointer else {
             return Ok(());
         };
@@ -159,6 +413,8 @@ impl Trainer {
             self.params = restored.params;
             self.step = restored.step;
         }
+        // Every rank agrees on what it restored; fingerprints measure from there.
+        self.last_clean_step = self.step;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod collectives;
 pub mod digest;
 pub mod group;
 pub mod health;
+pub mod integrity;
 pub mod job;
 pub mod kernels;
 pub mod model;
@@ -20,8 +21,8 @@ pub mod transport;
 pub mod units;
 
 pub use backend::{
-    Backend, Blob, CommError, Event, Payload, RestartOrder, StorageError, Tag, Tier, Work,
-    WorkKind, WriteStatus, WriteTicket,
+    Backend, Blob, CommError, Event, FaultPoint, Payload, RestartOrder, StorageError, Tag, Tier,
+    Work, WorkKind, WriteStatus, WriteTicket,
 };
 pub use collectives::{Algo, Op};
 pub use group::{Group, Placement};

@@ -88,3 +88,33 @@ fn straggler_scores_flag_a_slow_rank_after_patience_steps_only() {
     }
     assert_eq!(detector.observe(&slow).flagged.len(), 1);
 }
+
+#[test]
+fn a_payload_checksum_changes_with_every_single_bit_flip() {
+    for len in [1usize, 2, 7, 32, 33] {
+        let data: Vec<f32> = (0..len).map(|i| i as f32 * 0.37 - 3.0).collect();
+        let sum = crate::integrity::checksum(&data);
+        for idx in 0..len {
+            for bit in 0..32 {
+                let mut flipped = data.clone();
+                flipped[idx] = f32::from_bits(flipped[idx].to_bits() ^ (1 << bit));
+                assert_ne!(
+                    crate::integrity::checksum(&flipped),
+                    sum,
+                    "len {len} [{idx}] bit {bit}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_guard_flags_outliers_and_non_finite_values_only_after_it_has_an_average() {
+    let mut guard = crate::integrity::Guard::default();
+    assert!(!guard.is_suspect(1e30, 10.0), "no average yet");
+    assert!(guard.is_suspect(f64::NAN, 10.0));
+    assert!(guard.is_suspect(f64::INFINITY, 10.0));
+    guard.accept(2.0);
+    assert!(!guard.is_suspect(19.0, 10.0));
+    assert!(guard.is_suspect(21.0, 10.0));
+}

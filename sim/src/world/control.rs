@@ -130,6 +130,12 @@ pub struct FaultReport {
     pub restores_by_tier: BTreeMap<String, u64>,
     /// When the last fault was injected; liveness is judged from there.
     pub last_fault_ns: Option<u64>,
+    /// Silent data corruptions no check caught, with the step each entered.
+    pub escaped: Vec<super::Escape>,
+    /// Per SDC kind: injected, detected, escaped, detection latency, time lost.
+    pub sdc: BTreeMap<String, super::SdcKindReport>,
+    /// GPUs found computing wrong sums and replaced.
+    pub quarantined_gpus: Vec<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +164,15 @@ pub(super) struct Control {
     /// Nodes that lost a rank since the last restart: each needs a replacement.
     failed_nodes: std::collections::BTreeSet<usize>,
     spares_left: usize,
+    /// Health-check work inside rank 0's current step (a re-run), not useful progress.
+    pub(super) step_overhead_ns: u64,
+    /// The newest fingerprint ((epoch, step)) and the least time any rank spent in it so far:
+    /// charged as lost time when the next fingerprint begins, or in the report.
+    pub(super) fingerprint_pending: Option<((u64, u64), u64)>,
+    /// Rank 0 is recomputing steps after an SDC roll-back, not after a restart.
+    after_sdc_rollback: bool,
+    /// Rank 0's last step recomputed after an SDC roll-back, for the SDC books.
+    pub(super) sdc_recompute_ns: u64,
 }
 
 impl Control {
@@ -181,6 +196,10 @@ impl Control {
             rank0_pending_checkpoint: None,
             failed_nodes: std::collections::BTreeSet::new(),
             spares_left: 0,
+            step_overhead_ns: 0,
+            fingerprint_pending: None,
+            after_sdc_rollback: false,
+            sdc_recompute_ns: 0,
         };
         control.spares_left = spares_left;
         control
@@ -223,7 +242,16 @@ impl World {
     }
 
     pub fn fault_report(&self) -> Option<FaultReport> {
-        self.control.as_ref().map(|c| c.report.clone())
+        let control = self.control.as_ref()?;
+        let mut report = control.report.clone();
+        if let Some((_, min)) = control.fingerprint_pending {
+            *report
+                .lost_time_ns_by_cause
+                .entry("fingerprint".to_string())
+                .or_default() += min;
+        }
+        self.sdc_report(&mut report);
+        Some(report)
     }
 
     pub(super) fn fire_crash(&mut self, idx: u32) {
@@ -455,9 +483,16 @@ impl World {
             let detector = match error {
                 CommError::Timeout { .. } => "watchdog",
                 CommError::Aborted => "aborted",
+                CommError::Quarantined { .. } => "quarantine",
                 _ => "peer_error",
             };
             bump(&mut control.report.detected, detector);
+            if let CommError::Quarantined { rank: faulty } = *error {
+                // The GPU is taken out of service and replaced, as after a GPU failure.
+                control.failed_nodes.insert(self.placement.node_of(faulty));
+                self.ranks[faulty].memory_lost = true;
+                self.sdc_quarantine(faulty);
+            }
             self.record(Some(rank as u32), Record::Detected { by: detector });
             self.begin_abort();
         }
@@ -527,6 +562,8 @@ impl World {
         control.awaiting = 0;
         control.phase = Phase::Running;
         control.restarted_at_ns = Some(self.now_ns);
+        control.after_sdc_rollback = false;
+        control.step_overhead_ns = 0;
         if control.report.abandoned || control.report.recoveries >= control.config.max_restarts {
             control.report.abandoned = true;
         } else {
@@ -539,6 +576,7 @@ impl World {
         };
         self.record(None, restart);
         self.stragglers_on_restart();
+        self.sdc_restart();
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
             let state = &mut self.ranks[rank];
@@ -615,10 +653,16 @@ impl World {
             Event::StepEnd { step, .. } => {
                 if let Some((began_step, began)) = control.rank0_step_began.take() {
                     debug_assert_eq!(began_step, step);
-                    if step < control.rank0_high_water {
-                        control.lose("recomputed_steps", now - began);
+                    let spent =
+                        (now - began).saturating_sub(std::mem::take(&mut control.step_overhead_ns));
+                    if step < control.rank0_high_water && control.after_sdc_rollback {
+                        control.lose("sdc_rollback", spent);
+                        control.sdc_recompute_ns = spent;
+                    } else if step < control.rank0_high_water {
+                        control.lose("recomputed_steps", spent);
                     } else {
-                        control.report.useful_step_ns += now - began;
+                        control.after_sdc_rollback = false;
+                        control.report.useful_step_ns += spent;
                     }
                     control.rank0_high_water = control.rank0_high_water.max(step + 1);
                 }
@@ -639,6 +683,7 @@ impl World {
                 }
             }
             Event::RestoreFallback { .. } => control.report.restore_fallbacks += 1,
+            Event::SdcRollback { .. } => control.after_sdc_rollback = true,
             Event::Restored { .. } => {}
             _ => {}
         }

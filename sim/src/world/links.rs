@@ -288,12 +288,16 @@ impl World {
             message.to as usize,
             message.payload.modelled_bytes,
         );
+        let checksummed = message.payload.checksum.is_some();
         if let Some(route) = self.live_route(from, to) {
-            let arrival_ns = if from == to {
+            let mut arrival_ns = if from == to {
                 self.now_ns
             } else {
-                self.reserve_route(route, bytes)
+                self.reserve_route(route, bytes, self.now_ns)
             };
+            if checksummed {
+                arrival_ns += self.checksum_ns(bytes);
+            }
             self.schedule(arrival_ns, EventKind::Deliver { slot });
             if attempt > 0 {
                 self.end_retrying();

@@ -230,7 +230,7 @@ async fn intra_reduce_scatter<B: Backend>(
                 if local == 0 {
                     acc.extend_from_slice(own);
                 } else {
-                    ctx.backend.add_assign(&mut acc, own);
+                    ctx.add(&mut acc, own);
                 }
                 continue;
             }
@@ -245,7 +245,7 @@ async fn intra_reduce_scatter<B: Backend>(
             if local == 0 {
                 acc.extend_from_slice(&payload.data);
             } else {
-                ctx.backend.add_assign(&mut acc, &payload.data);
+                ctx.add(&mut acc, &payload.data);
             }
             ctx.backend.recycle(payload);
         }

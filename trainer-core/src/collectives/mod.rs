@@ -18,6 +18,8 @@ mod ring;
 mod tree;
 
 use crate::backend::{Backend, CommError, Event, Payload, Tag};
+use crate::integrity::{self, HealthCounters};
+use crate::kernels;
 
 use crate::group::{Group, Placement};
 use crate::span::Span;
@@ -112,13 +114,31 @@ impl Op {
 pub struct Collective {
     pub algo: Algo,
     pub inter_node_algo: Algo,
+    /// Every payload carries a checksum of its data; the receiver verifies it and asks the
+    /// transport to resend a payload that fails.
+    pub payload_checksums: bool,
+    /// Every reduction is also computed with the host's reference kernel and compared: the
+    /// diagnostic re-run that finds a GPU whose reduction kernel is wrong.
+    pub verify_reductions: bool,
 }
+
+/// How many times one payload is asked for again before the receive gives up.
+pub const MAX_RESENDS: u32 = 8;
 
 impl Collective {
     pub fn new(algo: Algo) -> Collective {
         Collective {
             algo,
             inter_node_algo: Algo::HalvingDoubling,
+            payload_checksums: false,
+            verify_reductions: false,
+        }
+    }
+
+    pub fn with_checksums(self, payload_checksums: bool) -> Collective {
+        Collective {
+            payload_checksums,
+            ..self
         }
     }
 
@@ -130,6 +150,8 @@ impl Collective {
         Collective {
             algo,
             inter_node_algo,
+            payload_checksums: false,
+            verify_reductions: false,
         }
     }
 
@@ -150,6 +172,23 @@ impl Collective {
         data: &mut [f32],
         modelled_bytes: u64,
     ) -> Result<(), CommError> {
+        let counters = HealthCounters::default();
+        self.run_checked(backend, group, op, op_id, data, modelled_bytes, &counters)
+            .await
+    }
+
+    /// As [`Collective::run`], counting what the checks found in `counters`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_checked<B: Backend>(
+        &self,
+        backend: &B,
+        group: &Group,
+        op: Op,
+        op_id: u64,
+        data: &mut [f32],
+        modelled_bytes: u64,
+        counters: &HealthCounters,
+    ) -> Result<(), CommError> {
         let me = group
             .index_of(backend.rank())
             .unwrap_or_else(|| panic!("rank {} is not in {group:?}", backend.rank()));
@@ -169,6 +208,9 @@ impl Collective {
             group: *group,
             me,
             tag: TagBase { op_id, phase: 0 },
+            checksums: self.payload_checksums,
+            verify_reductions: self.verify_reductions,
+            counters,
         };
         let span = Span::new(data.len(), modelled_bytes);
         let result = match op {
@@ -299,6 +341,9 @@ struct Ctx<'a, B> {
     group: Group,
     me: usize,
     tag: TagBase,
+    checksums: bool,
+    verify_reductions: bool,
+    counters: &'a HealthCounters,
 }
 
 impl<B: Backend> Ctx<'_, B> {
@@ -319,6 +364,9 @@ impl<B: Backend> Ctx<'_, B> {
                 op_id: self.tag.op_id,
                 phase,
             },
+            checksums: self.checksums,
+            verify_reductions: self.verify_reductions,
+            counters: self.counters,
         }
     }
 
@@ -330,9 +378,12 @@ impl<B: Backend> Ctx<'_, B> {
         data: &[f32],
         span: &Span,
     ) -> Result<(), CommError> {
-        let payload = self
+        let mut payload = self
             .backend
             .payload_from(&data[span.elems.clone()], span.modelled_bytes());
+        if self.checksums {
+            payload.checksum = Some(integrity::checksum(&payload.data));
+        }
         self.backend
             .send(
                 self.group.member(to_idx),
@@ -342,9 +393,50 @@ impl<B: Backend> Ctx<'_, B> {
             .await
     }
 
+    /// Receives a payload; with checksums on, verifies it and asks for a resend until one
+    /// arrives intact.
     async fn recv(&self, from_idx: usize, phase: u32, round: usize) -> Result<Payload, CommError> {
         let from = self.group.member(from_idx);
-        self.backend.recv(from, self.tag.tag(phase, round)).await
+        let tag = self.tag.tag(phase, round);
+        let mut payload = self.backend.recv(from, tag).await?;
+        if !self.checksums {
+            return Ok(payload);
+        }
+        let mut resends = 0;
+        while payload
+            .checksum
+            .is_some_and(|sum| sum != integrity::checksum(&payload.data))
+        {
+            HealthCounters::bump(&self.counters.checksum_mismatches);
+            self.backend
+                .emit(Event::ChecksumMismatch { peer: from, tag });
+            self.backend.recycle(payload);
+            resends += 1;
+            if resends > MAX_RESENDS {
+                return Err(CommError::CorruptPayload { peer: from });
+            }
+            payload = self.backend.recv_resend(from, tag).await?;
+        }
+        Ok(payload)
+    }
+
+    /// `acc += src` with the backend's reduction kernel; when verifying, also with the host's
+    /// reference kernel, counting a mismatch.
+    fn add(&self, acc: &mut [f32], src: &[f32]) {
+        if !self.verify_reductions {
+            self.backend.add_assign(acc, src);
+            return;
+        }
+        let mut reference = acc.to_vec();
+        kernels::add_assign(&mut reference, src);
+        self.backend.add_assign(acc, src);
+        let same = acc
+            .iter()
+            .zip(&reference)
+            .all(|(a, r)| a.to_bits() == r.to_bits());
+        if !same {
+            HealthCounters::bump(&self.counters.kernel_mismatches);
+        }
     }
 
     /// Receives `span` from `from_idx` and adds it into `data`.
@@ -362,8 +454,7 @@ impl<B: Backend> Ctx<'_, B> {
             span.elems.len(),
             "a peer sent a span of another length"
         );
-        self.backend
-            .add_assign(&mut data[span.elems.clone()], &payload.data);
+        self.add(&mut data[span.elems.clone()], &payload.data);
         self.backend.recycle(payload);
         Ok(())
     }

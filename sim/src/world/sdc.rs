@@ -1,0 +1,561 @@
+//! Silent data corruption: the world flips bits where the scenario says (a payload in flight,
+//! one rank's gradient or resident parameters, or the sums of one GPU's faulty reduction
+//! kernel), and keeps the books that make the "no silent escape" invariant checkable: every
+//! corruption that entered the job is either detected by one of the trainer's checks (which it
+//! reports through events) or listed as escaped, with the step where it entered.
+//!
+//! Detection is trainer-core's logic; this module only injects and attributes. A corruption is
+//! identified by the rank it hit, the step, and the rank's epoch (restarts and roll-backs it has
+//! lived through), so a step trained again after a roll-back is a new attempt.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use trainer_core::integrity::Check;
+use trainer_core::{Event, FaultPoint, Payload, Tag};
+
+use super::{EventKind, Message, World, NO_SLOT};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SdcKind {
+    /// Bits flip in a payload between sender and receiver.
+    InFlight,
+    /// A bit flips in one rank's gradient before the all-reduce.
+    Gradient,
+    /// A bit flips in one replica's resident parameters.
+    Parameters,
+    /// One GPU's reduction kernel is wrong on inputs matching a bit pattern.
+    ReductionKernel,
+}
+
+impl SdcKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SdcKind::InFlight => "sdc_in_flight",
+            SdcKind::Gradient => "sdc_gradient",
+            SdcKind::Parameters => "sdc_parameters",
+            SdcKind::ReductionKernel => "sdc_reduction_kernel",
+        }
+    }
+}
+
+/// One `[[faults.sdc]]` entry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SdcSpec {
+    pub kind: SdcKind,
+    /// The receiving GPU (in flight), the replica (gradient, parameters) or the faulty GPU.
+    pub gpu: usize,
+    /// The step it happens at; for the kernel, the first step it is faulty.
+    pub at_step: u64,
+    /// The bit flipped (0 = lowest mantissa bit, 31 = sign); drawn per flip when absent.
+    pub bit: Option<u32>,
+    /// Flips at that step (in flight: consecutive deliveries, so resends can be hit too).
+    pub count: u64,
+    /// The kernel is wrong on a source element whose bits, masked, equal `trigger_value`.
+    pub trigger_mask: u32,
+    pub trigger_value: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SdcConfig {
+    pub specs: Vec<SdcSpec>,
+    /// What computing and verifying a payload checksum costs, per modelled byte; 0: free.
+    pub checksum_bytes_per_s: f64,
+}
+
+/// A corruption no check caught.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Escape {
+    pub kind: &'static str,
+    pub gpu: usize,
+    /// The step during which the corruption entered the job.
+    pub step_entered: u64,
+    /// Restarts and roll-backs the GPU had lived through: a step trained again is a new attempt.
+    pub attempt: u64,
+}
+
+/// Per fault kind: what entered, what was caught, how fast, and what catching it cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SdcKindReport {
+    pub injected: u64,
+    pub detected: u64,
+    pub escaped: u64,
+    /// Model time from the corruption to its detection: mean and worst.
+    pub detection_latency_ns_mean: u64,
+    pub detection_latency_ns_max: u64,
+    /// Model time rank 0 spent on resends, re-runs and roll-backs for this kind.
+    pub lost_time_ns: u64,
+    /// Suspect steps whose re-run gave a clean, different sum.
+    pub classified_transient: u64,
+    /// Suspect steps whose re-run gave the same sum again.
+    pub classified_persistent: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Occurrence {
+    kind: SdcKind,
+    gpu: usize,
+    step: u64,
+    epoch: u64,
+    at_ns: u64,
+    detected: Option<(Check, u64)>,
+    /// In flight: the message it hit.
+    message: Option<(u32, u32, Tag)>,
+}
+
+pub(super) struct Sdc {
+    config: SdcConfig,
+    rng: ChaCha8Rng,
+    /// Per spec: flips done.
+    fired: Vec<u64>,
+    /// Per spec: the GPU was quarantined and replaced.
+    removed: Vec<bool>,
+    /// Per rank: the step it is in, and the restarts and roll-backs it has lived through.
+    step_of: Vec<u64>,
+    epoch_of: Vec<u64>,
+    occurrences: Vec<Occurrence>,
+    /// Intact copies of corrupted payloads: the sender's retransmit buffer.
+    pristine: Vec<(u32, u32, Tag, Payload)>,
+    lost_ns_by_kind: BTreeMap<SdcKind, u64>,
+    /// The kind whose roll-back rank 0 is recomputing.
+    pub(super) rollback_kind: Option<SdcKind>,
+    quarantined: Vec<usize>,
+    /// Per kind: re-runs that found the fault transient, and persistent.
+    verdicts: BTreeMap<SdcKind, (u64, u64)>,
+    /// When the last quarantine stopped the job, until rank 0 trains again.
+    quarantine_since_ns: Option<u64>,
+    has_in_flight: bool,
+    has_kernel: bool,
+}
+
+fn flip(value: f32, bit: u32) -> f32 {
+    f32::from_bits(value.to_bits() ^ (1 << bit))
+}
+
+impl Sdc {
+    fn new(config: SdcConfig, seed: u64, rank_count: usize) -> Sdc {
+        // Its own stream: SDC draws never shift the crash stream, nor the other way round.
+        let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(seed ^ 0x05dc_f11b));
+        let has = |kind| config.specs.iter().any(|s| s.kind == kind);
+        Sdc {
+            has_in_flight: has(SdcKind::InFlight),
+            has_kernel: has(SdcKind::ReductionKernel),
+            fired: vec![0; config.specs.len()],
+            removed: vec![false; config.specs.len()],
+            config,
+            rng,
+            step_of: vec![0; rank_count],
+            epoch_of: vec![0; rank_count],
+            occurrences: Vec::new(),
+            pristine: Vec::new(),
+            lost_ns_by_kind: BTreeMap::new(),
+            rollback_kind: None,
+            quarantined: Vec::new(),
+            verdicts: BTreeMap::new(),
+            quarantine_since_ns: None,
+        }
+    }
+
+    fn record(&mut self, kind: SdcKind, gpu: usize, at_ns: u64, message: Option<(u32, u32, Tag)>) {
+        let (step, epoch) = (self.step_of[gpu], self.epoch_of[gpu]);
+        // A faulty kernel wrong several times in one step is one corruption of that step.
+        let merged = kind == SdcKind::ReductionKernel
+            && self
+                .occurrences
+                .iter()
+                .any(|o| o.kind == kind && o.gpu == gpu && o.step == step && o.epoch == epoch);
+        if !merged {
+            self.occurrences.push(Occurrence {
+                kind,
+                gpu,
+                step,
+                epoch,
+                at_ns,
+                detected: None,
+                message,
+            });
+        }
+    }
+
+    /// Marks as detected by `check` at `now_ns` every undetected occurrence `hits` selects;
+    /// returns the first kind it marked.
+    fn detect(
+        &mut self,
+        check: Check,
+        now_ns: u64,
+        hits: impl Fn(&Occurrence) -> bool,
+    ) -> Option<SdcKind> {
+        let mut first = None;
+        for o in &mut self.occurrences {
+            if o.detected.is_none() && hits(o) {
+                o.detected = Some((check, now_ns));
+                first.get_or_insert(o.kind);
+            }
+        }
+        first
+    }
+
+    fn charge(&mut self, kind: SdcKind, ns: u64) {
+        *self.lost_ns_by_kind.entry(kind).or_default() += ns;
+    }
+
+    fn bit(&mut self, spec_bit: Option<u32>) -> u32 {
+        spec_bit.unwrap_or_else(|| self.rng.gen_range(0..32))
+    }
+}
+
+impl World {
+    pub fn configure_sdc(&mut self, config: SdcConfig, seed: u64) {
+        self.checksum_bytes_per_s = config.checksum_bytes_per_s;
+        self.sdc = Some(Box::new(Sdc::new(config, seed, self.ranks.len())));
+    }
+
+    /// Model time to checksum and verify `bytes`.
+    pub(super) fn checksum_ns(&self, bytes: u64) -> u64 {
+        if self.checksum_bytes_per_s > 0.0 {
+            (bytes as f64 * 1e9 / self.checksum_bytes_per_s).ceil() as u64
+        } else {
+            0
+        }
+    }
+
+    /// At delivery: flips a bit of the message in `slot` if an in-flight corruption is due
+    /// for its receiver, keeping the intact payload for a resend.
+    pub(super) fn corrupt_in_flight(&mut self, slot: u32) {
+        let now = self.now_ns;
+        let Some(sdc) = self.sdc.as_deref_mut().filter(|s| s.has_in_flight) else {
+            return;
+        };
+        let message = self.messages[slot as usize].as_mut().expect("a message");
+        let to = message.to as usize;
+        if message.payload.data.is_empty() {
+            return;
+        }
+        let due = (0..sdc.config.specs.len()).find(|&i| {
+            let spec = &sdc.config.specs[i];
+            spec.kind == SdcKind::InFlight
+                && spec.gpu == to
+                && sdc.step_of[to] >= spec.at_step
+                && sdc.fired[i] < spec.count
+        });
+        let Some(idx) = due else {
+            return;
+        };
+        sdc.fired[idx] += 1;
+        let bit = sdc.bit(sdc.config.specs[idx].bit);
+        let elem = sdc.rng.gen_range(0..message.payload.data.len());
+        let key = (message.from, message.to, message.tag);
+        if !sdc.pristine.iter().any(|p| (p.0, p.1, p.2) == key) {
+            sdc.pristine
+                .push((key.0, key.1, key.2, message.payload.clone()));
+        }
+        message.payload.data[elem] = flip(message.payload.data[elem], bit);
+        sdc.record(SdcKind::InFlight, to, now, Some(key));
+        self.digest.u64(0x5D << 56 | to as u64);
+    }
+
+    /// Puts the intact copy of the payload `from` sent `to` with `tag` on the fabric again,
+    /// after the receiver's request reached the sender. False when there is none.
+    pub(super) fn resend(&mut self, from: usize, to: usize, tag: Tag) -> bool {
+        let Some(sdc) = self.sdc.as_deref_mut() else {
+            return false;
+        };
+        let key = (from as u32, to as u32, tag);
+        let Some(pos) = sdc.pristine.iter().position(|p| (p.0, p.1, p.2) == key) else {
+            return false;
+        };
+        let payload = sdc.pristine[pos].3.clone();
+        // The request crosses back to the sender; the payload then goes again, checksum and all.
+        let request_at = self.transfer(to, from, 64);
+        let bytes = payload.modelled_bytes;
+        let arrival = self.transfer_from(from, to, bytes, request_at) + self.checksum_ns(bytes);
+        let now = self.now_ns;
+        let sdc = self.sdc.as_deref_mut().expect("checked");
+        sdc.charge(SdcKind::InFlight, arrival - now);
+        if let Some(control) = self.control.as_mut() {
+            control.lose("payload_resend", arrival - now);
+        }
+        self.stats.messages += 1;
+        self.stats.modelled_bytes += bytes;
+        let generation = self.control.as_ref().map_or(0, |c| c.generation);
+        let slot = self.store(Message {
+            generation,
+            from: from as u32,
+            to: to as u32,
+            tag,
+            payload,
+            next: NO_SLOT,
+        });
+        self.schedule(arrival, EventKind::Deliver { slot });
+        // Keep the copy while a flip is still due: the resend may be hit too.
+        let sdc = self.sdc.as_deref_mut().expect("checked");
+        let still_due = sdc
+            .config
+            .specs
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.kind == SdcKind::InFlight && s.gpu == to && sdc.fired[i] < s.count);
+        if !still_due {
+            sdc.pristine.remove(pos);
+        }
+        true
+    }
+
+    /// The trainer shows its gradient or parameters: flips a bit where a spec says so.
+    pub(super) fn sdc_fault_point(&mut self, rank: usize, point: FaultPoint, data: &mut [f32]) {
+        let now = self.now_ns;
+        let Some(sdc) = self.sdc.as_deref_mut() else {
+            return;
+        };
+        let (kind, step) = match point {
+            FaultPoint::Gradient { step } => (SdcKind::Gradient, step),
+            FaultPoint::Parameters { step } => (SdcKind::Parameters, step),
+        };
+        for idx in 0..sdc.config.specs.len() {
+            let spec = sdc.config.specs[idx];
+            if spec.kind != kind || spec.gpu != rank || spec.at_step != step || data.is_empty() {
+                continue;
+            }
+            if sdc.fired[idx] >= spec.count {
+                continue;
+            }
+            sdc.fired[idx] += 1;
+            let bit = sdc.bit(spec.bit);
+            let elem = sdc.rng.gen_range(0..data.len());
+            data[elem] = flip(data[elem], bit);
+            sdc.record(kind, rank, now, None);
+            self.digest.u64(0x5E << 56 | rank as u64);
+            return;
+        }
+    }
+
+    /// Whether `rank`'s reduction kernel may be faulty (a cheap test for the hot path).
+    pub(super) fn kernel_may_be_faulty(&self, rank: usize) -> bool {
+        self.sdc.as_deref().is_some_and(|s| {
+            s.has_kernel
+                && s.config.specs.iter().enumerate().any(|(i, spec)| {
+                    spec.kind == SdcKind::ReductionKernel && spec.gpu == rank && !s.removed[i]
+                })
+        })
+    }
+
+    /// After `acc += src` on `rank`: the faulty kernel's wrong sums, on matching inputs.
+    pub(super) fn faulty_reduction(&mut self, rank: usize, acc: &mut [f32], src: &[f32]) {
+        let now = self.now_ns;
+        let sdc = self
+            .sdc
+            .as_deref_mut()
+            .expect("checked by kernel_may_be_faulty");
+        for idx in 0..sdc.config.specs.len() {
+            let spec = sdc.config.specs[idx];
+            if spec.kind != SdcKind::ReductionKernel
+                || spec.gpu != rank
+                || sdc.removed[idx]
+                || sdc.step_of[rank] < spec.at_step
+            {
+                continue;
+            }
+            let mut wrong = 0;
+            for (a, s) in acc.iter_mut().zip(src) {
+                if s.to_bits() & spec.trigger_mask == spec.trigger_value {
+                    let bit = spec.bit.unwrap_or(30);
+                    *a = flip(*a, bit);
+                    wrong += 1;
+                }
+            }
+            if wrong > 0 {
+                sdc.fired[idx] += wrong;
+                sdc.record(SdcKind::ReductionKernel, rank, now, None);
+            }
+        }
+    }
+
+    /// The health check found `rank`'s GPU faulty: it is replaced (its kernel fault goes with it).
+    pub(super) fn sdc_quarantine(&mut self, rank: usize) {
+        let Some(sdc) = self.sdc.as_deref_mut() else {
+            return;
+        };
+        if sdc.quarantined.contains(&rank) {
+            return;
+        }
+        sdc.quarantined.push(rank);
+        sdc.quarantine_since_ns = Some(self.now_ns);
+        for (idx, spec) in sdc.config.specs.iter().enumerate() {
+            if spec.gpu == rank && spec.kind == SdcKind::ReductionKernel {
+                sdc.removed[idx] = true;
+            }
+        }
+    }
+
+    /// A restart: every rank begins a new epoch.
+    pub(super) fn sdc_restart(&mut self) {
+        if let Some(sdc) = self.sdc.as_deref_mut() {
+            sdc.epoch_of.iter_mut().for_each(|e| *e += 1);
+            sdc.rollback_kind = None;
+        }
+    }
+
+    /// Follows the trainer's events: steps, and what its checks found.
+    pub(super) fn sdc_observe(&mut self, rank: usize, event: &Event) {
+        let now = self.now_ns;
+        let Some(sdc) = self.sdc.as_deref_mut() else {
+            return;
+        };
+        match *event {
+            Event::StepBegin { step } => {
+                sdc.step_of[rank] = step;
+                if rank == 0 {
+                    // The quarantine's abort, replacement and restore: the faulty kernel's cost.
+                    if let Some(since) = sdc.quarantine_since_ns.take() {
+                        sdc.charge(SdcKind::ReductionKernel, now - since);
+                    }
+                }
+            }
+            Event::ChecksumMismatch { peer, tag } => {
+                let key = (peer as u32, rank as u32, tag);
+                sdc.detect(Check::PayloadChecksum, now, |o| o.message == Some(key));
+            }
+            Event::SdcSuspect { step, check } if rank == 0 => {
+                let epoch = sdc.epoch_of[0];
+                if check == Check::Fingerprint {
+                    // Diverged replicas: what can make one replica differ, since the last
+                    // clean fingerprint. A wrong sum reaches every replica alike: not this.
+                    let kind = sdc.detect(check, now, |o| {
+                        o.epoch == epoch
+                            && o.step < step
+                            && matches!(o.kind, SdcKind::Parameters | SdcKind::InFlight)
+                    });
+                    sdc.rollback_kind = kind.or(sdc.rollback_kind);
+                } else {
+                    sdc.detect(check, now, |o| {
+                        o.epoch == epoch && o.step == step && o.kind != SdcKind::Parameters
+                    });
+                }
+            }
+            Event::SdcRollback { .. } => sdc.epoch_of[rank] += 1,
+            Event::SdcVerdict { step, persistent } if rank == 0 => {
+                let epoch = sdc.epoch_of[0];
+                let kind = sdc
+                    .occurrences
+                    .iter()
+                    .find(|o| o.epoch == epoch && o.step == step && o.detected.is_some())
+                    .map(|o| o.kind);
+                if let Some(kind) = kind {
+                    let counts = sdc.verdicts.entry(kind).or_default();
+                    if persistent {
+                        counts.1 += 1;
+                    } else {
+                        counts.0 += 1;
+                    }
+                }
+            }
+            Event::StepEnd { .. } if rank == 0 => {
+                let control = self.control.as_mut().expect("SDC runs under a controller");
+                let ns = std::mem::take(&mut control.sdc_recompute_ns);
+                self.sdc_charge_rollback(ns);
+            }
+            Event::HealthCheckCost {
+                step,
+                check: Check::Rerun,
+                elapsed_ns,
+            } if rank == 0 => {
+                let epoch = sdc.epoch_of[0];
+                let kind = sdc
+                    .occurrences
+                    .iter()
+                    .find(|o| o.epoch == epoch && o.step == step && o.detected.is_some())
+                    .map(|o| o.kind);
+                if let Some(kind) = kind {
+                    sdc.charge(kind, elapsed_ns);
+                }
+                let control = self.control.as_mut().expect("SDC runs under a controller");
+                control.lose("sdc_rerun", elapsed_ns);
+                control.step_overhead_ns += elapsed_ns;
+            }
+            Event::HealthCheckCost {
+                step,
+                check: Check::Fingerprint,
+                elapsed_ns,
+            } => {
+                // What a fingerprint costs the job is its collective on the critical path: the
+                // time of the rank that reached it last, the least of all ranks' elapsed times.
+                // A rank that arrived early waited for the others, which it would have done in
+                // the next all-reduce anyway.
+                let key = (sdc.epoch_of[rank], step);
+                let control = self.control.as_mut().expect("SDC runs under a controller");
+                match control.fingerprint_pending {
+                    Some((k, min)) if k == key => {
+                        control.fingerprint_pending = Some((k, min.min(elapsed_ns)))
+                    }
+                    previous => {
+                        if let Some((_, min)) = previous {
+                            control.lose("fingerprint", min);
+                        }
+                        control.fingerprint_pending = Some((key, elapsed_ns));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Rank 0 recomputed a step after a roll-back: charged to the kind that caused it.
+    pub(super) fn sdc_charge_rollback(&mut self, ns: u64) {
+        if let Some(sdc) = self.sdc.as_deref_mut() {
+            if let Some(kind) = sdc.rollback_kind {
+                sdc.charge(kind, ns);
+            }
+        }
+    }
+
+    /// The SDC books, into the fault report.
+    pub(super) fn sdc_report(&self, report: &mut super::FaultReport) {
+        let Some(sdc) = self.sdc.as_deref() else {
+            return;
+        };
+        let mut by_kind: BTreeMap<String, SdcKindReport> = BTreeMap::new();
+        let mut latency_sum: BTreeMap<String, u64> = BTreeMap::new();
+        for o in &sdc.occurrences {
+            let name = o.kind.name().to_string();
+            *report.injected.entry(name.clone()).or_default() += 1;
+            let entry = by_kind.entry(name.clone()).or_default();
+            entry.injected += 1;
+            match o.detected {
+                Some((check, at)) => {
+                    *report.detected.entry(check.name().into()).or_default() += 1;
+                    entry.detected += 1;
+                    let latency = at - o.at_ns;
+                    entry.detection_latency_ns_max = entry.detection_latency_ns_max.max(latency);
+                    *latency_sum.entry(name).or_default() += latency;
+                }
+                None => {
+                    entry.escaped += 1;
+                    report.escaped.push(Escape {
+                        kind: o.kind.name(),
+                        gpu: o.gpu,
+                        step_entered: o.step,
+                        attempt: o.epoch,
+                    });
+                }
+            }
+        }
+        for (name, entry) in &mut by_kind {
+            entry.detection_latency_ns_mean = latency_sum
+                .get(name)
+                .and_then(|sum| sum.checked_div(entry.detected))
+                .unwrap_or(0);
+        }
+        for (kind, ns) in &sdc.lost_ns_by_kind {
+            by_kind.entry(kind.name().into()).or_default().lost_time_ns = *ns;
+        }
+        for (kind, (transient, persistent)) in &sdc.verdicts {
+            let entry = by_kind.entry(kind.name().into()).or_default();
+            entry.classified_transient = *transient;
+            entry.classified_persistent = *persistent;
+        }
+        report.sdc = by_kind;
+        report.quarantined_gpus = sdc.quarantined.clone();
+    }
+}
