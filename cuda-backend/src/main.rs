@@ -161,6 +161,16 @@ fn main() -> ExitCode {
                      directory every rank's process shares",
                 );
             }
+            for (flag, dir) in [
+                ("--checkpoint-dir", &checkpoint_dir),
+                ("--host-dir", &options.host_dir),
+            ] {
+                if let Some(dir) = dir {
+                    if let Err(e) = usable_dir(dir) {
+                        return bad_input(format!("{flag} {}: {e}", dir.display()));
+                    }
+                }
+            }
             options.checkpoint_dir = checkpoint_dir;
             if settings.crashes_not_injected > 0 {
                 eprintln!(
@@ -199,6 +209,19 @@ fn main() -> ExitCode {
             collective_command(collective, op, gpus, gpus_per_node, elems, device, gpu)
         }
     }
+}
+
+/// Creates `dir` if needed and checks that files can be written in it, so a checkpoint
+/// directory that is a file, or one without write permission, is refused before any work
+/// instead of losing every checkpoint.
+fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(std::io::Error::other("exists and is not a directory"));
+    }
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".faultline-gpu-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 fn bad_input(e: impl std::fmt::Display) -> ExitCode {

@@ -67,6 +67,19 @@ fn bad_input_exits_2_and_names_the_problem() {
             "--transport nccl needs --device cuda",
         ),
         (&["collective", "--algo", "star"], "unknown algorithm or op"),
+        (
+            &[
+                "run",
+                "scenarios/quickstart.toml",
+                "--device",
+                "host",
+                "--set",
+                "checkpoint.interval=1",
+                "--checkpoint-dir",
+                "Cargo.toml",
+            ],
+            "--checkpoint-dir Cargo.toml: exists and is not a directory",
+        ),
     ];
     for (args, expected) in cases {
         let output = faultline_gpu(args);
