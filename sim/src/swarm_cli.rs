@@ -198,14 +198,30 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
         }
         println!("  shrink: {}", base.shrink_command(outcome.seed));
     }
-    println!();
     let by: Vec<String> = report
         .failures_by_invariant
         .iter()
         .map(|(name, count)| format!("{name} {count}"))
         .collect();
+    for outcome in report
+        .outcomes
+        .iter()
+        .filter(|o| o.escaped > 0 && !o.failed())
+    {
+        println!();
+        println!(
+            "seed {}: passed with {} reported SDC escape(s), which explain its parameters: \
+             without its SDC faults the schedule ends as the fault-free run",
+            outcome.seed, outcome.escaped
+        );
+        println!("  faults: {}", outcome.faults.join("; "));
+        println!("  reproduce: {}", outcome.reproduce);
+    }
+    println!();
     println!(
-        "verdict: {} of {} seeds failed{}; {} seeds drew no fault; {} simulations",
+        "verdict: {} of {} seeds failed{}; {} seeds drew no fault; {} seeds reported an SDC \
+         escape (counted, so no silent escape holds; fault-free equivalence judged without \
+         the SDC faults); {} simulations",
         report.seeds_failed,
         report.seeds_run,
         if by.is_empty() {
@@ -214,6 +230,7 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
             format!(" ({})", by.join(", "))
         },
         report.seeds_without_faults,
+        report.seeds_with_reported_escapes,
         report.simulations
     );
 }

@@ -176,6 +176,36 @@ fn without_a_planted_bug_the_same_seeds_all_pass() {
         recoveries >= SEEDS / 2,
         "{recoveries} recoveries in {SEEDS} seeds"
     );
+    // Every fault kind was drawn, and some SDC escaped the default checks: those seeds passed
+    // because each escape was counted and listed, and explained the parameters.
+    let faults: Vec<String> = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|o| o["faults"].as_array().unwrap().iter())
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    for what in [
+        "crash",
+        "storage",
+        "link nic:",
+        "link leaf-spine:",
+        "slower from",
+        "SDC",
+        "kernel",
+    ] {
+        assert!(faults.iter().any(|f| f.contains(what)), "no {what:?} drawn");
+    }
+    let escapes = report["seeds_with_reported_escapes"].as_u64().unwrap();
+    assert!(
+        escapes > 0 && escapes < SEEDS,
+        "{escapes} seeds with escapes"
+    );
+    assert_eq!(
+        report["simulations"].as_u64().unwrap(),
+        2 * SEEDS + 1 + escapes,
+        "one more run per seed with an escape"
+    );
 }
 
 #[test]

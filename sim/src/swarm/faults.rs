@@ -1,13 +1,14 @@
 //! Fault schedules as data: the swarm draws one per seed, the shrinker edits it, and both write
-//! it back as a scenario's `[faults]` tables. Every fault kind lives in [`FaultKind`] and
-//! [`FaultSpec`]; a new kind (a link flap, an SDC) plugs in here: one variant in each, its
-//! draw, its TOML, its simpler forms.
+//! it back as a scenario's `[faults]` tables. Every fault kind faultline injects lives in
+//! [`FaultKind`] and [`FaultSpec`] (crashes, storage faults, link flaps, stragglers, silent data
+//! corruption); a new kind plugs in here: one variant in each, its draw, its TOML, its simpler
+//! forms.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer_core::digest::mix64;
 
-use crate::world::{CrashTarget, CrashWhen};
+use crate::world::{CrashTarget, CrashWhen, SdcKind, StragglerTarget};
 
 /// Times are drawn and shrunk on a grid of this many nanoseconds, so schedules read well.
 const GRID_NS: u64 = 1_000_000;
@@ -26,6 +27,12 @@ pub struct DrawSpace {
     pub faulty_until_ns: u64,
     /// ...or before this step.
     pub faulty_steps: u64,
+    /// Leaf switches, and spine uplinks of each, for leaf-spine link flaps.
+    pub leaves: usize,
+    pub spines_per_leaf: usize,
+    /// Whether the scenario can survive a lost transfer (it has a collective timeout); link
+    /// flaps are drawn only then.
+    pub link_flaps: bool,
 }
 
 /// The fault kinds the swarm switches on and off. A seed switches each on with probability
@@ -39,10 +46,13 @@ pub enum FaultKind {
     StorageSlow,
     StorageFailWrites,
     StorageCorrupt,
+    LinkFlap,
+    Straggler,
+    Sdc,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::NodeCrash,
         FaultKind::GpuCrash,
         FaultKind::CrashAtStep,
@@ -50,6 +60,9 @@ impl FaultKind {
         FaultKind::StorageSlow,
         FaultKind::StorageFailWrites,
         FaultKind::StorageCorrupt,
+        FaultKind::LinkFlap,
+        FaultKind::Straggler,
+        FaultKind::Sdc,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,12 +74,23 @@ impl FaultKind {
             FaultKind::StorageSlow => "storage_slow",
             FaultKind::StorageFailWrites => "storage_fail_writes",
             FaultKind::StorageCorrupt => "storage_corrupt",
+            FaultKind::LinkFlap => "link_flap",
+            FaultKind::Straggler => "straggler",
+            FaultKind::Sdc => "sdc",
         }
     }
 
     /// Each kind's own stream number; never reuse one.
     fn stream(self) -> u64 {
         self as u64 + 1
+    }
+
+    /// Whether the scenario can host this kind at all.
+    fn possible(self, space: &DrawSpace) -> bool {
+        match self {
+            FaultKind::LinkFlap => space.link_flaps,
+            _ => true,
+        }
     }
 
     fn draw(self, rng: &mut ChaCha8Rng, space: &DrawSpace) -> FaultSpec {
@@ -116,6 +140,100 @@ impl FaultKind {
                 FaultSpec::StorageFailWrites { from_ns, until_ns }
             }
             FaultKind::StorageCorrupt => FaultSpec::StorageCorrupt { at_ns: time(rng) },
+            FaultKind::LinkFlap => {
+                let link = if space.leaves > 0 && space.spines_per_leaf > 0 && rng.gen_bool(0.5) {
+                    FlapLink::LeafSpine {
+                        leaf: rng.gen_range(0..space.leaves),
+                        spine: rng.gen_range(0..space.spines_per_leaf),
+                    }
+                } else {
+                    FlapLink::Nic(rng.gen_range(0..space.gpus))
+                };
+                // Mostly short (the retry transport rides them out), sometimes longer than a
+                // retry budget (the transfer is lost and the job restarts).
+                let down_ns = FLAP_DOWN_NS[rng.gen_range(0..FLAP_DOWN_NS.len())];
+                let count = rng.gen_range(1..=3);
+                let period_ns = if count > 1 {
+                    grid(down_ns + rng.gen_range(GRID_NS..=down_ns.max(GRID_NS) * 4))
+                } else {
+                    0
+                };
+                FaultSpec::LinkFlap {
+                    link,
+                    at_ns: time(rng),
+                    down_ns,
+                    count,
+                    period_ns,
+                }
+            }
+            FaultKind::Straggler => {
+                let target = if rng.gen_bool(0.5) {
+                    StragglerTarget::Node(rng.gen_range(0..space.nodes))
+                } else {
+                    StragglerTarget::Gpu(rng.gen_range(0..space.gpus))
+                };
+                let (from_ns, until_ns) = window(rng);
+                FaultSpec::Straggler {
+                    target,
+                    nic: rng.gen_bool(0.5),
+                    factor: [2, 4, 8, 16][rng.gen_range(0..4)],
+                    from_ns,
+                    duration_ns: until_ns - from_ns,
+                }
+            }
+            FaultKind::Sdc => {
+                let kind = SDC_KINDS[rng.gen_range(0..SDC_KINDS.len())];
+                FaultSpec::Sdc {
+                    kind,
+                    gpu: rng.gen_range(0..space.gpus),
+                    at_step: rng.gen_range(0..space.faulty_steps.max(1)),
+                    // Any bit: a low mantissa bit may pass every guard and be reported as
+                    // escaped, which the "no silent escape" invariant allows.
+                    bit: rng.gen_range(0..32),
+                }
+            }
+        }
+    }
+}
+
+/// How long a drawn link flap stays down. The base scenario's retry budget (30 s by default)
+/// lies between the last two.
+const FLAP_DOWN_NS: [u64; 5] = [
+    10 * GRID_NS,
+    100 * GRID_NS,
+    1_000 * GRID_NS,
+    5_000 * GRID_NS,
+    40_000 * GRID_NS,
+];
+
+const SDC_KINDS: [SdcKind; 4] = [
+    SdcKind::InFlight,
+    SdcKind::Gradient,
+    SdcKind::Parameters,
+    SdcKind::ReductionKernel,
+];
+
+fn sdc_kind_key(kind: SdcKind) -> &'static str {
+    match kind {
+        SdcKind::InFlight => "in-flight",
+        SdcKind::Gradient => "gradient",
+        SdcKind::Parameters => "parameters",
+        SdcKind::ReductionKernel => "reduction-kernel",
+    }
+}
+
+/// The link a flap cuts: one GPU's NIC uplink, or one leaf's uplink to one spine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlapLink {
+    Nic(usize),
+    LeafSpine { leaf: usize, spine: usize },
+}
+
+impl FlapLink {
+    fn name(self) -> String {
+        match self {
+            FlapLink::Nic(gpu) => format!("nic:gpu={gpu}"),
+            FlapLink::LeafSpine { leaf, spine } => format!("leaf-spine:leaf={leaf},spine={spine}"),
         }
     }
 }
@@ -144,6 +262,29 @@ pub enum FaultSpec {
     StorageCorrupt {
         at_ns: u64,
     },
+    /// `count` flaps of `link`, each `down_ns` long, one every `period_ns`.
+    LinkFlap {
+        link: FlapLink,
+        at_ns: u64,
+        down_ns: u64,
+        count: u32,
+        period_ns: u64,
+    },
+    /// `target` runs `factor` times slower (its compute, or its NIC when `nic`).
+    Straggler {
+        target: StragglerTarget,
+        nic: bool,
+        factor: u32,
+        from_ns: u64,
+        duration_ns: u64,
+    },
+    /// One bit flip (or, for the reduction kernel, a GPU wrong from `at_step` on).
+    Sdc {
+        kind: SdcKind,
+        gpu: usize,
+        at_step: u64,
+        bit: u32,
+    },
 }
 
 /// The seed's schedule: each kind switched on with probability one half, then one or two
@@ -153,7 +294,7 @@ pub fn draw_schedule(seed: u64, space: &DrawSpace) -> Vec<FaultSpec> {
     for kind in FaultKind::ALL {
         let stream = mix64(seed ^ SWARM_STREAM ^ (kind.stream() << 48));
         let mut rng = ChaCha8Rng::seed_from_u64(stream);
-        if rng.gen_bool(0.5) {
+        if rng.gen_bool(0.5) && kind.possible(space) {
             for _ in 0..rng.gen_range(1..=2) {
                 faults.push(kind.draw(&mut rng, space));
             }
@@ -171,7 +312,8 @@ fn duration(ns: u64) -> toml::Value {
 }
 
 impl FaultSpec {
-    /// Where the fault goes in a scenario: `faults.crash` or `faults.storage`, and its table.
+    /// Where the fault goes in a scenario (`faults.crash`, `faults.storage`, `faults.link_flap`,
+    /// `faults.straggler` or `faults.sdc`), and its table.
     pub fn to_toml(&self) -> (&'static str, toml::Table) {
         let mut table = toml::Table::new();
         match *self {
@@ -210,6 +352,51 @@ impl FaultSpec {
                 table.insert("kind".into(), "corrupt".into());
                 table.insert("at".into(), duration(at_ns));
                 ("storage", table)
+            }
+            FaultSpec::LinkFlap {
+                link,
+                at_ns,
+                down_ns,
+                count,
+                period_ns,
+            } => {
+                table.insert("link".into(), link.name().into());
+                table.insert("at".into(), duration(at_ns));
+                table.insert("down".into(), duration(down_ns));
+                if count > 1 {
+                    table.insert("count".into(), i64::from(count).into());
+                    table.insert("period".into(), duration(period_ns));
+                }
+                ("link_flap", table)
+            }
+            FaultSpec::Straggler {
+                target,
+                nic,
+                factor,
+                from_ns,
+                duration_ns,
+            } => {
+                match target {
+                    StragglerTarget::Gpu(gpu) => table.insert("gpu".into(), (gpu as i64).into()),
+                    StragglerTarget::Node(n) => table.insert("node".into(), (n as i64).into()),
+                };
+                table.insert("kind".into(), if nic { "nic" } else { "compute" }.into());
+                table.insert("factor".into(), f64::from(factor).into());
+                table.insert("from".into(), duration(from_ns));
+                table.insert("duration".into(), duration(duration_ns));
+                ("straggler", table)
+            }
+            FaultSpec::Sdc {
+                kind,
+                gpu,
+                at_step,
+                bit,
+            } => {
+                table.insert("kind".into(), sdc_kind_key(kind).into());
+                table.insert("gpu".into(), (gpu as i64).into());
+                table.insert("at_step".into(), (at_step as i64).into());
+                table.insert("bit".into(), i64::from(bit).into());
+                ("sdc", table)
             }
         }
     }
@@ -251,6 +438,58 @@ impl FaultSpec {
                     d(at_ns)
                 )
             }
+            FaultSpec::LinkFlap {
+                link,
+                at_ns,
+                down_ns,
+                count,
+                period_ns,
+            } => {
+                let times = if count > 1 {
+                    format!(", {count} times every {}", d(period_ns))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "link {} down at {} for {}{times}",
+                    link.name(),
+                    d(at_ns),
+                    d(down_ns)
+                )
+            }
+            FaultSpec::Straggler {
+                target,
+                nic,
+                factor,
+                from_ns,
+                duration_ns,
+            } => {
+                let who = match target {
+                    StragglerTarget::Gpu(g) => format!("gpu {g}"),
+                    StragglerTarget::Node(n) => format!("node {n}"),
+                };
+                let what = if nic { "NIC" } else { "compute" };
+                format!(
+                    "{who} {what} {factor}x slower from {} for {}",
+                    d(from_ns),
+                    d(duration_ns)
+                )
+            }
+            FaultSpec::Sdc {
+                kind,
+                gpu,
+                at_step,
+                bit,
+            } => match kind {
+                SdcKind::ReductionKernel => format!(
+                    "gpu {gpu}'s reduction kernel flips bit {bit} of matching sums from step \
+                     {at_step}"
+                ),
+                _ => format!(
+                    "SDC {} flips bit {bit} on gpu {gpu} at step {at_step}",
+                    sdc_kind_key(kind)
+                ),
+            },
         }
     }
 
@@ -346,6 +585,112 @@ impl FaultSpec {
                         .map(|at_ns| FaultSpec::StorageCorrupt { at_ns }),
                 );
             }
+            FaultSpec::LinkFlap {
+                link,
+                at_ns,
+                down_ns,
+                count,
+                period_ns,
+            } => {
+                let flap = |link, at_ns, down_ns, count| FaultSpec::LinkFlap {
+                    link,
+                    at_ns,
+                    down_ns,
+                    count,
+                    period_ns: if count > 1 { period_ns } else { 0 },
+                };
+                out.extend(
+                    earlier(at_ns)
+                        .into_iter()
+                        .map(|at| flap(link, at, down_ns, count)),
+                );
+                if count > 1 {
+                    out.push(flap(link, at_ns, down_ns, 1));
+                }
+                // Shorter, while still longer than nothing (and shorter than the period).
+                let shorter = grid(down_ns / 2);
+                if shorter > 0 {
+                    out.push(flap(link, at_ns, shorter, count));
+                }
+                let lower = match link {
+                    FlapLink::Nic(g) => vec![FlapLink::Nic(0), FlapLink::Nic(g / 2)],
+                    FlapLink::LeafSpine { leaf, spine } => vec![
+                        FlapLink::LeafSpine { leaf: 0, spine: 0 },
+                        FlapLink::LeafSpine {
+                            leaf: leaf / 2,
+                            spine,
+                        },
+                    ],
+                };
+                let mut lower: Vec<FlapLink> = lower.into_iter().filter(|l| *l != link).collect();
+                lower.dedup();
+                out.extend(lower.into_iter().map(|l| flap(l, at_ns, down_ns, count)));
+            }
+            FaultSpec::Straggler {
+                target,
+                nic,
+                factor,
+                from_ns,
+                duration_ns,
+            } => {
+                let straggler =
+                    |target, factor, (from_ns, until_ns): (u64, u64)| FaultSpec::Straggler {
+                        target,
+                        nic,
+                        factor,
+                        from_ns,
+                        duration_ns: until_ns - from_ns,
+                    };
+                let window = (from_ns, from_ns + duration_ns);
+                out.extend(
+                    shorter_windows(from_ns, from_ns + duration_ns)
+                        .into_iter()
+                        .map(|w| straggler(target, factor, w)),
+                );
+                if factor > 2 {
+                    out.push(straggler(target, factor / 2, window));
+                }
+                let targets = match target {
+                    StragglerTarget::Node(n) => vec![
+                        StragglerTarget::Gpu(n * gpus_per_node),
+                        StragglerTarget::Node(0),
+                        StragglerTarget::Node(n / 2),
+                    ],
+                    StragglerTarget::Gpu(g) => {
+                        vec![StragglerTarget::Gpu(0), StragglerTarget::Gpu(g / 2)]
+                    }
+                };
+                let mut targets: Vec<StragglerTarget> =
+                    targets.into_iter().filter(|t| *t != target).collect();
+                targets.dedup();
+                out.extend(targets.into_iter().map(|t| straggler(t, factor, window)));
+            }
+            FaultSpec::Sdc {
+                kind,
+                gpu,
+                at_step,
+                bit,
+            } => {
+                let sdc = |gpu, at_step, bit| FaultSpec::Sdc {
+                    kind,
+                    gpu,
+                    at_step,
+                    bit,
+                };
+                let mut steps = vec![0, at_step / 2, at_step.saturating_sub(1)];
+                steps.retain(|&s| s < at_step);
+                steps.dedup();
+                out.extend(steps.into_iter().map(|s| sdc(gpu, s, bit)));
+                let mut gpus = vec![0, gpu / 2];
+                gpus.retain(|&g| g < gpu);
+                gpus.dedup();
+                out.extend(gpus.into_iter().map(|g| sdc(g, at_step, bit)));
+                // A lower bit is a smaller error.
+                let mut bits = vec![0, bit / 2];
+                bits.retain(|&b| b < bit);
+                bits.dedup();
+                out.extend(bits.into_iter().map(|b| sdc(gpu, at_step, b)));
+            }
         }
         out
     }
@@ -366,22 +711,17 @@ fn shorter_windows(from_ns: u64, until_ns: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// The faults as a scenario's `[faults]` table.
+/// The faults as a scenario's `[faults]` table: one array of tables per key, in schedule order.
 pub fn faults_table(faults: &[FaultSpec]) -> toml::Table {
-    let mut crash = Vec::new();
-    let mut storage = Vec::new();
-    for fault in faults {
-        match fault.to_toml() {
-            ("crash", table) => crash.push(toml::Value::Table(table)),
-            (_, table) => storage.push(toml::Value::Table(table)),
-        }
-    }
     let mut table = toml::Table::new();
-    if !crash.is_empty() {
-        table.insert("crash".into(), toml::Value::Array(crash));
-    }
-    if !storage.is_empty() {
-        table.insert("storage".into(), toml::Value::Array(storage));
+    for fault in faults {
+        let (key, entry) = fault.to_toml();
+        let array = table
+            .entry(key)
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+        if let toml::Value::Array(array) = array {
+            array.push(toml::Value::Table(entry));
+        }
     }
     table
 }

@@ -64,6 +64,7 @@ impl Base {
             .map_err(|e| SwarmError::BadInput(format!("{}: {e}", path.display())))?;
         table.remove("faults");
         let reference = Reference::of(&scenario).map_err(SwarmError::FaultFreeRunFailed)?;
+        let topology = crate::topology::Topology::new(&scenario.cluster, &scenario.fabric);
         let space = DrawSpace {
             nodes: scenario
                 .cluster
@@ -73,6 +74,9 @@ impl Base {
             gpus_per_node: scenario.cluster.gpus_per_node,
             faulty_until_ns: reference.fault_free.model_time_ns * FAULTY_TENTHS / 10,
             faulty_steps: scenario.job.steps * FAULTY_TENTHS / 10,
+            leaves: topology.leaf_count(),
+            spines_per_leaf: topology.spines_per_leaf(),
+            link_flaps: scenario.control.collective_timeout_ns.is_some(),
         };
         Ok(Base {
             path: path.display().to_string(),

@@ -26,6 +26,10 @@ pub struct SeedOutcome {
     pub steps_completed: u64,
     pub model_time_ns: u64,
     pub recoveries: u64,
+    /// Silent data corruptions the run counted and reported as escaped. Not a violation
+    /// (DESIGN.md's "no silent escape" allows a counted escape); the escape explains wrong
+    /// parameters when the same schedule without its SDC faults ends as the fault-free run.
+    pub escaped: u64,
     /// The command that reruns this seed alone.
     pub reproduce: String,
 }
@@ -57,7 +61,12 @@ pub struct SwarmReport {
     pub failures_by_invariant: BTreeMap<String, u64>,
     /// Seeds that ran with no fault at all (every kind switched off).
     pub seeds_without_faults: u64,
-    /// Simulations run: two per seed (the second checks determinism), plus the fault-free one.
+    /// Seeds whose run reported an escaped SDC: such a run is held to fault-free equivalence
+    /// and replicas agreeing through the same schedule without its SDC faults (one more run).
+    pub seeds_with_reported_escapes: u64,
+    /// Simulations run: two per seed (the second checks determinism), one more per finished
+    /// seed with a reported escape (the schedule without its SDC faults), plus the fault-free
+    /// one.
     pub simulations: u64,
     pub outcomes: Vec<SeedOutcome>,
 }
@@ -72,9 +81,15 @@ pub fn run_seed(base: &Base, seed: u64) -> SeedOutcome {
         // The swarm wrote this text itself: failing to load it is a bug in the swarm.
         Err(e) => panic!("the swarm's own scenario for seed {seed} does not load: {e}"),
     };
-    let (steps_completed, model_time_ns, recoveries) = run.as_ref().map_or((0, 0, 0), |r| {
-        (r.steps_completed, r.model_time_ns, r.recoveries)
-    });
+    let (steps_completed, model_time_ns, recoveries, escaped) =
+        run.as_ref().map_or((0, 0, 0, 0), |r| {
+            (
+                r.steps_completed,
+                r.model_time_ns,
+                r.recoveries,
+                r.faults.escaped.len() as u64,
+            )
+        });
     SeedOutcome {
         seed,
         faults: schedule.iter().map(FaultSpec::describe).collect(),
@@ -83,6 +98,7 @@ pub fn run_seed(base: &Base, seed: u64) -> SeedOutcome {
         steps_completed,
         model_time_ns,
         recoveries,
+        escaped,
         reproduce: base.swarm_command(seed),
     }
 }
@@ -137,7 +153,13 @@ pub fn run_swarm(
         seeds_failed: outcomes.iter().filter(|o| o.failed()).count() as u64,
         failures_by_invariant,
         seeds_without_faults: outcomes.iter().filter(|o| o.schedule.is_empty()).count() as u64,
-        simulations: 2 * outcomes.len() as u64 + 1,
+        seeds_with_reported_escapes: outcomes.iter().filter(|o| o.escaped > 0).count() as u64,
+        simulations: 2 * outcomes.len() as u64
+            + 1
+            + outcomes
+                .iter()
+                .filter(|o| o.escaped > 0 && o.steps_completed == base.scenario.job.steps)
+                .count() as u64,
         outcomes,
     }
 }

@@ -75,7 +75,8 @@ impl Search {
                 FaultSpec::Crash {
                     when: CrashWhen::AtStep(s),
                     ..
-                } => Some(s + 1),
+                }
+                | FaultSpec::Sdc { at_step: s, .. } => Some(s + 1),
                 _ => None,
             })
             .max()

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use super::faults::{draw_schedule, DrawSpace, FaultKind, FaultSpec};
+use super::faults::{draw_schedule, DrawSpace, FaultKind, FaultSpec, FlapLink};
 use super::seeds::{parse_seed_range, run_swarm};
 use super::Base;
 use crate::storage::Audit;
-use crate::world::{CrashTarget, CrashWhen};
+use crate::world::{CrashTarget, CrashWhen, StragglerTarget};
 
 fn base_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/swarm-checkpoint-restart.toml")
@@ -19,6 +19,9 @@ const SPACE: DrawSpace = DrawSpace {
     gpus_per_node: 8,
     faulty_until_ns: 6_000_000_000,
     faulty_steps: 9,
+    leaves: 4,
+    spines_per_leaf: 2,
+    link_flaps: true,
 };
 
 fn kind_of(fault: &FaultSpec) -> &'static str {
@@ -42,6 +45,9 @@ fn kind_of(fault: &FaultSpec) -> &'static str {
         FaultSpec::StorageSlow { .. } => "storage_slow",
         FaultSpec::StorageFailWrites { .. } => "storage_fail_writes",
         FaultSpec::StorageCorrupt { .. } => "storage_corrupt",
+        FaultSpec::LinkFlap { .. } => "link_flap",
+        FaultSpec::Straggler { .. } => "straggler",
+        FaultSpec::Sdc { .. } => "sdc",
     }
 }
 
@@ -75,8 +81,59 @@ fn schedules_depend_on_the_seed_alone_and_cover_every_kind() {
                     assert!(from_ns < until_ns && until_ns <= SPACE.faulty_until_ns)
                 }
                 FaultSpec::StorageCorrupt { at_ns } => assert!(at_ns < SPACE.faulty_until_ns),
+                FaultSpec::LinkFlap {
+                    link,
+                    at_ns,
+                    down_ns,
+                    count,
+                    period_ns,
+                } => {
+                    match link {
+                        FlapLink::Nic(g) => assert!(g < SPACE.gpus),
+                        FlapLink::LeafSpine { leaf, spine } => {
+                            assert!(leaf < SPACE.leaves && spine < SPACE.spines_per_leaf)
+                        }
+                    }
+                    assert!(at_ns < SPACE.faulty_until_ns && down_ns > 0);
+                    assert!((1..=3).contains(&count));
+                    assert!(count == 1 || period_ns > down_ns);
+                }
+                FaultSpec::Straggler {
+                    target,
+                    factor,
+                    from_ns,
+                    duration_ns,
+                    ..
+                } => {
+                    match target {
+                        StragglerTarget::Node(n) => assert!(n < SPACE.nodes),
+                        StragglerTarget::Gpu(g) => assert!(g < SPACE.gpus),
+                    }
+                    assert!((2..=16).contains(&factor) && duration_ns > 0);
+                    assert!(from_ns + duration_ns <= SPACE.faulty_until_ns);
+                }
+                FaultSpec::Sdc {
+                    gpu, at_step, bit, ..
+                } => assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps && bit < 32),
             }
         }
+    }
+    // A scenario that cannot survive a lost transfer draws no link flap.
+    let no_flaps = DrawSpace {
+        link_flaps: false,
+        ..SPACE
+    };
+    for seed in 1..100 {
+        let schedule = draw_schedule(seed, &no_flaps);
+        assert!(!schedule
+            .iter()
+            .any(|f| matches!(f, FaultSpec::LinkFlap { .. })));
+        // Every other kind draws exactly what it draws with flaps allowed: its own stream.
+        let with: Vec<FaultSpec> = draw_schedule(seed, &SPACE)
+            .into_iter()
+            .filter(|f| !matches!(f, FaultSpec::LinkFlap { .. }))
+            .collect();
+        assert_eq!(schedule, with, "seed {seed}");
     }
     let all: std::collections::BTreeSet<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
     assert_eq!(seen, all, "some kind is never drawn");
@@ -125,8 +182,68 @@ fn a_schedule_written_as_toml_loads_back_as_the_same_faults() {
             scenario.storage.slow.len() + scenario.storage.failing.len(),
             windows
         );
+        let flaps: Vec<(u64, u64, u32, u64)> = schedule
+            .iter()
+            .filter_map(|f| match *f {
+                FaultSpec::LinkFlap {
+                    at_ns,
+                    down_ns,
+                    count,
+                    period_ns,
+                    ..
+                } => Some((at_ns, down_ns, count, period_ns)),
+                _ => None,
+            })
+            .collect();
+        let loaded: Vec<(u64, u64, u32, u64)> = scenario
+            .link_faults
+            .flaps
+            .iter()
+            .map(|f| (f.at_ns, f.down_ns, f.count, f.period_ns))
+            .collect();
+        assert_eq!(loaded, flaps, "seed {seed}");
+        let stragglers: Vec<(StragglerTarget, f64, u64, u64)> = schedule
+            .iter()
+            .filter_map(|f| match *f {
+                FaultSpec::Straggler {
+                    target,
+                    factor,
+                    from_ns,
+                    duration_ns,
+                    ..
+                } => Some((target, f64::from(factor), from_ns, from_ns + duration_ns)),
+                _ => None,
+            })
+            .collect();
+        let loaded: Vec<(StragglerTarget, f64, u64, u64)> = scenario
+            .stragglers
+            .stragglers
+            .iter()
+            .map(|s| (s.target, s.factor, s.from_ns, s.until_ns))
+            .collect();
+        assert_eq!(loaded, stragglers, "seed {seed}");
+        let sdc: Vec<(crate::world::SdcKind, usize, u64, Option<u32>)> = schedule
+            .iter()
+            .filter_map(|f| match *f {
+                FaultSpec::Sdc {
+                    kind,
+                    gpu,
+                    at_step,
+                    bit,
+                } => Some((kind, gpu, at_step, Some(bit))),
+                _ => None,
+            })
+            .collect();
+        let loaded: Vec<(crate::world::SdcKind, usize, u64, Option<u32>)> = scenario
+            .sdc
+            .specs
+            .iter()
+            .map(|s| (s.kind, s.gpu, s.at_step, s.bit))
+            .collect();
+        assert_eq!(loaded, sdc, "seed {seed}");
         // No stochastic faults: the schedule is all there is.
         assert_eq!(scenario.control.node_failure_rate_per_ns, 0.0);
+        assert_eq!(scenario.link_faults.random_flap_rate_per_link_per_ns, 0.0);
     }
 }
 
@@ -154,6 +271,37 @@ fn size(fault: &FaultSpec) -> (u64, u64, u64) {
         } => (until_ns - from_ns, from_ns, factor as u64),
         FaultSpec::StorageFailWrites { from_ns, until_ns } => (until_ns - from_ns, from_ns, 0),
         FaultSpec::StorageCorrupt { at_ns } => (at_ns, 0, 0),
+        FaultSpec::LinkFlap {
+            link,
+            at_ns,
+            down_ns,
+            count,
+            ..
+        } => {
+            let link = match link {
+                FlapLink::Nic(g) => g as u64,
+                FlapLink::LeafSpine { leaf, spine } => {
+                    1_000_000 + 1000 * leaf as u64 + spine as u64
+                }
+            };
+            (at_ns, (u64::from(count) << 40) + down_ns, link)
+        }
+        FaultSpec::Straggler {
+            target,
+            factor,
+            from_ns,
+            duration_ns,
+            ..
+        } => {
+            let target = match target {
+                StragglerTarget::Node(n) => 1000 + n as u64,
+                StragglerTarget::Gpu(g) => g as u64,
+            };
+            (duration_ns, from_ns, u64::from(factor) * 1_000_000 + target)
+        }
+        FaultSpec::Sdc {
+            gpu, at_step, bit, ..
+        } => (at_step, gpu as u64, u64::from(bit)),
     }
 }
 
@@ -167,8 +315,8 @@ fn every_simpler_fault_is_smaller_so_shrinking_ends() {
                     "{simpler:?} is not simpler than {fault:?}"
                 );
                 assert_eq!(
-                    kind_of(&simpler).contains("storage"),
-                    kind_of(&fault).contains("storage")
+                    std::mem::discriminant(&simpler),
+                    std::mem::discriminant(&fault)
                 );
             }
         }
@@ -230,6 +378,15 @@ fn the_verdict_does_not_depend_on_the_thread_count() {
     assert_eq!(json(one), json(three));
 }
 
+fn sdc_report(injected: u64, detected: u64, escaped: u64) -> crate::world::SdcKindReport {
+    crate::world::SdcKindReport {
+        injected,
+        detected,
+        escaped,
+        ..Default::default()
+    }
+}
+
 #[test]
 fn each_invariant_is_named_by_the_report_field_that_breaks_it() {
     use super::invariants::{check, Invariant};
@@ -288,11 +445,69 @@ fn each_invariant_is_named_by_the_report_field_that_breaks_it() {
             vec![Invariant::CheckpointAtomicity],
         ),
     ];
+    let escape = crate::world::Escape {
+        kind: "sdc_gradient",
+        gpu: 3,
+        step_entered: 2,
+        attempt: 0,
+    };
+    let mut cases = cases;
+    cases.extend([
+        (
+            "an SDC neither detected nor counted as escaped",
+            (|r: &mut RunReport| {
+                r.faults
+                    .sdc
+                    .insert("sdc_gradient".into(), sdc_report(2, 1, 0));
+            }) as Change,
+            vec![Invariant::NoSilentEscape],
+        ),
+        (
+            "an escape counted but not listed",
+            |r| {
+                r.faults
+                    .sdc
+                    .insert("sdc_gradient".into(), sdc_report(1, 0, 1));
+            },
+            vec![Invariant::NoSilentEscape],
+        ),
+        (
+            "every SDC detected",
+            |r| {
+                r.faults
+                    .sdc
+                    .insert("sdc_parameters".into(), sdc_report(3, 3, 0));
+            },
+            vec![],
+        ),
+    ]);
     for (name, change, expected) in cases {
         let mut run = good.clone();
         change(&mut run);
         assert_eq!(judge(run, None), expected, "{name}");
     }
+    // A counted, listed escape that changed the parameters: the same schedule without its SDC
+    // (here: no fault at all) ends as the fault-free run, so the escape explains it.
+    let mut escaped = good.clone();
+    escaped.param_digest = "0".into();
+    escaped.replicas_agree = false;
+    escaped.faults.escaped.push(escape.clone());
+    escaped
+        .faults
+        .sdc
+        .insert("sdc_gradient".into(), sdc_report(1, 0, 1));
+    assert_eq!(judge(escaped.clone(), None), vec![]);
+    // The same report judged against a scenario that without its SDC ends elsewhere (here: it
+    // trains one step more): the escape does not explain the result.
+    let mut longer = base.scenario.clone();
+    longer.job.steps += 1;
+    let violations = check(&longer, &base.reference, &Ok(escaped), None);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].invariant, Invariant::FaultFreeEquivalence);
+    assert!(
+        violations[0].detail.contains("do not explain"),
+        "{violations:?}"
+    );
     let mut other = good.clone();
     other.trace_digest = "1".into();
     assert_eq!(

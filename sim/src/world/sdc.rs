@@ -518,6 +518,9 @@ impl World {
         let mut by_kind: BTreeMap<String, SdcKindReport> = BTreeMap::new();
         let mut latency_sum: BTreeMap<String, u64> = BTreeMap::new();
         for o in &sdc.occurrences {
+            // A corruption is a fault injected at its moment, like a crash: the liveness
+            // check counts from the last one.
+            report.last_fault_ns = report.last_fault_ns.max(Some(o.at_ns));
             let name = o.kind.name().to_string();
             *report.injected.entry(name.clone()).or_default() += 1;
             let entry = by_kind.entry(name.clone()).or_default();
