@@ -581,6 +581,31 @@ impl Timeline {
         }))
     }
 
+    /// The span of a checkpoint's persist, from rank 0's snapshot to its commit or its loss.
+    fn persist_span(
+        &mut self,
+        step: u64,
+        start: u64,
+        t_ns: u64,
+        committed: bool,
+    ) -> std::io::Result<()> {
+        let args = serde_json::json!({ "step": step, "committed": committed });
+        let name = if committed {
+            format!("persist step {step}")
+        } else {
+            format!("persist step {step} (lost)")
+        };
+        self.span(
+            CONTROLLER_PID,
+            TID_PERSIST,
+            "checkpoint",
+            &name,
+            start,
+            t_ns,
+            args,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn span(
         &mut self,
@@ -726,17 +751,7 @@ impl Timeline {
                 self.stopped_at.get_or_insert(t_ns);
                 self.undetected = None;
                 for (step, start) in std::mem::take(&mut self.persisting) {
-                    let args = serde_json::json!({ "step": step, "committed": false });
-                    let name = format!("persist step {step} (lost)");
-                    self.span(
-                        CONTROLLER_PID,
-                        TID_PERSIST,
-                        "checkpoint",
-                        &name,
-                        start,
-                        t_ns,
-                        args,
-                    )?;
+                    self.persist_span(step, start, t_ns, false)?;
                 }
                 let ranks: Vec<u32> = self.open.keys().copied().collect();
                 for r in ranks {
@@ -852,19 +867,7 @@ impl Timeline {
                 }
                 Event::CheckpointCommitted { step } => {
                     if let Some(start) = self.persisting.remove(&step) {
-                        {
-                            let args = serde_json::json!({ "step": step, "committed": true });
-                            let name = format!("persist step {step}");
-                            self.span(
-                                CONTROLLER_PID,
-                                TID_PERSIST,
-                                "checkpoint",
-                                &name,
-                                start,
-                                t_ns,
-                                args,
-                            )?;
-                        }
+                        self.persist_span(step, start, t_ns, true)?;
                     }
                 }
                 Event::Restored { step, tier } => {

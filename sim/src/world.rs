@@ -517,15 +517,7 @@ impl World {
         if payload.checksum.is_some() {
             arrival_ns += self.checksum_ns(payload.modelled_bytes);
         }
-        let generation = self.control.as_ref().map_or(0, |c| c.generation);
-        let slot = self.store(Message {
-            generation,
-            from: from as u32,
-            to: to as u32,
-            tag,
-            payload,
-            next: NO_SLOT,
-        });
+        let slot = self.store_current(from, to, tag, payload);
         self.schedule(arrival_ns, EventKind::Deliver { slot });
     }
 
@@ -638,6 +630,19 @@ impl World {
         if let Some(payload) = self.ranks[rank].delivered.take() {
             self.spare_buffers.push(payload.data);
         }
+    }
+
+    /// Stores a message of the current generation from `from` to `to` in a free slot.
+    fn store_current(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) -> u32 {
+        let generation = self.control.as_ref().map_or(0, |c| c.generation);
+        self.store(Message {
+            generation,
+            from: from as u32,
+            to: to as u32,
+            tag,
+            payload,
+            next: NO_SLOT,
+        })
     }
 
     fn store(&mut self, message: Message) -> u32 {

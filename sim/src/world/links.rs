@@ -13,7 +13,7 @@ use statrs::distribution::Exp;
 use trainer_core::transport::RetryPolicy;
 use trainer_core::{Payload, Tag};
 
-use super::{EventKind, Message, World, NO_SLOT};
+use super::{EventKind, World};
 use crate::topology::{LinkId, Route};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,15 +256,7 @@ impl World {
         tag: Tag,
         payload: Payload,
     ) {
-        let generation = self.control.as_ref().map_or(0, |c| c.generation);
-        let slot = self.store(Message {
-            generation,
-            from: from as u32,
-            to: to as u32,
-            tag,
-            payload,
-            next: NO_SLOT,
-        });
+        let slot = self.store_current(from, to, tag, payload);
         self.try_transfer(slot, 0);
     }
 

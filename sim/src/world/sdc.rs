@@ -16,7 +16,7 @@ use serde::Serialize;
 use trainer_core::integrity::Check;
 use trainer_core::{Event, FaultPoint, Payload, Tag};
 
-use super::{EventKind, Message, World, NO_SLOT};
+use super::{EventKind, World};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SdcKind {
@@ -279,15 +279,7 @@ impl World {
         }
         self.stats.messages += 1;
         self.stats.modelled_bytes += bytes;
-        let generation = self.control.as_ref().map_or(0, |c| c.generation);
-        let slot = self.store(Message {
-            generation,
-            from: from as u32,
-            to: to as u32,
-            tag,
-            payload,
-            next: NO_SLOT,
-        });
+        let slot = self.store_current(from, to, tag, payload);
         self.schedule(arrival, EventKind::Deliver { slot });
         // Keep the copy while a flip is still due: the resend may be hit too.
         let sdc = self.sdc.as_deref_mut().expect("checked");
