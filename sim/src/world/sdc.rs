@@ -135,6 +135,16 @@ fn flip(value: f32, bit: u32) -> f32 {
 }
 
 impl Sdc {
+    /// The kind of the detected corruption behind rank 0's current attempt at `step`, if any:
+    /// what a verdict or a re-run of that step is charged to.
+    fn rank0_detected_kind(&self, step: u64) -> Option<SdcKind> {
+        let epoch = self.epoch_of[0];
+        self.occurrences
+            .iter()
+            .find(|o| o.epoch == epoch && o.step == step && o.detected.is_some())
+            .map(|o| o.kind)
+    }
+
     fn new(config: SdcConfig, seed: u64, rank_count: usize) -> Sdc {
         // Its own stream: SDC draws never shift the crash stream, nor the other way round.
         let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(seed ^ 0x05dc_f11b));
@@ -428,12 +438,7 @@ impl World {
             }
             Event::SdcRollback { .. } => sdc.epoch_of[rank] += 1,
             Event::SdcVerdict { step, persistent } if rank == 0 => {
-                let epoch = sdc.epoch_of[0];
-                let kind = sdc
-                    .occurrences
-                    .iter()
-                    .find(|o| o.epoch == epoch && o.step == step && o.detected.is_some())
-                    .map(|o| o.kind);
+                let kind = sdc.rank0_detected_kind(step);
                 if let Some(kind) = kind {
                     let counts = sdc.verdicts.entry(kind).or_default();
                     if persistent {
@@ -453,12 +458,7 @@ impl World {
                 check: Check::Rerun,
                 elapsed_ns,
             } if rank == 0 => {
-                let epoch = sdc.epoch_of[0];
-                let kind = sdc
-                    .occurrences
-                    .iter()
-                    .find(|o| o.epoch == epoch && o.step == step && o.detected.is_some())
-                    .map(|o| o.kind);
+                let kind = sdc.rank0_detected_kind(step);
                 if let Some(kind) = kind {
                     sdc.charge(kind, elapsed_ns);
                 }
