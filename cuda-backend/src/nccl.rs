@@ -12,12 +12,14 @@
 //! `Backend` contract says, and the exchanges that both sides post as send-then-receive (a
 //! ring step) complete together instead of deadlocking.
 //!
-//! What only a GPU run can settle: NCCL runs one group after another on the rank's stream, so a
-//! receive also waits for the sends posted before it to be matched. That is safe as long as
-//! NCCL completes small sends into its buffers without waiting for the peer (frames here are a
-//! few kilobytes for the default proxy tensor), and as long as every peer posts its receives
-//! in the order it needs them, which the collectives do. If the check in run-on-gpu.sh shows a
-//! hang, the receive times out with [`CommError::Timeout`] instead of blocking forever.
+//! NCCL runs one group after another on the rank's stream, so a receive also waits for the
+//! sends posted before it to be matched. That is safe because NCCL completes small sends into
+//! its buffers without waiting for the peer (frames here are a few kilobytes for the default
+//! proxy tensor), and because every peer posts its receives in the order it needs them, which
+//! the collectives do. Connections are made once, for every pair, when a rank joins (see
+//! [`NcclLink::preconnect`]): made lazily, by the first group that uses them, they hung the
+//! 4-process check on an H100. A receive that still waits too long times out with
+//! [`CommError::Timeout`] instead of blocking forever.
 //!
 //! Restarts: a rank that fails calls `await_restart`, which on NCCL aborts the communicator
 //! (`ncclCommAbort`, so no peer stays blocked on it) and exits the process with status
@@ -29,8 +31,8 @@
 //! process, no launcher) it returns an order that abandons the job.
 //!
 //! The protocol is written once over [`FrameLink`]; [`NcclLink`] is NCCL, and [`ChannelLink`]
-//! (threads and channels, host memory) runs the same protocol in tests on any machine. The NCCL
-//! link itself has not yet run on a GPU in this repository's history: see run-on-gpu.sh.
+//! (threads and channels, host memory) runs the same protocol in tests on any machine; the NCCL
+//! link runs in run-on-gpu.sh (4 processes on one H100, and a restart through a launcher).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -172,6 +174,61 @@ impl NcclLink {
 
 fn nccl_fail(what: &str, e: impl std::fmt::Debug) -> ! {
     panic!("NCCL transport: {what}: {e:?}")
+}
+
+impl NcclLink {
+    /// Connects this rank to every peer, with one group in which every rank sends one word to
+    /// and receives one from every other. NCCL sets a point-to-point connection up lazily, in
+    /// the host call that ends the first group using it, and both ends must take part: when
+    /// the first groups of a ring each connect to a different peer, every rank's host waits
+    /// in `ncclGroupEnd` for a neighbour that waits for the next (the 4-process check hung
+    /// there, past any receive timeout). One all-pairs group at join has no such cycle: every
+    /// rank posts the same set of peers at once. The cost is a connection per pair, which is
+    /// what one rank per process at tens to hundreds of ranks can afford.
+    fn preconnect(
+        &self,
+        rank: usize,
+        world_size: usize,
+        timeout: Duration,
+    ) -> Result<(), NcclSetupError> {
+        if world_size < 2 {
+            return Ok(());
+        }
+        let setup = |what: &str, e: &dyn std::fmt::Debug| NcclSetupError(format!("{what}: {e:?}"));
+        let stream = self.stream();
+        let word = stream
+            .alloc_zeros::<f32>(1)
+            .map_err(|e| setup("alloc", &e))?;
+        let mut inboxes = (0..world_size)
+            .map(|_| stream.alloc_zeros::<f32>(1))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| setup("alloc", &e))?;
+        {
+            let comm = self.comm.borrow();
+            let comm = comm.as_ref().expect("a new communicator");
+            let mut group = comm.group();
+            for (peer, inbox) in inboxes.iter_mut().enumerate().filter(|(p, _)| *p != rank) {
+                group
+                    .send(word.as_view(), peer as i32)
+                    .map_err(|e| setup("ncclSend (preconnect)", &e))?;
+                group
+                    .recv(inbox.as_view_mut(), peer as i32)
+                    .map_err(|e| setup("ncclRecv (preconnect)", &e))?;
+            }
+        }
+        let event = stream.record_event(None).map_err(|e| setup("event", &e))?;
+        let waited = wall_clock_start();
+        while !event.is_complete() {
+            if waited.elapsed() > timeout {
+                return Err(NcclSetupError(format!(
+                    "connecting to every peer took over {} s",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        Ok(())
+    }
 }
 
 impl FrameLink for NcclLink {
@@ -381,11 +438,13 @@ impl NcclBackend {
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
         let comm = Comm::from_rank(device.stream.clone(), rank, placement.world_size, id)
             .map_err(|e| NcclSetupError(format!("ncclCommInitRank: {e:?}")))?;
+        let link = NcclLink {
+            comm: RefCell::new(Some(comm)),
+            device,
+        };
+        link.preconnect(rank, placement.world_size, recv_timeout)?;
         Ok(FramedBackend::new(
-            NcclLink {
-                comm: RefCell::new(Some(comm)),
-                device,
-            },
+            link,
             placement,
             rank,
             max_payload_elems,
