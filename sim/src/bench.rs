@@ -25,6 +25,15 @@ use trainer_core::collectives::{Algo, Op};
 /// The training job the step cases run: the 100,000-GPU scenario, resized.
 const TRAINING_SCENARIO: &str = include_str!("../../scenarios/100k-gpus.toml");
 
+/// The planner case's scenario: 30 days at 100,000 GPUs, resized.
+const PLAN_SCENARIO: &str = include_str!("../../scenarios/plan-100k-30d.toml");
+
+/// Seeds the planner case runs, as issue 9 sizes it.
+pub const PLANNER_SEEDS: usize = 1_000;
+
+/// The ten-step training case commits a checkpoint every this many steps.
+pub const CHECKPOINT_EVERY_STEPS: u64 = 5;
+
 /// Real elements per rank in the collective cases.
 pub const COLLECTIVE_ELEMS: usize = 256;
 
@@ -46,7 +55,6 @@ pub fn skip_reason(case: &str, gpus: usize) -> Option<&'static str> {
         "all-reduce/ring" if gpus > 1_000 => Some(
             "ring sends 2n(n-1) messages: 2e8 at 10,000 GPUs, 2e10 at 100,000; run at 1,000 only",
         ),
-        "planner" => Some("the planner is being written by another engineer; not benchmarked yet"),
         _ => None,
     }
 }
@@ -65,19 +73,33 @@ pub struct CaseResult {
     /// Collective exact, or training replicas agree with every step done.
     pub ok: bool,
     pub trace_digest: String,
+    /// Whether payloads were checksummed and verified (`--payload-checksums`).
+    pub payload_checksums: bool,
 }
 
-/// Runs one case in this process and returns what it measured.
-pub fn run_case(case: &str, gpus: usize, executor: ExecutorKind) -> Result<CaseResult, String> {
+/// Runs one case in this process and returns what it measured. With `checksums`, every
+/// payload is checksummed and verified (the simulated collectives' default), in the bare loop
+/// too, so that the ratio between them is the async machinery's alone.
+pub fn run_case(
+    case: &str,
+    gpus: usize,
+    executor: ExecutorKind,
+    checksums: bool,
+) -> Result<CaseResult, String> {
     let started = wall_clock_start();
     let mut result = match case {
         "bare-loop/hierarchical" => {
-            let base = base_scenario();
+            let base = base_scenario(checksums);
             let mut cluster = base.cluster.clone();
             cluster.gpus = gpus;
             cluster.gpus_per_node = 8;
             let topology = Topology::new(&cluster, &base.fabric);
-            let report = bare_loop::run(&topology, COLLECTIVE_ELEMS, 4 * COLLECTIVE_ELEMS as u64);
+            let report = bare_loop::run(
+                &topology,
+                COLLECTIVE_ELEMS,
+                4 * COLLECTIVE_ELEMS as u64,
+                checksums,
+            );
             CaseResult {
                 case: case.into(),
                 gpus,
@@ -89,12 +111,16 @@ pub fn run_case(case: &str, gpus: usize, executor: ExecutorKind) -> Result<CaseR
                 peak_rss_kib: 0,
                 ok: report.exact,
                 trace_digest: String::new(),
+                payload_checksums: checksums,
             }
         }
+        "planner" => run_planner(gpus)?,
         "training/1-step" | "training/10-steps" => {
             let steps = if case == "training/1-step" { 1 } else { 10 };
-            let scenario = training_scenario(gpus, steps, executor)?;
+            let scenario = training_scenario(gpus, steps, executor, checksums)?;
             let report = run::run_scenario(&scenario).map_err(|e| e.to_string())?;
+            // The last step's checkpoint is still persisting when the job ends.
+            let checkpoints_expected = steps.saturating_sub(1) / CHECKPOINT_EVERY_STEPS;
             CaseResult {
                 case: case.into(),
                 gpus,
@@ -104,8 +130,11 @@ pub fn run_case(case: &str, gpus: usize, executor: ExecutorKind) -> Result<CaseR
                 model_time_ns: report.model_time_ns,
                 instants: report.instants,
                 peak_rss_kib: 0,
-                ok: report.replicas_agree && report.steps_completed == steps,
+                ok: report.replicas_agree
+                    && report.steps_completed == steps
+                    && report.checkpoints_committed >= checkpoints_expected,
                 trace_digest: report.trace_digest,
+                payload_checksums: checksums,
             }
         }
         _ => {
@@ -123,7 +152,7 @@ pub fn run_case(case: &str, gpus: usize, executor: ExecutorKind) -> Result<CaseR
                 modelled_bytes: 4 * COLLECTIVE_ELEMS as u64,
                 seed: 1,
                 executor,
-                base: base_scenario(),
+                base: base_scenario(checksums),
             };
             let report = run::run_collective(&spec).map_err(|e| e.to_string())?;
             CaseResult {
@@ -137,6 +166,7 @@ pub fn run_case(case: &str, gpus: usize, executor: ExecutorKind) -> Result<CaseR
                 peak_rss_kib: 0,
                 ok: report.exact,
                 trace_digest: report.trace_digest,
+                payload_checksums: checksums,
             }
         }
     };
@@ -145,22 +175,34 @@ pub fn run_case(case: &str, gpus: usize, executor: ExecutorKind) -> Result<CaseR
     Ok(result)
 }
 
-fn base_scenario() -> Scenario {
+fn base_scenario(checksums: bool) -> Scenario {
     scenario::load_str(
         "defaults",
         "<built-in defaults>",
         "[cluster]\ngpus = 1\ngpus_per_node = 1\n[job]\nsteps = 1\n",
-        &[],
+        &[format!("detection.payload_checksums={checksums}")],
     )
     .expect("the built-in defaults load")
 }
 
-fn training_scenario(gpus: usize, steps: u64, executor: ExecutorKind) -> Result<Scenario, String> {
-    let sets = [
+/// The 100,000-GPU scenario at `gpus` GPUs and `steps` steps. Runs of five steps or more
+/// commit a checkpoint every [`CHECKPOINT_EVERY_STEPS`]: snapshot, buddy copy and persist of
+/// every rank's shard, with the scenario's default storage model.
+fn training_scenario(
+    gpus: usize,
+    steps: u64,
+    executor: ExecutorKind,
+    checksums: bool,
+) -> Result<Scenario, String> {
+    let mut sets = vec![
         format!("cluster.gpus={gpus}"),
         format!("job.steps={steps}"),
         format!("run.executor={}", executor.name()),
+        format!("detection.payload_checksums={checksums}"),
     ];
+    if steps >= CHECKPOINT_EVERY_STEPS {
+        sets.push(format!("checkpoint.interval={CHECKPOINT_EVERY_STEPS}"));
+    }
     scenario::load_str(
         "100k-gpus",
         "scenarios/100k-gpus.toml",
@@ -168,6 +210,50 @@ fn training_scenario(gpus: usize, steps: u64, executor: ExecutorKind) -> Result<
         &sets,
     )
     .map_err(|e| e.to_string())
+}
+
+/// The planner's Monte Carlo: [`PLANNER_SEEDS`] seeds of 30 days at `gpus` GPUs, the
+/// bundled 100,000-GPU plan's rates and costs with its default policy (restart, 10-minute
+/// checkpoints), on every core. `instants` counts the interruptions simulated; `model` is
+/// the horizon of one seed.
+fn run_planner(gpus: usize) -> Result<CaseResult, String> {
+    let sets = [
+        format!("cluster.gpus={gpus}"),
+        format!("plan.seeds={PLANNER_SEEDS}"),
+    ];
+    let mut config = faultline_sim::plan::config::load_str(
+        "plan-100k-30d",
+        "scenarios/plan-100k-30d.toml",
+        PLAN_SCENARIO,
+        &sets,
+    )
+    .map_err(|e| e.to_string())?;
+    faultline_sim::plan::config::Costs::default().apply(&mut config);
+    let horizon_ns = (config.horizon_s * 1e9) as u64;
+    let points = [faultline_sim::plan::Point {
+        settings: Vec::new(),
+        config,
+    }];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shard = faultline_sim::plan::run_shard(&points, 0, 1, threads, &|| {});
+    let results = &shard.points[0].results;
+    let seeds_ran = results.len() == PLANNER_SEEDS
+        && results
+            .iter()
+            .all(|r| r.useful_s.is_finite() && r.useful_s > 0.0);
+    Ok(CaseResult {
+        case: "planner".into(),
+        gpus,
+        executor: "-".into(),
+        wall_ms: 0.0,
+        messages: 0,
+        model_time_ns: horizon_ns,
+        instants: results.iter().map(|r| r.interruptions).sum(),
+        peak_rss_kib: 0,
+        ok: seeds_ran,
+        trace_digest: String::new(),
+        payload_checksums: false,
+    })
 }
 
 /// The process's peak resident set (VmHWM), in KiB; 0 where /proc is missing.
@@ -200,6 +286,7 @@ pub fn run_all(
     gpus_list: &[usize],
     executors: &[ExecutorKind],
     repeat: usize,
+    checksums: bool,
     progress: &mut dyn FnMut(&Row),
 ) -> Vec<Row> {
     let exe = std::env::current_exe().expect("the running program's path");
@@ -220,7 +307,7 @@ pub fn run_all(
                 };
                 let outcome = match skip_reason(case, gpus) {
                     Some(reason) => Err(format!("skipped: {reason}")),
-                    None => best_of(&exe, case, gpus, executor, repeat),
+                    None => best_of(&exe, case, gpus, executor, repeat, checksums),
                 };
                 let row = Row {
                     case: case.clone(),
@@ -242,12 +329,14 @@ fn best_of(
     gpus: usize,
     executor: Option<ExecutorKind>,
     repeat: usize,
+    checksums: bool,
 ) -> Result<CaseResult, String> {
     let mut best: Option<CaseResult> = None;
     for _ in 0..repeat.max(1) {
         let output = Command::new(exe)
             .args(["bench-case", case, "--gpus", &gpus.to_string()])
             .args(["--executor", executor.map_or("fifo", ExecutorKind::name)])
+            .args(["--payload-checksums", if checksums { "on" } else { "off" }])
             .output()
             .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         if !output.status.success() {
@@ -287,15 +376,21 @@ pub fn format_table(rows: &[Row]) -> String {
         match &row.outcome {
             Ok(r) => {
                 let ratio = bare_ratio(rows, r).map_or("-".into(), |x| format!("{x:.2}"));
+                let (messages, rate) = if r.messages == 0 {
+                    ("-".to_string(), "-".to_string())
+                } else {
+                    let rate = r.messages as f64 / (r.wall_ms / 1e3) / 1e6;
+                    (r.messages.to_string(), format!("{rate:.2}"))
+                };
                 let _ = writeln!(
                     out,
-                    "{:<28} {:>7} {:>6} {:>10.1} {:>11} {:>9.2} {:>11} {:>9.1} {:>8} {:>3}",
+                    "{:<28} {:>7} {:>6} {:>10.1} {:>11} {:>9} {:>11} {:>9.1} {:>8} {:>3}",
                     r.case,
                     r.gpus,
                     r.executor,
                     r.wall_ms,
-                    r.messages,
-                    r.messages as f64 / (r.wall_ms / 1e3) / 1e6,
+                    messages,
+                    rate,
                     format_duration_ns(r.model_time_ns),
                     r.peak_rss_kib as f64 / 1024.0,
                     ratio,
@@ -377,7 +472,7 @@ fn simulator_hierarchical(gpus: usize) -> (u64, u64) {
         modelled_bytes: 4096,
         seed: 1,
         executor: ExecutorKind::Fifo,
-        base: base_scenario(),
+        base: base_scenario(true),
     };
     let report = run::run_collective(&spec).expect("the collective runs");
     assert!(report.exact);
@@ -392,12 +487,12 @@ mod tests {
     #[test]
     fn bare_loop_moves_the_simulators_messages_in_the_same_model_time() {
         for gpus in [8, 16, 40, 96, 200] {
-            let base = base_scenario();
+            let base = base_scenario(true);
             let mut cluster = base.cluster.clone();
             cluster.gpus = gpus;
             cluster.gpus_per_node = 8;
             let topology = Topology::new(&cluster, &base.fabric);
-            let bare = bare_loop::run(&topology, 64, 4096);
+            let bare = bare_loop::run(&topology, 64, 4096, true);
             assert!(bare.exact, "{gpus} GPUs");
             let (messages, model_time_ns) = simulator_hierarchical(gpus);
             assert_eq!(bare.messages, messages, "{gpus} GPUs");

@@ -98,6 +98,9 @@ struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Checksum and verify every payload (a scenario's default), in the bare loop too.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    payload_checksums: String,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +111,8 @@ struct BenchCaseArgs {
     gpus: usize,
     #[arg(long, default_value = "fifo", value_parser = ["fifo", "madsim"])]
     executor: String,
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    payload_checksums: String,
 }
 
 #[derive(clap::Args)]
@@ -780,31 +785,42 @@ fn cmd_bench(args: BenchArgs) -> Result<u8, Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     if !args.json {
         println!(
-            "faultline bench: {} CPU(s); cases {}; GPUs {:?}; best of {}",
+            "faultline bench: {} CPU(s); cases {}; GPUs {:?}; best of {}; payload checksums {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             cases.join(", "),
             args.gpus,
-            args.repeat.max(1)
+            args.repeat.max(1),
+            args.payload_checksums,
         );
         println!(
-            "checkpoint: pending (no checkpoint logic yet); the ten-step case trains without it"
+            "training/10-steps commits a checkpoint every {} steps; planner: {} seeds of 30 days",
+            bench::CHECKPOINT_EVERY_STEPS,
+            bench::PLANNER_SEEDS
         );
     }
     let json = args.json;
-    let rows = bench::run_all(&cases, &args.gpus, &executors, args.repeat, &mut |row| {
-        if !json {
-            eprintln!(
-                "  {} at {} GPUs on {}: {}",
-                row.case,
-                row.gpus,
-                row.executor,
-                match &row.outcome {
-                    Ok(r) => format!("{:.0} ms", r.wall_ms),
-                    Err(why) => why.clone(),
-                }
-            );
-        }
-    });
+    let checksums = args.payload_checksums == "on";
+    let rows = bench::run_all(
+        &cases,
+        &args.gpus,
+        &executors,
+        args.repeat,
+        checksums,
+        &mut |row| {
+            if !json {
+                eprintln!(
+                    "  {} at {} GPUs on {}: {}",
+                    row.case,
+                    row.gpus,
+                    row.executor,
+                    match &row.outcome {
+                        Ok(r) => format!("{:.0} ms", r.wall_ms),
+                        Err(why) => why.clone(),
+                    }
+                );
+            }
+        },
+    );
     let all_ok = rows
         .iter()
         .all(|row| row.outcome.as_ref().map_or(true, |r| r.ok));
@@ -836,10 +852,12 @@ fn cmd_bench(args: BenchArgs) -> Result<u8, Failure> {
 
 fn cmd_bench_case(args: BenchCaseArgs) -> Result<u8, Failure> {
     let executor = executor_kind(&args.executor)?;
-    let result = bench::run_case(&args.case, args.gpus, executor).map_err(|message| Failure {
-        status: EXIT_FINDING,
-        message,
-    })?;
+    let checksums = args.payload_checksums == "on";
+    let result =
+        bench::run_case(&args.case, args.gpus, executor, checksums).map_err(|message| Failure {
+            status: EXIT_FINDING,
+            message,
+        })?;
     println!(
         "{}",
         serde_json::to_string(&result).expect("a result serialises")

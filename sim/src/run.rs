@@ -363,11 +363,11 @@ pub fn run_collective(spec: &CollectiveSpec) -> Result<CollectiveReport, SimErro
         topology,
         spec.base.gpu_achieved_flops_per_s,
     )));
-    // Every payload is checksummed and verified, as in a scenario's default detection; the
-    // world charges no model time for it here (`detection.checksum_bandwidth` is a scenario
-    // setting), so model times and trace digests are those of plain collectives.
-    let collective =
-        Collective::with_inter_node(spec.algo, spec.inter_node_algo).with_checksums(true);
+    // Payloads are checksummed and verified as the base scenario's detection says (on by
+    // default); the world charges no model time for it here (`detection.checksum_bandwidth`
+    // is a scenario setting), so model times and trace digests are those of plain collectives.
+    let collective = Collective::with_inter_node(spec.algo, spec.inter_node_algo)
+        .with_checksums(spec.base.job.collective.payload_checksums);
     let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {

@@ -176,3 +176,38 @@ fn topo_summarises_and_draws() {
     let text = String::from_utf8_lossy(&dot.stdout);
     assert!(text.starts_with("graph cluster {") && text.contains("nvswitch1"));
 }
+
+/// Every benchmark case runs and checks itself, small: the planner's Monte Carlo, ten steps
+/// with checkpoints, and the all-reduce beside the bare loop, with and without checksums.
+#[test]
+fn bench_runs_every_kind_of_case_and_checks_it() {
+    for checksums in ["on", "off"] {
+        let out = faultline(&[
+            "bench",
+            "--gpus",
+            "64",
+            "--cases",
+            "planner,training/10-steps,all-reduce/hierarchical,bare-loop/hierarchical",
+            "--executors",
+            "fifo",
+            "--payload-checksums",
+            checksums,
+            "--json",
+        ]);
+        let report = json(&out);
+        let rows = report["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 4, "{report}");
+        for row in rows {
+            assert_eq!(row["ok"], true, "{row}");
+            assert!(row["wall_ms"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        let find = |case: &str| rows.iter().find(|r| r["case"] == case).expect(case);
+        let planner = find("planner");
+        assert_eq!(planner["model_time_ns"], 30 * 24 * 3_600 * 1_000_000_000u64);
+        let bare = find("bare-loop/hierarchical");
+        let all_reduce = find("all-reduce/hierarchical");
+        assert_eq!(bare["messages"], all_reduce["messages"]);
+        assert_eq!(bare["payload_checksums"], checksums == "on");
+        assert!(all_reduce["ratio_to_bare_loop"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -14,6 +14,7 @@ use faultline_sim::queue::RadixQueue;
 use faultline_sim::run::Reference;
 use faultline_sim::topology::Topology;
 use trainer_core::collectives::{Algo, Collective, Op};
+use trainer_core::integrity::checksum;
 use trainer_core::{Placement, Span};
 
 /// What one run moved, for comparison with the simulator's report.
@@ -75,6 +76,8 @@ struct BareMessage {
     to: u32,
     tag: u32,
     data: Vec<f32>,
+    /// The payload's checksum, when the run checks payloads as the simulated logic does.
+    checksum: Option<u64>,
 }
 
 /// The rail's halving-doubling shape, as in trainer-core: `pow2` virtual members, the first
@@ -133,6 +136,11 @@ struct BareLoop<'a> {
     /// Every rank's buffer, `elems` each, side by side.
     data: Vec<f32>,
     message_count: u64,
+    /// Checksum every payload at the sender and verify it at the receiver, as trainer-core's
+    /// collectives do with `payload_checksums` on.
+    checksums: bool,
+    /// Payloads whose checksum did not match (none, unless the loop has a bug).
+    checksum_mismatches: u64,
 }
 
 impl BareLoop<'_> {
@@ -294,6 +302,9 @@ impl BareLoop<'_> {
     }
 
     fn consume(&mut self, rank: usize, message: BareMessage, span: &Span, add: bool) {
+        if let Some(sum) = message.checksum {
+            self.checksum_mismatches += u64::from(sum != checksum(&message.data));
+        }
         let base = rank * self.elems;
         let dst = &mut self.data[base + span.elems.start..base + span.elems.end];
         assert_eq!(dst.len(), message.data.len());
@@ -340,6 +351,7 @@ impl BareLoop<'_> {
             from: from as u32,
             to: to as u32,
             tag,
+            checksum: self.checksums.then(|| checksum(&data)),
             data,
         };
         let slot = match self.free_slots.pop() {
@@ -397,8 +409,9 @@ fn input(rank: usize, idx: usize) -> f32 {
 }
 
 /// Moves one hierarchical all-reduce of `elems` elements standing for `modelled_bytes` over
-/// `topology`, whose nodes must all be full.
-pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64) -> BareReport {
+/// `topology`, whose nodes must all be full; with `checksums`, every payload is checksummed
+/// and verified as the simulated collectives do by default.
+pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bool) -> BareReport {
     let gpus = topology.gpu_count();
     let gpus_per_node = topology.cluster.gpus_per_node;
     assert!(
@@ -427,6 +440,8 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64) -> BareReport
         ranks: vec![BareRank::default(); gpus],
         data,
         message_count: 0,
+        checksums,
+        checksum_mismatches: 0,
     };
     let mut woken: Vec<u32> = (0..gpus as u32).collect();
     let mut firing = Vec::new();
@@ -458,6 +473,7 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64) -> BareReport
         elems,
     );
     let exact = finished
+        && bare.checksum_mismatches == 0
         && (0..gpus)
             .all(|rank| reference.matches(rank, &bare.data[rank * elems..(rank + 1) * elems]));
     BareReport {
