@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use crate::prefetch;
 use crate::world::World;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +82,22 @@ where
     let mut cx = Context::from_waker(Waker::noop());
     let mut ready: Vec<u32> = (0..rank_count as u32).collect();
     loop {
-        for &rank in &ready {
+        for (i, &rank) in ready.iter().enumerate() {
+            // At 100,000 ranks a rank's future (about 1.3 KB, polled through nine nested
+            // state machines whose states sit on different cache lines), its world state and
+            // its delivered payload are all out of cache; the ready list says which rank comes
+            // next, so their misses can overlap instead of each waiting in turn.
+            if ready.len() > PREFETCH_AHEAD {
+                if let Some(&far) = ready.get(i + 2 * PREFETCH_AHEAD) {
+                    world.borrow().prefetch_rank_state(far as usize);
+                }
+                if let Some(&ahead) = ready.get(i + PREFETCH_AHEAD) {
+                    if let Some(future) = &tasks[ahead as usize] {
+                        prefetch::prefetch(&**future);
+                    }
+                    world.borrow().prefetch_delivered(ahead as usize);
+                }
+            }
             let rank = rank as usize;
             let Some(future) = tasks[rank].as_mut() else {
                 continue;
@@ -111,6 +127,11 @@ where
         .map(|o| o.expect("every rank finished"))
         .collect())
 }
+
+/// How many ranks ahead of the one it polls the FIFO executor prefetches a rank's future and
+/// the payload delivered to it; the rank's world state is prefetched twice as far ahead, so
+/// that the payload's address is in cache when its data is asked for.
+const PREFETCH_AHEAD: usize = 4;
 
 #[cfg(madsim)]
 fn run_madsim<F, T>(

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod fuzzing;
 pub mod limits;
 pub mod plan;
+pub mod prefetch;
 pub mod queue;
 pub mod run;
 pub mod scenario;

@@ -370,6 +370,20 @@ impl World {
         true
     }
 
+    /// Starts loading rank `rank`'s state (the executor polls it soon).
+    pub fn prefetch_rank_state(&self, rank: usize) {
+        if let Some(state) = self.ranks.get(rank) {
+            crate::prefetch::prefetch(state);
+        }
+    }
+
+    /// Starts loading the data of the payload delivered to `rank`, if one was.
+    pub fn prefetch_delivered(&self, rank: usize) {
+        if let Some(payload) = self.ranks.get(rank).and_then(|s| s.delivered.as_ref()) {
+            crate::prefetch::prefetch(payload.data.as_slice());
+        }
+    }
+
     /// Reads, for every delivery of a large instant, its message slot and its receiver's
     /// state, before firing any. These loads do not depend on each other, so the CPU keeps
     /// many cache misses in flight at once; firing one event after another would wait for

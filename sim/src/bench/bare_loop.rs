@@ -10,12 +10,16 @@
 //! messages. Within an instant it steps woken ranks in rank order, as the FIFO executor polls
 //! them, so it puts messages on the links in the same order and reaches the same model time.
 
+use faultline_sim::prefetch;
 use faultline_sim::queue::RadixQueue;
 use faultline_sim::run::Reference;
 use faultline_sim::topology::Topology;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::integrity::checksum;
 use trainer_core::{Placement, Span};
+
+/// How many ranks ahead of the one it steps the loop prefetches, as the FIFO executor does.
+const PREFETCH_AHEAD: usize = 4;
 
 /// What one run moved, for comparison with the simulator's report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,7 +451,14 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bo
     let mut firing = Vec::new();
     let mut instants = 0;
     loop {
-        for &rank in &woken {
+        // As the FIFO executor prefetches the next ranks' futures and states: here the state
+        // is one small struct and its mailbox.
+        for (i, &rank) in woken.iter().enumerate() {
+            if let Some(&ahead) = woken.get(i + PREFETCH_AHEAD) {
+                let state = &bare.ranks[ahead as usize];
+                prefetch::prefetch(state);
+                prefetch::prefetch(state.mailbox.as_slice());
+            }
             bare.step(rank as usize);
         }
         woken.clear();
