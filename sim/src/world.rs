@@ -80,9 +80,9 @@ struct Message {
 
 const NO_SLOT: u32 = u32::MAX;
 
-/// Instants with fewer events than this fire without [`World::warm_up`]: their slots and ranks
-/// are few enough to stay in cache.
-const WARM_UP_MIN_EVENTS: usize = 4096;
+/// How many events ahead of the one it fires `World::advance` prefetches a delivery's
+/// receiver and payload (and twice as far, its message slot).
+const DELIVERY_PREFETCH_AHEAD: usize = 4;
 
 /// What a parked rank waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -360,12 +360,11 @@ impl World {
         debug_assert!(instant_ns >= self.now_ns);
         self.now_ns = instant_ns;
         self.stats.instants += 1;
-        if firing.len() >= WARM_UP_MIN_EVENTS {
-            self.warm_up(&firing);
+        for i in 0..firing.len() {
+            self.prefetch_delivery(&firing, i);
+            self.fire(firing[i]);
         }
-        for what in firing.drain(..) {
-            self.fire(what);
-        }
+        firing.clear();
         self.firing = firing;
         true
     }
@@ -384,21 +383,22 @@ impl World {
         }
     }
 
-    /// Reads, for every delivery of a large instant, its message slot and its receiver's
-    /// state, before firing any. These loads do not depend on each other, so the CPU keeps
-    /// many cache misses in flight at once; firing one event after another would wait for
-    /// each in turn. At 100,000 ranks neither the slab nor the rank states fit in cache.
-    fn warm_up(&self, firing: &[EventKind]) {
-        let mut receivers_waiting = 0usize;
-        for what in firing {
-            if let EventKind::Deliver { slot } = *what {
-                if let Some(message) = &self.messages[slot as usize] {
-                    let state = &self.ranks[message.to as usize];
-                    receivers_waiting += usize::from(state.wait != Wait::Nothing);
-                }
+    /// While the event at `i` fires, starts loading what later deliveries of the instant
+    /// touch: the message slot `2 * DELIVERY_PREFETCH_AHEAD` events ahead, and, once that
+    /// slot has arrived, its receiver's state and payload data half as far ahead. At 100,000
+    /// ranks neither the slab, the rank states nor the payloads fit in cache, and firing one
+    /// delivery after another would wait for each miss in turn.
+    #[inline(always)]
+    fn prefetch_delivery(&self, firing: &[EventKind], i: usize) {
+        if let Some(EventKind::Deliver { slot }) = firing.get(i + 2 * DELIVERY_PREFETCH_AHEAD) {
+            crate::prefetch::prefetch(&self.messages[*slot as usize]);
+        }
+        if let Some(EventKind::Deliver { slot }) = firing.get(i + DELIVERY_PREFETCH_AHEAD) {
+            if let Some(message) = &self.messages[*slot as usize] {
+                crate::prefetch::prefetch(&self.ranks[message.to as usize]);
+                crate::prefetch::prefetch(message.payload.data.as_slice());
             }
         }
-        std::hint::black_box(receivers_waiting);
     }
 
     fn fire(&mut self, what: EventKind) {
