@@ -566,6 +566,7 @@ pub async fn restore_at_or_before<B: Backend>(
         let mut verdict = [if source.is_some() { 1.0f32 } else { 0.0 }];
         checkpointer
             .collective
+            .for_control()
             .run(backend, &group, Op::AllReduce, op_id, &mut verdict, 8)
             .await?;
         let Some(tier) = source.filter(|_| verdict[0] == world as f32) else {

@@ -260,7 +260,7 @@ impl Trainer {
     async fn fingerprint<B: Backend>(&mut self, backend: &B) -> Result<bool, CommError> {
         let started = backend.now_ns();
         let step = self.step;
-        let collective = self.config.collective;
+        let collective = self.config.collective.for_control();
         let world = backend.placement().world();
         let mine = integrity::fingerprint_pieces(params_digest(&self.params));
         let mut root = mine;

@@ -142,6 +142,18 @@ impl Collective {
         }
     }
 
+    /// The collective for a payload of a few bytes (a health check's flags, a restore's
+    /// verdict): such a collective is latency-bound, so it runs over a binomial tree (log2 n
+    /// rounds, 2(n - 1) messages for an all-reduce) whatever algorithm moves the gradients, as
+    /// NCCL's tuner picks a tree for small messages at scale. The job's hierarchical algorithm
+    /// would send 3 million messages for two floats at 100,000 GPUs, a ring 2n(n - 1).
+    pub fn for_control(self) -> Collective {
+        Collective {
+            algo: Algo::Tree,
+            ..self
+        }
+    }
+
     pub fn with_inter_node(algo: Algo, inter_node_algo: Algo) -> Collective {
         assert!(
             inter_node_algo != Algo::Hierarchical,
