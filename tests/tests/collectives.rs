@@ -1,8 +1,12 @@
 //! Every algorithm and op is exact for every world size from 1 to 64 and several GPUs-per-node
-//! values (full and partial last nodes), and for a few large odd sizes, on both executors.
+//! values (full and partial last nodes), and for a few large odd sizes, on both executors;
+//! and over the world minus dropped nodes (every algorithm) or dropped ranks (all but the
+//! hierarchical one), as the per-replica recovery policy runs them.
 
 use faultline_sim::executor::ExecutorKind;
-use faultline_sim::run::{run_collective, CollectiveReport, CollectiveSpec};
+use faultline_sim::run::{
+    run_collective, run_collective_without, CollectiveReport, CollectiveSpec,
+};
 use faultline_sim::scenario::load_str;
 use trainer_core::collectives::{Algo, Op};
 
@@ -14,6 +18,21 @@ fn check(
     gpus_per_node: usize,
     elems: usize,
     executor: ExecutorKind,
+) -> CollectiveReport {
+    check_without(algo, inter, op, gpus, gpus_per_node, elems, executor, &[])
+}
+
+/// As `check`, over the world minus `dropped_ranks`.
+#[allow(clippy::too_many_arguments)]
+fn check_without(
+    algo: Algo,
+    inter: Algo,
+    op: Op,
+    gpus: usize,
+    gpus_per_node: usize,
+    elems: usize,
+    executor: ExecutorKind,
+    dropped_ranks: &[usize],
 ) -> CollectiveReport {
     let base = load_str(
         "t",
@@ -34,12 +53,15 @@ fn check(
         executor,
         base,
     };
-    let report = run_collective(&spec)
-        .unwrap_or_else(|e| panic!("{algo:?} {op:?} {gpus}/{gpus_per_node}: {e}"));
+    let report = run_collective_without(&spec, dropped_ranks).unwrap_or_else(|e| {
+        panic!("{algo:?} {op:?} {gpus}/{gpus_per_node} without {dropped_ranks:?}: {e}")
+    });
     assert!(
         report.exact,
-        "{} {} on {gpus} GPUs ({gpus_per_node} per node), {elems} elems: ranks {:?} differ",
+        "{} (inner {}) {} on {gpus} GPUs ({gpus_per_node} per node) without {dropped_ranks:?}, \
+         {elems} elems: ranks {:?} differ",
         algo.name(),
+        inter.name(),
         op.name(),
         report.mismatched_ranks
     );
@@ -202,4 +224,153 @@ fn bigger_messages_take_longer_and_more_ranks_send_more_messages() {
     assert_eq!(big.messages, 16 * 2 * 15);
     spec.gpus = 32;
     assert_eq!(run_collective(&spec).unwrap().messages, 32 * 2 * 31);
+}
+
+/// Hole sets of whole nodes for a world of `gpus` on nodes of `gpus_per_node`: the first, the
+/// last (perhaps partial), one in the middle, the first and last together, and every other
+/// node; only sets that leave a node.
+fn node_hole_sets(gpus: usize, gpus_per_node: usize) -> Vec<Vec<usize>> {
+    let nodes = gpus.div_ceil(gpus_per_node);
+    let candidates: Vec<Vec<usize>> = vec![
+        vec![0],
+        vec![nodes - 1],
+        vec![nodes / 2],
+        vec![0, nodes - 1],
+        (0..nodes).step_by(2).collect(),
+    ];
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    for mut set in candidates {
+        set.dedup();
+        if set.len() < nodes && !sets.contains(&set) {
+            sets.push(set);
+        }
+    }
+    sets.into_iter()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .flat_map(|&n| n * gpus_per_node..((n + 1) * gpus_per_node).min(gpus))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_algorithm_and_op_is_exact_without_dropped_nodes() {
+    for gpus in 2..=27 {
+        for gpus_per_node in [1, 3, 8] {
+            if gpus_per_node >= gpus {
+                continue;
+            }
+            for dropped in node_hole_sets(gpus, gpus_per_node) {
+                let members = gpus - dropped.len();
+                let mut algos: Vec<(Algo, Algo)> = Algo::ALL
+                    .into_iter()
+                    .map(|a| (a, Algo::HalvingDoubling))
+                    .collect();
+                algos.push((Algo::Hierarchical, Algo::Ring));
+                algos.push((Algo::Hierarchical, Algo::Tree));
+                for (algo, inter) in algos {
+                    for op in ops(members) {
+                        check_without(
+                            algo,
+                            inter,
+                            op,
+                            gpus,
+                            gpus_per_node,
+                            23,
+                            ExecutorKind::Fifo,
+                            &dropped,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn flat_algorithms_are_exact_without_any_dropped_ranks() {
+    for gpus in 2..=33 {
+        let hole_sets: Vec<Vec<usize>> = vec![
+            vec![0],
+            vec![gpus - 1],
+            vec![gpus / 2],
+            (1..gpus).step_by(2).collect(),
+            (0..gpus).filter(|r| r % 3 != 1).collect(),
+        ];
+        for dropped in hole_sets {
+            if dropped.len() >= gpus {
+                continue;
+            }
+            let members = gpus - dropped.len();
+            for algo in [Algo::Ring, Algo::Tree, Algo::HalvingDoubling] {
+                for op in ops(members) {
+                    check_without(
+                        algo,
+                        Algo::HalvingDoubling,
+                        op,
+                        gpus,
+                        4.min(gpus),
+                        19,
+                        ExecutorKind::Fifo,
+                        &dropped,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dropped_ranks_exchange_nothing_and_madsim_agrees() {
+    // A ring all-reduce over 12 of 16 ranks sends 2 (12 - 1) messages per member: the four
+    // dropped ranks of node 1 send none.
+    let dropped = [4, 5, 6, 7];
+    let report = check_without(
+        Algo::Ring,
+        Algo::Ring,
+        Op::AllReduce,
+        16,
+        4,
+        16,
+        ExecutorKind::Fifo,
+        &dropped,
+    );
+    assert_eq!(report.messages, 12 * 2 * 11);
+    for algo in Algo::ALL {
+        for op in ops(12) {
+            check_without(
+                algo,
+                Algo::Tree,
+                op,
+                16,
+                4,
+                16,
+                ExecutorKind::Madsim,
+                &dropped,
+            );
+        }
+    }
+    // No holes: the same run as the plain world group, to the trace digest.
+    let plain = check(
+        Algo::Hierarchical,
+        Algo::HalvingDoubling,
+        Op::AllReduce,
+        16,
+        4,
+        16,
+        ExecutorKind::Fifo,
+    );
+    let empty = check_without(
+        Algo::Hierarchical,
+        Algo::HalvingDoubling,
+        Op::AllReduce,
+        16,
+        4,
+        16,
+        ExecutorKind::Fifo,
+        &[],
+    );
+    assert_eq!(plain.trace_digest, empty.trace_digest);
 }
