@@ -124,6 +124,9 @@ pub struct RunReport {
     /// Link flaps: reroutes, retries, lost transfers, detection; absent without flaps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_flaps: Option<LinkFlapReport>,
+    /// Per-replica recovery: drops, re-admissions, degraded steps; absent under other policies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_replica: Option<crate::world::PerReplicaReport>,
     /// Straggler slowdowns and scores; absent without either.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<StragglerReport>,
@@ -279,6 +282,7 @@ pub fn run_scenario_with(
         atomicity_violations: world.storage().audit.violations.clone(),
         planted_bug: scenario.planted_bug.map(|bug| bug.name()),
         last_fault_ns: faults.last_fault_ns,
+        per_replica: faults.per_replica,
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
         rank0_step_ns: world.rank0_step_ns(),
