@@ -10,21 +10,10 @@ use faultline_sim::run::{
 use faultline_sim::scenario::load_str;
 use trainer_core::collectives::{Algo, Op};
 
-fn check(
-    algo: Algo,
-    inter: Algo,
-    op: Op,
-    gpus: usize,
-    gpus_per_node: usize,
-    elems: usize,
-    executor: ExecutorKind,
-) -> CollectiveReport {
-    check_without(algo, inter, op, gpus, gpus_per_node, elems, executor, &[])
-}
-
-/// As `check`, over the world minus `dropped_ranks`.
+/// Runs one collective over the world minus `dropped_ranks` (none: the whole world) and
+/// asserts that every member's result is exact.
 #[allow(clippy::too_many_arguments)]
-fn check_without(
+fn check(
     algo: Algo,
     inter: Algo,
     op: Op,
@@ -34,24 +23,14 @@ fn check_without(
     executor: ExecutorKind,
     dropped_ranks: &[usize],
 ) -> CollectiveReport {
-    let base = load_str(
-        "t",
-        "<test>",
-        "[cluster]\ngpus = 1\ngpus_per_node = 1\n[job]\nsteps = 1\n",
-        &[],
-    )
-    .unwrap();
     let spec = CollectiveSpec {
         algo,
         inter_node_algo: inter,
         op,
-        gpus,
         gpus_per_node,
         elems,
-        modelled_bytes: 1 << 20,
-        seed: 7,
         executor,
-        base,
+        ..spec_of(gpus)
     };
     let report = run_collective_without(&spec, dropped_ranks).unwrap_or_else(|e| {
         panic!("{algo:?} {op:?} {gpus}/{gpus_per_node} without {dropped_ranks:?}: {e}")
@@ -98,6 +77,7 @@ fn every_algorithm_and_op_is_exact_for_world_sizes_1_to_64() {
                         gpus_per_node,
                         37,
                         ExecutorKind::Fifo,
+                        &[],
                     );
                 }
             }
@@ -122,6 +102,7 @@ fn hierarchical_is_exact_with_every_inner_algorithm() {
                         gpus_per_node,
                         29,
                         ExecutorKind::Fifo,
+                        &[],
                     );
                 }
             }
@@ -142,6 +123,7 @@ fn madsim_executor_gives_the_same_numbers_on_every_interleaving() {
                     4.min(gpus),
                     19,
                     ExecutorKind::Madsim,
+                    &[],
                 );
             }
         }
@@ -160,6 +142,7 @@ fn large_odd_world_sizes_are_exact() {
                 gpus_per_node,
                 64,
                 ExecutorKind::Fifo,
+                &[],
             );
         }
         check(
@@ -170,6 +153,7 @@ fn large_odd_world_sizes_are_exact() {
             gpus_per_node,
             64,
             ExecutorKind::Fifo,
+            &[],
         );
     }
     check(
@@ -180,6 +164,7 @@ fn large_odd_world_sizes_are_exact() {
         8,
         64,
         ExecutorKind::Fifo,
+        &[],
     );
 }
 
@@ -193,25 +178,13 @@ fn bigger_messages_take_longer_and_more_ranks_send_more_messages() {
         8,
         16,
         ExecutorKind::Fifo,
-    );
-    let base = load_str(
-        "t",
-        "<test>",
-        "[cluster]\ngpus = 1\ngpus_per_node = 1\n[job]\nsteps = 1\n",
         &[],
-    )
-    .unwrap();
+    );
     let mut spec = CollectiveSpec {
         algo: Algo::Ring,
         inter_node_algo: Algo::Ring,
-        op: Op::AllReduce,
-        gpus: 16,
-        gpus_per_node: 8,
-        elems: 16,
         modelled_bytes: 1 << 30,
-        seed: 7,
-        executor: ExecutorKind::Fifo,
-        base,
+        ..spec_of(16)
     };
     let big = run_collective(&spec).unwrap();
     assert!(
@@ -272,7 +245,7 @@ fn every_algorithm_and_op_is_exact_without_dropped_nodes() {
                 algos.push((Algo::Hierarchical, Algo::Tree));
                 for (algo, inter) in algos {
                     for op in ops(members) {
-                        check_without(
+                        check(
                             algo,
                             inter,
                             op,
@@ -306,7 +279,7 @@ fn flat_algorithms_are_exact_without_any_dropped_ranks() {
             let members = gpus - dropped.len();
             for algo in [Algo::Ring, Algo::Tree, Algo::HalvingDoubling] {
                 for op in ops(members) {
-                    check_without(
+                    check(
                         algo,
                         Algo::HalvingDoubling,
                         op,
@@ -327,7 +300,7 @@ fn dropped_ranks_exchange_nothing_and_madsim_agrees() {
     // A ring all-reduce over 12 of 16 ranks sends 2 (12 - 1) messages per member: the four
     // dropped ranks of node 1 send none.
     let dropped = [4, 5, 6, 7];
-    let report = check_without(
+    let report = check(
         Algo::Ring,
         Algo::Ring,
         Op::AllReduce,
@@ -340,7 +313,7 @@ fn dropped_ranks_exchange_nothing_and_madsim_agrees() {
     assert_eq!(report.messages, 12 * 2 * 11);
     for algo in Algo::ALL {
         for op in ops(12) {
-            check_without(
+            check(
                 algo,
                 Algo::Tree,
                 op,
@@ -352,17 +325,8 @@ fn dropped_ranks_exchange_nothing_and_madsim_agrees() {
             );
         }
     }
-    // No holes: the same run as the plain world group, to the trace digest.
-    let plain = check(
-        Algo::Hierarchical,
-        Algo::HalvingDoubling,
-        Op::AllReduce,
-        16,
-        4,
-        16,
-        ExecutorKind::Fifo,
-    );
-    let empty = check_without(
+    // No holes: the same run as the plain world group, to the trace digest; holes: another.
+    let whole = check(
         Algo::Hierarchical,
         Algo::HalvingDoubling,
         Op::AllReduce,
@@ -372,5 +336,35 @@ fn dropped_ranks_exchange_nothing_and_madsim_agrees() {
         ExecutorKind::Fifo,
         &[],
     );
-    assert_eq!(plain.trace_digest, empty.trace_digest);
+    let mut spec = spec_of(whole.gpus);
+    spec.algo = Algo::Hierarchical;
+    spec.gpus_per_node = 4;
+    let plain = run_collective(&spec).unwrap();
+    assert_eq!(whole.trace_digest, plain.trace_digest);
+    let holed = run_collective_without(&spec, &dropped).unwrap();
+    assert!(holed.exact);
+    assert_ne!(holed.trace_digest, plain.trace_digest);
+}
+
+/// A 16-element hierarchical all-reduce over `gpus` GPUs, 8 per node, as `check` runs it.
+fn spec_of(gpus: usize) -> CollectiveSpec {
+    let base = load_str(
+        "t",
+        "<test>",
+        "[cluster]\ngpus = 1\ngpus_per_node = 1\n[job]\nsteps = 1\n",
+        &[],
+    )
+    .unwrap();
+    CollectiveSpec {
+        algo: Algo::Hierarchical,
+        inter_node_algo: Algo::HalvingDoubling,
+        op: Op::AllReduce,
+        gpus,
+        gpus_per_node: 8,
+        elems: 16,
+        modelled_bytes: 1 << 20,
+        seed: 7,
+        executor: ExecutorKind::Fifo,
+        base,
+    }
 }

@@ -648,13 +648,18 @@ impl World {
         }
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
-            let state = &mut self.ranks[rank];
-            state.dead = false;
-            state.aborted = false;
-            state.timed_out = false;
-            if state.wait == Wait::Restart {
-                self.wake(rank);
-            }
+            self.resume_rank(rank);
+        }
+    }
+
+    /// `rank` lives again in the new generation; one waiting in `await_restart` is woken.
+    pub(super) fn resume_rank(&mut self, rank: usize) {
+        let state = &mut self.ranks[rank];
+        state.dead = false;
+        state.aborted = false;
+        state.timed_out = false;
+        if state.wait == Wait::Restart {
+            self.wake(rank);
         }
     }
 

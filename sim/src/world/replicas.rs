@@ -229,15 +229,8 @@ impl World {
         );
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
-            if dropped.contains(&placement.node_of(rank)) {
-                continue;
-            }
-            let state = &mut self.ranks[rank];
-            state.dead = false;
-            state.aborted = false;
-            state.timed_out = false;
-            if state.wait == Wait::Restart {
-                self.wake(rank);
+            if !dropped.contains(&placement.node_of(rank)) {
+                self.resume_rank(rank);
             }
         }
         true
