@@ -232,3 +232,23 @@ fn a_node_still_out_at_the_end_is_let_go() {
     assert_eq!(per_replica.readmissions, 0);
     assert_eq!(per_replica.degraded_steps, 20);
 }
+
+#[test]
+fn a_failure_that_takes_no_node_regroups_the_same_members_and_keeps_the_arithmetic() {
+    // Transfers lost on flapping links (plain transport): the watchdog stops the job, no node
+    // is dropped, the same members redo the step in flight, and nothing restarts.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/flap-storm-plain-vs-retry.toml");
+    let sets = vec!["recovery.policy=per-replica".to_string()];
+    let scenario = faultline_sim::scenario::load(&path, &sets).unwrap();
+    let report = run_scenario(&scenario).unwrap();
+    let fault_free = run_scenario(&scenario.clone().without_faults()).unwrap();
+    let per_replica = report.per_replica.clone().unwrap();
+    assert!(per_replica.regroups > 0);
+    assert_eq!((per_replica.drops, per_replica.degraded_steps), (0, 0));
+    assert!(!report.lost_time_ns_by_cause.contains_key("restart"));
+    assert!(!report.lost_time_ns_by_cause.contains_key("readmission"));
+    assert_eq!(report.param_digest, fault_free.param_digest);
+    let restart = run_scenario(&faultline_sim::scenario::load(&path, &[]).unwrap()).unwrap();
+    assert!(report.goodput > restart.goodput);
+}

@@ -143,7 +143,9 @@ impl World {
         replicas.regroup_pending = true;
         replicas.rejoin_at_next_step = false;
         control.failed_nodes.clear();
-        control.resume_cause = if failed.is_empty() {
+        // A failure that took no node (a transfer lost on a flapping link under the plain
+        // transport) regroups the same members: the step in flight is redone, nothing restarts.
+        control.resume_cause = if failed.is_empty() && !due.is_empty() {
             "readmission"
         } else {
             "regroup"
