@@ -252,3 +252,23 @@ fn a_failure_that_takes_no_node_regroups_the_same_members_and_keeps_the_arithmet
     let restart = run_scenario(&faultline_sim::scenario::load(&path, &[]).unwrap()).unwrap();
     assert!(report.goodput > restart.goodput);
 }
+
+#[test]
+fn a_regroup_with_no_member_holding_state_restarts_instead() {
+    // Two nodes. Node 0 is dropped; 100 ms later it is due back, and node 1, the only one
+    // holding the state, fails at the step boundary where node 0 would rejoin with empty
+    // ranks: nobody could hand the state over, so the job restarts (this once panicked).
+    let sets = [
+        "cluster.gpus=8",
+        "recovery.min_replicas=1",
+        "recovery.replica_rejoin_time=\"100ms\"",
+    ];
+    let faults = format!("{}{}", crash("node = 0", 2), crash("node = 1", 4));
+    let report = run(&faults, &sets);
+    let per_replica = report.per_replica.clone().unwrap();
+    assert_eq!(report.steps_completed, 24);
+    assert!(report.replicas_agree);
+    assert_eq!(per_replica.drops, 1, "{per_replica:?}");
+    assert_eq!(per_replica.fallback_restarts, 1, "{per_replica:?}");
+    assert!(report.lost_time_ns_by_cause.contains_key("restart"));
+}

@@ -436,9 +436,9 @@ impl Trainer {
     /// Per-replica recovery: the members of the replica group agree on one state and go on
     /// without a restore. The state is that of the first member that did not just rejoin
     /// (a rejoined node's ranks start empty), broadcast to every member (parameters, step,
-    /// guards, losses), then a barrier. Survivors may stand one step apart when a failure cuts an all-reduce
-    /// short (some received the sum, others not); adopting one survivor's state is valid
-    /// either way, and the step in flight is redone over the new group.
+    /// guards, losses), then a barrier. Survivors may stand one step apart when a failure cuts
+    /// an all-reduce short (some received the sum, others not); adopting one survivor's state
+    /// is valid either way, and the step in flight is redone over the new group.
     pub async fn regroup<B: Backend>(
         &mut self,
         backend: &B,

@@ -579,8 +579,7 @@ impl World {
                     delay_ns,
                 },
             );
-        } else if self.try_schedule_regroup() {
-        } else {
+        } else if !self.try_schedule_regroup() {
             let control = self.control.as_mut().expect("a controller");
             let needed = control.failed_nodes.len();
             let config = &control.config;

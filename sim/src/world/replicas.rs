@@ -43,8 +43,12 @@ pub struct PerReplicaReport {
 pub(super) struct Replicas {
     /// Dropped nodes, and when each may rejoin.
     dropped: BTreeMap<usize, u64>,
-    /// Nodes re-admitted at the latest regroup.
+    /// Re-admitted nodes whose ranks have not yet adopted a member's state: those of the
+    /// latest regroup, and of earlier ones that a failure cut short.
     pub(super) rejoined: Vec<usize>,
+    /// The books' rank began a step after the latest regroup: every member adopted the state
+    /// (the regroup ends with a barrier), so `rejoined` may be forgotten at the next one.
+    regroup_completed: bool,
     /// The ranks training now.
     pub(super) group: Group,
     /// The resumption scheduled is a regroup, not a restart.
@@ -63,6 +67,7 @@ impl Replicas {
         Replicas {
             dropped: BTreeMap::new(),
             rejoined: Vec::new(),
+            regroup_completed: true,
             report: PerReplicaReport {
                 min_members: world.count(),
                 ..PerReplicaReport::default()
@@ -117,7 +122,16 @@ impl World {
             .filter(|node| !replicas.dropped.contains_key(node))
             .count();
         let out_after = replicas.dropped.len() - due.len() + newly_failed;
-        if node_count - out_after < control.config.min_replicas {
+        // Rejoining nodes hold no state: some member must, to hand it over.
+        let mut rejoining: Vec<usize> = if replicas.regroup_completed {
+            Vec::new()
+        } else {
+            replicas.rejoined.clone()
+        };
+        rejoining.retain(|node| !failed.contains(node));
+        rejoining.extend(&due);
+        let holders = node_count - out_after - rejoining.len();
+        if holders == 0 || node_count - out_after < control.config.min_replicas {
             // Every node comes back with the restart, replaced where it failed.
             replicas.report.fallback_restarts += 1;
             replicas.dropped.clear();
@@ -139,7 +153,8 @@ impl World {
             replicas.dropped.remove(node);
             replicas.report.readmissions += 1;
         }
-        replicas.rejoined = due.clone();
+        replicas.rejoined = rejoining;
+        replicas.regroup_completed = false;
         replicas.regroup_pending = true;
         replicas.rejoin_at_next_step = false;
         control.failed_nodes.clear();
@@ -205,6 +220,7 @@ impl World {
         if !std::mem::take(&mut replicas.regroup_pending) {
             replicas.last_was_regroup = false;
             replicas.rejoined.clear();
+            replicas.regroup_completed = true;
             replicas.group = self.placement.world();
             control.observer = 0;
             return false;
@@ -259,6 +275,7 @@ impl World {
     /// The books' rank begins a step: if a node is due to rejoin, the job stops here.
     pub(super) fn replicas_on_step_begin(&mut self) {
         let control = self.control.as_mut().expect("a controller");
+        control.replicas.regroup_completed = true;
         if !std::mem::take(&mut control.replicas.rejoin_at_next_step) {
             return;
         }
