@@ -234,6 +234,14 @@ pub fn parse_scenario(
     let restore_from_memory = match r.string("recovery.policy", "restart")? {
         "restart" => false,
         "in-memory" | "hot-spare" => true,
+        "per-replica" => {
+            return Err(r.error(
+                "recovery.policy",
+                "\"per-replica\" runs in the simulator only: the local and NCCL controllers \
+                 restart the job and cannot drop a replica; use \"restart\", \"in-memory\" \
+                 or \"hot-spare\"",
+            ))
+        }
         other => {
             return Err(r.error(
                 "recovery.policy",

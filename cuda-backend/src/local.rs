@@ -422,6 +422,7 @@ impl<D: RankDevice> Backend for LocalBackend<D> {
                     generation: r.generation,
                     memory_lost: false,
                     job_abandoned: r.abandoned,
+                    regroup: false,
                 });
             }
             r.waiters.push(cx.waker().clone());

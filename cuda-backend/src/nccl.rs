@@ -396,6 +396,7 @@ impl FrameLink for ChannelLink {
             generation: 1,
             memory_lost: false,
             job_abandoned: true,
+            regroup: false,
         }
     }
 }

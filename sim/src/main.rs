@@ -490,6 +490,21 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
                 format_duration_ns(s.step_time_ns_max),
             );
         }
+        if let Some(p) = &report.per_replica {
+            println!(
+                "per-replica: {} node(s) dropped, {} re-admitted, {} regroup(s), {} fallback \
+                 restart(s); {} step(s) degraded, at least {} of {} GPUs training; {} node(s) \
+                 still out at the end",
+                p.drops,
+                p.readmissions,
+                p.regroups,
+                p.fallback_restarts,
+                p.degraded_steps,
+                p.min_members,
+                report.gpus,
+                p.dropped_at_end,
+            );
+        }
         println!("goodput: {:.2}%", 100.0 * report.goodput);
         if let Some(first) = report.atomicity_violations.first() {
             println!(

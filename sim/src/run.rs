@@ -7,7 +7,6 @@ use std::rc::Rc;
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
-use trainer_core::Backend;
 
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
@@ -125,6 +124,9 @@ pub struct RunReport {
     /// Link flaps: reroutes, retries, lost transfers, detection; absent without flaps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link_flaps: Option<LinkFlapReport>,
+    /// Per-replica recovery: drops, re-admissions, degraded steps; absent under other policies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_replica: Option<crate::world::PerReplicaReport>,
     /// Straggler slowdowns and scores; absent without either.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<StragglerReport>,
@@ -280,6 +282,7 @@ pub fn run_scenario_with(
         atomicity_violations: world.storage().audit.violations.clone(),
         planted_bug: scenario.planted_bug.map(|bug| bug.name()),
         last_fault_ns: faults.last_fault_ns,
+        per_replica: faults.per_replica,
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
         rank0_step_ns: world.rank0_step_ns(),
@@ -353,6 +356,16 @@ pub fn collective_input_sums(world: usize, elems: usize) -> Vec<i64> {
 }
 
 pub fn run_collective(spec: &CollectiveSpec) -> Result<CollectiveReport, SimError> {
+    run_collective_without(spec, &[])
+}
+
+/// As [`run_collective`], over the world minus `dropped_ranks` (sorted, distinct; whole nodes
+/// for the hierarchical algorithm), as the per-replica recovery policy runs it. Dropped ranks
+/// take no part; the reference sums over the members only.
+pub fn run_collective_without(
+    spec: &CollectiveSpec,
+    dropped_ranks: &[usize],
+) -> Result<CollectiveReport, SimError> {
     let started = wall_clock_start();
     let mut cluster = spec.base.cluster.clone();
     cluster.gpus = spec.gpus;
@@ -370,21 +383,31 @@ pub fn run_collective(spec: &CollectiveSpec) -> Result<CollectiveReport, SimErro
         .with_checksums(spec.base.job.collective.payload_checksums);
     let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
+    let group = match dropped_ranks {
+        [] => placement.world(),
+        ranks => placement.world().without(ranks.into()),
+    };
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
+        let group = group.clone();
         async move {
             let mut data: Vec<f32> = (0..elems).map(|i| collective_input(rank, i)).collect();
-            let world_group = backend.placement().world();
+            if group.index_of(rank).is_none() {
+                return Ok(data);
+            }
             let result = collective
-                .run(&backend, &world_group, op, 0, &mut data, bytes)
+                .run(&backend, &group, op, 0, &mut data, bytes)
                 .await;
             result.map(|()| data)
         }
     })
     .map_err(SimError::Deadlock)?;
-    let reference = Reference::new(&collective, &placement, op, elems);
+    let reference = Reference::for_group(&collective, &placement, &group, op, elems);
     let mut mismatched = Vec::new();
     for (rank, result) in results.iter().enumerate() {
+        if group.index_of(rank).is_none() {
+            continue;
+        }
         let ok = result
             .as_ref()
             .is_ok_and(|data| reference.matches(rank, data));
@@ -434,14 +457,32 @@ impl Reference {
         op: Op,
         elems: usize,
     ) -> Reference {
+        Reference::for_group(collective, placement, &placement.world(), op, elems)
+    }
+
+    /// The reference over `group`, the world perhaps minus dropped ranks: their inputs are
+    /// taken out of the sums (they are few, so this stays cheap at 100,000 ranks).
+    pub fn for_group(
+        collective: &Collective,
+        placement: &trainer_core::Placement,
+        group: &trainer_core::Group,
+        op: Op,
+        elems: usize,
+    ) -> Reference {
         let world = placement.world_size;
-        let group = placement.world();
-        let owned_by = |rank: usize| collective.owned_spans(placement, &group, rank, elems, 0);
+        let members = || (0..world).filter(|&rank| group.index_of(rank).is_some());
+        let owned_by = |rank: usize| match group.index_of(rank) {
+            Some(idx) => collective.owned_spans(placement, group, idx, elems, 0),
+            None => Vec::new(),
+        };
         let sums = || -> Vec<f32> {
-            collective_input_sums(world, elems)
-                .into_iter()
-                .map(|s| s as f32)
-                .collect()
+            let mut sums = collective_input_sums(world, elems);
+            for &dropped in group.excluded() {
+                for (idx, sum) in sums.iter_mut().enumerate() {
+                    *sum -= collective_input(dropped, idx) as i64;
+                }
+            }
+            sums.into_iter().map(|s| s as f32).collect()
         };
         let (expected, owned) = match op {
             Op::AllReduce => (sums(), Vec::new()),
@@ -450,7 +491,7 @@ impl Reference {
             // every index, the input of the rank that owns that index.
             Op::AllGather => {
                 let mut gathered = vec![f32::NAN; elems];
-                for owner in 0..world {
+                for owner in members() {
                     for span in owned_by(owner) {
                         for idx in span.elems {
                             gathered[idx] = collective_input(owner, idx);
@@ -460,7 +501,9 @@ impl Reference {
                 (gathered, Vec::new())
             }
             Op::Broadcast { root_idx } => (
-                (0..elems).map(|i| collective_input(root_idx, i)).collect(),
+                (0..elems)
+                    .map(|i| collective_input(group.member(root_idx), i))
+                    .collect(),
                 Vec::new(),
             ),
             Op::Barrier => (Vec::new(), Vec::new()),

@@ -541,6 +541,11 @@ struct RawRecovery {
     straggler_patience: i64,
     /// "off" (report only) or "evict" (replace a flagged rank's node).
     straggler_mitigation: String,
+    /// Per-replica: how long a dropped node takes to be replaced and re-admitted.
+    replica_rejoin_time: String,
+    /// Per-replica: the fewest live nodes the job goes on with; below, a full restart.
+    /// Absent: half the nodes, rounded up.
+    min_replicas: Option<i64>,
 }
 
 impl Default for RawRecovery {
@@ -558,6 +563,8 @@ impl Default for RawRecovery {
             straggler_threshold: 1.2,
             straggler_patience: 3,
             straggler_mitigation: "off".into(),
+            replica_rejoin_time: "10min".into(),
+            min_replicas: None,
         }
     }
 }
@@ -1164,19 +1171,13 @@ fn validate_control(
         "restart" => RecoveryPolicy::Restart,
         "in-memory" => RecoveryPolicy::InMemory,
         "hot-spare" => RecoveryPolicy::HotSpare,
-        "per-replica" => {
-            return Err(src.error(
-                "recovery.policy",
-                "\"per-replica\" is not available in this version (it needs process groups \
-                 that shrink); expected \"restart\", \"in-memory\" or \"hot-spare\"",
-            ))
-        }
+        "per-replica" => RecoveryPolicy::PerReplica,
         other => {
             return Err(src.error(
                 "recovery.policy",
                 format!(
-                    "unknown policy {other:?}; expected \"restart\", \"in-memory\" or \
-                     \"hot-spare\""
+                    "unknown policy {other:?}; expected \"restart\", \"in-memory\", \
+                     \"hot-spare\" or \"per-replica\""
                 ),
             ))
         }
@@ -1204,6 +1205,23 @@ fn validate_control(
     let optional = |key: &str, text: &str| -> Result<Option<u64>, ScenarioError> {
         Ok(Some(duration(key, text)?).filter(|ns| *ns > 0))
     };
+    let replica_rejoin_time_ns = duration("recovery.replica_rejoin_time", &r.replica_rejoin_time)?;
+    if replica_rejoin_time_ns == 0 {
+        return Err(src.error(
+            "recovery.replica_rejoin_time",
+            "expected a positive duration: a dropped node needs time to be replaced",
+        ));
+    }
+    let min_replicas = match r.min_replicas {
+        None => nodes.div_ceil(2),
+        Some(n) => in_range(src, "recovery.min_replicas", n, 1, nodes as i64)?,
+    };
+    if policy == RecoveryPolicy::PerReplica && nodes < 2 {
+        return Err(src.error(
+            "recovery.policy",
+            "per-replica needs at least two nodes: the replica unit dropped is a whole node",
+        ));
+    }
     let rate = f.rates.node_failures_per_1000_node_days;
     if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
         return Err(src.error(
@@ -1275,6 +1293,8 @@ fn validate_control(
             1000,
         )? as u64,
         restart_time_ns: duration("recovery.restart_time", &r.restart_time)?,
+        replica_rejoin_time_ns,
+        min_replicas,
         max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
         corruptions_at_ns: Vec::new(),
         seed: 0,

@@ -98,6 +98,17 @@ pub enum Record<'a> {
     RestartScheduled { generation: u64, delay_ns: u64 },
     /// Generation `generation` starts; `abandoned` when the job gives up instead.
     Restart { generation: u64, abandoned: bool },
+    /// Per-replica: `node` leaves the replica group until `rejoin_at_ns`.
+    ReplicaDropped { node: usize, rejoin_at_ns: u64 },
+    /// Per-replica: `node`, replaced, rejoins the group at the regroup scheduled now.
+    ReplicaReadmitted { node: usize },
+    /// Per-replica: the job resumes without a restore, `members` ranks strong, `dropped`
+    /// nodes out, `joined` nodes back.
+    Regroup {
+        members: usize,
+        dropped: usize,
+        joined: usize,
+    },
     /// A storage write failed (a failing store).
     StorageWriteFailed,
     /// A bit flipped in a stored blob.
@@ -105,13 +116,16 @@ pub enum Record<'a> {
 }
 
 /// The `kind`s of the controller's records, which every level keeps.
-pub const CONTROL_KINDS: [&str; 8] = [
+pub const CONTROL_KINDS: [&str; 11] = [
     "crash",
     "crash_skipped",
     "detected",
     "abort",
     "restart_scheduled",
     "restart",
+    "replica_dropped",
+    "replica_readmitted",
+    "regroup",
     "storage_write_failed",
     "storage_corruption",
 ];
@@ -162,6 +176,9 @@ impl Record<'_> {
             Record::Abort => "abort",
             Record::RestartScheduled { .. } => "restart_scheduled",
             Record::Restart { .. } => "restart",
+            Record::ReplicaDropped { .. } => "replica_dropped",
+            Record::ReplicaReadmitted { .. } => "replica_readmitted",
+            Record::Regroup { .. } => "regroup",
             Record::StorageWriteFailed => "storage_write_failed",
             Record::StorageCorruption { .. } => "storage_corruption",
         }
@@ -251,6 +268,18 @@ impl Record<'_> {
             } => write!(
                 out,
                 ",\"generation\":{generation},\"abandoned\":{abandoned}"
+            ),
+            Record::ReplicaDropped { node, rejoin_at_ns } => {
+                write!(out, ",\"node\":{node},\"rejoin_at_ns\":{rejoin_at_ns}")
+            }
+            Record::ReplicaReadmitted { node } => write!(out, ",\"node\":{node}"),
+            Record::Regroup {
+                members,
+                dropped,
+                joined,
+            } => write!(
+                out,
+                ",\"members\":{members},\"dropped\":{dropped},\"joined\":{joined}"
             ),
             Record::StorageCorruption { name } => write!(
                 out,
@@ -783,6 +812,9 @@ impl Timeline {
             }
             Record::CrashSkipped { .. }
             | Record::RestartScheduled { .. }
+            | Record::ReplicaDropped { .. }
+            | Record::ReplicaReadmitted { .. }
+            | Record::Regroup { .. }
             | Record::StorageWriteFailed
             | Record::StorageCorruption { .. } => {
                 let mut fields = String::new();

@@ -25,11 +25,13 @@ use crate::trace::Record;
 mod control;
 mod links;
 mod recording;
+mod replicas;
 mod sdc;
 mod stragglers;
 
 pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
 pub use links::{LinkFaultConfig, LinkFlapReport, LinkFlapSpec, Transport};
+pub use replicas::PerReplicaReport;
 pub use sdc::{Escape, SdcConfig, SdcKind, SdcKindReport, SdcSpec};
 pub use stragglers::{
     FlaggedRank, StragglerConfig, StragglerDetection, StragglerKind, StragglerReport,
@@ -65,6 +67,8 @@ enum EventKind {
     StragglerBegins { idx: u32 },
     /// The next arrival of the random link flap process.
     RandomLinkFlap,
+    /// Per-replica: dropped node `node` may rejoin.
+    ReplicaRejoin { node: u32 },
 }
 
 /// A message on the fabric, or in its receiver's mailbox.
@@ -451,6 +455,7 @@ impl World {
             EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),
             EventKind::StragglerBegins { idx } => self.fire_straggler_begins(idx),
             EventKind::RandomLinkFlap => self.fire_random_link_flap(),
+            EventKind::ReplicaRejoin { node } => self.fire_replica_rejoin(node),
         }
     }
 
@@ -866,6 +871,20 @@ impl Backend for SimBackend {
 
     fn placement(&self) -> Placement {
         self.placement
+    }
+
+    fn replica_group(&self) -> trainer_core::Group {
+        match &self.world.borrow().control {
+            Some(control) => control.replicas.group.clone(),
+            None => self.placement.world(),
+        }
+    }
+
+    fn rejoined_nodes(&self) -> Vec<usize> {
+        match &self.world.borrow().control {
+            Some(control) => control.replicas.rejoined.clone(),
+            None => Vec::new(),
+        }
     }
 
     fn send(

@@ -233,3 +233,23 @@ fn the_printed_verdict_is_the_same_on_one_thread_and_on_three() {
     assert_eq!(one, run("3"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Under per-replica a run that dropped a node ends with other parameters than the fault-free
+/// run by design; the swarm holds it to every other invariant, and the seeds pass.
+#[test]
+fn per_replica_seeds_pass_every_invariant_that_applies() {
+    let scenario = root().join("scenarios/node-crash-per-replica.toml");
+    let (status, report) = swarm_json(&scenario, false);
+    assert_eq!(report["seeds_failed"], 0, "{report}");
+    assert_eq!(status, Some(0));
+    let recoveries: u64 = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["recoveries"].as_u64().unwrap())
+        .sum();
+    assert!(
+        recoveries >= SEEDS,
+        "{recoveries} regroups in {SEEDS} seeds"
+    );
+}

@@ -284,7 +284,31 @@ fn policies_that_cannot_work_are_refused_at_load() {
             vec!["recovery.policy=hot-spare", "recovery.fallback=none"],
             "recovery.policy",
         ),
-        (vec!["recovery.policy=per-replica"], "recovery.policy"),
+        (
+            vec![
+                "recovery.policy=per-replica",
+                "recovery.replica_rejoin_time=\"0s\"",
+            ],
+            "recovery.replica_rejoin_time",
+        ),
+        (
+            vec!["recovery.replica_rejoin_time=\"soon\""],
+            "recovery.replica_rejoin_time",
+        ),
+        (
+            vec!["recovery.policy=per-replica", "recovery.min_replicas=0"],
+            "recovery.min_replicas",
+        ),
+        // 24 GPUs on nodes of 4: six nodes.
+        (
+            vec!["recovery.policy=per-replica", "recovery.min_replicas=7"],
+            "recovery.min_replicas",
+        ),
+        (
+            vec!["recovery.policy=per-replica", "cluster.gpus=4"],
+            "recovery.policy",
+        ),
+        (vec!["recovery.policy=per-rank"], "recovery.policy"),
         (vec!["checkpoint.interval=0"], "checkpoint.interval"),
         (vec!["checkpoint.keep=0"], "checkpoint.keep"),
         (vec!["checkpoint.interval=\"0s\""], "checkpoint.interval"),
@@ -294,6 +318,9 @@ fn policies_that_cannot_work_are_refused_at_load() {
         let error = load_str("r", "<test>", BASE, &sets).unwrap_err();
         assert_eq!(error.key.as_deref(), Some(key), "{error}");
     }
+    let fine = ["recovery.policy=per-replica", "recovery.min_replicas=6"];
+    let sets: Vec<String> = fine.iter().map(|s| s.to_string()).collect();
+    load_str("r", "<test>", BASE, &sets).expect("per-replica loads");
 }
 
 /// Storage faults. A bit flipped in a committed shard is caught by the restore's checksum, which

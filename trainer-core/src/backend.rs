@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::group::Placement;
+use crate::group::{Group, Placement};
 use crate::integrity::Check;
 use crate::kernels;
 
@@ -248,6 +248,9 @@ pub struct RestartOrder {
     pub memory_lost: bool,
     /// The controller gave up on the job (too many restarts): stop.
     pub job_abandoned: bool,
+    /// Per-replica recovery: the job goes on without a restore. The members of
+    /// [`Backend::replica_group`] adopt one survivor's state and redo the step in flight.
+    pub regroup: bool,
 }
 
 /// One rank's view of the world.
@@ -261,6 +264,17 @@ pub trait Backend {
 
     fn world_size(&self) -> usize {
         self.placement().world_size
+    }
+
+    /// The data-parallel replicas training now: the world, less the nodes the per-replica
+    /// recovery policy dropped. Gradients are averaged over its members.
+    fn replica_group(&self) -> Group {
+        self.placement().world()
+    }
+
+    /// Nodes re-admitted at the latest regroup: their ranks hold no state to offer.
+    fn rejoined_nodes(&self) -> Vec<usize> {
+        Vec::new()
     }
 
     /// Hands `payload` to the transport. Completes once the payload is on its way; delivery

@@ -1,5 +1,11 @@
 //! Placement of ranks on nodes, and process groups (world, node-local, per-rail) described
 //! arithmetically so that 100,000 ranks need no member lists.
+//!
+//! A group may have holes: an arithmetic group minus a sorted list of excluded members, which
+//! is how the per-replica recovery policy runs every collective over the world minus the nodes
+//! it dropped. Only the holes are listed; a group without holes costs what it always did.
+
+use std::sync::Arc;
 
 /// How the world's ranks sit on nodes: rank `r` is local GPU `r % gpus_per_node` of node
 /// `r / gpus_per_node`. The last node may hold fewer GPUs.
@@ -40,6 +46,39 @@ impl Placement {
         Group::strided(0, 1, self.world_size)
     }
 
+    /// The world without the ranks of `dropped_nodes` (sorted, distinct, not every node).
+    pub fn world_without_nodes(&self, dropped_nodes: &[usize]) -> Group {
+        if dropped_nodes.is_empty() {
+            return self.world();
+        }
+        let ranks: Vec<usize> = dropped_nodes
+            .iter()
+            .flat_map(|&node| {
+                let first = node * self.gpus_per_node;
+                first..first + self.gpus_on_node(node)
+            })
+            .collect();
+        self.world().without(ranks.into())
+    }
+
+    /// The nodes whose ranks `group` leaves out of the world, sorted. Panics unless `group` is
+    /// the world minus whole nodes: the hierarchical algorithm's replica unit is the node.
+    pub fn dropped_nodes(&self, group: &Group) -> Vec<usize> {
+        assert!(
+            group.first == 0 && group.stride == 1 && group.base_count == self.world_size,
+            "not a world group: {group:?}"
+        );
+        let mut nodes: Vec<usize> = group.excluded().iter().map(|&r| self.node_of(r)).collect();
+        nodes.dedup();
+        let whole: usize = nodes.iter().map(|&n| self.gpus_on_node(n)).sum();
+        assert_eq!(
+            whole,
+            group.excluded().len(),
+            "the hierarchical algorithm drops whole nodes only: {group:?}"
+        );
+        nodes
+    }
+
     /// The ranks of `node`.
     pub fn node_group(&self, node: usize) -> Group {
         Group::strided(node * self.gpus_per_node, 1, self.gpus_on_node(node))
@@ -60,20 +99,26 @@ impl Placement {
         Group {
             first: chunk,
             stride: self.gpus_per_node,
-            count: node_count,
+            base_count: node_count,
             last,
+            excluded: None,
         }
     }
 }
 
-/// An ordered set of world ranks: `first + i * stride` for `i < count - 1`, then `last`.
-/// `last` lets a rail group reach the owner on a partial last node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An ordered set of world ranks: the base `first + i * stride` for `i < base_count - 1`, then
+/// `last` (which lets a rail group reach the owner on a partial last node), minus the base
+/// members listed in `excluded`. Members keep the base order; member indices count the
+/// remaining ones only.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
     first: usize,
     stride: usize,
-    count: usize,
+    base_count: usize,
     last: usize,
+    /// Base member indices left out, sorted and distinct; `None` when there are none, so that
+    /// the common case is one untaken branch.
+    excluded: Option<Arc<[usize]>>,
 }
 
 impl Group {
@@ -82,19 +127,67 @@ impl Group {
         Group {
             first,
             stride,
-            count,
+            base_count: count,
             last: first + (count - 1) * stride,
+            excluded: None,
         }
     }
 
+    /// This group without the base members at `excluded` (sorted, distinct, in range, not
+    /// all of them). The `Arc` lets groups with the same holes share one list.
+    pub fn without(self, excluded: Arc<[usize]>) -> Group {
+        assert!(
+            excluded.windows(2).all(|w| w[0] < w[1]),
+            "excluded members must be sorted and distinct"
+        );
+        assert!(
+            excluded.last().is_none_or(|&e| e < self.base_count),
+            "excluded member outside the group"
+        );
+        assert!(excluded.len() < self.base_count, "a group needs a member");
+        Group {
+            excluded: (!excluded.is_empty()).then_some(excluded),
+            ..self
+        }
+    }
+
+    /// Base member indices left out (empty without holes).
+    pub fn excluded(&self) -> &[usize] {
+        self.excluded.as_deref().unwrap_or(&[])
+    }
+
+    pub fn has_holes(&self) -> bool {
+        self.excluded.is_some()
+    }
+
     pub fn count(&self) -> usize {
-        self.count
+        match &self.excluded {
+            None => self.base_count,
+            Some(excluded) => self.base_count - excluded.len(),
+        }
     }
 
     /// World rank of member `idx`.
     pub fn member(&self, idx: usize) -> usize {
-        debug_assert!(idx < self.count);
-        if idx + 1 == self.count {
+        match &self.excluded {
+            None => self.base_member(idx),
+            Some(excluded) => {
+                // Each hole at or before the base index moves the member one further on.
+                let mut base_idx = idx;
+                for &hole in excluded.iter() {
+                    if hole > base_idx {
+                        break;
+                    }
+                    base_idx += 1;
+                }
+                self.base_member(base_idx)
+            }
+        }
+    }
+
+    fn base_member(&self, idx: usize) -> usize {
+        debug_assert!(idx < self.base_count);
+        if idx + 1 == self.base_count {
             self.last
         } else {
             self.first + idx * self.stride
@@ -103,18 +196,38 @@ impl Group {
 
     /// Member index of world rank `rank`, if it belongs to the group.
     pub fn index_of(&self, rank: usize) -> Option<usize> {
+        let base_idx = self.base_index_of(rank)?;
+        match &self.excluded {
+            None => Some(base_idx),
+            Some(excluded) => match excluded.binary_search(&base_idx) {
+                Ok(_) => None,
+                Err(holes_before) => Some(base_idx - holes_before),
+            },
+        }
+    }
+
+    fn base_index_of(&self, rank: usize) -> Option<usize> {
         if rank == self.last {
-            return Some(self.count - 1);
+            return Some(self.base_count - 1);
         }
         if rank < self.first || (rank - self.first) % self.stride != 0 {
             return None;
         }
         let idx = (rank - self.first) / self.stride;
-        (idx + 1 < self.count).then_some(idx)
+        (idx + 1 < self.base_count).then_some(idx)
     }
 
     /// True when the group is `0..count` in order, as the world group is.
     pub fn is_contiguous_from_zero(&self) -> bool {
-        self.first == 0 && self.stride == 1 && self.last == self.count - 1
+        self.excluded.is_none()
+            && self.first == 0
+            && self.stride == 1
+            && self.last == self.base_count - 1
+    }
+
+    /// True when the group is `0..world_size` minus holes: the world, perhaps with ranks
+    /// dropped.
+    pub fn is_world_with_holes(&self, world_size: usize) -> bool {
+        self.first == 0 && self.stride == 1 && self.base_count == world_size
     }
 }

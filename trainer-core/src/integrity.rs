@@ -150,6 +150,17 @@ impl Guard {
         !value.is_finite() || self.average.is_some_and(|avg| value > factor * avg)
     }
 
+    /// The running average's bits, for handing a guard to another replica exactly.
+    pub fn average_bits(&self) -> Option<u64> {
+        self.average.map(f64::to_bits)
+    }
+
+    pub fn from_average_bits(bits: Option<u64>) -> Guard {
+        Guard {
+            average: bits.map(f64::from_bits),
+        }
+    }
+
     /// Folds an accepted value into the average.
     pub fn accept(&mut self, value: f64) {
         self.average = Some(match self.average {

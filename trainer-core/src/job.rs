@@ -1,11 +1,16 @@
 //! The data-parallel training job: every rank computes the gradient of its own batch, the
 //! gradients (and the loss) are summed with an all-reduce, and every rank applies the same SGD
 //! update, so all replicas hold the same parameters bit for bit.
+//!
+//! Under the per-replica recovery policy the replicas are the members of
+//! [`Backend::replica_group`], which may leave out dropped nodes: the sum runs over them and is
+//! divided by their count, so a step taken with fewer replicas averages fewer samples.
 
 use crate::backend::{Backend, CommError, Event, FaultPoint, Work, WorkKind};
 use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Votes, VOTE_COUNT};
 use crate::collectives::{Collective, Op};
 use crate::digest::params_digest;
+use crate::group::Group;
 use crate::integrity::{self, Check, DetectionPolicy, Guard, HealthCounters};
 use crate::kernels;
 use crate::model;
@@ -94,9 +99,11 @@ impl Trainer {
 
     /// This rank's gradient, loss and checkpoint votes for `step`, summed over the world with
     /// `collective`: one all-reduce carries all three.
+    #[allow(clippy::too_many_arguments)]
     async fn reduce_gradient<B: Backend>(
         &self,
         backend: &B,
+        group: &Group,
         step: u64,
         op_id: u64,
         collective: Collective,
@@ -128,12 +135,11 @@ impl Trainer {
             .await?;
         let compute_ns = backend.now_ns() - compute_began_ns;
         backend.emit(Event::ComputeTimed { step, compute_ns });
-        let world = backend.placement().world();
         let bytes = cfg.modelled_grad_bytes;
         collective
             .run_checked(
                 backend,
-                &world,
+                group,
                 Op::AllReduce,
                 op_id,
                 &mut buffer,
@@ -179,6 +185,7 @@ impl Trainer {
     async fn resolve_suspect<B: Backend>(
         &self,
         backend: &B,
+        group: &Group,
         step: u64,
         first: &[f32],
     ) -> Result<Option<Vec<f32>>, CommError> {
@@ -191,7 +198,7 @@ impl Trainer {
         let counters = HealthCounters::default();
         let op_id = health_op_id(step, 2);
         let rerun = self
-            .reduce_gradient(backend, step, op_id, collective, &counters)
+            .reduce_gradient(backend, group, step, op_id, collective, &counters)
             .await?;
         let same = first[..=dim]
             .iter()
@@ -211,7 +218,7 @@ impl Trainer {
             };
             let counters = HealthCounters::default();
             let op_id = health_op_id(step, 3);
-            self.reduce_gradient(backend, step, op_id, checked, &counters)
+            self.reduce_gradient(backend, group, step, op_id, checked, &counters)
                 .await?;
             let faulty = counters.kernel_mismatches.get() > 0;
             // Said before the last all-reduce: once a rank learns the culprit it stops the job,
@@ -223,11 +230,10 @@ impl Trainer {
             });
             let rank = backend.rank() as f32;
             let mut flags = [f32::from(u8::from(faulty)), if faulty { rank } else { 0.0 }];
-            let world = backend.placement().world();
             collective
                 .run(
                     backend,
-                    &world,
+                    group,
                     Op::AllReduce,
                     health_op_id(step, 4),
                     &mut flags,
@@ -257,11 +263,14 @@ impl Trainer {
 
     /// Compares this replica's parameters with rank 0's: a broadcast of rank 0's digest, then
     /// an all-reduce of who differs. Returns true when every replica agrees.
-    async fn fingerprint<B: Backend>(&mut self, backend: &B) -> Result<bool, CommError> {
+    async fn fingerprint<B: Backend>(
+        &mut self,
+        backend: &B,
+        group: &Group,
+    ) -> Result<bool, CommError> {
         let started = backend.now_ns();
         let step = self.step;
         let collective = self.config.collective.for_control();
-        let world = backend.placement().world();
         let mine = integrity::fingerprint_pieces(params_digest(&self.params));
         let mut root = mine;
         let op_id = health_op_id(step, 0);
@@ -269,7 +278,7 @@ impl Trainer {
         collective
             .run(
                 backend,
-                &world,
+                group,
                 Op::Broadcast { root_idx },
                 op_id,
                 &mut root,
@@ -283,7 +292,7 @@ impl Trainer {
             if differs { rank } else { 0.0 },
         ];
         collective
-            .run(backend, &world, Op::AllReduce, op_id + 1, &mut flags, 8)
+            .run(backend, group, Op::AllReduce, op_id + 1, &mut flags, 8)
             .await?;
         backend.emit(Event::HealthCheckCost {
             step,
@@ -338,13 +347,14 @@ impl Trainer {
         let dim = self.params.len();
         let counters = HealthCounters::default();
         let collective = self.config.collective;
+        let group = backend.replica_group();
         let mut buffer = self
-            .reduce_gradient(backend, step, step, collective, &counters)
+            .reduce_gradient(backend, &group, step, step, collective, &counters)
             .await?;
         let mut apply = true;
         if let Some(check) = self.suspect(&buffer) {
             backend.emit(Event::SdcSuspect { step, check });
-            match self.resolve_suspect(backend, step, &buffer).await? {
+            match self.resolve_suspect(backend, &group, step, &buffer).await? {
                 Some(clean) => buffer = clean,
                 None => apply = false,
             }
@@ -353,11 +363,11 @@ impl Trainer {
         if apply {
             self.grad_guard.accept(integrity::norm(&buffer[..dim]));
             self.loss_guard.accept(buffer[dim] as f64);
-            kernels::scale(&mut buffer[..dim + 1], 1.0 / backend.world_size() as f32);
+            kernels::scale(&mut buffer[..dim + 1], 1.0 / group.count() as f32);
             let lr = self.config.learning_rate;
             backend.sgd_update(&mut self.params, &buffer[..dim], lr);
         } else {
-            kernels::scale(&mut buffer[dim..dim + 1], 1.0 / backend.world_size() as f32);
+            kernels::scale(&mut buffer[dim..dim + 1], 1.0 / group.count() as f32);
         }
         let flops = self.config.modelled_optimizer_flops;
         backend
@@ -380,8 +390,13 @@ impl Trainer {
         let every = self.config.detection.fingerprint_every_steps;
         let fingerprint_due =
             every > 0 && (self.step % every == 0 || self.step == self.config.steps);
-        if fingerprint_due && !self.fingerprint(backend).await? {
+        if fingerprint_due && !self.fingerprint(backend, &group).await? {
             self.rollback(backend).await?;
+            return Ok(loss);
+        }
+        // With replicas dropped, checkpoints wait for the whole world: every shard of the
+        // layout has an owner only then, and a restore expects every shard.
+        if group.has_holes() {
             return Ok(loss);
         }
         if let Some(checkpointer) = &mut self.checkpointer {
@@ -418,6 +433,87 @@ impl Trainer {
         Ok(())
     }
 
+    /// Per-replica recovery: the members of the replica group agree on one state and go on
+    /// without a restore. The state is that of the first member that did not just rejoin
+    /// (a rejoined node's ranks start empty), broadcast to every member (parameters, step,
+    /// guards, losses), then a barrier. Survivors may stand one step apart when a failure cuts
+    /// an all-reduce short (some received the sum, others not); adopting one survivor's state
+    /// is valid either way, and the step in flight is redone over the new group.
+    pub async fn regroup<B: Backend>(
+        &mut self,
+        backend: &B,
+        generation: u64,
+    ) -> Result<(), CommError> {
+        let group = backend.replica_group();
+        let placement = backend.placement();
+        let rejoined = backend.rejoined_nodes();
+        let root_idx = (0..group.count())
+            .find(|&idx| !rejoined.contains(&placement.node_of(group.member(idx))))
+            .expect("the controller re-admits nodes only beside a survivor");
+        let mut state = self.state_vector();
+        // Regroup operations use op ids far above any step, apart from the restore's.
+        let op_id = (1 << 62) + (generation << 20) + (1 << 19);
+        self.config
+            .collective
+            .run(
+                backend,
+                &group,
+                Op::Broadcast { root_idx },
+                op_id,
+                &mut state,
+                self.config.modelled_grad_bytes,
+            )
+            .await?;
+        self.adopt_state_vector(&state);
+        // The group resumes together: the root's own broadcast completes when it has sent.
+        self.config
+            .collective
+            .for_control()
+            .run(backend, &group, Op::Barrier, op_id + 1, &mut [], 0)
+            .await?;
+        if let Some(checkpointer) = &mut self.checkpointer {
+            // A checkpoint in flight belonged to the old group; the next starts afresh.
+            checkpointer.reset(backend.now_ns());
+        }
+        Ok(())
+    }
+
+    /// Parameters, then the step, the last clean fingerprint's step, the losses and the
+    /// guards' averages, each as exact bit patterns (a broadcast copies bits).
+    fn state_vector(&self) -> Vec<f32> {
+        let pieces = |value: u64| {
+            [
+                f32::from_bits(value as u32),
+                f32::from_bits((value >> 32) as u32),
+            ]
+        };
+        let guard = |g: &Guard| {
+            let bits = g.average_bits();
+            let [lo, hi] = pieces(bits.unwrap_or(0));
+            [f32::from(u8::from(bits.is_some())), lo, hi]
+        };
+        let mut state = self.params.clone();
+        state.extend(pieces(self.step));
+        state.extend(pieces(self.last_clean_step));
+        state.extend([self.last_loss, self.first_loss]);
+        state.extend(guard(&self.grad_guard));
+        state.extend(guard(&self.loss_guard));
+        state
+    }
+
+    fn adopt_state_vector(&mut self, state: &[f32]) {
+        let dim = self.params.len();
+        let value = |at: usize| state[at].to_bits() as u64 | (state[at + 1].to_bits() as u64) << 32;
+        let guard = |at: usize| Guard::from_average_bits((state[at] == 1.0).then(|| value(at + 1)));
+        self.params.copy_from_slice(&state[..dim]);
+        self.step = value(dim);
+        self.last_clean_step = value(dim + 2);
+        self.last_loss = state[dim + 4];
+        self.first_loss = state[dim + 5];
+        self.grad_guard = guard(dim + 6);
+        self.loss_guard = guard(dim + 9);
+    }
+
     pub fn outcome(&self) -> JobOutcome {
         JobOutcome {
             steps_completed: self.step,
@@ -430,16 +526,31 @@ impl Trainer {
     }
 }
 
+/// How a rank goes on after a failure.
+#[derive(Clone, Copy)]
+enum Resume {
+    /// The job restarted: restore the newest verified checkpoint.
+    Restore { generation: u64 },
+    /// Per-replica: the replica group changed; adopt a survivor's state.
+    Regroup { generation: u64 },
+}
+
 /// Trains for `config.steps` steps, surviving failures: when a step fails, the rank reports
 /// to the job controller, waits for the restart, restores the newest verified checkpoint and
 /// goes on. A rank whose node died starts from an empty trainer, as a new process would.
 pub async fn run<B: Backend>(backend: &B, config: JobConfig) -> JobOutcome {
     let mut trainer = Trainer::new(config.clone());
-    let mut generation = None;
+    let mut resume = None;
     loop {
         let attempt = async {
-            if let Some(generation) = generation {
-                trainer.restore(backend, generation).await?;
+            match resume {
+                Some(Resume::Restore { generation }) => {
+                    trainer.restore(backend, generation).await?
+                }
+                Some(Resume::Regroup { generation }) => {
+                    trainer.regroup(backend, generation).await?
+                }
+                None => {}
             }
             while trainer.step < trainer.config.steps {
                 trainer.train_step(backend).await?;
@@ -462,8 +573,13 @@ pub async fn run<B: Backend>(backend: &B, config: JobConfig) -> JobOutcome {
                     fresh.first_loss = trainer.first_loss;
                     trainer = fresh;
                 }
-                trainer.restarts += 1;
-                generation = Some(order.generation);
+                let generation = order.generation;
+                resume = Some(if order.regroup {
+                    Resume::Regroup { generation }
+                } else {
+                    trainer.restarts += 1;
+                    Resume::Restore { generation }
+                });
             }
         }
     }

@@ -118,3 +118,45 @@ fn the_guard_flags_outliers_and_non_finite_values_only_after_it_has_an_average()
     assert!(!guard.is_suspect(19.0, 10.0));
     assert!(guard.is_suspect(21.0, 10.0));
 }
+
+#[test]
+fn groups_with_holes_list_the_other_members_in_order_and_index_them_back() {
+    for world in 1..=40 {
+        for gpus_per_node in [1, 3, 8] {
+            let placement = Placement::new(world, gpus_per_node);
+            let nodes = placement.node_count();
+            for dropped in [
+                vec![0],
+                vec![nodes - 1],
+                vec![0, nodes - 1],
+                vec![nodes / 2],
+            ] {
+                let mut dropped = dropped;
+                dropped.dedup();
+                if dropped.len() >= nodes {
+                    continue;
+                }
+                let group = placement.world_without_nodes(&dropped);
+                let expected: Vec<usize> = (0..world)
+                    .filter(|&r| !dropped.contains(&placement.node_of(r)))
+                    .collect();
+                let members: Vec<usize> = (0..group.count()).map(|i| group.member(i)).collect();
+                assert_eq!(
+                    members, expected,
+                    "{world}/{gpus_per_node} without {dropped:?}"
+                );
+                for rank in 0..world {
+                    assert_eq!(
+                        group.index_of(rank),
+                        expected.iter().position(|&r| r == rank)
+                    );
+                }
+                assert_eq!(placement.dropped_nodes(&group), dropped);
+                // A rail without the dropped nodes: its member index is its node.
+                let rail = placement.rail_group(0).without(dropped.clone().into());
+                assert_eq!(rail.count(), nodes - dropped.len());
+            }
+        }
+    }
+    assert!(!Placement::new(8, 4).world_without_nodes(&[]).has_holes());
+}

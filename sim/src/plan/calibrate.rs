@@ -34,11 +34,13 @@ const CRASH_RUN_ATTEMPTS: u32 = 4;
 pub const NOT_MEASURED: [(&str, &str); 3] = [
     (
         "recovery.per_replica_stall_time",
-        "the simulator has no per-replica recovery (it needs process groups that shrink)",
+        "calibration does not run the simulator's per-replica recovery yet (its crash run uses \
+         restart)",
     ),
     (
         "recovery.replica_rejoin_time",
-        "the simulator has no per-replica recovery (it needs process groups that shrink)",
+        "calibration does not run the simulator's per-replica recovery yet (its crash run uses \
+         restart)",
     ),
     (
         "faults.detection (nic, switch, link, software, sdc)",
@@ -242,8 +244,8 @@ pub fn run_scenario_for(
 }
 
 /// Loads the runs of a calibration: the steady run, and a crash run for the planner's policy
-/// (restart when it names per-replica, which the simulator does not have), or for every policy
-/// the simulator has when `all_policies`.
+/// (restart when it names per-replica, whose regroup calibration does not measure yet), or for
+/// the restart, in-memory and hot-spare policies when `all_policies`.
 pub fn plan_runs(
     name: &str,
     origin: &str,

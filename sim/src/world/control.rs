@@ -4,6 +4,9 @@
 //! replaces dead ranks with empty ones and restarts the job in a new generation. It also keeps
 //! the books: faults injected and detected, and model time lost by cause.
 //!
+//! Under the per-replica policy it drops failed nodes and re-admits them instead of
+//! restarting (`replicas.rs`).
+//!
 //! It decides nothing the trainer should decide: restoring, from which checkpoint, and with
 //! what verification is trainer-core's logic.
 
@@ -54,6 +57,9 @@ pub enum RecoveryPolicy {
     /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
     /// Without spares left, the controller falls back to a full restart (or gives up).
     HotSpare,
+    /// A failed node is dropped from the replica group; the others go on without a restore
+    /// and re-admit it after `replica_rejoin_time`. Below `min_replicas` nodes: a restart.
+    PerReplica,
 }
 
 impl RecoveryPolicy {
@@ -62,6 +68,7 @@ impl RecoveryPolicy {
             RecoveryPolicy::Restart => "restart",
             RecoveryPolicy::InMemory => "in-memory",
             RecoveryPolicy::HotSpare => "hot-spare",
+            RecoveryPolicy::PerReplica => "per-replica",
         }
     }
 }
@@ -84,6 +91,10 @@ pub struct ControlConfig {
     pub heartbeat_interval_ns: Option<u64>,
     pub heartbeat_misses: u64,
     pub restart_time_ns: u64,
+    /// Per-replica: from a node's drop to its re-admission.
+    pub replica_rejoin_time_ns: u64,
+    /// Per-replica: the fewest live nodes the job goes on with.
+    pub min_replicas: usize,
     pub max_restarts: u64,
     /// Times at which a bit flips in a shard of the newest committed checkpoint.
     pub corruptions_at_ns: Vec<u64>,
@@ -136,19 +147,21 @@ pub struct FaultReport {
     pub sdc: BTreeMap<String, super::SdcKindReport>,
     /// GPUs found computing wrong sums and replaced.
     pub quarantined_gpus: Vec<usize>,
+    /// Drops, re-admissions and degraded steps, under the per-replica policy only.
+    pub per_replica: Option<super::replicas::PerReplicaReport>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     Running,
     Aborting,
 }
 
 pub(super) struct Control {
-    config: ControlConfig,
-    phase: Phase,
+    pub(super) config: ControlConfig,
+    pub(super) phase: Phase,
     pub(super) generation: u64,
-    awaiting: usize,
+    pub(super) awaiting: usize,
     /// When the oldest crash not yet detected happened.
     undetected_since_ns: Option<u64>,
     step_crashes_fired: Vec<bool>,
@@ -158,11 +171,18 @@ pub(super) struct Control {
     rank0_step_began: Option<(u64, u64)>,
     rank0_high_water: u64,
     restarted_at_ns: Option<u64>,
+    /// What the time from the resumption to the books' rank's next step is lost to:
+    /// "restore" after a restart; "regroup" or "readmission" under per-replica.
+    pub(super) resume_cause: &'static str,
+    /// The rank whose events keep the books (useful time, checkpoints): rank 0, or the
+    /// replica group's first member while rank 0's node is dropped.
+    pub(super) observer: usize,
+    pub(super) replicas: super::replicas::Replicas,
     /// The checkpoint rank 0 has snapshotted and not yet seen committed, and when the
     /// snapshot ended.
     rank0_pending_checkpoint: Option<(u64, u64)>,
     /// Nodes that lost a rank since the last restart: each needs a replacement.
-    failed_nodes: std::collections::BTreeSet<usize>,
+    pub(super) failed_nodes: std::collections::BTreeSet<usize>,
     spares_left: usize,
     /// Health-check work inside rank 0's current step (a re-run), not useful progress.
     pub(super) step_overhead_ns: u64,
@@ -176,7 +196,11 @@ pub(super) struct Control {
 }
 
 impl Control {
-    pub(super) fn new(config: ControlConfig, node_count: usize) -> Control {
+    pub(super) fn new(
+        config: ControlConfig,
+        world: trainer_core::Group,
+        node_count: usize,
+    ) -> Control {
         // The fault stream's own seed: adding another subsystem's draws never shifts it.
         let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(config.seed ^ 0x00c4_a511));
         let spares_left = config.spare_nodes;
@@ -193,6 +217,9 @@ impl Control {
             rank0_step_began: None,
             rank0_high_water: 0,
             restarted_at_ns: None,
+            resume_cause: "restore",
+            observer: 0,
+            replicas: super::replicas::Replicas::new(world),
             rank0_pending_checkpoint: None,
             failed_nodes: std::collections::BTreeSet::new(),
             spares_left: 0,
@@ -233,7 +260,7 @@ impl World {
         if let Some(timeout) = config.collective_timeout_ns {
             self.schedule((timeout / 10).max(1), EventKind::Watchdog);
         }
-        let mut control = Control::new(config, node_count);
+        let mut control = Control::new(config, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
             let at = next_arrival(&mut control, 0);
             self.schedule(at, EventKind::RandomCrash);
@@ -249,6 +276,9 @@ impl World {
                 .lost_time_ns_by_cause
                 .entry("fingerprint".to_string())
                 .or_default() += min;
+        }
+        if control.config.policy == RecoveryPolicy::PerReplica {
+            report.per_replica = Some(control.replicas.report_at_end());
         }
         self.sdc_report(&mut report);
         Some(report)
@@ -284,6 +314,20 @@ impl World {
                 CrashTarget::Node(node) => ("node_crash", node),
                 CrashTarget::Gpu(rank) => ("gpu_failure", self.placement.node_of(rank)),
             };
+            self.record(None, Record::CrashSkipped { kind, node });
+            return;
+        }
+        let target_node = match target {
+            CrashTarget::Node(node) => node,
+            CrashTarget::Gpu(rank) => self.placement.node_of(rank),
+        };
+        if control.replicas.is_dropped(target_node) {
+            // Per-replica: the node is out of the job already; its replacement is not in yet.
+            let kind = match target {
+                CrashTarget::Node(_) => "node_crash",
+                CrashTarget::Gpu(_) => "gpu_failure",
+            };
+            let node = target_node;
             self.record(None, Record::CrashSkipped { kind, node });
             return;
         }
@@ -449,7 +493,7 @@ impl World {
     }
 
     /// Stops the job: every rank's next (or current) communication fails with `Aborted`.
-    fn begin_abort(&mut self) {
+    pub(super) fn begin_abort(&mut self) {
         self.link_faults_on_abort();
         let now = self.now_ns;
         let control = self.control.as_mut().expect("a controller");
@@ -460,8 +504,16 @@ impl World {
         if control.rank0_pending_checkpoint.take().is_some() {
             control.report.checkpoints_lost_in_flight += 1;
         }
-        if let Some(since) = control.undetected_since_ns.take() {
+        let undetected_since = control.undetected_since_ns.take();
+        if let Some(since) = undetected_since {
             control.lose("detection", now - since);
+        }
+        if control.config.policy == RecoveryPolicy::PerReplica {
+            // The step in flight is redone: its time up to the failure (or this stop) is lost.
+            if let Some((_, began)) = control.rank0_step_began.take() {
+                let until = undetected_since.unwrap_or(now).max(began);
+                control.lose("redone_step", until - began);
+            }
         }
         self.record(None, Record::Abort);
         for rank in 0..self.ranks.len() {
@@ -508,6 +560,10 @@ impl World {
         if control.awaiting == 0 || control.awaiting + self.finished != self.ranks.len() {
             return;
         }
+        if self.finished > 0 && self.try_release_dropped() {
+            return;
+        }
+        let control = self.control.as_mut().expect("a controller");
         if self.finished > 0 {
             // Some ranks finished the last step: the job's work is done, nothing to restart.
             control.report.abandoned = true;
@@ -523,7 +579,8 @@ impl World {
                     delay_ns,
                 },
             );
-        } else {
+        } else if !self.try_schedule_regroup() {
+            let control = self.control.as_mut().expect("a controller");
             let needed = control.failed_nodes.len();
             let config = &control.config;
             let restart = if config.policy != RecoveryPolicy::HotSpare || needed == 0 {
@@ -557,10 +614,18 @@ impl World {
     }
 
     pub(super) fn fire_restart(&mut self) {
+        let regroup = self.fire_regroup();
         let control = self.control.as_mut().expect("a controller");
+        if control.replicas.released {
+            return;
+        }
         control.generation += 1;
-        control.awaiting = 0;
+        if !regroup {
+            control.awaiting = 0;
+            control.resume_cause = "restore";
+        }
         control.phase = Phase::Running;
+        control.rank0_step_began = None;
         control.restarted_at_ns = Some(self.now_ns);
         control.after_sdc_rollback = false;
         control.step_overhead_ns = 0;
@@ -577,15 +642,23 @@ impl World {
         self.record(None, restart);
         self.stragglers_on_restart();
         self.sdc_restart();
+        if regroup {
+            return;
+        }
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
-            let state = &mut self.ranks[rank];
-            state.dead = false;
-            state.aborted = false;
-            state.timed_out = false;
-            if state.wait == Wait::Restart {
-                self.wake(rank);
-            }
+            self.resume_rank(rank);
+        }
+    }
+
+    /// `rank` lives again in the new generation; one waiting in `await_restart` is woken.
+    pub(super) fn resume_rank(&mut self, rank: usize) {
+        let state = &mut self.ranks[rank];
+        state.dead = false;
+        state.aborted = false;
+        state.timed_out = false;
+        if state.wait == Wait::Restart {
+            self.wake(rank);
         }
     }
 
@@ -597,7 +670,8 @@ impl World {
         RestartOrder {
             generation: control.generation,
             memory_lost,
-            job_abandoned: control.report.abandoned,
+            job_abandoned: control.report.abandoned || control.replicas.released,
+            regroup: control.replicas.last_was_regroup,
         }
     }
 
@@ -639,16 +713,20 @@ impl World {
             let control = self.control.as_mut().expect("checked");
             bump(&mut control.report.restores_by_tier, name);
         }
-        if rank != 0 {
+        let control = self.control.as_mut().expect("checked");
+        if rank != control.observer {
             return;
         }
-        let control = self.control.as_mut().expect("checked");
         match *event {
             Event::StepBegin { step } => {
                 if let Some(at) = control.restarted_at_ns.take() {
-                    control.lose("restore", now - at);
+                    let cause = control.resume_cause;
+                    control.lose(cause, now - at);
                 }
                 control.rank0_step_began = Some((step, now));
+                if control.config.policy == RecoveryPolicy::PerReplica {
+                    self.replicas_on_step_begin();
+                }
             }
             Event::StepEnd { step, .. } => {
                 if let Some((began_step, began)) = control.rank0_step_began.take() {
@@ -659,12 +737,21 @@ impl World {
                         control.lose("sdc_rollback", spent);
                         control.sdc_recompute_ns = spent;
                     } else if step < control.rank0_high_water {
-                        control.lose("recomputed_steps", spent);
+                        let cause = match control.config.policy {
+                            RecoveryPolicy::PerReplica if control.replicas.last_was_regroup => {
+                                "redone_step"
+                            }
+                            _ => "recomputed_steps",
+                        };
+                        control.lose(cause, spent);
                     } else {
                         control.after_sdc_rollback = false;
                         control.report.useful_step_ns += spent;
                     }
                     control.rank0_high_water = control.rank0_high_water.max(step + 1);
+                    if control.replicas.group.has_holes() {
+                        control.replicas.report.degraded_steps += 1;
+                    }
                 }
             }
             Event::CheckpointSnapshot { stall_ns, step } => {
@@ -723,7 +810,8 @@ mod tests {
         let scenario = crate::scenario::load(&path, &overrides).expect("quickstart loads");
         let nodes = scenario.placement().node_count();
         let mean_ns = 1.0 / (scenario.control.node_failure_rate_per_ns * nodes as f64);
-        let mut control = Control::new(scenario.control, nodes);
+        let world = scenario.placement().world();
+        let mut control = Control::new(scenario.control, world, nodes);
         let gaps = (0..40_000)
             .map(|_| next_arrival(&mut control, 0) as f64)
             .collect();

@@ -10,6 +10,12 @@
 //!
 //! Inside the node, each chunk is summed by its owner in local-index order, whoever's message
 //! arrives first, then copied back out: direct, as NVSwitch allows.
+//!
+//! Over the world minus dropped nodes, a live node's group is whole and each rail loses the
+//! dropped nodes' members; intra-node messages name node members, so the world's holes never
+//! shift them.
+
+use std::sync::Arc;
 
 use super::{halving_doubling, ring, tree, Algo, Ctx};
 use crate::backend::{Backend, CommError};
@@ -23,19 +29,35 @@ const PHASE_INTRA_BROADCAST: u32 = 2;
 /// Where this rank sits, and the chunks it owns.
 struct Local {
     placement: Placement,
-    node_first: usize,
+    node: usize,
     local: usize,
     gpus_here: usize,
+    /// Nodes the world group leaves out; `None` for the whole world.
+    dropped_nodes: Option<Arc<[usize]>>,
 }
 
 impl Local {
-    fn of(placement: Placement, rank: usize) -> Local {
+    fn of(placement: Placement, group: &Group, rank: usize) -> Local {
         let node = placement.node_of(rank);
+        let dropped_nodes = group
+            .has_holes()
+            .then(|| placement.dropped_nodes(group).into());
         Local {
             placement,
-            node_first: node * placement.gpus_per_node,
+            node,
             local: placement.local_idx_of(rank),
             gpus_here: placement.gpus_on_node(node),
+            dropped_nodes,
+        }
+    }
+
+    /// Chunk `chunk`'s rail: its owner on every node, less the dropped nodes (a rail's member
+    /// index is its node).
+    fn rail_group(&self, chunk: usize) -> Group {
+        let rail = self.placement.rail_group(chunk);
+        match &self.dropped_nodes {
+            None => rail,
+            Some(nodes) => rail.without(nodes.clone()),
         }
     }
 
@@ -60,13 +82,14 @@ impl Local {
 pub(super) fn owned_spans(
     inter: Algo,
     placement: &Placement,
+    group: &Group,
     rank: usize,
     span: &Span,
 ) -> Vec<Span> {
-    let here = Local::of(*placement, rank);
+    let here = Local::of(*placement, group, rank);
     let mut spans = Vec::new();
     for chunk in here.my_chunks() {
-        let rail = placement.rail_group(chunk);
+        let rail = here.rail_group(chunk);
         let idx = rail.index_of(rank).expect("a chunk owner is on its rail");
         let chunk_span = span.part(here.chunk_count(), chunk);
         let inner = match inter {
@@ -86,7 +109,7 @@ pub(super) async fn all_reduce<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
-    let here = Local::of(ctx.backend.placement(), ctx.backend.rank());
+    let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     intra_reduce_scatter(ctx, &here, data, span).await?;
     for chunk in here.my_chunks() {
         let rail = rail_ctx(ctx, &here, chunk);
@@ -107,7 +130,7 @@ pub(super) async fn reduce_scatter<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
-    let here = Local::of(ctx.backend.placement(), ctx.backend.rank());
+    let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     intra_reduce_scatter(ctx, &here, data, span).await?;
     for chunk in here.my_chunks() {
         let rail = rail_ctx(ctx, &here, chunk);
@@ -130,7 +153,7 @@ pub(super) async fn all_gather<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
-    let here = Local::of(ctx.backend.placement(), ctx.backend.rank());
+    let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     for chunk in here.my_chunks() {
         let rail = rail_ctx(ctx, &here, chunk);
         let chunk_span = span.part(here.chunk_count(), chunk);
@@ -154,7 +177,7 @@ pub(super) async fn broadcast<B: Backend>(
     span: &Span,
 ) -> Result<(), CommError> {
     let placement = ctx.backend.placement();
-    let here = Local::of(placement, ctx.backend.rank());
+    let here = Local::of(placement, &ctx.group, ctx.backend.rank());
     let root = ctx.group.member(root_idx);
     let chunk = placement.local_idx_of(root);
     let carrier = here.owner_of(chunk);
@@ -171,32 +194,29 @@ pub(super) async fn broadcast<B: Backend>(
             }
             Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
         }
+        let node = node_ctx(ctx, &here);
         for other in (0..here.gpus_here).filter(|&l| l != here.local) {
-            ctx.send(
-                here.node_first + other,
-                PHASE_INTRA_BROADCAST,
-                0,
-                data,
-                span,
-            )
-            .await?;
+            node.send(other, PHASE_INTRA_BROADCAST, 0, data, span)
+                .await?;
         }
         Ok(())
     } else {
-        ctx.recv_copy(
-            here.node_first + carrier,
-            PHASE_INTRA_BROADCAST,
-            0,
-            data,
-            span,
-        )
-        .await
+        node_ctx(ctx, &here)
+            .recv_copy(carrier, PHASE_INTRA_BROADCAST, 0, data, span)
+            .await
     }
 }
 
 fn rail_ctx<'a, B: Backend>(ctx: &'a Ctx<'a, B>, here: &Local, chunk: usize) -> Ctx<'a, B> {
-    let rail: Group = here.placement.rail_group(chunk);
-    ctx.sub(rail, ctx.tag.phase + Local::rail_phase(chunk))
+    ctx.sub(
+        here.rail_group(chunk),
+        ctx.tag.phase + Local::rail_phase(chunk),
+    )
+}
+
+/// The same operation's tags over this rank's node: members are local indices.
+fn node_ctx<'a, B: Backend>(ctx: &'a Ctx<'a, B>, here: &Local) -> Ctx<'a, B> {
+    ctx.sub(here.placement.node_group(here.node), ctx.tag.phase)
 }
 
 /// Each chunk goes to its owner, which sums it in local-index order.
@@ -206,13 +226,13 @@ async fn intra_reduce_scatter<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
+    let ctx = &node_ctx(ctx, here);
     let chunks = here.chunk_count();
     for chunk in 0..chunks {
         let owner = here.owner_of(chunk);
         if owner != here.local {
-            let to = here.node_first + owner;
             ctx.send(
-                to,
+                owner,
                 PHASE_INTRA_REDUCE_SCATTER,
                 chunk,
                 data,
@@ -234,9 +254,7 @@ async fn intra_reduce_scatter<B: Backend>(
                 }
                 continue;
             }
-            let payload = ctx
-                .recv(here.node_first + local, PHASE_INTRA_REDUCE_SCATTER, chunk)
-                .await?;
+            let payload = ctx.recv(local, PHASE_INTRA_REDUCE_SCATTER, chunk).await?;
             assert_eq!(
                 payload.data.len(),
                 chunk_span.elems.len(),
@@ -261,12 +279,12 @@ async fn intra_all_gather<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
+    let ctx = &node_ctx(ctx, here);
     let chunks = here.chunk_count();
     for chunk in here.my_chunks() {
         for other in (0..here.gpus_here).filter(|&l| l != here.local) {
-            let to = here.node_first + other;
             ctx.send(
-                to,
+                other,
                 PHASE_INTRA_ALL_GATHER,
                 chunk,
                 data,
@@ -278,9 +296,8 @@ async fn intra_all_gather<B: Backend>(
     for chunk in 0..chunks {
         let owner = here.owner_of(chunk);
         if owner != here.local {
-            let from = here.node_first + owner;
             let chunk_span = span.part(chunks, chunk);
-            ctx.recv_copy(from, PHASE_INTRA_ALL_GATHER, chunk, data, &chunk_span)
+            ctx.recv_copy(owner, PHASE_INTRA_ALL_GATHER, chunk, data, &chunk_span)
                 .await?;
         }
     }

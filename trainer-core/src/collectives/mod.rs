@@ -11,6 +11,11 @@
 //! Reduce-scatter leaves each rank owning some [`Span`]s of the buffer; which ones is the
 //! algorithm's layout ([`Collective::owned_spans`]), and all-gather with the same algorithm
 //! takes that layout back to a full buffer.
+//!
+//! A group may have holes (ranks dropped by the per-replica recovery policy): ring, tree and
+//! halving-doubling only ever name members by index, so they run over any group; the
+//! hierarchical algorithm runs over the world minus whole nodes, whose node groups stay whole
+//! and whose rail groups lose the dropped nodes.
 
 mod halving_doubling;
 mod hierarchical;
@@ -206,8 +211,8 @@ impl Collective {
             .unwrap_or_else(|| panic!("rank {} is not in {group:?}", backend.rank()));
         if self.algo == Algo::Hierarchical {
             assert!(
-                group.is_contiguous_from_zero() && group.count() == backend.world_size(),
-                "the hierarchical algorithm runs over the world group"
+                group.is_world_with_holes(backend.world_size()),
+                "the hierarchical algorithm runs over the world group, perhaps minus whole nodes"
             );
         }
         backend.emit(Event::CollectiveBegin {
@@ -217,7 +222,7 @@ impl Collective {
         });
         let ctx = Ctx {
             backend,
-            group: *group,
+            group: group.clone(),
             me,
             tag: TagBase { op_id, phase: 0 },
             checksums: self.payload_checksums,
@@ -259,6 +264,7 @@ impl Collective {
             Algo::Hierarchical => hierarchical::owned_spans(
                 self.inter_node_algo,
                 placement,
+                group,
                 group.member(member_idx),
                 &span,
             ),
