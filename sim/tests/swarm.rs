@@ -159,6 +159,20 @@ fn the_swarm_finds_and_shrinks_a_restore_that_skips_the_checksum() {
     check_found_and_shrunk("unverified-restore", "fault_free_equivalence");
 }
 
+/// Recoveries (restarts, spare swaps, regroups) summed over every seed of a swarm report.
+fn total_recoveries(report: &serde_json::Value) -> u64 {
+    report["outcomes"]
+        .as_array()
+        .expect("a swarm report lists outcomes")
+        .iter()
+        .map(|o| {
+            o["recoveries"]
+                .as_u64()
+                .expect("each outcome counts recoveries")
+        })
+        .sum()
+}
+
 #[test]
 fn without_a_planted_bug_the_same_seeds_all_pass() {
     let (status, report) = swarm_json(&root().join(BASE), false);
@@ -166,12 +180,7 @@ fn without_a_planted_bug_the_same_seeds_all_pass() {
     assert_eq!(report["seeds_failed"], 0, "{report}");
     assert_eq!(status, Some(0));
     // The seeds did inject faults and the job did recover from them.
-    let recoveries: u64 = report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["recoveries"].as_u64().unwrap())
-        .sum();
+    let recoveries = total_recoveries(&report);
     assert!(
         recoveries >= SEEDS / 2,
         "{recoveries} recoveries in {SEEDS} seeds"
@@ -242,12 +251,7 @@ fn per_replica_seeds_pass_every_invariant_that_applies() {
     let (status, report) = swarm_json(&scenario, false);
     assert_eq!(report["seeds_failed"], 0, "{report}");
     assert_eq!(status, Some(0));
-    let recoveries: u64 = report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["recoveries"].as_u64().unwrap())
-        .sum();
+    let recoveries = total_recoveries(&report);
     assert!(
         recoveries >= SEEDS,
         "{recoveries} regroups in {SEEDS} seeds"
