@@ -65,7 +65,7 @@ impl Placement {
     /// the world minus whole nodes: the hierarchical algorithm's replica unit is the node.
     pub fn dropped_nodes(&self, group: &Group) -> Vec<usize> {
         assert!(
-            group.first == 0 && group.stride == 1 && group.base_count == self.world_size,
+            group.is_world_with_holes(self.world_size),
             "not a world group: {group:?}"
         );
         let mut nodes: Vec<usize> = group.excluded().iter().map(|&r| self.node_of(r)).collect();

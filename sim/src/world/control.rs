@@ -308,46 +308,32 @@ impl World {
     fn crash(&mut self, target: CrashTarget) {
         let now = self.now_ns;
         let control = self.control.as_mut().expect("a controller");
-        if self.finished > 0 {
-            control.report.skipped_after_finish += 1;
-            let (kind, node) = match target {
-                CrashTarget::Node(node) => ("node_crash", node),
-                CrashTarget::Gpu(rank) => ("gpu_failure", self.placement.node_of(rank)),
-            };
-            self.record(None, Record::CrashSkipped { kind, node });
-            return;
-        }
-        let target_node = match target {
-            CrashTarget::Node(node) => node,
-            CrashTarget::Gpu(rank) => self.placement.node_of(rank),
+        let (kind, node) = match target {
+            CrashTarget::Node(node) => ("node_crash", node),
+            CrashTarget::Gpu(rank) => ("gpu_failure", self.placement.node_of(rank)),
         };
-        if control.replicas.is_dropped(target_node) {
-            // Per-replica: the node is out of the job already; its replacement is not in yet.
-            let kind = match target {
-                CrashTarget::Node(_) => "node_crash",
-                CrashTarget::Gpu(_) => "gpu_failure",
-            };
-            let node = target_node;
+        // Skipped: after the job's work is done, or (per-replica) on a node that is out of the
+        // job already, whose replacement is not in yet.
+        let finished = self.finished > 0;
+        if finished || control.replicas.is_dropped(node) {
+            if finished {
+                control.report.skipped_after_finish += 1;
+            }
             self.record(None, Record::CrashSkipped { kind, node });
             return;
         }
-        let (ranks, kind) = match target {
+        let ranks = match target {
             CrashTarget::Node(node) => {
                 let group = self.placement.node_group(node);
-                (
-                    (0..group.count())
-                        .map(|i| group.member(i))
-                        .collect::<Vec<_>>(),
-                    "node_crash",
-                )
+                (0..group.count())
+                    .map(|i| group.member(i))
+                    .collect::<Vec<_>>()
             }
-            CrashTarget::Gpu(rank) => (vec![rank], "gpu_failure"),
+            CrashTarget::Gpu(rank) => vec![rank],
         };
         bump(&mut control.report.injected, kind);
         control.report.last_fault_ns = Some(now);
-        control
-            .failed_nodes
-            .insert(self.placement.node_of(ranks[0]));
+        control.failed_nodes.insert(node);
         if control.undetected_since_ns.is_none() && control.phase == Phase::Running {
             control.undetected_since_ns = Some(now);
             if let Some(interval) = control.config.heartbeat_interval_ns {

@@ -229,13 +229,14 @@ impl World {
         replicas.report.regroups += 1;
         let dropped: Vec<usize> = replicas.dropped.keys().copied().collect();
         replicas.group = self.placement.world_without_nodes(&dropped);
-        let members = replicas.group.count();
+        let group = replicas.group.clone();
+        let members = group.count();
         replicas.report.min_members = replicas.report.min_members.min(members);
-        control.observer = replicas.group.member(0);
+        control.observer = group.member(0);
         let joined = replicas.rejoined.len();
-        // The dropped nodes' ranks stay in `await_restart` until they rejoin.
-        let placement = self.placement;
-        control.awaiting = dropped.iter().map(|&n| placement.gpus_on_node(n)).sum();
+        // The dropped nodes' ranks, all those outside the group, stay in `await_restart` until
+        // they rejoin.
+        control.awaiting = self.ranks.len() - members;
         self.digest.u64(0xD2 << 56 | members as u64);
         self.record(
             None,
@@ -247,7 +248,7 @@ impl World {
         );
         for rank in 0..self.ranks.len() {
             self.clear_mailbox(rank);
-            if !dropped.contains(&placement.node_of(rank)) {
+            if group.index_of(rank).is_some() {
                 self.resume_rank(rank);
             }
         }
