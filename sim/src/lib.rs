@@ -3,6 +3,7 @@
 //! [`world::SimBackend`].
 
 pub mod atomic;
+pub mod buffers;
 pub mod executor;
 pub mod fuzzing;
 pub mod limits;

@@ -168,12 +168,9 @@ pub struct World {
     digest: Digest,
     stats: FabricStats,
     /// Payload buffers handed back by ranks, reused for the next sends.
-    spare_buffers: Vec<Vec<f32>>,
+    buffers: crate::buffers::BufferPool,
     storage: Storage,
     control: Option<control::Control>,
-    /// The longest payload asked for so far. Every buffer is given this capacity, so a buffer
-    /// recycled from a short message can carry a long one without a realloc.
-    buffer_elems: usize,
     /// The trace and timeline, when asked for; `None` costs one branch per record site.
     recorder: Option<Box<crate::trace::Recorder>>,
     /// A test hook for `faultline check`: the compute call of this index (counted from 0
@@ -229,10 +226,9 @@ impl World {
             finished: 0,
             digest: Digest::new(),
             stats: FabricStats::default(),
-            spare_buffers: Vec::new(),
+            buffers: crate::buffers::BufferPool::default(),
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
-            buffer_elems: 0,
             recorder: None,
             perturb_compute: None,
             planted_bug: None,
@@ -471,7 +467,7 @@ impl World {
             // Sent before a restart, or to a rank that died: it never arrives.
             let message = self.messages[slot as usize].take().expect("a message");
             self.free_slots.push(slot);
-            self.spare_buffers.push(message.payload.data);
+            self.buffers.recycle(message.payload.data);
             return;
         }
         if self.sdc.is_some() {
@@ -666,11 +662,11 @@ impl World {
                 .take()
                 .expect("a mailed message");
             self.free_slots.push(slot);
-            self.spare_buffers.push(message.payload.data);
+            self.buffers.recycle(message.payload.data);
             slot = message.next;
         }
         if let Some(payload) = self.ranks[rank].delivered.take() {
-            self.spare_buffers.push(payload.data);
+            self.buffers.recycle(payload.data);
         }
     }
 
@@ -759,19 +755,6 @@ impl World {
             });
             self.ranks[rank].mailbox_head = slot;
         }
-    }
-
-    /// A spare buffer holding a copy of `data`.
-    fn buffer_from(&mut self, data: &[f32]) -> Vec<f32> {
-        self.buffer_elems = self.buffer_elems.max(data.len());
-        let mut buffer = self
-            .spare_buffers
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.buffer_elems));
-        buffer.clear();
-        buffer.reserve_exact(self.buffer_elems);
-        buffer.extend_from_slice(data);
-        buffer
     }
 
     fn emit(&mut self, rank: usize, event: &Event) {
@@ -965,7 +948,10 @@ impl Backend for SimBackend {
     }
 
     fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
-        Payload::new(self.world.borrow_mut().buffer_from(data), modelled_bytes)
+        Payload::new(
+            self.world.borrow_mut().buffers.copy_of(data),
+            modelled_bytes,
+        )
     }
 
     fn store_put(
@@ -1062,12 +1048,7 @@ impl Backend for SimBackend {
     }
 
     fn recycle(&self, payload: Payload) {
-        let mut world = self.world.borrow_mut();
-        // Every spare buffer was once a message's, so the pool never holds more than the most
-        // messages in flight at once; keeping them all spares malloc and free on every send.
-        if payload.data.capacity() > 0 {
-            world.spare_buffers.push(payload.data);
-        }
+        self.world.borrow_mut().buffers.recycle(payload.data);
     }
 }
 

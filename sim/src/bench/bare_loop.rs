@@ -133,8 +133,7 @@ struct BareLoop<'a> {
     queue: RadixQueue<u32>,
     messages: Vec<Option<BareMessage>>,
     free_slots: Vec<u32>,
-    spare_buffers: Vec<Vec<f32>>,
-    buffer_elems: usize,
+    buffers: faultline_sim::buffers::BufferPool,
     link_busy_until_ns: Vec<u64>,
     ranks: Vec<BareRank>,
     /// Every rank's buffer, `elems` each, side by side.
@@ -317,7 +316,7 @@ impl BareLoop<'_> {
         } else {
             dst.copy_from_slice(&message.data);
         }
-        self.spare_buffers.push(message.data);
+        self.buffers.recycle(message.data);
     }
 
     /// `World::send`'s timing model: wait for every link of the route, hold them all for the
@@ -339,18 +338,11 @@ impl BareLoop<'_> {
         for &link in route.links() {
             self.link_busy_until_ns[link as usize] = done_ns;
         }
-        // As the simulator does: every buffer gets the longest length seen, so a recycled
-        // buffer never reallocates.
-        let len = span.elems.len();
-        self.buffer_elems = self.buffer_elems.max(len);
-        let mut data = self
-            .spare_buffers
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.buffer_elems));
-        data.clear();
-        data.reserve_exact(self.buffer_elems);
+        // From the simulator's pool of recycled buffers.
         let base = from * self.elems;
-        data.extend_from_slice(&self.data[base + span.elems.start..base + span.elems.end]);
+        let data = self
+            .buffers
+            .copy_of(&self.data[base + span.elems.start..base + span.elems.end]);
         let message = BareMessage {
             from: from as u32,
             to: to as u32,
@@ -443,8 +435,7 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bo
         queue: RadixQueue::default(),
         messages: Vec::new(),
         free_slots: Vec::new(),
-        spare_buffers: Vec::new(),
-        buffer_elems: 0,
+        buffers: Default::default(),
         link_busy_until_ns: vec![0; topology.link_count()],
         ranks: vec![BareRank::default(); gpus],
         data,

@@ -346,7 +346,7 @@ impl World {
     fn drop_message(&mut self, slot: u32) {
         let message = self.messages[slot as usize].take().expect("a message");
         self.free_slots.push(slot);
-        self.spare_buffers.push(message.payload.data);
+        self.buffers.recycle(message.payload.data);
     }
 
     /// The job is being aborted: lost transfers, if any, have been detected.
