@@ -88,7 +88,8 @@ mod tests {
         let address = foreign.as_ptr();
         pool.recycle(foreign);
         let data = vec![1.0; 64];
-        assert_eq!(pool.copy_of(&data).as_ptr(), address);
+        let reused = pool.copy_of(&data);
+        assert_eq!(reused.as_ptr(), address);
         // 65 floats need class 7 and get a new buffer.
         assert_eq!(pool.copy_of(&[2.0; 65]).capacity(), 128);
     }
