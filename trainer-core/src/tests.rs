@@ -19,6 +19,32 @@ fn span_parts_cover_the_whole_span_in_order() {
 }
 
 #[test]
+fn split_points_are_the_rounded_down_quotient_for_every_count() {
+    for total in [0u64, 1, 7, 32, 1000, 1 << 34, u64::MAX / 3, u64::MAX] {
+        for count in 1..=70usize {
+            for idx in 0..=count {
+                let exact = (total as u128 * idx as u128 / count as u128) as u64;
+                assert_eq!(
+                    crate::span::split_point(total, count, idx),
+                    exact,
+                    "{total} * {idx} / {count}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn exact_inputs_are_exact_input_of_each_index() {
+    use crate::collectives::{exact_input, exact_inputs};
+    for rank in [0, 1, 5, 16, 17, 99_999, 123_457] {
+        let expected: Vec<f32> = (0..300).map(|idx| exact_input(rank, idx)).collect();
+        assert_eq!(exact_inputs(rank, 300), expected, "rank {rank}");
+    }
+    assert!(exact_inputs(3, 0).is_empty());
+}
+
+#[test]
 fn rail_groups_reach_the_owner_on_a_partial_last_node() {
     let placement = Placement::new(19, 8); // nodes of 8, 8 and 3 GPUs
     let rail = placement.rail_group(5);

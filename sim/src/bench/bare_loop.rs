@@ -404,11 +404,6 @@ impl BareLoop<'_> {
     }
 }
 
-/// Rank `rank`'s input element `idx`: the same as the simulator's collective input.
-fn input(rank: usize, idx: usize) -> f32 {
-    faultline_sim::run::collective_input(rank, idx)
-}
-
 /// Moves one hierarchical all-reduce of `elems` elements standing for `modelled_bytes` over
 /// `topology`, whose nodes must all be full; with `checksums`, every payload is checksummed
 /// and verified as the simulated collectives do by default.
@@ -420,10 +415,9 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bo
         "the bare loop handles full nodes only"
     );
     let mut data = vec![0.0f32; gpus * elems];
+    // The simulator's collective input, filled the same way.
     for (rank, buffer) in data.chunks_mut(elems.max(1)).enumerate().take(gpus) {
-        for (idx, value) in buffer.iter_mut().enumerate() {
-            *value = input(rank, idx);
-        }
+        buffer.copy_from_slice(&trainer_core::collectives::exact_inputs(rank, buffer.len()));
     }
     let mut bare = BareLoop {
         topology,
