@@ -383,10 +383,12 @@ pub fn run_collective_without(
         .with_checksums(spec.base.job.collective.payload_checksums);
     let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
-    let group = match dropped_ranks {
+    // Shared, not cloned into each rank's future: every byte a rank's future holds is loaded
+    // on each of its polls.
+    let group = Rc::new(match dropped_ranks {
         [] => placement.world(),
         ranks => placement.world().without(ranks.into()),
-    };
+    });
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let group = group.clone();

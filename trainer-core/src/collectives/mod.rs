@@ -194,21 +194,32 @@ impl Collective {
     /// For reduce-scatter the result is valid in [`Collective::owned_spans`]; for all-gather the
     /// input is read only there. Broadcast and barrier ignore nothing and change nothing but
     /// what their names say.
-    pub async fn run<B: Backend>(
-        &self,
-        backend: &B,
-        group: &Group,
+    ///
+    /// Not an `async fn` of its own but `run_checked`'s future with counters it owns: a level
+    /// of nesting adds its arguments to every rank's future, which the simulator's executor
+    /// loads in full on every poll at 100,000 ranks.
+    pub fn run<'a, B: Backend>(
+        &'a self,
+        backend: &'a B,
+        group: &'a Group,
         op: Op,
         op_id: u64,
-        data: &mut [f32],
+        data: &'a mut [f32],
         modelled_bytes: u64,
-    ) -> Result<(), CommError> {
-        let counters = HealthCounters::default();
-        self.run_checked(backend, group, op, op_id, data, modelled_bytes, &counters)
-            .await
+    ) -> impl std::future::Future<Output = Result<(), CommError>> + 'a {
+        self.run_checked(
+            backend,
+            group,
+            op,
+            op_id,
+            data,
+            modelled_bytes,
+            HealthCounters::default(),
+        )
     }
 
-    /// As [`Collective::run`], counting what the checks found in `counters`.
+    /// As [`Collective::run`], counting what the checks found in `counters` (shared counters
+    /// by reference, or counters of its own by value).
     #[allow(clippy::too_many_arguments)]
     pub async fn run_checked<B: Backend>(
         &self,
@@ -218,8 +229,9 @@ impl Collective {
         op_id: u64,
         data: &mut [f32],
         modelled_bytes: u64,
-        counters: &HealthCounters,
+        counters: impl std::borrow::Borrow<HealthCounters>,
     ) -> Result<(), CommError> {
+        let counters = counters.borrow();
         let me = group
             .index_of(backend.rank())
             .unwrap_or_else(|| panic!("rank {} is not in {group:?}", backend.rank()));
@@ -351,6 +363,13 @@ impl Collective {
     }
 }
 
+/// Whether `payload` matches the checksum its sender attached (one without a checksum does).
+fn intact(payload: &Payload) -> bool {
+    payload
+        .checksum
+        .is_none_or(|sum| sum == integrity::checksum(&payload.data))
+}
+
 /// Tags of one operation: its id and the first phase number this (sub-)algorithm may use.
 /// Each algorithm uses phases `phase..phase + 16`; the hierarchical algorithm gives each rail
 /// chunk its own block of phases.
@@ -427,18 +446,31 @@ impl<B: Backend> Ctx<'_, B> {
 
     /// Receives a payload; with checksums on, verifies it and asks for a resend until one
     /// arrives intact.
+    ///
+    /// Every collective's state machine holds this future at its deepest level, so its size
+    /// adds to every rank's future: the resend loop, which runs only after a mismatch, is a
+    /// boxed future of its own rather than a state of this one (at 100,000 ranks the executor
+    /// loads each rank's whole future on every poll).
     async fn recv(&self, from_idx: usize, phase: u32, round: usize) -> Result<Payload, CommError> {
         let from = self.group.member(from_idx);
         let tag = self.tag.tag(phase, round);
-        let mut payload = self.backend.recv(from, tag).await?;
-        if !self.checksums {
+        let payload = self.backend.recv(from, tag).await?;
+        if !self.checksums || intact(&payload) {
             return Ok(payload);
         }
+        Box::pin(self.resend_until_intact(from, tag, payload)).await
+    }
+
+    /// After `payload` from `from` failed its checksum: asks for it again until an intact copy
+    /// arrives, at most [`MAX_RESENDS`] times.
+    async fn resend_until_intact(
+        &self,
+        from: usize,
+        tag: Tag,
+        mut payload: Payload,
+    ) -> Result<Payload, CommError> {
         let mut resends = 0;
-        while payload
-            .checksum
-            .is_some_and(|sum| sum != integrity::checksum(&payload.data))
-        {
+        while !intact(&payload) {
             HealthCounters::bump(&self.counters.checksum_mismatches);
             self.backend
                 .emit(Event::ChecksumMismatch { peer: from, tag });
