@@ -97,11 +97,8 @@ impl Placement {
         let last_node = node_count - 1;
         let last = last_node * self.gpus_per_node + self.chunk_owner_local(last_node, chunk);
         Group {
-            first: chunk,
-            stride: self.gpus_per_node,
-            base_count: node_count,
-            last,
-            excluded: None,
+            last: small(last),
+            ..Group::strided(chunk, self.gpus_per_node, node_count)
         }
     }
 }
@@ -110,12 +107,15 @@ impl Placement {
 /// `last` (which lets a rail group reach the owner on a partial last node), minus the base
 /// members listed in `excluded`. Members keep the base order; member indices count the
 /// remaining ones only.
+///
+/// The four numbers are kept as `u32` (a world of up to 4 billion ranks): every collective's
+/// context holds a group, and every byte of it is in every rank's future.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
-    first: usize,
-    stride: usize,
-    base_count: usize,
-    last: usize,
+    first: u32,
+    stride: u32,
+    base_count: u32,
+    last: u32,
     /// Base member indices left out, sorted and distinct; `None` when there are none, so that
     /// the common case is one untaken branch.
     excluded: Option<Arc<[usize]>>,
@@ -125,12 +125,16 @@ impl Group {
     pub fn strided(first: usize, stride: usize, count: usize) -> Group {
         assert!(count > 0 && stride > 0);
         Group {
-            first,
-            stride,
-            base_count: count,
-            last: first + (count - 1) * stride,
+            first: small(first),
+            stride: small(stride),
+            base_count: small(count),
+            last: small(first + (count - 1) * stride),
             excluded: None,
         }
+    }
+
+    fn base_count(&self) -> usize {
+        self.base_count as usize
     }
 
     /// This group without the base members at `excluded` (sorted, distinct, in range, not
@@ -141,10 +145,10 @@ impl Group {
             "excluded members must be sorted and distinct"
         );
         assert!(
-            excluded.last().is_none_or(|&e| e < self.base_count),
+            excluded.last().is_none_or(|&e| e < self.base_count()),
             "excluded member outside the group"
         );
-        assert!(excluded.len() < self.base_count, "a group needs a member");
+        assert!(excluded.len() < self.base_count(), "a group needs a member");
         Group {
             excluded: (!excluded.is_empty()).then_some(excluded),
             ..self
@@ -162,8 +166,8 @@ impl Group {
 
     pub fn count(&self) -> usize {
         match &self.excluded {
-            None => self.base_count,
-            Some(excluded) => self.base_count - excluded.len(),
+            None => self.base_count(),
+            Some(excluded) => self.base_count() - excluded.len(),
         }
     }
 
@@ -186,11 +190,11 @@ impl Group {
     }
 
     fn base_member(&self, idx: usize) -> usize {
-        debug_assert!(idx < self.base_count);
-        if idx + 1 == self.base_count {
-            self.last
+        debug_assert!(idx < self.base_count());
+        if idx + 1 == self.base_count() {
+            self.last as usize
         } else {
-            self.first + idx * self.stride
+            self.first as usize + idx * self.stride as usize
         }
     }
 
@@ -207,14 +211,15 @@ impl Group {
     }
 
     fn base_index_of(&self, rank: usize) -> Option<usize> {
-        if rank == self.last {
-            return Some(self.base_count - 1);
+        let (first, stride) = (self.first as usize, self.stride as usize);
+        if rank == self.last as usize {
+            return Some(self.base_count() - 1);
         }
-        if rank < self.first || (rank - self.first) % self.stride != 0 {
+        if rank < first || (rank - first) % stride != 0 {
             return None;
         }
-        let idx = (rank - self.first) / self.stride;
-        (idx + 1 < self.base_count).then_some(idx)
+        let idx = (rank - first) / stride;
+        (idx + 1 < self.base_count()).then_some(idx)
     }
 
     /// True when the group is `0..count` in order, as the world group is.
@@ -222,12 +227,17 @@ impl Group {
         self.excluded.is_none()
             && self.first == 0
             && self.stride == 1
-            && self.last == self.base_count - 1
+            && self.last + 1 == self.base_count
     }
 
     /// True when the group is `0..world_size` minus holes: the world, perhaps with ranks
     /// dropped.
     pub fn is_world_with_holes(&self, world_size: usize) -> bool {
-        self.first == 0 && self.stride == 1 && self.base_count == world_size
+        self.first == 0 && self.stride == 1 && self.base_count() == world_size
     }
+}
+
+/// A rank number or count as a group stores it.
+fn small(n: usize) -> u32 {
+    u32::try_from(n).expect("a group of at most 4 billion ranks")
 }
