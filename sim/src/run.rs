@@ -383,28 +383,31 @@ pub fn run_collective_without(
         .with_checksums(spec.base.job.collective.payload_checksums);
     let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
-    // Shared, not cloned into each rank's future: every byte a rank's future holds is loaded
-    // on each of its polls.
-    let group = Rc::new(match dropped_ranks {
+    let group = match dropped_ranks {
         [] => placement.world(),
         ranks => placement.world().without(ranks.into()),
-    });
+    };
+    // What every rank runs, shared rather than copied into each rank's future: every byte a
+    // rank's future holds is loaded on each of its polls.
+    let shared = Rc::new((collective, group, op, elems, bytes));
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
-        let group = group.clone();
+        let shared = shared.clone();
         async move {
-            let mut data = trainer_core::collectives::exact_inputs(rank, elems);
+            let (collective, group, op, elems, bytes) = &*shared;
+            let mut data = trainer_core::collectives::exact_inputs(rank, *elems);
             if group.index_of(rank).is_none() {
                 return Ok(data);
             }
             let result = collective
-                .run(&backend, &group, op, 0, &mut data, bytes)
+                .run(&backend, group, *op, 0, &mut data, *bytes)
                 .await;
             result.map(|()| data)
         }
     })
     .map_err(SimError::Deadlock)?;
-    let reference = Reference::for_group(&collective, &placement, &group, op, elems);
+    let group = &shared.1;
+    let reference = Reference::for_group(&collective, &placement, group, op, elems);
     let mut mismatched = Vec::new();
     for (rank, result) in results.iter().enumerate() {
         if group.index_of(rank).is_none() {

@@ -74,7 +74,7 @@ pub(super) async fn reduce_scatter<B: Backend>(
     span: &Span,
 ) -> Result<(), CommError> {
     let shape = Shape::of(ctx.count());
-    let me = ctx.me;
+    let me = ctx.me();
     let Some(v) = shape.virtual_of(me) else {
         return ctx.send(me + 1, PHASE_FOLD, 0, data, span).await;
     };
@@ -113,7 +113,7 @@ pub(super) async fn all_gather<B: Backend>(
     span: &Span,
 ) -> Result<(), CommError> {
     let shape = Shape::of(ctx.count());
-    let me = ctx.me;
+    let me = ctx.me();
     let Some(v) = shape.virtual_of(me) else {
         return ctx.recv_copy(me + 1, PHASE_UNFOLD, 0, data, span).await;
     };

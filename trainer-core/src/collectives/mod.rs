@@ -249,7 +249,7 @@ impl Collective {
         let ctx = Ctx {
             backend,
             group: group.clone(),
-            me,
+            me: u32::try_from(me).expect("a group of at most 4 billion ranks"),
             tag: TagBase { op_id, phase: 0 },
             checksums: self.payload_checksums,
             verify_reductions: self.verify_reductions,
@@ -390,7 +390,9 @@ impl TagBase {
 struct Ctx<'a, B> {
     backend: &'a B,
     group: Group,
-    me: usize,
+    /// This rank's index in `group`; a u32 like the group's numbers, so that the context, held
+    /// at several levels of every rank's future, packs into 72 bytes.
+    me: u32,
     tag: TagBase,
     checksums: bool,
     verify_reductions: bool,
@@ -402,6 +404,10 @@ impl<B: Backend> Ctx<'_, B> {
         self.group.count()
     }
 
+    fn me(&self) -> usize {
+        self.me as usize
+    }
+
     /// The same backend and tags over another group that contains this rank.
     fn sub(&self, group: Group, phase: u32) -> Ctx<'_, B> {
         let me = group
@@ -410,7 +416,7 @@ impl<B: Backend> Ctx<'_, B> {
         Ctx {
             backend: self.backend,
             group,
-            me,
+            me: u32::try_from(me).expect("a group of at most 4 billion ranks"),
             tag: TagBase {
                 op_id: self.tag.op_id,
                 phase,

@@ -28,7 +28,7 @@ pub(super) async fn reduce_scatter<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
-    let (n, me) = (ctx.count(), ctx.me);
+    let (n, me) = (ctx.count(), ctx.me());
     let (right, left) = ((me + 1) % n, (me + n - 1) % n);
     // Round s: pass on the part that now holds s + 1 contributions, add the left neighbour's.
     for round in 0..n.saturating_sub(1) {
@@ -59,7 +59,7 @@ pub(super) async fn all_gather<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
-    let (n, me) = (ctx.count(), ctx.me);
+    let (n, me) = (ctx.count(), ctx.me());
     let (right, left) = ((me + 1) % n, (me + n - 1) % n);
     for round in 0..n.saturating_sub(1) {
         let send_part = (me + 1 + n - round) % n;
@@ -93,8 +93,8 @@ pub(super) async fn broadcast<B: Backend>(
     span: &Span,
 ) -> Result<(), CommError> {
     let n = ctx.count();
-    let pos = (ctx.me + n - root_idx) % n;
-    let (next, prev) = ((ctx.me + 1) % n, (ctx.me + n - 1) % n);
+    let pos = (ctx.me() + n - root_idx) % n;
+    let (next, prev) = ((ctx.me() + 1) % n, (ctx.me() + n - 1) % n);
     for part in 0..n {
         let part_span = span.part(n, part);
         if pos > 0 {

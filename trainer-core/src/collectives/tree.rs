@@ -42,7 +42,7 @@ async fn reduce<B: Backend>(
     data: &mut [f32],
     span: &Span,
 ) -> Result<(), CommError> {
-    let (n, v) = (ctx.count(), ctx.me);
+    let (n, v) = (ctx.count(), ctx.me());
     let mut mask = 1;
     while mask < n {
         if v & mask != 0 {
@@ -63,7 +63,7 @@ pub(super) async fn broadcast<B: Backend>(
     span: &Span,
 ) -> Result<(), CommError> {
     let n = ctx.count();
-    let v = (ctx.me + n - root_idx) % n;
+    let v = (ctx.me() + n - root_idx) % n;
     let member = |rel: usize| (rel + root_idx) % n;
     let size = subtree_size(v, n);
     if v != 0 {
@@ -88,7 +88,7 @@ pub(super) async fn reduce_scatter<B: Backend>(
 ) -> Result<(), CommError> {
     reduce(ctx, data, span).await?;
     // Scatter: each member receives the parts of its whole subtree and passes each child its own.
-    let (n, v) = (ctx.count(), ctx.me);
+    let (n, v) = (ctx.count(), ctx.me());
     let size = subtree_size(v, n);
     if v != 0 {
         let mine = span.parts(n, v, (v + size).min(n));
@@ -113,7 +113,7 @@ pub(super) async fn all_gather<B: Backend>(
     span: &Span,
 ) -> Result<(), CommError> {
     // Gather: at level `mask`, member v holds parts v..v + mask and passes them to its parent.
-    let (n, v) = (ctx.count(), ctx.me);
+    let (n, v) = (ctx.count(), ctx.me());
     let mut mask = 1;
     while mask < n {
         if v & mask != 0 {
