@@ -394,13 +394,12 @@ pub fn run_collective_without(
         let backend = SimBackend::new(world.clone(), rank);
         let shared = shared.clone();
         async move {
-            let (collective, group, op, elems, bytes) = &*shared;
-            let mut data = trainer_core::collectives::exact_inputs(rank, *elems);
-            if group.index_of(rank).is_none() {
+            let mut data = trainer_core::collectives::exact_inputs(rank, shared.3);
+            if shared.1.index_of(rank).is_none() {
                 return Ok(data);
             }
-            let result = collective
-                .run(&backend, group, *op, 0, &mut data, *bytes)
+            let result = (shared.0)
+                .run(&backend, &shared.1, shared.2, 0, &mut data, shared.4)
                 .await;
             result.map(|()| data)
         }

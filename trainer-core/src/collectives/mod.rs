@@ -255,16 +255,50 @@ impl Collective {
             verify_reductions: self.verify_reductions,
             counters,
         };
-        let span = Span::new(data.len(), modelled_bytes);
+        // A barrier is an all-reduce of nothing.
+        let (data, span) = match op {
+            Op::Barrier => (&mut [][..], Span::new(0, 0)),
+            _ => {
+                let span = Span::new(data.len(), modelled_bytes);
+                (data, span)
+            }
+        };
+        let inter = self.inter_node_algo;
+        // The algorithm is picked here, in this future, rather than in a dispatching `async fn`
+        // per op: every level of nesting keeps its arguments in every rank's future.
         let result = match op {
-            Op::AllReduce => self.all_reduce(&ctx, data, &span).await,
-            Op::ReduceScatter => self.reduce_scatter(&ctx, data, &span).await,
-            Op::AllGather => self.all_gather(&ctx, data, &span).await,
+            Op::AllReduce | Op::Barrier => match self.algo {
+                Algo::Ring => ring::all_reduce(&ctx, data, &span).await,
+                Algo::Tree => tree::all_reduce(&ctx, data, &span).await,
+                Algo::HalvingDoubling => halving_doubling::all_reduce(&ctx, data, &span).await,
+                Algo::Hierarchical => hierarchical::all_reduce(&ctx, inter, data, &span).await,
+            },
+            Op::ReduceScatter => match self.algo {
+                Algo::Ring => ring::reduce_scatter(&ctx, data, &span).await,
+                Algo::Tree => tree::reduce_scatter(&ctx, data, &span).await,
+                Algo::HalvingDoubling => halving_doubling::reduce_scatter(&ctx, data, &span).await,
+                Algo::Hierarchical => hierarchical::reduce_scatter(&ctx, inter, data, &span).await,
+            },
+            Op::AllGather => match self.algo {
+                Algo::Ring => ring::all_gather(&ctx, data, &span).await,
+                Algo::Tree => tree::all_gather(&ctx, data, &span).await,
+                Algo::HalvingDoubling => halving_doubling::all_gather(&ctx, data, &span).await,
+                Algo::Hierarchical => hierarchical::all_gather(&ctx, inter, data, &span).await,
+            },
             Op::Broadcast { root_idx } => {
                 assert!(root_idx < group.count(), "broadcast root outside the group");
-                self.broadcast(&ctx, root_idx, data, &span).await
+                match self.algo {
+                    Algo::Ring => ring::broadcast(&ctx, root_idx, data, &span).await,
+                    // A binomial tree is the latency-optimal broadcast; halving-doubling uses
+                    // it too.
+                    Algo::Tree | Algo::HalvingDoubling => {
+                        tree::broadcast(&ctx, root_idx, data, &span).await
+                    }
+                    Algo::Hierarchical => {
+                        hierarchical::broadcast(&ctx, inter, root_idx, data, &span).await
+                    }
+                }
             }
-            Op::Barrier => self.all_reduce(&ctx, &mut [], &Span::new(0, 0)).await,
         };
         backend.emit(Event::CollectiveEnd { op_id });
         result
@@ -294,71 +328,6 @@ impl Collective {
                 group.member(member_idx),
                 &span,
             ),
-        }
-    }
-
-    async fn all_reduce<B: Backend>(
-        &self,
-        ctx: &Ctx<'_, B>,
-        data: &mut [f32],
-        span: &Span,
-    ) -> Result<(), CommError> {
-        match self.algo {
-            Algo::Ring => ring::all_reduce(ctx, data, span).await,
-            Algo::Tree => tree::all_reduce(ctx, data, span).await,
-            Algo::HalvingDoubling => halving_doubling::all_reduce(ctx, data, span).await,
-            Algo::Hierarchical => {
-                hierarchical::all_reduce(ctx, self.inter_node_algo, data, span).await
-            }
-        }
-    }
-
-    async fn reduce_scatter<B: Backend>(
-        &self,
-        ctx: &Ctx<'_, B>,
-        data: &mut [f32],
-        span: &Span,
-    ) -> Result<(), CommError> {
-        match self.algo {
-            Algo::Ring => ring::reduce_scatter(ctx, data, span).await,
-            Algo::Tree => tree::reduce_scatter(ctx, data, span).await,
-            Algo::HalvingDoubling => halving_doubling::reduce_scatter(ctx, data, span).await,
-            Algo::Hierarchical => {
-                hierarchical::reduce_scatter(ctx, self.inter_node_algo, data, span).await
-            }
-        }
-    }
-
-    async fn all_gather<B: Backend>(
-        &self,
-        ctx: &Ctx<'_, B>,
-        data: &mut [f32],
-        span: &Span,
-    ) -> Result<(), CommError> {
-        match self.algo {
-            Algo::Ring => ring::all_gather(ctx, data, span).await,
-            Algo::Tree => tree::all_gather(ctx, data, span).await,
-            Algo::HalvingDoubling => halving_doubling::all_gather(ctx, data, span).await,
-            Algo::Hierarchical => {
-                hierarchical::all_gather(ctx, self.inter_node_algo, data, span).await
-            }
-        }
-    }
-
-    async fn broadcast<B: Backend>(
-        &self,
-        ctx: &Ctx<'_, B>,
-        root_idx: usize,
-        data: &mut [f32],
-        span: &Span,
-    ) -> Result<(), CommError> {
-        match self.algo {
-            Algo::Ring => ring::broadcast(ctx, root_idx, data, span).await,
-            // A binomial tree is the latency-optimal broadcast; halving-doubling uses it too.
-            Algo::Tree | Algo::HalvingDoubling => tree::broadcast(ctx, root_idx, data, span).await,
-            Algo::Hierarchical => {
-                hierarchical::broadcast(ctx, self.inter_node_algo, root_idx, data, span).await
-            }
         }
     }
 }
