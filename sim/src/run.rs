@@ -336,6 +336,17 @@ pub struct CollectiveReport {
 
 /// Rank `rank`'s input element `idx`: small integers, so every sum in any order is exact.
 pub use trainer_core::collectives::exact_input as collective_input;
+/// Rank `rank`'s first `len` input elements, [`collective_input`] of `0..len`.
+pub use trainer_core::collectives::exact_inputs as collective_inputs;
+
+/// One collective as every rank of [`run_collective_without`] runs it.
+struct RankJob {
+    collective: Collective,
+    group: trainer_core::Group,
+    op: Op,
+    elems: usize,
+    bytes: u64,
+}
 
 use trainer_core::collectives::INPUT_PERIOD;
 
@@ -389,23 +400,30 @@ pub fn run_collective_without(
     };
     // What every rank runs, shared rather than copied into each rank's future: every byte a
     // rank's future holds is loaded on each of its polls.
-    let shared = Rc::new((collective, group, op, elems, bytes));
+    let job = Rc::new(RankJob {
+        collective,
+        group,
+        op,
+        elems,
+        bytes,
+    });
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
-        let shared = shared.clone();
+        let job = job.clone();
         async move {
-            let mut data = trainer_core::collectives::exact_inputs(rank, shared.3);
-            if shared.1.index_of(rank).is_none() {
+            let mut data = collective_inputs(rank, job.elems);
+            if job.group.index_of(rank).is_none() {
                 return Ok(data);
             }
-            let result = (shared.0)
-                .run(&backend, &shared.1, shared.2, 0, &mut data, shared.4)
+            let result = job
+                .collective
+                .run(&backend, &job.group, job.op, 0, &mut data, job.bytes)
                 .await;
             result.map(|()| data)
         }
     })
     .map_err(SimError::Deadlock)?;
-    let group = &shared.1;
+    let group = &job.group;
     let reference = Reference::for_group(&collective, &placement, group, op, elems);
     let mut mismatched = Vec::new();
     for (rank, result) in results.iter().enumerate() {

@@ -417,7 +417,7 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bo
     let mut data = vec![0.0f32; gpus * elems];
     // The simulator's collective input, filled the same way.
     for (rank, buffer) in data.chunks_mut(elems.max(1)).enumerate().take(gpus) {
-        buffer.copy_from_slice(&trainer_core::collectives::exact_inputs(rank, buffer.len()));
+        buffer.copy_from_slice(&faultline_sim::run::collective_inputs(rank, buffer.len()));
     }
     let mut bare = BareLoop {
         topology,

@@ -137,14 +137,10 @@ impl World {
             replicas.dropped.clear();
             return false;
         }
-        let rejoin_time_ns = control.config.replica_rejoin_time_ns;
+        let rejoin_at_ns = now + control.config.replica_rejoin_time_ns;
         let mut dropped_now = Vec::new();
         for &node in &failed {
-            if replicas
-                .dropped
-                .insert(node, now + rejoin_time_ns)
-                .is_none()
-            {
+            if replicas.dropped.insert(node, rejoin_at_ns).is_none() {
                 replicas.report.drops += 1;
                 dropped_now.push(node);
             }
@@ -167,7 +163,6 @@ impl World {
         };
         let generation = control.generation + 1;
         for node in dropped_now {
-            let rejoin_at_ns = now + rejoin_time_ns;
             self.schedule(rejoin_at_ns, EventKind::ReplicaRejoin { node: node as u32 });
             self.digest.u64(0xD0 << 56 | node as u64);
             self.record(None, Record::ReplicaDropped { node, rejoin_at_ns });
