@@ -7,6 +7,7 @@ use std::rc::Rc;
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
+use trainer_core::Backend;
 
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
@@ -396,7 +397,9 @@ pub fn run_collective_without(
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
     let group = match dropped_ranks {
         [] => placement.world(),
-        ranks => placement.world().without(ranks.into()),
+        ranks => placement
+            .world()
+            .without(std::sync::Arc::new(ranks.to_vec())),
     };
     // What every rank runs, shared rather than copied into each rank's future: every byte a
     // rank's future holds is loaded on each of its polls.
@@ -410,7 +413,10 @@ pub fn run_collective_without(
     let results = run_ranks(spec.executor, spec.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let job = job.clone();
+        // The rank comes from the backend, not a capture of its own: every byte the future
+        // holds is loaded on each of its polls.
         async move {
+            let rank = backend.rank();
             let mut data = collective_inputs(rank, job.elems);
             if job.group.index_of(rank).is_none() {
                 return Ok(data);

@@ -887,7 +887,7 @@ impl Backend for SimBackend {
     fn recv(&self, from: usize, tag: Tag) -> impl Future<Output = Result<Payload, CommError>> {
         Recv {
             world: &self.world,
-            rank: self.rank,
+            rank: self.rank as u32,
             from: from as u32,
             tag,
         }
@@ -1054,7 +1054,8 @@ impl Backend for SimBackend {
 
 struct Recv<'a> {
     world: &'a RefCell<World>,
-    rank: usize,
+    /// u32, like `from`: the future sits at the deepest level of every rank's future.
+    rank: u32,
     from: u32,
     tag: Tag,
 }
@@ -1064,18 +1065,19 @@ impl Future for Recv<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut world = self.world.borrow_mut();
-        if world.ranks[self.rank].aborted {
+        let rank = self.rank as usize;
+        if world.ranks[rank].aborted {
             return Poll::Ready(Err(CommError::Aborted));
         }
-        if std::mem::take(&mut world.ranks[self.rank].timed_out) {
+        if std::mem::take(&mut world.ranks[rank].timed_out) {
             let (peer, tag) = (self.from as usize, self.tag);
             return Poll::Ready(Err(CommError::Timeout { peer, tag }));
         }
-        match world.take_delivered(self.rank, self.from, self.tag) {
+        match world.take_delivered(rank, self.from, self.tag) {
             Some(payload) => Poll::Ready(Ok(payload)),
             None => {
                 world.park(
-                    self.rank,
+                    rank,
                     Wait::Message {
                         from: self.from,
                         tag: self.tag,

@@ -179,7 +179,9 @@ fn groups_with_holes_list_the_other_members_in_order_and_index_them_back() {
                 }
                 assert_eq!(placement.dropped_nodes(&group), dropped);
                 // A rail without the dropped nodes: its member index is its node.
-                let rail = placement.rail_group(0).without(dropped.clone().into());
+                let rail = placement
+                    .rail_group(0)
+                    .without(std::sync::Arc::new(dropped.clone()));
                 assert_eq!(rail.count(), nodes - dropped.len());
             }
         }

@@ -5,6 +5,8 @@
 //! halving (even member sends everything to the odd one above it) and unfold after the
 //! doubling. Folded members own no part after a reduce-scatter.
 
+use std::future::Future;
+
 use super::Ctx;
 use crate::backend::{Backend, CommError};
 use crate::span::Span;
@@ -44,6 +46,18 @@ impl Shape {
         }
     }
 
+    /// Rounds of halving, and of doubling: log2 of the power of two.
+    fn rounds(&self) -> usize {
+        self.pow2.trailing_zeros() as usize
+    }
+
+    /// The part of `span` that is the aligned block of `size` (a power of two) of the `pow2`
+    /// parts holding part `v`.
+    fn block(&self, span: &Span, v: usize, size: usize) -> Span {
+        let first = v & !(size - 1);
+        span.parts(self.pow2, first, first + size)
+    }
+
     fn member_of(&self, virt: usize) -> usize {
         if virt < self.extra {
             2 * virt + 1
@@ -59,93 +73,79 @@ pub(super) fn owned_span(count: usize, idx: usize, span: &Span) -> Option<Span> 
     shape.virtual_of(idx).map(|v| span.part(shape.pow2, v))
 }
 
-pub(super) async fn all_reduce<B: Backend>(
-    ctx: &Ctx<'_, B>,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    reduce_scatter(ctx, data, span).await?;
-    all_gather(ctx, data, span).await
+pub(super) fn all_reduce<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        reduce_scatter(ctx, data, span).await?;
+        all_gather(ctx, data, span).await
+    }
 }
 
-pub(super) async fn reduce_scatter<B: Backend>(
-    ctx: &Ctx<'_, B>,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    let shape = Shape::of(ctx.count());
-    let me = ctx.me();
-    let Some(v) = shape.virtual_of(me) else {
-        return ctx.send(me + 1, PHASE_FOLD, 0, data, span).await;
-    };
-    if me < 2 * shape.extra {
-        ctx.recv_add(me - 1, PHASE_FOLD, 0, data, span).await?;
-    }
-    // Halving: keep the half of the current range on this member's side of `mask`, send the
-    // other half to the partner across it, and add the partner's copy of the kept half.
-    let (mut lo, mut hi) = (0, shape.pow2);
-    let mut mask = shape.pow2 >> 1;
-    let mut round = 0;
-    while mask > 0 {
-        let partner = shape.member_of(v ^ mask);
-        let mid = (lo + hi) / 2;
-        let (keep, give) = if v & mask == 0 {
-            ((lo, mid), (mid, hi))
-        } else {
-            ((mid, hi), (lo, mid))
+pub(super) fn reduce_scatter<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        let shape = Shape::of(ctx.count());
+        let me = ctx.me();
+        let Some(v) = shape.virtual_of(me) else {
+            return ctx.send(me + 1, PHASE_FOLD, 0, data, span.clone()).await;
         };
-        let give_span = span.parts(shape.pow2, give.0, give.1);
-        let keep_span = span.parts(shape.pow2, keep.0, keep.1);
-        ctx.send(partner, PHASE_HALVING, round, data, &give_span)
-            .await?;
-        ctx.recv_add(partner, PHASE_HALVING, round, data, &keep_span)
-            .await?;
-        (lo, hi) = keep;
-        mask >>= 1;
-        round += 1;
+        if me < 2 * shape.extra {
+            ctx.recv_add(me - 1, PHASE_FOLD, 0, data, span.clone())
+                .await?;
+        }
+        // Halving: going into the round across `mask`, this member holds the block of
+        // `2 * mask` parts around `v`; it sends the partner the half around the partner and
+        // adds the partner's copy of its own half. (Everything a round needs is recomputed
+        // from `round` rather than kept: what a loop keeps across its awaits is in every
+        // rank's future.)
+        for round in 0..shape.rounds() {
+            let mask = shape.pow2 >> (round + 1);
+            let partner = shape.member_of(v ^ mask);
+            let give = shape.block(span, v ^ mask, mask);
+            ctx.send(partner, PHASE_HALVING, round, data, give).await?;
+            let keep = shape.block(span, v, mask);
+            ctx.recv_add(partner, PHASE_HALVING, round, data, keep)
+                .await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-pub(super) async fn all_gather<B: Backend>(
-    ctx: &Ctx<'_, B>,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    let shape = Shape::of(ctx.count());
-    let me = ctx.me();
-    let Some(v) = shape.virtual_of(me) else {
-        return ctx.recv_copy(me + 1, PHASE_UNFOLD, 0, data, span).await;
-    };
-    // Doubling: swap the owned range with the partner across `mask`; the range doubles.
-    let (mut lo, mut hi) = (v, v + 1);
-    let mut mask = 1;
-    let mut round = 0;
-    while mask < shape.pow2 {
-        let partner = shape.member_of(v ^ mask);
-        let width = hi - lo;
-        let theirs = if v & mask == 0 {
-            (hi, hi + width)
-        } else {
-            (lo - width, lo)
+pub(super) fn all_gather<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        let shape = Shape::of(ctx.count());
+        let me = ctx.me();
+        let Some(v) = shape.virtual_of(me) else {
+            return ctx
+                .recv_copy(me + 1, PHASE_UNFOLD, 0, data, span.clone())
+                .await;
         };
-        ctx.send(
-            partner,
-            PHASE_DOUBLING,
-            round,
-            data,
-            &span.parts(shape.pow2, lo, hi),
-        )
-        .await?;
-        let their_span = span.parts(shape.pow2, theirs.0, theirs.1);
-        ctx.recv_copy(partner, PHASE_DOUBLING, round, data, &their_span)
-            .await?;
-        (lo, hi) = (lo.min(theirs.0), hi.max(theirs.1));
-        mask <<= 1;
-        round += 1;
+        // Doubling: going into the round across `mask`, this member holds the block of `mask`
+        // parts around `v`; it swaps it for the partner's, which makes the block around `v`
+        // twice as wide.
+        for round in 0..shape.rounds() {
+            let mask = 1 << round;
+            let partner = shape.member_of(v ^ mask);
+            let mine = shape.block(span, v, mask);
+            ctx.send(partner, PHASE_DOUBLING, round, data, mine).await?;
+            let theirs = shape.block(span, v ^ mask, mask);
+            ctx.recv_copy(partner, PHASE_DOUBLING, round, data, theirs)
+                .await?;
+        }
+        if ctx.me() < 2 * shape.extra {
+            ctx.send(ctx.me() - 1, PHASE_UNFOLD, 0, data, span.clone())
+                .await?;
+        }
+        Ok(())
     }
-    if me < 2 * shape.extra {
-        ctx.send(me - 1, PHASE_UNFOLD, 0, data, span).await?;
-    }
-    Ok(())
 }

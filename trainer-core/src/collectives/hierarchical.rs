@@ -15,9 +15,10 @@
 //! dropped nodes' members; intra-node messages name node members, so the world's holes never
 //! shift them.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use super::{halving_doubling, ring, tree, Algo, Ctx};
+use super::{halving_doubling, ring, tree, Algo, Ctx, Op};
 use crate::backend::{Backend, CommError};
 use crate::group::{Group, Placement};
 use crate::span::Span;
@@ -33,7 +34,7 @@ struct Local {
     local: usize,
     gpus_here: usize,
     /// Nodes the world group leaves out; `None` for the whole world.
-    dropped_nodes: Option<Arc<[usize]>>,
+    dropped_nodes: Option<Arc<Vec<usize>>>,
 }
 
 impl Local {
@@ -41,7 +42,7 @@ impl Local {
         let node = placement.node_of(rank);
         let dropped_nodes = group
             .has_holes()
-            .then(|| placement.dropped_nodes(group).into());
+            .then(|| Arc::new(placement.dropped_nodes(group)));
         Local {
             placement,
             node,
@@ -69,13 +70,39 @@ impl Local {
         chunk % self.gpus_here
     }
 
-    fn my_chunks(&self) -> impl Iterator<Item = usize> + '_ {
-        (self.local..self.chunk_count()).step_by(self.gpus_here)
+    fn my_chunks(&self) -> Chunks {
+        let small = |n: usize| u32::try_from(n).expect("fewer than 4 billion GPUs per node");
+        Chunks {
+            next: small(self.local),
+            step: small(self.gpus_here),
+            end: small(self.chunk_count()),
+        }
     }
 
     /// The phase block of chunk `chunk`'s rail operation; 16 phases each, after the intra ones.
     fn rail_phase(chunk: usize) -> u32 {
         16 * (1 + chunk as u32)
+    }
+}
+
+/// The chunks one GPU owns, in order: its local index, then every `gpus_here` after it. Twelve
+/// bytes, where a `StepBy` over a range takes 32: loops over it keep it across their awaits, in
+/// every rank's future.
+struct Chunks {
+    next: u32,
+    step: u32,
+    end: u32,
+}
+
+impl Iterator for Chunks {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let chunk = self.next;
+        (chunk < self.end).then(|| {
+            self.next += self.step;
+            chunk as usize
+        })
     }
 }
 
@@ -103,107 +130,128 @@ pub(super) fn owned_spans(
     spans
 }
 
-pub(super) async fn all_reduce<B: Backend>(
-    ctx: &Ctx<'_, B>,
+pub(super) fn all_reduce<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
     inter: Algo,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
-    intra_reduce_scatter(ctx, &here, data, span).await?;
-    for chunk in here.my_chunks() {
-        let rail = rail_ctx(ctx, &here, chunk);
-        let chunk_span = span.part(here.chunk_count(), chunk);
-        match inter {
-            Algo::Ring => ring::all_reduce(&rail, data, &chunk_span).await?,
-            Algo::Tree => tree::all_reduce(&rail, data, &chunk_span).await?,
-            Algo::HalvingDoubling => halving_doubling::all_reduce(&rail, data, &chunk_span).await?,
-            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
-        }
+    async move {
+        intra_reduce_scatter(ctx, &here, data, span).await?;
+        rails(ctx, &here, inter, Op::AllReduce, data, span).await?;
+        intra_all_gather(ctx, &here, data, span).await
     }
-    intra_all_gather(ctx, &here, data, span).await
 }
 
-pub(super) async fn reduce_scatter<B: Backend>(
-    ctx: &Ctx<'_, B>,
+pub(super) fn reduce_scatter<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
     inter: Algo,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
-    intra_reduce_scatter(ctx, &here, data, span).await?;
-    for chunk in here.my_chunks() {
-        let rail = rail_ctx(ctx, &here, chunk);
-        let chunk_span = span.part(here.chunk_count(), chunk);
-        match inter {
-            Algo::Ring => ring::reduce_scatter(&rail, data, &chunk_span).await?,
-            Algo::Tree => tree::reduce_scatter(&rail, data, &chunk_span).await?,
-            Algo::HalvingDoubling => {
-                halving_doubling::reduce_scatter(&rail, data, &chunk_span).await?
+    async move {
+        intra_reduce_scatter(ctx, &here, data, span).await?;
+        rails(ctx, &here, inter, Op::ReduceScatter, data, span).await
+    }
+}
+
+pub(super) fn all_gather<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    inter: Algo,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
+    async move {
+        rails(ctx, &here, inter, Op::AllGather, data, span).await?;
+        intra_all_gather(ctx, &here, data, span).await
+    }
+}
+
+/// The inter-node part: `op` (all-reduce, reduce-scatter or all-gather) with `inter` on the
+/// rail of each chunk this GPU owns, one chunk after another.
+///
+/// A future of its own rather than a loop in each caller: what the loop keeps across its
+/// awaits (the rail's context, the chunk's span) would otherwise take room of its own in the
+/// caller's future beside the intra-node phases, instead of sharing theirs.
+fn rails<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    here: &'a Local,
+    inter: Algo,
+    op: Op,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        for chunk in here.my_chunks() {
+            let rail = rail_ctx(ctx, here, chunk);
+            let chunk_span = span.part(here.chunk_count(), chunk);
+            let (rail, data, span) = (&rail, &mut *data, &chunk_span);
+            match (op, inter) {
+                (Op::AllReduce, Algo::Ring) => ring::all_reduce(rail, data, span).await?,
+                (Op::AllReduce, Algo::Tree) => tree::all_reduce(rail, data, span).await?,
+                (Op::AllReduce, Algo::HalvingDoubling) => {
+                    halving_doubling::all_reduce(rail, data, span).await?
+                }
+                (Op::ReduceScatter, Algo::Ring) => ring::reduce_scatter(rail, data, span).await?,
+                (Op::ReduceScatter, Algo::Tree) => tree::reduce_scatter(rail, data, span).await?,
+                (Op::ReduceScatter, Algo::HalvingDoubling) => {
+                    halving_doubling::reduce_scatter(rail, data, span).await?
+                }
+                (Op::AllGather, Algo::Ring) => ring::all_gather(rail, data, span).await?,
+                (Op::AllGather, Algo::Tree) => tree::all_gather(rail, data, span).await?,
+                (Op::AllGather, Algo::HalvingDoubling) => {
+                    halving_doubling::all_gather(rail, data, span).await?
+                }
+                (_, Algo::Hierarchical) => unreachable!("hierarchical cannot nest in itself"),
+                (op, _) => unreachable!("the rails run no {}", op.name()),
             }
-            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
         }
+        Ok(())
     }
-    Ok(())
-}
-
-pub(super) async fn all_gather<B: Backend>(
-    ctx: &Ctx<'_, B>,
-    inter: Algo,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
-    for chunk in here.my_chunks() {
-        let rail = rail_ctx(ctx, &here, chunk);
-        let chunk_span = span.part(here.chunk_count(), chunk);
-        match inter {
-            Algo::Ring => ring::all_gather(&rail, data, &chunk_span).await?,
-            Algo::Tree => tree::all_gather(&rail, data, &chunk_span).await?,
-            Algo::HalvingDoubling => halving_doubling::all_gather(&rail, data, &chunk_span).await?,
-            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
-        }
-    }
-    intra_all_gather(ctx, &here, data, span).await
 }
 
 /// Broadcast from `root_idx`: across nodes on the root's rail, then inside each node from the
 /// GPU on that rail.
-pub(super) async fn broadcast<B: Backend>(
-    ctx: &Ctx<'_, B>,
+pub(super) fn broadcast<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
     inter: Algo,
     root_idx: usize,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    let placement = ctx.backend.placement();
-    let here = Local::of(placement, &ctx.group, ctx.backend.rank());
-    let root = ctx.group.member(root_idx);
-    let chunk = placement.local_idx_of(root);
-    let carrier = here.owner_of(chunk);
-    if here.local == carrier {
-        let rail = rail_ctx(ctx, &here, chunk);
-        let rail_root = rail
-            .group
-            .index_of(root)
-            .expect("the root is on its own rail");
-        match inter {
-            Algo::Ring => ring::broadcast(&rail, rail_root, data, span).await?,
-            Algo::Tree | Algo::HalvingDoubling => {
-                tree::broadcast(&rail, rail_root, data, span).await?
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        let placement = ctx.backend.placement();
+        let here = Local::of(placement, &ctx.group, ctx.backend.rank());
+        let root = ctx.group.member(root_idx);
+        let chunk = placement.local_idx_of(root);
+        let carrier = here.owner_of(chunk);
+        if here.local == carrier {
+            let rail = rail_ctx(ctx, &here, chunk);
+            let rail_root = rail
+                .group
+                .index_of(root)
+                .expect("the root is on its own rail");
+            match inter {
+                Algo::Ring => ring::broadcast(&rail, rail_root, data, span).await?,
+                Algo::Tree | Algo::HalvingDoubling => {
+                    tree::broadcast(&rail, rail_root, data, span).await?
+                }
+                Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
             }
-            Algo::Hierarchical => unreachable!("hierarchical cannot nest in itself"),
+            let node = node_ctx(ctx, &here);
+            for other in (0..here.gpus_here).filter(|&l| l != here.local) {
+                node.send(other, PHASE_INTRA_BROADCAST, 0, data, span.clone())
+                    .await?;
+            }
+            Ok(())
+        } else {
+            node_ctx(ctx, &here)
+                .recv_copy(carrier, PHASE_INTRA_BROADCAST, 0, data, span.clone())
+                .await
         }
-        let node = node_ctx(ctx, &here);
-        for other in (0..here.gpus_here).filter(|&l| l != here.local) {
-            node.send(other, PHASE_INTRA_BROADCAST, 0, data, span)
-                .await?;
-        }
-        Ok(())
-    } else {
-        node_ctx(ctx, &here)
-            .recv_copy(carrier, PHASE_INTRA_BROADCAST, 0, data, span)
-            .await
     }
 }
 
@@ -220,86 +268,90 @@ fn node_ctx<'a, B: Backend>(ctx: &'a Ctx<'a, B>, here: &Local) -> Ctx<'a, B> {
 }
 
 /// Each chunk goes to its owner, which sums it in local-index order.
-async fn intra_reduce_scatter<B: Backend>(
-    ctx: &Ctx<'_, B>,
-    here: &Local,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    let ctx = &node_ctx(ctx, here);
-    let chunks = here.chunk_count();
-    for chunk in 0..chunks {
-        let owner = here.owner_of(chunk);
-        if owner != here.local {
-            ctx.send(
-                owner,
-                PHASE_INTRA_REDUCE_SCATTER,
-                chunk,
-                data,
-                &span.part(chunks, chunk),
-            )
-            .await?;
+fn intra_reduce_scatter<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    here: &'a Local,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        let ctx = &node_ctx(ctx, here);
+        let chunks = here.chunk_count();
+        for chunk in 0..chunks {
+            let owner = here.owner_of(chunk);
+            if owner != here.local {
+                ctx.send(
+                    owner,
+                    PHASE_INTRA_REDUCE_SCATTER,
+                    chunk,
+                    data,
+                    span.part(chunks, chunk),
+                )
+                .await?;
+            }
         }
-    }
-    for chunk in here.my_chunks() {
-        let chunk_span = span.part(chunks, chunk);
-        let mut acc: Vec<f32> = Vec::new();
-        for local in 0..here.gpus_here {
-            if local == here.local {
-                let own = &data[chunk_span.elems.clone()];
-                if local == 0 {
-                    acc.extend_from_slice(own);
-                } else {
-                    ctx.add(&mut acc, own);
+        for chunk in here.my_chunks() {
+            let chunk_span = span.part(chunks, chunk);
+            let mut acc: Vec<f32> = Vec::new();
+            for local in 0..here.gpus_here {
+                if local == here.local {
+                    let own = &data[chunk_span.elems.clone()];
+                    if local == 0 {
+                        acc.extend_from_slice(own);
+                    } else {
+                        ctx.add(&mut acc, own);
+                    }
+                    continue;
                 }
-                continue;
+                let payload = ctx.recv(local, PHASE_INTRA_REDUCE_SCATTER, chunk).await?;
+                assert_eq!(
+                    payload.data.len(),
+                    chunk_span.elems.len(),
+                    "a peer sent a chunk of another length"
+                );
+                if local == 0 {
+                    acc.extend_from_slice(&payload.data);
+                } else {
+                    ctx.add(&mut acc, &payload.data);
+                }
+                ctx.backend.recycle(payload);
             }
-            let payload = ctx.recv(local, PHASE_INTRA_REDUCE_SCATTER, chunk).await?;
-            assert_eq!(
-                payload.data.len(),
-                chunk_span.elems.len(),
-                "a peer sent a chunk of another length"
-            );
-            if local == 0 {
-                acc.extend_from_slice(&payload.data);
-            } else {
-                ctx.add(&mut acc, &payload.data);
-            }
-            ctx.backend.recycle(payload);
+            data[chunk_span.elems].copy_from_slice(&acc);
         }
-        data[chunk_span.elems].copy_from_slice(&acc);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Each owner copies its chunks to every other GPU of the node.
-async fn intra_all_gather<B: Backend>(
-    ctx: &Ctx<'_, B>,
-    here: &Local,
-    data: &mut [f32],
-    span: &Span,
-) -> Result<(), CommError> {
-    let ctx = &node_ctx(ctx, here);
-    let chunks = here.chunk_count();
-    for chunk in here.my_chunks() {
-        for other in (0..here.gpus_here).filter(|&l| l != here.local) {
-            ctx.send(
-                other,
-                PHASE_INTRA_ALL_GATHER,
-                chunk,
-                data,
-                &span.part(chunks, chunk),
-            )
-            .await?;
-        }
-    }
-    for chunk in 0..chunks {
-        let owner = here.owner_of(chunk);
-        if owner != here.local {
-            let chunk_span = span.part(chunks, chunk);
-            ctx.recv_copy(owner, PHASE_INTRA_ALL_GATHER, chunk, data, &chunk_span)
+fn intra_all_gather<'a, B: Backend>(
+    ctx: &'a Ctx<'a, B>,
+    here: &'a Local,
+    data: &'a mut [f32],
+    span: &'a Span,
+) -> impl Future<Output = Result<(), CommError>> + 'a {
+    async move {
+        let ctx = &node_ctx(ctx, here);
+        let chunks = here.chunk_count();
+        for chunk in here.my_chunks() {
+            for other in (0..here.gpus_here).filter(|&l| l != here.local) {
+                ctx.send(
+                    other,
+                    PHASE_INTRA_ALL_GATHER,
+                    chunk,
+                    data,
+                    span.part(chunks, chunk),
+                )
                 .await?;
+            }
         }
+        for chunk in 0..chunks {
+            let owner = here.owner_of(chunk);
+            if owner != here.local {
+                let chunk_span = span.part(chunks, chunk);
+                ctx.recv_copy(owner, PHASE_INTRA_ALL_GATHER, chunk, data, chunk_span)
+                    .await?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
