@@ -521,7 +521,7 @@ impl Reference {
                 let mut gathered = vec![f32::NAN; elems];
                 for owner in members() {
                     for span in owned_by(owner) {
-                        for idx in span.elems {
+                        for idx in span.elems() {
                             gathered[idx] = collective_input(owner, idx);
                         }
                     }
@@ -558,7 +558,7 @@ impl Reference {
             }
             Op::ReduceScatter => self.owned[rank]
                 .iter()
-                .all(|span| span.elems.clone().all(|i| same(data[i], self.expected[i]))),
+                .all(|span| span.elems().all(|i| same(data[i], self.expected[i]))),
             Op::Barrier => data
                 .iter()
                 .enumerate()

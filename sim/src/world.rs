@@ -828,22 +828,17 @@ impl World {
 }
 
 /// One rank's handle on the shared world. Every rank runs on the executor's one thread, so the
-/// world is shared through `Rc<RefCell<_>>`; a borrow never spans an await.
+/// world is shared through `Rc<RefCell<_>>`; a borrow never spans an await. Two words: every
+/// rank's future holds one, and the placement, asked for once a collective, is the world's.
 #[derive(Clone)]
 pub struct SimBackend {
     rank: usize,
-    placement: Placement,
     world: Rc<RefCell<World>>,
 }
 
 impl SimBackend {
     pub fn new(world: Rc<RefCell<World>>, rank: usize) -> SimBackend {
-        let placement = world.borrow().placement;
-        SimBackend {
-            rank,
-            placement,
-            world,
-        }
+        SimBackend { rank, world }
     }
 }
 
@@ -853,13 +848,14 @@ impl Backend for SimBackend {
     }
 
     fn placement(&self) -> Placement {
-        self.placement
+        self.world.borrow().placement
     }
 
     fn replica_group(&self) -> trainer_core::Group {
-        match &self.world.borrow().control {
+        let world = self.world.borrow();
+        match &world.control {
             Some(control) => control.replicas.group.clone(),
-            None => self.placement.world(),
+            None => world.placement.world(),
         }
     }
 

@@ -349,7 +349,7 @@ impl Checkpointer {
         let spans = self.my_spans(backend, params.len());
         let values: Vec<f32> = spans
             .iter()
-            .flat_map(|s| params[s.elems.clone()].iter().copied())
+            .flat_map(|s| params[s.elems()].iter().copied())
             .collect();
         let modelled: u64 = spans.iter().map(Span::modelled_bytes).sum();
         let started = backend.now_ns();
@@ -478,7 +478,7 @@ async fn read_shard<B: Backend>(
         Err(StorageError::Aborted) => return Err(CommError::Aborted),
         Err(_) => return Ok(false),
     };
-    let expected_len: usize = spans.iter().map(|s| s.elems.len()).sum();
+    let expected_len: usize = spans.iter().map(|s| s.elems().len()).sum();
     let decoded = if backend.planted_bug() == Some(PlantedBug::UnverifiedRestore) {
         decode_shard_unverified(&blob.bytes, step, rank, world)
     } else {
@@ -488,7 +488,7 @@ async fn read_shard<B: Backend>(
         Ok(values) if values.len() == expected_len => {
             let mut values = values.into_iter();
             for span in spans {
-                for slot in &mut params[span.elems.clone()] {
+                for slot in &mut params[span.elems()] {
                     *slot = values.next().expect("lengths checked");
                 }
             }

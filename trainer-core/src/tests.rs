@@ -5,16 +5,16 @@ use crate::span::Span;
 fn span_parts_cover_the_whole_span_in_order() {
     let span = Span::new(10, 1000);
     let parts: Vec<Span> = (0..7).map(|i| span.part(7, i)).collect();
-    assert_eq!(parts[0].elems.start, 0);
-    assert_eq!(parts[6].elems.end, 10);
+    assert_eq!(parts[0].elems().start, 0);
+    assert_eq!(parts[6].elems().end, 10);
     assert_eq!(parts[6].bytes.end, 1000);
     for pair in parts.windows(2) {
-        assert_eq!(pair[0].elems.end, pair[1].elems.start);
+        assert_eq!(pair[0].elems().end, pair[1].elems().start);
         assert_eq!(pair[0].bytes.end, pair[1].bytes.start);
     }
     // More parts than elements: some parts are empty but still carry their modelled bytes.
     let tiny = Span::new(2, 1 << 30).part(1024, 3);
-    assert!(tiny.elems.is_empty());
+    assert!(tiny.elems().is_empty());
     assert_eq!(tiny.modelled_bytes(), 1 << 20);
 }
 

@@ -308,8 +308,8 @@ impl BareLoop<'_> {
         if let Some(sum) = message.checksum {
             self.checksum_mismatches += u64::from(sum != checksum(&message.data));
         }
-        let base = rank * self.elems;
-        let dst = &mut self.data[base + span.elems.start..base + span.elems.end];
+        let (base, elems) = (rank * self.elems, span.elems());
+        let dst = &mut self.data[base + elems.start..base + elems.end];
         assert_eq!(dst.len(), message.data.len());
         if add {
             trainer_core::kernels::add_assign(dst, &message.data);
@@ -339,10 +339,10 @@ impl BareLoop<'_> {
             self.link_busy_until_ns[link as usize] = done_ns;
         }
         // From the simulator's pool of recycled buffers.
-        let base = from * self.elems;
+        let (base, elems) = (from * self.elems, span.elems());
         let data = self
             .buffers
-            .copy_of(&self.data[base + span.elems.start..base + span.elems.end]);
+            .copy_of(&self.data[base + elems.start..base + elems.end]);
         let message = BareMessage {
             from: from as u32,
             to: to as u32,

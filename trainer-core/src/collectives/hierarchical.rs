@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{halving_doubling, ring, tree, Algo, Ctx, Op};
+use super::{halving_doubling, ring, tree, Algo, Ctx};
 use crate::backend::{Backend, CommError};
 use crate::group::{Group, Placement};
 use crate::span::Span;
@@ -139,7 +139,7 @@ pub(super) fn all_reduce<'a, B: Backend>(
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     async move {
         intra_reduce_scatter(ctx, &here, data, span).await?;
-        rails(ctx, &here, inter, Op::AllReduce, data, span).await?;
+        rails(ctx, &here, inter, RailOp::AllReduce, data, span).await?;
         intra_all_gather(ctx, &here, data, span).await
     }
 }
@@ -153,7 +153,7 @@ pub(super) fn reduce_scatter<'a, B: Backend>(
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     async move {
         intra_reduce_scatter(ctx, &here, data, span).await?;
-        rails(ctx, &here, inter, Op::ReduceScatter, data, span).await
+        rails(ctx, &here, inter, RailOp::ReduceScatter, data, span).await
     }
 }
 
@@ -165,9 +165,18 @@ pub(super) fn all_gather<'a, B: Backend>(
 ) -> impl Future<Output = Result<(), CommError>> + 'a {
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     async move {
-        rails(ctx, &here, inter, Op::AllGather, data, span).await?;
+        rails(ctx, &here, inter, RailOp::AllGather, data, span).await?;
         intra_all_gather(ctx, &here, data, span).await
     }
+}
+
+/// What the rails run: a one-byte enum rather than [`super::Op`], whose broadcast root makes it
+/// sixteen.
+#[derive(Clone, Copy)]
+enum RailOp {
+    AllReduce,
+    ReduceScatter,
+    AllGather,
 }
 
 /// The inter-node part: `op` (all-reduce, reduce-scatter or all-gather) with `inter` on the
@@ -180,7 +189,7 @@ fn rails<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     here: &'a Local,
     inter: Algo,
-    op: Op,
+    op: RailOp,
     data: &'a mut [f32],
     span: &'a Span,
 ) -> impl Future<Output = Result<(), CommError>> + 'a {
@@ -190,23 +199,26 @@ fn rails<'a, B: Backend>(
             let chunk_span = span.part(here.chunk_count(), chunk);
             let (rail, data, span) = (&rail, &mut *data, &chunk_span);
             match (op, inter) {
-                (Op::AllReduce, Algo::Ring) => ring::all_reduce(rail, data, span).await?,
-                (Op::AllReduce, Algo::Tree) => tree::all_reduce(rail, data, span).await?,
-                (Op::AllReduce, Algo::HalvingDoubling) => {
+                (RailOp::AllReduce, Algo::Ring) => ring::all_reduce(rail, data, span).await?,
+                (RailOp::AllReduce, Algo::Tree) => tree::all_reduce(rail, data, span).await?,
+                (RailOp::AllReduce, Algo::HalvingDoubling) => {
                     halving_doubling::all_reduce(rail, data, span).await?
                 }
-                (Op::ReduceScatter, Algo::Ring) => ring::reduce_scatter(rail, data, span).await?,
-                (Op::ReduceScatter, Algo::Tree) => tree::reduce_scatter(rail, data, span).await?,
-                (Op::ReduceScatter, Algo::HalvingDoubling) => {
+                (RailOp::ReduceScatter, Algo::Ring) => {
+                    ring::reduce_scatter(rail, data, span).await?
+                }
+                (RailOp::ReduceScatter, Algo::Tree) => {
+                    tree::reduce_scatter(rail, data, span).await?
+                }
+                (RailOp::ReduceScatter, Algo::HalvingDoubling) => {
                     halving_doubling::reduce_scatter(rail, data, span).await?
                 }
-                (Op::AllGather, Algo::Ring) => ring::all_gather(rail, data, span).await?,
-                (Op::AllGather, Algo::Tree) => tree::all_gather(rail, data, span).await?,
-                (Op::AllGather, Algo::HalvingDoubling) => {
+                (RailOp::AllGather, Algo::Ring) => ring::all_gather(rail, data, span).await?,
+                (RailOp::AllGather, Algo::Tree) => tree::all_gather(rail, data, span).await?,
+                (RailOp::AllGather, Algo::HalvingDoubling) => {
                     halving_doubling::all_gather(rail, data, span).await?
                 }
                 (_, Algo::Hierarchical) => unreachable!("hierarchical cannot nest in itself"),
-                (op, _) => unreachable!("the rails run no {}", op.name()),
             }
         }
         Ok(())
@@ -256,15 +268,12 @@ pub(super) fn broadcast<'a, B: Backend>(
 }
 
 fn rail_ctx<'a, B: Backend>(ctx: &'a Ctx<'a, B>, here: &Local, chunk: usize) -> Ctx<'a, B> {
-    ctx.sub(
-        here.rail_group(chunk),
-        ctx.tag.phase + Local::rail_phase(chunk),
-    )
+    ctx.sub(here.rail_group(chunk), ctx.phase + Local::rail_phase(chunk))
 }
 
 /// The same operation's tags over this rank's node: members are local indices.
 fn node_ctx<'a, B: Backend>(ctx: &'a Ctx<'a, B>, here: &Local) -> Ctx<'a, B> {
-    ctx.sub(here.placement.node_group(here.node), ctx.tag.phase)
+    ctx.sub(here.placement.node_group(here.node), ctx.phase)
 }
 
 /// Each chunk goes to its owner, which sums it in local-index order.
@@ -295,7 +304,7 @@ fn intra_reduce_scatter<'a, B: Backend>(
             let mut acc: Vec<f32> = Vec::new();
             for local in 0..here.gpus_here {
                 if local == here.local {
-                    let own = &data[chunk_span.elems.clone()];
+                    let own = &data[chunk_span.elems()];
                     if local == 0 {
                         acc.extend_from_slice(own);
                     } else {
@@ -306,7 +315,7 @@ fn intra_reduce_scatter<'a, B: Backend>(
                 let payload = ctx.recv(local, PHASE_INTRA_REDUCE_SCATTER, chunk).await?;
                 assert_eq!(
                     payload.data.len(),
-                    chunk_span.elems.len(),
+                    chunk_span.elems().len(),
                     "a peer sent a chunk of another length"
                 );
                 if local == 0 {
@@ -316,7 +325,7 @@ fn intra_reduce_scatter<'a, B: Backend>(
                 }
                 ctx.backend.recycle(payload);
             }
-            data[chunk_span.elems].copy_from_slice(&acc);
+            data[chunk_span.elems()].copy_from_slice(&acc);
         }
         Ok(())
     }

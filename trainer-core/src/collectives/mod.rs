@@ -259,9 +259,11 @@ impl Collective {
         modelled_bytes: u64,
         counters: Option<&'a HealthCounters>,
     ) -> impl Future<Output = Result<(), CommError>> + 'a {
-        let me = group
-            .index_of(backend.rank())
-            .unwrap_or_else(|| panic!("rank {} is not in {group:?}", backend.rank()));
+        assert!(
+            group.index_of(backend.rank()).is_some(),
+            "rank {} is not in {group:?}",
+            backend.rank()
+        );
         if self.algo == Algo::Hierarchical {
             assert!(
                 group.is_world_with_holes(backend.world_size()),
@@ -274,8 +276,8 @@ impl Collective {
         let ctx = Ctx {
             backend,
             group: group.clone(),
-            me: u32::try_from(me).expect("a group of at most 4 billion ranks"),
-            tag: TagBase { op_id, phase: 0 },
+            op_id,
+            phase: 0,
             checksums: self.payload_checksums,
             verify_reductions: self.verify_reductions,
             counters,
@@ -290,7 +292,7 @@ impl Collective {
         };
         let (algo, inter) = (self.algo, self.inter_node_algo);
         async move {
-            let op_id = ctx.tag.op_id;
+            let op_id = ctx.op_id;
             ctx.backend.emit(Event::CollectiveBegin { op_id, op, algo });
             // The algorithm is picked here, in this future, rather than in a dispatching
             // function per op: every level of nesting keeps its state in every rank's future.
@@ -329,9 +331,7 @@ impl Collective {
                     }
                 },
             };
-            ctx.backend.emit(Event::CollectiveEnd {
-                op_id: ctx.tag.op_id,
-            });
+            ctx.backend.emit(Event::CollectiveEnd { op_id: ctx.op_id });
             result
         }
     }
@@ -371,30 +371,19 @@ fn intact(payload: &Payload) -> bool {
         .is_none_or(|sum| sum == integrity::checksum(&payload.data))
 }
 
-/// Tags of one operation: its id and the first phase number this (sub-)algorithm may use.
-/// Each algorithm uses phases `phase..phase + 16`; the hierarchical algorithm gives each rail
-/// chunk its own block of phases.
-#[derive(Clone, Copy, Debug)]
-struct TagBase {
-    op_id: u64,
-    phase: u32,
-}
-
-impl TagBase {
-    fn tag(&self, phase: u32, round: usize) -> Tag {
-        debug_assert!(phase < 16);
-        Tag::new(self.op_id, self.phase + phase, round as u32)
-    }
-}
-
 /// What every algorithm needs: who it is, over which group, and how to tag its messages.
+///
+/// 56 bytes: a context is held at several levels of every rank's future, so this rank's index
+/// in the group is worked out when asked for ([`Ctx::me`], an algorithm's first step) rather
+/// than kept.
 struct Ctx<'a, B> {
     backend: &'a B,
     group: Group,
-    /// This rank's index in `group`; a u32 like the group's numbers, so that the context, held
-    /// at several levels of every rank's future, packs into 72 bytes.
-    me: u32,
-    tag: TagBase,
+    /// The operation's id, in every tag.
+    op_id: u64,
+    /// The first phase number this (sub-)algorithm may use: each algorithm uses phases
+    /// `phase..phase + 16`, and the hierarchical algorithm gives each rail chunk its own block.
+    phase: u32,
     checksums: bool,
     verify_reductions: bool,
     /// Where to count what the checks find, when the caller asked ([`Collective::run_checked`]).
@@ -406,23 +395,30 @@ impl<'a, B: Backend> Ctx<'a, B> {
         self.group.count()
     }
 
+    /// The tag of this algorithm's message of `phase` (below 16) and `round`.
+    fn tag(&self, phase: u32, round: usize) -> Tag {
+        debug_assert!(phase < 16);
+        Tag::new(self.op_id, self.phase + phase, round as u32)
+    }
+
+    /// This rank's index in the group.
     fn me(&self) -> usize {
-        self.me as usize
+        self.group
+            .index_of(self.backend.rank())
+            .expect("a context's rank is in its group")
     }
 
     /// The same backend and tags over another group that contains this rank.
     fn sub(&self, group: Group, phase: u32) -> Ctx<'a, B> {
-        let me = group
-            .index_of(self.backend.rank())
-            .expect("rank is in its sub-group");
+        assert!(
+            group.index_of(self.backend.rank()).is_some(),
+            "rank is in its sub-group"
+        );
         Ctx {
             backend: self.backend,
             group,
-            me: u32::try_from(me).expect("a group of at most 4 billion ranks"),
-            tag: TagBase {
-                op_id: self.tag.op_id,
-                phase,
-            },
+            op_id: self.op_id,
+            phase,
             checksums: self.checksums,
             verify_reductions: self.verify_reductions,
             counters: self.counters,
@@ -447,16 +443,12 @@ impl<'a, B: Backend> Ctx<'a, B> {
     ) -> impl Future<Output = Result<(), CommError>> + use<'a, B> {
         let mut payload = self
             .backend
-            .payload_from(&data[span.elems.clone()], span.modelled_bytes());
+            .payload_from(&data[span.elems()], span.modelled_bytes());
         if self.checksums {
             payload.checksum = Some(integrity::checksum(&payload.data));
         }
         let backend: &'a B = self.backend;
-        backend.send(
-            self.group.member(to_idx),
-            self.tag.tag(phase, round),
-            payload,
-        )
+        backend.send(self.group.member(to_idx), self.tag(phase, round), payload)
     }
 
     /// Receives a payload; with checksums on, verifies it and asks for a resend until one
@@ -467,7 +459,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         phase: u32,
         round: usize,
     ) -> impl Future<Output = Result<Payload, CommError>> + use<'_, 'a, B> {
-        let (from, tag) = (self.group.member(from_idx), self.tag.tag(phase, round));
+        let (from, tag) = (self.group.member(from_idx), self.tag(phase, round));
         async move {
             let payload = self.backend.recv(from, tag).await?;
             let (payload, intact) = self.check(payload);
@@ -540,7 +532,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         data: &'s mut [f32],
         span: Span,
     ) -> impl Future<Output = Result<(), CommError>> + use<'s, 'a, B> {
-        self.recv_into(from_idx, phase, round, &mut data[span.elems], Merge::Add)
+        self.recv_into(from_idx, phase, round, &mut data[span.elems()], Merge::Add)
     }
 
     /// Receives `span` from `from_idx` and copies it into `data`.
@@ -552,7 +544,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         data: &'s mut [f32],
         span: Span,
     ) -> impl Future<Output = Result<(), CommError>> + use<'s, 'a, B> {
-        self.recv_into(from_idx, phase, round, &mut data[span.elems], Merge::Copy)
+        self.recv_into(from_idx, phase, round, &mut data[span.elems()], Merge::Copy)
     }
 
     /// Receives a payload of `dst.len()` elements and adds or copies it into `dst`. The same
@@ -566,7 +558,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         dst: &'s mut [f32],
         merge: Merge,
     ) -> impl Future<Output = Result<(), CommError>> + use<'s, 'a, B> {
-        let (from, tag) = (self.group.member(from_idx), self.tag.tag(phase, round));
+        let (from, tag) = (self.group.member(from_idx), self.tag(phase, round));
         async move {
             let payload = self.backend.recv(from, tag).await?;
             let (payload, intact) = self.check(payload);
