@@ -684,7 +684,7 @@ impl World {
     }
 
     fn store(&mut self, message: Message) -> u32 {
-        match self.free_slots.pop() {
+        let slot = match self.free_slots.pop() {
             Some(slot) => {
                 self.messages[slot as usize] = Some(message);
                 slot
@@ -693,7 +693,13 @@ impl World {
                 self.messages.push(Some(message));
                 (self.messages.len() - 1) as u32
             }
+        };
+        // Filling a slot first reads what it held (to drop it), and a slot freed a while ago
+        // is out of cache at 100,000 ranks: start loading the one the next message will take.
+        if let Some(&next) = self.free_slots.last() {
+            crate::prefetch::prefetch(&self.messages[next as usize]);
         }
+        slot
     }
 
     /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
