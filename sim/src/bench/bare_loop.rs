@@ -360,6 +360,10 @@ impl BareLoop<'_> {
                 (self.messages.len() - 1) as u32
             }
         };
+        // As `World::store` does: the slot the next message will fill.
+        if let Some(&next) = self.free_slots.last() {
+            prefetch::prefetch(&self.messages[next as usize]);
+        }
         self.queue.push(done_ns + latency_ns, slot);
     }
 
