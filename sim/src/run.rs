@@ -203,11 +203,12 @@ pub fn run_scenario_with(
         w.configure_stragglers(scenario.stragglers.clone());
         w.configure_sdc(scenario.sdc.clone(), scenario.run.seed);
     }
-    let config = scenario.job.clone();
+    // Shared, not copied into each rank's future beside the trainer made from it.
+    let config = Rc::new(scenario.job.clone());
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let config = config.clone();
-        async move { job::run(&backend, config).await }
+        async move { job::run(&backend, (*config).clone()).await }
     });
     let results = match results {
         Ok(results) => results,

@@ -6,6 +6,8 @@
 //! [`Backend::replica_group`], which may leave out dropped nodes: the sum runs over them and is
 //! divided by their count, so a step taken with fewer replicas averages fewer samples.
 
+use std::future::Future;
+
 use crate::backend::{Backend, CommError, Event, FaultPoint, Work, WorkKind};
 use crate::checkpoint::{self, CheckpointPolicy, Checkpointer, Votes, VOTE_COUNT};
 use crate::collectives::{Collective, Op};
@@ -354,7 +356,11 @@ impl Trainer {
         let mut apply = true;
         if let Some(check) = self.suspect(&buffer) {
             backend.emit(Event::SdcSuspect { step, check });
-            match self.resolve_suspect(backend, &group, step, &buffer).await? {
+            // Boxed, as is the rollback below: paths that run only after a fault would
+            // otherwise set the size of every rank's future, which the simulator loads on
+            // every poll.
+            let resolving = Box::pin(self.resolve_suspect(backend, &group, step, &buffer));
+            match resolving.await? {
                 Some(clean) => buffer = clean,
                 None => apply = false,
             }
@@ -391,7 +397,7 @@ impl Trainer {
         let fingerprint_due =
             every > 0 && (self.step % every == 0 || self.step == self.config.steps);
         if fingerprint_due && !self.fingerprint(backend, &group).await? {
-            self.rollback(backend).await?;
+            Box::pin(self.rollback(backend)).await?;
             return Ok(loss);
         }
         // With replicas dropped, checkpoints wait for the whole world: every shard of the
@@ -538,48 +544,54 @@ enum Resume {
 /// Trains for `config.steps` steps, surviving failures: when a step fails, the rank reports
 /// to the job controller, waits for the restart, restores the newest verified checkpoint and
 /// goes on. A rank whose node died starts from an empty trainer, as a new process would.
-pub async fn run<B: Backend>(backend: &B, config: JobConfig) -> JobOutcome {
-    let mut trainer = Trainer::new(config.clone());
-    let mut resume = None;
-    loop {
-        let attempt = async {
-            match resume {
-                Some(Resume::Restore { generation }) => {
-                    trainer.restore(backend, generation).await?
+///
+/// The trainer is built before the future and the future holds it alone, not also the config
+/// it was built from: at 100,000 ranks every byte of a rank's future is loaded on each poll
+/// (see the note in `collectives`).
+pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = JobOutcome> + '_ {
+    let mut trainer = Trainer::new(config);
+    async move {
+        let mut resume = None;
+        loop {
+            let attempt = async {
+                match resume {
+                    Some(Resume::Restore { generation }) => {
+                        trainer.restore(backend, generation).await?
+                    }
+                    Some(Resume::Regroup { generation }) => {
+                        trainer.regroup(backend, generation).await?
+                    }
+                    None => {}
                 }
-                Some(Resume::Regroup { generation }) => {
-                    trainer.regroup(backend, generation).await?
+                while trainer.step < trainer.config.steps {
+                    trainer.train_step(backend).await?;
                 }
-                None => {}
-            }
-            while trainer.step < trainer.config.steps {
-                trainer.train_step(backend).await?;
-            }
-            Ok::<(), CommError>(())
-        };
-        match attempt.await {
-            Ok(()) => return trainer.outcome(),
-            Err(error) => {
-                let order = backend.await_restart(&error).await;
-                if order.job_abandoned {
-                    return trainer.outcome();
+                Ok::<(), CommError>(())
+            };
+            match attempt.await {
+                Ok(()) => return trainer.outcome(),
+                Err(error) => {
+                    let order = backend.await_restart(&error).await;
+                    if order.job_abandoned {
+                        return trainer.outcome();
+                    }
+                    if order.memory_lost {
+                        // Bookkeeping for the report survives; the model state does not.
+                        let mut fresh = Trainer::new(trainer.config.clone());
+                        fresh.restarts = trainer.restarts;
+                        fresh.recomputed_steps = trainer.recomputed_steps;
+                        fresh.high_water_step = trainer.high_water_step;
+                        fresh.first_loss = trainer.first_loss;
+                        trainer = fresh;
+                    }
+                    let generation = order.generation;
+                    resume = Some(if order.regroup {
+                        Resume::Regroup { generation }
+                    } else {
+                        trainer.restarts += 1;
+                        Resume::Restore { generation }
+                    });
                 }
-                if order.memory_lost {
-                    // Bookkeeping for the report survives; the model state does not.
-                    let mut fresh = Trainer::new(config.clone());
-                    fresh.restarts = trainer.restarts;
-                    fresh.recomputed_steps = trainer.recomputed_steps;
-                    fresh.high_water_step = trainer.high_water_step;
-                    fresh.first_loss = trainer.first_loss;
-                    trainer = fresh;
-                }
-                let generation = order.generation;
-                resume = Some(if order.regroup {
-                    Resume::Regroup { generation }
-                } else {
-                    trainer.restarts += 1;
-                    Resume::Restore { generation }
-                });
             }
         }
     }
