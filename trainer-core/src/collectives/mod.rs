@@ -425,6 +425,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         }
     }
 
+    /// Counts one finding in the caller's counters, if it gave any.
     fn count_found(&self, counter: impl Fn(&HealthCounters) -> &std::cell::Cell<u64>) {
         if let Some(counters) = self.counters {
             HealthCounters::bump(counter(counters));
@@ -447,6 +448,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         if self.checksums {
             payload.checksum = Some(integrity::checksum(&payload.data));
         }
+        // The future borrows the backend for `'a`, not this context.
         let backend: &'a B = self.backend;
         backend.send(self.group.member(to_idx), self.tag(phase, round), payload)
     }
