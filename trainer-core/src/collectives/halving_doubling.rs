@@ -5,10 +5,8 @@
 //! halving (even member sends everything to the odd one above it) and unfold after the
 //! doubling. Folded members own no part after a reduce-scatter.
 
-use std::future::Future;
-
-use super::Ctx;
-use crate::backend::{Backend, CommError};
+use super::{Ctx, Step};
+use crate::backend::Backend;
 use crate::span::Span;
 
 const PHASE_FOLD: u32 = 0;
@@ -77,7 +75,7 @@ pub(super) fn all_reduce<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         reduce_scatter(ctx, data, span).await?;
         all_gather(ctx, data, span).await
@@ -88,7 +86,7 @@ pub(super) fn reduce_scatter<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let shape = Shape::of(ctx.count());
         let me = ctx.me();
@@ -121,7 +119,7 @@ pub(super) fn all_gather<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let shape = Shape::of(ctx.count());
         let me = ctx.me();

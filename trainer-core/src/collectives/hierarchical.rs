@@ -15,11 +15,10 @@
 //! dropped nodes' members; intra-node messages name node members, so the world's holes never
 //! shift them.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use super::{halving_doubling, ring, tree, Algo, Ctx};
-use crate::backend::{Backend, CommError};
+use super::{halving_doubling, ring, tree, Algo, Ctx, Step};
+use crate::backend::Backend;
 use crate::group::{Group, Placement};
 use crate::span::Span;
 
@@ -135,7 +134,7 @@ pub(super) fn all_reduce<'a, B: Backend>(
     inter: Algo,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     async move {
         intra_reduce_scatter(ctx, &here, data, span).await?;
@@ -149,7 +148,7 @@ pub(super) fn reduce_scatter<'a, B: Backend>(
     inter: Algo,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     async move {
         intra_reduce_scatter(ctx, &here, data, span).await?;
@@ -162,7 +161,7 @@ pub(super) fn all_gather<'a, B: Backend>(
     inter: Algo,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     let here = Local::of(ctx.backend.placement(), &ctx.group, ctx.backend.rank());
     async move {
         rails(ctx, &here, inter, RailOp::AllGather, data, span).await?;
@@ -192,7 +191,7 @@ fn rails<'a, B: Backend>(
     op: RailOp,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         for chunk in here.my_chunks() {
             let rail = rail_ctx(ctx, here, chunk);
@@ -233,7 +232,7 @@ pub(super) fn broadcast<'a, B: Backend>(
     root_idx: usize,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let placement = ctx.backend.placement();
         let here = Local::of(placement, &ctx.group, ctx.backend.rank());
@@ -282,7 +281,7 @@ fn intra_reduce_scatter<'a, B: Backend>(
     here: &'a Local,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let ctx = &node_ctx(ctx, here);
         let chunks = here.chunk_count();
@@ -337,7 +336,7 @@ fn intra_all_gather<'a, B: Backend>(
     here: &'a Local,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let ctx = &node_ctx(ctx, here);
         let chunks = here.chunk_count();

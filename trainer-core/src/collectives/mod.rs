@@ -371,6 +371,12 @@ fn intact(payload: &Payload) -> bool {
         .is_none_or(|sum| sum == integrity::checksum(&payload.data))
 }
 
+/// What every step of an algorithm returns: the future of its result, borrowing its context,
+/// buffer and span for `'a` (the note at the top says why steps are not `async fn`s).
+trait Step<'a>: Future<Output = Result<(), CommError>> + 'a {}
+
+impl<'a, F: Future<Output = Result<(), CommError>> + 'a> Step<'a> for F {}
+
 /// What every algorithm needs: who it is, over which group, and how to tag its messages.
 ///
 /// 56 bytes: a context is held at several levels of every rank's future, so this rank's index

@@ -1,10 +1,8 @@
 //! Ring: reduce-scatter then all-gather around the group, `count - 1` rounds each. Bandwidth
 //! optimal, latency linear in the group size.
 
-use std::future::Future;
-
-use super::Ctx;
-use crate::backend::{Backend, CommError};
+use super::{Ctx, Step};
+use crate::backend::Backend;
 use crate::span::Span;
 
 const PHASE_REDUCE_SCATTER: u32 = 0;
@@ -20,7 +18,7 @@ pub(super) fn all_reduce<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         reduce_scatter(ctx, data, span).await?;
         all_gather(ctx, data, span).await
@@ -31,7 +29,7 @@ pub(super) fn reduce_scatter<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let (n, me) = (ctx.count(), ctx.me());
         let (right, left) = ((me + 1) % n, (me + n - 1) % n);
@@ -64,7 +62,7 @@ pub(super) fn all_gather<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let (n, me) = (ctx.count(), ctx.me());
         let (right, left) = ((me + 1) % n, (me + n - 1) % n);
@@ -93,7 +91,7 @@ pub(super) fn broadcast<'a, B: Backend>(
     root_idx: usize,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let n = ctx.count();
         let pos = (ctx.me() + n - root_idx) % n;

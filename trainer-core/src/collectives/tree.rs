@@ -3,10 +3,8 @@
 //! `v + L/2, v + L/4, ...`, so the subtree of `v` is the contiguous range `v..v + L`, which lets
 //! reduce-scatter and all-gather scatter and gather contiguous runs of parts.
 
-use std::future::Future;
-
-use super::Ctx;
-use crate::backend::{Backend, CommError};
+use super::{Ctx, Step};
+use crate::backend::Backend;
 use crate::span::Span;
 
 const PHASE_REDUCE: u32 = 0;
@@ -32,7 +30,7 @@ pub(super) fn all_reduce<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         reduce(ctx, data, span).await?;
         broadcast(ctx, 0, data, span).await
@@ -45,7 +43,7 @@ fn reduce<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let (n, v) = (ctx.count(), ctx.me());
         let mut mask = 1;
@@ -70,7 +68,7 @@ pub(super) fn broadcast<'a, B: Backend>(
     root_idx: usize,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         let n = ctx.count();
         let v = (ctx.me() + n - root_idx) % n;
@@ -96,7 +94,7 @@ pub(super) fn reduce_scatter<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         reduce(ctx, data, span).await?;
         // Scatter: each member receives the parts of its whole subtree and passes each child its own.
@@ -124,7 +122,7 @@ pub(super) fn all_gather<'a, B: Backend>(
     ctx: &'a Ctx<'a, B>,
     data: &'a mut [f32],
     span: &'a Span,
-) -> impl Future<Output = Result<(), CommError>> + 'a {
+) -> impl Step<'a> {
     async move {
         // Gather: at level `mask`, member v holds parts v..v + mask and passes them to its parent.
         let (n, v) = (ctx.count(), ctx.me());
