@@ -101,16 +101,20 @@ impl Trainer {
 
     /// This rank's gradient, loss and checkpoint votes for `step`, summed over the world with
     /// `collective`: one all-reduce carries all three.
+    ///
+    /// The gradient is computed when this is called; the future holds the buffer and what the
+    /// compute and the all-reduce need, not also copies of its arguments as an `async fn`'s
+    /// would (see the note in `collectives`).
     #[allow(clippy::too_many_arguments)]
-    async fn reduce_gradient<B: Backend>(
+    fn reduce_gradient<'a, B: Backend>(
         &self,
-        backend: &B,
-        group: &Group,
+        backend: &'a B,
+        group: &'a Group,
         step: u64,
         op_id: u64,
         collective: Collective,
-        counters: &HealthCounters,
-    ) -> Result<Vec<f32>, CommError> {
+        counters: &'a HealthCounters,
+    ) -> impl Future<Output = Result<Vec<f32>, CommError>> + 'a {
         let cfg = &self.config;
         let dim = self.params.len();
         let mut buffer = vec![0.0f32; dim + 1 + VOTE_COUNT];
@@ -127,29 +131,29 @@ impl Trainer {
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.votes(backend).write(&mut buffer[dim + 1..]);
         }
-        let flops = cfg.modelled_step_flops;
-        let compute_began_ns = backend.now_ns();
-        backend
-            .compute(Work {
-                kind: WorkKind::ForwardBackward,
-                flops,
-            })
-            .await?;
-        let compute_ns = backend.now_ns() - compute_began_ns;
-        backend.emit(Event::ComputeTimed { step, compute_ns });
+        let work = Work {
+            kind: WorkKind::ForwardBackward,
+            flops: cfg.modelled_step_flops,
+        };
         let bytes = cfg.modelled_grad_bytes;
-        collective
-            .run_checked(
-                backend,
-                group,
-                Op::AllReduce,
-                op_id,
-                &mut buffer,
-                bytes,
-                counters,
-            )
-            .await?;
-        Ok(buffer)
+        async move {
+            let compute_began_ns = backend.now_ns();
+            backend.compute(work).await?;
+            let compute_ns = backend.now_ns() - compute_began_ns;
+            backend.emit(Event::ComputeTimed { step, compute_ns });
+            collective
+                .run_checked(
+                    backend,
+                    group,
+                    Op::AllReduce,
+                    op_id,
+                    &mut buffer,
+                    bytes,
+                    counters,
+                )
+                .await?;
+            Ok(buffer)
+        }
     }
 
     /// Going back in time makes the running averages stale; and every rank, including one that
@@ -554,12 +558,14 @@ pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = J
         let mut resume = None;
         loop {
             let attempt = async {
+                // Boxed: they run only after a restart, and unboxed the larger of them would
+                // set the size of every rank's future for the whole run.
                 match resume {
                     Some(Resume::Restore { generation }) => {
-                        trainer.restore(backend, generation).await?
+                        Box::pin(trainer.restore(backend, generation)).await?
                     }
                     Some(Resume::Regroup { generation }) => {
-                        trainer.regroup(backend, generation).await?
+                        Box::pin(trainer.regroup(backend, generation)).await?
                     }
                     None => {}
                 }
