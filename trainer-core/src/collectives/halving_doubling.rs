@@ -140,8 +140,11 @@ pub(super) fn all_gather<'a, B: Backend>(
             ctx.recv_copy(partner, PHASE_DOUBLING, round, data, theirs)
                 .await?;
         }
-        if ctx.me() < 2 * shape.extra {
-            ctx.send(ctx.me() - 1, PHASE_UNFOLD, 0, data, span.clone())
+        // Worked out again rather than kept from the start: `me` would then be kept across
+        // every round's awaits.
+        let me = ctx.me();
+        if me < 2 * shape.extra {
+            ctx.send(me - 1, PHASE_UNFOLD, 0, data, span.clone())
                 .await?;
         }
         Ok(())

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use super::{halving_doubling, ring, tree, Algo, Ctx, Step};
+use super::{halving_doubling, ring, tree, Algo, Ctx, Merge, Step};
 use crate::backend::Backend;
 use crate::group::{Group, Placement};
 use crate::span::Span;
@@ -300,29 +300,20 @@ fn intra_reduce_scatter<'a, B: Backend>(
         }
         for chunk in here.my_chunks() {
             let chunk_span = span.part(chunks, chunk);
-            let mut acc: Vec<f32> = Vec::new();
+            // Local 0's part is copied in, the others' added in local-index order.
+            let mut acc = vec![0.0; chunk_span.elems().len()];
             for local in 0..here.gpus_here {
+                let merge = if local == 0 { Merge::Copy } else { Merge::Add };
                 if local == here.local {
                     let own = &data[chunk_span.elems()];
-                    if local == 0 {
-                        acc.extend_from_slice(own);
-                    } else {
-                        ctx.add(&mut acc, own);
+                    match merge {
+                        Merge::Copy => acc.copy_from_slice(own),
+                        Merge::Add => ctx.add(&mut acc, own),
                     }
                     continue;
                 }
-                let payload = ctx.recv(local, PHASE_INTRA_REDUCE_SCATTER, chunk).await?;
-                assert_eq!(
-                    payload.data.len(),
-                    chunk_span.elems().len(),
-                    "a peer sent a chunk of another length"
-                );
-                if local == 0 {
-                    acc.extend_from_slice(&payload.data);
-                } else {
-                    ctx.add(&mut acc, &payload.data);
-                }
-                ctx.backend.recycle(payload);
+                ctx.recv_into(local, PHASE_INTRA_REDUCE_SCATTER, chunk, &mut acc, merge)
+                    .await?;
             }
             data[chunk_span.elems()].copy_from_slice(&acc);
         }

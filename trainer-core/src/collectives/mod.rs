@@ -459,25 +459,6 @@ impl<'a, B: Backend> Ctx<'a, B> {
         backend.send(self.group.member(to_idx), self.tag(phase, round), payload)
     }
 
-    /// Receives a payload; with checksums on, verifies it and asks for a resend until one
-    /// arrives intact.
-    fn recv(
-        &self,
-        from_idx: usize,
-        phase: u32,
-        round: usize,
-    ) -> impl Future<Output = Result<Payload, CommError>> + use<'_, 'a, B> {
-        let (from, tag) = (self.group.member(from_idx), self.tag(phase, round));
-        async move {
-            let payload = self.backend.recv(from, tag).await?;
-            let (payload, intact) = self.check(payload);
-            if intact {
-                return Ok(payload);
-            }
-            Box::pin(self.resend_until_intact(from, tag, payload)).await
-        }
-    }
-
     /// `payload`, and whether it passes its checksum (or checksums are off).
     ///
     /// Takes the payload and hands it back rather than borrowing it: a local that a receive's
@@ -555,9 +536,9 @@ impl<'a, B: Backend> Ctx<'a, B> {
         self.recv_into(from_idx, phase, round, &mut data[span.elems()], Merge::Copy)
     }
 
-    /// Receives a payload of `dst.len()` elements and adds or copies it into `dst`. The same
-    /// steps as [`Ctx::recv`], not a call to it: a future that awaits another it was handed
-    /// holds that one twice.
+    /// Receives a payload of `dst.len()` elements and adds or copies it into `dst`; with
+    /// checksums on, verifies it and asks for a resend until one arrives intact. Every receive
+    /// of every algorithm goes through here, at the deepest level of every rank's future.
     fn recv_into<'s>(
         &'s self,
         from_idx: usize,

@@ -94,8 +94,9 @@ pub(super) fn broadcast<'a, B: Backend>(
 ) -> impl Step<'a> {
     async move {
         let n = ctx.count();
-        let pos = (ctx.me() + n - root_idx) % n;
-        let (next, prev) = ((ctx.me() + 1) % n, (ctx.me() + n - 1) % n);
+        let me = ctx.me();
+        let pos = (me + n - root_idx) % n;
+        let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
         for part in 0..n {
             let part_span = span.part(n, part);
             if pos > 0 {
