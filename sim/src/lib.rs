@@ -3,7 +3,6 @@
 //! [`world::SimBackend`].
 
 pub mod atomic;
-pub mod buffers;
 pub mod executor;
 pub mod fuzzing;
 pub mod limits;
@@ -12,6 +11,7 @@ pub mod prefetch;
 pub mod queue;
 pub mod run;
 pub mod scenario;
+pub mod slab;
 pub mod storage;
 pub mod swarm;
 pub mod topology;

@@ -18,6 +18,7 @@ use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
 
 use crate::queue::RadixQueue;
+use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::Topology;
 use crate::trace::Record;
@@ -155,9 +156,8 @@ pub struct World {
     woken: Vec<u32>,
     /// One bit per rank, scratch for putting a long `woken` list in rank order.
     woken_bits: Vec<u64>,
-    /// Messages on the fabric and in mailboxes; free slots are reused first.
-    messages: Vec<Option<Message>>,
-    free_slots: Vec<u32>,
+    /// Messages on the fabric and in mailboxes.
+    messages: Slab<Message>,
     /// Per directed link: when it finishes serialising what it has been given.
     link_busy_until_ns: Vec<u64>,
     ranks: Vec<RankState>,
@@ -167,8 +167,6 @@ pub struct World {
     finished: usize,
     digest: Digest,
     stats: FabricStats,
-    /// Payload buffers handed back by ranks, reused for the next sends.
-    buffers: crate::buffers::BufferPool,
     storage: Storage,
     control: Option<control::Control>,
     /// The trace and timeline, when asked for; `None` costs one branch per record site.
@@ -218,15 +216,13 @@ impl World {
             use_wakers: true,
             woken: Vec::new(),
             woken_bits: vec![0; placement.world_size.div_ceil(64)],
-            messages: Vec::new(),
-            free_slots: Vec::new(),
+            messages: Slab::default(),
             ranks,
             wakers,
             parked: 0,
             finished: 0,
             digest: Digest::new(),
             stats: FabricStats::default(),
-            buffers: crate::buffers::BufferPool::default(),
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
             recorder: None,
@@ -376,7 +372,7 @@ impl World {
     fn prefetch_first_deliveries(&self, firing: &[EventKind]) {
         for what in firing.iter().take(2 * DELIVERY_PREFETCH_AHEAD) {
             if let EventKind::Deliver { slot } = *what {
-                crate::prefetch::prefetch(&self.messages[slot as usize]);
+                self.messages.prefetch(slot);
             }
         }
         for what in firing.iter().take(DELIVERY_PREFETCH_AHEAD) {
@@ -408,7 +404,7 @@ impl World {
     #[inline(always)]
     fn prefetch_delivery(&self, firing: &[EventKind], i: usize) {
         if let Some(EventKind::Deliver { slot }) = firing.get(i + 2 * DELIVERY_PREFETCH_AHEAD) {
-            crate::prefetch::prefetch(&self.messages[*slot as usize]);
+            self.messages.prefetch(*slot);
         }
         if let Some(EventKind::Deliver { slot }) = firing.get(i + DELIVERY_PREFETCH_AHEAD) {
             self.prefetch_receiver(*slot);
@@ -418,7 +414,7 @@ impl World {
     /// The state of the receiver of the message in `slot`, and the message's data.
     #[inline(always)]
     fn prefetch_receiver(&self, slot: u32) {
-        if let Some(message) = &self.messages[slot as usize] {
+        if let Some(message) = self.messages.get(slot) {
             crate::prefetch::prefetch(&self.ranks[message.to as usize]);
             crate::prefetch::prefetch(message.payload.data.as_slice());
         }
@@ -458,24 +454,18 @@ impl World {
     /// Hands the message in `slot` to its receiver's slot if it waits for exactly this one,
     /// else links it into the receiver's mailbox where it lies.
     fn deliver(&mut self, slot: u32) {
-        let message = self.messages[slot as usize]
-            .as_mut()
-            .expect("a message in flight");
+        let message = self.messages.get(slot).expect("a message in flight");
         let (from, to, tag) = (message.from, message.to, message.tag);
         let current = self.control.as_ref().map_or(0, |c| c.generation);
         if message.generation != current || self.ranks[to as usize].dead {
             // Sent before a restart, or to a rank that died: it never arrives.
-            let message = self.messages[slot as usize].take().expect("a message");
-            self.free_slots.push(slot);
-            self.buffers.recycle(message.payload.data);
+            self.messages.take(slot).expect("a message");
             return;
         }
         if self.sdc.is_some() {
             self.corrupt_in_flight(slot);
         }
-        let message = self.messages[slot as usize]
-            .as_mut()
-            .expect("a message in flight");
+        let message = self.messages.get_mut(slot).expect("a message in flight");
         self.digest
             .u64(0xD0 << 56 | (from as u64) << 24 | to as u64);
         self.digest
@@ -488,8 +478,7 @@ impl World {
         let state = &mut self.ranks[to as usize];
         if state.wait == (Wait::Message { from, tag }) {
             debug_assert!(state.delivered.is_none());
-            let message = self.messages[slot as usize].take().expect("a message");
-            self.free_slots.push(slot);
+            let message = self.messages.take(slot).expect("a message");
             state.delivered = Some(message.payload);
             self.wake(to as usize);
             self.ranks[to as usize].wait = Wait::Delivered { from, tag };
@@ -658,16 +647,10 @@ impl World {
     fn clear_mailbox(&mut self, rank: usize) {
         let mut slot = std::mem::replace(&mut self.ranks[rank].mailbox_head, NO_SLOT);
         while slot != NO_SLOT {
-            let message = self.messages[slot as usize]
-                .take()
-                .expect("a mailed message");
-            self.free_slots.push(slot);
-            self.buffers.recycle(message.payload.data);
+            let message = self.messages.take(slot).expect("a mailed message");
             slot = message.next;
         }
-        if let Some(payload) = self.ranks[rank].delivered.take() {
-            self.buffers.recycle(payload.data);
-        }
+        self.ranks[rank].delivered = None;
     }
 
     /// Stores a message of the current generation from `from` to `to` in a free slot.
@@ -684,22 +667,7 @@ impl World {
     }
 
     fn store(&mut self, message: Message) -> u32 {
-        let slot = match self.free_slots.pop() {
-            Some(slot) => {
-                self.messages[slot as usize] = Some(message);
-                slot
-            }
-            None => {
-                self.messages.push(Some(message));
-                (self.messages.len() - 1) as u32
-            }
-        };
-        // Filling a slot first reads what it held (to drop it), and a slot freed a while ago
-        // is out of cache at 100,000 ranks: start loading the one the next message will take.
-        if let Some(&next) = self.free_slots.last() {
-            crate::prefetch::prefetch(&self.messages[next as usize]);
-        }
-        slot
+        self.messages.insert(message)
     }
 
     /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
@@ -715,9 +683,7 @@ impl World {
         let (mut found, mut found_prev) = (NO_SLOT, NO_SLOT);
         let (mut prev, mut slot) = (NO_SLOT, self.ranks[rank].mailbox_head);
         while slot != NO_SLOT {
-            let message = self.messages[slot as usize]
-                .as_ref()
-                .expect("a mailed message");
+            let message = self.messages.get(slot).expect("a mailed message");
             if message.from == from && message.tag == tag {
                 (found, found_prev) = (slot, prev);
             }
@@ -726,18 +692,10 @@ impl World {
         if found == NO_SLOT {
             return None;
         }
-        let message = self.messages[found as usize]
-            .take()
-            .expect("a mailed message");
-        self.free_slots.push(found);
+        let message = self.messages.take(found).expect("a mailed message");
         match found_prev {
             NO_SLOT => self.ranks[rank].mailbox_head = message.next,
-            prev => {
-                self.messages[prev as usize]
-                    .as_mut()
-                    .expect("a mailed message")
-                    .next = message.next
-            }
+            prev => self.messages.get_mut(prev).expect("a mailed message").next = message.next,
         }
         Some(message.payload)
     }
@@ -949,13 +907,6 @@ impl Backend for SimBackend {
         self.world.borrow_mut().emit(self.rank, &event);
     }
 
-    fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
-        Payload::new(
-            self.world.borrow_mut().buffers.copy_of(data),
-            modelled_bytes,
-        )
-    }
-
     fn store_put(
         &self,
         tier: Tier,
@@ -1047,10 +998,6 @@ impl Backend for SimBackend {
 
     fn planted_bug(&self) -> Option<trainer_core::PlantedBug> {
         self.world.borrow().planted_bug
-    }
-
-    fn recycle(&self, payload: Payload) {
-        self.world.borrow_mut().buffers.recycle(payload.data);
     }
 }
 

@@ -347,16 +347,6 @@ pub trait Backend {
         let _ = (point, data);
     }
 
-    /// A payload holding a copy of `data`. A backend may hand out a recycled buffer.
-    fn payload_from(&self, data: &[f32], modelled_bytes: u64) -> Payload {
-        Payload::new(data.to_vec(), modelled_bytes)
-    }
-
-    /// Takes back a payload the logic has finished with, so its buffer can be reused.
-    fn recycle(&self, payload: Payload) {
-        drop(payload);
-    }
-
     /// A known bug to plant in the trainer's logic, for proving that the seed swarm finds
     /// bugs; `None` on every backend unless a test asked for one (see `planted.rs`).
     fn planted_bug(&self) -> Option<crate::PlantedBug> {

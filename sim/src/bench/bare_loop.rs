@@ -13,6 +13,7 @@
 use faultline_sim::prefetch;
 use faultline_sim::queue::RadixQueue;
 use faultline_sim::run::Reference;
+use faultline_sim::slab::Slab;
 use faultline_sim::topology::Topology;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::integrity::checksum;
@@ -131,9 +132,7 @@ struct BareLoop<'a> {
     shape: Shape,
     now_ns: u64,
     queue: RadixQueue<u32>,
-    messages: Vec<Option<BareMessage>>,
-    free_slots: Vec<u32>,
-    buffers: faultline_sim::buffers::BufferPool,
+    messages: Slab<BareMessage>,
     link_busy_until_ns: Vec<u64>,
     ranks: Vec<BareRank>,
     /// Every rank's buffer, `elems` each, side by side.
@@ -295,8 +294,7 @@ impl BareLoop<'_> {
                         return;
                     };
                     let slot = mailbox.swap_remove(pos).2;
-                    let message = self.messages[slot as usize].take().expect("a message");
-                    self.free_slots.push(slot);
+                    let message = self.messages.take(slot).expect("a message");
                     self.consume(rank, message, &span, add);
                 }
             }
@@ -316,7 +314,6 @@ impl BareLoop<'_> {
         } else {
             dst.copy_from_slice(&message.data);
         }
-        self.buffers.recycle(message.data);
     }
 
     /// `World::send`'s timing model: wait for every link of the route, hold them all for the
@@ -338,11 +335,9 @@ impl BareLoop<'_> {
         for &link in route.links() {
             self.link_busy_until_ns[link as usize] = done_ns;
         }
-        // From the simulator's pool of recycled buffers.
+        // A buffer of its own, as `Ctx::send` copies the span into the payload.
         let (base, elems) = (from * self.elems, span.elems());
-        let data = self
-            .buffers
-            .copy_of(&self.data[base + elems.start..base + elems.end]);
+        let data = self.data[base + elems.start..base + elems.end].to_vec();
         let message = BareMessage {
             from: from as u32,
             to: to as u32,
@@ -350,20 +345,8 @@ impl BareLoop<'_> {
             checksum: self.checksums.then(|| checksum(&data)),
             data,
         };
-        let slot = match self.free_slots.pop() {
-            Some(slot) => {
-                self.messages[slot as usize] = Some(message);
-                slot
-            }
-            None => {
-                self.messages.push(Some(message));
-                (self.messages.len() - 1) as u32
-            }
-        };
-        // As `World::store` does: the slot the next message will fill.
-        if let Some(&next) = self.free_slots.last() {
-            prefetch::prefetch(&self.messages[next as usize]);
-        }
+        // The simulator's slab, which prefetches the slot the next message will fill.
+        let slot = self.messages.insert(message);
         self.queue.push(done_ns + latency_ns, slot);
     }
 
@@ -373,10 +356,10 @@ impl BareLoop<'_> {
     #[inline(always)]
     fn prefetch_delivery(&self, firing: &[u32], i: usize) {
         if let Some(&slot) = firing.get(i + 2 * PREFETCH_AHEAD) {
-            prefetch::prefetch(&self.messages[slot as usize]);
+            self.messages.prefetch(slot);
         }
         if let Some(&slot) = firing.get(i + PREFETCH_AHEAD) {
-            if let Some(message) = &self.messages[slot as usize] {
+            if let Some(message) = self.messages.get(slot) {
                 let state = &self.ranks[message.to as usize];
                 prefetch::prefetch(state);
                 prefetch::prefetch(state.mailbox.as_slice());
@@ -388,7 +371,7 @@ impl BareLoop<'_> {
     /// Hands a delivered message to its receiver if it waits for exactly this one (and lists
     /// the receiver in `woken`), else files it in the receiver's mailbox.
     fn deliver(&mut self, slot: u32, woken: &mut Vec<u32>) {
-        let message = self.messages[slot as usize].as_ref().expect("a message");
+        let message = self.messages.get(slot).expect("a message");
         let (from, to, tag) = (message.from, message.to, message.tag);
         let state = &mut self.ranks[to as usize];
         if state.waiting != Some((from, tag)) {
@@ -400,8 +383,7 @@ impl BareLoop<'_> {
         let Action::Recv { span, add, .. } = self.action(to as usize, stage, idx) else {
             unreachable!("a rank waits only at a receive")
         };
-        let message = self.messages[slot as usize].take().expect("a message");
-        self.free_slots.push(slot);
+        let message = self.messages.take(slot).expect("a message");
         self.consume(to as usize, message, &span, add);
         self.ranks[to as usize].idx += 1;
         woken.push(to);
@@ -431,9 +413,7 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bo
         shape: Shape::of(gpus / gpus_per_node),
         now_ns: 0,
         queue: RadixQueue::default(),
-        messages: Vec::new(),
-        free_slots: Vec::new(),
-        buffers: Default::default(),
+        messages: Slab::default(),
         link_busy_until_ns: vec![0; topology.link_count()],
         ranks: vec![BareRank::default(); gpus],
         data,

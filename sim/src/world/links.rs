@@ -262,7 +262,7 @@ impl World {
 
     /// Retry `attempt` of the transfer in `slot` is due.
     pub(super) fn fire_retry_send(&mut self, slot: u32, attempt: u32) {
-        let message = self.messages[slot as usize].as_ref().expect("a message");
+        let message = self.messages.get(slot).expect("a message");
         let current = self.control.as_ref().map_or(0, |c| c.generation);
         if message.generation != current || self.ranks[message.to as usize].dead {
             // The job restarted or the receiver died meanwhile: the transfer is moot.
@@ -274,7 +274,7 @@ impl World {
     }
 
     fn try_transfer(&mut self, slot: u32, attempt: u32) {
-        let message = self.messages[slot as usize].as_ref().expect("a message");
+        let message = self.messages.get(slot).expect("a message");
         let (from, to, bytes) = (
             message.from as usize,
             message.to as usize,
@@ -344,9 +344,7 @@ impl World {
     }
 
     fn drop_message(&mut self, slot: u32) {
-        let message = self.messages[slot as usize].take().expect("a message");
-        self.free_slots.push(slot);
-        self.buffers.recycle(message.payload.data);
+        self.messages.take(slot).expect("a message");
     }
 
     /// The job is being aborted: lost transfers, if any, have been detected.

@@ -238,7 +238,7 @@ impl World {
         let Some(sdc) = self.sdc.as_deref_mut().filter(|s| s.has_in_flight) else {
             return;
         };
-        let message = self.messages[slot as usize].as_mut().expect("a message");
+        let message = self.messages.get_mut(slot).expect("a message");
         let to = message.to as usize;
         if message.payload.data.is_empty() {
             return;

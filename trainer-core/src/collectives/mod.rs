@@ -448,9 +448,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         data: &[f32],
         span: Span,
     ) -> impl Future<Output = Result<(), CommError>> + use<'a, B> {
-        let mut payload = self
-            .backend
-            .payload_from(&data[span.elems()], span.modelled_bytes());
+        let mut payload = Payload::new(data[span.elems()].to_vec(), span.modelled_bytes());
         if self.checksums {
             payload.checksum = Some(integrity::checksum(&payload.data));
         }
@@ -483,7 +481,6 @@ impl<'a, B: Backend> Ctx<'a, B> {
             self.count_found(|c| &c.checksum_mismatches);
             self.backend
                 .emit(Event::ChecksumMismatch { peer: from, tag });
-            self.backend.recycle(payload);
             resends += 1;
             if resends > MAX_RESENDS {
                 return Err(CommError::CorruptPayload { peer: from });
@@ -565,7 +562,6 @@ impl<'a, B: Backend> Ctx<'a, B> {
                 Merge::Add => self.add(dst, &payload.data),
                 Merge::Copy => dst.copy_from_slice(&payload.data),
             }
-            self.backend.recycle(payload);
             Ok(())
         }
     }
