@@ -4,6 +4,7 @@
 
 mod bench;
 mod check;
+mod heap;
 mod swarm_cli;
 
 use std::path::{Path, PathBuf};
@@ -276,29 +277,11 @@ impl Failure {
     }
 }
 
-/// mimalloc, not glibc malloc: at 100,000 ranks the heap is half a gigabyte of futures, payload
-/// buffers and message slots touched in scattered order, and the allocator decides how it is
-/// paged. See [`use_huge_pages`].
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Asks mimalloc to back its arenas with transparent huge pages (`madvise(MADV_HUGEPAGE)`; a
-/// kernel with THP off or in `never` mode gets 4 KiB pages as before). A 100,000-GPU all-reduce
-/// faults in 134,000 4 KiB pages with glibc (0.3 to 0.7 s of system time in this workplace's
-/// VM) and misses the TLB on most ranks it polls; with 2 MiB pages it faults 1,000 to 3,000 times.
-/// Measured in BENCHMARKS.md ("The allocator"). Allocation only: no value the simulation
-/// computes depends on it.
-fn use_huge_pages() {
-    // SAFETY: `mi_option_set` writes one of mimalloc's option words; it is called before any
-    // thread is started, and mimalloc reads the option only when it next asks the OS for memory.
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_large_os_pages, 1);
-    }
-}
-
 fn main() -> ExitCode {
-    use_huge_pages();
+    if let Err(message) = heap::init() {
+        eprintln!("faultline: {message}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "faultline: internal error (this is a bug in faultline, please report it): {info}"

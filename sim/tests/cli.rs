@@ -3,8 +3,13 @@
 use std::process::{Command, Output};
 
 fn faultline(args: &[&str]) -> Output {
+    faultline_with_env(args, &[])
+}
+
+fn faultline_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_faultline"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("faultline runs")
@@ -210,4 +215,45 @@ fn bench_runs_every_kind_of_case_and_checks_it() {
         assert_eq!(bare["payload_checksums"], checksums == "on");
         assert!(all_reduce["ratio_to_bare_loop"].as_f64().unwrap() > 0.0);
     }
+}
+
+/// The pager thread (sim/src/heap.rs) faults the allocator's memory in ahead of use while the
+/// simulation runs; it must change when memory arrives, never what any run computes.
+#[test]
+fn the_pager_changes_no_result() {
+    let runs: [&[&str]; 2] = [
+        &[
+            "collective",
+            "--algo",
+            "hierarchical",
+            "--op",
+            "all-reduce",
+            "--gpus",
+            "6000",
+            "--elems",
+            "256",
+            "--json",
+        ],
+        &[
+            "run",
+            "scenarios/quickstart.toml",
+            "--set",
+            "job.steps=3",
+            "--json",
+        ],
+    ];
+    for args in runs {
+        let paged = json(&faultline(args));
+        let unpaged = json(&faultline_with_env(args, &[("FAULTLINE_PAGER", "off")]));
+        for field in ["trace_digest", "model_time_ns", "param_digest", "exact"] {
+            assert_eq!(paged.get(field), unpaged.get(field), "{field} of {args:?}");
+        }
+        assert!(paged.get("trace_digest").is_some());
+    }
+    let bad = faultline_with_env(
+        &["topo", "scenarios/quickstart.toml"],
+        &[("FAULTLINE_PAGER", "of")],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("FAULTLINE_PAGER"));
 }

@@ -1,0 +1,177 @@
+//! The `faultline` binary's heap: mimalloc on transparent huge pages, and a pager thread that
+//! faults the allocator's memory in ahead of use on the core the simulation leaves idle.
+//!
+//! A simulation runs on one thread, and at 100,000 GPUs it touches about 400 MiB of fresh
+//! memory within its first few hundred milliseconds. Every fresh page costs a fault that
+//! clears it, and on a virtual machine whose host reclaims idle guest memory (this workplace's
+//! VM, measured in BENCHMARKS.md) the first run after a pause pays 0.5-0.6 s of system time
+//! for them on the simulation's own thread. The pager takes those faults on the other core
+//! instead: it keeps mimalloc's arenas populated (`madvise(MADV_POPULATE_WRITE)`, which maps
+//! zeroed pages without changing any page already there) a [`LEAD`] ahead of the bytes the
+//! program has live. It changes when memory is faulted in, never what it holds, so no value the
+//! simulation computes depends on it. `FAULTLINE_PAGER=off` turns it off (for A/B runs).
+//! Tests and the library use the system allocator and no pager.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// mimalloc, not glibc malloc: at 100,000 ranks the heap is 400 MiB of futures, payload
+/// buffers and message slots touched in scattered order, and the allocator decides how it is
+/// paged (see [`use_huge_pages`]). Wrapped to count the bytes live, which paces the pager.
+pub struct Heap;
+
+#[global_allocator]
+static ALLOCATOR: Heap = Heap;
+
+/// Bytes allocated and not yet freed, by every thread.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// How far ahead of the live bytes the pager keeps memory populated: as many bytes again as
+/// are live, from [`MIN_LEAD`] up to `LEAD`, so a small run's heap at most doubles and a large
+/// one gains at most 64 MiB. 64 MiB is about what a 100,000-rank run allocates in 50 ms while
+/// it grows; a 16 MiB lead measured slower on a first run after a pause (BENCHMARKS.md).
+const LEAD: usize = 64 << 20;
+const MIN_LEAD: usize = 4 << 20;
+
+/// What the pager populates at a time: one transparent huge page.
+const STEP: usize = 2 << 20;
+
+// SAFETY: every method hands the request to mimalloc unchanged; the counter is bookkeeping.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Heap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let new = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+        }
+        new
+    }
+}
+
+/// Sets mimalloc up and starts the pager; called first thing in `main`. Fails on a
+/// `FAULTLINE_PAGER` that is neither `on` nor `off`.
+pub fn init() -> Result<(), String> {
+    use_huge_pages();
+    let off = match std::env::var_os("FAULTLINE_PAGER") {
+        None => false,
+        Some(v) if v == "on" => false,
+        Some(v) if v == "off" => true,
+        Some(v) => {
+            return Err(format!(
+                "environment variable FAULTLINE_PAGER: expected on or off, found {v:?}"
+            ))
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // MADV_POPULATE_WRITE is Linux's (5.14 on); elsewhere the run faults its pages itself.
+    if cfg!(target_os = "linux") && !off && cores >= 2 {
+        // Best effort: without the thread the run is as before.
+        let _ = std::thread::Builder::new()
+            .name("faultline-pager".into())
+            .spawn(pager);
+    }
+    Ok(())
+}
+
+/// Asks mimalloc to back its arenas with transparent huge pages (`madvise(MADV_HUGEPAGE)`; a
+/// kernel with THP off or in `never` mode gets 4 KiB pages as before). A 100,000-GPU all-reduce
+/// faults in 134,000 4 KiB pages with glibc (0.3 to 0.7 s of system time in this workplace's
+/// VM) and misses the TLB on most ranks it polls; with 2 MiB pages it faults 1,000 to 9,000
+/// times. Measured in BENCHMARKS.md ("The allocator"). Allocation only: no value the
+/// simulation computes depends on it.
+fn use_huge_pages() {
+    // SAFETY: `mi_option_set` writes one of mimalloc's option words; it is called before any
+    // thread is started, and mimalloc reads the option only when it next asks the OS for memory.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_large_os_pages, 1);
+    }
+}
+
+#[allow(unsafe_code)]
+extern "C" {
+    /// mimalloc's (2.x) start and size of arena `arena_id` (1, 2, ... in the order it reserved
+    /// them), or null; exported by the library but not bound by `libmimalloc-sys`.
+    fn mi_arena_area(arena_id: std::ffi::c_int, size: *mut usize) -> *mut std::ffi::c_void;
+}
+
+/// The pager's loop: populate mimalloc's arenas in the order it fills them, from their start,
+/// until [`LEAD`] bytes past what is live; then wait for the program to grow. mimalloc fills
+/// an arena from its low end and takes the next arena only when one is full, so the address
+/// just past the live bytes is about where the next allocations land.
+fn pager() {
+    let (mut arena, mut done_in_arena, mut populated) = (1, 0, 0);
+    // Checks every half millisecond while the heap grows, backing off to every 8 ms when it
+    // does not (a long run's steady state).
+    let mut pause_us = 500;
+    loop {
+        let live = LIVE_BYTES.load(Relaxed);
+        let wanted = live + live.clamp(MIN_LEAD, LEAD);
+        pause_us = if populated < wanted {
+            500
+        } else {
+            (pause_us * 2).min(8_000)
+        };
+        while populated < wanted {
+            let mut size = 0;
+            // SAFETY: `mi_arena_area` only reads mimalloc's arena table and writes `size`.
+            #[allow(unsafe_code)]
+            let start = unsafe { mi_arena_area(arena, &mut size) };
+            if start.is_null() {
+                break; // not reserved yet: mimalloc reserves the next when it needs one
+            }
+            if done_in_arena + STEP > size {
+                (arena, done_in_arena) = (arena + 1, 0);
+                continue;
+            }
+            // SAFETY: the range lies inside a mapping mimalloc made read-write for its arena;
+            // MADV_POPULATE_WRITE faults in missing pages as zero pages and leaves present ones
+            // (and their contents) alone, so it cannot disturb memory in use.
+            #[allow(unsafe_code)]
+            let populated_ok = unsafe { populate(start.cast::<u8>().add(done_in_arena), STEP) };
+            if !populated_ok {
+                return; // a kernel before 5.14, or a range not writable: page as before
+            }
+            done_in_arena += STEP;
+            populated += STEP;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(pause_us));
+    }
+}
+
+/// Faults in `len` bytes from `start` as zero pages where none is mapped yet.
+///
+/// # Safety
+/// The range must lie inside one read-write anonymous mapping.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+unsafe fn populate(start: *mut u8, len: usize) -> bool {
+    // SAFETY: the caller's range; MADV_POPULATE_WRITE leaves present pages as they are.
+    unsafe { libc::madvise(start.cast(), len, libc::MADV_POPULATE_WRITE) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+#[allow(unsafe_code)]
+unsafe fn populate(_start: *mut u8, _len: usize) -> bool {
+    false
+}
