@@ -10,7 +10,10 @@
 //! zeroed pages without changing any page already there) a [`LEAD`] ahead of the bytes the
 //! program has live. It changes when memory is faulted in, never what it holds, so no value the
 //! simulation computes depends on it. `FAULTLINE_PAGER=off` turns it off (for A/B runs).
-//! Tests and the library use the system allocator and no pager.
+//! The library and its unit and integration tests use the system allocator and no pager; the
+//! CLI tests run this binary, pager and all (one of them compares runs with it on and off).
+//! Commands that use every core themselves (`swarm`, `plan`) leave the pager nothing idle to
+//! run on, but it only wakes while their heap grows.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
@@ -65,15 +68,21 @@ const STEP: usize = 2 << 20;
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        account(layout.size() as isize);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        let block = unsafe { mimalloc::MiMalloc.alloc(layout) };
+        if !block.is_null() {
+            account(layout.size() as isize);
+        }
+        block
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        account(layout.size() as isize);
         // SAFETY: forwarded with the caller's guarantees.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        let block = unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) };
+        if !block.is_null() {
+            account(layout.size() as isize);
+        }
+        block
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -134,8 +143,11 @@ fn use_huge_pages() {
 
 #[allow(unsafe_code)]
 extern "C" {
-    /// mimalloc's (2.x) start and size of arena `arena_id` (1, 2, ... in the order it reserved
-    /// them), or null; exported by the library but not bound by `libmimalloc-sys`.
+    /// mimalloc 2.x's start and size of arena `arena_id` (its index + 1: 1, 2, ... in the order
+    /// it reserved them), or null; exported by the library but not bound by `libmimalloc-sys`.
+    /// This signature is 2.x's only: in 3.x `mi_arena_id_t` is a pointer. It holds because the
+    /// workspace builds libmimalloc-sys with its `v2` feature (root Cargo.toml); dropping that
+    /// feature must drop this declaration and the pager with it.
     fn mi_arena_area(arena_id: std::ffi::c_int, size: *mut usize) -> *mut std::ffi::c_void;
 }
 
@@ -151,11 +163,7 @@ fn pager() {
     loop {
         let live = LIVE_BYTES.load(Relaxed).max(0) as usize;
         let wanted = live + live.clamp(MIN_LEAD, LEAD);
-        pause_us = if populated < wanted {
-            500
-        } else {
-            (pause_us * 2).min(8_000)
-        };
+        let mut progressed = false;
         while populated < wanted {
             let mut size = 0;
             // SAFETY: `mi_arena_area` only reads mimalloc's arena table and writes `size`.
@@ -168,7 +176,9 @@ fn pager() {
                 (arena, done_in_arena) = (arena + 1, 0);
                 continue;
             }
-            // SAFETY: the range lies inside a mapping mimalloc made read-write for its arena;
+            // SAFETY: the range lies inside the anonymous mapping mimalloc made for its arena
+            // (read-write with the eager commit that large OS pages imply; where a debug or
+            // secure mimalloc left part of it PROT_NONE, the call fails and the pager stops).
             // MADV_POPULATE_WRITE faults in missing pages as zero pages and leaves present ones
             // (and their contents) alone, so it cannot disturb memory in use.
             #[allow(unsafe_code)]
@@ -178,7 +188,16 @@ fn pager() {
             }
             done_in_arena += STEP;
             populated += STEP;
+            progressed = true;
         }
+        // Waiting for more arenas (or with nothing to do) counts as idle, so live bytes that
+        // sit outside the arenas (mimalloc maps allocations of 1 GiB and more on their own)
+        // cannot keep the pager polling at full rate.
+        pause_us = if progressed {
+            500
+        } else {
+            (pause_us * 2).min(8_000)
+        };
         std::thread::sleep(std::time::Duration::from_micros(pause_us));
     }
 }
