@@ -22,10 +22,10 @@ pub struct RadixQueue<T> {
 type Block<T> = Vec<(u64, T)>;
 
 /// Events a block holds. Buckets share one pool of blocks, so the queue holds at most its peak
-/// count of events at once over `BLOCK` blocks, plus one part-full block per bucket: with a growable vector per bucket, each of the
-/// 65 kept the capacity of the most events it had ever held, and at 100,000 GPUs (700,000
-/// deliveries in flight, passing through several buckets on their way down) that was 77 MiB
-/// of vectors for 17 MiB of events.
+/// count of events at once over `BLOCK` blocks, plus one part-full block per bucket. With a
+/// growable vector per bucket, each of the 65 kept the capacity of the most events it had ever
+/// held, and at 100,000 GPUs (700,000 deliveries in flight, passing through several buckets on
+/// their way down) that was 77 MiB of vectors for 17 MiB of events.
 const BLOCK: usize = 256;
 
 impl<T> Default for RadixQueue<T> {

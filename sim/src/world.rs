@@ -656,7 +656,7 @@ impl World {
     /// Stores a message of the current generation from `from` to `to` in a free slot.
     fn store_current(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) -> u32 {
         let generation = self.control.as_ref().map_or(0, |c| c.generation);
-        self.store(Message {
+        self.messages.insert(Message {
             generation,
             from: from as u32,
             to: to as u32,
@@ -664,10 +664,6 @@ impl World {
             payload,
             next: NO_SLOT,
         })
-    }
-
-    fn store(&mut self, message: Message) -> u32 {
-        self.messages.insert(message)
     }
 
     /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
@@ -709,7 +705,7 @@ impl World {
             let payload = state.delivered.take().expect("a delivered payload");
             let head = state.mailbox_head;
             let generation = self.control.as_ref().map_or(0, |c| c.generation);
-            let slot = self.store(Message {
+            let slot = self.messages.insert(Message {
                 generation,
                 from,
                 to: rank as u32,
