@@ -10,7 +10,7 @@
 
 use crate::prefetch::prefetch;
 
-/// Slots a chunk holds: at the world's 88-byte messages, 352 KiB.
+/// Slots a chunk holds: at the world's 64-byte messages, 256 KiB.
 const CHUNK: usize = 1 << 12;
 
 pub struct Slab<T> {

@@ -264,7 +264,7 @@ impl World {
     pub(super) fn fire_retry_send(&mut self, slot: u32, attempt: u32) {
         let message = self.messages.get(slot).expect("a message");
         let current = self.control.as_ref().map_or(0, |c| c.generation);
-        if message.generation != current || self.ranks[message.to as usize].dead {
+        if !message.of_generation(current) || self.ranks[message.to as usize].dead {
             // The job restarted or the receiver died meanwhile: the transfer is moot.
             self.end_retrying();
             self.drop_message(slot);
@@ -278,9 +278,9 @@ impl World {
         let (from, to, bytes) = (
             message.from as usize,
             message.to as usize,
-            message.payload.modelled_bytes,
+            message.modelled_bytes,
         );
-        let checksummed = message.payload.checksum.is_some();
+        let checksummed = message.checksummed();
         if let Some(route) = self.live_route(from, to) {
             let mut arrival_ns = if from == to {
                 self.now_ns
