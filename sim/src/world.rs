@@ -180,9 +180,12 @@ enum Wait {
     },
 }
 
-/// What the world keeps per rank on the hot path, in one cache line: what it waits for, and
-/// the payload handed straight to it when the message it waits for arrives. Early messages
-/// and wakers live in side tables, touched only when used.
+/// What the world keeps per rank on the hot path, in 96 bytes: what it waits for, and the
+/// payload handed straight to it when the message it waits for arrives. Early messages and
+/// wakers live in side tables, touched only when used. (A 64-byte state that kept only the
+/// delivered message's slot number, the message staying in the slab until taken, was 6%
+/// slower at 100,000 GPUs: one more dependent load before the payload, and slots held longer
+/// are reused colder.)
 struct RankState {
     wait: Wait,
     /// The message this rank was waiting for, delivered into its slot.
