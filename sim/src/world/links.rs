@@ -290,7 +290,8 @@ impl World {
             if checksummed {
                 arrival_ns += self.checksum_ns(bytes);
             }
-            self.schedule(arrival_ns, EventKind::Deliver { slot });
+            let to = to as u32;
+            self.schedule(arrival_ns, EventKind::Deliver { slot, to });
             if attempt > 0 {
                 self.end_retrying();
             }

@@ -289,7 +289,13 @@ impl World {
         self.stats.messages += 1;
         self.stats.modelled_bytes += bytes;
         let slot = self.store_current(from, to, tag, payload);
-        self.schedule(arrival, EventKind::Deliver { slot });
+        self.schedule(
+            arrival,
+            EventKind::Deliver {
+                slot,
+                to: to as u32,
+            },
+        );
         // Keep the copy while a flip is still due: the resend may be hit too.
         let sdc = self.sdc.as_deref_mut().expect("checked");
         let still_due = sdc
