@@ -186,7 +186,8 @@ mod tests {
         for (at, id) in [(1 << 40, 0u32), (9, 1), (5, 2), (5, 3)] {
             queue.push(at, id);
         }
-        // Times 5 and 9 differ from 0 first in bits 2 and 3: 5 sits alone in the lowest bucket.
+        // Against the last pop (0), times 5 and 9 differ highest in bits 2 and 3: buckets 3
+        // and 4, so 5 sits alone in the lowest bucket.
         assert_eq!(queue.peek_next(8).copied().collect::<Vec<_>>(), [2, 3]);
         assert_eq!(queue.peek_next(1).copied().collect::<Vec<_>>(), [2]);
         let mut out = Vec::new();
