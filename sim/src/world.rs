@@ -465,8 +465,7 @@ impl World {
     /// The deliveries [`World::prefetch_delivery`] does not reach ahead of: the instant's
     /// first ones (all of them in most of a training step's two million small instants). The
     /// slot and the receiver's state load side by side; the payload data is left to the
-    /// executor, which prefetches it before the receiver's poll (loading it here would wait
-    /// for the slot first, the miss this avoids).
+    /// executor, which prefetches it before the receiver's poll.
     #[inline(always)]
     fn prefetch_first_deliveries(&self, firing: &[EventKind]) {
         for what in firing.iter().take(2 * DELIVERY_PREFETCH_AHEAD) {
@@ -491,22 +490,19 @@ impl World {
         }
     }
 
-    /// While the event at `i` fires, starts loading what later deliveries of the instant
-    /// touch: the message slot and its receiver's state `2 * DELIVERY_PREFETCH_AHEAD` events
-    /// ahead, and, once the slot has arrived, the payload data half as far ahead. At 100,000
-    /// ranks neither the slab, the rank states nor the payloads fit in cache, and firing one
-    /// delivery after another would wait for each miss in turn.
+    /// While the event at `i` fires, starts loading what a later delivery of the instant
+    /// touches: the message slot and its receiver's state, `2 * DELIVERY_PREFETCH_AHEAD`
+    /// events ahead. At 100,000 ranks neither the slab nor the rank states fit in cache, and
+    /// firing one delivery after another would wait for each miss in turn. A delivery does
+    /// not read the payload's data; prefetching it here too (as before 2026-12-05) took fill
+    /// buffers from these loads and was 3% slower, its lines gone again by the receiver's poll
+    /// in a large instant.
     #[inline(always)]
     fn prefetch_delivery(&self, firing: &[EventKind], i: usize) {
         if let Some(&EventKind::Deliver { slot, to }) = firing.get(i + 2 * DELIVERY_PREFETCH_AHEAD)
         {
             self.messages.prefetch(slot);
             self.prefetch_rank_state(to as usize);
-        }
-        if let Some(&EventKind::Deliver { slot, .. }) = firing.get(i + DELIVERY_PREFETCH_AHEAD) {
-            if let Some(message) = self.messages.get(slot) {
-                crate::prefetch::prefetch(&*message.data);
-            }
         }
     }
 
