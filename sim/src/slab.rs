@@ -4,9 +4,9 @@
 //! The slots sit in fixed chunks of [`CHUNK`] that never move. A growing `Vec` of slots
 //! would double and copy: at 100,000 GPUs the 700,000 messages of a hierarchical all-reduce's
 //! intra-node phase are in flight at once, and each doubling left the previous array behind,
-//! about 90 MiB of slots written once and freed, every page of it faulted in. Chunks touch
-//! only the chunks used (a new chunk is written whole, 4,096 empty slots), and one more load (the chunk's address, from a table of a few hundred
-//! entries that stays in cache) finds a slot.
+//! about 90 MiB of slots written once and freed, every page of it faulted in. Only the chunks
+//! used are touched (a new chunk is written whole, 4,096 empty slots), and one more load (the
+//! chunk's address, from a table of a few hundred entries that stays in cache) finds a slot.
 
 use crate::prefetch::prefetch;
 

@@ -133,13 +133,18 @@ impl Message {
         self.generation_and_flag & CHECKSUMMED != 0
     }
 
+    /// The sender's checksum, if it attached one.
+    fn sender_checksum(&self) -> Option<u64> {
+        self.checksummed().then_some(self.checksum)
+    }
+
     /// The payload as the sender handed it over.
     fn into_payload(self) -> Payload {
-        let checksummed = self.checksummed();
+        let checksum = self.sender_checksum();
         Payload {
             data: self.data.into_vec(),
             modelled_bytes: self.modelled_bytes,
-            checksum: checksummed.then_some(self.checksum),
+            checksum,
         }
     }
 
@@ -148,7 +153,7 @@ impl Message {
         Payload {
             data: self.data.to_vec(),
             modelled_bytes: self.modelled_bytes,
-            checksum: self.checksummed().then_some(self.checksum),
+            checksum: self.sender_checksum(),
         }
     }
 }
@@ -424,6 +429,17 @@ impl World {
         self.queue.push(time_ns, what);
     }
 
+    /// The message in `slot`, for rank `to`, arrives at `time_ns`.
+    fn schedule_delivery(&mut self, time_ns: u64, slot: u32, to: usize) {
+        let to = to as u32;
+        self.schedule(time_ns, EventKind::Deliver { slot, to });
+    }
+
+    /// The restart generation messages are sent in now (0 without a fault controller).
+    fn generation(&self) -> u64 {
+        self.control.as_ref().map_or(0, |c| c.generation)
+    }
+
     /// Fires every event of the next instant. Returns false when the queue is empty.
     pub fn advance(&mut self) -> bool {
         let mut firing = std::mem::take(&mut self.firing);
@@ -452,14 +468,18 @@ impl World {
     fn prefetch_next_instant(&self) {
         for what in self.queue.peek_next(2 * DELIVERY_PREFETCH_AHEAD) {
             match *what {
-                EventKind::Deliver { slot, to } => {
-                    self.messages.prefetch(slot);
-                    self.prefetch_rank_state(to as usize);
-                }
+                EventKind::Deliver { slot, to } => self.prefetch_slot_and_receiver(slot, to),
                 EventKind::Timer { rank, .. } => self.prefetch_rank_state(rank as usize),
                 _ => {}
             }
         }
+    }
+
+    /// What firing a delivery reads: its message slot and its receiver's state, side by side.
+    #[inline(always)]
+    fn prefetch_slot_and_receiver(&self, slot: u32, to: u32) {
+        self.messages.prefetch(slot);
+        self.prefetch_rank_state(to as usize);
     }
 
     /// The deliveries [`World::prefetch_delivery`] does not reach ahead of: the instant's
@@ -470,8 +490,7 @@ impl World {
     fn prefetch_first_deliveries(&self, firing: &[EventKind]) {
         for what in firing.iter().take(2 * DELIVERY_PREFETCH_AHEAD) {
             if let EventKind::Deliver { slot, to } = *what {
-                self.messages.prefetch(slot);
-                self.prefetch_rank_state(to as usize);
+                self.prefetch_slot_and_receiver(slot, to);
             }
         }
     }
@@ -501,8 +520,7 @@ impl World {
     fn prefetch_delivery(&self, firing: &[EventKind], i: usize) {
         if let Some(&EventKind::Deliver { slot, to }) = firing.get(i + 2 * DELIVERY_PREFETCH_AHEAD)
         {
-            self.messages.prefetch(slot);
-            self.prefetch_rank_state(to as usize);
+            self.prefetch_slot_and_receiver(slot, to);
         }
     }
 
@@ -542,8 +560,7 @@ impl World {
     fn deliver(&mut self, slot: u32) {
         let message = self.messages.get(slot).expect("a message in flight");
         let (from, to, tag) = (message.from, message.to, message.tag);
-        let current = self.control.as_ref().map_or(0, |c| c.generation);
-        if !message.of_generation(current) || self.ranks[to as usize].dead {
+        if !message.of_generation(self.generation()) || self.ranks[to as usize].dead {
             // Sent before a restart, or to a rank that died: it never arrives.
             self.messages.take(slot).expect("a message");
             return;
@@ -631,13 +648,7 @@ impl World {
             arrival_ns += self.checksum_ns(payload.modelled_bytes);
         }
         let slot = self.store_current(from, to, tag, payload);
-        self.schedule(
-            arrival_ns,
-            EventKind::Deliver {
-                slot,
-                to: to as u32,
-            },
-        );
+        self.schedule_delivery(arrival_ns, slot, to);
     }
 
     /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival
@@ -747,10 +758,9 @@ impl World {
 
     /// Stores a message of the current generation from `from` to `to` in a free slot.
     fn store_current(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) -> u32 {
-        let generation = self.control.as_ref().map_or(0, |c| c.generation);
         let (from, to) = (from as u32, to as u32);
-        self.messages
-            .insert(Message::new(generation, from, to, tag, payload, NO_SLOT))
+        let message = Message::new(self.generation(), from, to, tag, payload, NO_SLOT);
+        self.messages.insert(message)
     }
 
     /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
@@ -791,8 +801,7 @@ impl World {
             state.wait = Wait::Nothing;
             let payload = state.delivered.take().expect("a delivered payload");
             let head = state.mailbox_head;
-            let generation = self.control.as_ref().map_or(0, |c| c.generation);
-            let message = Message::new(generation, from, rank as u32, tag, payload, head);
+            let message = Message::new(self.generation(), from, rank as u32, tag, payload, head);
             let slot = self.messages.insert(message);
             self.ranks[rank].mailbox_head = slot;
         }

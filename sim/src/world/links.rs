@@ -263,8 +263,7 @@ impl World {
     /// Retry `attempt` of the transfer in `slot` is due.
     pub(super) fn fire_retry_send(&mut self, slot: u32, attempt: u32) {
         let message = self.messages.get(slot).expect("a message");
-        let current = self.control.as_ref().map_or(0, |c| c.generation);
-        if !message.of_generation(current) || self.ranks[message.to as usize].dead {
+        if !message.of_generation(self.generation()) || self.ranks[message.to as usize].dead {
             // The job restarted or the receiver died meanwhile: the transfer is moot.
             self.end_retrying();
             self.drop_message(slot);
@@ -290,8 +289,7 @@ impl World {
             if checksummed {
                 arrival_ns += self.checksum_ns(bytes);
             }
-            let to = to as u32;
-            self.schedule(arrival_ns, EventKind::Deliver { slot, to });
+            self.schedule_delivery(arrival_ns, slot, to);
             if attempt > 0 {
                 self.end_retrying();
             }

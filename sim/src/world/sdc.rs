@@ -16,7 +16,7 @@ use serde::Serialize;
 use trainer_core::integrity::Check;
 use trainer_core::{Event, FaultPoint, Payload, Tag};
 
-use super::{EventKind, World};
+use super::World;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SdcKind {
@@ -289,13 +289,7 @@ impl World {
         self.stats.messages += 1;
         self.stats.modelled_bytes += bytes;
         let slot = self.store_current(from, to, tag, payload);
-        self.schedule(
-            arrival,
-            EventKind::Deliver {
-                slot,
-                to: to as u32,
-            },
-        );
+        self.schedule_delivery(arrival, slot, to);
         // Keep the copy while a flip is still due: the resend may be hit too.
         let sdc = self.sdc.as_deref_mut().expect("checked");
         let still_due = sdc
