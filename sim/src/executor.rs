@@ -93,6 +93,7 @@ where
             prefetch::prefetch(&**future);
         }
         world.prefetch_delivered(rank as usize);
+        world.prefetch_links_of(rank as usize);
     };
     loop {
         {

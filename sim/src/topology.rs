@@ -142,6 +142,12 @@ impl Topology {
         (cluster * self.units_per_cluster + unit) * gpus_per_node + rail
     }
 
+    /// The first of GPU `gpu`'s own four links (NVLink up and down, NIC up and down, in that
+    /// order and side by side): every route from or to the GPU starts or ends on one of them.
+    pub fn first_link_of_gpu(gpu: usize) -> LinkId {
+        Self::nvlink_up(gpu)
+    }
+
     fn nvlink_up(gpu: usize) -> LinkId {
         4 * gpu as u32
     }

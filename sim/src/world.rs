@@ -502,6 +502,16 @@ impl World {
         }
     }
 
+    /// Starts loading the busy-until times of `rank`'s GPU's own links (32 bytes, in one
+    /// cache line), where the route of its next send starts. Of `reserve_route`'s time at
+    /// 100,000 GPUs, half was waiting for that line.
+    pub fn prefetch_links_of(&self, rank: usize) {
+        let first = Topology::first_link_of_gpu(rank) as usize;
+        if let Some(busy_until) = self.link_busy_until_ns.get(first) {
+            crate::prefetch::prefetch(busy_until);
+        }
+    }
+
     /// Starts loading the data of the payload delivered to `rank`, if one was.
     pub fn prefetch_delivered(&self, rank: usize) {
         if let Some(payload) = self.ranks.get(rank).and_then(|s| s.delivered.as_ref()) {
@@ -643,12 +653,28 @@ impl World {
             self.send_over_flapping_links(from, to, tag, payload);
             return;
         }
-        let mut arrival_ns = self.transfer(from, to, payload.modelled_bytes);
-        if payload.checksum.is_some() {
-            arrival_ns += self.checksum_ns(payload.modelled_bytes);
-        }
+        let (bytes, checksummed) = (payload.modelled_bytes, payload.checksum.is_some());
+        // The route's busy-until times are loaded while the message is stored: at 100,000
+        // GPUs the receiver's and the switches' lines are out of cache, and the slot write
+        // has a miss of its own to overlap with them.
+        let route = self.topology.route(from, to);
+        self.prefetch_route(&route);
         let slot = self.store_current(from, to, tag, payload);
+        let mut arrival_ns = self.reserve_route(route, bytes, self.now_ns);
+        if checksummed {
+            arrival_ns += self.checksum_ns(bytes);
+        }
         self.schedule_delivery(arrival_ns, slot, to);
+    }
+
+    /// Starts loading the busy-until times of `route`'s links.
+    #[inline(always)]
+    fn prefetch_route(&self, route: &crate::topology::Route) {
+        for &link in route.links() {
+            if let Some(busy_until) = self.link_busy_until_ns.get(link as usize) {
+                crate::prefetch::prefetch(busy_until);
+            }
+        }
     }
 
     /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival
