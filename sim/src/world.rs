@@ -186,32 +186,152 @@ enum Wait {
     },
 }
 
-/// What the world keeps per rank on the hot path, in 96 bytes: what it waits for, and the
-/// payload handed straight to it when the message it waits for arrives. Early messages and
-/// wakers live in side tables, touched only when used. (A 64-byte state that kept only the
-/// delivered message's slot number, the message staying in the slab until taken, was 6%
-/// slower at 100,000 GPUs: one more dependent load before the payload, and slots held longer
-/// are reused colder.)
+/// What the world keeps per rank on the hot path, in one 64-byte cache line (aligned to
+/// one): what it waits for, and the payload handed straight to it when the message it waits
+/// for arrives. At 100,000 ranks a delivery and the receiver's next poll each load this
+/// state from memory; at 96 bytes (a `Wait` enum and an `Option<Payload>`) every rank's state
+/// straddled two lines. So the wait is kept as its kind, peer and tag, the payload in parts
+/// (as a message slot keeps it), the flags in one byte, and when the rank parked (which
+/// only the watchdog reads) in `World::parked_since_ns`. Early messages and wakers live in
+/// side tables, touched only when used. (A 64-byte state that kept only the delivered
+/// message's slot number, the message staying in the slab until taken, was 6% slower: one
+/// more dependent load before the payload, and slots held longer are reused colder.)
+#[repr(align(64))]
 struct RankState {
-    wait: Wait,
-    /// The message this rank was waiting for, delivered into its slot.
-    delivered: Option<Payload>,
+    /// The tag of the message waited for or delivered (`WaitKind::Message`, `Delivered`).
+    wait_tag: Tag,
+    /// The data of the message this rank was waiting for, delivered into its state.
+    delivered_data: Option<Box<[f32]>>,
+    delivered_bytes: u64,
+    /// The sender's checksum of the delivered payload, when [`DELIVERED_CHECKSUMMED`] is set.
+    delivered_checksum: u64,
+    /// The peer of the message waited for or delivered.
+    wait_from: u32,
     /// Messages that arrived before the rank asked for them: a list through `World::messages`,
     /// newest first, so early arrivals need no allocation of their own.
     mailbox_head: u32,
-    timer_fired: bool,
-    finished: bool,
-    /// Crashed and not yet replaced.
-    dead: bool,
-    /// Died since its last restart order: its memory is gone.
-    memory_lost: bool,
-    /// The job is stopping: communication fails with `Aborted`.
-    aborted: bool,
-    /// The watchdog gave up on its receive.
-    timed_out: bool,
     /// Counts this rank's timers; a timer event for an older one is stale.
     timer_seq: u32,
-    parked_since_ns: u64,
+    wait_kind: WaitKind,
+    /// [`TIMER_FIRED`], [`FINISHED`], [`DEAD`], [`MEMORY_LOST`], [`ABORTED`], [`TIMED_OUT`]
+    /// and [`DELIVERED_CHECKSUMMED`].
+    flags: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<RankState>() == 64);
+
+/// [`Wait`]'s variants, without their fields (which `RankState` keeps beside it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum WaitKind {
+    Nothing,
+    Message,
+    Timer,
+    Restart,
+    Delivered,
+}
+
+/// [`RankState::flags`]: its timer fired.
+const TIMER_FIRED: u8 = 1;
+/// Its task returned.
+const FINISHED: u8 = 1 << 1;
+/// Crashed and not yet replaced.
+const DEAD: u8 = 1 << 2;
+/// Died since its last restart order: its memory is gone.
+const MEMORY_LOST: u8 = 1 << 3;
+/// The job is stopping: communication fails with `Aborted`.
+const ABORTED: u8 = 1 << 4;
+/// The watchdog gave up on its receive.
+const TIMED_OUT: u8 = 1 << 5;
+/// The delivered payload carries a checksum.
+const DELIVERED_CHECKSUMMED: u8 = 1 << 6;
+
+impl RankState {
+    fn new() -> RankState {
+        RankState {
+            wait_tag: Tag::new(0, 0, 0),
+            delivered_data: None,
+            delivered_bytes: 0,
+            delivered_checksum: 0,
+            wait_from: 0,
+            mailbox_head: NO_SLOT,
+            timer_seq: 0,
+            wait_kind: WaitKind::Nothing,
+            flags: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn wait(&self) -> Wait {
+        let (from, tag) = (self.wait_from, self.wait_tag);
+        match self.wait_kind {
+            WaitKind::Nothing => Wait::Nothing,
+            WaitKind::Message => Wait::Message { from, tag },
+            WaitKind::Timer => Wait::Timer,
+            WaitKind::Restart => Wait::Restart,
+            WaitKind::Delivered => Wait::Delivered { from, tag },
+        }
+    }
+
+    #[inline(always)]
+    fn set_wait(&mut self, wait: Wait) {
+        self.wait_kind = match wait {
+            Wait::Nothing => WaitKind::Nothing,
+            Wait::Message { from, tag } => {
+                (self.wait_from, self.wait_tag) = (from, tag);
+                WaitKind::Message
+            }
+            Wait::Timer => WaitKind::Timer,
+            Wait::Restart => WaitKind::Restart,
+            Wait::Delivered { from, tag } => {
+                (self.wait_from, self.wait_tag) = (from, tag);
+                WaitKind::Delivered
+            }
+        };
+    }
+
+    #[inline(always)]
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline(always)]
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// Clears `flag` and says whether it was set.
+    #[inline(always)]
+    fn take_flag(&mut self, flag: u8) -> bool {
+        let was = self.has(flag);
+        self.set(flag, false);
+        was
+    }
+
+    /// Takes `message`'s payload into the state, without copying its data.
+    #[inline(always)]
+    fn hand_over(&mut self, message: Message) {
+        debug_assert!(self.delivered_data.is_none());
+        self.set(DELIVERED_CHECKSUMMED, message.checksummed());
+        self.delivered_bytes = message.modelled_bytes;
+        self.delivered_checksum = message.checksum;
+        self.delivered_data = Some(message.data);
+    }
+
+    fn take_delivered(&mut self) -> Option<Payload> {
+        let data = self.delivered_data.take()?;
+        Some(Payload {
+            data: data.into_vec(),
+            modelled_bytes: self.delivered_bytes,
+            checksum: self
+                .has(DELIVERED_CHECKSUMMED)
+                .then_some(self.delivered_checksum),
+        })
+    }
 }
 
 /// Counters that end up in reports.
@@ -250,6 +370,8 @@ pub struct World {
     digest: Digest,
     stats: FabricStats,
     storage: Storage,
+    /// When each rank last parked, for the watchdog; empty (and not written) without one.
+    parked_since_ns: Vec<u64>,
     control: Option<control::Control>,
     /// The trace and timeline, when asked for; `None` costs one branch per record site.
     recorder: Option<Box<crate::trace::Recorder>>,
@@ -272,19 +394,7 @@ impl World {
     pub fn new(topology: Topology, gpu_flops_per_s: f64) -> World {
         let placement = Placement::new(topology.cluster.gpus, topology.cluster.gpus_per_node);
         let ranks = (0..placement.world_size)
-            .map(|_| RankState {
-                wait: Wait::Nothing,
-                delivered: None,
-                mailbox_head: NO_SLOT,
-                timer_fired: false,
-                finished: false,
-                dead: false,
-                memory_lost: false,
-                aborted: false,
-                timed_out: false,
-                timer_seq: 0,
-                parked_since_ns: 0,
-            })
+            .map(|_| RankState::new())
             .collect();
         let wakers = (0..placement.world_size).map(|_| None).collect();
         World {
@@ -307,6 +417,7 @@ impl World {
             stats: FabricStats::default(),
             storage: Storage::new(StorageConfig::default(), placement.node_count()),
             control: None,
+            parked_since_ns: Vec::new(),
             recorder: None,
             perturb_compute: None,
             planted_bug: None,
@@ -364,8 +475,8 @@ impl World {
     pub fn mark_finished(&mut self, rank: usize) {
         self.file_unclaimed_delivery(rank);
         let state = &mut self.ranks[rank];
-        debug_assert!(!state.finished && state.wait == Wait::Nothing);
-        state.finished = true;
+        debug_assert!(!state.has(FINISHED) && state.wait() == Wait::Nothing);
+        state.set(FINISHED, true);
         self.finished += 1;
         self.maybe_schedule_restart();
         self.digest.u64(0xF1 << 56 | rank as u64);
@@ -378,7 +489,7 @@ impl World {
         self.ranks
             .iter()
             .enumerate()
-            .filter_map(|(rank, state)| match state.wait {
+            .filter_map(|(rank, state)| match state.wait() {
                 Wait::Message { from, tag } => Some(format!(
                     "rank {rank} waits for rank {from} (op {} phase {} round {})",
                     tag.op_id, tag.phase, tag.round
@@ -514,8 +625,8 @@ impl World {
 
     /// Starts loading the data of the payload delivered to `rank`, if one was.
     pub fn prefetch_delivered(&self, rank: usize) {
-        if let Some(payload) = self.ranks.get(rank).and_then(|s| s.delivered.as_ref()) {
-            crate::prefetch::prefetch(payload.data.as_slice());
+        if let Some(data) = self.ranks.get(rank).and_then(|s| s.delivered_data.as_ref()) {
+            crate::prefetch::prefetch(&**data);
         }
     }
 
@@ -540,8 +651,8 @@ impl World {
             EventKind::Deliver { slot, .. } => self.deliver(slot),
             EventKind::Timer { rank, seq } => {
                 let state = &mut self.ranks[rank as usize];
-                if state.wait == Wait::Timer && state.timer_seq == seq {
-                    state.timer_fired = true;
+                if state.wait_kind == WaitKind::Timer && state.timer_seq == seq {
+                    state.set(TIMER_FIRED, true);
                     self.wake(rank as usize);
                 }
             }
@@ -570,7 +681,7 @@ impl World {
     fn deliver(&mut self, slot: u32) {
         let message = self.messages.get(slot).expect("a message in flight");
         let (from, to, tag) = (message.from, message.to, message.tag);
-        if !message.of_generation(self.generation()) || self.ranks[to as usize].dead {
+        if !message.of_generation(self.generation()) || self.ranks[to as usize].has(DEAD) {
             // Sent before a restart, or to a rank that died: it never arrives.
             self.messages.take(slot).expect("a message");
             return;
@@ -589,12 +700,11 @@ impl World {
             recorder.record(self.now_ns, Some(to), Record::Deliver { from, tag, bytes });
         }
         let state = &mut self.ranks[to as usize];
-        if state.wait == (Wait::Message { from, tag }) {
-            debug_assert!(state.delivered.is_none());
+        if state.wait() == (Wait::Message { from, tag }) {
             let message = self.messages.take(slot).expect("a message");
-            state.delivered = Some(message.into_payload());
+            state.hand_over(message);
             self.wake(to as usize);
-            self.ranks[to as usize].wait = Wait::Delivered { from, tag };
+            self.ranks[to as usize].set_wait(Wait::Delivered { from, tag });
         } else {
             message.next = state.mailbox_head;
             state.mailbox_head = slot;
@@ -603,14 +713,14 @@ impl World {
 
     /// A parked rank that woke by itself (its wait was cut short): no waker to call.
     fn unpark(&mut self, rank: usize) {
-        self.ranks[rank].wait = Wait::Nothing;
-        self.ranks[rank].timer_fired = false;
+        self.ranks[rank].set_wait(Wait::Nothing);
+        self.ranks[rank].set(TIMER_FIRED, false);
         self.parked -= 1;
     }
 
     fn wake(&mut self, rank: usize) {
         let state = &mut self.ranks[rank];
-        state.wait = Wait::Nothing;
+        state.set_wait(Wait::Nothing);
         self.parked -= 1;
         if self.use_wakers {
             if let Some(waker) = &self.wakers[rank] {
@@ -630,16 +740,18 @@ impl World {
             }
         }
         let state = &mut self.ranks[rank];
-        if state.wait == wait {
+        if state.wait() == wait {
             return; // polled again while still parked: only the waker may have changed
         }
         debug_assert_eq!(
-            state.wait,
+            state.wait(),
             Wait::Nothing,
             "a rank waits on one thing at a time"
         );
-        state.wait = wait;
-        state.parked_since_ns = self.now_ns;
+        state.set_wait(wait);
+        if let Some(since) = self.parked_since_ns.get_mut(rank) {
+            *since = self.now_ns;
+        }
         self.parked += 1;
     }
 
@@ -752,7 +864,7 @@ impl World {
 
     fn node_alive(&self, node: usize) -> bool {
         let first = node * self.placement.gpus_per_node;
-        !self.ranks[first].dead
+        !self.ranks[first].has(DEAD)
     }
 
     /// Starts a write; returns its ticket and when it lands.
@@ -779,7 +891,7 @@ impl World {
             let message = self.messages.take(slot).expect("a mailed message");
             slot = message.next;
         }
-        self.ranks[rank].delivered = None;
+        self.ranks[rank].delivered_data = None;
     }
 
     /// Stores a message of the current generation from `from` to `to` in a free slot.
@@ -793,9 +905,9 @@ impl World {
     /// slot if it was waiting for it, else filed in its mailbox.
     fn take_delivered(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
         let state = &mut self.ranks[rank];
-        if state.wait == (Wait::Delivered { from, tag }) {
-            state.wait = Wait::Nothing;
-            return state.delivered.take();
+        if state.wait() == (Wait::Delivered { from, tag }) {
+            state.set_wait(Wait::Nothing);
+            return state.take_delivered();
         }
         self.file_unclaimed_delivery(rank);
         // The oldest match: the last in the newest-first list.
@@ -823,9 +935,9 @@ impl World {
     /// mailbox like any early message.
     fn file_unclaimed_delivery(&mut self, rank: usize) {
         let state = &mut self.ranks[rank];
-        if let Wait::Delivered { from, tag } = state.wait {
-            state.wait = Wait::Nothing;
-            let payload = state.delivered.take().expect("a delivered payload");
+        if let Wait::Delivered { from, tag } = state.wait() {
+            state.set_wait(Wait::Nothing);
+            let payload = state.take_delivered().expect("a delivered payload");
             let head = state.mailbox_head;
             let message = Message::new(self.generation(), from, rank as u32, tag, payload, head);
             let slot = self.messages.insert(message);
@@ -949,7 +1061,7 @@ impl Backend for SimBackend {
         payload: Payload,
     ) -> impl Future<Output = Result<(), CommError>> {
         let mut world = self.world.borrow_mut();
-        if world.ranks[self.rank].aborted {
+        if world.ranks[self.rank].has(ABORTED) {
             return std::future::ready(Err(CommError::Aborted));
         }
         world.send(self.rank, to, tag, payload);
@@ -972,7 +1084,7 @@ impl Backend for SimBackend {
     ) -> impl Future<Output = Result<Payload, CommError>> {
         let resent = {
             let mut world = self.world.borrow_mut();
-            !world.ranks[self.rank].aborted && world.resend(from, self.rank, tag)
+            !world.ranks[self.rank].has(ABORTED) && world.resend(from, self.rank, tag)
         };
         async move {
             if !resent {
@@ -1027,7 +1139,7 @@ impl Backend for SimBackend {
     ) -> impl Future<Output = Result<(), StorageError>> {
         let name = name.to_string();
         async move {
-            if self.world.borrow().ranks[self.rank].aborted {
+            if self.world.borrow().ranks[self.rank].has(ABORTED) {
                 return Err(StorageError::Aborted);
             }
             let (ticket, done) = self
@@ -1067,7 +1179,7 @@ impl Backend for SimBackend {
         async move {
             let (blob, done) = {
                 let mut world = self.world.borrow_mut();
-                if world.ranks[self.rank].aborted {
+                if world.ranks[self.rank].has(ABORTED) {
                     return Err(StorageError::Aborted);
                 }
                 let place = place_of(tier, world.placement.node_of(self.rank));
@@ -1127,10 +1239,10 @@ impl Future for Recv<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut world = self.world.borrow_mut();
         let rank = self.rank as usize;
-        if world.ranks[rank].aborted {
+        if world.ranks[rank].has(ABORTED) {
             return Poll::Ready(Err(CommError::Aborted));
         }
-        if std::mem::take(&mut world.ranks[rank].timed_out) {
+        if world.ranks[rank].take_flag(TIMED_OUT) {
             let (peer, tag) = (self.from as usize, self.tag);
             return Poll::Ready(Err(CommError::Timeout { peer, tag }));
         }
@@ -1164,8 +1276,8 @@ impl Future for Sleep<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut world = self.world.borrow_mut();
         let rank = self.rank;
-        if world.ranks[rank].aborted {
-            if world.ranks[rank].wait == Wait::Timer {
+        if world.ranks[rank].has(ABORTED) {
+            if world.ranks[rank].wait() == Wait::Timer {
                 world.unpark(rank);
             }
             return Poll::Ready(Err(CommError::Aborted));
@@ -1174,8 +1286,7 @@ impl Future for Sleep<'_> {
             return Poll::Ready(Ok(()));
         }
         if self.scheduled {
-            if world.ranks[rank].timer_fired {
-                world.ranks[rank].timer_fired = false;
+            if world.ranks[rank].take_flag(TIMER_FIRED) {
                 return Poll::Ready(Ok(()));
             }
             // Polled again before the timer fired (a spurious wake): park again.
@@ -1217,7 +1328,7 @@ impl Future for AwaitRestart<'_> {
             world.park(rank, Wait::Restart, cx.waker());
             return Poll::Pending;
         }
-        if world.ranks[rank].wait == Wait::Restart {
+        if world.ranks[rank].wait() == Wait::Restart {
             world.park(rank, Wait::Restart, cx.waker());
             return Poll::Pending;
         }

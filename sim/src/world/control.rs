@@ -18,7 +18,7 @@ use serde::Serialize;
 use statrs::distribution::{Exp, Weibull};
 use trainer_core::{CommError, Event, RestartOrder};
 
-use super::{EventKind, Wait, World};
+use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
 use crate::storage::Place;
 use crate::trace::Record;
 
@@ -259,6 +259,8 @@ impl World {
         }
         if let Some(timeout) = config.collective_timeout_ns {
             self.schedule((timeout / 10).max(1), EventKind::Watchdog);
+            // Called before any rank runs, so every rank is parked since 0 or not at all.
+            self.parked_since_ns = vec![0; self.ranks.len()];
         }
         let mut control = Control::new(config, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
@@ -357,11 +359,11 @@ impl World {
         self.digest.u64(0xC0 << 56 | ranks[0] as u64);
         for rank in ranks {
             let state = &mut self.ranks[rank];
-            state.dead = true;
-            state.memory_lost = true;
-            state.aborted = true;
+            state.set(DEAD, true);
+            state.set(MEMORY_LOST, true);
+            state.set(ABORTED, true);
             // The process is gone: whatever it waited on, it stops now.
-            if matches!(state.wait, Wait::Message { .. } | Wait::Timer) {
+            if matches!(state.wait_kind, WaitKind::Message | WaitKind::Timer) {
                 self.wake(rank);
             }
         }
@@ -426,10 +428,10 @@ impl World {
         let mut receiving = 0;
         for rank in 0..self.ranks.len() {
             let state = &mut self.ranks[rank];
-            if matches!(state.wait, Wait::Message { .. }) {
+            if state.wait_kind == WaitKind::Message {
                 receiving += 1;
-                if now - state.parked_since_ns >= timeout {
-                    state.timed_out = true;
+                if now - self.parked_since_ns[rank] >= timeout {
+                    state.set(TIMED_OUT, true);
                     self.wake(rank);
                 }
             }
@@ -472,7 +474,7 @@ impl World {
         control.failed_nodes.insert(node);
         let group = self.placement.node_group(node);
         for idx in 0..group.count() {
-            self.ranks[group.member(idx)].memory_lost = true;
+            self.ranks[group.member(idx)].set(MEMORY_LOST, true);
         }
         self.digest.u64(0xEE << 56 | node as u64);
         self.begin_abort();
@@ -503,8 +505,8 @@ impl World {
         }
         self.record(None, Record::Abort);
         for rank in 0..self.ranks.len() {
-            self.ranks[rank].aborted = true;
-            if matches!(self.ranks[rank].wait, Wait::Message { .. }) {
+            self.ranks[rank].set(ABORTED, true);
+            if self.ranks[rank].wait_kind == WaitKind::Message {
                 self.wake(rank);
             }
         }
@@ -517,7 +519,7 @@ impl World {
             .as_mut()
             .expect("await_restart needs a controller");
         // A dead rank reports nothing: its peers, or the heartbeat monitor, must notice.
-        if control.phase == Phase::Running && !self.ranks[rank].dead {
+        if control.phase == Phase::Running && !self.ranks[rank].has(DEAD) {
             let detector = match error {
                 CommError::Timeout { .. } => "watchdog",
                 CommError::Aborted => "aborted",
@@ -528,7 +530,7 @@ impl World {
             if let CommError::Quarantined { rank: faulty } = *error {
                 // The GPU is taken out of service and replaced, as after a GPU failure.
                 control.failed_nodes.insert(self.placement.node_of(faulty));
-                self.ranks[faulty].memory_lost = true;
+                self.ranks[faulty].set(MEMORY_LOST, true);
                 self.sdc_quarantine(faulty);
             }
             self.record(Some(rank as u32), Record::Detected { by: detector });
@@ -640,10 +642,10 @@ impl World {
     /// `rank` lives again in the new generation; one waiting in `await_restart` is woken.
     pub(super) fn resume_rank(&mut self, rank: usize) {
         let state = &mut self.ranks[rank];
-        state.dead = false;
-        state.aborted = false;
-        state.timed_out = false;
-        if state.wait == Wait::Restart {
+        state.set(DEAD, false);
+        state.set(ABORTED, false);
+        state.set(TIMED_OUT, false);
+        if state.wait() == Wait::Restart {
             self.wake(rank);
         }
     }
@@ -652,7 +654,7 @@ impl World {
     pub(super) fn restart_order(&mut self, rank: usize) -> RestartOrder {
         let control = self.control.as_ref().expect("a controller");
         let state = &mut self.ranks[rank];
-        let memory_lost = std::mem::take(&mut state.memory_lost);
+        let memory_lost = state.take_flag(MEMORY_LOST);
         RestartOrder {
             generation: control.generation,
             memory_lost,

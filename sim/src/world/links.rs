@@ -13,7 +13,7 @@ use statrs::distribution::Exp;
 use trainer_core::transport::RetryPolicy;
 use trainer_core::{Payload, Tag};
 
-use super::{EventKind, World};
+use super::{EventKind, World, DEAD};
 use crate::topology::{LinkId, Route};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,7 +263,7 @@ impl World {
     /// Retry `attempt` of the transfer in `slot` is due.
     pub(super) fn fire_retry_send(&mut self, slot: u32, attempt: u32) {
         let message = self.messages.get(slot).expect("a message");
-        if !message.of_generation(self.generation()) || self.ranks[message.to as usize].dead {
+        if !message.of_generation(self.generation()) || self.ranks[message.to as usize].has(DEAD) {
             // The job restarted or the receiver died meanwhile: the transfer is moot.
             self.end_retrying();
             self.drop_message(slot);

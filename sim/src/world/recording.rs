@@ -3,7 +3,7 @@
 
 use trainer_core::Work;
 
-use super::World;
+use super::{World, ABORTED};
 use crate::trace::{Record, Recorder};
 
 impl World {
@@ -45,7 +45,7 @@ impl World {
             }
         }
         // A stopped rank's compute ends before it starts (its sleep fails with `Aborted`).
-        if self.recorder.is_some() && !self.ranks[rank].aborted {
+        if self.recorder.is_some() && !self.ranks[rank].has(ABORTED) {
             let record = Record::Compute {
                 work: work.kind,
                 duration_ns,

@@ -205,7 +205,7 @@ impl World {
         };
         if control.replicas.released {
             for rank in 0..self.ranks.len() {
-                if self.ranks[rank].wait == Wait::Restart {
+                if self.ranks[rank].wait() == Wait::Restart {
                     self.wake(rank);
                 }
             }
