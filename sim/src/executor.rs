@@ -87,7 +87,8 @@ where
     // ranks come next, so their misses can overlap instead of each waiting in turn: states
     // 2 x PREFETCH_AHEAD ranks ahead, futures and payloads PREFETCH_AHEAD ahead, and the
     // list's first ranks up front (a training step fires a million instants that wake only a
-    // few ranks each).
+    // few ranks each). The task table's entry (the future's address) is prefetched with the
+    // state, so that loading it to prefetch the future does not wait for memory.
     let prefetch_rank = |world: &World, tasks: &[Option<Pin<Box<F>>>], rank: u32| {
         if let Some(future) = &tasks[rank as usize] {
             prefetch::prefetch(&**future);
@@ -108,6 +109,7 @@ where
         for (i, &rank) in ready.iter().enumerate() {
             if let Some(&far) = ready.get(i + 2 * PREFETCH_AHEAD) {
                 world.borrow().prefetch_rank_state(far as usize);
+                prefetch::prefetch(&tasks[far as usize]);
             }
             if let Some(&ahead) = ready.get(i + PREFETCH_AHEAD) {
                 prefetch_rank(&world.borrow(), &tasks, ahead);
