@@ -151,10 +151,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// faults it in again 4 KiB at a time, splitting the huge page it sat in. A collective frees
 /// each message's payload as it is received and allocates the next at another size class, so
 /// the 100,000-GPU all-reduce purged 526 MiB and took 9,300 minor faults on the simulation's
-/// thread; kept, it takes 380, and runs 8% faster (BENCHMARKS.md, "Freed pages kept"). The
-/// cost: a process keeps its peak footprint until it exits, which for a command that runs one
-/// simulation (or, in `swarm`, reuses the memory for the next) is what peak RSS measures
-/// anyway. `MIMALLOC_PURGE_DELAY` in the environment is overridden. Allocation only: no value
+/// thread; kept, it takes 380, and runs 4-8% faster (BENCHMARKS.md, "Freed pages kept"). The
+/// cost: pages freed in one phase of a run stay resident while a later phase allocates at
+/// other sizes, so a run whose phases differ peaks higher: ten training steps with checkpoints
+/// at 100,000 GPUs peak at 760 MiB instead of 669 (the all-reduce's 401 MiB does not
+/// move). `MIMALLOC_PURGE_DELAY` in the environment is overridden. Allocation only: no value
 /// the simulation computes depends on it.
 fn keep_freed_pages() {
     // SAFETY: as in `use_huge_pages`: one option word, written before any thread is started;
