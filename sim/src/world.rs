@@ -73,14 +73,57 @@ enum EventKind {
     ReplicaRejoin { node: u32 },
 }
 
+/// A payload as the world holds it, in a message slot or delivered into a rank's state: the
+/// data as a boxed slice (which a `Vec` of exact capacity becomes and comes back from without
+/// copying) and the checksum as a plain word, 32 bytes where a [`Payload`] (a `Vec`, the
+/// modelled size and an `Option` checksum) takes 48. Whether there is a checksum is a bit its
+/// holder keeps in a spare byte of its own, so that each holder fits one cache line.
+struct StoredPayload {
+    data: Box<[f32]>,
+    modelled_bytes: u64,
+    /// The sender's checksum, when the holder's flag says there is one.
+    checksum: u64,
+}
+
+impl StoredPayload {
+    /// `payload` in parts, and whether it carries a checksum.
+    #[inline(always)]
+    fn new(payload: Payload) -> (StoredPayload, bool) {
+        let stored = StoredPayload {
+            data: payload.data.into_boxed_slice(),
+            modelled_bytes: payload.modelled_bytes,
+            checksum: payload.checksum.unwrap_or(0),
+        };
+        (stored, payload.checksum.is_some())
+    }
+
+    /// The payload as the sender handed it over; `checksummed` is the holder's flag.
+    #[inline(always)]
+    fn into_payload(self, checksummed: bool) -> Payload {
+        Payload {
+            data: self.data.into_vec(),
+            modelled_bytes: self.modelled_bytes,
+            checksum: checksummed.then_some(self.checksum),
+        }
+    }
+
+    /// A copy of the payload, leaving this one as it is.
+    fn to_payload(&self, checksummed: bool) -> Payload {
+        Payload {
+            data: self.data.to_vec(),
+            modelled_bytes: self.modelled_bytes,
+            checksum: checksummed.then_some(self.checksum),
+        }
+    }
+}
+
 /// A message on the fabric, or in its receiver's mailbox: one 64-byte cache line.
 ///
 /// At 100,000 GPUs a hierarchical all-reduce has 700,000 messages in flight at once, each
 /// slot written when sent and read when delivered, far apart in time and out of cache by then.
-/// Holding a [`Payload`] (a `Vec`, the modelled size and an `Option` checksum: 48 bytes) made
-/// the slot 88 bytes, two cache lines for most slots; the payload is kept here in parts
-/// instead (its data as a boxed slice, which a `Vec` of exact capacity becomes and comes back
-/// from without copying), and whether it carries a checksum rides in the generation's top bit.
+/// Holding a [`Payload`] made the slot 88 bytes, two cache lines for most slots; it holds a
+/// [`StoredPayload`] instead, and whether that carries a checksum rides in the generation's
+/// top bit.
 struct Message {
     from: u32,
     to: u32,
@@ -90,10 +133,7 @@ struct Message {
     /// [`CHECKSUMMED`].
     generation_and_flag: u32,
     tag: Tag,
-    data: Box<[f32]>,
-    modelled_bytes: u64,
-    /// The sender's checksum, when [`CHECKSUMMED`] is set.
-    checksum: u64,
+    payload: StoredPayload,
 }
 
 /// The bit of `Message::generation_and_flag` that says the payload carries a checksum.
@@ -101,20 +141,15 @@ const CHECKSUMMED: u32 = 1 << 31;
 
 impl Message {
     fn new(generation: u64, from: u32, to: u32, tag: Tag, payload: Payload, next: u32) -> Self {
-        let flag = if payload.checksum.is_some() {
-            CHECKSUMMED
-        } else {
-            0
-        };
+        let (payload, checksummed) = StoredPayload::new(payload);
+        let flag = if checksummed { CHECKSUMMED } else { 0 };
         Message {
             from,
             to,
             next,
             generation_and_flag: Self::generation_bits(generation) | flag,
             tag,
-            data: payload.data.into_boxed_slice(),
-            modelled_bytes: payload.modelled_bytes,
-            checksum: payload.checksum.unwrap_or(0),
+            payload,
         }
     }
 
@@ -133,28 +168,15 @@ impl Message {
         self.generation_and_flag & CHECKSUMMED != 0
     }
 
-    /// The sender's checksum, if it attached one.
-    fn sender_checksum(&self) -> Option<u64> {
-        self.checksummed().then_some(self.checksum)
-    }
-
     /// The payload as the sender handed it over.
     fn into_payload(self) -> Payload {
-        let checksum = self.sender_checksum();
-        Payload {
-            data: self.data.into_vec(),
-            modelled_bytes: self.modelled_bytes,
-            checksum,
-        }
+        let checksummed = self.checksummed();
+        self.payload.into_payload(checksummed)
     }
 
     /// A copy of the payload, leaving the message as it is.
     fn payload(&self) -> Payload {
-        Payload {
-            data: self.data.to_vec(),
-            modelled_bytes: self.modelled_bytes,
-            checksum: self.sender_checksum(),
-        }
+        self.payload.to_payload(self.checksummed())
     }
 }
 
@@ -200,11 +222,9 @@ enum Wait {
 struct RankState {
     /// The tag of the message waited for or delivered (`WaitKind::Message`, `Delivered`).
     wait_tag: Tag,
-    /// The data of the message this rank was waiting for, delivered into its state.
-    delivered_data: Option<Box<[f32]>>,
-    delivered_bytes: u64,
-    /// The sender's checksum of the delivered payload, when [`DELIVERED_CHECKSUMMED`] is set.
-    delivered_checksum: u64,
+    /// The payload of the message this rank was waiting for, delivered into its state; it
+    /// carries a checksum when [`DELIVERED_CHECKSUMMED`] is set.
+    delivered: Option<StoredPayload>,
     /// The peer of the message waited for or delivered.
     wait_from: u32,
     /// Messages that arrived before the rank asked for them: a list through `World::messages`,
@@ -250,9 +270,7 @@ impl RankState {
     fn new() -> RankState {
         RankState {
             wait_tag: Tag::new(0, 0, 0),
-            delivered_data: None,
-            delivered_bytes: 0,
-            delivered_checksum: 0,
+            delivered: None,
             wait_from: 0,
             mailbox_head: NO_SLOT,
             timer_seq: 0,
@@ -315,22 +333,14 @@ impl RankState {
     /// Takes `message`'s payload into the state, without copying its data.
     #[inline(always)]
     fn hand_over(&mut self, message: Message) {
-        debug_assert!(self.delivered_data.is_none());
+        debug_assert!(self.delivered.is_none());
         self.set(DELIVERED_CHECKSUMMED, message.checksummed());
-        self.delivered_bytes = message.modelled_bytes;
-        self.delivered_checksum = message.checksum;
-        self.delivered_data = Some(message.data);
+        self.delivered = Some(message.payload);
     }
 
     fn take_delivered(&mut self) -> Option<Payload> {
-        let data = self.delivered_data.take()?;
-        Some(Payload {
-            data: data.into_vec(),
-            modelled_bytes: self.delivered_bytes,
-            checksum: self
-                .has(DELIVERED_CHECKSUMMED)
-                .then_some(self.delivered_checksum),
-        })
+        let payload = self.delivered.take()?;
+        Some(payload.into_payload(self.has(DELIVERED_CHECKSUMMED)))
     }
 }
 
@@ -625,8 +635,8 @@ impl World {
 
     /// Starts loading the data of the payload delivered to `rank`, if one was.
     pub fn prefetch_delivered(&self, rank: usize) {
-        if let Some(data) = self.ranks.get(rank).and_then(|s| s.delivered_data.as_ref()) {
-            crate::prefetch::prefetch(&**data);
+        if let Some(payload) = self.ranks.get(rank).and_then(|s| s.delivered.as_ref()) {
+            crate::prefetch::prefetch(&*payload.data);
         }
     }
 
@@ -696,7 +706,7 @@ impl World {
             .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
         self.digest.u64(self.now_ns);
         if let Some(recorder) = &mut self.recorder {
-            let bytes = message.modelled_bytes;
+            let bytes = message.payload.modelled_bytes;
             recorder.record(self.now_ns, Some(to), Record::Deliver { from, tag, bytes });
         }
         let state = &mut self.ranks[to as usize];
@@ -891,7 +901,7 @@ impl World {
             let message = self.messages.take(slot).expect("a mailed message");
             slot = message.next;
         }
-        self.ranks[rank].delivered_data = None;
+        self.ranks[rank].delivered = None;
     }
 
     /// Stores a message of the current generation from `from` to `to` in a free slot.

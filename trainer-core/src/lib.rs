@@ -16,6 +16,7 @@ pub mod job;
 pub mod kernels;
 pub mod model;
 pub mod planted;
+pub mod prefetch;
 pub mod span;
 pub mod transport;
 pub mod units;

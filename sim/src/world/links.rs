@@ -277,7 +277,7 @@ impl World {
         let (from, to, bytes) = (
             message.from as usize,
             message.to as usize,
-            message.modelled_bytes,
+            message.payload.modelled_bytes,
         );
         let checksummed = message.checksummed();
         if let Some(route) = self.live_route(from, to) {

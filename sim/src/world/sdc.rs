@@ -240,7 +240,7 @@ impl World {
         };
         let message = self.messages.get_mut(slot).expect("a message");
         let to = message.to as usize;
-        if message.data.is_empty() {
+        if message.payload.data.is_empty() {
             return;
         }
         let due = (0..sdc.config.specs.len()).find(|&i| {
@@ -255,12 +255,12 @@ impl World {
         };
         sdc.fired[idx] += 1;
         let bit = sdc.bit(sdc.config.specs[idx].bit);
-        let elem = sdc.rng.gen_range(0..message.data.len());
+        let elem = sdc.rng.gen_range(0..message.payload.data.len());
         let key = (message.from, message.to, message.tag);
         if !sdc.pristine.iter().any(|p| (p.0, p.1, p.2) == key) {
             sdc.pristine.push((key.0, key.1, key.2, message.payload()));
         }
-        message.data[elem] = flip(message.data[elem], bit);
+        message.payload.data[elem] = flip(message.payload.data[elem], bit);
         sdc.record(SdcKind::InFlight, to, now, Some(key));
         self.digest.u64(0x5D << 56 | to as u64);
     }

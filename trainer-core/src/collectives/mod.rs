@@ -548,7 +548,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
         async move {
             let payload = self.backend.recv(from, tag).await?;
             // At 100,000 ranks `dst` is out of cache; its lines load while the checksum runs.
-            crate::kernels::prefetch(dst);
+            crate::prefetch::prefetch(dst);
             let (payload, intact) = self.check(payload);
             let payload = if intact {
                 payload
