@@ -5,29 +5,26 @@
 //! what the simulator's do.
 //!
 //! Sections the job does not need (`[fabric]`, `[storage]`, the rest of `[recovery]` and
-//! `[faults]`, `cluster.spare_nodes`) are accepted and left to the simulator, which validates
-//! them. On real hardware a `ModelTimeNs` checkpoint interval is wall time.
+//! `[faults]`, `cluster.spare_nodes`) are validated as the simulator validates them, and not
+//! used. On real hardware a `ModelTimeNs` checkpoint interval is wall time.
 //!
-//! The settings are parsed here rather than borrowed from `faultline-sim`, which this crate
-//! must not depend on; a conformance test in the `tests` crate checks that both read every
-//! scenario into the same `JobConfig`.
+//! The settings come from `faultline-scenario`, the one reader of scenario files, which the
+//! simulator uses too: both programs accept, default and refuse the same keys alike.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use faultline_scenario::{CrashSpec, CrashTarget, CrashWhen, RecoveryPolicy, Scenario};
 use serde::Serialize;
-use trainer_core::checkpoint::{CheckpointPolicy, Interval};
-use trainer_core::collectives::{Algo, Collective};
+use trainer_core::collectives::Collective;
 use trainer_core::digest::Digest;
-use trainer_core::integrity::DetectionPolicy;
 use trainer_core::job::{self, JobConfig, JobOutcome, Trainer};
 use trainer_core::{Backend, CommError, Event, Placement, Tier};
 
 use crate::device::RankDevice;
 use crate::local::{run_ranks, LocalWorld, Mark};
 use crate::store::Tiers;
-use crate::units;
 
 /// What the runner needs from a scenario file.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,380 +46,75 @@ pub struct JobSettings {
     pub crashes_not_injected: usize,
 }
 
-/// A scenario the runner cannot use: the key and what is wrong.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SettingsError {
-    pub origin: String,
-    pub key: Option<String>,
-    pub message: String,
-}
+/// A scenario the runner cannot use: the file, line, column and key, and what is wrong. The
+/// simulator's own error type, since both programs read scenarios through `faultline-scenario`.
+pub use faultline_scenario::ScenarioError as SettingsError;
 
-impl std::fmt::Display for SettingsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.origin)?;
-        if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for SettingsError {}
-
-/// Applies `key=value` overrides (the value in TOML syntax, or a bare string) to `table`.
-fn apply_override(table: &mut toml::Table, set: &str) -> Result<(), String> {
-    let (key, value) = set
-        .split_once('=')
-        .ok_or_else(|| format!("--set {set:?}: expected KEY=VALUE"))?;
-    let (key, value) = (key.trim(), value.trim());
-    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-        Ok(mut t) => t.remove("v").expect("just parsed"),
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts.pop().filter(|p| !p.is_empty()).ok_or("empty key")?;
-    let mut here = table;
-    for part in parts {
-        here = here
-            .entry(part)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| format!("--set {key}: {part} is not a table"))?;
-    }
-    here.insert(last.to_string(), value);
-    Ok(())
-}
-
-/// Reads typed values out of the scenario table, with the simulator's defaults.
-struct Reader<'a> {
-    origin: &'a str,
-    table: &'a toml::Table,
-}
-
-impl<'a> Reader<'a> {
-    fn get(&self, key: &str) -> Option<&'a toml::Value> {
-        let (section, name) = key.split_once('.').expect("dotted key");
-        self.table.get(section)?.as_table()?.get(name)
-    }
-
-    fn error(&self, key: &str, message: impl Into<String>) -> SettingsError {
-        SettingsError {
-            origin: self.origin.to_string(),
-            key: Some(key.to_string()),
-            message: message.into(),
-        }
-    }
-
-    fn int(
-        &self,
-        key: &str,
-        default: Option<i64>,
-        min: i64,
-        max: i64,
-    ) -> Result<i64, SettingsError> {
-        let value = match (self.get(key), default) {
-            (Some(v), _) => v
-                .as_integer()
-                .ok_or_else(|| self.error(key, format!("expected an integer, found {v}")))?,
-            (None, Some(d)) => d,
-            (None, None) => return Err(self.error(key, "missing")),
-        };
-        if value < min || value > max {
-            return Err(self.error(key, format!("{value} is outside {min} to {max}")));
-        }
-        Ok(value)
-    }
-
-    fn float(&self, key: &str, default: f64, max: f64) -> Result<f64, SettingsError> {
-        let value = match self.get(key) {
-            Some(toml::Value::Float(f)) => *f,
-            Some(toml::Value::Integer(i)) => *i as f64,
-            Some(v) => return Err(self.error(key, format!("expected a number, found {v}"))),
-            None => default,
-        };
-        if !(value > 0.0 && value <= max) {
-            return Err(self.error(key, format!("{value} is outside (0, {max}]")));
-        }
-        Ok(value)
-    }
-
-    fn string<'t>(&'t self, key: &str, default: &'t str) -> Result<&'t str, SettingsError> {
-        match self.get(key) {
-            Some(v) => v
-                .as_str()
-                .ok_or_else(|| self.error(key, format!("expected a string, found {v}"))),
-            None => Ok(default),
-        }
-    }
-
-    fn algo(&self, key: &str, default: &str) -> Result<Algo, SettingsError> {
-        let text = match self.get(key) {
-            Some(v) => v
-                .as_str()
-                .ok_or_else(|| self.error(key, format!("expected a string, found {v}")))?,
-            None => default,
-        };
-        Algo::from_name(text).ok_or_else(|| {
-            self.error(
-                key,
-                format!(
-                    "unknown algorithm {text:?}; expected one of \"ring\", \"tree\", \
-                     \"halving-doubling\", \"hierarchical\""
-                ),
-            )
-        })
-    }
-}
-
-/// Parses a scenario's text; `origin` names it in errors. Only the keys the job needs are read;
-/// the simulator validates the rest.
+/// Reads a scenario's text through the one scenario reader (`faultline-scenario`), so the
+/// runner accepts and refuses exactly what the simulator does, with the same messages; then
+/// takes what the job needs and refuses what real hardware cannot do. `origin` names the text
+/// in errors.
 pub fn parse_scenario(
     name: &str,
     origin: &str,
     text: &str,
     overrides: &[String],
 ) -> Result<JobSettings, SettingsError> {
-    let whole = |message: String| SettingsError {
-        origin: origin.to_string(),
-        key: None,
-        message,
-    };
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| whole(e.to_string()))?;
-    for set in overrides {
-        apply_override(&mut table, set).map_err(whole)?;
-    }
-    let r = Reader {
-        origin,
-        table: &table,
-    };
-    let gpus = r.int("cluster.gpus", None, 1, 1_000_000)? as usize;
-    let gpus_per_node = r.int("cluster.gpus_per_node", Some(8), 1, 1024)? as usize;
-    let algo = r.algo("job.collective", "hierarchical")?;
-    let inter = r.algo("job.inter_node_collective", "halving-doubling")?;
-    if inter == Algo::Hierarchical {
-        return Err(r.error(
-            "job.inter_node_collective",
-            "the algorithm across nodes cannot itself be hierarchical",
+    let (scenario, source) = faultline_scenario::load_str_located(name, origin, text, overrides)?;
+    if scenario.control.policy == RecoveryPolicy::PerReplica {
+        return Err(source.error(
+            "recovery.policy",
+            "\"per-replica\" runs in the simulator only: the local and NCCL controllers \
+             restart the job and cannot drop a replica; use \"restart\", \"in-memory\" \
+             or \"hot-spare\"",
         ));
     }
-    let model_params = r.float("job.model_params", 8e9, 1e15)?;
-    let grad_bytes_per_param = r.float("job.grad_bytes_per_param", 2.0, 16.0)?;
-    let tokens = r.float("job.tokens_per_gpu_per_step", 4096.0, 1e9)?;
-    let peak_tflops = r.float("job.gpu_peak_tflops", 989.0, 1e6)?;
-    let mfu = r.float("job.mfu", 0.4, 1.0)?;
-    let optimizer_flops_per_param = r.float("job.optimizer_flops_per_param", 10.0, 1e6)?;
-    let job = JobConfig {
-        steps: r.int("job.steps", None, 1, 10_000_000)? as u64,
-        collective: Collective::with_inter_node(algo, inter),
-        proxy_elems: r.int("job.proxy_elems", Some(256), 1, 1 << 20)? as usize,
-        batch_per_rank: r.int("job.batch_per_rank", Some(4), 1, 4096)? as usize,
-        learning_rate: r.float("job.learning_rate", 0.3, 10.0)? as f32,
-        data_seed: r.int("job.data_seed", Some(0x5eed), i64::MIN, i64::MAX)? as u64,
-        modelled_grad_bytes: (model_params * grad_bytes_per_param).round() as u64,
-        modelled_step_flops: 6.0 * model_params * tokens,
-        modelled_optimizer_flops: optimizer_flops_per_param * model_params,
-        checkpoint: None,
-        detection: detection_policy(&r)?,
-    };
-    let job = JobConfig {
-        collective: job
-            .collective
-            .with_checksums(job.detection.payload_checksums),
-        ..job
-    };
-    let seed = r.int("run.seed", Some(1), 0, i64::MAX)? as u64;
-    let restore_from_memory = match r.string("recovery.policy", "restart")? {
-        "restart" => false,
-        "in-memory" | "hot-spare" => true,
-        "per-replica" => {
-            return Err(r.error(
-                "recovery.policy",
-                "\"per-replica\" runs in the simulator only: the local and NCCL controllers \
-                 restart the job and cannot drop a replica; use \"restart\", \"in-memory\" \
-                 or \"hot-spare\"",
-            ))
-        }
-        other => {
-            return Err(r.error(
-                "recovery.policy",
-                format!(
-                    "unknown policy {other:?}; expected \"restart\", \"in-memory\" or \"hot-spare\""
-                ),
-            ))
-        }
-    };
-    let checkpoint = match table.get("checkpoint") {
-        None => None,
-        Some(_) => Some(checkpoint_policy(&r, model_params, restore_from_memory)?),
-    };
-    let max_restarts = r.int("recovery.max_restarts", Some(100), 0, 1_000_000)? as u64;
-    let placement = Placement::new(gpus, gpus_per_node);
-    let (failures_at_step, crashes_not_injected) = crashes(&r, &placement)?;
-    Ok(JobSettings {
-        name: name.to_string(),
-        seed,
-        placement,
-        job: JobConfig { checkpoint, ..job },
-        gpu_achieved_flops_per_s: peak_tflops * 1e12 * mfu,
-        max_restarts,
-        failures_at_step,
-        crashes_not_injected,
-    })
+    Ok(JobSettings::from_scenario(&scenario))
 }
 
-/// The `[detection]` section as trainer-core's policy, as the simulator builds it (its
-/// `checksum_bandwidth` prices checksums in model time, which real hardware measures instead).
-fn detection_policy(r: &Reader<'_>) -> Result<DetectionPolicy, SettingsError> {
-    let d = DetectionPolicy::DEFAULT;
-    let flag = |key: &str, default: bool| match r.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| r.error(key, format!("expected true or false, found {v}"))),
-    };
-    let factor = |key: &str, default: Option<f64>| -> Result<Option<f64>, SettingsError> {
-        let value = match r.get(key) {
-            None => return Ok(default),
-            Some(toml::Value::Float(f)) => *f,
-            Some(toml::Value::Integer(i)) => *i as f64,
-            Some(v) => return Err(r.error(key, format!("expected a number, found {v}"))),
-        };
-        if value == 0.0 {
-            Ok(None)
-        } else if value.is_finite() && (1.0..=1e12).contains(&value) {
-            Ok(Some(value))
-        } else {
-            let message = format!("expected 0 (off) or 1 to 1e12, got {value}");
-            Err(r.error(key, message))
+impl JobSettings {
+    /// What the runner takes from a loaded scenario.
+    pub fn from_scenario(scenario: &Scenario) -> JobSettings {
+        let placement = scenario.placement();
+        let (failures_at_step, crashes_not_injected) =
+            crashes_at_step(&scenario.control.crashes, &placement);
+        JobSettings {
+            name: scenario.name.clone(),
+            seed: scenario.run.seed,
+            placement,
+            job: scenario.job.clone(),
+            gpu_achieved_flops_per_s: scenario.gpu_achieved_flops_per_s,
+            max_restarts: scenario.control.max_restarts,
+            failures_at_step,
+            crashes_not_injected,
         }
-    };
-    let every = d.fingerprint_every_steps as i64;
-    Ok(DetectionPolicy {
-        payload_checksums: flag("detection.payload_checksums", d.payload_checksums)?,
-        gradient_norm_factor: factor(
-            "detection.gradient_norm_guard_factor",
-            d.gradient_norm_factor,
-        )?,
-        loss_factor: factor("detection.loss_guard_factor", d.loss_factor)?,
-        fingerprint_every_steps: r.int(
-            "detection.fingerprint_every_steps",
-            Some(every),
-            0,
-            1_000_000,
-        )? as u64,
-        rerun_suspect_steps: flag("detection.rerun_suspect_steps", d.rerun_suspect_steps)?,
-    })
+    }
 }
 
-/// The `[checkpoint]` section as trainer-core's policy, as the simulator builds it.
-fn checkpoint_policy(
-    r: &Reader<'_>,
-    model_params: f64,
-    restore_from_memory: bool,
-) -> Result<CheckpointPolicy, SettingsError> {
-    let expected = "a step count such as 50, or a duration such as \"30min\"";
-    let interval = match r.get("checkpoint.interval") {
-        Some(toml::Value::Integer(steps)) if *steps >= 1 => Interval::Steps(*steps as u64),
-        Some(toml::Value::String(text)) => match units::parse_duration_ns(text) {
-            Ok(ns) if ns > 0 => Interval::ModelTimeNs(ns),
-            _ => {
-                return Err(r.error(
-                    "checkpoint.interval",
-                    format!("expected {expected} above zero, got {text:?}"),
-                ))
-            }
-        },
-        Some(other) => {
-            return Err(r.error(
-                "checkpoint.interval",
-                format!("expected {expected} above zero, got {other}"),
-            ))
-        }
-        None => return Err(r.error("checkpoint.interval", "missing")),
-    };
-    let keep = r.int("checkpoint.keep", Some(2), 1, 1000)? as usize;
-    let state_bytes_per_param = r.float("checkpoint.state_bytes_per_param", 16.0, 64.0)?;
-    let bandwidth = r.string("checkpoint.snapshot_bandwidth", "25GB/s")?;
-    let snapshot_bytes_per_s = units::parse_bandwidth_bytes_per_s(bandwidth).map_err(|e| {
-        r.error(
-            "checkpoint.snapshot_bandwidth",
-            format!("expected {e}, got {bandwidth:?}"),
-        )
-    })?;
-    let buddy_copy = match r.get("checkpoint.buddy_copy") {
-        None => true,
-        Some(v) => v.as_bool().ok_or_else(|| {
-            r.error(
-                "checkpoint.buddy_copy",
-                format!("expected true or false, found {v}"),
-            )
-        })?,
-    };
-    Ok(CheckpointPolicy {
-        interval,
-        keep,
-        modelled_state_bytes: (model_params * state_bytes_per_param).round() as u64,
-        snapshot_bytes_per_s,
-        buddy_copy,
-        restore_from_memory,
-    })
-}
-
-/// The scenario's `[[faults.crash]]` entries at a step, as (rank, step) with every rank of a
-/// crashed node; and how many crashes at a model time were left out.
-fn crashes(
-    r: &Reader<'_>,
-    placement: &Placement,
-) -> Result<(Vec<(usize, u64)>, usize), SettingsError> {
-    let key = "faults.crash";
-    let Some(list) = r.get(key) else {
-        return Ok((Vec::new(), 0));
-    };
-    let list = list
-        .as_array()
-        .ok_or_else(|| r.error(key, "expected an array of tables ([[faults.crash]])"))?;
+/// The scenario's crashes at a step, as (rank, step) with every rank of a crashed node; and
+/// how many crashes (at a model time, or after some commits) are left out.
+fn crashes_at_step(crashes: &[CrashSpec], placement: &Placement) -> (Vec<(usize, u64)>, usize) {
     let (mut at_step, mut not_injected) = (Vec::new(), 0);
-    for (idx, entry) in list.iter().enumerate() {
-        let field = |name: &str| entry.get(name).and_then(toml::Value::as_integer);
-        let Some(step) = field("at_step") else {
+    for crash in crashes {
+        let CrashWhen::AtStep(step) = crash.when else {
             not_injected += 1;
             continue;
         };
-        let bad = |what: &str| r.error(&format!("{key}.{idx}"), what.to_string());
-        let step = u64::try_from(step).map_err(|_| bad("at_step must not be negative"))?;
-        let ranks: Vec<usize> = match (field("node"), field("gpu")) {
-            (Some(node), None) if node >= 0 && (node as usize) < placement.node_count() => {
-                let node = node as usize;
+        match crash.target {
+            CrashTarget::Node(node) => at_step.extend(
                 (0..placement.world_size)
                     .filter(|&rank| placement.node_of(rank) == node)
-                    .collect()
-            }
-            (None, Some(gpu)) if gpu >= 0 && (gpu as usize) < placement.world_size => {
-                vec![gpu as usize]
-            }
-            _ => {
-                return Err(bad(
-                    "expected exactly one of `node` or `gpu`, inside the cluster",
-                ))
-            }
-        };
-        at_step.extend(ranks.into_iter().map(|rank| (rank, step)));
+                    .map(|rank| (rank, step)),
+            ),
+            CrashTarget::Gpu(gpu) => at_step.push((gpu, step)),
+        }
     }
-    Ok((at_step, not_injected))
+    (at_step, not_injected)
 }
 
 /// Loads and parses a scenario file.
 pub fn load_scenario(path: &Path, overrides: &[String]) -> Result<JobSettings, SettingsError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| SettingsError {
-        origin: origin.clone(),
-        key: None,
-        message: format!("cannot read the scenario file: {e}"),
-    })?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (name, origin, text) = faultline_scenario::read_scenario_file(path)?;
     parse_scenario(&name, &origin, &text, overrides)
 }
 

@@ -640,26 +640,30 @@ fn scenario_settings_use_the_simulators_defaults_and_overrides() {
     assert_eq!(s.job.collective.algo, Algo::Tree);
     assert_eq!(s.seed, 9);
     assert_eq!(s.job.learning_rate, 0.1);
+    // Errors are the simulator's own (one reader): the override, the key, what is accepted.
     let bad = |sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        job::parse_scenario("small", "<test>", JOB, &sets)
-            .unwrap_err()
-            .to_string()
+        job::parse_scenario("small", "<test>", JOB, &sets).unwrap_err()
     };
-    assert_eq!(
-        bad(&["job.collective=star"]),
-        "<test>: job.collective: unknown algorithm \"star\"; expected one of \"ring\", \
-         \"tree\", \"halving-doubling\", \"hierarchical\""
-    );
-    assert_eq!(
-        bad(&["cluster.gpus=0"]),
-        "<test>: cluster.gpus: 0 is outside 1 to 1000000"
-    );
-    assert_eq!(
-        bad(&["job.steps=\"many\""]),
-        "<test>: job.steps: expected an integer, found \"many\""
-    );
-    assert!(bad(&["nonsense"]).contains("expected KEY=VALUE"));
+    for (set, key, says) in [
+        ("job.collective=star", Some("job.collective"), "\"star\""),
+        ("cluster.gpus=0", Some("cluster.gpus"), "from 1 to 1000000"),
+        ("job.steps=\"many\"", None, "expected an integer"),
+        // Once run by this runner and refused by the simulator: now refused by both.
+        (
+            "cluster.gpus_per_node=512",
+            Some("cluster.gpus_per_node"),
+            "from 1 to 256",
+        ),
+        // Once silently ignored here: now an unknown key, with the key that was meant.
+        ("job.proxy_elem=64", None, "did you mean `proxy_elems`?"),
+    ] {
+        let e = bad(&[set]);
+        assert_eq!(e.origin, format!("--set {set}"), "{e}");
+        assert_eq!(e.key.as_deref(), key, "{e}");
+        assert!(e.to_string().contains(says), "{set}: {e}");
+    }
+    assert!(bad(&["nonsense"]).message.contains("expected KEY=VALUE"));
 }
 
 #[test]
@@ -849,10 +853,9 @@ fn the_scenarios_crashes_at_a_step_are_injected_on_the_local_transport() {
         &format!("{JOB}[[faults.crash]]\nnode = 9\nat_step = 1\n"),
         &[],
     );
-    assert_eq!(
-        bad.unwrap_err().to_string(),
-        "<test>: faults.crash.0: expected exactly one of `node` or `gpu`, inside the cluster"
-    );
+    let bad = bad.unwrap_err();
+    assert_eq!(bad.key.as_deref(), Some("faults.crash.0.node"), "{bad}");
+    assert_eq!(bad.line_col.map(|(line, _)| line), Some(10), "{bad}");
 }
 
 // ---- the NCCL transport's protocol, over in-process channels ----

@@ -9,8 +9,10 @@ pub mod limits;
 pub mod plan;
 pub mod prefetch;
 pub mod queue;
+pub mod replay;
 pub mod run;
-pub mod scenario;
+/// The scenario format lives in its own crate, shared with the GPU runner.
+pub use faultline_scenario as scenario;
 pub mod slab;
 pub mod storage;
 pub mod swarm;

@@ -18,8 +18,8 @@ use faultline_sim::plan;
 use faultline_sim::run::{self, CollectiveSpec};
 use faultline_sim::scenario::{self, ExecutorChoice, Scenario, MAX_GPUS};
 use faultline_sim::topology::Topology;
-use faultline_sim::trace;
 use faultline_sim::units::format_duration_ns;
+use faultline_sim::{replay, trace};
 use trainer_core::collectives::{Algo, Op};
 
 pub(crate) const EXIT_FINDING: u8 = 1;
@@ -392,7 +392,7 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     if let Some(recorder) = recorder {
         recorder
             .finish(
-                |records| trace::footer_of(&report, records),
+                |records| replay::footer_of(&report, records),
                 report.model_time_ns,
             )
             .map_err(|e| Failure::bad_input(format!("writing the trace: {e}")))?;
@@ -568,20 +568,20 @@ fn recorder_for(args: &RunArgs, scenario: &Scenario) -> Result<Option<trace::Rec
 }
 
 fn cmd_replay(args: ReplayArgs) -> Result<u8, Failure> {
-    let outcome = trace::replay(&args.trace).map_err(|e| Failure::bad_input(e.to_string()))?;
+    let outcome = replay::replay(&args.trace).map_err(|e| Failure::bad_input(e.to_string()))?;
     let outcome = outcome.map_err(|e| Failure {
         status: EXIT_FINDING,
         message: format!("the replay failed: {e}"),
     })?;
     match outcome {
-        trace::ReplayOutcome::Match { records } => {
+        replay::ReplayOutcome::Match { records } => {
             println!(
                 "faultline replay: {}: the same run: digests and all {records} records match",
                 args.trace.display()
             );
             Ok(0)
         }
-        trace::ReplayOutcome::Mismatch {
+        replay::ReplayOutcome::Mismatch {
             line,
             recorded,
             replayed,

@@ -16,51 +16,7 @@ use std::collections::BTreeMap;
 use trainer_core::{Blob, Tier, WriteStatus};
 
 pub use audit::{AtomicityViolation, Audit};
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct StorageConfig {
-    pub host_bytes_per_s: f64,
-    pub client_bytes_per_s: f64,
-    pub aggregate_bytes_per_s: f64,
-    pub persistent_latency_ns: u64,
-    /// Storage faults: the persistent store is slower by a factor in these windows.
-    pub slow: Vec<SlowWindow>,
-    /// Persistent writes that would land in these windows fail instead.
-    pub failing: Vec<Window>,
-}
-
-/// `from_ns..until_ns` of model time.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Window {
-    pub from_ns: u64,
-    pub until_ns: u64,
-}
-
-impl Window {
-    pub fn contains(&self, t_ns: u64) -> bool {
-        (self.from_ns..self.until_ns).contains(&t_ns)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SlowWindow {
-    pub window: Window,
-    pub factor: f64,
-}
-
-/// An H100 node's host link and a large parallel file system.
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            host_bytes_per_s: 25e9,
-            client_bytes_per_s: 10e9,
-            aggregate_bytes_per_s: 2e12,
-            persistent_latency_ns: 1_000_000,
-            slow: Vec::new(),
-            failing: Vec::new(),
-        }
-    }
-}
+pub use faultline_scenario::config::{SlowWindow, StorageConfig, Window};
 
 /// Where a blob physically is: a node's host memory, or the persistent store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

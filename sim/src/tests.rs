@@ -2,56 +2,6 @@ use crate::scenario::load_str;
 
 const MINIMAL: &str = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
 
-#[test]
-fn a_minimal_scenario_gets_h100_defaults() {
-    let s = load_str("t", "t.toml", MINIMAL, &[]).unwrap();
-    assert_eq!(s.cluster.gpus_per_node, 8);
-    assert_eq!(s.fabric.nic_bandwidth_bytes_per_s, 50e9);
-    assert_eq!(s.fabric.nvlink_bandwidth_bytes_per_s, 450e9);
-}
-
-#[test]
-fn errors_name_file_line_and_key() {
-    let text = "[cluster]\ngpus = 16\ngpus_per_node = 32\n[job]\nsteps = 2\n";
-    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
-    assert_eq!(e.line_col, Some((3, 17)));
-    assert_eq!(e.key.as_deref(), Some("cluster.gpus_per_node"));
-    assert!(
-        e.to_string()
-            .starts_with("bad.toml:3:17: cluster.gpus_per_node:"),
-        "{e}"
-    );
-
-    let text = "[cluster]\ngpus = \"many\"\n[job]\nsteps = 2\n";
-    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
-    assert_eq!(e.line_col.map(|l| l.0), Some(2));
-    assert_eq!(e.key.as_deref(), Some("cluster.gpus"), "{e}");
-
-    let text = "[cluster]\ngpus = 16\ngpu_per_node = 8\n[job]\nsteps = 2\n";
-    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
-    assert_eq!(e.line_col.map(|l| l.0), Some(3));
-    assert!(e.message.contains("gpu_per_node"), "{e}");
-
-    let e = load_str("t", "bad.toml", "[cluster\ngpus = 1", &[]).unwrap_err();
-    assert!(e.message.contains("malformed TOML"), "{e}");
-}
-
-#[test]
-fn overrides_replace_keys_and_are_named_in_errors() {
-    let s = load_str(
-        "t",
-        "t.toml",
-        MINIMAL,
-        &["cluster.gpus=24".into(), "fabric.nic_latency=2us".into()],
-    )
-    .unwrap();
-    assert_eq!(s.cluster.gpus, 24);
-    assert_eq!(s.fabric.nic_latency_ns, 2000);
-    let e = load_str("t", "t.toml", MINIMAL, &["cluster.gpus=0".into()]).unwrap_err();
-    assert_eq!(e.origin, "--set cluster.gpus=0");
-    assert_eq!(e.key.as_deref(), Some("cluster.gpus"));
-}
-
 /// Every arithmetic route is a shortest path of the petgraph view: the same number of switch
 /// hops as a breadth-first search finds, on clusters with partial nodes and several clusters.
 #[test]
@@ -230,7 +180,7 @@ fn recording_a_run_does_not_change_it() {
     let trace = recorder
         .unwrap()
         .finish(
-            |n| crate::trace::footer_of(&recorded, n),
+            |n| crate::replay::footer_of(&recorded, n),
             recorded.model_time_ns,
         )
         .unwrap()
@@ -290,76 +240,4 @@ fn rerouting_avoids_the_dead_spine_and_only_leaf_to_leaf_routes_have_alternative
     // Inside a node or under one leaf there is no spine to change.
     assert_eq!(t.route_via_spine(0, 1, 1), t.route(0, 1));
     assert_eq!(t.route_via_spine(0, 8, 1), t.route(0, 8));
-}
-
-#[test]
-fn link_flap_and_straggler_keys_are_validated_with_their_key() {
-    let base = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
-    for (extra, key, says) in [
-        (
-            "[fabric]\ntransport = \"carrier-pigeon\"\n",
-            "fabric.transport",
-            "expected \"plain\" or \"retry\"",
-        ),
-        (
-            "[fabric]\ntransport = \"retry\"\nretry_initial_backoff = \"1s\"\nretry_max_backoff = \"1ms\"\n",
-            "fabric.retry_max_backoff",
-            "at least",
-        ),
-        (
-            "[[faults.link_flap]]\nlink = \"nic:gpu=16\"\nat = \"1s\"\ndown = \"1s\"\n",
-            "faults.link_flap.0.link",
-            "does not exist",
-        ),
-        (
-            "[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"1s\"\ncount = 3\n",
-            "faults.link_flap.0.count",
-            "`period` is required",
-        ),
-        (
-            "[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"2s\"\ncount = 3\nperiod = \"1s\"\n",
-            "faults.link_flap.0.period",
-            "longer than `down`",
-        ),
-        (
-            "[recovery]\ncollective_timeout = \"0s\"\n[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"1s\"\n",
-            "faults.link_flap.0.link",
-            "collective_timeout",
-        ),
-        (
-            "[[faults.straggler]]\ngpu = 3\nfactor = 0.5\nduration = \"1s\"\n",
-            "faults.straggler.0.factor",
-            "from 1 to 1000",
-        ),
-        (
-            "[[faults.straggler]]\ngpu = 3\nkind = \"pcie\"\nfactor = 2.0\nduration = \"1s\"\n",
-            "faults.straggler.0.kind",
-            "\"compute\" or \"nic\"",
-        ),
-        (
-            "[faults.rates]\nlink_flaps_per_1000_link_days = -1.0\n",
-            "faults.rates.link_flaps_per_1000_link_days",
-            "from 0 to 1e9",
-        ),
-        (
-            "[faults.rates]\nlink_flaps_per_1000_link_days = 5.0\nlink_flap_down = \"5 parsecs\"\n",
-            "faults.rates.link_flap_down",
-            "expected",
-        ),
-        (
-            "[recovery]\nstraggler_mitigation = \"evict\"\n",
-            "recovery.straggler_mitigation",
-            "straggler_detection = true",
-        ),
-        (
-            "[recovery]\nstraggler_detection = true\nstraggler_threshold = 0.9\n",
-            "recovery.straggler_threshold",
-            "above 1",
-        ),
-    ] {
-        let e = load_str("t", "t.toml", &format!("{base}{extra}"), &[]).unwrap_err();
-        assert_eq!(e.key.as_deref(), Some(key), "{e}");
-        assert!(e.line_col.is_some(), "{e}");
-        assert!(e.to_string().contains(says), "{e}");
-    }
 }

@@ -10,7 +10,7 @@
 
 use petgraph::graph::{NodeIndex, UnGraph};
 
-use crate::scenario::{ClusterConfig, FabricConfig};
+use faultline_scenario::{ClusterConfig, FabricConfig, LinkRef};
 use trainer_core::digest::mix64;
 
 /// Index of a directed link in [`Topology::links`].
@@ -76,27 +76,21 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(cluster: &ClusterConfig, fabric: &FabricConfig) -> Topology {
-        let gpus_per_node = cluster.gpus_per_node;
-        let node_count = cluster.gpus.div_ceil(gpus_per_node);
-        let nodes_per_cluster = node_count.div_ceil(cluster.clusters);
-        let units_per_cluster = nodes_per_cluster.div_ceil(cluster.nodes_per_leaf);
-        let downlinks = cluster.nodes_per_leaf.min(nodes_per_cluster);
-        let uplinks_per_leaf =
-            ((downlinks as f64 / cluster.oversubscription).ceil() as usize).max(1);
-        let leaf_count = cluster.clusters * units_per_cluster * gpus_per_node;
+        let uplinks_per_leaf = cluster.uplinks_per_leaf();
+        let leaf_count = cluster.leaf_count();
         let leaf_link_base = 4 * cluster.gpus as u32;
         let cluster_link_base = leaf_link_base + 2 * (leaf_count * uplinks_per_leaf) as u32;
         let link_count = cluster_link_base + 2 * cluster.clusters as u32;
         Topology {
             cluster: cluster.clone(),
             fabric: fabric.clone(),
-            node_count,
-            nodes_per_cluster,
-            units_per_cluster,
+            node_count: cluster.node_count(),
+            nodes_per_cluster: cluster.nodes_per_cluster(),
+            units_per_cluster: cluster.units_per_cluster(),
             uplinks_per_leaf,
             leaf_count,
-            per_node: Divisor::new(gpus_per_node),
-            per_cluster: Divisor::new(nodes_per_cluster),
+            per_node: Divisor::new(cluster.gpus_per_node),
+            per_cluster: Divisor::new(cluster.nodes_per_cluster()),
             per_leaf: Divisor::new(cluster.nodes_per_leaf),
             leaf_link_base,
             cluster_link_base,
@@ -281,85 +275,42 @@ impl Topology {
     /// Parses a link name (see [`Topology::link_name`]) into its two directed links, or says
     /// what is wrong and what names exist.
     pub fn parse_link(&self, name: &str) -> Result<(LinkId, LinkId), String> {
-        let gpus = self.cluster.gpus;
-        let grammar = "expected \"nvlink:gpu=G\", \"nic:gpu=G\", \
-                       \"leaf-spine:leaf=L,spine=S\" or \"inter-cluster:cluster=C\"";
-        let Some((kind, args)) = name.split_once(':') else {
-            return Err(format!("{grammar}, got {name:?}"));
+        LinkRef::parse(name, &self.cluster).map(|link| self.link_ids(link))
+    }
+
+    /// The two directed links (up, then down) of a full-duplex link.
+    pub fn link_ids(&self, link: LinkRef) -> (LinkId, LinkId) {
+        let up = match link {
+            LinkRef::NvLink { gpu } => Self::nvlink_up(gpu),
+            LinkRef::Nic { gpu } => Self::nic_up(gpu),
+            LinkRef::LeafSpine { leaf, spine } => self.leaf_up(leaf, spine),
+            LinkRef::InterCluster { cluster } => self.cluster_up(cluster),
         };
-        let mut fields = Vec::new();
-        for part in args.split(',') {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(format!("{grammar}, got {name:?}"));
-            };
-            let value: usize = value.trim().parse().map_err(|_| {
-                format!("{grammar}, got {name:?} (`{}` is not a number)", key.trim())
-            })?;
-            fields.push((key.trim(), value));
+        (up, up + 1)
+    }
+
+    /// The full-duplex link that directed link `link` belongs to.
+    pub fn link_ref(&self, link: LinkId) -> LinkRef {
+        if link < self.leaf_link_base {
+            let gpu = (link / 4) as usize;
+            match link % 4 {
+                0 | 1 => LinkRef::NvLink { gpu },
+                _ => LinkRef::Nic { gpu },
+            }
+        } else if link < self.cluster_link_base {
+            let idx = ((link - self.leaf_link_base) / 2) as usize;
+            let (leaf, spine) = (idx / self.uplinks_per_leaf, idx % self.uplinks_per_leaf);
+            LinkRef::LeafSpine { leaf, spine }
+        } else {
+            let cluster = ((link - self.cluster_link_base) / 2) as usize;
+            LinkRef::InterCluster { cluster }
         }
-        let field = |want: &str, count: usize| -> Result<usize, String> {
-            let found = fields.iter().find(|(k, _)| *k == want).map(|(_, v)| *v);
-            match found {
-                None => Err(format!("{grammar}, got {name:?} (no `{want}`)")),
-                Some(v) if v >= count => Err(format!(
-                    "{want} {v} does not exist in {name:?}: there are {count} (0 to {})",
-                    count - 1
-                )),
-                Some(v) => Ok(v),
-            }
-        };
-        let expect_fields = |n: usize| -> Result<(), String> {
-            if fields.len() <= n {
-                Ok(())
-            } else {
-                Err(format!("{grammar}, got {name:?}"))
-            }
-        };
-        let up = match kind.trim() {
-            "nvlink" => {
-                expect_fields(1)?;
-                Self::nvlink_up(field("gpu", gpus)?)
-            }
-            "nic" => {
-                expect_fields(1)?;
-                Self::nic_up(field("gpu", gpus)?)
-            }
-            "leaf-spine" => {
-                expect_fields(2)?;
-                let leaf = field("leaf", self.leaf_count)?;
-                self.leaf_up(leaf, field("spine", self.uplinks_per_leaf)?)
-            }
-            "inter-cluster" => {
-                expect_fields(1)?;
-                if self.cluster.clusters < 2 {
-                    return Err("a single cluster has no inter-cluster links".into());
-                }
-                self.cluster_up(field("cluster", self.cluster.clusters)?)
-            }
-            _ => return Err(format!("{grammar}, got {name:?}")),
-        };
-        Ok((up, up + 1))
     }
 
     /// The name of the full-duplex link that directed link `link` belongs to, in the grammar
     /// [`Topology::parse_link`] reads.
     pub fn link_name(&self, link: LinkId) -> String {
-        if link < self.leaf_link_base {
-            let gpu = link / 4;
-            match link % 4 {
-                0 | 1 => format!("nvlink:gpu={gpu}"),
-                _ => format!("nic:gpu={gpu}"),
-            }
-        } else if link < self.cluster_link_base {
-            let idx = ((link - self.leaf_link_base) / 2) as usize;
-            let (leaf, spine) = (idx / self.uplinks_per_leaf, idx % self.uplinks_per_leaf);
-            format!("leaf-spine:leaf={leaf},spine={spine}")
-        } else {
-            format!(
-                "inter-cluster:cluster={}",
-                (link - self.cluster_link_base) / 2
-            )
-        }
+        self.link_ref(link).to_string()
     }
 
     /// Bisection bandwidth of the Clos: the least of what the NICs, the leaf uplinks and the

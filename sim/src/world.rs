@@ -30,14 +30,16 @@ mod replicas;
 mod sdc;
 mod stragglers;
 
-pub use control::{ControlConfig, CrashSpec, CrashTarget, CrashWhen, FaultReport, RecoveryPolicy};
-pub use links::{LinkFaultConfig, LinkFlapReport, LinkFlapSpec, Transport};
-pub use replicas::PerReplicaReport;
-pub use sdc::{Escape, SdcConfig, SdcKind, SdcKindReport, SdcSpec};
-pub use stragglers::{
-    FlaggedRank, StragglerConfig, StragglerDetection, StragglerKind, StragglerReport,
-    StragglerSpec, StragglerTarget,
+pub use control::FaultReport;
+pub use faultline_scenario::config::{
+    ControlConfig, CrashSpec, CrashTarget, CrashWhen, LinkFaultConfig, LinkFlapSpec,
+    RecoveryPolicy, SdcConfig, SdcKind, SdcSpec, StragglerConfig, StragglerDetection,
+    StragglerKind, StragglerSpec, StragglerTarget, Transport,
 };
+pub use links::LinkFlapReport;
+pub use replicas::PerReplicaReport;
+pub use sdc::{Escape, SdcKindReport};
+pub use stragglers::{FlaggedRank, StragglerReport};
 
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

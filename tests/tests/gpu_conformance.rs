@@ -255,9 +255,12 @@ fn the_runner_reads_every_scenario_as_the_simulator_does() {
     let mut checked = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        // Planner files (`plan-*.toml`) are not run scenarios: the simulator's loader says so.
-        if load_str("s", "<test>", &text, &[]).is_err() {
-            println!("not a run scenario, skipped: {}", file.display());
+        // Planner files (`plan-*.toml`) are not run scenarios: both programs read scenarios
+        // through `faultline-scenario`, so both refuse them with the same error.
+        if let Err(sim_error) = load_str("s", "<test>", &text, &[]) {
+            let gpu_error = gpu_job::parse_scenario("s", "<test>", &text, &[]).unwrap_err();
+            assert_eq!(gpu_error, sim_error, "{}", file.display());
+            println!("not a run scenario, refused alike: {}", file.display());
             continue;
         }
         // The GPU runner's controllers restart the job; they cannot drop a replica, and say so.

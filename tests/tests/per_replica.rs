@@ -8,9 +8,10 @@
 //! within a bound after the last fault, too few nodes left fall back to a full restart (which
 //! is fault-free equivalent again), and goodput beats `restart` on the same faults.
 
+use faultline_sim::replay;
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::{load_str, Scenario};
-use faultline_sim::trace::{self, TraceHeader, TraceLevel};
+use faultline_sim::trace::{TraceHeader, TraceLevel};
 use trainer_core::{model, Placement};
 
 const BASE: &str = "
@@ -51,7 +52,7 @@ fn traced(extra: &str, sets: &[&str]) -> (RunReport, Vec<serde_json::Value>) {
     let scenario = scenario(extra, sets);
     let header =
         TraceHeader::for_run(&scenario, "<test>", "", &[], false, TraceLevel::Events).unwrap();
-    let (report, lines) = trace::run_traced_in_memory(&scenario, &header).unwrap();
+    let (report, lines) = replay::run_traced_in_memory(&scenario, &header).unwrap();
     let records = lines[1..lines.len() - 1]
         .iter()
         .map(|line| serde_json::from_str(line).unwrap())

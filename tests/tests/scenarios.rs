@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use faultline_sim::plan;
+use faultline_sim::replay;
 use faultline_sim::scenario;
 use faultline_sim::trace::{self, TraceHeader, TraceLevel};
 
@@ -67,7 +68,7 @@ fn snapshot_of(path: &Path) -> Option<serde_json::Value> {
     let name = format!("scenarios/{}", path.file_name().unwrap().to_string_lossy());
     let header =
         TraceHeader::for_run(&scenario, &name, &text, &[], false, TraceLevel::Events).unwrap();
-    let (report, lines) = trace::run_traced_in_memory(&scenario, &header)
+    let (report, lines) = replay::run_traced_in_memory(&scenario, &header)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut value = serde_json::to_value(report).unwrap();
     value.as_object_mut().unwrap().remove("wall_ms");

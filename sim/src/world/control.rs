@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use faultline_scenario::config::{ControlConfig, CrashTarget, CrashWhen, RecoveryPolicy};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -21,86 +22,6 @@ use trainer_core::{CommError, Event, RestartOrder};
 use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
 use crate::storage::Place;
 use crate::trace::Record;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashTarget {
-    /// The node dies: its ranks and its host memory are lost.
-    Node(usize),
-    /// One GPU fails: its rank's process dies; the node's host memory survives.
-    Gpu(usize),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashWhen {
-    AtNs(u64),
-    /// When the target's first rank begins this step for the first time.
-    AtStep(u64),
-    /// When the target's first rank begins a step after this many checkpoints were committed:
-    /// a failure that finds a checkpoint to restore, whatever the persist takes.
-    AfterCommits(u64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CrashSpec {
-    pub target: CrashTarget,
-    pub when: CrashWhen,
-}
-
-/// What the controller does after a failure. Where the trainer restores from is the
-/// trainer's checkpoint policy (`restore_from_memory`), set to match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecoveryPolicy {
-    /// Every rank restarts after `restart_time`; the job reloads from the persistent store.
-    Restart,
-    /// As `Restart`, but ranks restore from host memory (own, then the buddy's) when it survived.
-    InMemory,
-    /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
-    /// Without spares left, the controller falls back to a full restart (or gives up).
-    HotSpare,
-    /// A failed node is dropped from the replica group; the others go on without a restore
-    /// and re-admit it after `replica_rejoin_time`. Below `min_replicas` nodes: a restart.
-    PerReplica,
-}
-
-impl RecoveryPolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            RecoveryPolicy::Restart => "restart",
-            RecoveryPolicy::InMemory => "in-memory",
-            RecoveryPolicy::HotSpare => "hot-spare",
-            RecoveryPolicy::PerReplica => "per-replica",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ControlConfig {
-    pub policy: RecoveryPolicy,
-    /// Spare nodes for `HotSpare`.
-    pub spare_nodes: usize,
-    pub spare_swap_time_ns: u64,
-    /// With `HotSpare` and no spare left: restart in full (true) or give up (false).
-    pub fallback_to_restart: bool,
-    pub crashes: Vec<CrashSpec>,
-    /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
-    pub node_failure_rate_per_ns: f64,
-    /// Draw the gaps between node failures from a Weibull of this shape (a renewal process
-    /// with the same mean gap) instead of an exponential; as the planner does.
-    pub node_failure_weibull_shape: Option<f64>,
-    pub collective_timeout_ns: Option<u64>,
-    pub heartbeat_interval_ns: Option<u64>,
-    pub heartbeat_misses: u64,
-    pub restart_time_ns: u64,
-    /// Per-replica: from a node's drop to its re-admission.
-    pub replica_rejoin_time_ns: u64,
-    /// Per-replica: the fewest live nodes the job goes on with.
-    pub min_replicas: usize,
-    pub max_restarts: u64,
-    /// Times at which a bit flips in a shard of the newest committed checkpoint.
-    pub corruptions_at_ns: Vec<u64>,
-    /// Root seed of the stochastic faults.
-    pub seed: u64,
-}
 
 /// What the report says about faults and recovery.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -6,78 +6,15 @@
 //! after a crash); `retry` tries again after a bounded exponential backoff
 //! (trainer-core's `RetryPolicy`), rerouting each attempt, until its budget is spent.
 
+use faultline_scenario::config::{LinkFaultConfig, Transport};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use statrs::distribution::Exp;
-use trainer_core::transport::RetryPolicy;
 use trainer_core::{Payload, Tag};
 
 use super::{EventKind, World, DEAD};
 use crate::topology::{LinkId, Route};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// A transfer with no working path is lost; the collective watchdog must notice.
-    Plain,
-    /// The transport retries with backoff, rerouting each attempt, within a budget.
-    Retry(RetryPolicy),
-}
-
-impl Transport {
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Plain => "plain",
-            Transport::Retry(_) => "retry",
-        }
-    }
-}
-
-/// One scheduled flap series on one full-duplex link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkFlapSpec {
-    /// The link's name as written (`nic:gpu=17`), for reports.
-    pub name: String,
-    /// Both directions of the link.
-    pub links: (LinkId, LinkId),
-    pub at_ns: u64,
-    pub down_ns: u64,
-    pub count: u32,
-    /// From one flap's start to the next one's.
-    pub period_ns: u64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct LinkFaultConfig {
-    pub transport: Transport,
-    pub flaps: Vec<LinkFlapSpec>,
-    /// Random flaps per flappable link (NIC uplinks, leaf-spine links) per nanosecond, drawn
-    /// as a Poisson process; 0 for none.
-    pub random_flap_rate_per_link_per_ns: f64,
-    /// How long a random flap keeps its link down.
-    pub random_flap_down_ns: u64,
-    /// Root seed of the random flaps; set from `run.seed` when a run starts.
-    pub seed: u64,
-}
-
-impl LinkFaultConfig {
-    /// Whether any flap, scheduled or random, can happen.
-    pub fn any(&self) -> bool {
-        !self.flaps.is_empty() || self.random_flap_rate_per_link_per_ns > 0.0
-    }
-}
-
-impl Default for LinkFaultConfig {
-    fn default() -> Self {
-        LinkFaultConfig {
-            transport: Transport::Plain,
-            flaps: Vec::new(),
-            random_flap_rate_per_link_per_ns: 0.0,
-            random_flap_down_ns: 0,
-            seed: 0,
-        }
-    }
-}
 
 /// What the report says about link flaps (present only when the scenario has some).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -175,7 +112,7 @@ impl World {
             return;
         }
         let flap = &self.links.config.flaps[idx as usize];
-        let (link, down_ns) = (flap.links.0, flap.down_ns);
+        let (link, down_ns) = (self.topology.link_ids(flap.link).0, flap.down_ns);
         let next = (repeat + 1 < flap.count).then(|| self.now_ns + flap.period_ns);
         self.take_link_down(link, down_ns);
         if let Some(at) = next {

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use faultline_scenario::config::{SdcConfig, SdcKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -17,53 +18,6 @@ use trainer_core::integrity::Check;
 use trainer_core::{Event, FaultPoint, Payload, Tag};
 
 use super::World;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SdcKind {
-    /// Bits flip in a payload between sender and receiver.
-    InFlight,
-    /// A bit flips in one rank's gradient before the all-reduce.
-    Gradient,
-    /// A bit flips in one replica's resident parameters.
-    Parameters,
-    /// One GPU's reduction kernel is wrong on inputs matching a bit pattern.
-    ReductionKernel,
-}
-
-impl SdcKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SdcKind::InFlight => "sdc_in_flight",
-            SdcKind::Gradient => "sdc_gradient",
-            SdcKind::Parameters => "sdc_parameters",
-            SdcKind::ReductionKernel => "sdc_reduction_kernel",
-        }
-    }
-}
-
-/// One `[[faults.sdc]]` entry.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SdcSpec {
-    pub kind: SdcKind,
-    /// The receiving GPU (in flight), the replica (gradient, parameters) or the faulty GPU.
-    pub gpu: usize,
-    /// The step it happens at; for the kernel, the first step it is faulty.
-    pub at_step: u64,
-    /// The bit flipped (0 = lowest mantissa bit, 31 = sign); drawn per flip when absent.
-    pub bit: Option<u32>,
-    /// Flips at that step (in flight: consecutive deliveries, so resends can be hit too).
-    pub count: u64,
-    /// The kernel is wrong on a source element whose bits, masked, equal `trigger_value`.
-    pub trigger_mask: u32,
-    pub trigger_value: u32,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SdcConfig {
-    pub specs: Vec<SdcSpec>,
-    /// What computing and verifying a payload checksum costs, per modelled byte; 0: free.
-    pub checksum_bytes_per_s: f64,
-}
 
 /// A corruption no check caught.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -8,54 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use faultline_scenario::config::{StragglerConfig, StragglerKind, StragglerTarget};
 use serde::Serialize;
 use trainer_core::health::StragglerDetector;
 use trainer_core::Event;
 
 use super::{EventKind, World};
 use crate::topology::LinkId;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StragglerTarget {
-    Gpu(usize),
-    /// Every GPU of the node.
-    Node(usize),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StragglerKind {
-    /// Compute takes `factor` times longer (thermal throttling).
-    Compute,
-    /// The GPU's NIC links carry `1 / factor` of their bandwidth (a bad cable, a degraded
-    /// port).
-    Nic,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StragglerSpec {
-    pub target: StragglerTarget,
-    pub kind: StragglerKind,
-    pub factor: f64,
-    pub from_ns: u64,
-    pub until_ns: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StragglerDetection {
-    /// Score (compute time over the step's median) above which a step counts against a rank.
-    pub threshold: f64,
-    /// Consecutive steps over the threshold that flag a rank.
-    pub patience: u32,
-    /// Evict a flagged rank's node and replace it (true), or only report it.
-    pub evict: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StragglerConfig {
-    pub stragglers: Vec<StragglerSpec>,
-    /// Per-rank scores; `None` collects no timings.
-    pub detection: Option<StragglerDetection>,
-}
 
 /// One rank the scores flagged.
 #[derive(Clone, Debug, Serialize)]

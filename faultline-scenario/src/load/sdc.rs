@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use trainer_core::integrity::DetectionPolicy;
 
-use super::{in_range, ScenarioError, Source};
-use crate::units::parse_bandwidth_bytes_per_s;
-use crate::world::{SdcKind, SdcSpec};
+use crate::config::{SdcKind, SdcSpec};
+use crate::source::{in_range, ScenarioError, Source};
+use trainer_core::units::parse_bandwidth_bytes_per_s;
 
 /// Every check on by default, at production-like settings.
 #[derive(Deserialize, Debug)]

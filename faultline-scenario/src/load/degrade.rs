@@ -6,13 +6,13 @@
 use serde::Deserialize;
 use trainer_core::transport::RetryPolicy;
 
-use super::{in_range, ScenarioError, Source};
-use crate::topology::Topology;
-use crate::units::parse_duration_ns;
-use crate::world::{
-    LinkFaultConfig, LinkFlapSpec, StragglerConfig, StragglerDetection, StragglerKind,
-    StragglerSpec, StragglerTarget, Transport,
+use crate::config::{
+    ClusterConfig, LinkFaultConfig, LinkFlapSpec, StragglerConfig, StragglerDetection,
+    StragglerKind, StragglerSpec, StragglerTarget, Transport,
 };
+use crate::link::LinkRef;
+use crate::source::{in_range, ScenarioError, Source};
+use trainer_core::units::parse_duration_ns;
 
 /// `[[faults.link_flap]]`: `link` goes down at `at` for `down`, `count` times, one every
 /// `period`.
@@ -84,7 +84,7 @@ pub(super) fn validate_link_faults(
     t: &RawTransport,
     flaps: &[RawLinkFlap],
     rate: &RawFlapRate,
-    topology: &Topology,
+    cluster: &ClusterConfig,
     collective_timeout_ns: Option<u64>,
 ) -> Result<LinkFaultConfig, ScenarioError> {
     let transport = match t.transport {
@@ -121,9 +121,8 @@ pub(super) fn validate_link_faults(
     let mut specs = Vec::new();
     for (idx, f) in flaps.iter().enumerate() {
         let key = |field: &str| format!("faults.link_flap.{idx}.{field}");
-        let links = topology
-            .parse_link(&f.link)
-            .map_err(|message| src.error(&key("link"), message))?;
+        let link =
+            LinkRef::parse(&f.link, cluster).map_err(|message| src.error(&key("link"), message))?;
         let at_ns = duration(src, &key("at"), &f.at)?;
         let down_ns = duration(src, &key("down"), &f.down)?;
         if down_ns == 0 {
@@ -159,7 +158,7 @@ pub(super) fn validate_link_faults(
         }
         specs.push(LinkFlapSpec {
             name: f.link.clone(),
-            links,
+            link,
             at_ns,
             down_ns,
             count,

@@ -1,0 +1,390 @@
+//! The typed settings a scenario file becomes: the cluster, the fabric, storage, the job, and
+//! every fault with its detection and recovery. These are plain data at the bottom of the
+//! dependency graph: the loader (`load`) builds them, the simulator and the GPU runner read them,
+//! and nothing here knows either of them.
+
+use trainer_core::job::JobConfig;
+use trainer_core::transport::RetryPolicy;
+
+use crate::link::LinkRef;
+
+/// Which executor runs the ranks. See `executor.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecutorChoice {
+    /// madsim up to [`AUTO_MADSIM_MAX_GPUS`] GPUs, first-in-first-out above.
+    Auto,
+    Madsim,
+    Fifo,
+}
+
+/// Above this many GPUs `auto` picks the first-in-first-out executor, which keeps cache
+/// locality at 100,000 tasks; below it madsim explores a seeded interleaving per seed.
+pub const AUTO_MADSIM_MAX_GPUS: usize = 16_384;
+
+/// The most virtual GPUs a scenario may ask for.
+pub const MAX_GPUS: usize = 1_000_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    pub gpus: usize,
+    pub gpus_per_node: usize,
+    /// Nodes whose rail-`j` NICs share one leaf switch (a scalable unit).
+    pub nodes_per_leaf: usize,
+    /// Leaf downlink bandwidth over uplink bandwidth; 1.0 is a non-blocking fat tree.
+    pub oversubscription: f64,
+    /// Clusters joined by inter-cluster links; nodes are split evenly between them.
+    pub clusters: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FabricConfig {
+    pub nvlink_bandwidth_bytes_per_s: f64,
+    pub nvlink_latency_ns: u64,
+    pub nic_bandwidth_bytes_per_s: f64,
+    pub nic_latency_ns: u64,
+    pub switch_link_bandwidth_bytes_per_s: f64,
+    pub switch_latency_ns: u64,
+    pub inter_cluster_bandwidth_bytes_per_s: f64,
+    pub inter_cluster_latency_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub executor: ExecutorChoice,
+}
+
+/// A loaded, validated scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// The file stem, e.g. `quickstart`.
+    pub name: String,
+    pub description: String,
+    /// Whether the scenario is small enough for the CI snapshot test.
+    pub ci: bool,
+    pub cluster: ClusterConfig,
+    pub fabric: FabricConfig,
+    pub job: JobConfig,
+    /// Peak FLOP rate times model FLOP utilisation: what modelled compute is charged at.
+    pub gpu_achieved_flops_per_s: f64,
+    pub storage: StorageConfig,
+    /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
+    pub control: ControlConfig,
+    /// Link flaps and the transport policy.
+    pub link_faults: LinkFaultConfig,
+    /// Slowdowns, straggler scores and mitigation.
+    pub stragglers: StragglerConfig,
+    /// Silent data corruption to inject (`[[faults.sdc]]`) and the checksum cost.
+    pub sdc: SdcConfig,
+    pub run: RunConfig,
+    /// `[debug] planted_bug`: a known bug planted in the trainer, accepted only with
+    /// [`crate::ALLOW_PLANTED_BUGS_ENV`]`=1`, for tests of the swarm.
+    pub planted_bug: Option<trainer_core::PlantedBug>,
+}
+
+impl Scenario {
+    /// The same scenario with every fault switched off.
+    pub fn without_faults(mut self) -> Scenario {
+        self.control.crashes.clear();
+        self.control.corruptions_at_ns.clear();
+        self.storage.slow.clear();
+        self.storage.failing.clear();
+        self.control.node_failure_rate_per_ns = 0.0;
+        self.link_faults.flaps.clear();
+        self.link_faults.random_flap_rate_per_link_per_ns = 0.0;
+        self.stragglers.stragglers.clear();
+        self.sdc.specs.clear();
+        self
+    }
+
+    pub fn placement(&self) -> trainer_core::Placement {
+        trainer_core::Placement::new(self.cluster.gpus, self.cluster.gpus_per_node)
+    }
+}
+
+// Storage: the tiers' speeds and the persistent store's faults.
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageConfig {
+    pub host_bytes_per_s: f64,
+    pub client_bytes_per_s: f64,
+    pub aggregate_bytes_per_s: f64,
+    pub persistent_latency_ns: u64,
+    /// Storage faults: the persistent store is slower by a factor in these windows.
+    pub slow: Vec<SlowWindow>,
+    /// Persistent writes that would land in these windows fail instead.
+    pub failing: Vec<Window>,
+}
+
+/// `from_ns..until_ns` of model time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub from_ns: u64,
+    pub until_ns: u64,
+}
+
+impl Window {
+    pub fn contains(&self, t_ns: u64) -> bool {
+        (self.from_ns..self.until_ns).contains(&t_ns)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlowWindow {
+    pub window: Window,
+    pub factor: f64,
+}
+
+/// An H100 node's host link and a large parallel file system.
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            host_bytes_per_s: 25e9,
+            client_bytes_per_s: 10e9,
+            aggregate_bytes_per_s: 2e12,
+            persistent_latency_ns: 1_000_000,
+            slow: Vec::new(),
+            failing: Vec::new(),
+        }
+    }
+}
+
+// Crashes and the controller's recovery.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashTarget {
+    /// The node dies: its ranks and its host memory are lost.
+    Node(usize),
+    /// One GPU fails: its rank's process dies; the node's host memory survives.
+    Gpu(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashWhen {
+    AtNs(u64),
+    /// When the target's first rank begins this step for the first time.
+    AtStep(u64),
+    /// When the target's first rank begins a step after this many checkpoints were committed:
+    /// a failure that finds a checkpoint to restore, whatever the persist takes.
+    AfterCommits(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashSpec {
+    pub target: CrashTarget,
+    pub when: CrashWhen,
+}
+
+/// What the controller does after a failure. Where the trainer restores from is the
+/// trainer's checkpoint policy (`restore_from_memory`), set to match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryPolicy {
+    /// Every rank restarts after `restart_time`; the job reloads from the persistent store.
+    Restart,
+    /// As `Restart`, but ranks restore from host memory (own, then the buddy's) when it survived.
+    InMemory,
+    /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
+    /// Without spares left, the controller falls back to a full restart (or gives up).
+    HotSpare,
+    /// A failed node is dropped from the replica group; the others go on without a restore
+    /// and re-admit it after `replica_rejoin_time`. Below `min_replicas` nodes: a restart.
+    PerReplica,
+}
+
+impl RecoveryPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecoveryPolicy::Restart => "restart",
+            RecoveryPolicy::InMemory => "in-memory",
+            RecoveryPolicy::HotSpare => "hot-spare",
+            RecoveryPolicy::PerReplica => "per-replica",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub policy: RecoveryPolicy,
+    /// Spare nodes for `HotSpare`.
+    pub spare_nodes: usize,
+    pub spare_swap_time_ns: u64,
+    /// With `HotSpare` and no spare left: restart in full (true) or give up (false).
+    pub fallback_to_restart: bool,
+    pub crashes: Vec<CrashSpec>,
+    /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
+    pub node_failure_rate_per_ns: f64,
+    /// Draw the gaps between node failures from a Weibull of this shape (a renewal process
+    /// with the same mean gap) instead of an exponential; as the planner does.
+    pub node_failure_weibull_shape: Option<f64>,
+    pub collective_timeout_ns: Option<u64>,
+    pub heartbeat_interval_ns: Option<u64>,
+    pub heartbeat_misses: u64,
+    pub restart_time_ns: u64,
+    /// Per-replica: from a node's drop to its re-admission.
+    pub replica_rejoin_time_ns: u64,
+    /// Per-replica: the fewest live nodes the job goes on with.
+    pub min_replicas: usize,
+    pub max_restarts: u64,
+    /// Times at which a bit flips in a shard of the newest committed checkpoint.
+    pub corruptions_at_ns: Vec<u64>,
+    /// Root seed of the stochastic faults.
+    pub seed: u64,
+}
+
+// Link flaps and the transport policy.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A transfer with no working path is lost; the collective watchdog must notice.
+    Plain,
+    /// The transport retries with backoff, rerouting each attempt, within a budget.
+    Retry(RetryPolicy),
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Retry(_) => "retry",
+        }
+    }
+}
+
+/// One scheduled flap series on one full-duplex link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFlapSpec {
+    /// The link's name as written (`nic:gpu=17`), for reports.
+    pub name: String,
+    /// The full-duplex link; both of its directions go down.
+    pub link: LinkRef,
+    pub at_ns: u64,
+    pub down_ns: u64,
+    pub count: u32,
+    /// From one flap's start to the next one's.
+    pub period_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkFaultConfig {
+    pub transport: Transport,
+    pub flaps: Vec<LinkFlapSpec>,
+    /// Random flaps per flappable link (NIC uplinks, leaf-spine links) per nanosecond, drawn
+    /// as a Poisson process; 0 for none.
+    pub random_flap_rate_per_link_per_ns: f64,
+    /// How long a random flap keeps its link down.
+    pub random_flap_down_ns: u64,
+    /// Root seed of the random flaps; set from `run.seed` when a run starts.
+    pub seed: u64,
+}
+
+impl LinkFaultConfig {
+    /// Whether any flap, scheduled or random, can happen.
+    pub fn any(&self) -> bool {
+        !self.flaps.is_empty() || self.random_flap_rate_per_link_per_ns > 0.0
+    }
+}
+
+impl Default for LinkFaultConfig {
+    fn default() -> Self {
+        LinkFaultConfig {
+            transport: Transport::Plain,
+            flaps: Vec::new(),
+            random_flap_rate_per_link_per_ns: 0.0,
+            random_flap_down_ns: 0,
+            seed: 0,
+        }
+    }
+}
+
+// Stragglers: slow GPUs and NICs, scores and mitigation.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StragglerTarget {
+    Gpu(usize),
+    /// Every GPU of the node.
+    Node(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StragglerKind {
+    /// Compute takes `factor` times longer (thermal throttling).
+    Compute,
+    /// The GPU's NIC links carry `1 / factor` of their bandwidth (a bad cable, a degraded
+    /// port).
+    Nic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StragglerSpec {
+    pub target: StragglerTarget,
+    pub kind: StragglerKind,
+    pub factor: f64,
+    pub from_ns: u64,
+    pub until_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StragglerDetection {
+    /// Score (compute time over the step's median) above which a step counts against a rank.
+    pub threshold: f64,
+    /// Consecutive steps over the threshold that flag a rank.
+    pub patience: u32,
+    /// Evict a flagged rank's node and replace it (true), or only report it.
+    pub evict: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StragglerConfig {
+    pub stragglers: Vec<StragglerSpec>,
+    /// Per-rank scores; `None` collects no timings.
+    pub detection: Option<StragglerDetection>,
+}
+
+// Silent data corruption.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SdcKind {
+    /// Bits flip in a payload between sender and receiver.
+    InFlight,
+    /// A bit flips in one rank's gradient before the all-reduce.
+    Gradient,
+    /// A bit flips in one replica's resident parameters.
+    Parameters,
+    /// One GPU's reduction kernel is wrong on inputs matching a bit pattern.
+    ReductionKernel,
+}
+
+impl SdcKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SdcKind::InFlight => "sdc_in_flight",
+            SdcKind::Gradient => "sdc_gradient",
+            SdcKind::Parameters => "sdc_parameters",
+            SdcKind::ReductionKernel => "sdc_reduction_kernel",
+        }
+    }
+}
+
+/// One `[[faults.sdc]]` entry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SdcSpec {
+    pub kind: SdcKind,
+    /// The receiving GPU (in flight), the replica (gradient, parameters) or the faulty GPU.
+    pub gpu: usize,
+    /// The step it happens at; for the kernel, the first step it is faulty.
+    pub at_step: u64,
+    /// The bit flipped (0 = lowest mantissa bit, 31 = sign); drawn per flip when absent.
+    pub bit: Option<u32>,
+    /// Flips at that step (in flight: consecutive deliveries, so resends can be hit too).
+    pub count: u64,
+    /// The kernel is wrong on a source element whose bits, masked, equal `trigger_value`.
+    pub trigger_mask: u32,
+    pub trigger_value: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SdcConfig {
+    pub specs: Vec<SdcSpec>,
+    /// What computing and verifying a payload checksum costs, per modelled byte; 0: free.
+    pub checksum_bytes_per_s: f64,
+}

@@ -1,0 +1,196 @@
+//! The scenario reader: defaults, positions in errors, overrides, link names.
+
+use crate::config::ClusterConfig;
+use crate::link::LinkRef;
+use crate::load_str;
+
+const MINIMAL: &str = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
+
+#[test]
+fn a_minimal_scenario_gets_h100_defaults() {
+    let s = load_str("t", "t.toml", MINIMAL, &[]).unwrap();
+    assert_eq!(s.cluster.gpus_per_node, 8);
+    assert_eq!(s.fabric.nic_bandwidth_bytes_per_s, 50e9);
+    assert_eq!(s.fabric.nvlink_bandwidth_bytes_per_s, 450e9);
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let text = "[cluster]\ngpus = 16\ngpus_per_node = 32\n[job]\nsteps = 2\n";
+    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col, Some((3, 17)));
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus_per_node"));
+    assert!(
+        e.to_string()
+            .starts_with("bad.toml:3:17: cluster.gpus_per_node:"),
+        "{e}"
+    );
+
+    let text = "[cluster]\ngpus = \"many\"\n[job]\nsteps = 2\n";
+    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col.map(|l| l.0), Some(2));
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus"), "{e}");
+
+    let text = "[cluster]\ngpus = 16\ngpu_per_node = 8\n[job]\nsteps = 2\n";
+    let e = load_str("t", "bad.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col.map(|l| l.0), Some(3));
+    assert!(e.message.contains("gpu_per_node"), "{e}");
+
+    let e = load_str("t", "bad.toml", "[cluster\ngpus = 1", &[]).unwrap_err();
+    assert!(e.message.contains("malformed TOML"), "{e}");
+}
+
+#[test]
+fn overrides_replace_keys_and_are_named_in_errors() {
+    let s = load_str(
+        "t",
+        "t.toml",
+        MINIMAL,
+        &["cluster.gpus=24".into(), "fabric.nic_latency=2us".into()],
+    )
+    .unwrap();
+    assert_eq!(s.cluster.gpus, 24);
+    assert_eq!(s.fabric.nic_latency_ns, 2000);
+    let e = load_str("t", "t.toml", MINIMAL, &["cluster.gpus=0".into()]).unwrap_err();
+    assert_eq!(e.origin, "--set cluster.gpus=0");
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus"));
+}
+
+#[test]
+fn link_names_round_trip_and_bad_names_say_why() {
+    let text = "[cluster]\ngpus = 40\nnodes_per_leaf = 2\nclusters = 2\n[job]\nsteps = 2\n";
+    let cluster = load_str("t", "t.toml", text, &[]).unwrap().cluster;
+    // 5 nodes in 2 clusters of 3: 2 units per cluster, one leaf per rail per unit.
+    assert_eq!(cluster.node_count(), 5);
+    assert_eq!(cluster.leaf_count(), 2 * 2 * 8);
+    assert_eq!(cluster.uplinks_per_leaf(), 2);
+    let mut names = Vec::new();
+    for gpu in 0..cluster.gpus {
+        names.push(LinkRef::NvLink { gpu });
+        names.push(LinkRef::Nic { gpu });
+    }
+    for leaf in 0..cluster.leaf_count() {
+        for spine in 0..cluster.uplinks_per_leaf() {
+            names.push(LinkRef::LeafSpine { leaf, spine });
+        }
+    }
+    names.extend((0..2).map(|cluster| LinkRef::InterCluster { cluster }));
+    for link in names {
+        assert_eq!(
+            LinkRef::parse(&link.to_string(), &cluster),
+            Ok(link),
+            "{link}"
+        );
+    }
+    for (bad, says) in [
+        ("nic:gpu=40", "gpu 40 does not exist"),
+        ("nic:gpu=x", "not a number"),
+        ("nic:gpu=1,rail=2", "expected"),
+        ("leaf-spine:leaf=0", "no `spine`"),
+        ("leaf-spine:leaf=32,spine=0", "leaf 32 does not exist"),
+        ("leaf-spine:leaf=0,spine=2", "spine 2 does not exist"),
+        ("inter-cluster:cluster=2", "cluster 2 does not exist"),
+        ("nvlink", "expected"),
+        ("fiber:gpu=1", "expected"),
+    ] {
+        let e = LinkRef::parse(bad, &cluster).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let single = ClusterConfig {
+        clusters: 1,
+        ..cluster
+    };
+    let e = LinkRef::parse("inter-cluster:cluster=0", &single).unwrap_err();
+    assert!(e.contains("single cluster"), "{e}");
+}
+
+/// The two inputs on which the simulator and the GPU runner disagreed while each had its own
+/// reader: both now go through this one, and it refuses both with a position.
+#[test]
+fn the_readers_former_divergences_are_refused_with_a_position() {
+    let e = load_str(
+        "t",
+        "t.toml",
+        MINIMAL,
+        &["cluster.gpus_per_node=512".into()],
+    )
+    .unwrap_err();
+    assert_eq!(e.origin, "--set cluster.gpus_per_node=512");
+    assert_eq!(e.key.as_deref(), Some("cluster.gpus_per_node"));
+    let text = "[cluster]\ngpus = 16\n[job]\nsteps = 2\nproxy_elem = 64\n";
+    let e = load_str("t", "t.toml", text, &[]).unwrap_err();
+    assert_eq!(e.line_col.map(|l| l.0), Some(5), "{e}");
+    assert!(e.message.ends_with("did you mean `proxy_elems`?"), "{e}");
+}
+
+#[test]
+fn link_flap_and_straggler_keys_are_validated_with_their_key() {
+    let base = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
+    for (extra, key, says) in [
+        (
+            "[fabric]\ntransport = \"carrier-pigeon\"\n",
+            "fabric.transport",
+            "expected \"plain\" or \"retry\"",
+        ),
+        (
+            "[fabric]\ntransport = \"retry\"\nretry_initial_backoff = \"1s\"\nretry_max_backoff = \"1ms\"\n",
+            "fabric.retry_max_backoff",
+            "at least",
+        ),
+        (
+            "[[faults.link_flap]]\nlink = \"nic:gpu=16\"\nat = \"1s\"\ndown = \"1s\"\n",
+            "faults.link_flap.0.link",
+            "does not exist",
+        ),
+        (
+            "[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"1s\"\ncount = 3\n",
+            "faults.link_flap.0.count",
+            "`period` is required",
+        ),
+        (
+            "[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"2s\"\ncount = 3\nperiod = \"1s\"\n",
+            "faults.link_flap.0.period",
+            "longer than `down`",
+        ),
+        (
+            "[recovery]\ncollective_timeout = \"0s\"\n[[faults.link_flap]]\nlink = \"nic:gpu=1\"\nat = \"1s\"\ndown = \"1s\"\n",
+            "faults.link_flap.0.link",
+            "collective_timeout",
+        ),
+        (
+            "[[faults.straggler]]\ngpu = 3\nfactor = 0.5\nduration = \"1s\"\n",
+            "faults.straggler.0.factor",
+            "from 1 to 1000",
+        ),
+        (
+            "[[faults.straggler]]\ngpu = 3\nkind = \"pcie\"\nfactor = 2.0\nduration = \"1s\"\n",
+            "faults.straggler.0.kind",
+            "\"compute\" or \"nic\"",
+        ),
+        (
+            "[faults.rates]\nlink_flaps_per_1000_link_days = -1.0\n",
+            "faults.rates.link_flaps_per_1000_link_days",
+            "from 0 to 1e9",
+        ),
+        (
+            "[faults.rates]\nlink_flaps_per_1000_link_days = 5.0\nlink_flap_down = \"5 parsecs\"\n",
+            "faults.rates.link_flap_down",
+            "expected",
+        ),
+        (
+            "[recovery]\nstraggler_mitigation = \"evict\"\n",
+            "recovery.straggler_mitigation",
+            "straggler_detection = true",
+        ),
+        (
+            "[recovery]\nstraggler_detection = true\nstraggler_threshold = 0.9\n",
+            "recovery.straggler_threshold",
+            "above 1",
+        ),
+    ] {
+        let e = load_str("t", "t.toml", &format!("{base}{extra}"), &[]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert!(e.line_col.is_some(), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
