@@ -425,7 +425,70 @@ fn default_executor() -> String {
 }
 
 fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, ScenarioError> {
-    let c = &raw.cluster;
+    // The order of the checks is the order in which errors are reported: the file's sections
+    // from the top, so that the first error a user sees is the first one in the file.
+    let cluster = validate_cluster(src, &raw.cluster)?;
+    let (gpus, nodes) = (cluster.gpus, cluster.node_count());
+    let fabric = validate_fabric(src, &raw.fabric)?;
+    let job = validate_job(src, &raw.job)?;
+    let run = validate_run(src, &raw.run)?;
+    let checkpoint = match &raw.checkpoint {
+        None => None,
+        Some(c) => Some(validate_checkpoint(src, c, raw.job.model_params)?),
+    };
+    let (slow, failing, corruptions_at_ns) = validate_storage_faults(src, &raw.faults)?;
+    let storage = StorageConfig {
+        slow,
+        failing,
+        ..validate_storage(src, &raw.storage)?
+    };
+    let spare_nodes = in_range(
+        src,
+        "cluster.spare_nodes",
+        raw.cluster.spare_nodes,
+        0,
+        1_000_000,
+    )?;
+    let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
+    let link_faults = validate_link_faults(src, &raw, &cluster, control.collective_timeout_ns)?;
+    let stragglers = validate_stragglers(src, &raw, gpus, nodes)?;
+    let (detection, checksum_bytes_per_s) = sdc::validate_detection(src, &raw.detection)?;
+    let sdc = SdcConfig {
+        specs: sdc::validate_sdc(src, &raw.faults.sdc, gpus)?,
+        checksum_bytes_per_s,
+    };
+    let job = JobConfig {
+        checkpoint: checkpoint.map(|policy| CheckpointPolicy {
+            restore_from_memory: control.policy != RecoveryPolicy::Restart,
+            ..policy
+        }),
+        collective: job.collective.with_checksums(detection.payload_checksums),
+        detection,
+        ..job
+    };
+    Ok(Scenario {
+        name: name.to_string(),
+        description: raw.scenario.description,
+        ci: raw.scenario.ci,
+        cluster,
+        fabric,
+        job,
+        gpu_achieved_flops_per_s: raw.job.gpu_peak_tflops * 1e12 * raw.job.mfu,
+        storage,
+        control: ControlConfig {
+            seed: run.seed,
+            corruptions_at_ns,
+            ..control
+        },
+        link_faults,
+        stragglers,
+        sdc,
+        run,
+        planted_bug: validate_debug(src, &raw.debug)?,
+    })
+}
+
+fn validate_cluster(src: &Source, c: &RawCluster) -> Result<ClusterConfig, ScenarioError> {
     let gpus = in_range(src, "cluster.gpus", c.gpus, 1, MAX_GPUS as i64)?;
     let gpus_per_node = in_range(src, "cluster.gpus_per_node", c.gpus_per_node, 1, 256)?;
     if gpus_per_node > gpus {
@@ -446,56 +509,71 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         ));
     }
     let clusters = in_range(src, "cluster.clusters", c.clusters, 1, nodes as i64)?;
-    let cluster = ClusterConfig {
+    Ok(ClusterConfig {
         gpus,
         gpus_per_node,
         nodes_per_leaf,
         oversubscription: c.oversubscription,
         clusters,
-    };
+    })
+}
 
-    let f = &raw.fabric;
-    let bandwidth = |key: &str, text: &str| {
-        parse_bandwidth_bytes_per_s(text)
-            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
-    };
-    let duration = |key: &str, text: &str| {
-        parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
-    };
-    let fabric = FabricConfig {
-        nvlink_bandwidth_bytes_per_s: bandwidth("fabric.nvlink_bandwidth", &f.nvlink_bandwidth)?,
-        nvlink_latency_ns: duration("fabric.nvlink_latency", &f.nvlink_latency)?,
-        nic_bandwidth_bytes_per_s: bandwidth("fabric.nic_bandwidth", &f.nic_bandwidth)?,
-        nic_latency_ns: duration("fabric.nic_latency", &f.nic_latency)?,
+/// A bandwidth with units (`"400Gb/s"`), or an error naming `key`.
+fn bandwidth(src: &Source, key: &str, text: &str) -> Result<f64, ScenarioError> {
+    parse_bandwidth_bytes_per_s(text)
+        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+}
+
+/// A duration with units (`"10min"`), or an error naming `key`.
+pub(crate) fn duration(src: &Source, key: &str, text: &str) -> Result<u64, ScenarioError> {
+    parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+}
+
+fn validate_fabric(src: &Source, f: &RawFabric) -> Result<FabricConfig, ScenarioError> {
+    Ok(FabricConfig {
+        nvlink_bandwidth_bytes_per_s: bandwidth(
+            src,
+            "fabric.nvlink_bandwidth",
+            &f.nvlink_bandwidth,
+        )?,
+        nvlink_latency_ns: duration(src, "fabric.nvlink_latency", &f.nvlink_latency)?,
+        nic_bandwidth_bytes_per_s: bandwidth(src, "fabric.nic_bandwidth", &f.nic_bandwidth)?,
+        nic_latency_ns: duration(src, "fabric.nic_latency", &f.nic_latency)?,
         switch_link_bandwidth_bytes_per_s: bandwidth(
+            src,
             "fabric.switch_link_bandwidth",
             &f.switch_link_bandwidth,
         )?,
-        switch_latency_ns: duration("fabric.switch_latency", &f.switch_latency)?,
+        switch_latency_ns: duration(src, "fabric.switch_latency", &f.switch_latency)?,
         inter_cluster_bandwidth_bytes_per_s: bandwidth(
+            src,
             "fabric.inter_cluster_bandwidth",
             &f.inter_cluster_bandwidth,
         )?,
         inter_cluster_latency_ns: duration(
+            src,
             "fabric.inter_cluster_latency",
             &f.inter_cluster_latency,
         )?,
-    };
+    })
+}
 
-    let j = &raw.job;
-    let algo = |key: &str, text: &str| {
-        Algo::from_name(text).ok_or_else(|| {
-            src.error(
-                key,
-                format!(
-                    "unknown algorithm {text:?}; expected one of \"ring\", \"tree\", \
-                     \"halving-doubling\", \"hierarchical\""
-                ),
-            )
-        })
-    };
-    let collective = algo("job.collective", &j.collective)?;
-    let inter = algo("job.inter_node_collective", &j.inter_node_collective)?;
+fn validate_algo(src: &Source, key: &str, text: &str) -> Result<Algo, ScenarioError> {
+    Algo::from_name(text).ok_or_else(|| {
+        src.error(
+            key,
+            format!(
+                "unknown algorithm {text:?}; expected one of \"ring\", \"tree\", \
+                 \"halving-doubling\", \"hierarchical\""
+            ),
+        )
+    })
+}
+
+/// The job without its checkpoint policy and detection, which later sections fill in.
+fn validate_job(src: &Source, j: &RawJob) -> Result<JobConfig, ScenarioError> {
+    let collective = validate_algo(src, "job.collective", &j.collective)?;
+    let inter = validate_algo(src, "job.inter_node_collective", &j.inter_node_collective)?;
     if inter == Algo::Hierarchical {
         return Err(src.error(
             "job.inter_node_collective",
@@ -506,29 +584,26 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     let steps = in_range(src, "job.steps", j.steps, 1, 10_000_000)? as u64;
     let proxy_elems = in_range(src, "job.proxy_elems", j.proxy_elems, 1, 1 << 20)?;
     let batch_per_rank = in_range(src, "job.batch_per_rank", j.batch_per_rank, 1, 4096)?;
-    positive(src, "job.learning_rate", j.learning_rate, 10.0)?;
-    positive(src, "job.model_params", j.model_params, 1e15)?;
-    positive(
-        src,
-        "job.grad_bytes_per_param",
-        j.grad_bytes_per_param,
-        16.0,
-    )?;
-    positive(
-        src,
-        "job.tokens_per_gpu_per_step",
-        j.tokens_per_gpu_per_step,
-        1e9,
-    )?;
-    positive(src, "job.gpu_peak_tflops", j.gpu_peak_tflops, 1e6)?;
-    positive(src, "job.mfu", j.mfu, 1.0)?;
-    positive(
-        src,
-        "job.optimizer_flops_per_param",
-        j.optimizer_flops_per_param,
-        1e6,
-    )?;
-    let job = JobConfig {
+    for (key, value, max) in [
+        ("job.learning_rate", j.learning_rate, 10.0),
+        ("job.model_params", j.model_params, 1e15),
+        ("job.grad_bytes_per_param", j.grad_bytes_per_param, 16.0),
+        (
+            "job.tokens_per_gpu_per_step",
+            j.tokens_per_gpu_per_step,
+            1e9,
+        ),
+        ("job.gpu_peak_tflops", j.gpu_peak_tflops, 1e6),
+        ("job.mfu", j.mfu, 1.0),
+        (
+            "job.optimizer_flops_per_param",
+            j.optimizer_flops_per_param,
+            1e6,
+        ),
+    ] {
+        positive(src, key, value, max)?;
+    }
+    Ok(JobConfig {
         steps,
         collective: Collective::with_inter_node(collective, inter),
         proxy_elems,
@@ -541,36 +616,34 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
         checkpoint: None,
         detection: trainer_core::integrity::DetectionPolicy::OFF,
+    })
+}
+
+fn validate_run(src: &Source, r: &RawRun) -> Result<RunConfig, ScenarioError> {
+    let executor = match r.executor.as_str() {
+        "auto" => ExecutorChoice::Auto,
+        "madsim" => ExecutorChoice::Madsim,
+        "fifo" => ExecutorChoice::Fifo,
+        other => {
+            return Err(src.error(
+                "run.executor",
+                format!("unknown executor {other:?}; expected \"auto\", \"madsim\" or \"fifo\""),
+            ))
+        }
     };
-    let run = RunConfig {
-        seed: j_seed(src, raw.run.seed)?,
-        executor: match raw.run.executor.as_str() {
-            "auto" => ExecutorChoice::Auto,
-            "madsim" => ExecutorChoice::Madsim,
-            "fifo" => ExecutorChoice::Fifo,
-            other => {
-                return Err(src.error(
-                    "run.executor",
-                    format!(
-                        "unknown executor {other:?}; expected \"auto\", \"madsim\" or \"fifo\""
-                    ),
-                ))
-            }
-        },
-    };
-    let checkpoint = match &raw.checkpoint {
-        None => None,
-        Some(c) => Some(validate_checkpoint(src, c, j.model_params)?),
-    };
-    let job = JobConfig { checkpoint, ..job };
-    let (slow, failing, corruptions_at_ns) = validate_storage_faults(src, &raw.faults)?;
-    let storage = StorageConfig {
-        slow,
-        failing,
-        ..validate_storage(src, &raw.storage)?
-    };
-    let spare_nodes = in_range(src, "cluster.spare_nodes", c.spare_nodes, 0, 1_000_000)?;
-    let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
+    Ok(RunConfig {
+        seed: j_seed(src, r.seed)?,
+        executor,
+    })
+}
+
+/// `[fabric] transport` and `retry_*`, `[[faults.link_flap]]` and the random flap rate.
+fn validate_link_faults(
+    src: &Source,
+    raw: &RawScenario,
+    cluster: &ClusterConfig,
+    collective_timeout_ns: Option<u64>,
+) -> Result<LinkFaultConfig, ScenarioError> {
     let f = &raw.fabric;
     let transport = degrade::RawTransport {
         transport: &f.transport,
@@ -578,60 +651,36 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         retry_max_backoff: &f.retry_max_backoff,
         retry_budget: &f.retry_budget,
     };
-    let link_faults = degrade::validate_link_faults(
+    let rate = degrade::RawFlapRate {
+        per_1000_link_days: raw.faults.rates.link_flaps_per_1000_link_days,
+        down: raw.faults.rates.link_flap_down.as_deref().unwrap_or("5s"),
+    };
+    let flaps = &raw.faults.link_flap;
+    degrade::validate_link_faults(
         src,
         &transport,
-        &raw.faults.link_flap,
-        &degrade::RawFlapRate {
-            per_1000_link_days: raw.faults.rates.link_flaps_per_1000_link_days,
-            down: raw.faults.rates.link_flap_down.as_deref().unwrap_or("5s"),
-        },
-        &cluster,
-        control.collective_timeout_ns,
-    )?;
+        flaps,
+        &rate,
+        cluster,
+        collective_timeout_ns,
+    )
+}
+
+/// `[[faults.straggler]]` and `[recovery] straggler_*`.
+fn validate_stragglers(
+    src: &Source,
+    raw: &RawScenario,
+    gpus: usize,
+    nodes: usize,
+) -> Result<StragglerConfig, ScenarioError> {
     let r = &raw.recovery;
-    let straggler_recovery = degrade::RawStragglerRecovery {
+    let recovery = degrade::RawStragglerRecovery {
         detection: r.straggler_detection,
         threshold: r.straggler_threshold,
         patience: r.straggler_patience,
         mitigation: &r.straggler_mitigation,
     };
-    let stragglers =
-        degrade::validate_stragglers(src, &straggler_recovery, &raw.faults.straggler, gpus, nodes)?;
-    let (detection, checksum_bytes_per_s) = sdc::validate_detection(src, &raw.detection)?;
-    let sdc = SdcConfig {
-        specs: sdc::validate_sdc(src, &raw.faults.sdc, gpus)?,
-        checksum_bytes_per_s,
-    };
-    let job = JobConfig {
-        checkpoint: job.checkpoint.map(|policy| CheckpointPolicy {
-            restore_from_memory: control.policy != RecoveryPolicy::Restart,
-            ..policy
-        }),
-        collective: job.collective.with_checksums(detection.payload_checksums),
-        detection,
-        ..job
-    };
-    Ok(Scenario {
-        name: name.to_string(),
-        description: raw.scenario.description,
-        ci: raw.scenario.ci,
-        cluster,
-        fabric,
-        job,
-        gpu_achieved_flops_per_s: j.gpu_peak_tflops * 1e12 * j.mfu,
-        storage,
-        control: ControlConfig {
-            seed: run.seed,
-            corruptions_at_ns,
-            ..control
-        },
-        link_faults,
-        stragglers,
-        sdc,
-        run,
-        planted_bug: validate_debug(src, &raw.debug)?,
-    })
+    degrade::validate_stragglers(src, &recovery, &raw.faults.straggler, gpus, nodes)
 }
 
 fn validate_debug(
@@ -794,6 +843,64 @@ fn validate_control(
     nodes: usize,
     spare_nodes: usize,
 ) -> Result<ControlConfig, ScenarioError> {
+    let (policy, fallback_to_restart) = validate_policy(src, r, spare_nodes)?;
+    let optional = |key: &str, text: &str| -> Result<Option<u64>, ScenarioError> {
+        Ok(Some(duration(src, key, text)?).filter(|ns| *ns > 0))
+    };
+    let replica_rejoin_time_ns =
+        duration(src, "recovery.replica_rejoin_time", &r.replica_rejoin_time)?;
+    if replica_rejoin_time_ns == 0 {
+        return Err(src.error(
+            "recovery.replica_rejoin_time",
+            "expected a positive duration: a dropped node needs time to be replaced",
+        ));
+    }
+    let min_replicas = match r.min_replicas {
+        None => nodes.div_ceil(2),
+        Some(n) => in_range(src, "recovery.min_replicas", n, 1, nodes as i64)?,
+    };
+    if policy == RecoveryPolicy::PerReplica && nodes < 2 {
+        return Err(src.error(
+            "recovery.policy",
+            "per-replica needs at least two nodes: the replica unit dropped is a whole node",
+        ));
+    }
+    let (rate, weibull_shape) = validate_node_failures(src, f)?;
+    let crashes = (f.crash.iter().enumerate())
+        .map(|(idx, c)| validate_crash(src, idx, c, gpus, nodes))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ControlConfig {
+        policy,
+        spare_nodes,
+        spare_swap_time_ns: duration(src, "recovery.spare_swap_time", &r.spare_swap_time)?,
+        fallback_to_restart,
+        crashes,
+        node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
+        node_failure_weibull_shape: weibull_shape,
+        collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
+        heartbeat_interval_ns: optional("recovery.heartbeat_interval", &r.heartbeat_interval)?,
+        heartbeat_misses: in_range(
+            src,
+            "recovery.heartbeat_misses",
+            r.heartbeat_misses,
+            1,
+            1000,
+        )? as u64,
+        restart_time_ns: duration(src, "recovery.restart_time", &r.restart_time)?,
+        replica_rejoin_time_ns,
+        min_replicas,
+        max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
+        corruptions_at_ns: Vec::new(),
+        seed: 0,
+    })
+}
+
+/// `recovery.policy` and `recovery.fallback`, and whether together they can recover at all.
+fn validate_policy(
+    src: &Source,
+    r: &RawRecovery,
+    spare_nodes: usize,
+) -> Result<(RecoveryPolicy, bool), ScenarioError> {
     let policy = match r.policy.as_str() {
         "restart" => RecoveryPolicy::Restart,
         "in-memory" => RecoveryPolicy::InMemory,
@@ -826,29 +933,14 @@ fn validate_control(
              recover from any failure; add spare nodes or fall back to \"restart\"",
         ));
     }
-    let duration = |key: &str, text: &str| {
-        parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
-    };
-    let optional = |key: &str, text: &str| -> Result<Option<u64>, ScenarioError> {
-        Ok(Some(duration(key, text)?).filter(|ns| *ns > 0))
-    };
-    let replica_rejoin_time_ns = duration("recovery.replica_rejoin_time", &r.replica_rejoin_time)?;
-    if replica_rejoin_time_ns == 0 {
-        return Err(src.error(
-            "recovery.replica_rejoin_time",
-            "expected a positive duration: a dropped node needs time to be replaced",
-        ));
-    }
-    let min_replicas = match r.min_replicas {
-        None => nodes.div_ceil(2),
-        Some(n) => in_range(src, "recovery.min_replicas", n, 1, nodes as i64)?,
-    };
-    if policy == RecoveryPolicy::PerReplica && nodes < 2 {
-        return Err(src.error(
-            "recovery.policy",
-            "per-replica needs at least two nodes: the replica unit dropped is a whole node",
-        ));
-    }
+    Ok((policy, fallback_to_restart))
+}
+
+/// The random node failures: a rate per 1,000 node-days and an optional Weibull shape.
+fn validate_node_failures(
+    src: &Source,
+    f: &RawFaults,
+) -> Result<(f64, Option<f64>), ScenarioError> {
     let rate = f.rates.node_failures_per_1000_node_days;
     if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
         return Err(src.error(
@@ -866,66 +958,48 @@ fn validate_control(
             ))
         }
     };
-    let mut crashes = Vec::new();
-    for (idx, c) in f.crash.iter().enumerate() {
-        let key = |field: &str| format!("faults.crash.{idx}.{field}");
-        let target = match (c.node, c.gpu) {
-            (Some(node), None) => {
-                CrashTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
-            }
-            (None, Some(gpu)) => {
-                CrashTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?)
-            }
-            _ => {
-                return Err(src.error(
-                    &format!("faults.crash.{idx}"),
-                    "expected exactly one of `node` or `gpu`",
-                ))
-            }
-        };
-        let when = match (&c.at, c.at_step, c.after_commits) {
-            (Some(at), None, None) => CrashWhen::AtNs(duration(&key("at"), at)?),
-            (None, Some(step), None) => {
-                CrashWhen::AtStep(in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64)
-            }
-            (None, None, Some(commits)) => {
-                CrashWhen::AfterCommits(
-                    in_range(src, &key("after_commits"), commits, 1, i64::MAX)? as u64
-                )
-            }
-            _ => {
-                return Err(src.error(
-                    &format!("faults.crash.{idx}"),
-                    "expected exactly one of `at` (a time), `at_step` or `after_commits`",
-                ))
-            }
-        };
-        crashes.push(CrashSpec { target, when });
-    }
-    Ok(ControlConfig {
-        policy,
-        spare_nodes,
-        spare_swap_time_ns: duration("recovery.spare_swap_time", &r.spare_swap_time)?,
-        fallback_to_restart,
-        crashes,
-        node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
-        node_failure_weibull_shape: weibull_shape,
-        collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
-        heartbeat_interval_ns: optional("recovery.heartbeat_interval", &r.heartbeat_interval)?,
-        heartbeat_misses: in_range(
-            src,
-            "recovery.heartbeat_misses",
-            r.heartbeat_misses,
-            1,
-            1000,
-        )? as u64,
-        restart_time_ns: duration("recovery.restart_time", &r.restart_time)?,
-        replica_rejoin_time_ns,
-        min_replicas,
-        max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
-        corruptions_at_ns: Vec::new(),
-        seed: 0,
-    })
+    Ok((rate, weibull_shape))
+}
+
+/// One `[[faults.crash]]` entry: exactly one target and exactly one time.
+fn validate_crash(
+    src: &Source,
+    idx: usize,
+    c: &RawCrash,
+    gpus: usize,
+    nodes: usize,
+) -> Result<CrashSpec, ScenarioError> {
+    let key = |field: &str| format!("faults.crash.{idx}.{field}");
+    let target = match (c.node, c.gpu) {
+        (Some(node), None) => {
+            CrashTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
+        }
+        (None, Some(gpu)) => CrashTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?),
+        _ => {
+            return Err(src.error(
+                &format!("faults.crash.{idx}"),
+                "expected exactly one of `node` or `gpu`",
+            ))
+        }
+    };
+    let when = match (&c.at, c.at_step, c.after_commits) {
+        (Some(at), None, None) => CrashWhen::AtNs(duration(src, &key("at"), at)?),
+        (None, Some(step), None) => {
+            CrashWhen::AtStep(in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64)
+        }
+        (None, None, Some(commits)) => {
+            CrashWhen::AfterCommits(
+                in_range(src, &key("after_commits"), commits, 1, i64::MAX)? as u64
+            )
+        }
+        _ => {
+            return Err(src.error(
+                &format!("faults.crash.{idx}"),
+                "expected exactly one of `at` (a time), `at_step` or `after_commits`",
+            ))
+        }
+    };
+    Ok(CrashSpec { target, when })
 }
 
 fn j_seed(src: &Source, seed: i64) -> Result<u64, ScenarioError> {

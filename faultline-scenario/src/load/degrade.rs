@@ -6,13 +6,13 @@
 use serde::Deserialize;
 use trainer_core::transport::RetryPolicy;
 
+use super::duration;
 use crate::config::{
     ClusterConfig, LinkFaultConfig, LinkFlapSpec, StragglerConfig, StragglerDetection,
     StragglerKind, StragglerSpec, StragglerTarget, Transport,
 };
 use crate::link::LinkRef;
 use crate::source::{in_range, ScenarioError, Source};
-use trainer_core::units::parse_duration_ns;
 
 /// `[[faults.link_flap]]`: `link` goes down at `at` for `down`, `count` times, one every
 /// `period`.
@@ -75,10 +75,6 @@ pub(super) struct RawStragglerRecovery<'a> {
     pub mitigation: &'a str,
 }
 
-fn duration(src: &Source, key: &str, text: &str) -> Result<u64, ScenarioError> {
-    parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
-}
-
 pub(super) fn validate_link_faults(
     src: &Source,
     t: &RawTransport,
@@ -87,84 +83,10 @@ pub(super) fn validate_link_faults(
     cluster: &ClusterConfig,
     collective_timeout_ns: Option<u64>,
 ) -> Result<LinkFaultConfig, ScenarioError> {
-    let transport = match t.transport {
-        "plain" => Transport::Plain,
-        "retry" => {
-            let initial = duration(src, "fabric.retry_initial_backoff", t.retry_initial_backoff)?;
-            let max = duration(src, "fabric.retry_max_backoff", t.retry_max_backoff)?;
-            let budget = duration(src, "fabric.retry_budget", t.retry_budget)?;
-            if initial == 0 {
-                return Err(src.error(
-                    "fabric.retry_initial_backoff",
-                    "expected a duration above zero",
-                ));
-            }
-            if max < initial {
-                return Err(src.error(
-                    "fabric.retry_max_backoff",
-                    "expected at least fabric.retry_initial_backoff",
-                ));
-            }
-            Transport::Retry(RetryPolicy {
-                initial_backoff_ns: initial,
-                max_backoff_ns: max,
-                budget_ns: budget,
-            })
-        }
-        other => {
-            return Err(src.error(
-                "fabric.transport",
-                format!("unknown transport {other:?}; expected \"plain\" or \"retry\""),
-            ))
-        }
-    };
-    let mut specs = Vec::new();
-    for (idx, f) in flaps.iter().enumerate() {
-        let key = |field: &str| format!("faults.link_flap.{idx}.{field}");
-        let link =
-            LinkRef::parse(&f.link, cluster).map_err(|message| src.error(&key("link"), message))?;
-        let at_ns = duration(src, &key("at"), &f.at)?;
-        let down_ns = duration(src, &key("down"), &f.down)?;
-        if down_ns == 0 {
-            return Err(src.error(&key("down"), "expected a duration above zero"));
-        }
-        let count = in_range(src, &key("count"), f.count, 1, 1_000_000)? as u32;
-        let period_ns = match (&f.period, count) {
-            (None, 1) => 0,
-            (None, _) => {
-                return Err(src.error(
-                    &key("count"),
-                    "`period` is required when a link flaps more than once",
-                ))
-            }
-            (Some(text), _) => {
-                let period = duration(src, &key("period"), text)?;
-                if period <= down_ns {
-                    return Err(src.error(
-                        &key("period"),
-                        "expected a period longer than `down` (the link must come back up \
-                         between flaps)",
-                    ));
-                }
-                period
-            }
-        };
-        if collective_timeout_ns.is_none() {
-            return Err(src.error(
-                &key("link"),
-                "a transfer over a dead link can be lost, and only the collective watchdog \
-                 notices; set recovery.collective_timeout",
-            ));
-        }
-        specs.push(LinkFlapSpec {
-            name: f.link.clone(),
-            link,
-            at_ns,
-            down_ns,
-            count,
-            period_ns,
-        });
-    }
+    let transport = validate_transport(src, t)?;
+    let specs = (flaps.iter().enumerate())
+        .map(|(idx, f)| validate_flap(src, idx, f, cluster, collective_timeout_ns))
+        .collect::<Result<Vec<_>, _>>()?;
     let per_1000_link_days = rate.per_1000_link_days;
     let rate_key = "faults.rates.link_flaps_per_1000_link_days";
     if !(per_1000_link_days.is_finite() && (0.0..=1e9).contains(&per_1000_link_days)) {
@@ -196,6 +118,95 @@ pub(super) fn validate_link_faults(
     })
 }
 
+/// `[fabric] transport` and, for `retry`, its backoff and budget.
+fn validate_transport(src: &Source, t: &RawTransport) -> Result<Transport, ScenarioError> {
+    Ok(match t.transport {
+        "plain" => Transport::Plain,
+        "retry" => {
+            let initial = duration(src, "fabric.retry_initial_backoff", t.retry_initial_backoff)?;
+            let max = duration(src, "fabric.retry_max_backoff", t.retry_max_backoff)?;
+            let budget = duration(src, "fabric.retry_budget", t.retry_budget)?;
+            if initial == 0 {
+                return Err(src.error(
+                    "fabric.retry_initial_backoff",
+                    "expected a duration above zero",
+                ));
+            }
+            if max < initial {
+                return Err(src.error(
+                    "fabric.retry_max_backoff",
+                    "expected at least fabric.retry_initial_backoff",
+                ));
+            }
+            Transport::Retry(RetryPolicy {
+                initial_backoff_ns: initial,
+                max_backoff_ns: max,
+                budget_ns: budget,
+            })
+        }
+        other => {
+            return Err(src.error(
+                "fabric.transport",
+                format!("unknown transport {other:?}; expected \"plain\" or \"retry\""),
+            ))
+        }
+    })
+}
+
+/// One `[[faults.link_flap]]` entry.
+fn validate_flap(
+    src: &Source,
+    idx: usize,
+    f: &RawLinkFlap,
+    cluster: &ClusterConfig,
+    collective_timeout_ns: Option<u64>,
+) -> Result<LinkFlapSpec, ScenarioError> {
+    let key = |field: &str| format!("faults.link_flap.{idx}.{field}");
+    let link =
+        LinkRef::parse(&f.link, cluster).map_err(|message| src.error(&key("link"), message))?;
+    let at_ns = duration(src, &key("at"), &f.at)?;
+    let down_ns = duration(src, &key("down"), &f.down)?;
+    if down_ns == 0 {
+        return Err(src.error(&key("down"), "expected a duration above zero"));
+    }
+    let count = in_range(src, &key("count"), f.count, 1, 1_000_000)? as u32;
+    let period_ns = match (&f.period, count) {
+        (None, 1) => 0,
+        (None, _) => {
+            return Err(src.error(
+                &key("count"),
+                "`period` is required when a link flaps more than once",
+            ))
+        }
+        (Some(text), _) => {
+            let period = duration(src, &key("period"), text)?;
+            if period <= down_ns {
+                return Err(src.error(
+                    &key("period"),
+                    "expected a period longer than `down` (the link must come back up \
+                     between flaps)",
+                ));
+            }
+            period
+        }
+    };
+    if collective_timeout_ns.is_none() {
+        return Err(src.error(
+            &key("link"),
+            "a transfer over a dead link can be lost, and only the collective watchdog \
+             notices; set recovery.collective_timeout",
+        ));
+    }
+    Ok(LinkFlapSpec {
+        name: f.link.clone(),
+        link,
+        at_ns,
+        down_ns,
+        count,
+        period_ns,
+    })
+}
+
 pub(super) fn validate_stragglers(
     src: &Source,
     r: &RawStragglerRecovery,
@@ -203,55 +214,9 @@ pub(super) fn validate_stragglers(
     gpus: usize,
     nodes: usize,
 ) -> Result<StragglerConfig, ScenarioError> {
-    let mut specs = Vec::new();
-    for (idx, s) in stragglers.iter().enumerate() {
-        let key = |field: &str| format!("faults.straggler.{idx}.{field}");
-        let target = match (s.gpu, s.node) {
-            (Some(gpu), None) => {
-                StragglerTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?)
-            }
-            (None, Some(node)) => {
-                StragglerTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
-            }
-            _ => {
-                return Err(src.error(
-                    &format!("faults.straggler.{idx}"),
-                    "expected exactly one of `gpu` or `node`",
-                ))
-            }
-        };
-        let kind = match s.kind.as_str() {
-            "compute" => StragglerKind::Compute,
-            "nic" => StragglerKind::Nic,
-            other => {
-                return Err(src.error(
-                    &key("kind"),
-                    format!("unknown straggler kind {other:?}; expected \"compute\" or \"nic\""),
-                ))
-            }
-        };
-        if !(s.factor.is_finite() && (1.0..=1000.0).contains(&s.factor)) {
-            return Err(src.error(
-                &key("factor"),
-                format!(
-                    "expected a slowdown factor from 1 to 1000, got {}",
-                    s.factor
-                ),
-            ));
-        }
-        let from_ns = duration(src, &key("from"), &s.from)?;
-        let duration_ns = duration(src, &key("duration"), &s.duration)?;
-        if duration_ns == 0 {
-            return Err(src.error(&key("duration"), "expected a duration above zero"));
-        }
-        specs.push(StragglerSpec {
-            target,
-            kind,
-            factor: s.factor,
-            from_ns,
-            until_ns: from_ns.saturating_add(duration_ns),
-        });
-    }
+    let specs = (stragglers.iter().enumerate())
+        .map(|(idx, s)| validate_straggler(src, idx, s, gpus, nodes))
+        .collect::<Result<Vec<_>, _>>()?;
     let evict = match r.mitigation {
         "off" => false,
         "evict" => true,
@@ -285,5 +250,61 @@ pub(super) fn validate_stragglers(
             patience,
             evict,
         }),
+    })
+}
+
+/// One `[[faults.straggler]]` entry.
+fn validate_straggler(
+    src: &Source,
+    idx: usize,
+    s: &RawStraggler,
+    gpus: usize,
+    nodes: usize,
+) -> Result<StragglerSpec, ScenarioError> {
+    let key = |field: &str| format!("faults.straggler.{idx}.{field}");
+    let target = match (s.gpu, s.node) {
+        (Some(gpu), None) => {
+            StragglerTarget::Gpu(in_range(src, &key("gpu"), gpu, 0, gpus as i64 - 1)?)
+        }
+        (None, Some(node)) => {
+            StragglerTarget::Node(in_range(src, &key("node"), node, 0, nodes as i64 - 1)?)
+        }
+        _ => {
+            return Err(src.error(
+                &format!("faults.straggler.{idx}"),
+                "expected exactly one of `gpu` or `node`",
+            ))
+        }
+    };
+    let kind = match s.kind.as_str() {
+        "compute" => StragglerKind::Compute,
+        "nic" => StragglerKind::Nic,
+        other => {
+            return Err(src.error(
+                &key("kind"),
+                format!("unknown straggler kind {other:?}; expected \"compute\" or \"nic\""),
+            ))
+        }
+    };
+    if !(s.factor.is_finite() && (1.0..=1000.0).contains(&s.factor)) {
+        return Err(src.error(
+            &key("factor"),
+            format!(
+                "expected a slowdown factor from 1 to 1000, got {}",
+                s.factor
+            ),
+        ));
+    }
+    let from_ns = duration(src, &key("from"), &s.from)?;
+    let duration_ns = duration(src, &key("duration"), &s.duration)?;
+    if duration_ns == 0 {
+        return Err(src.error(&key("duration"), "expected a duration above zero"));
+    }
+    Ok(StragglerSpec {
+        target,
+        kind,
+        factor: s.factor,
+        from_ns,
+        until_ns: from_ns.saturating_add(duration_ns),
     })
 }

@@ -103,90 +103,111 @@ pub(super) fn validate_sdc(
     entries: &[RawSdc],
     gpus: usize,
 ) -> Result<Vec<SdcSpec>, ScenarioError> {
-    let mut specs = Vec::new();
-    for (idx, e) in entries.iter().enumerate() {
-        let key = |field: &str| format!("faults.sdc.{idx}.{field}");
-        let kind = match e.kind.as_str() {
-            "in-flight" => SdcKind::InFlight,
-            "gradient" => SdcKind::Gradient,
-            "parameters" => SdcKind::Parameters,
-            "reduction-kernel" => SdcKind::ReductionKernel,
-            other => {
-                return Err(src.error(
-                    &key("kind"),
-                    format!(
-                        "unknown SDC kind {other:?}; expected \"in-flight\", \"gradient\", \
-                         \"parameters\" or \"reduction-kernel\""
-                    ),
-                ))
-            }
-        };
-        let gpu = in_range(src, &key("gpu"), e.gpu, 0, gpus as i64 - 1)?;
-        let at_step = match (e.at_step, kind) {
-            (Some(step), _) => in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64,
-            (None, SdcKind::ReductionKernel) => 0,
-            (None, _) => {
-                return Err(src.error(
-                    &format!("faults.sdc.{idx}"),
-                    format!("`at_step` is required for kind {:?}", e.kind),
-                ))
-            }
-        };
-        let bit = match e.bit {
-            Some(bit) => Some(in_range(src, &key("bit"), bit, 0, 31)? as u32),
-            None => None,
-        };
-        let count = match e.count {
-            Some(count) if kind == SdcKind::ReductionKernel => {
-                let _ = count;
-                return Err(src.error(
-                    &key("count"),
-                    "a faulty kernel is wrong whenever its trigger matches; `count` is for \
-                     the other kinds",
-                ));
-            }
-            Some(count) => in_range(src, &key("count"), count, 1, 1_000_000)? as u64,
-            None => 1,
-        };
-        if kind != SdcKind::ReductionKernel {
-            for (field, value) in [
-                ("trigger_mask", e.trigger_mask),
-                ("trigger_value", e.trigger_value),
-            ] {
-                if value.is_some() {
-                    return Err(src.error(
-                        &key(field),
-                        format!("`{field}` applies only to kind \"reduction-kernel\""),
-                    ));
-                }
-            }
-        }
-        let trigger_mask = match e.trigger_mask {
-            Some(mask) => in_range(src, &key("trigger_mask"), mask, 1, u32::MAX as i64)? as u32,
-            None => DEFAULT_TRIGGER_MASK,
-        };
-        let trigger_value = match e.trigger_value {
-            Some(value) => in_range(src, &key("trigger_value"), value, 0, u32::MAX as i64)? as u32,
-            None => DEFAULT_TRIGGER_VALUE & trigger_mask,
-        };
-        if trigger_value & !trigger_mask != 0 {
+    (entries.iter().enumerate())
+        .map(|(idx, e)| validate_entry(src, idx, e, gpus))
+        .collect()
+}
+
+/// One `[[faults.sdc]]` entry.
+fn validate_entry(
+    src: &Source,
+    idx: usize,
+    e: &RawSdc,
+    gpus: usize,
+) -> Result<SdcSpec, ScenarioError> {
+    let key = |field: &str| format!("faults.sdc.{idx}.{field}");
+    let kind = match e.kind.as_str() {
+        "in-flight" => SdcKind::InFlight,
+        "gradient" => SdcKind::Gradient,
+        "parameters" => SdcKind::Parameters,
+        "reduction-kernel" => SdcKind::ReductionKernel,
+        other => {
             return Err(src.error(
-                &key("trigger_value"),
+                &key("kind"),
                 format!(
-                    "{trigger_value:#x} has bits outside trigger_mask {trigger_mask:#x}, so it \
-                     could never match"
+                    "unknown SDC kind {other:?}; expected \"in-flight\", \"gradient\", \
+                     \"parameters\" or \"reduction-kernel\""
                 ),
+            ))
+        }
+    };
+    let gpu = in_range(src, &key("gpu"), e.gpu, 0, gpus as i64 - 1)?;
+    let at_step = match (e.at_step, kind) {
+        (Some(step), _) => in_range(src, &key("at_step"), step, 0, i64::MAX)? as u64,
+        (None, SdcKind::ReductionKernel) => 0,
+        (None, _) => {
+            return Err(src.error(
+                &format!("faults.sdc.{idx}"),
+                format!("`at_step` is required for kind {:?}", e.kind),
+            ))
+        }
+    };
+    let bit = match e.bit {
+        Some(bit) => Some(in_range(src, &key("bit"), bit, 0, 31)? as u32),
+        None => None,
+    };
+    let count = match e.count {
+        Some(count) if kind == SdcKind::ReductionKernel => {
+            let _ = count;
+            return Err(src.error(
+                &key("count"),
+                "a faulty kernel is wrong whenever its trigger matches; `count` is for \
+                 the other kinds",
             ));
         }
-        specs.push(SdcSpec {
-            kind,
-            gpu,
-            at_step,
-            bit,
-            count,
-            trigger_mask,
-            trigger_value,
-        });
+        Some(count) => in_range(src, &key("count"), count, 1, 1_000_000)? as u64,
+        None => 1,
+    };
+    let (trigger_mask, trigger_value) = validate_trigger(src, idx, e, kind)?;
+    Ok(SdcSpec {
+        kind,
+        gpu,
+        at_step,
+        bit,
+        count,
+        trigger_mask,
+        trigger_value,
+    })
+}
+
+/// A faulty kernel's trigger: the source elements whose bits, masked, equal the value. Only
+/// `reduction-kernel` entries may set it.
+fn validate_trigger(
+    src: &Source,
+    idx: usize,
+    e: &RawSdc,
+    kind: SdcKind,
+) -> Result<(u32, u32), ScenarioError> {
+    let key = |field: &str| format!("faults.sdc.{idx}.{field}");
+    if kind != SdcKind::ReductionKernel {
+        for (field, value) in [
+            ("trigger_mask", e.trigger_mask),
+            ("trigger_value", e.trigger_value),
+        ] {
+            if value.is_some() {
+                return Err(src.error(
+                    &key(field),
+                    format!("`{field}` applies only to kind \"reduction-kernel\""),
+                ));
+            }
+        }
     }
-    Ok(specs)
+    let trigger_mask = match e.trigger_mask {
+        Some(mask) => in_range(src, &key("trigger_mask"), mask, 1, u32::MAX as i64)? as u32,
+        None => DEFAULT_TRIGGER_MASK,
+    };
+    let trigger_value = match e.trigger_value {
+        Some(value) => in_range(src, &key("trigger_value"), value, 0, u32::MAX as i64)? as u32,
+        None => DEFAULT_TRIGGER_VALUE & trigger_mask,
+    };
+    if trigger_value & !trigger_mask != 0 {
+        return Err(src.error(
+            &key("trigger_value"),
+            format!(
+                "{trigger_value:#x} has bits outside trigger_mask {trigger_mask:#x}, so it \
+                 could never match"
+            ),
+        ));
+    }
+    Ok((trigger_mask, trigger_value))
 }

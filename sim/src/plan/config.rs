@@ -418,13 +418,20 @@ struct RawLemon {
 
 const SECONDS_PER_NODE_DAY_PER_1000: f64 = 1000.0 * 86_400.0;
 
+/// A duration in seconds, `default` when the key is absent, or an error naming `key`.
+fn duration_s(
+    src: &Source,
+    key: &str,
+    text: &Option<String>,
+    default: &str,
+) -> Result<f64, ScenarioError> {
+    let text = text.as_deref().unwrap_or(default);
+    parse_duration_ns(text)
+        .map(|ns| ns as f64 / 1e9)
+        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+}
+
 fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, ScenarioError> {
-    let duration_s = |key: &str, text: &Option<String>, default: &str| {
-        let text = text.as_deref().unwrap_or(default);
-        parse_duration_ns(text)
-            .map(|ns| ns as f64 / 1e9)
-            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
-    };
     let gpus = in_range(src, "cluster.gpus", raw.cluster.gpus, 1, MAX_GPUS as i64)?;
     let gpus_per_node = in_range(
         src,
@@ -440,9 +447,43 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         ));
     }
     let nodes = gpus.div_ceil(gpus_per_node);
+    let plan = validate_plan(src, &raw.plan)?;
+    let (checkpoint_interval_s, checkpoint_write_time_s, checkpoint_persist_time_s) =
+        validate_checkpoint(src, &raw.checkpoint)?;
+    let (recovery, detection_time_s) = validate_recovery(src, &raw.recovery)?;
+    let faults = validate_faults(src, &raw.faults, detection_time_s)?;
+    let lemons = validate_lemons(src, &raw.faults.lemon, nodes)?;
+    Ok(PlanConfig {
+        name: name.to_string(),
+        description: raw.scenario.description,
+        gpus,
+        gpus_per_node,
+        nodes,
+        horizon_s: plan.horizon_s,
+        seeds: plan.seeds,
+        root_seed: plan.root_seed,
+        sweep: raw.plan.sweep.clone(),
+        checkpoint_interval_s,
+        checkpoint_write_time_s,
+        checkpoint_persist_time_s,
+        recovery,
+        faults,
+        lemons,
+        maintenance: plan.maintenance,
+        step_time_s: 0.0,
+    })
+}
 
-    let p = &raw.plan;
-    let horizon_s = duration_s("plan.horizon", &p.horizon, "30d")?;
+/// The `[plan]` table, checked.
+struct PlanSection {
+    horizon_s: f64,
+    seeds: usize,
+    root_seed: u64,
+    maintenance: Option<Maintenance>,
+}
+
+fn validate_plan(src: &Source, p: &RawPlan) -> Result<PlanSection, ScenarioError> {
+    let horizon_s = duration_s(src, "plan.horizon", &p.horizon, "30d")?;
     if horizon_s <= 0.0 {
         return Err(src.error("plan.horizon", "expected a horizon above zero"));
     }
@@ -454,7 +495,7 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
     let maintenance = match (&p.maintenance_interval, &p.maintenance_duration) {
         (None, None) => None,
         (interval, duration) => {
-            let interval_s = duration_s("plan.maintenance_interval", interval, "0s")?;
+            let interval_s = duration_s(src, "plan.maintenance_interval", interval, "0s")?;
             if interval_s <= 0.0 {
                 return Err(src.error(
                     "plan.maintenance_interval",
@@ -463,13 +504,22 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
             }
             Some(Maintenance {
                 interval_s,
-                duration_s: duration_s("plan.maintenance_duration", duration, "0s")?,
+                duration_s: duration_s(src, "plan.maintenance_duration", duration, "0s")?,
             })
         }
     };
 
-    let c = &raw.checkpoint;
-    let checkpoint_interval_s = duration_s("checkpoint.interval", &c.interval, "1h")?;
+    Ok(PlanSection {
+        horizon_s,
+        seeds,
+        root_seed,
+        maintenance,
+    })
+}
+
+/// The checkpoint interval, write time and persist time, in seconds.
+fn validate_checkpoint(src: &Source, c: &RawCheckpoint) -> Result<(f64, f64, f64), ScenarioError> {
+    let checkpoint_interval_s = duration_s(src, "checkpoint.interval", &c.interval, "1h")?;
     // Each interval is one turn of the model's loop: below a second, a month takes too long.
     if checkpoint_interval_s < 1.0 {
         return Err(src.error(
@@ -477,10 +527,19 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
             format!("expected an interval of at least 1s, got {checkpoint_interval_s} s"),
         ));
     }
-    let checkpoint_write_time_s = duration_s("checkpoint.write_time", &c.write_time, "0s")?;
-    let checkpoint_persist_time_s = duration_s("checkpoint.persist_time", &c.persist_time, "0s")?;
+    let checkpoint_write_time_s = duration_s(src, "checkpoint.write_time", &c.write_time, "0s")?;
+    let checkpoint_persist_time_s =
+        duration_s(src, "checkpoint.persist_time", &c.persist_time, "0s")?;
 
-    let r = &raw.recovery;
+    Ok((
+        checkpoint_interval_s,
+        checkpoint_write_time_s,
+        checkpoint_persist_time_s,
+    ))
+}
+
+/// The recovery policy and its times, and the default detection time of every kind.
+fn validate_recovery(src: &Source, r: &RawRecovery) -> Result<(Recovery, f64), ScenarioError> {
     let policy_name = r.policy.as_deref().unwrap_or("restart");
     let policy = Policy::from_name(policy_name).ok_or_else(|| {
         src.error(
@@ -491,8 +550,8 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
             ),
         )
     })?;
-    let restart_time_s = duration_s("recovery.restart_time", &r.restart_time, "10min")?;
-    let detection_time_s = duration_s("recovery.detection_time", &r.detection_time, "0s")?;
+    let restart_time_s = duration_s(src, "recovery.restart_time", &r.restart_time, "10min")?;
+    let detection_time_s = duration_s(src, "recovery.detection_time", &r.detection_time, "0s")?;
     let replicas = in_range(
         src,
         "recovery.replicas",
@@ -504,19 +563,26 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         policy,
         restart_time_s,
         in_memory_restore_time_s: duration_s(
+            src,
             "recovery.in_memory_restore_time",
             &r.in_memory_restore_time,
             "3min",
         )?,
-        hot_spare_time_s: duration_s("recovery.hot_spare_time", &r.hot_spare_time, "5min")?,
+        hot_spare_time_s: duration_s(src, "recovery.hot_spare_time", &r.hot_spare_time, "5min")?,
         per_replica_stall_time_s: duration_s(
+            src,
             "recovery.per_replica_stall_time",
             &r.per_replica_stall_time,
             "3min",
         )?,
         replicas,
         replica_rejoin_time_s: match &r.replica_rejoin_time {
-            Some(_) => duration_s("recovery.replica_rejoin_time", &r.replica_rejoin_time, "")?,
+            Some(_) => duration_s(
+                src,
+                "recovery.replica_rejoin_time",
+                &r.replica_rejoin_time,
+                "",
+            )?,
             None => restart_time_s,
         },
         spare_nodes: match r.spare_nodes {
@@ -529,18 +595,18 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
                 MAX_GPUS as i64,
             )?),
         },
-        repair_time_s: duration_s("recovery.repair_time", &r.repair_time, "3d")?,
+        repair_time_s: duration_s(src, "recovery.repair_time", &r.repair_time, "3d")?,
     };
 
-    let f = &raw.faults;
-    let kind_of = |key_prefix: &str, name: &str| {
-        FAULT_KINDS.iter().position(|k| *k == name).ok_or_else(|| {
-            src.error(
-                &format!("{key_prefix}.{name}"),
-                format!("unknown failure kind {name:?}; expected one of {FAULT_KINDS:?}"),
-            )
-        })
-    };
+    Ok((recovery, detection_time_s))
+}
+
+/// Each failure kind's process: its rate, its distribution and its detection time.
+fn validate_faults(
+    src: &Source,
+    f: &RawFaults,
+    detection_time_s: f64,
+) -> Result<Vec<FaultProcess>, ScenarioError> {
     let mut faults: Vec<FaultProcess> = FAULT_KINDS
         .iter()
         .map(|_| FaultProcess {
@@ -560,7 +626,7 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
                      node_failures_per_1000_node_days",
                 )
             })?;
-        let idx = kind_of("faults.rates", kind).map_err(|_| {
+        let idx = fault_kind(src, "faults.rates", kind).map_err(|_| {
             src.error(
                 &full_key,
                 format!("unknown failure kind {kind:?}; expected one of {FAULT_KINDS:?}"),
@@ -574,8 +640,28 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         }
         faults[idx].rate_per_node_s = rate / SECONDS_PER_NODE_DAY_PER_1000;
     }
+    validate_shapes_and_detection(src, f, &mut faults)?;
+    Ok(faults)
+}
+
+/// The kind named in `{key_prefix}.{name}`, as an index into [`FAULT_KINDS`].
+fn fault_kind(src: &Source, key_prefix: &str, name: &str) -> Result<usize, ScenarioError> {
+    FAULT_KINDS.iter().position(|k| *k == name).ok_or_else(|| {
+        src.error(
+            &format!("{key_prefix}.{name}"),
+            format!("unknown failure kind {name:?}; expected one of {FAULT_KINDS:?}"),
+        )
+    })
+}
+
+/// `faults.distribution`, `faults.weibull_shape` and `faults.detection`, per kind.
+fn validate_shapes_and_detection(
+    src: &Source,
+    f: &RawFaults,
+    faults: &mut [FaultProcess],
+) -> Result<(), ScenarioError> {
     for (kind, name) in &f.distribution {
-        let idx = kind_of("faults.distribution", kind)?;
+        let idx = fault_kind(src, "faults.distribution", kind)?;
         let key = format!("faults.distribution.{kind}");
         faults[idx].distribution = match name.as_str() {
             "exponential" => Distribution::Exponential,
@@ -599,22 +685,31 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         };
     }
     for (kind, &shape) in &f.weibull_shape {
-        kind_of("faults.weibull_shape", kind)?;
+        fault_kind(src, "faults.weibull_shape", kind)?;
         positive(src, &format!("faults.weibull_shape.{kind}"), shape, 20.0)?;
     }
     for (kind, text) in &f.detection {
-        let idx = kind_of("faults.detection", kind)?;
-        faults[idx].detection_s =
-            duration_s(&format!("faults.detection.{kind}"), &Some(text.clone()), "")?;
+        let idx = fault_kind(src, "faults.detection", kind)?;
+        faults[idx].detection_s = duration_s(
+            src,
+            &format!("faults.detection.{kind}"),
+            &Some(text.clone()),
+            "",
+        )?;
     }
-    let fraction = f.lemon.node_fraction.unwrap_or(0.0);
+    Ok(())
+}
+
+/// `[faults.lemon]`: a share of nodes that fail more often, and when they are drained.
+fn validate_lemons(src: &Source, lemon: &RawLemon, nodes: usize) -> Result<Lemons, ScenarioError> {
+    let fraction = lemon.node_fraction.unwrap_or(0.0);
     if !(0.0..=0.5).contains(&fraction) {
         return Err(src.error(
             "faults.lemon.node_fraction",
             format!("expected a share of nodes from 0 to 0.5, got {fraction}"),
         ));
     }
-    let rate_multiplier = f.lemon.rate_multiplier.unwrap_or(1.0);
+    let rate_multiplier = lemon.rate_multiplier.unwrap_or(1.0);
     if !(rate_multiplier.is_finite() && (1.0..=1e4).contains(&rate_multiplier)) {
         return Err(src.error(
             "faults.lemon.rate_multiplier",
@@ -627,31 +722,13 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         exclude_after: in_range(
             src,
             "faults.lemon.exclude_after",
-            f.lemon.exclude_after.unwrap_or(0),
+            lemon.exclude_after.unwrap_or(0),
             0,
             1_000_000,
         )? as u64,
     };
 
-    Ok(PlanConfig {
-        name: name.to_string(),
-        description: raw.scenario.description,
-        gpus,
-        gpus_per_node,
-        nodes,
-        horizon_s,
-        seeds,
-        root_seed,
-        sweep: p.sweep.clone(),
-        checkpoint_interval_s,
-        checkpoint_write_time_s,
-        checkpoint_persist_time_s,
-        recovery,
-        faults,
-        lemons,
-        maintenance,
-        step_time_s: 0.0,
-    })
+    Ok(lemons)
 }
 
 /// Splits `key=v1,v2,...` into the key and its values.
