@@ -539,7 +539,7 @@ fn exact_sum(world: usize, idx: usize) -> f32 {
 
 #[test]
 fn local_transport_all_reduce_and_broadcast_are_exact_for_every_algorithm() {
-    for algo in Algo::ALL {
+    for &algo in Algo::ALL {
         for gpus in 1..=11 {
             for gpus_per_node in [1, 4] {
                 let collective = Collective::new(algo);
@@ -939,7 +939,7 @@ fn framed_transport_collectives_match_the_local_transport_bit_for_bit() {
         ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2f32.powi((h % 20) as i32 - 10)
     }
     for (gpus, gpus_per_node) in [(1, 1), (6, 3), (8, 8), (11, 4)] {
-        for algo in Algo::ALL {
+        for &algo in Algo::ALL {
             for op in [
                 Op::AllReduce,
                 Op::ReduceScatter,

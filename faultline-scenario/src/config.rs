@@ -175,30 +175,21 @@ pub struct CrashSpec {
     pub when: CrashWhen,
 }
 
-/// What the controller does after a failure. Where the trainer restores from is the
-/// trainer's checkpoint policy (`restore_from_memory`), set to match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecoveryPolicy {
-    /// Every rank restarts after `restart_time`; the job reloads from the persistent store.
-    Restart,
-    /// As `Restart`, but ranks restore from host memory (own, then the buddy's) when it survived.
-    InMemory,
-    /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
-    /// Without spares left, the controller falls back to a full restart (or gives up).
-    HotSpare,
-    /// A failed node is dropped from the replica group; the others go on without a restore
-    /// and re-admit it after `replica_rejoin_time`. Below `min_replicas` nodes: a restart.
-    PerReplica,
-}
-
-impl RecoveryPolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            RecoveryPolicy::Restart => "restart",
-            RecoveryPolicy::InMemory => "in-memory",
-            RecoveryPolicy::HotSpare => "hot-spare",
-            RecoveryPolicy::PerReplica => "per-replica",
-        }
+trainer_core::named_enum! {
+    /// What the controller does after a failure. Where the trainer restores from is the
+    /// trainer's checkpoint policy (`restore_from_memory`), set to match.
+    pub enum RecoveryPolicy {
+        /// Every rank restarts after `restart_time`; the job reloads from the persistent store.
+        Restart = "restart",
+        /// As `Restart`, but ranks restore from host memory (own, then the buddy's) when it
+        /// survived.
+        InMemory = "in-memory",
+        /// A failed node is swapped for a spare in `spare_swap_time`; ranks restore from memory.
+        /// Without spares left, the controller falls back to a full restart (or gives up).
+        HotSpare = "hot-spare",
+        /// A failed node is dropped from the replica group; the others go on without a restore
+        /// and re-admit it after `replica_rejoin_time`. Below `min_replicas` nodes: a restart.
+        PerReplica = "per-replica",
     }
 }
 
@@ -342,26 +333,17 @@ pub struct StragglerConfig {
 
 // Silent data corruption.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SdcKind {
-    /// Bits flip in a payload between sender and receiver.
-    InFlight,
-    /// A bit flips in one rank's gradient before the all-reduce.
-    Gradient,
-    /// A bit flips in one replica's resident parameters.
-    Parameters,
-    /// One GPU's reduction kernel is wrong on inputs matching a bit pattern.
-    ReductionKernel,
-}
-
-impl SdcKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            SdcKind::InFlight => "sdc_in_flight",
-            SdcKind::Gradient => "sdc_gradient",
-            SdcKind::Parameters => "sdc_parameters",
-            SdcKind::ReductionKernel => "sdc_reduction_kernel",
-        }
+trainer_core::named_enum! {
+    /// Where silent data corruption strikes; named as the report counts it.
+    pub enum SdcKind {
+        /// Bits flip in a payload between sender and receiver.
+        InFlight = "sdc_in_flight",
+        /// A bit flips in one rank's gradient before the all-reduce.
+        Gradient = "sdc_gradient",
+        /// A bit flips in one replica's resident parameters.
+        Parameters = "sdc_parameters",
+        /// One GPU's reduction kernel is wrong on inputs matching a bit pattern.
+        ReductionKernel = "sdc_reduction_kernel",
     }
 }
 

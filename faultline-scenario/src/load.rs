@@ -901,21 +901,16 @@ fn validate_policy(
     r: &RawRecovery,
     spare_nodes: usize,
 ) -> Result<(RecoveryPolicy, bool), ScenarioError> {
-    let policy = match r.policy.as_str() {
-        "restart" => RecoveryPolicy::Restart,
-        "in-memory" => RecoveryPolicy::InMemory,
-        "hot-spare" => RecoveryPolicy::HotSpare,
-        "per-replica" => RecoveryPolicy::PerReplica,
-        other => {
-            return Err(src.error(
-                "recovery.policy",
-                format!(
-                    "unknown policy {other:?}; expected \"restart\", \"in-memory\", \
-                     \"hot-spare\" or \"per-replica\""
-                ),
-            ))
-        }
-    };
+    let policy = RecoveryPolicy::from_name(&r.policy).ok_or_else(|| {
+        src.error(
+            "recovery.policy",
+            format!(
+                "unknown policy {:?}; expected \"restart\", \"in-memory\", \"hot-spare\" or \
+                 \"per-replica\"",
+                r.policy
+            ),
+        )
+    })?;
     let fallback_to_restart = match r.fallback.as_str() {
         "restart" => true,
         "none" => false,

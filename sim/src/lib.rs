@@ -3,6 +3,7 @@
 //! [`world::SimBackend`].
 
 pub mod atomic;
+pub mod books;
 pub mod executor;
 pub mod fuzzing;
 pub mod limits;

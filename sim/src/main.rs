@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use faultline_sim::atomic::write_atomically;
+use faultline_sim::books::by_name;
 use faultline_sim::executor::ExecutorKind;
 use faultline_sim::limits;
 use faultline_sim::plan;
@@ -448,7 +449,9 @@ fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         );
         println!(
             "faults injected: {:?}; detected by: {:?}; recoveries: {}",
-            report.faults.injected, report.faults.detected, report.recoveries
+            by_name(&report.faults.injected),
+            by_name(&report.faults.detected),
+            report.recoveries
         );
         print_sdc_summary(&report);
         if !report.lost_time_ns_by_cause.is_empty() {

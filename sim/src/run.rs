@@ -9,6 +9,7 @@ use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
 use trainer_core::Backend;
 
+use crate::books::{Detector, FaultKind, LostCause, TierName};
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::storage::AtomicityViolation;
@@ -104,8 +105,8 @@ pub struct RunReport {
     /// Failures that found no spare node left.
     pub spare_pool_exhausted: u64,
     /// Ranks' restores by where their shard came from (host, peer, persistent).
-    pub restores_by_tier: std::collections::BTreeMap<String, u64>,
-    pub lost_time_ns_by_cause: std::collections::BTreeMap<String, u64>,
+    pub restores_by_tier: std::collections::BTreeMap<TierName, u64>,
+    pub lost_time_ns_by_cause: std::collections::BTreeMap<LostCause, u64>,
     /// Model time rank 0 spent on steps it had not completed before, over all model time.
     pub goodput: f64,
     /// Distinct instants of model time at which events fired.
@@ -144,8 +145,8 @@ fn is_zero(value: &u64) -> bool {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FaultSummary {
-    pub injected: std::collections::BTreeMap<String, u64>,
-    pub detected: std::collections::BTreeMap<String, u64>,
+    pub injected: std::collections::BTreeMap<FaultKind, u64>,
+    pub detected: std::collections::BTreeMap<Detector, u64>,
     pub skipped_after_finish: u64,
     pub job_abandoned: bool,
     /// Some ranks finished the last step after others had died: nothing was restarted.

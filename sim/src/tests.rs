@@ -1,3 +1,4 @@
+use crate::books::FaultKind;
 use crate::scenario::load_str;
 
 const MINIMAL: &str = "[cluster]\ngpus = 16\n[job]\nsteps = 2\n";
@@ -186,7 +187,7 @@ fn recording_a_run_does_not_change_it() {
         .unwrap()
         .unwrap();
     std::fs::remove_file(&timeline).unwrap();
-    assert_eq!(plain.faults.injected.get("node_crash"), Some(&1));
+    assert_eq!(plain.faults.injected.get(&FaultKind::NodeCrash), Some(&1));
     assert_eq!(recorded.trace_digest, plain.trace_digest);
     assert_eq!(recorded.param_digest, plain.param_digest);
     assert_eq!(recorded.model_time_ns, plain.model_time_ns);

@@ -17,6 +17,7 @@ use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 
 use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
 
+use crate::books::FaultKind;
 use crate::queue::RadixQueue;
 use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
@@ -670,7 +671,7 @@ impl World {
             }
             EventKind::WriteDone { ticket } => {
                 if self.storage.complete(ticket, self.now_ns) {
-                    self.count_injected("storage_write_failure");
+                    self.count_injected(FaultKind::StorageWriteFailure);
                     self.record(None, Record::StorageWriteFailed);
                 }
             }

@@ -66,7 +66,7 @@ fn every_algorithm_and_op_is_exact_for_world_sizes_1_to_64() {
             if gpus_per_node > gpus {
                 continue;
             }
-            for algo in Algo::ALL {
+            for &algo in Algo::ALL {
                 for op in ops(gpus) {
                     // 37 elements: fewer than some groups have members, so some parts are empty.
                     check(
@@ -113,7 +113,7 @@ fn hierarchical_is_exact_with_every_inner_algorithm() {
 #[test]
 fn madsim_executor_gives_the_same_numbers_on_every_interleaving() {
     for gpus in [1, 6, 17, 32] {
-        for algo in Algo::ALL {
+        for &algo in Algo::ALL {
             for op in ops(gpus) {
                 check(
                     algo,
@@ -239,7 +239,7 @@ fn every_algorithm_and_op_is_exact_without_dropped_nodes() {
                 let members = gpus - dropped.len();
                 let mut algos: Vec<(Algo, Algo)> = Algo::ALL
                     .into_iter()
-                    .map(|a| (a, Algo::HalvingDoubling))
+                    .map(|&a| (a, Algo::HalvingDoubling))
                     .collect();
                 algos.push((Algo::Hierarchical, Algo::Ring));
                 algos.push((Algo::Hierarchical, Algo::Tree));
@@ -311,7 +311,7 @@ fn dropped_ranks_exchange_nothing_and_madsim_agrees() {
         &dropped,
     );
     assert_eq!(report.messages, 12 * 2 * 11);
-    for algo in Algo::ALL {
+    for &algo in Algo::ALL {
         for op in ops(12) {
             check(
                 algo,

@@ -2,6 +2,7 @@
 //! stragglers: their cost in step time, their scores, and eviction. Every bound is derived
 //! from the scenario's own settings or from the fault-free run of the same scenario.
 
+use faultline_sim::books::{Detector, FaultKind, LostCause};
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::{load_str, Scenario};
 
@@ -67,14 +68,14 @@ fn a_nic_flap_under_retry_costs_time_but_no_restart() {
     assert!(report.faults.detected.is_empty(), "{:?}", report.faults);
     assert_eq!(report.steps_completed, reference.steps_completed);
     assert_eq!(report.param_digest, reference.param_digest);
-    assert_eq!(report.faults.injected.get("link_flap"), Some(&1));
+    assert_eq!(report.faults.injected.get(&FaultKind::LinkFlap), Some(&1));
     let flaps = report.link_flaps.as_ref().expect("a link flap report");
     assert_eq!(flaps.transport, "retry");
     assert!(
         flaps.transfers_retried > 0 && flaps.transfers_lost == 0,
         "{flaps:?}"
     );
-    let retry_ns = report.lost_time_ns_by_cause["link_flap_retry"];
+    let retry_ns = report.lost_time_ns_by_cause[&LostCause::LinkFlapRetry];
     assert_eq!(retry_ns, flaps.retry_time_ns);
     // Transfers wait for the link at most `down`, plus one backoff of at most the maximum.
     let max_backoff_ns = 100_000_000;
@@ -99,7 +100,7 @@ fn the_same_flap_under_plain_costs_a_restart_detected_by_the_watchdog() {
     assert!(report
         .faults
         .detected
-        .get("watchdog")
+        .get(&Detector::Watchdog)
         .is_some_and(|&n| n >= 1));
     assert_eq!(report.steps_completed, reference.steps_completed);
     // Detected and recovered: the same parameters as the fault-free run.
@@ -114,9 +115,11 @@ fn the_same_flap_under_plain_costs_a_restart_detected_by_the_watchdog() {
     // The watchdog gives up on a receive only after the collective timeout.
     let timeout_ns = 5_000_000_000;
     assert!(flaps.detection_latency_ns_max >= timeout_ns, "{flaps:?}");
-    assert!(report.lost_time_ns_by_cause["detection"] >= timeout_ns);
-    assert!(report.lost_time_ns_by_cause["restart"] >= 30_000_000_000);
-    assert!(!report.lost_time_ns_by_cause.contains_key("link_flap_retry"));
+    assert!(report.lost_time_ns_by_cause[&LostCause::Detection] >= timeout_ns);
+    assert!(report.lost_time_ns_by_cause[&LostCause::Restart] >= 30_000_000_000);
+    assert!(!report
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::LinkFlapRetry));
 }
 
 #[test]
@@ -134,7 +137,7 @@ fn a_flap_longer_than_the_retry_budget_falls_back_to_the_watchdog() {
     assert!(report
         .faults
         .detected
-        .get("watchdog")
+        .get(&Detector::Watchdog)
         .is_some_and(|&n| n >= 1));
     assert_eq!(report.param_digest, reference.param_digest);
 }
@@ -238,8 +241,11 @@ fn a_straggler_slows_every_step_by_its_extra_compute_and_its_score_flags_it() {
     assert!((flagged.score - 1.5).abs() < 0.01, "{}", flagged.score);
     assert_eq!(stragglers.stragglers_evicted, 0);
     assert_eq!(report.recoveries, 0);
-    assert_eq!(report.faults.detected.get("straggler_score"), Some(&1));
-    assert!(report.lost_time_ns_by_cause["straggler"] > 0);
+    assert_eq!(
+        report.faults.detected.get(&Detector::StragglerScore),
+        Some(&1)
+    );
+    assert!(report.lost_time_ns_by_cause[&LostCause::Straggler] > 0);
     assert_eq!(report.param_digest, reference.param_digest);
 }
 
@@ -305,7 +311,10 @@ fn random_flaps_are_drawn_from_the_seed_and_retry_rides_them_out() {
     assert_eq!(a.trace_digest, b.trace_digest);
     let flaps = a.link_flaps.as_ref().expect("a link flap report");
     assert!(flaps.flaps >= 1, "{flaps:?}");
-    assert_eq!(a.faults.injected.get("link_flap"), Some(&flaps.flaps));
+    assert_eq!(
+        a.faults.injected.get(&FaultKind::LinkFlap),
+        Some(&flaps.flaps)
+    );
     // 200 ms flaps against a 20 s retry budget: nothing is lost, nothing restarts.
     assert_eq!(flaps.transfers_lost, 0);
     assert_eq!(a.recoveries, 0);

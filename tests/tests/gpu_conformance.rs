@@ -189,7 +189,7 @@ fn every_collective_gives_the_simulators_bits_on_every_arm() {
         );
     }
     for placement in placements {
-        for algo in Algo::ALL {
+        for &algo in Algo::ALL {
             let gpus = placement.world_size;
             let ops = [
                 Op::AllReduce,

@@ -8,6 +8,7 @@
 //! within a bound after the last fault, too few nodes left fall back to a full restart (which
 //! is fault-free equivalent again), and goodput beats `restart` on the same faults.
 
+use faultline_sim::books::LostCause;
 use faultline_sim::replay;
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::{load_str, Scenario};
@@ -168,8 +169,12 @@ fn per_replica_is_deterministic_converges_and_beats_restart() {
     let per_replica = first.per_replica.clone().unwrap();
     assert_eq!(per_replica.drops, 2);
     assert_eq!(first.recoveries, per_replica.regroups);
-    assert!(first.lost_time_ns_by_cause.contains_key("regroup"));
-    assert!(!first.lost_time_ns_by_cause.contains_key("restart"));
+    assert!(first
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Regroup));
+    assert!(!first
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Restart));
     // The arithmetic changed: not the fault-free parameters.
     let fault_free = run("", &[]);
     assert_ne!(first.param_digest, fault_free.param_digest);
@@ -216,7 +221,9 @@ fn too_few_nodes_left_fall_back_to_a_full_restart() {
     assert_eq!(per_replica.fallback_restarts, 1);
     assert_eq!(per_replica.drops, 0);
     assert_eq!(report.recoveries, 1);
-    assert!(report.lost_time_ns_by_cause.contains_key("restart"));
+    assert!(report
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Restart));
     // A full restart restores a checkpoint: the fault-free parameters again.
     assert_eq!(report.param_digest, run("", &[]).param_digest);
 }
@@ -247,8 +254,12 @@ fn a_failure_that_takes_no_node_regroups_the_same_members_and_keeps_the_arithmet
     let per_replica = report.per_replica.clone().unwrap();
     assert!(per_replica.regroups > 0);
     assert_eq!((per_replica.drops, per_replica.degraded_steps), (0, 0));
-    assert!(!report.lost_time_ns_by_cause.contains_key("restart"));
-    assert!(!report.lost_time_ns_by_cause.contains_key("readmission"));
+    assert!(!report
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Restart));
+    assert!(!report
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Readmission));
     assert_eq!(report.param_digest, fault_free.param_digest);
     let restart = run_scenario(&faultline_sim::scenario::load(&path, &[]).unwrap()).unwrap();
     assert!(report.goodput > restart.goodput);
@@ -271,5 +282,7 @@ fn a_regroup_with_no_member_holding_state_restarts_instead() {
     assert!(report.replicas_agree);
     assert_eq!(per_replica.drops, 1, "{per_replica:?}");
     assert_eq!(per_replica.fallback_restarts, 1, "{per_replica:?}");
-    assert!(report.lost_time_ns_by_cause.contains_key("restart"));
+    assert!(report
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Restart));
 }

@@ -1,6 +1,7 @@
 //! Checkpoints, crashes and recovery under the restart policy: fault-free equivalence,
 //! checkpoint atomicity at every phase of a write, and liveness after the last fault.
 
+use faultline_sim::books::{Detector, FaultKind, LostCause, TierName};
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::load_str;
 
@@ -56,18 +57,18 @@ fn a_crash_recovers_to_the_fault_free_parameters() {
         let injected: u64 = report.faults.injected.values().sum();
         assert_eq!(injected, 1);
         assert_eq!(
-            report.faults.detected.get("heartbeat"),
+            report.faults.detected.get(&Detector::Heartbeat),
             Some(&1),
             "{:?}",
             report.faults
         );
-        for cause in ["detection", "restart", "restore"] {
-            assert!(report.lost_time_ns_by_cause.contains_key(cause), "{cause}");
+        for cause in [LostCause::Detection, LostCause::Restart, LostCause::Restore] {
+            assert!(report.lost_time_ns_by_cause.contains_key(&cause), "{cause}");
         }
         if step >= 12 {
             // By then a checkpoint is committed: every rank restores its shard from the store.
             assert_eq!(
-                report.restores_by_tier.get("persistent"),
+                report.restores_by_tier.get(&TierName::Persistent),
                 Some(&24),
                 "{target}"
             );
@@ -125,7 +126,7 @@ fn crashes_at_every_phase_of_a_checkpoint_never_restore_a_partial_one() {
         // A verified restore never had to skip a checkpoint: none was committed partial.
         assert_eq!(report.restore_fallbacks, 0, "crash at {at_ns} ns");
         crashed_during_persist += report.checkpoints_lost_in_flight;
-        restored_runs += report.restores_by_tier.contains_key("persistent") as u64;
+        restored_runs += report.restores_by_tier.contains_key(&TierName::Persistent) as u64;
     }
     assert!(
         crashed_during_persist > 5,
@@ -150,7 +151,7 @@ fn without_checkpoints_a_crash_restarts_from_step_zero_and_still_converges_to_th
     let report = run_scenario(&load_str("r", "<test>", &text, &[]).unwrap()).unwrap();
     assert_eq!(report.param_digest, reference.param_digest);
     // All ten steps before the crash were trained again.
-    let recomputed = report.lost_time_ns_by_cause["recomputed_steps"];
+    let recomputed = report.lost_time_ns_by_cause[&LostCause::RecomputedSteps];
     let per_step = reference.model_time_ns / 16;
     assert!(
         recomputed >= 9 * per_step,
@@ -167,7 +168,7 @@ fn liveness_after_the_last_fault() {
     let report = run("[[faults.crash]]\nnode = 4\nat_step = 11\n", &[]);
     let extra = report.model_time_ns - reference.model_time_ns;
     assert!(extra < 120_000_000_000, "the job took {extra} ns longer");
-    let detection = report.lost_time_ns_by_cause["detection"];
+    let detection = report.lost_time_ns_by_cause[&LostCause::Detection];
     assert!(
         (15_000_000_000..=20_000_000_000).contains(&detection),
         "{detection}"
@@ -183,13 +184,13 @@ fn a_collective_timeout_detects_what_heartbeats_do_not() {
     ];
     let report = run("[[faults.crash]]\nnode = 2\nat_step = 5\n", &sets);
     assert_eq!(
-        report.faults.detected.get("watchdog"),
+        report.faults.detected.get(&Detector::Watchdog),
         Some(&1),
         "{:?}",
         report.faults
     );
     assert_eq!(report.param_digest, reference.param_digest);
-    let detection = report.lost_time_ns_by_cause["detection"];
+    let detection = report.lost_time_ns_by_cause[&LostCause::Detection];
     assert!(detection >= 30_000_000_000, "{detection}");
 }
 
@@ -217,15 +218,18 @@ fn in_memory_restores_from_host_and_buddy_memory_and_faster() {
     let restart = with_policy("restart", crash, &[]);
     let in_memory = with_policy("in-memory", crash, &[]);
     // 24 ranks: the 4 of the crashed node read their buddy's copy, the other 20 their own.
-    assert_eq!(restart.restores_by_tier.get("persistent"), Some(&24));
     assert_eq!(
-        in_memory.restores_by_tier.get("host"),
+        restart.restores_by_tier.get(&TierName::Persistent),
+        Some(&24)
+    );
+    assert_eq!(
+        in_memory.restores_by_tier.get(&TierName::Host),
         Some(&20),
         "{:?}",
         in_memory.restores_by_tier
     );
-    assert_eq!(in_memory.restores_by_tier.get("peer"), Some(&4));
-    let restore = |r: &RunReport| r.lost_time_ns_by_cause["restore"];
+    assert_eq!(in_memory.restores_by_tier.get(&TierName::Peer), Some(&4));
+    let restore = |r: &RunReport| r.lost_time_ns_by_cause[&LostCause::Restore];
     assert!(
         restore(&in_memory) < restore(&restart),
         "{} vs {}",
@@ -243,7 +247,7 @@ fn in_memory_falls_back_to_the_store_when_a_node_and_its_buddy_both_die() {
     let report = with_policy("in-memory", crashes, &[]);
     assert_eq!(report.param_digest, reference.param_digest);
     assert_eq!(
-        report.restores_by_tier.get("persistent"),
+        report.restores_by_tier.get(&TierName::Persistent),
         Some(&4),
         "{:?}",
         report.restores_by_tier
@@ -267,7 +271,7 @@ fn hot_spares_swap_fast_until_the_pool_runs_dry_then_restart_in_full() {
     assert_eq!(report.spare_pool_exhausted, 1);
     // One 20 s swap, then one 5 min restart once the pool is empty.
     assert_eq!(
-        report.lost_time_ns_by_cause["restart"],
+        report.lost_time_ns_by_cause[&LostCause::Restart],
         20_000_000_000 + 300_000_000_000
     );
 
@@ -334,7 +338,7 @@ fn storage_faults_are_survived_and_counted() {
     let corrupt = "[[faults.storage]]\nkind = \"corrupt\"\nat = \"1300ms\"\n[[faults.crash]]\nnode = 1\nat_step = 15\n";
     let report = run(corrupt, &["checkpoint.keep=3".to_string()]);
     assert_eq!(
-        report.faults.injected.get("storage_corruption"),
+        report.faults.injected.get(&FaultKind::StorageCorruption),
         Some(&1),
         "{:?}",
         report.faults
@@ -351,7 +355,7 @@ fn storage_faults_are_survived_and_counted() {
         report
             .faults
             .injected
-            .get("storage_write_failure")
+            .get(&FaultKind::StorageWriteFailure)
             .copied()
             .unwrap_or(0)
             > 0

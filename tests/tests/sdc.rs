@@ -3,6 +3,7 @@
 //! replacement of a GPU with a faulty reduction kernel, and fault-free equivalence where the
 //! checks promise it.
 
+use faultline_sim::books::{Detector, FaultKind, LostCause};
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::load_str;
 
@@ -49,10 +50,10 @@ fn check(extra: &str, sets: &[&str]) -> (RunReport, RunReport) {
     (report, clean)
 }
 
-fn lost(report: &RunReport, cause: &str) -> u64 {
+fn lost(report: &RunReport, cause: LostCause) -> u64 {
     report
         .lost_time_ns_by_cause
-        .get(cause)
+        .get(&cause)
         .copied()
         .unwrap_or(0)
 }
@@ -65,12 +66,18 @@ fn sdc(kind: &str, gpu: usize, at_step: u64, more: &str) -> String {
 fn payloads_hit_in_flight_are_resent_and_training_ends_fault_free() {
     let faults = sdc("in-flight", 5, 2, "count = 3") + &sdc("in-flight", 30, 7, "bit = 23");
     let (report, clean) = check(&faults, &[]);
-    assert_eq!(report.faults.injected.get("sdc_in_flight"), Some(&4));
-    assert_eq!(report.faults.detected.get("payload_checksum"), Some(&4));
+    assert_eq!(
+        report.faults.injected.get(&FaultKind::SdcInFlight),
+        Some(&4)
+    );
+    assert_eq!(
+        report.faults.detected.get(&Detector::PayloadChecksum),
+        Some(&4)
+    );
     assert!(report.faults.escaped.is_empty());
     assert_eq!(report.param_digest, clean.param_digest);
     assert!(report.replicas_agree);
-    assert!(lost(&report, "payload_resend") > 0);
+    assert!(lost(&report, LostCause::PayloadResend) > 0);
     assert!(
         report.messages > clean.messages,
         "resends travel the fabric"
@@ -83,7 +90,10 @@ fn without_checksums_an_in_flight_flip_escapes_with_its_step() {
         &sdc("in-flight", 5, 3, "bit = 0"),
         &["detection.payload_checksums=false"],
     );
-    assert_eq!(report.faults.injected.get("sdc_in_flight"), Some(&1));
+    assert_eq!(
+        report.faults.injected.get(&FaultKind::SdcInFlight),
+        Some(&1)
+    );
     assert_eq!(report.faults.escaped.len(), 1);
     let escape = &report.faults.escaped[0];
     assert_eq!(
@@ -99,17 +109,23 @@ fn a_big_gradient_flip_is_caught_rerun_as_transient_and_ends_fault_free() {
     assert_eq!((k.injected, k.detected, k.escaped), (1, 1, 0));
     assert_eq!((k.classified_transient, k.classified_persistent), (1, 0));
     assert!(k.detection_latency_ns_max > 0);
-    assert_eq!(report.faults.detected.get("gradient_guard"), Some(&1));
+    assert_eq!(
+        report.faults.detected.get(&Detector::GradientGuard),
+        Some(&1)
+    );
     assert_eq!(report.param_digest, clean.param_digest);
-    assert!(lost(&report, "sdc_rerun") > 0);
-    assert_eq!(k.lost_time_ns, lost(&report, "sdc_rerun"));
+    assert!(lost(&report, LostCause::SdcRerun) > 0);
+    assert_eq!(k.lost_time_ns, lost(&report, LostCause::SdcRerun));
     assert!(report.model_time_ns > clean.model_time_ns);
 }
 
 #[test]
 fn a_low_mantissa_gradient_flip_escapes_and_is_listed_with_its_step() {
     let (report, _) = check(&sdc("gradient", 17, 9, "bit = 0"), &[]);
-    assert!(!report.faults.detected.contains_key("gradient_guard"));
+    assert!(!report
+        .faults
+        .detected
+        .contains_key(&Detector::GradientGuard));
     assert_eq!(report.faults.escaped.len(), 1);
     let escape = &report.faults.escaped[0];
     assert_eq!(
@@ -138,9 +154,12 @@ fn without_rerun_a_caught_gradient_flip_skips_the_step() {
         &sdc("gradient", 3, 4, "bit = 30"),
         &["detection.rerun_suspect_steps=false"],
     );
-    assert_eq!(report.faults.detected.get("gradient_guard"), Some(&1));
+    assert_eq!(
+        report.faults.detected.get(&Detector::GradientGuard),
+        Some(&1)
+    );
     assert!(report.faults.escaped.is_empty());
-    assert_eq!(lost(&report, "sdc_rerun"), 0);
+    assert_eq!(lost(&report, LostCause::SdcRerun), 0);
     // The step's update was dropped: detected, but not the fault-free run.
     assert_ne!(report.param_digest, clean.param_digest);
 }
@@ -152,14 +171,14 @@ fn a_parameter_flip_is_found_by_fingerprints_and_rolled_back_to_fault_free() {
     for bit in [22, 27, 30] {
         let (report, clean) = check(&sdc("parameters", 9, 5, &format!("bit = {bit}")), &[]);
         assert_eq!(
-            report.faults.detected.get("fingerprint"),
+            report.faults.detected.get(&Detector::Fingerprint),
             Some(&1),
             "bit {bit}"
         );
         assert!(report.faults.escaped.is_empty(), "bit {bit}");
         assert_eq!(report.param_digest, clean.param_digest, "bit {bit}");
-        assert!(lost(&report, "fingerprint") > 0);
-        assert!(lost(&report, "sdc_rollback") > 0, "bit {bit}");
+        assert!(lost(&report, LostCause::Fingerprint) > 0);
+        assert!(lost(&report, LostCause::SdcRollback) > 0, "bit {bit}");
         assert_eq!(report.steps_completed, 12);
     }
 }
@@ -172,7 +191,7 @@ fn without_checkpoints_a_roll_back_starts_over_and_still_ends_fault_free() {
     assert!(scenario.job.checkpoint.is_none());
     let report = run_scenario(&scenario).unwrap();
     let clean = run_scenario(&scenario.without_faults()).unwrap();
-    assert_eq!(report.faults.detected.get("fingerprint"), Some(&1));
+    assert_eq!(report.faults.detected.get(&Detector::Fingerprint), Some(&1));
     assert_eq!(report.param_digest, clean.param_digest);
 }
 
@@ -194,13 +213,13 @@ fn a_faulty_reduction_kernel_is_persistent_quarantined_and_replaced() {
         "[[faults.sdc]]\nkind = \"reduction-kernel\"\ngpu = 13\ntrigger_mask = 15\ntrigger_value = 5\nbit = 30\n";
     let (report, clean) = check(kernel, &[]);
     assert_eq!(report.faults.quarantined_gpus, vec![13]);
-    assert_eq!(report.faults.detected.get("quarantine"), Some(&1));
+    assert_eq!(report.faults.detected.get(&Detector::Quarantine), Some(&1));
     assert_eq!(report.recoveries, 1);
     assert_eq!(report.spares_used, 1);
     let k = &report.faults.sdc["sdc_reduction_kernel"];
     assert!(k.classified_persistent >= 1);
     // The re-runs, and the abort, spare swap (1 min) and restore of the quarantine.
-    assert!(k.lost_time_ns >= 60_000_000_000 + lost(&report, "sdc_rerun"));
+    assert!(k.lost_time_ns >= 60_000_000_000 + lost(&report, LostCause::SdcRerun));
     assert_eq!(k.classified_transient, 0);
     assert!(k.detected >= 1);
     assert_eq!(report.steps_completed, 12);
@@ -249,8 +268,12 @@ fn detection_on_without_faults_keeps_the_parameters_of_detection_off() {
         ],
     );
     assert_eq!(on.param_digest, off.param_digest);
-    assert!(on.lost_time_ns_by_cause.contains_key("fingerprint"));
-    assert!(!off.lost_time_ns_by_cause.contains_key("fingerprint"));
+    assert!(on
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Fingerprint));
+    assert!(!off
+        .lost_time_ns_by_cause
+        .contains_key(&LostCause::Fingerprint));
     assert!(on.faults.escaped.is_empty() && on.faults.sdc.is_empty());
 }
 

@@ -47,29 +47,17 @@ impl DetectionPolicy {
     };
 }
 
-/// Which check noticed something; names as in reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Check {
-    PayloadChecksum,
-    GradientGuard,
-    LossGuard,
-    Fingerprint,
-    /// Re-running the suspect step.
-    Rerun,
-    /// Re-running the reductions against the host's reference kernel.
-    KernelCheck,
-}
-
-impl Check {
-    pub fn name(self) -> &'static str {
-        match self {
-            Check::PayloadChecksum => "payload_checksum",
-            Check::GradientGuard => "gradient_guard",
-            Check::LossGuard => "loss_guard",
-            Check::Fingerprint => "fingerprint",
-            Check::Rerun => "rerun",
-            Check::KernelCheck => "kernel_check",
-        }
+crate::named_enum! {
+    /// Which check noticed something; names as in reports.
+    pub enum Check {
+        PayloadChecksum = "payload_checksum",
+        GradientGuard = "gradient_guard",
+        LossGuard = "loss_guard",
+        Fingerprint = "fingerprint",
+        /// Re-running the suspect step.
+        Rerun = "rerun",
+        /// Re-running the reductions against the host's reference kernel.
+        KernelCheck = "kernel_check",
     }
 }
 

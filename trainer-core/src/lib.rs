@@ -15,6 +15,8 @@ pub mod integrity;
 pub mod job;
 pub mod kernels;
 pub mod model;
+#[macro_use]
+pub mod names;
 pub mod planted;
 pub mod prefetch;
 pub mod span;

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, Costs, PlanConfig, Policy, CRASH_KINDS};
+use crate::books::{Detector, FaultKind, LostCause, TierName};
 use crate::run::{run_scenario, RunReport};
 use crate::scenario::{self, Scenario, ScenarioError};
 
@@ -61,10 +62,10 @@ pub struct RunSummary {
     pub checkpoint_snapshots: u64,
     pub checkpoints_committed: u64,
     pub recoveries: u64,
-    pub faults_injected: BTreeMap<String, u64>,
-    pub faults_detected: BTreeMap<String, u64>,
-    pub restores_by_tier: BTreeMap<String, u64>,
-    pub lost_s_by_cause: BTreeMap<String, f64>,
+    pub faults_injected: BTreeMap<FaultKind, u64>,
+    pub faults_detected: BTreeMap<Detector, u64>,
+    pub restores_by_tier: BTreeMap<TierName, u64>,
+    pub lost_s_by_cause: BTreeMap<LostCause, f64>,
     pub replicas_agree: bool,
 }
 
@@ -301,7 +302,7 @@ fn summary(name: &str, report: &RunReport) -> RunSummary {
         lost_s_by_cause: report
             .lost_time_ns_by_cause
             .iter()
-            .map(|(k, ns)| (k.clone(), *ns as f64 / 1e9))
+            .map(|(&k, ns)| (k, *ns as f64 / 1e9))
             .collect(),
         replicas_agree: report.replicas_agree,
     }
@@ -365,12 +366,13 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
         secs(steady.model_time_ns) / steady.steps_completed.max(1) as f64,
         "the step: plan rounds the checkpoint interval up to whole steps",
     );
-    let lost = |r: &RunReport, cause: &str| secs(*r.lost_time_ns_by_cause.get(cause).unwrap_or(&0));
+    let lost =
+        |r: &RunReport, cause: LostCause| secs(*r.lost_time_ns_by_cause.get(&cause).unwrap_or(&0));
     // The planner's own policy's run gives the checkpoint and detection figures.
     let own = &crashes[0];
     put(
         "checkpoint_write_time_s",
-        lost(own, "checkpoint_stalls") / own.checkpoint_snapshots.max(1) as f64,
+        lost(own, LostCause::CheckpointStalls) / own.checkpoint_snapshots.max(1) as f64,
         "checkpoint.write_time",
     );
     put(
@@ -381,7 +383,7 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
     let kinds = CRASH_KINDS.join(", ");
     put(
         "detection_time_s",
-        lost(own, "detection"),
+        lost(own, LostCause::Detection),
         &format!(
             "recovery.detection_time of the kinds {kinds} (faults.detection.<kind> of the \
              others is kept)"
@@ -396,18 +398,18 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
         };
         put(
             &format!("restore_time_s.{p}"),
-            lost(report, "restore"),
+            lost(report, LostCause::Restore),
             &format!("added to {relaunch}, which is the relaunch (or swap) alone"),
         );
         put(
             &format!("recomputed_s.{p}"),
-            lost(report, "recomputed_steps"),
+            lost(report, LostCause::RecomputedSteps),
             "",
         );
         if *policy != plan.crash[0].0 {
             put(
                 &format!("detection_time_s.{p}"),
-                lost(report, "detection"),
+                lost(report, LostCause::Detection),
                 "",
             );
         }

@@ -20,6 +20,7 @@ use statrs::distribution::{Exp, Weibull};
 use trainer_core::{CommError, Event, RestartOrder};
 
 use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
+use crate::books::{Detector, FaultKind, LostCause, TierName};
 use crate::storage::Place;
 use crate::trace::Record;
 
@@ -27,9 +28,9 @@ use crate::trace::Record;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FaultReport {
     /// Fault kind to count.
-    pub injected: BTreeMap<String, u64>,
+    pub injected: BTreeMap<FaultKind, u64>,
     /// Detector (heartbeat, watchdog, peer_error) to count.
-    pub detected: BTreeMap<String, u64>,
+    pub detected: BTreeMap<Detector, u64>,
     /// Faults not injected because the job had already finished.
     pub skipped_after_finish: u64,
     pub recoveries: u64,
@@ -37,7 +38,7 @@ pub struct FaultReport {
     pub abandoned: bool,
     /// Some ranks completed the last step while others had died: nothing left to restart.
     pub finished_despite_failure: bool,
-    pub lost_time_ns_by_cause: BTreeMap<String, u64>,
+    pub lost_time_ns_by_cause: BTreeMap<LostCause, u64>,
     /// Model time rank 0 spent in steps it had never completed before.
     pub useful_step_ns: u64,
     /// Restores that found a committed checkpoint unusable and fell back.
@@ -59,7 +60,7 @@ pub struct FaultReport {
     /// Failures that found the spare pool empty.
     pub spare_pool_exhausted: u64,
     /// Ranks' restores by the tier their shard came from.
-    pub restores_by_tier: BTreeMap<String, u64>,
+    pub restores_by_tier: BTreeMap<TierName, u64>,
     /// When the last fault was injected; liveness is judged from there.
     pub last_fault_ns: Option<u64>,
     /// Silent data corruptions no check caught, with the step each entered.
@@ -94,7 +95,7 @@ pub(super) struct Control {
     restarted_at_ns: Option<u64>,
     /// What the time from the resumption to the books' rank's next step is lost to:
     /// "restore" after a restart; "regroup" or "readmission" under per-replica.
-    pub(super) resume_cause: &'static str,
+    pub(super) resume_cause: LostCause,
     /// The rank whose events keep the books (useful time, checkpoints): rank 0, or the
     /// replica group's first member while rank 0's node is dropped.
     pub(super) observer: usize,
@@ -138,7 +139,7 @@ impl Control {
             rank0_step_began: None,
             rank0_high_water: 0,
             restarted_at_ns: None,
-            resume_cause: "restore",
+            resume_cause: LostCause::Restore,
             observer: 0,
             replicas: super::replicas::Replicas::new(world),
             rank0_pending_checkpoint: None,
@@ -153,17 +154,13 @@ impl Control {
         control
     }
 
-    pub(super) fn lose(&mut self, cause: &str, ns: u64) {
-        *self
-            .report
-            .lost_time_ns_by_cause
-            .entry(cause.to_string())
-            .or_default() += ns;
+    pub(super) fn lose(&mut self, cause: LostCause, ns: u64) {
+        *self.report.lost_time_ns_by_cause.entry(cause).or_default() += ns;
     }
 }
 
-fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
-    *map.entry(key.to_string()).or_default() += 1;
+fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K) {
+    *map.entry(key).or_default() += 1;
 }
 
 impl World {
@@ -197,7 +194,7 @@ impl World {
         if let Some((_, min)) = control.fingerprint_pending {
             *report
                 .lost_time_ns_by_cause
-                .entry("fingerprint".to_string())
+                .entry(LostCause::Fingerprint)
                 .or_default() += min;
         }
         if control.config.policy == RecoveryPolicy::PerReplica {
@@ -232,8 +229,8 @@ impl World {
         let now = self.now_ns;
         let control = self.control.as_mut().expect("a controller");
         let (kind, node) = match target {
-            CrashTarget::Node(node) => ("node_crash", node),
-            CrashTarget::Gpu(rank) => ("gpu_failure", self.placement.node_of(rank)),
+            CrashTarget::Node(node) => (FaultKind::NodeCrash, node),
+            CrashTarget::Gpu(rank) => (FaultKind::GpuFailure, self.placement.node_of(rank)),
         };
         // Skipped: after the job's work is done, or (per-replica) on a node that is out of the
         // job already, whose replacement is not in yet.
@@ -290,7 +287,7 @@ impl World {
         }
     }
 
-    pub(super) fn count_injected(&mut self, kind: &str) {
+    pub(super) fn count_injected(&mut self, kind: FaultKind) {
         if let Some(control) = self.control.as_mut() {
             bump(&mut control.report.injected, kind);
             control.report.last_fault_ns = Some(self.now_ns);
@@ -321,7 +318,7 @@ impl World {
         let victim = shards[rng.gen_range(0..shards.len())].clone();
         let bit = rng.gen::<u64>();
         if self.storage.corrupt(Place::Persistent, &victim, bit) {
-            bump(&mut control.report.injected, "storage_corruption");
+            bump(&mut control.report.injected, FaultKind::StorageCorruption);
             control.report.last_fault_ns = Some(self.now_ns);
             self.record(None, Record::StorageCorruption { name: &victim });
         }
@@ -330,8 +327,13 @@ impl World {
     pub(super) fn fire_heartbeat_detect(&mut self, generation: u64) {
         let control = self.control.as_mut().expect("a controller");
         if control.generation == generation && control.phase == Phase::Running {
-            bump(&mut control.report.detected, "heartbeat");
-            self.record(None, Record::Detected { by: "heartbeat" });
+            bump(&mut control.report.detected, Detector::Heartbeat);
+            self.record(
+                None,
+                Record::Detected {
+                    by: Detector::Heartbeat,
+                },
+            );
             self.begin_abort();
         }
     }
@@ -378,7 +380,7 @@ impl World {
 
     /// Counts a detection by `detector` if the job is running (not already stopping); returns
     /// whether it counted.
-    pub(super) fn note_detection(&mut self, detector: &str) -> bool {
+    pub(super) fn note_detection(&mut self, detector: Detector) -> bool {
         match self.control.as_mut() {
             Some(control) if control.phase == Phase::Running => {
                 bump(&mut control.report.detected, detector);
@@ -415,13 +417,13 @@ impl World {
         }
         let undetected_since = control.undetected_since_ns.take();
         if let Some(since) = undetected_since {
-            control.lose("detection", now - since);
+            control.lose(LostCause::Detection, now - since);
         }
         if control.config.policy == RecoveryPolicy::PerReplica {
             // The step in flight is redone: its time up to the failure (or this stop) is lost.
             if let Some((_, began)) = control.rank0_step_began.take() {
                 let until = undetected_since.unwrap_or(now).max(began);
-                control.lose("redone_step", until - began);
+                control.lose(LostCause::RedoneStep, until - began);
             }
         }
         self.record(None, Record::Abort);
@@ -442,10 +444,10 @@ impl World {
         // A dead rank reports nothing: its peers, or the heartbeat monitor, must notice.
         if control.phase == Phase::Running && !self.ranks[rank].has(DEAD) {
             let detector = match error {
-                CommError::Timeout { .. } => "watchdog",
-                CommError::Aborted => "aborted",
-                CommError::Quarantined { .. } => "quarantine",
-                _ => "peer_error",
+                CommError::Timeout { .. } => Detector::Watchdog,
+                CommError::Aborted => Detector::Aborted,
+                CommError::Quarantined { .. } => Detector::Quarantine,
+                _ => Detector::PeerError,
             };
             bump(&mut control.report.detected, detector);
             if let CommError::Quarantined { rank: faulty } = *error {
@@ -507,7 +509,7 @@ impl World {
                 config.restart_time_ns
             };
             control.failed_nodes.clear();
-            control.lose("restart", restart);
+            control.lose(LostCause::Restart, restart);
             let generation = control.generation + 1;
             let at = self.now_ns + restart;
             self.schedule(at, EventKind::Restart);
@@ -531,7 +533,7 @@ impl World {
         control.generation += 1;
         if !regroup {
             control.awaiting = 0;
-            control.resume_cause = "restore";
+            control.resume_cause = LostCause::Restore;
         }
         control.phase = Phase::Running;
         control.rank0_step_began = None;
@@ -614,13 +616,8 @@ impl World {
             }
         }
         if let Event::Restored { tier, .. } = *event {
-            let name = match tier {
-                trainer_core::Tier::Host => "host",
-                trainer_core::Tier::Peer { .. } => "peer",
-                trainer_core::Tier::Persistent => "persistent",
-            };
             let control = self.control.as_mut().expect("checked");
-            bump(&mut control.report.restores_by_tier, name);
+            bump(&mut control.report.restores_by_tier, TierName::from(tier));
         }
         let control = self.control.as_mut().expect("checked");
         if rank != control.observer {
@@ -643,14 +640,14 @@ impl World {
                     let spent =
                         (now - began).saturating_sub(std::mem::take(&mut control.step_overhead_ns));
                     if step < control.rank0_high_water && control.after_sdc_rollback {
-                        control.lose("sdc_rollback", spent);
+                        control.lose(LostCause::SdcRollback, spent);
                         control.sdc_recompute_ns = spent;
                     } else if step < control.rank0_high_water {
                         let cause = match control.config.policy {
                             RecoveryPolicy::PerReplica if control.replicas.last_was_regroup => {
-                                "redone_step"
+                                LostCause::RedoneStep
                             }
-                            _ => "recomputed_steps",
+                            _ => LostCause::RecomputedSteps,
                         };
                         control.lose(cause, spent);
                     } else {
@@ -664,7 +661,7 @@ impl World {
                 }
             }
             Event::CheckpointSnapshot { stall_ns, step } => {
-                control.lose("checkpoint_stalls", stall_ns);
+                control.lose(LostCause::CheckpointStalls, stall_ns);
                 control.report.checkpoint_snapshots += 1;
                 control.rank0_pending_checkpoint = Some((step, now));
             }

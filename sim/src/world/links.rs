@@ -14,6 +14,7 @@ use statrs::distribution::Exp;
 use trainer_core::{Payload, Tag};
 
 use super::{EventKind, World, DEAD};
+use crate::books::{FaultKind, LostCause};
 use crate::topology::{LinkId, Route};
 
 /// What the report says about link flaps (present only when the scenario has some).
@@ -151,7 +152,7 @@ impl World {
             *slot = (*slot).max(until);
         }
         self.links.report.flaps += 1;
-        self.count_injected("link_flap");
+        self.count_injected(FaultKind::LinkFlap);
         self.digest.u64(0xF1 << 56 | 0xA9 << 48 | link as u64);
         self.digest.u64(until);
     }
@@ -274,7 +275,7 @@ impl World {
             let spent = self.now_ns - self.links.retrying_since_ns;
             self.links.report.retry_time_ns += spent;
             if let Some(control) = self.control.as_mut() {
-                control.lose("link_flap_retry", spent);
+                control.lose(LostCause::LinkFlapRetry, spent);
             }
         }
     }

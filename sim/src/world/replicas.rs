@@ -10,6 +10,7 @@
 //! collective keeps whole node groups, and a node's GPUs share the host memory that a crash
 //! loses.
 
+use crate::books::LostCause;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -157,9 +158,9 @@ impl World {
         // A failure that took no node (a transfer lost on a flapping link under the plain
         // transport) regroups the same members: the step in flight is redone, nothing restarts.
         control.resume_cause = if failed.is_empty() && !due.is_empty() {
-            "readmission"
+            LostCause::Readmission
         } else {
-            "regroup"
+            LostCause::Regroup
         };
         let generation = control.generation + 1;
         for node in dropped_now {

@@ -18,6 +18,7 @@ use trainer_core::integrity::Check;
 use trainer_core::{Event, FaultPoint, Payload, Tag};
 
 use super::World;
+use crate::books::{Detector, FaultKind, LostCause};
 
 /// A corruption no check caught.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -238,7 +239,7 @@ impl World {
         let sdc = self.sdc.as_deref_mut().expect("checked");
         sdc.charge(SdcKind::InFlight, arrival - now);
         if let Some(control) = self.control.as_mut() {
-            control.lose("payload_resend", arrival - now);
+            control.lose(LostCause::PayloadResend, arrival - now);
         }
         self.stats.messages += 1;
         self.stats.modelled_bytes += bytes;
@@ -353,6 +354,7 @@ impl World {
     }
 
     /// Follows the trainer's events: steps, and what its checks found.
+    // Over 70 lines: one match arm per trainer event the SDC books follow.
     pub(super) fn sdc_observe(&mut self, rank: usize, event: &Event) {
         let now = self.now_ns;
         let Some(sdc) = self.sdc.as_deref_mut() else {
@@ -416,7 +418,7 @@ impl World {
                     sdc.charge(kind, elapsed_ns);
                 }
                 let control = self.control.as_mut().expect("SDC runs under a controller");
-                control.lose("sdc_rerun", elapsed_ns);
+                control.lose(LostCause::SdcRerun, elapsed_ns);
                 control.step_overhead_ns += elapsed_ns;
             }
             Event::HealthCheckCost {
@@ -436,7 +438,7 @@ impl World {
                     }
                     previous => {
                         if let Some((_, min)) = previous {
-                            control.lose("fingerprint", min);
+                            control.lose(LostCause::Fingerprint, min);
                         }
                         control.fingerprint_pending = Some((key, elapsed_ns));
                     }
@@ -467,12 +469,12 @@ impl World {
             // check counts from the last one.
             report.last_fault_ns = report.last_fault_ns.max(Some(o.at_ns));
             let name = o.kind.name().to_string();
-            *report.injected.entry(name.clone()).or_default() += 1;
+            *report.injected.entry(FaultKind::from(o.kind)).or_default() += 1;
             let entry = by_kind.entry(name.clone()).or_default();
             entry.injected += 1;
             match o.detected {
                 Some((check, at)) => {
-                    *report.detected.entry(check.name().into()).or_default() += 1;
+                    *report.detected.entry(Detector::from(check)).or_default() += 1;
                     entry.detected += 1;
                     let latency = at - o.at_ns;
                     entry.detection_latency_ns_max = entry.detection_latency_ns_max.max(latency);

@@ -14,6 +14,7 @@ use trainer_core::health::StragglerDetector;
 use trainer_core::Event;
 
 use super::{EventKind, World};
+use crate::books::{Detector, FaultKind, LostCause};
 use crate::topology::LinkId;
 
 /// One rank the scores flagged.
@@ -113,7 +114,7 @@ impl World {
             return;
         }
         self.stragglers.report.slowdowns_injected += 1;
-        self.count_injected("straggler");
+        self.count_injected(FaultKind::Straggler);
         self.digest.u64(0x57 << 56 | idx as u64);
     }
 
@@ -206,7 +207,7 @@ impl World {
         let waited = scores.max_ns - scores.median_ns;
         if waited > 0 {
             if let Some(control) = self.control.as_mut() {
-                control.lose("straggler", waited);
+                control.lose(LostCause::Straggler, waited);
             }
         }
         for flagged in scores.flagged {
@@ -245,7 +246,7 @@ impl World {
         // Once some rank has finished the last step there is no job left to restart onto a
         // spare: the flag is reported only.
         let evict = s.config.detection.is_some_and(|d| d.evict) && self.finished == 0;
-        if !self.note_detection("straggler_score") || !evict {
+        if !self.note_detection(Detector::StragglerScore) || !evict {
             return;
         }
         // Evict the node: its hardware (and any slowdown on it) is replaced by a spare.

@@ -69,33 +69,13 @@ pub fn exact_inputs(rank: usize, len: usize) -> Vec<f32> {
     inputs
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Algo {
-    Ring,
-    Tree,
-    HalvingDoubling,
-    Hierarchical,
-}
-
-impl Algo {
-    pub const ALL: [Algo; 4] = [
-        Algo::Ring,
-        Algo::Tree,
-        Algo::HalvingDoubling,
-        Algo::Hierarchical,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algo::Ring => "ring",
-            Algo::Tree => "tree",
-            Algo::HalvingDoubling => "halving-doubling",
-            Algo::Hierarchical => "hierarchical",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Algo> {
-        Algo::ALL.into_iter().find(|a| a.name() == name)
+crate::named_enum! {
+    /// A collective algorithm, by the name scenarios and the command line use.
+    pub enum Algo {
+        Ring = "ring",
+        Tree = "tree",
+        HalvingDoubling = "halving-doubling",
+        Hierarchical = "hierarchical",
     }
 }
 
@@ -249,6 +229,8 @@ impl Collective {
     /// future holds it once and not also the arguments it was made from (see the module's
     /// note on futures).
     #[allow(clippy::too_many_arguments)]
+    // Over 70 lines: the (op, algorithm) table stays inside this one future, since every
+    // level of dispatch would keep its own state in every rank's future (see the module note).
     fn start<'a, B: Backend>(
         &self,
         backend: &'a B,
