@@ -1,7 +1,7 @@
 //! Files that are never half-written: everything faultline writes (reports, traces,
 //! timelines, plots, scenarios) goes to a temporary name beside its final path, is synced and
 //! then renamed into place, so a reader (or a process killed midway) sees the old file or the
-//! new one, never a mix. `sim/tests/kill_writers.rs` kills writers to check it.
+//! new one, never a mix. `cli/tests/kill_writers.rs` kills writers to check it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -21,18 +21,11 @@ use std::task::{Context, Poll, Waker};
 use crate::prefetch;
 use crate::world::World;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecutorKind {
-    Madsim,
-    Fifo,
-}
-
-impl ExecutorKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ExecutorKind::Madsim => "madsim",
-            ExecutorKind::Fifo => "fifo",
-        }
+trainer_core::named_enum! {
+    /// Which executor polls the ranks' futures (see the module note).
+    pub enum ExecutorKind {
+        Madsim = "madsim",
+        Fifo = "fifo",
     }
 }
 

@@ -16,6 +16,7 @@ pub mod run;
 pub use faultline_scenario as scenario;
 pub mod slab;
 pub mod storage;
+pub mod summary;
 pub mod swarm;
 pub mod topology;
 pub mod trace;

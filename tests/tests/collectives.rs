@@ -238,7 +238,7 @@ fn every_algorithm_and_op_is_exact_without_dropped_nodes() {
             for dropped in node_hole_sets(gpus, gpus_per_node) {
                 let members = gpus - dropped.len();
                 let mut algos: Vec<(Algo, Algo)> = Algo::ALL
-                    .into_iter()
+                    .iter()
                     .map(|&a| (a, Algo::HalvingDoubling))
                     .collect();
                 algos.push((Algo::Hierarchical, Algo::Ring));

@@ -11,7 +11,6 @@ pub mod analytic;
 pub mod calibrate;
 pub mod config;
 pub mod model;
-pub mod plot;
 pub mod report;
 
 #[cfg(test)]

@@ -35,48 +35,40 @@ pub struct DrawSpace {
     pub link_flaps: bool,
 }
 
-/// The fault kinds the swarm switches on and off. A seed switches each on with probability
-/// one half (swarm testing: a run with fewer kinds explores deeper into each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum FaultKind {
-    NodeCrash,
-    GpuCrash,
-    CrashAtStep,
-    CrashAfterCommits,
-    StorageSlow,
-    StorageFailWrites,
-    StorageCorrupt,
-    LinkFlap,
-    Straggler,
-    Sdc,
+trainer_core::named_enum! {
+    /// The fault kinds the swarm switches on and off. A seed switches each on with probability
+    /// one half (swarm testing: a run with fewer kinds explores deeper into each).
+    pub enum FaultKind {
+        NodeCrash = "node_crash",
+        GpuCrash = "gpu_crash",
+        CrashAtStep = "crash_at_step",
+        CrashAfterCommits = "crash_after_commits",
+        StorageSlow = "storage_slow",
+        StorageFailWrites = "storage_fail_writes",
+        StorageCorrupt = "storage_corrupt",
+        LinkFlap = "link_flap",
+        Straggler = "straggler",
+        Sdc = "sdc",
+    }
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
-        FaultKind::NodeCrash,
-        FaultKind::GpuCrash,
-        FaultKind::CrashAtStep,
-        FaultKind::CrashAfterCommits,
-        FaultKind::StorageSlow,
-        FaultKind::StorageFailWrites,
-        FaultKind::StorageCorrupt,
-        FaultKind::LinkFlap,
-        FaultKind::Straggler,
-        FaultKind::Sdc,
-    ];
-
-    pub fn name(self) -> &'static str {
+    /// What it injects, for help texts.
+    pub fn meaning(self) -> &'static str {
         match self {
-            FaultKind::NodeCrash => "node_crash",
-            FaultKind::GpuCrash => "gpu_crash",
-            FaultKind::CrashAtStep => "crash_at_step",
-            FaultKind::CrashAfterCommits => "crash_after_commits",
-            FaultKind::StorageSlow => "storage_slow",
-            FaultKind::StorageFailWrites => "storage_fail_writes",
-            FaultKind::StorageCorrupt => "storage_corrupt",
-            FaultKind::LinkFlap => "link_flap",
-            FaultKind::Straggler => "straggler",
-            FaultKind::Sdc => "sdc",
+            FaultKind::NodeCrash => "a node crash at a time",
+            FaultKind::GpuCrash => "a GPU failure at a time",
+            FaultKind::CrashAtStep => "a crash at a step",
+            FaultKind::CrashAfterCommits => "a crash after N checkpoint commits",
+            FaultKind::StorageSlow => "slow persistent storage",
+            FaultKind::StorageFailWrites => "failing storage writes",
+            FaultKind::StorageCorrupt => "a bit flipped in a stored checkpoint",
+            FaultKind::LinkFlap => "a flapping link (where recovery.collective_timeout is set)",
+            FaultKind::Straggler => "a slow GPU or NIC",
+            FaultKind::Sdc => {
+                "silent data corruption (in flight, in a gradient, in parameters, or a faulty \
+                 reduction kernel)"
+            }
         }
     }
 
@@ -293,7 +285,7 @@ pub enum FaultSpec {
 /// faults of it, each kind from its own stream.
 pub fn draw_schedule(seed: u64, space: &DrawSpace) -> Vec<FaultSpec> {
     let mut faults = Vec::new();
-    for kind in FaultKind::ALL {
+    for &kind in FaultKind::ALL {
         let stream = mix64(seed ^ SWARM_STREAM ^ (kind.stream() << 48));
         let mut rng = ChaCha8Rng::seed_from_u64(stream);
         if rng.gen_bool(0.5) && kind.possible(space) {

@@ -22,41 +22,43 @@ use crate::run::{run_scenario, RunReport};
 use crate::scenario::Scenario;
 use crate::units::format_duration_ns;
 
-/// The invariants, in the order a run's first violation is named.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Invariant {
-    CheckpointAtomicity,
-    FaultFreeEquivalence,
-    ReplicasAgree,
-    Determinism,
-    NoSilentEscape,
-    Liveness,
+trainer_core::named_enum! {
+    /// The invariants, in the order a run's first violation is named.
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Invariant {
+        CheckpointAtomicity = "checkpoint_atomicity",
+        FaultFreeEquivalence = "fault_free_equivalence",
+        ReplicasAgree = "replicas_agree",
+        Determinism = "determinism",
+        NoSilentEscape = "no_silent_escape",
+        Liveness = "liveness",
+    }
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 6] = [
-        Invariant::CheckpointAtomicity,
-        Invariant::FaultFreeEquivalence,
-        Invariant::ReplicasAgree,
-        Invariant::Determinism,
-        Invariant::NoSilentEscape,
-        Invariant::Liveness,
-    ];
-
-    pub fn name(self) -> &'static str {
+    /// What holding it means, for help texts.
+    pub fn meaning(self) -> &'static str {
         match self {
-            Invariant::CheckpointAtomicity => "checkpoint_atomicity",
-            Invariant::FaultFreeEquivalence => "fault_free_equivalence",
-            Invariant::ReplicasAgree => "replicas_agree",
-            Invariant::Determinism => "determinism",
-            Invariant::NoSilentEscape => "no_silent_escape",
-            Invariant::Liveness => "liveness",
+            Invariant::CheckpointAtomicity => {
+                "no restore read a checkpoint whose manifest was committed before every shard \
+                 was durable, or that was never committed"
+            }
+            Invariant::FaultFreeEquivalence => {
+                "a run that finished ends with the fault-free run's parameter digest"
+            }
+            Invariant::ReplicasAgree => "every replica ends with the same parameters",
+            Invariant::Determinism => {
+                "both runs give the same trace digest, parameters and model time"
+            }
+            Invariant::NoSilentEscape => {
+                "every injected SDC is detected or counted and listed as escaped"
+            }
+            Invariant::Liveness => {
+                "the job finishes every step, at most twice the fault-free run's model time \
+                 plus one detection and one restart after its last fault"
+            }
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Invariant> {
-        Invariant::ALL.into_iter().find(|i| i.name() == name)
     }
 }
 

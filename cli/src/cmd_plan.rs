@@ -1,0 +1,306 @@
+//! `faultline plan`, `merge` and `calibrate`: the capacity planner's commands. The Monte Carlo,
+//! the reports and the calibration runs are the library's `plan` module.
+
+use std::path::{Path, PathBuf};
+
+use faultline_sim::atomic::write_atomically;
+use faultline_sim::plan;
+
+use crate::{plot, Failure, SetArgs, EXIT_BUG};
+
+#[derive(clap::Args)]
+pub(crate) struct PlanArgs {
+    /// Planner scenario file.
+    scenario: PathBuf,
+    /// Seeds per sweep point; overrides plan.seeds.
+    #[arg(long)]
+    seeds: Option<usize>,
+    #[command(flatten)]
+    set: SetArgs,
+    /// Sweep a key over values; repeat for a cartesian product. Replaces the file's plan.sweep.
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    sweeps: Vec<String>,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Draw ETTR against the checkpoint interval into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Run only shard i of n (seeds i, i+n, ...); needs --out, and `faultline merge` combines.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Write the report (or with --shard, the shard) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// A cost file from `faultline calibrate`.
+    #[arg(long, value_name = "FILE")]
+    costs: Option<PathBuf>,
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct MergeArgs {
+    /// Shard files written by `plan --shard i/n --out FILE`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CalibrateArgs {
+    /// Planner scenario file; its cluster, fabric, job, storage, checkpoint and recovery
+    /// tables set up the runs.
+    scenario: PathBuf,
+    #[command(flatten)]
+    set: SetArgs,
+    /// Training steps of the steady run (the step time); the crash runs take a few more.
+    #[arg(long, default_value_t = 3)]
+    steps: u64,
+    /// Also run a crash for each recovery policy the scenario does not name, to measure
+    /// every policy's restore time (one more run each).
+    #[arg(long)]
+    all_policies: bool,
+    /// The cost file to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
+    let bad = || {
+        Failure::bad_input(format!(
+            "--shard: expected I/N with 0 <= I < N, got {text:?}"
+        ))
+    };
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
+    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    if shard.is_some() && args.out.is_none() {
+        return Err(Failure::bad_input("--shard needs --out FILE for the shard"));
+    }
+    let costs = load_costs(args.costs.as_deref())?;
+    let mut sets = args.set.sets.clone();
+    if let Some(seeds) = args.seeds {
+        sets.push(format!("plan.seeds={seeds}"));
+    }
+    let points = plan::load_points(&args.scenario, &sets, &args.sweeps, &costs)
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+    let (shard_idx, shard_count) = shard.unwrap_or((0, 1));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    #[allow(clippy::disallowed_methods)] // wall time for people, never in results
+    let started = std::time::Instant::now();
+    let result = run_with_progress(&points, shard_idx, shard_count, threads);
+    let wall_ms = started.elapsed().as_millis();
+    if let Some((i, n)) = shard {
+        let out = args.out.as_ref().expect("checked above");
+        let text = serde_json::to_string(&result).expect("a shard serialises");
+        write_atomically(out, text.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
+        if !args.json {
+            println!(
+                "faultline plan: shard {i}/{n} of {} ({} points, seeds {i}, {}, ... of {}) written to {} in {wall_ms} ms",
+                result.scenario,
+                result.points.len(),
+                i + n,
+                result.seeds,
+                out.display()
+            );
+        }
+        return Ok(0);
+    }
+    let report = plan::report::summarise(&result);
+    if !args.json {
+        println!(
+            "faultline plan: {} (seed {}, {} seeds, {} threads)",
+            report.scenario, report.root_seed, report.seeds, threads
+        );
+        println!("reproduce: {}", plan_reproduce_line(&args));
+    }
+    emit_plan_report(
+        &report,
+        args.json,
+        args.plot.as_deref(),
+        args.out.as_deref(),
+    )?;
+    if !args.json {
+        println!("wall: {wall_ms} ms");
+    }
+    Ok(0)
+}
+
+/// The costs `--costs FILE` measured, or the scenario's own when there is none.
+fn load_costs(path: Option<&Path>) -> Result<plan::config::Costs, Failure> {
+    let Some(path) = path else {
+        return Ok(plan::config::Costs::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::bad_input(format!("--costs {}: {e}", path.display())))?;
+    let file: plan::calibrate::CostFile = serde_json::from_str(&text).map_err(|e| {
+        Failure::bad_input(format!("--costs {}: not a cost file: {e}", path.display()))
+    })?;
+    Ok(file.costs())
+}
+
+/// Runs this shard's seeds of every point, with a progress bar on a terminal for long runs.
+fn run_with_progress(
+    points: &[plan::Point],
+    shard_idx: usize,
+    shard_count: usize,
+    threads: usize,
+) -> plan::report::Shard {
+    use std::io::IsTerminal;
+    let jobs =
+        points.len() * plan::shard_seeds(points[0].config.seeds, shard_idx, shard_count).len();
+    let bar = if std::io::stderr().is_terminal() && jobs >= 2_000 {
+        indicatif::ProgressBar::new(jobs as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = plan::run_shard(points, shard_idx, shard_count, threads, &|| bar.inc(1));
+    bar.finish_and_clear();
+    result
+}
+
+/// The one command line that reproduces a plan.
+fn plan_reproduce_line(args: &PlanArgs) -> String {
+    let mut line = format!("faultline plan {}", args.scenario.display());
+    if let Some(seeds) = args.seeds {
+        line.push_str(&format!(" --seeds {seeds}"));
+    }
+    for set in &args.set.sets {
+        line.push_str(&format!(" --set {set}"));
+    }
+    for sweep in &args.sweeps {
+        line.push_str(&format!(" --sweep {sweep}"));
+    }
+    if let Some(costs) = &args.costs {
+        line.push_str(&format!(" --costs {}", costs.display()));
+    }
+    line
+}
+
+fn emit_plan_report(
+    report: &plan::report::PlanReport,
+    json: bool,
+    plot_path: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<(), Failure> {
+    let text = serde_json::to_string(report).expect("a report serialises");
+    if let Some(out) = out {
+        write_atomically(out, text.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
+    }
+    if let Some(path) = plot_path {
+        let svg = plot::render_svg(report).map_err(|e| Failure {
+            status: EXIT_BUG,
+            message: format!("plot: {e}"),
+        })?;
+        write_atomically(path, svg.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--plot {}: {e}", path.display())))?;
+    }
+    if json {
+        println!("{text}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
+    let mut shards = Vec::new();
+    for path in &args.files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::bad_input(format!("{}: {e}", path.display())))?;
+        let shard: plan::report::Shard = serde_json::from_str(&text).map_err(|e| {
+            Failure::bad_input(format!("{}: not a plan shard: {e}", path.display()))
+        })?;
+        shards.push(shard);
+    }
+    let merged = plan::report::merge(shards).map_err(Failure::bad_input)?;
+    let report = plan::report::summarise(&merged);
+    emit_plan_report(
+        &report,
+        args.json,
+        args.plot.as_deref(),
+        args.out.as_deref(),
+    )?;
+    Ok(0)
+}
+
+pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
+    let origin = args.scenario.display().to_string();
+    let text = std::fs::read_to_string(&args.scenario)
+        .map_err(|e| Failure::bad_input(format!("{origin}: cannot read the scenario file: {e}")))?;
+    // The planner's own keys are checked first, so a bad planner file fails with its position.
+    plan::config::load_str("calibrate", &origin, &text, &[])
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+    if args.steps == 0 || args.steps > 1_000 {
+        return Err(Failure::bad_input(format!(
+            "--steps: expected 1 to 1000, got {}",
+            args.steps
+        )));
+    }
+    let name = args
+        .scenario
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let runs = plan::calibrate::plan_runs(
+        &name,
+        &origin,
+        &text,
+        &args.set.sets,
+        args.steps,
+        args.all_policies,
+    )
+    .map_err(|e| Failure::bad_input(e.to_string()))?;
+    #[allow(clippy::disallowed_methods)] // wall time for people, never in the cost file
+    let started = std::time::Instant::now();
+    let costs = plan::calibrate::calibrate(&runs).map_err(Failure::finding)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    let text = serde_json::to_string_pretty(&costs).expect("a cost file serialises");
+    write_atomically(&args.out, text.as_bytes())
+        .map_err(|e| Failure::bad_input(format!("--out {}: {e}", args.out.display())))?;
+    println!(
+        "faultline calibrate: {} on {} GPUs, {} runs in {wall_s:.1} s wall time, written to {}",
+        costs.scenario,
+        costs.gpus,
+        costs.runs.len(),
+        args.out.display()
+    );
+    for (key, value) in &costs.measured {
+        println!("  measured {key} = {value:.6}");
+    }
+    println!(
+        "  inputs: {}",
+        costs.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  not measured: {}",
+        costs
+            .not_measured
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(0)
+}

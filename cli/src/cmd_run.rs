@@ -1,0 +1,214 @@
+//! `faultline run` and `faultline replay`: a scenario's training job, its summary or JSON
+//! report, its trace and timeline, and the replay of a recorded trace.
+
+use std::path::{Path, PathBuf};
+
+use faultline_sim::run::{self, RunReport};
+use faultline_sim::scenario::Scenario;
+use faultline_sim::swarm::invariants::Violation;
+use faultline_sim::{limits, replay, trace};
+
+use crate::{load, locate, swarm_cli, Failure, SetArgs, TraceLevelArg};
+use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Scenario file.
+    #[arg(default_value = DEFAULT_SCENARIO)]
+    scenario: PathBuf,
+    /// Root seed; overrides run.seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    set: SetArgs,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Run the same scenario with every fault switched off.
+    #[arg(long)]
+    no_faults: bool,
+    /// Write a JSON-lines event trace here (columns in docs/trace.md).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// What the trace keeps; `auto` is `events` up to 1,024 GPUs, `summary` above.
+    #[arg(long, value_enum, default_value_t = TraceLevelArg::Auto)]
+    trace_level: TraceLevelArg,
+    /// Write a Chrome/Perfetto trace of the model timeline here.
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
+    /// Test hook for `check`: make compute call N one nanosecond longer.
+    #[arg(long, hide = true, value_name = "N")]
+    perturb_compute: Option<u64>,
+    /// Also check every invariant the swarm checks (runs the scenario twice and once without
+    /// faults); exit 1 when one breaks.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ReplayArgs {
+    /// A trace written by `faultline run --trace FILE`.
+    trace: PathBuf,
+}
+
+pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
+    let scenario = scenario_of(&args)?;
+    let estimate = limits::estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
+    limits::check("this run", estimate, limits::available_bytes()).map_err(Failure::bad_input)?;
+    let recorder = recorder_for(&args, &scenario)?;
+    let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.set.sets);
+    if args.no_faults {
+        reproduce.push_str(" --no-faults");
+    }
+    if !args.json {
+        let (name, seed) = (&scenario.name, scenario.run.seed);
+        println!("faultline run: {name} (seed {seed})");
+        println!("reproduce: {reproduce}");
+    }
+    let report = run_traced(&args, &scenario, recorder)?;
+    let violations = if args.check {
+        swarm_cli::check_run(&scenario, &report)?
+    } else {
+        Vec::new()
+    };
+    if args.json {
+        print_json(&report, reproduce, args.check.then_some(&violations));
+    } else {
+        print!("{report}");
+        if args.check {
+            swarm_cli::print_violations(&violations);
+        }
+        println!("wall: {} ms", report.wall_ms);
+    }
+    Ok(if healthy(&report) && violations.is_empty() {
+        0
+    } else {
+        EXIT_FINDING
+    })
+}
+
+/// The scenario with the command line's seed and `--no-faults` applied.
+fn scenario_of(args: &RunArgs) -> Result<Scenario, Failure> {
+    let mut scenario = load(&args.scenario, &args.set.sets)?;
+    if let Some(seed) = args.seed {
+        scenario.run.seed = seed;
+    }
+    if args.no_faults {
+        scenario = scenario.without_faults();
+    }
+    Ok(scenario)
+}
+
+/// Runs the scenario and finishes its trace and timeline files.
+fn run_traced(
+    args: &RunArgs,
+    scenario: &Scenario,
+    recorder: Option<trace::Recorder>,
+) -> Result<RunReport, Failure> {
+    let hooks = run::RunHooks {
+        recorder,
+        perturb_compute: args.perturb_compute,
+    };
+    let (report, recorder) = run::run_scenario_with(scenario, hooks).map_err(|e| {
+        Failure::finding(if args.check {
+            format!("invariant broken: liveness: the run did not finish: {e}")
+        } else {
+            e.to_string()
+        })
+    })?;
+    if let Some(recorder) = recorder {
+        recorder
+            .finish(
+                |records| replay::footer_of(&report, records),
+                report.model_time_ns,
+            )
+            .map_err(|e| Failure::bad_input(format!("writing the trace: {e}")))?;
+    }
+    Ok(report)
+}
+
+/// Whether the run itself found nothing: replicas agree, every step ran, no restore read an
+/// uncommitted checkpoint, and no corruption escaped.
+fn healthy(report: &RunReport) -> bool {
+    report.replicas_agree
+        && report.steps_completed == report.steps_requested
+        && report.atomicity_violation_count == 0
+        && report.faults.escaped.is_empty()
+}
+
+fn print_json(report: &RunReport, reproduce: String, violations: Option<&Vec<Violation>>) {
+    let mut value = serde_json::to_value(report).expect("a report serialises");
+    value["reproduce"] = serde_json::Value::String(reproduce);
+    if let Some(violations) = violations {
+        value["violations"] = serde_json::to_value(violations).expect("serialises");
+    }
+    println!("{value}");
+}
+
+/// The trace and timeline a run asked for, their files opened before the run starts.
+fn recorder_for(args: &RunArgs, scenario: &Scenario) -> Result<Option<trace::Recorder>, Failure> {
+    if args.trace.is_none() && args.perfetto.is_none() {
+        return Ok(None);
+    }
+    let mut recorder = trace::Recorder::new();
+    if let Some(path) = &args.trace {
+        let level = args.trace_level.resolve(scenario.cluster.gpus);
+        let scenario_path = locate(&args.scenario);
+        let text = std::fs::read_to_string(&scenario_path)
+            .map_err(|e| Failure::bad_input(format!("{}: {e}", scenario_path.display())))?;
+        let header = trace::TraceHeader::for_run(
+            scenario,
+            &args.scenario.display().to_string(),
+            &text,
+            &args.set.sets,
+            args.no_faults,
+            level,
+        )
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
+        recorder
+            .trace_to_file(path, &header, level)
+            .map_err(|e| Failure::bad_input(format!("--trace {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.perfetto {
+        let cluster = &scenario.cluster;
+        if let Err(e) = recorder.perfetto_to_file(path, cluster.gpus, cluster.gpus_per_node) {
+            recorder.discard();
+            let message = format!("--perfetto {}: {e}", path.display());
+            return Err(Failure::bad_input(message));
+        }
+    }
+    Ok(Some(recorder))
+}
+
+pub(crate) fn cmd_replay(args: ReplayArgs) -> Result<u8, Failure> {
+    let outcome = replay::replay(&args.trace).map_err(|e| Failure::bad_input(e.to_string()))?;
+    let outcome = outcome.map_err(|e| Failure::finding(format!("the replay failed: {e}")))?;
+    let trace = args.trace.display();
+    match outcome {
+        replay::ReplayOutcome::Match { records } => {
+            println!(
+                "faultline replay: {trace}: the same run: digests and all {records} records match"
+            );
+            Ok(0)
+        }
+        replay::ReplayOutcome::Mismatch {
+            line,
+            recorded,
+            replayed,
+        } => {
+            println!("faultline replay: {trace}: MISMATCH at line {line}");
+            println!("  recorded: {recorded}");
+            println!("  replayed: {replayed}");
+            Ok(EXIT_FINDING)
+        }
+    }
+}
+
+/// The one command line that reproduces a run.
+pub(crate) fn reproduce_line(path: &Path, seed: u64, sets: &[String]) -> String {
+    let mut line = format!("faultline run {} --seed {seed}", path.display());
+    for set in sets {
+        line.push_str(&format!(" --set {set}"));
+    }
+    line
+}

@@ -1,0 +1,306 @@
+//! The `faultline` command line: parses arguments, loads scenarios, calls the library, prints.
+//! Everything simulated lives in `faultline-sim`; this program adds only what a program needs
+//! (arguments, the allocator, progress bars, plots, files and exit statuses). Exit status:
+//! 0 success, 1 the run found a problem (inexact collective, diverged replicas, deadlock,
+//! a broken invariant), 2 bad input, 70 an internal error (a bug in faultline).
+
+mod bench;
+mod check;
+mod cmd_bench;
+mod cmd_collective;
+mod cmd_plan;
+mod cmd_run;
+mod heap;
+mod plot;
+mod swarm_cli;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::builder::PossibleValue;
+use clap::{Parser, Subcommand, ValueEnum};
+use faultline_sim::scenario::{self, ExecutorChoice, Scenario};
+use faultline_sim::trace::TraceLevel;
+use trainer_core::collectives::{Algo, Op};
+
+pub(crate) const EXIT_FINDING: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+const EXIT_BUG: u8 = 70;
+
+/// The scenario `faultline` runs when given none.
+const DEFAULT_SCENARIO: &str = "scenarios/quickstart.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "faultline",
+    version,
+    about = "Break a 100,000-GPU training cluster on a laptop, deterministically."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario's training job on the simulated cluster.
+    Run(cmd_run::RunArgs),
+    /// Run one collective on a simulated cluster and check it against the exact reference.
+    Collective(cmd_collective::CollectiveArgs),
+    /// Summarise a scenario's topology.
+    Topo(cmd_collective::TopoArgs),
+    /// Benchmark the simulator: wall time, messages per second, model time and peak RSS per
+    /// case and size, each case in a child process, with the bare event loop as the lower bound.
+    Bench(cmd_bench::BenchArgs),
+    /// Run one benchmark case in this process and print its result as one JSON line (what
+    /// `bench` runs in each child).
+    #[command(hide = true)]
+    BenchCase(cmd_bench::BenchCaseArgs),
+    /// Capacity planning: Monte Carlo of failures, recovery and checkpoints over weeks.
+    Plan(cmd_plan::PlanArgs),
+    /// Merge `plan --shard i/n --out FILE` shards into the unsharded report.
+    Merge(cmd_plan::MergeArgs),
+    /// Measure planner costs by running the training logic at the scenario's scale.
+    Calibrate(cmd_plan::CalibrateArgs),
+    /// Swarm testing: run many seeds, each with a random subset of fault kinds at random
+    /// times, and check every invariant on each.
+    #[command(long_about = swarm_cli::swarm_about())]
+    Swarm(swarm_cli::SwarmArgs),
+    /// Shrink a failing seed's fault schedule to a minimal one and write it as a scenario.
+    #[command(long_about = swarm_cli::SHRINK_ABOUT)]
+    Shrink(swarm_cli::ShrinkArgs),
+    /// Re-run the scenario recorded in a `run --trace` file and check that it comes out the
+    /// same: the digests, and every record the trace holds.
+    Replay(cmd_run::ReplayArgs),
+    /// Determinism self-check: run a scenario twice in separate processes and compare their
+    /// traces record by record; on divergence, print the first differing record.
+    Check(check::CheckArgs),
+}
+
+/// `--set KEY=VALUE`, shared by every command that reads a scenario.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct SetArgs {
+    /// Override a scenario key by its dotted path (the value in TOML, or a bare string such as
+    /// 30min), e.g. --set cluster.gpus=12345; repeat for more keys.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) sets: Vec<String>,
+}
+
+/// `--executor`: which executor runs the ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExecutorArg {
+    Auto,
+    Madsim,
+    Fifo,
+}
+
+impl ExecutorArg {
+    pub(crate) fn choice(self) -> ExecutorChoice {
+        match self {
+            ExecutorArg::Auto => ExecutorChoice::Auto,
+            ExecutorArg::Madsim => ExecutorChoice::Madsim,
+            ExecutorArg::Fifo => ExecutorChoice::Fifo,
+        }
+    }
+}
+
+/// `--trace-level`: `auto`, or one of the trace's levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TraceLevelArg {
+    Auto,
+    Level(TraceLevel),
+}
+
+impl TraceLevelArg {
+    const ALL: [TraceLevelArg; 4] = [
+        TraceLevelArg::Auto,
+        TraceLevelArg::Level(TraceLevel::Summary),
+        TraceLevelArg::Level(TraceLevel::Events),
+        TraceLevelArg::Level(TraceLevel::Messages),
+    ];
+
+    /// The level a run of `gpus` GPUs traces at.
+    pub(crate) fn resolve(self, gpus: usize) -> TraceLevel {
+        match self {
+            TraceLevelArg::Auto => TraceLevel::auto(gpus),
+            TraceLevelArg::Level(level) => level,
+        }
+    }
+}
+
+impl ValueEnum for TraceLevelArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            TraceLevelArg::Auto => "auto",
+            TraceLevelArg::Level(level) => level.name(),
+        }))
+    }
+}
+
+/// A command-line choice among the variants of a `named_enum!` type, by their names: the
+/// help text and the parser read the same table as the rest of faultline.
+macro_rules! named_value_enum {
+    ($(#[$meta:meta])* $new:ident($inner:ty)) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) struct $new(pub(crate) $inner);
+
+        impl clap::ValueEnum for $new {
+            fn value_variants<'a>() -> &'a [Self] {
+                static ALL: std::sync::OnceLock<Vec<$new>> = std::sync::OnceLock::new();
+                ALL.get_or_init(|| <$inner>::ALL.iter().map(|&v| $new(v)).collect())
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.0.name()))
+            }
+        }
+    };
+}
+pub(crate) use named_value_enum;
+
+named_value_enum! {
+    /// A collective algorithm, by trainer-core's names.
+    AlgoArg(Algo)
+}
+
+/// What the hierarchical algorithm runs across nodes: any algorithm but itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InterNodeAlgoArg(pub(crate) Algo);
+
+impl ValueEnum for InterNodeAlgoArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [InterNodeAlgoArg; 3] = [
+            InterNodeAlgoArg(Algo::Ring),
+            InterNodeAlgoArg(Algo::Tree),
+            InterNodeAlgoArg(Algo::HalvingDoubling),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.name()))
+    }
+}
+
+/// A collective operation, by trainer-core's names; a broadcast is from member 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpArg(pub(crate) Op);
+
+impl ValueEnum for OpArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [OpArg; 5] = [
+            OpArg(Op::AllReduce),
+            OpArg(Op::ReduceScatter),
+            OpArg(Op::AllGather),
+            OpArg(Op::Broadcast { root_idx: 0 }),
+            OpArg(Op::Barrier),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.name()))
+    }
+}
+
+/// A failure and the exit status it maps to.
+pub(crate) struct Failure {
+    pub(crate) status: u8,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn bad_input(message: impl Into<String>) -> Failure {
+        Failure {
+            status: EXIT_BAD_INPUT,
+            message: message.into(),
+        }
+    }
+
+    /// A finding of the run (exit 1), not a fault of the input.
+    pub(crate) fn finding(message: impl Into<String>) -> Failure {
+        Failure {
+            status: EXIT_FINDING,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    if let Err(message) = heap::init() {
+        eprintln!("faultline: {message}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "faultline: internal error (this is a bug in faultline, please report it): {info}"
+        );
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let status = if e.use_stderr() { EXIT_BAD_INPUT } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(status);
+        }
+    };
+    let outcome = std::panic::catch_unwind(|| dispatch(cli));
+    match outcome {
+        Ok(Ok(status)) => ExitCode::from(status),
+        Ok(Err(failure)) => {
+            eprintln!("faultline: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+        Err(_) => ExitCode::from(EXIT_BUG),
+    }
+}
+
+/// `faultline` alone: `faultline run` with every default.
+#[derive(Parser)]
+struct DefaultRun {
+    #[command(flatten)]
+    args: cmd_run::RunArgs,
+}
+
+fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let default = || Command::Run(DefaultRun::parse_from(["faultline"]).args);
+    match cli.command.unwrap_or_else(default) {
+        Command::Run(args) => cmd_run::cmd_run(args),
+        Command::Collective(args) => cmd_collective::cmd_collective(args),
+        Command::Topo(args) => cmd_collective::cmd_topo(args),
+        Command::Bench(args) => cmd_bench::cmd_bench(args),
+        Command::BenchCase(args) => cmd_bench::cmd_bench_case(args),
+        Command::Plan(args) => cmd_plan::cmd_plan(args),
+        Command::Merge(args) => cmd_plan::cmd_merge(args),
+        Command::Calibrate(args) => cmd_plan::cmd_calibrate(args),
+        Command::Replay(args) => cmd_run::cmd_replay(args),
+        Command::Check(args) => check::cmd_check(args),
+        Command::Swarm(args) => swarm_cli::cmd_swarm(args),
+        Command::Shrink(args) => swarm_cli::cmd_shrink(args),
+    }
+}
+
+/// Finds the default scenario from the workspace root or, failing that, from the source tree
+/// this binary was built from.
+fn locate(path: &Path) -> PathBuf {
+    if path.exists() || path != Path::new(DEFAULT_SCENARIO) {
+        return path.to_path_buf();
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(DEFAULT_SCENARIO);
+    if built_from.exists() {
+        built_from
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn load(path: &Path, sets: &[String]) -> Result<Scenario, Failure> {
+    scenario::load(&locate(path), sets).map_err(|e| Failure::bad_input(e.to_string()))
+}

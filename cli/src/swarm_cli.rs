@@ -1,0 +1,328 @@
+//! `faultline swarm`, `faultline shrink` and `run --check`: arguments, output, exit status.
+//! The work is the library's `swarm` module; this file only talks to people.
+
+use std::path::PathBuf;
+
+use faultline_sim::run::{run_scenario, RunReport};
+use faultline_sim::scenario::Scenario;
+use faultline_sim::swarm::faults::FaultKind;
+use faultline_sim::swarm::invariants::{check, Invariant, Reference, Violation};
+use faultline_sim::swarm::seeds::{parse_seed_range, run_swarm, SwarmReport};
+use faultline_sim::swarm::shrink::shrink;
+use faultline_sim::swarm::{Base, SwarmError, FAULTY_TENTHS};
+use faultline_sim::units::format_duration_ns;
+
+use crate::{Failure, EXIT_FINDING};
+use faultline_sim::atomic::write_atomically;
+
+crate::named_value_enum! {
+    /// An invariant, by the name the swarm reports it under.
+    InvariantArg(Invariant)
+}
+
+/// `swarm --help`, written from the lists the swarm draws from and checks, so it names every
+/// fault kind and invariant there is.
+pub fn swarm_about() -> String {
+    let kinds: Vec<&str> = FaultKind::ALL.iter().map(|k| k.meaning()).collect();
+    let invariants: Vec<String> = (Invariant::ALL.iter())
+        .map(|i| format!("{} ({})", i.name(), i.meaning()))
+        .collect();
+    format!(
+        "Swarm testing: run many seeds of one scenario, each with its own random subset of fault \
+         kinds ({}) at random times, and check every invariant.\n\n\
+         The scenario's own [faults] are replaced by each seed's draw. Faults fall in the faulty \
+         phase, the first {FAULTY_TENTHS}/10 of the fault-free run's model time and steps; after \
+         it comes the healed phase. Each seed runs twice and is checked for: {}.\n\n\
+         Stdout is the verdict, which does not depend on --jobs: each failing seed with the \
+         invariant it broke, its faults, and the commands that rerun and shrink it. Exit status: \
+         0 every seed passed, 1 some seed broke an invariant, 2 bad input.",
+        kinds.join(", "),
+        invariants.join("; ")
+    )
+}
+
+pub const SHRINK_ABOUT: &str = "\
+Shrink a failing seed of `faultline swarm`: reduce its fault schedule (fewer faults, earlier, \
+on fewer and lower ranks, after fewer commits, over shorter windows) to a minimal one that still \
+breaks the same invariant, and write it as a standalone scenario file with every fault explicit.
+
+The shrinker is greedy delta debugging: it drops faults one at a time, then tries simpler forms \
+of each, until nothing changes or --max-runs simulations are spent; it keeps a candidate only if \
+the same invariant still breaks. Run the written file with `faultline run --check FILE` to see \
+the violation again. Exit status: 0 shrunk and written, 1 the fault-free run failed, 2 bad \
+input (including a seed that breaks nothing).";
+
+#[derive(clap::Args)]
+pub struct SwarmArgs {
+    /// The base scenario: its cluster, job, checkpoint and recovery settings.
+    pub scenario: PathBuf,
+    /// Seeds to run: A..B (B excluded) or A..=B.
+    #[arg(long, default_value = "1..101")]
+    pub seeds: String,
+    /// Worker threads (default: all cores). The verdict does not depend on it.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Print one JSON object instead of the verdict.
+    #[arg(long)]
+    pub json: bool,
+    /// Write each failing seed's schedule as a scenario file into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub emit: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ShrinkArgs {
+    /// The base scenario the swarm ran.
+    pub scenario: PathBuf,
+    /// The failing seed.
+    #[arg(long)]
+    pub seed: u64,
+    /// Keep this invariant broken (default: the seed's first broken one).
+    #[arg(long, value_enum)]
+    pub invariant: Option<InvariantArg>,
+    /// Most simulations to spend.
+    #[arg(long, default_value_t = 300)]
+    pub max_runs: u64,
+    /// Where to write the minimal scenario (default: NAME-seed-N-shrunk.toml).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn failure(error: SwarmError) -> Failure {
+    match error {
+        SwarmError::BadInput(message) => Failure::bad_input(message),
+        e @ SwarmError::FaultFreeRunFailed(_) => Failure {
+            status: EXIT_FINDING,
+            message: e.to_string(),
+        },
+    }
+}
+
+pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
+    let seeds =
+        parse_seed_range(&args.seeds).map_err(|e| Failure::bad_input(format!("--seeds: {e}")))?;
+    if let Some(dir) = &args.emit {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", dir.display())))?;
+    }
+    let jobs = match args.jobs {
+        Some(0) => return Err(Failure::bad_input("--jobs: expected 1 or more, got 0")),
+        Some(jobs) => jobs,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let base = Base::load(&args.scenario).map_err(failure)?;
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(seeds.end - seeds.start),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let report = run_swarm(&base, seeds, jobs, &|| bar.inc(1));
+    bar.finish_and_clear();
+    if let Some(dir) = &args.emit {
+        for outcome in report.outcomes.iter().filter(|o| o.failed()) {
+            let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
+            let header = vec![
+                format!(
+                    "Seed {} of `{}`.",
+                    outcome.seed,
+                    base.swarm_command(outcome.seed)
+                ),
+                format!(
+                    "It breaks {}.",
+                    outcome
+                        .violations
+                        .iter()
+                        .map(|v| v.invariant.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ];
+            let text = base.scenario_text(outcome.seed, &outcome.schedule, &header);
+            write_atomically(&path, text.as_bytes())
+                .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", path.display())))?;
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serialises")
+        );
+    } else {
+        print_swarm(&base, &report, args.emit.as_ref());
+    }
+    Ok(if report.seeds_failed == 0 {
+        0
+    } else {
+        EXIT_FINDING
+    })
+}
+
+fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
+    println!(
+        "faultline swarm: {}, seeds {}..{} ({} seeds)",
+        report.scenario, report.seeds_from, report.seeds_until, report.seeds_run
+    );
+    println!(
+        "fault-free run: {} of model time, param digest {}",
+        format_duration_ns(report.fault_free_model_time_ns),
+        report.fault_free_param_digest
+    );
+    println!(
+        "faulty phase: model time before {} or steps before {} ({FAULTY_TENTHS}/10 of the \
+         fault-free run); liveness bound after the last fault: {}",
+        format_duration_ns(report.faulty_until_ns),
+        report.faulty_steps,
+        format_duration_ns(report.liveness_bound_ns)
+    );
+    for outcome in report.outcomes.iter().filter(|o| o.failed()) {
+        let first = &outcome.violations[0];
+        println!();
+        println!(
+            "seed {}: FAIL {}: {}",
+            outcome.seed,
+            first.invariant.name(),
+            first.detail
+        );
+        for other in &outcome.violations[1..] {
+            println!("  also {}: {}", other.invariant.name(), other.detail);
+        }
+        println!(
+            "  faults: {}",
+            if outcome.faults.is_empty() {
+                "none".to_string()
+            } else {
+                outcome.faults.join("; ")
+            }
+        );
+        println!("  reproduce: {}", outcome.reproduce);
+        if let Some(dir) = emit {
+            let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
+            println!(
+                "  reproduce: {}faultline run --check {}",
+                base.permission(),
+                path.display()
+            );
+        }
+        println!("  shrink: {}", base.shrink_command(outcome.seed));
+    }
+    let by: Vec<String> = report
+        .failures_by_invariant
+        .iter()
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
+    for outcome in report
+        .outcomes
+        .iter()
+        .filter(|o| o.escaped > 0 && !o.failed())
+    {
+        println!();
+        println!(
+            "seed {}: passed with {} reported SDC escape(s), which explain its parameters: \
+             without its SDC faults the schedule ends as the fault-free run",
+            outcome.seed, outcome.escaped
+        );
+        println!("  faults: {}", outcome.faults.join("; "));
+        println!("  reproduce: {}", outcome.reproduce);
+    }
+    println!();
+    println!(
+        "verdict: {} of {} seeds failed{}; {} seeds drew no fault; {} seeds reported an SDC \
+         escape (counted, so no silent escape holds; fault-free equivalence judged without \
+         the SDC faults); {} simulations",
+        report.seeds_failed,
+        report.seeds_run,
+        if by.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", by.join(", "))
+        },
+        report.seeds_without_faults,
+        report.seeds_with_reported_escapes,
+        report.simulations
+    );
+}
+
+pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
+    if args.max_runs == 0 {
+        return Err(Failure::bad_input("--max-runs: expected 1 or more, got 0"));
+    }
+    let invariant = args.invariant.map(|i| i.0);
+    let base = Base::load(&args.scenario).map_err(failure)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}-seed-{}-shrunk.toml", base.name, args.seed)));
+    let shrunk = shrink(&base, args.seed, invariant, args.max_runs).map_err(failure)?;
+    write_atomically(&out, shrunk.scenario_text.as_bytes())
+        .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
+    let rerun = format!(
+        "{}faultline run --check {}",
+        base.permission(),
+        out.display()
+    );
+    if args.json {
+        let mut value = serde_json::to_value(&shrunk).expect("serialises");
+        value["out"] = out.display().to_string().into();
+        value["reproduce"] = rerun.into();
+        println!("{value}");
+    } else {
+        println!("faultline shrink: {} seed {}", base.name, args.seed);
+        println!("invariant: {}", shrunk.invariant.name());
+        println!("original schedule ({} faults):", shrunk.original.len());
+        for fault in &shrunk.original {
+            println!("  {fault}");
+        }
+        println!("minimal schedule ({} faults):", shrunk.minimal.len());
+        for fault in &shrunk.minimal {
+            println!("  {fault}");
+        }
+        println!(
+            "still breaks {}: {}",
+            shrunk.invariant.name(),
+            shrunk.violation.detail
+        );
+        println!(
+            "job.steps: {} -> {}",
+            shrunk.steps_original, shrunk.steps_minimal
+        );
+        println!(
+            "runs: {}{}",
+            shrunk.runs,
+            if shrunk.budget_exhausted {
+                " (budget spent before a fixed point)"
+            } else {
+                ""
+            }
+        );
+        println!("wrote: {}", out.display());
+        println!("reproduce: {rerun}");
+    }
+    Ok(0)
+}
+
+/// `run --check`: the same checks as the swarm, for one scenario as written.
+/// The run's own report is checked; one more run checks determinism.
+pub fn check_run(scenario: &Scenario, report: &RunReport) -> Result<Vec<Violation>, Failure> {
+    let reference = Reference::of(scenario).map_err(|e| Failure {
+        status: EXIT_FINDING,
+        message: format!("the fault-free run failed: {e}"),
+    })?;
+    let rerun = run_scenario(scenario).map_err(|e| e.to_string());
+    Ok(check(
+        scenario,
+        &reference,
+        &Ok(report.clone()),
+        Some(&rerun),
+    ))
+}
+
+pub fn print_violations(violations: &[Violation]) {
+    if violations.is_empty() {
+        println!("invariants: all hold");
+    }
+    for v in violations {
+        println!("invariant broken: {}: {}", v.invariant.name(), v.detail);
+    }
+}
