@@ -494,52 +494,9 @@ impl FaultSpec {
     /// after fewer commits, over a shorter window, milder. The shrinker tries them in order.
     pub fn simpler(&self, gpus_per_node: usize) -> Vec<FaultSpec> {
         let mut out = Vec::new();
-        let earlier = |t: u64| -> Vec<u64> {
-            let mut times = vec![0, grid(t / 2), grid(t - t / 4)];
-            times.retain(|&x| x < t);
-            times.dedup();
-            times
-        };
         match *self {
             FaultSpec::Crash { target, when } => {
-                let targets: Vec<CrashTarget> = match target {
-                    // A node crash on fewer ranks: its first GPU alone.
-                    CrashTarget::Node(n) => [
-                        CrashTarget::Gpu(n * gpus_per_node),
-                        CrashTarget::Node(0),
-                        CrashTarget::Node(n / 2),
-                    ]
-                    .into_iter()
-                    .filter(|t| *t != target)
-                    .collect(),
-                    CrashTarget::Gpu(g) => [CrashTarget::Gpu(0), CrashTarget::Gpu(g / 2)]
-                        .into_iter()
-                        .filter(|t| *t != target)
-                        .collect(),
-                };
-                let whens: Vec<CrashWhen> = match when {
-                    CrashWhen::AtNs(at) => earlier(at).into_iter().map(CrashWhen::AtNs).collect(),
-                    CrashWhen::AtStep(s) => [0, s / 2, s.saturating_sub(1)]
-                        .into_iter()
-                        .filter(|&x| x < s)
-                        .map(CrashWhen::AtStep)
-                        .collect(),
-                    CrashWhen::AfterCommits(n) => [1, n - 1]
-                        .into_iter()
-                        .filter(|&x| x >= 1 && x < n)
-                        .map(CrashWhen::AfterCommits)
-                        .collect(),
-                };
-                out.extend(
-                    whens
-                        .into_iter()
-                        .map(|when| FaultSpec::Crash { target, when }),
-                );
-                out.extend(
-                    targets
-                        .into_iter()
-                        .map(|target| FaultSpec::Crash { target, when }),
-                );
+                simpler_crash(target, when, gpus_per_node, &mut out)
             }
             FaultSpec::StorageSlow {
                 from_ns,
@@ -588,109 +545,188 @@ impl FaultSpec {
                 down_ns,
                 count,
                 period_ns,
-            } => {
-                let flap = |link, at_ns, down_ns, count| FaultSpec::LinkFlap {
-                    link,
-                    at_ns,
-                    down_ns,
-                    count,
-                    period_ns: if count > 1 { period_ns } else { 0 },
-                };
-                out.extend(
-                    earlier(at_ns)
-                        .into_iter()
-                        .map(|at| flap(link, at, down_ns, count)),
-                );
-                if count > 1 {
-                    out.push(flap(link, at_ns, down_ns, 1));
-                }
-                // Shorter, while still longer than nothing (and shorter than the period).
-                let shorter = grid(down_ns / 2);
-                if shorter > 0 {
-                    out.push(flap(link, at_ns, shorter, count));
-                }
-                let lower = match link {
-                    FlapLink::Nic(g) => vec![FlapLink::Nic(0), FlapLink::Nic(g / 2)],
-                    FlapLink::LeafSpine { leaf, spine } => vec![
-                        FlapLink::LeafSpine { leaf: 0, spine: 0 },
-                        FlapLink::LeafSpine {
-                            leaf: leaf / 2,
-                            spine,
-                        },
-                    ],
-                };
-                let mut lower: Vec<FlapLink> = lower.into_iter().filter(|l| *l != link).collect();
-                lower.dedup();
-                out.extend(lower.into_iter().map(|l| flap(l, at_ns, down_ns, count)));
-            }
+            } => simpler_flap(link, at_ns, down_ns, count, period_ns, &mut out),
             FaultSpec::Straggler {
                 target,
                 nic,
                 factor,
                 from_ns,
                 duration_ns,
-            } => {
-                let straggler =
-                    |target, factor, (from_ns, until_ns): (u64, u64)| FaultSpec::Straggler {
-                        target,
-                        nic,
-                        factor,
-                        from_ns,
-                        duration_ns: until_ns - from_ns,
-                    };
-                let window = (from_ns, from_ns + duration_ns);
-                out.extend(
-                    shorter_windows(from_ns, from_ns + duration_ns)
-                        .into_iter()
-                        .map(|w| straggler(target, factor, w)),
-                );
-                if factor > 2 {
-                    out.push(straggler(target, factor / 2, window));
-                }
-                let targets = match target {
-                    StragglerTarget::Node(n) => vec![
-                        StragglerTarget::Gpu(n * gpus_per_node),
-                        StragglerTarget::Node(0),
-                        StragglerTarget::Node(n / 2),
-                    ],
-                    StragglerTarget::Gpu(g) => {
-                        vec![StragglerTarget::Gpu(0), StragglerTarget::Gpu(g / 2)]
-                    }
-                };
-                let mut targets: Vec<StragglerTarget> =
-                    targets.into_iter().filter(|t| *t != target).collect();
-                targets.dedup();
-                out.extend(targets.into_iter().map(|t| straggler(t, factor, window)));
-            }
+            } => simpler_straggler(
+                target,
+                nic,
+                factor,
+                (from_ns, duration_ns),
+                gpus_per_node,
+                &mut out,
+            ),
             FaultSpec::Sdc {
                 kind,
                 gpu,
                 at_step,
                 bit,
-            } => {
-                let sdc = |gpu, at_step, bit| FaultSpec::Sdc {
-                    kind,
-                    gpu,
-                    at_step,
-                    bit,
-                };
-                let mut steps = vec![0, at_step / 2, at_step.saturating_sub(1)];
-                steps.retain(|&s| s < at_step);
-                steps.dedup();
-                out.extend(steps.into_iter().map(|s| sdc(gpu, s, bit)));
-                let mut gpus = vec![0, gpu / 2];
-                gpus.retain(|&g| g < gpu);
-                gpus.dedup();
-                out.extend(gpus.into_iter().map(|g| sdc(g, at_step, bit)));
-                // A lower bit is a smaller error.
-                let mut bits = vec![0, bit / 2];
-                bits.retain(|&b| b < bit);
-                bits.dedup();
-                out.extend(bits.into_iter().map(|b| sdc(gpu, at_step, b)));
-            }
+            } => simpler_sdc(kind, gpu, at_step, bit, &mut out),
         }
         out
     }
+}
+
+/// Earlier times than `t` on the grid: the start, half way, three quarters.
+fn earlier(t: u64) -> Vec<u64> {
+    let mut times = vec![0, grid(t / 2), grid(t - t / 4)];
+    times.retain(|&x| x < t);
+    times.dedup();
+    times
+}
+
+fn simpler_crash(
+    target: CrashTarget,
+    when: CrashWhen,
+    gpus_per_node: usize,
+    out: &mut Vec<FaultSpec>,
+) {
+    let targets: Vec<CrashTarget> = match target {
+        // A node crash on fewer ranks: its first GPU alone.
+        CrashTarget::Node(n) => [
+            CrashTarget::Gpu(n * gpus_per_node),
+            CrashTarget::Node(0),
+            CrashTarget::Node(n / 2),
+        ]
+        .into_iter()
+        .filter(|t| *t != target)
+        .collect(),
+        CrashTarget::Gpu(g) => [CrashTarget::Gpu(0), CrashTarget::Gpu(g / 2)]
+            .into_iter()
+            .filter(|t| *t != target)
+            .collect(),
+    };
+    let whens: Vec<CrashWhen> = match when {
+        CrashWhen::AtNs(at) => earlier(at).into_iter().map(CrashWhen::AtNs).collect(),
+        CrashWhen::AtStep(s) => [0, s / 2, s.saturating_sub(1)]
+            .into_iter()
+            .filter(|&x| x < s)
+            .map(CrashWhen::AtStep)
+            .collect(),
+        CrashWhen::AfterCommits(n) => [1, n - 1]
+            .into_iter()
+            .filter(|&x| x >= 1 && x < n)
+            .map(CrashWhen::AfterCommits)
+            .collect(),
+    };
+    out.extend(
+        whens
+            .into_iter()
+            .map(|when| FaultSpec::Crash { target, when }),
+    );
+    out.extend(
+        targets
+            .into_iter()
+            .map(|target| FaultSpec::Crash { target, when }),
+    );
+}
+
+fn simpler_flap(
+    link: FlapLink,
+    at_ns: u64,
+    down_ns: u64,
+    count: u32,
+    period_ns: u64,
+    out: &mut Vec<FaultSpec>,
+) {
+    let flap = |link, at_ns, down_ns, count| FaultSpec::LinkFlap {
+        link,
+        at_ns,
+        down_ns,
+        count,
+        period_ns: if count > 1 { period_ns } else { 0 },
+    };
+    out.extend(
+        earlier(at_ns)
+            .into_iter()
+            .map(|at| flap(link, at, down_ns, count)),
+    );
+    if count > 1 {
+        out.push(flap(link, at_ns, down_ns, 1));
+    }
+    // Shorter, while still longer than nothing (and shorter than the period).
+    let shorter = grid(down_ns / 2);
+    if shorter > 0 {
+        out.push(flap(link, at_ns, shorter, count));
+    }
+    let lower = match link {
+        FlapLink::Nic(g) => vec![FlapLink::Nic(0), FlapLink::Nic(g / 2)],
+        FlapLink::LeafSpine { leaf, spine } => vec![
+            FlapLink::LeafSpine { leaf: 0, spine: 0 },
+            FlapLink::LeafSpine {
+                leaf: leaf / 2,
+                spine,
+            },
+        ],
+    };
+    let mut lower: Vec<FlapLink> = lower.into_iter().filter(|l| *l != link).collect();
+    lower.dedup();
+    out.extend(lower.into_iter().map(|l| flap(l, at_ns, down_ns, count)));
+}
+
+fn simpler_straggler(
+    target: StragglerTarget,
+    nic: bool,
+    factor: u32,
+    (from_ns, duration_ns): (u64, u64),
+    gpus_per_node: usize,
+    out: &mut Vec<FaultSpec>,
+) {
+    let straggler = |target, factor, (from_ns, until_ns): (u64, u64)| FaultSpec::Straggler {
+        target,
+        nic,
+        factor,
+        from_ns,
+        duration_ns: until_ns - from_ns,
+    };
+    let window = (from_ns, from_ns + duration_ns);
+    out.extend(
+        shorter_windows(from_ns, from_ns + duration_ns)
+            .into_iter()
+            .map(|w| straggler(target, factor, w)),
+    );
+    if factor > 2 {
+        out.push(straggler(target, factor / 2, window));
+    }
+    let targets = match target {
+        StragglerTarget::Node(n) => vec![
+            StragglerTarget::Gpu(n * gpus_per_node),
+            StragglerTarget::Node(0),
+            StragglerTarget::Node(n / 2),
+        ],
+        StragglerTarget::Gpu(g) => {
+            vec![StragglerTarget::Gpu(0), StragglerTarget::Gpu(g / 2)]
+        }
+    };
+    let mut targets: Vec<StragglerTarget> = targets.into_iter().filter(|t| *t != target).collect();
+    targets.dedup();
+    out.extend(targets.into_iter().map(|t| straggler(t, factor, window)));
+}
+
+fn simpler_sdc(kind: SdcKind, gpu: usize, at_step: u64, bit: u32, out: &mut Vec<FaultSpec>) {
+    let sdc = |gpu, at_step, bit| FaultSpec::Sdc {
+        kind,
+        gpu,
+        at_step,
+        bit,
+    };
+    let mut steps = vec![0, at_step / 2, at_step.saturating_sub(1)];
+    steps.retain(|&s| s < at_step);
+    steps.dedup();
+    out.extend(steps.into_iter().map(|s| sdc(gpu, s, bit)));
+    let mut gpus = vec![0, gpu / 2];
+    gpus.retain(|&g| g < gpu);
+    gpus.dedup();
+    out.extend(gpus.into_iter().map(|g| sdc(g, at_step, bit)));
+    // A lower bit is a smaller error.
+    let mut bits = vec![0, bit / 2];
+    bits.retain(|&b| b < bit);
+    bits.dedup();
+    out.extend(bits.into_iter().map(|b| sdc(gpu, at_step, b)));
 }
 
 /// A window moved earlier (same length) or cut shorter (from either end), on the grid.

@@ -155,167 +155,204 @@ pub fn check(
     run: &Result<RunReport, String>,
     rerun: Option<&Result<RunReport, String>>,
 ) -> Vec<Violation> {
-    let mut out = Vec::new();
-    let mut violate = |invariant: Invariant, detail: String| {
-        out.push(Violation { invariant, detail });
-    };
-    if let Some(rerun) = rerun {
-        let fingerprint = |r: &Result<RunReport, String>| match r {
-            Ok(r) => format!(
-                "trace {} params {} model time {} ns",
-                r.trace_digest, r.param_digest, r.model_time_ns
-            ),
-            Err(e) => e.clone(),
-        };
-        let (first, second) = (fingerprint(run), fingerprint(rerun));
-        if first != second {
-            violate(
-                Invariant::Determinism,
-                format!("two runs of the same seed differ: {first}; then {second}"),
-            );
-        }
-    }
+    let mut out: Vec<Violation> = rerun
+        .and_then(|rerun| check_determinism(run, rerun))
+        .into_iter()
+        .collect();
     let report = match run {
         Ok(report) => report,
         Err(error) => {
-            violate(
-                Invariant::Liveness,
-                format!("the run did not finish: {error}"),
-            );
+            out.push(Violation {
+                invariant: Invariant::Liveness,
+                detail: format!("the run did not finish: {error}"),
+            });
             out.sort_by_key(|v| v.invariant);
             return out;
         }
     };
-    if report.atomicity_violation_count > 0 {
-        let first = report
-            .atomicity_violations
-            .first()
-            .map(|v| format!("at {}: {}", format_duration_ns(v.at_ns), v.what))
-            .unwrap_or_default();
-        violate(
-            Invariant::CheckpointAtomicity,
-            format!(
-                "{} read(s) of a checkpoint not atomically committed; first {first}",
-                report.atomicity_violation_count
-            ),
-        );
-    }
+    out.extend(check_atomicity(report));
     // A job marked abandoned only because some ranks had already finished the last step when
     // others died has done its work: that is not a liveness failure.
     let finished = report.steps_completed == report.steps_requested
         && (!report.faults.job_abandoned || report.faults.finished_despite_failure);
-    // Every corruption that entered the job is either detected or counted as escaped, and
-    // every counted escape is listed.
+    out.extend(check_escapes_counted(report));
+    let explained = !report.faults.escaped.is_empty()
+        && finished
+        && escapes_explain_the_result(scenario, reference, report, &mut out);
+    if finished && !explained {
+        out.extend(check_parameters(reference, report));
+    }
+    out.extend(check_liveness(scenario, reference, report, finished));
+    out.sort_by_key(|v| v.invariant);
+    out
+}
+
+fn violation(invariant: Invariant, detail: String) -> Violation {
+    Violation { invariant, detail }
+}
+
+/// Two runs of one seed give the same trace digest, parameters and model time (or fail alike).
+fn check_determinism(
+    run: &Result<RunReport, String>,
+    rerun: &Result<RunReport, String>,
+) -> Option<Violation> {
+    let fingerprint = |r: &Result<RunReport, String>| match r {
+        Ok(r) => format!(
+            "trace {} params {} model time {} ns",
+            r.trace_digest, r.param_digest, r.model_time_ns
+        ),
+        Err(e) => e.clone(),
+    };
+    let (first, second) = (fingerprint(run), fingerprint(rerun));
+    (first != second).then(|| {
+        violation(
+            Invariant::Determinism,
+            format!("two runs of the same seed differ: {first}; then {second}"),
+        )
+    })
+}
+
+/// No restore read a checkpoint that was not atomically committed.
+fn check_atomicity(report: &RunReport) -> Option<Violation> {
+    if report.atomicity_violation_count == 0 {
+        return None;
+    }
+    let first = (report.atomicity_violations.first())
+        .map(|v| format!("at {}: {}", format_duration_ns(v.at_ns), v.what))
+        .unwrap_or_default();
+    Some(violation(
+        Invariant::CheckpointAtomicity,
+        format!(
+            "{} read(s) of a checkpoint not atomically committed; first {first}",
+            report.atomicity_violation_count
+        ),
+    ))
+}
+
+/// Every corruption that entered the job is either detected or counted as escaped, and every
+/// counted escape is listed.
+fn check_escapes_counted(report: &RunReport) -> Vec<Violation> {
+    let mut out = Vec::new();
     let mut counted_escapes = 0;
     for (kind, k) in &report.faults.sdc {
         counted_escapes += k.escaped;
         if k.injected != k.detected + k.escaped {
-            violate(
+            out.push(violation(
                 Invariant::NoSilentEscape,
                 format!(
                     "{kind}: {} injected but {} detected and {} escaped",
                     k.injected, k.detected, k.escaped
                 ),
-            );
+            ));
         }
     }
     if counted_escapes != report.faults.escaped.len() as u64 {
-        violate(
+        out.push(violation(
             Invariant::NoSilentEscape,
             format!(
                 "{counted_escapes} escape(s) counted per kind, {} listed in faults.escaped",
                 report.faults.escaped.len()
             ),
-        );
+        ));
     }
-    // A reported escape may explain wrong parameters: then they violate neither of the next
-    // two. Whether it does is checked, not assumed: the same schedule without its SDC faults
-    // must then end as the fault-free run did, or something besides the escape is wrong.
-    let explained = !report.faults.escaped.is_empty() && finished && {
-        let mut without_sdc = scenario.clone();
-        without_sdc.sdc.specs.clear();
-        match run_scenario(&without_sdc) {
-            Ok(r)
-                if r.replicas_agree
-                    && (r.param_digest == reference.fault_free.param_digest
-                        || changed_arithmetic(&r)) =>
-            {
-                true
-            }
-            Ok(r) => {
-                violate(
-                    Invariant::FaultFreeEquivalence,
-                    format!(
-                        "{} SDC escape(s) reported, but they do not explain the result: without \
-                         its SDC faults the same schedule ends with param digest {}{}, the \
-                         fault-free run with {}",
-                        report.faults.escaped.len(),
-                        r.param_digest,
-                        if r.replicas_agree {
-                            ""
-                        } else {
-                            " and replicas disagreeing"
-                        },
-                        reference.fault_free.param_digest
-                    ),
-                );
-                true
-            }
-            // Liveness of that other run is not this run's to judge.
-            Err(_) => true,
-        }
-    };
-    if finished && !explained && !report.replicas_agree {
-        violate(
+    out
+}
+
+/// Whether the run's reported escapes explain wrong parameters, which then violate neither
+/// replicas_agree nor fault_free_equivalence. Checked, not assumed: this runs the same schedule
+/// once more without its SDC faults (a whole extra simulation), which must then end as the
+/// fault-free run did, or something besides the escapes is wrong (pushed to `out`).
+fn escapes_explain_the_result(
+    scenario: &Scenario,
+    reference: &Reference,
+    report: &RunReport,
+    out: &mut Vec<Violation>,
+) -> bool {
+    let mut without_sdc = scenario.clone();
+    without_sdc.sdc.specs.clear();
+    let fault_free_digest = &reference.fault_free.param_digest;
+    match run_scenario(&without_sdc) {
+        Ok(r)
+            if r.replicas_agree
+                && (&r.param_digest == fault_free_digest || changed_arithmetic(&r)) => {}
+        Ok(r) => out.push(violation(
+            Invariant::FaultFreeEquivalence,
+            format!(
+                "{} SDC escape(s) reported, but they do not explain the result: without its SDC \
+                 faults the same schedule ends with param digest {}{}, the fault-free run with {}",
+                report.faults.escaped.len(),
+                r.param_digest,
+                if r.replicas_agree {
+                    ""
+                } else {
+                    " and replicas disagreeing"
+                },
+                fault_free_digest
+            ),
+        )),
+        // Liveness of that other run is not this run's to judge.
+        Err(_) => {}
+    }
+    true
+}
+
+/// A finished run's replicas agree and, unless dropped replicas changed the arithmetic, end
+/// with the fault-free run's parameters.
+fn check_parameters(reference: &Reference, report: &RunReport) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if !report.replicas_agree {
+        out.push(violation(
             Invariant::ReplicasAgree,
             "replicas that finished hold different parameters".into(),
-        );
+        ));
     }
     let fault_free = &reference.fault_free;
-    if finished
-        && !explained
-        && !changed_arithmetic(report)
-        && report.param_digest != fault_free.param_digest
-    {
-        violate(
+    if !changed_arithmetic(report) && report.param_digest != fault_free.param_digest {
+        out.push(violation(
             Invariant::FaultFreeEquivalence,
             format!(
                 "finished step {} with param digest {}, the fault-free run with {}",
                 report.steps_completed, report.param_digest, fault_free.param_digest
             ),
-        );
+        ));
     }
+    out
+}
+
+/// The job finishes every step, within the bound after its last fault.
+fn check_liveness(
+    scenario: &Scenario,
+    reference: &Reference,
+    report: &RunReport,
+    finished: bool,
+) -> Option<Violation> {
     if !finished {
-        violate(
+        let abandoned = if report.faults.job_abandoned {
+            " (abandoned)"
+        } else {
+            ""
+        };
+        return Some(violation(
             Invariant::Liveness,
             format!(
-                "the job stopped at step {} of {}{}",
-                report.steps_completed,
-                report.steps_requested,
-                if report.faults.job_abandoned {
-                    " (abandoned)"
-                } else {
-                    ""
-                }
+                "the job stopped at step {} of {}{abandoned}",
+                report.steps_completed, report.steps_requested
             ),
-        );
-    } else {
-        let healed = healed_from_ns(scenario, report);
-        let took = report.model_time_ns.saturating_sub(healed);
-        let bound = liveness_bound_ns(scenario, reference);
-        if took > bound {
-            violate(
-                Invariant::Liveness,
-                format!(
-                    "finished {} after the last fault, over the bound of {}",
-                    format_duration_ns(took),
-                    format_duration_ns(bound)
-                ),
-            );
-        }
+        ));
     }
-    out.sort_by_key(|v| v.invariant);
-    out
+    let healed = healed_from_ns(scenario, report);
+    let took = report.model_time_ns.saturating_sub(healed);
+    let bound = liveness_bound_ns(scenario, reference);
+    (took > bound).then(|| {
+        violation(
+            Invariant::Liveness,
+            format!(
+                "finished {} after the last fault, over the bound of {}",
+                format_duration_ns(took),
+                format_duration_ns(bound)
+            ),
+        )
+    })
 }
 
 /// Runs `scenario` twice and checks every invariant against `reference`. What
