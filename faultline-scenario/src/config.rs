@@ -68,7 +68,7 @@ pub struct Scenario {
     /// Peak FLOP rate times model FLOP utilisation: what modelled compute is charged at.
     pub gpu_achieved_flops_per_s: f64,
     pub storage: StorageConfig,
-    /// Faults, detection and recovery; its seed is set from `run.seed` when a run starts.
+    /// Faults, detection and recovery. Their random draws derive from `run.seed`.
     pub control: ControlConfig,
     /// Link flaps and the transport policy.
     pub link_faults: LinkFaultConfig,
@@ -218,8 +218,6 @@ pub struct ControlConfig {
     pub max_restarts: u64,
     /// Times at which a bit flips in a shard of the newest committed checkpoint.
     pub corruptions_at_ns: Vec<u64>,
-    /// Root seed of the stochastic faults.
-    pub seed: u64,
 }
 
 // Link flaps and the transport policy.
@@ -264,8 +262,6 @@ pub struct LinkFaultConfig {
     pub random_flap_rate_per_link_per_ns: f64,
     /// How long a random flap keeps its link down.
     pub random_flap_down_ns: u64,
-    /// Root seed of the random flaps; set from `run.seed` when a run starts.
-    pub seed: u64,
 }
 
 impl LinkFaultConfig {
@@ -282,7 +278,6 @@ impl Default for LinkFaultConfig {
             flaps: Vec::new(),
             random_flap_rate_per_link_per_ns: 0.0,
             random_flap_down_ns: 0,
-            seed: 0,
         }
     }
 }

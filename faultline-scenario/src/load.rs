@@ -476,7 +476,6 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         gpu_achieved_flops_per_s: raw.job.gpu_peak_tflops * 1e12 * raw.job.mfu,
         storage,
         control: ControlConfig {
-            seed: run.seed,
             corruptions_at_ns,
             ..control
         },
@@ -891,7 +890,6 @@ fn validate_control(
         min_replicas,
         max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
         corruptions_at_ns: Vec::new(),
-        seed: 0,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod prefetch;
 pub mod queue;
 pub mod replay;
+pub mod rng;
 pub mod run;
 /// The scenario format lives in its own crate, shared with the GPU runner.
 pub use faultline_scenario as scenario;

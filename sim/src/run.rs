@@ -14,9 +14,7 @@ use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::storage::AtomicityViolation;
 use crate::topology::Topology;
-use crate::world::{
-    ControlConfig, LinkFaultConfig, LinkFlapReport, SimBackend, StragglerReport, World,
-};
+use crate::world::{LinkFlapReport, SimBackend, StragglerReport, World, WorldConfig};
 
 /// Why a simulation could not produce a report.
 #[derive(Debug)]
@@ -178,31 +176,15 @@ pub fn run_scenario_with(
 ) -> Result<(RunReport, Option<crate::trace::Recorder>), SimError> {
     let started = wall_clock_start();
     let kind = resolve_executor(scenario.run.executor, scenario.cluster.gpus)?;
-    let topology = Topology::new(&scenario.cluster, &scenario.fabric);
-    let world = Rc::new(RefCell::new(World::new(
-        topology,
-        scenario.gpu_achieved_flops_per_s,
-    )));
+    let world = Rc::new(RefCell::new(World::new(WorldConfig::of(scenario))));
     {
         let mut w = world.borrow_mut();
-        w.configure_storage(scenario.storage.clone());
-        w.configure_control(ControlConfig {
-            seed: scenario.run.seed,
-            ..scenario.control.clone()
-        });
         if let Some(recorder) = hooks.recorder {
             w.set_recorder(recorder);
         }
         if let Some(call) = hooks.perturb_compute {
             w.perturb_compute(call);
         }
-        w.plant_bug(scenario.planted_bug);
-        w.configure_link_faults(LinkFaultConfig {
-            seed: scenario.run.seed,
-            ..scenario.link_faults.clone()
-        });
-        w.configure_stragglers(scenario.stragglers.clone());
-        w.configure_sdc(scenario.sdc.clone(), scenario.run.seed);
     }
     // Shared, not copied into each rank's future beside the trainer made from it.
     let config = Rc::new(scenario.job.clone());
@@ -386,10 +368,10 @@ pub fn run_collective_without(
     cluster.gpus_per_node = spec.gpus_per_node;
     cluster.clusters = cluster.clusters.min(spec.gpus.div_ceil(spec.gpus_per_node));
     let topology = Topology::new(&cluster, &spec.base.fabric);
-    let world = Rc::new(RefCell::new(World::new(
+    let world = Rc::new(RefCell::new(World::new(WorldConfig::bare(
         topology,
         spec.base.gpu_achieved_flops_per_s,
-    )));
+    ))));
     // Payloads are checksummed and verified as the base scenario's detection says (on by
     // default); the world charges no model time for it here (`detection.checksum_bandwidth`
     // is a scenario setting), so model times and trace digests are those of plain collectives.

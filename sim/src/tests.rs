@@ -60,7 +60,7 @@ fn routes_are_shortest_paths_of_the_graph() {
 
 #[test]
 fn contention_serialises_transfers_on_a_shared_link() {
-    use crate::world::{SimBackend, World};
+    use crate::world::{SimBackend, World, WorldConfig};
     use std::cell::RefCell;
     use std::rc::Rc;
     use trainer_core::{Backend, Tag};
@@ -68,7 +68,7 @@ fn contention_serialises_transfers_on_a_shared_link() {
     // Ranks 0 and 1 each send 50 GB to rank 8 (another node): both cross rank 8's NIC, so the
     // second arrives one serialisation time (1 s at 50 GB/s) after the first.
     let topo = crate::topology::Topology::new(&s.cluster, &s.fabric);
-    let world = Rc::new(RefCell::new(World::new(topo, 1e15)));
+    let world = Rc::new(RefCell::new(World::new(WorldConfig::bare(topo, 1e15))));
     let arrivals =
         crate::executor::run_ranks(crate::executor::ExecutorKind::Fifo, 1, &world, |rank| {
             let b = SimBackend::new(world.clone(), rank);

@@ -361,6 +361,8 @@ pub struct World {
     placement: Placement,
     topology: Topology,
     gpu_flops_per_s: f64,
+    /// The run's root seed; every random stream derives from it ([`crate::rng::RngStream`]).
+    seed: u64,
     now_ns: u64,
     queue: RadixQueue<EventKind>,
     /// The events of the instant being fired (kept to reuse its allocation).
@@ -403,8 +405,78 @@ pub struct World {
     checksum_bytes_per_s: f64,
 }
 
+/// Everything a world is built from: the fabric, the compute rate, the one root seed every
+/// random stream derives from ([`crate::rng::RngStream`]), and the parts a scenario configures.
+/// A part left `None` is absent (a bare collective has no controller, no SDC books).
+pub struct WorldConfig {
+    pub topology: Topology,
+    pub gpu_flops_per_s: f64,
+    pub seed: u64,
+    pub storage: StorageConfig,
+    pub control: Option<ControlConfig>,
+    pub link_faults: Option<LinkFaultConfig>,
+    pub stragglers: Option<StragglerConfig>,
+    pub sdc: Option<SdcConfig>,
+    pub planted_bug: Option<trainer_core::PlantedBug>,
+}
+
+impl WorldConfig {
+    /// A fabric and GPUs with nothing else: what a single collective runs on.
+    pub fn bare(topology: Topology, gpu_flops_per_s: f64) -> WorldConfig {
+        WorldConfig {
+            topology,
+            gpu_flops_per_s,
+            seed: 0,
+            storage: StorageConfig::default(),
+            control: None,
+            link_faults: None,
+            stragglers: None,
+            sdc: None,
+            planted_bug: None,
+        }
+    }
+
+    /// The world of a scenario's run: every part it configures, seeded by `run.seed`.
+    pub fn of(scenario: &faultline_scenario::Scenario) -> WorldConfig {
+        WorldConfig {
+            seed: scenario.run.seed,
+            storage: scenario.storage.clone(),
+            control: Some(scenario.control.clone()),
+            link_faults: Some(scenario.link_faults.clone()),
+            stragglers: Some(scenario.stragglers.clone()),
+            sdc: Some(scenario.sdc.clone()),
+            planted_bug: scenario.planted_bug,
+            ..WorldConfig::bare(
+                Topology::new(&scenario.cluster, &scenario.fabric),
+                scenario.gpu_achieved_flops_per_s,
+            )
+        }
+    }
+}
+
 impl World {
-    pub fn new(topology: Topology, gpu_flops_per_s: f64) -> World {
+    /// Builds the world and configures its parts, in a fixed order: the events they schedule
+    /// now (crashes, flaps, slowdowns) take their places in the queue in this order.
+    pub fn new(config: WorldConfig) -> World {
+        let mut world = World::with_fabric(config.topology, config.gpu_flops_per_s, config.seed);
+        world.storage = Storage::new(config.storage, world.placement.node_count());
+        if let Some(control) = config.control {
+            world.configure_control(control);
+        }
+        world.planted_bug = config.planted_bug;
+        if let Some(link_faults) = config.link_faults {
+            world.configure_link_faults(link_faults);
+        }
+        if let Some(stragglers) = config.stragglers {
+            world.configure_stragglers(stragglers);
+        }
+        if let Some(sdc) = config.sdc {
+            world.configure_sdc(sdc);
+        }
+        world
+    }
+
+    fn with_fabric(topology: Topology, gpu_flops_per_s: f64, seed: u64) -> World {
         let placement = Placement::new(topology.cluster.gpus, topology.cluster.gpus_per_node);
         let ranks = (0..placement.world_size)
             .map(|_| RankState::new())
@@ -415,6 +487,7 @@ impl World {
             link_busy_until_ns: vec![0; topology.link_count()],
             topology,
             gpu_flops_per_s,
+            seed,
             now_ns: 0,
             queue: RadixQueue::default(),
             firing: Vec::new(),
@@ -441,17 +514,8 @@ impl World {
         }
     }
 
-    /// Plants a known bug in the trainer logic of every rank (see trainer-core's `planted.rs`).
-    pub fn plant_bug(&mut self, bug: Option<trainer_core::PlantedBug>) {
-        self.planted_bug = bug;
-    }
-
     pub fn now_ns(&self) -> u64 {
         self.now_ns
-    }
-
-    pub fn configure_storage(&mut self, config: StorageConfig) {
-        self.storage = Storage::new(config, self.placement.node_count());
     }
 
     /// The storage model, for tests and reports.

@@ -15,7 +15,7 @@ use faultline_sim::executor::{run_ranks, ExecutorKind};
 use faultline_sim::run::{collective_input, run_scenario, Reference};
 use faultline_sim::scenario::load_str;
 use faultline_sim::topology::Topology;
-use faultline_sim::world::{SimBackend, World};
+use faultline_sim::world::{SimBackend, World, WorldConfig};
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::digest::mix64;
 use trainer_core::{Backend, CommError, Placement};
@@ -128,10 +128,10 @@ fn collective(
             );
             let scenario = load_str("c", "<test>", &text, &[]).unwrap();
             let topology = Topology::new(&scenario.cluster, &scenario.fabric);
-            let world = Rc::new(RefCell::new(World::new(
+            let world = Rc::new(RefCell::new(World::new(WorldConfig::bare(
                 topology,
                 scenario.gpu_achieved_flops_per_s,
-            )));
+            ))));
             let results = run_ranks(ExecutorKind::Fifo, 3, &world, |rank| {
                 let backend = SimBackend::new(world.clone(), rank);
                 async move {

@@ -114,7 +114,6 @@ pub(super) fn validate_link_faults(
         flaps: specs,
         random_flap_rate_per_link_per_ns: per_1000_link_days / 1000.0 / 86_400e9,
         random_flap_down_ns,
-        seed: 0,
     })
 }
 

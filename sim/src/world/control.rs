@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use faultline_scenario::config::{ControlConfig, CrashTarget, CrashWhen, RecoveryPolicy};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use statrs::distribution::{Exp, Weibull};
@@ -21,6 +20,7 @@ use trainer_core::{CommError, Event, RestartOrder};
 
 use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
 use crate::books::{Detector, FaultKind, LostCause, TierName};
+use crate::rng::RngStream;
 use crate::storage::Place;
 use crate::trace::Record;
 
@@ -120,11 +120,12 @@ pub(super) struct Control {
 impl Control {
     pub(super) fn new(
         config: ControlConfig,
+        seed: u64,
         world: trainer_core::Group,
         node_count: usize,
     ) -> Control {
         // The fault stream's own seed: adding another subsystem's draws never shifts it.
-        let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(config.seed ^ 0x00c4_a511));
+        let rng = RngStream::NodeFailures.rng(seed);
         let spares_left = config.spare_nodes;
         let mut control = Control {
             step_crashes_fired: vec![false; config.crashes.len()],
@@ -165,7 +166,7 @@ fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K) {
 
 impl World {
     /// Installs the controller and schedules what it knows in advance.
-    pub fn configure_control(&mut self, config: ControlConfig) {
+    pub(super) fn configure_control(&mut self, config: ControlConfig) {
         let node_count = self.placement.node_count();
         for (idx, crash) in config.crashes.iter().enumerate() {
             if let CrashWhen::AtNs(at) = crash.when {
@@ -180,7 +181,7 @@ impl World {
             // Called before any rank runs, so every rank is parked since 0 or not at all.
             self.parked_since_ns = vec![0; self.ranks.len()];
         }
-        let mut control = Control::new(config, self.placement.world(), node_count);
+        let mut control = Control::new(config, self.seed, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
             let at = next_arrival(&mut control, 0);
             self.schedule(at, EventKind::RandomCrash);
@@ -313,8 +314,7 @@ impl World {
         }
         // Each corruption draws from its own stream, keyed by its time, so that adding or
         // removing another fault (as `faultline shrink` does) never moves this one's bit.
-        let stream = trainer_core::digest::mix64(self.now_ns) ^ control.config.seed ^ 0x00c0_44e7;
-        let mut rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(stream));
+        let mut rng = RngStream::StorageCorruption { at_ns: self.now_ns }.rng(self.seed);
         let victim = shards[rng.gen_range(0..shards.len())].clone();
         let bit = rng.gen::<u64>();
         if self.storage.corrupt(Place::Persistent, &victim, bit) {
@@ -717,7 +717,7 @@ mod tests {
         let nodes = scenario.placement().node_count();
         let mean_ns = 1.0 / (scenario.control.node_failure_rate_per_ns * nodes as f64);
         let world = scenario.placement().world();
-        let mut control = Control::new(scenario.control, world, nodes);
+        let mut control = Control::new(scenario.control, scenario.run.seed, world, nodes);
         let gaps = (0..40_000)
             .map(|_| next_arrival(&mut control, 0) as f64)
             .collect();

@@ -7,7 +7,6 @@
 //! (trainer-core's `RetryPolicy`), rerouting each attempt, until its budget is spent.
 
 use faultline_scenario::config::{LinkFaultConfig, Transport};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use statrs::distribution::Exp;
@@ -15,6 +14,7 @@ use trainer_core::{Payload, Tag};
 
 use super::{EventKind, World, DEAD};
 use crate::books::{FaultKind, LostCause};
+use crate::rng::RngStream;
 use crate::topology::{LinkId, Route};
 
 /// What the report says about link flaps (present only when the scenario has some).
@@ -68,14 +68,13 @@ impl LinkFaults {
 
 impl World {
     /// Installs the flaps and schedules each series' first one.
-    pub fn configure_link_faults(&mut self, config: LinkFaultConfig) {
+    pub(super) fn configure_link_faults(&mut self, config: LinkFaultConfig) {
         let mut faults = LinkFaults::default();
         if config.any() {
             faults.down_until_ns = vec![0; self.topology.link_count()];
         }
         if config.random_flap_rate_per_link_per_ns > 0.0 {
-            let seed = trainer_core::digest::mix64(config.seed ^ 0x0f1a_9115);
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut rng = RngStream::LinkFlaps.rng(self.seed);
             let rate = config.random_flap_rate_per_link_per_ns
                 * self.topology.flappable_link_count() as f64;
             let at = next_flap_ns(&mut rng, rate, 0);

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use faultline_scenario::config::{SdcConfig, SdcKind};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use trainer_core::integrity::Check;
@@ -19,6 +19,7 @@ use trainer_core::{Event, FaultPoint, Payload, Tag};
 
 use super::World;
 use crate::books::{Detector, FaultKind, LostCause};
+use crate::rng::RngStream;
 
 /// A corruption no check caught.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -102,7 +103,7 @@ impl Sdc {
 
     fn new(config: SdcConfig, seed: u64, rank_count: usize) -> Sdc {
         // Its own stream: SDC draws never shift the crash stream, nor the other way round.
-        let rng = ChaCha8Rng::seed_from_u64(trainer_core::digest::mix64(seed ^ 0x05dc_f11b));
+        let rng = RngStream::Sdc.rng(seed);
         let has = |kind| config.specs.iter().any(|s| s.kind == kind);
         Sdc {
             has_in_flight: has(SdcKind::InFlight),
@@ -172,9 +173,9 @@ impl Sdc {
 }
 
 impl World {
-    pub fn configure_sdc(&mut self, config: SdcConfig, seed: u64) {
+    pub(super) fn configure_sdc(&mut self, config: SdcConfig) {
         self.checksum_bytes_per_s = config.checksum_bytes_per_s;
-        self.sdc = Some(Box::new(Sdc::new(config, seed, self.ranks.len())));
+        self.sdc = Some(Box::new(Sdc::new(config, self.seed, self.ranks.len())));
     }
 
     /// Model time to checksum and verify `bytes`.

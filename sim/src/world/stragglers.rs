@@ -64,7 +64,7 @@ pub(super) struct Stragglers {
 }
 
 impl World {
-    pub fn configure_stragglers(&mut self, config: StragglerConfig) {
+    pub(super) fn configure_stragglers(&mut self, config: StragglerConfig) {
         let mut s = Stragglers {
             evicted: vec![false; config.stragglers.len()],
             has_compute: config
