@@ -88,91 +88,111 @@ pub fn run_case(
 ) -> Result<CaseResult, String> {
     let started = wall_clock_start();
     let mut result = match case {
-        "bare-loop/hierarchical" => {
-            let base = base_scenario(checksums);
-            let mut cluster = base.cluster.clone();
-            cluster.gpus = gpus;
-            cluster.gpus_per_node = 8;
-            let topology = Topology::new(&cluster, &base.fabric);
-            let report = bare_loop::run(
-                &topology,
-                COLLECTIVE_ELEMS,
-                4 * COLLECTIVE_ELEMS as u64,
-                checksums,
-            );
-            CaseResult {
-                case: case.into(),
-                gpus,
-                executor: "bare".into(),
-                wall_ms: 0.0,
-                messages: report.messages,
-                model_time_ns: report.model_time_ns,
-                instants: report.instants,
-                peak_rss_kib: 0,
-                ok: report.exact,
-                trace_digest: String::new(),
-                payload_checksums: checksums,
-            }
-        }
+        "bare-loop/hierarchical" => bare_loop_case(gpus, checksums),
         "planner" => run_planner(gpus)?,
-        "training/1-step" | "training/10-steps" => {
-            let steps = if case == "training/1-step" { 1 } else { 10 };
-            let scenario = training_scenario(gpus, steps, executor, checksums)?;
-            let report = run::run_scenario(&scenario).map_err(|e| e.to_string())?;
-            // The last step's checkpoint is still persisting when the job ends.
-            let checkpoints_expected = steps.saturating_sub(1) / CHECKPOINT_EVERY_STEPS;
-            CaseResult {
-                case: case.into(),
-                gpus,
-                executor: report.executor.into(),
-                wall_ms: 0.0,
-                messages: report.messages,
-                model_time_ns: report.model_time_ns,
-                instants: report.instants,
-                peak_rss_kib: 0,
-                ok: report.replicas_agree
-                    && report.steps_completed == steps
-                    && report.checkpoints_committed >= checkpoints_expected,
-                trace_digest: report.trace_digest,
-                payload_checksums: checksums,
-            }
-        }
-        _ => {
-            let algo = case
-                .strip_prefix("all-reduce/")
-                .and_then(Algo::from_name)
-                .ok_or_else(|| format!("unknown case {case}; cases: {}", CASES.join(", ")))?;
-            let spec = CollectiveSpec {
-                algo,
-                inter_node_algo: Algo::HalvingDoubling,
-                op: Op::AllReduce,
-                gpus,
-                gpus_per_node: 8,
-                elems: COLLECTIVE_ELEMS,
-                modelled_bytes: 4 * COLLECTIVE_ELEMS as u64,
-                seed: 1,
-                executor,
-                base: base_scenario(checksums),
-            };
-            let report = run::run_collective(&spec).map_err(|e| e.to_string())?;
-            CaseResult {
-                case: case.into(),
-                gpus,
-                executor: report.executor.into(),
-                wall_ms: 0.0,
-                messages: report.messages,
-                model_time_ns: report.model_time_ns,
-                instants: report.instants,
-                peak_rss_kib: 0,
-                ok: report.exact,
-                trace_digest: report.trace_digest,
-                payload_checksums: checksums,
-            }
-        }
+        "training/1-step" | "training/10-steps" => training_case(case, gpus, executor, checksums)?,
+        _ => collective_case(case, gpus, executor, checksums)?,
     };
     result.wall_ms = started.elapsed().as_secs_f64() * 1e3;
     result.peak_rss_kib = peak_rss_kib();
     Ok(result)
+}
+
+/// The bare event loop's hierarchical all-reduce: the lower bound of the simulator's cost.
+fn bare_loop_case(gpus: usize, checksums: bool) -> CaseResult {
+    let case = "bare-loop/hierarchical";
+    let base = base_scenario(checksums);
+    let mut cluster = base.cluster.clone();
+    cluster.gpus = gpus;
+    cluster.gpus_per_node = 8;
+    let topology = Topology::new(&cluster, &base.fabric);
+    let report = bare_loop::run(
+        &topology,
+        COLLECTIVE_ELEMS,
+        4 * COLLECTIVE_ELEMS as u64,
+        checksums,
+    );
+    CaseResult {
+        case: case.into(),
+        gpus,
+        executor: "bare".into(),
+        wall_ms: 0.0,
+        messages: report.messages,
+        model_time_ns: report.model_time_ns,
+        instants: report.instants,
+        peak_rss_kib: 0,
+        ok: report.exact,
+        trace_digest: String::new(),
+        payload_checksums: checksums,
+    }
+}
+
+/// One or ten training steps, checkpointing every `CHECKPOINT_EVERY_STEPS`.
+fn training_case(
+    case: &str,
+    gpus: usize,
+    executor: ExecutorKind,
+    checksums: bool,
+) -> Result<CaseResult, String> {
+    let steps = if case == "training/1-step" { 1 } else { 10 };
+    let scenario = training_scenario(gpus, steps, executor, checksums)?;
+    let report = run::run_scenario(&scenario).map_err(|e| e.to_string())?;
+    // The last step's checkpoint is still persisting when the job ends.
+    let checkpoints_expected = steps.saturating_sub(1) / CHECKPOINT_EVERY_STEPS;
+    Ok(CaseResult {
+        case: case.into(),
+        gpus,
+        executor: report.executor.into(),
+        wall_ms: 0.0,
+        messages: report.messages,
+        model_time_ns: report.model_time_ns,
+        instants: report.instants,
+        peak_rss_kib: 0,
+        ok: report.replicas_agree
+            && report.steps_completed == steps
+            && report.checkpoints_committed >= checkpoints_expected,
+        trace_digest: report.trace_digest,
+        payload_checksums: checksums,
+    })
+}
+
+/// One all-reduce of `COLLECTIVE_ELEMS` floats with the case's algorithm.
+fn collective_case(
+    case: &str,
+    gpus: usize,
+    executor: ExecutorKind,
+    checksums: bool,
+) -> Result<CaseResult, String> {
+    let algo = case
+        .strip_prefix("all-reduce/")
+        .and_then(Algo::from_name)
+        .ok_or_else(|| format!("unknown case {case}; cases: {}", CASES.join(", ")))?;
+    let spec = CollectiveSpec {
+        algo,
+        inter_node_algo: Algo::HalvingDoubling,
+        op: Op::AllReduce,
+        gpus,
+        gpus_per_node: 8,
+        elems: COLLECTIVE_ELEMS,
+        modelled_bytes: 4 * COLLECTIVE_ELEMS as u64,
+        seed: 1,
+        executor,
+        base: base_scenario(checksums),
+    };
+    let report = run::run_collective(&spec).map_err(|e| e.to_string())?;
+    Ok(CaseResult {
+        case: case.into(),
+        gpus,
+        executor: report.executor.into(),
+        wall_ms: 0.0,
+        messages: report.messages,
+        model_time_ns: report.model_time_ns,
+        instants: report.instants,
+        peak_rss_kib: 0,
+        ok: report.exact,
+        trace_digest: report.trace_digest,
+        payload_checksums: checksums,
+    })
 }
 
 fn base_scenario(checksums: bool) -> Scenario {

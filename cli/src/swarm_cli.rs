@@ -7,7 +7,7 @@ use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::Scenario;
 use faultline_sim::swarm::faults::FaultKind;
 use faultline_sim::swarm::invariants::{check, Invariant, Reference, Violation};
-use faultline_sim::swarm::seeds::{parse_seed_range, run_swarm, SwarmReport};
+use faultline_sim::swarm::seeds::{parse_seed_range, run_swarm, SeedOutcome, SwarmReport};
 use faultline_sim::swarm::shrink::shrink;
 use faultline_sim::swarm::{Base, SwarmError, FAULTY_TENTHS};
 use faultline_sim::units::format_duration_ns;
@@ -177,41 +177,8 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
         format_duration_ns(report.liveness_bound_ns)
     );
     for outcome in report.outcomes.iter().filter(|o| o.failed()) {
-        let first = &outcome.violations[0];
-        println!();
-        println!(
-            "seed {}: FAIL {}: {}",
-            outcome.seed,
-            first.invariant.name(),
-            first.detail
-        );
-        for other in &outcome.violations[1..] {
-            println!("  also {}: {}", other.invariant.name(), other.detail);
-        }
-        println!(
-            "  faults: {}",
-            if outcome.faults.is_empty() {
-                "none".to_string()
-            } else {
-                outcome.faults.join("; ")
-            }
-        );
-        println!("  reproduce: {}", outcome.reproduce);
-        if let Some(dir) = emit {
-            let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
-            println!(
-                "  reproduce: {}faultline run --check {}",
-                base.permission(),
-                path.display()
-            );
-        }
-        println!("  shrink: {}", base.shrink_command(outcome.seed));
+        print_failed_seed(base, outcome, emit);
     }
-    let by: Vec<String> = report
-        .failures_by_invariant
-        .iter()
-        .map(|(name, count)| format!("{name} {count}"))
-        .collect();
     for outcome in report
         .outcomes
         .iter()
@@ -226,6 +193,14 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
         println!("  faults: {}", outcome.faults.join("; "));
         println!("  reproduce: {}", outcome.reproduce);
     }
+    print_verdict(report);
+}
+
+/// The last line: how many seeds failed, by invariant, and what the swarm spent.
+fn print_verdict(report: &SwarmReport) {
+    let by: Vec<String> = (report.failures_by_invariant.iter())
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
     println!();
     println!(
         "verdict: {} of {} seeds failed{}; {} seeds drew no fault; {} seeds reported an SDC \
@@ -242,6 +217,40 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
         report.seeds_with_reported_escapes,
         report.simulations
     );
+}
+
+/// One failing seed: the invariants it broke, its faults, and the commands that rerun and
+/// shrink it.
+fn print_failed_seed(base: &Base, outcome: &SeedOutcome, emit: Option<&PathBuf>) {
+    let first = &outcome.violations[0];
+    println!();
+    println!(
+        "seed {}: FAIL {}: {}",
+        outcome.seed,
+        first.invariant.name(),
+        first.detail
+    );
+    for other in &outcome.violations[1..] {
+        println!("  also {}: {}", other.invariant.name(), other.detail);
+    }
+    println!(
+        "  faults: {}",
+        if outcome.faults.is_empty() {
+            "none".to_string()
+        } else {
+            outcome.faults.join("; ")
+        }
+    );
+    println!("  reproduce: {}", outcome.reproduce);
+    if let Some(dir) = emit {
+        let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
+        println!(
+            "  reproduce: {}faultline run --check {}",
+            base.permission(),
+            path.display()
+        );
+    }
+    println!("  shrink: {}", base.shrink_command(outcome.seed));
 }
 
 pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {

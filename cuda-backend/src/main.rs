@@ -53,43 +53,7 @@ enum Command {
     /// Says whether CUDA, NVRTC, NCCL and a GPU are usable here.
     Probe,
     /// Runs a scenario's training job and prints the JSON report.
-    Run {
-        scenario: PathBuf,
-        /// Overrides run.seed. Real hardware has no interleaving to explore, so the numbers do
-        /// not depend on it; it pairs the report with the simulator's run of the same seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// KEY=VALUE overrides, as for `faultline run`.
-        #[arg(long = "set")]
-        sets: Vec<String>,
-        #[arg(long, value_enum, default_value = "local")]
-        transport: Transport,
-        #[arg(long, value_enum, default_value = "cuda")]
-        device: DeviceChoice,
-        /// The GPU the local transport puts every rank on.
-        #[arg(long, default_value_t = 0)]
-        gpu: usize,
-        /// The persistent checkpoint directory (real files, atomic, checksummed); the
-        /// scenario's [checkpoint] section says when (e.g. --set checkpoint.interval=10).
-        /// Without it, a temporary directory removed after the run.
-        #[arg(long)]
-        checkpoint_dir: Option<PathBuf>,
-        /// The root of the per-node host-memory directories (default: under /dev/shm).
-        #[arg(long)]
-        host_dir: Option<PathBuf>,
-        /// This process is a restart: restore the newest checkpoint that verifies, then train.
-        #[arg(long)]
-        restore: bool,
-        /// Abort the process when a rank begins this step (after that many steps and their
-        /// checkpoint work).
-        #[arg(long)]
-        crash_at_step: Option<u64>,
-        /// Do not inject the scenario's [[faults.crash]] failures.
-        #[arg(long)]
-        no_faults: bool,
-        #[arg(long, default_value_t = 120)]
-        recv_timeout_s: u64,
-    },
+    Run(RunArgs),
     /// Runs one collective on `collective_input` and prints digests of the results.
     Collective {
         #[arg(long, default_value = "ring")]
@@ -111,6 +75,45 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    scenario: PathBuf,
+    /// Overrides run.seed. Real hardware has no interleaving to explore, so the numbers do
+    /// not depend on it; it pairs the report with the simulator's run of the same seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// KEY=VALUE overrides, as for `faultline run`.
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    #[arg(long, value_enum, default_value = "local")]
+    transport: Transport,
+    #[arg(long, value_enum, default_value = "cuda")]
+    device: DeviceChoice,
+    /// The GPU the local transport puts every rank on.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
+    /// The persistent checkpoint directory (real files, atomic, checksummed); the
+    /// scenario's [checkpoint] section says when (e.g. --set checkpoint.interval=10).
+    /// Without it, a temporary directory removed after the run.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// The root of the per-node host-memory directories (default: under /dev/shm).
+    #[arg(long)]
+    host_dir: Option<PathBuf>,
+    /// This process is a restart: restore the newest checkpoint that verifies, then train.
+    #[arg(long)]
+    restore: bool,
+    /// Abort the process when a rank begins this step (after that many steps and their
+    /// checkpoint work).
+    #[arg(long)]
+    crash_at_step: Option<u64>,
+    /// Do not inject the scenario's [[faults.crash]] failures.
+    #[arg(long)]
+    no_faults: bool,
+    #[arg(long, default_value_t = 120)]
+    recv_timeout_s: u64,
+}
+
 const EXIT_PROBLEM: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_NO_GPU: u8 = 3;
@@ -119,68 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Probe => probe_command(),
-        Command::Run {
-            scenario,
-            seed,
-            mut sets,
-            transport,
-            device,
-            gpu,
-            checkpoint_dir,
-            host_dir,
-            restore,
-            crash_at_step,
-            no_faults,
-            recv_timeout_s,
-        } => {
-            if let Some(seed) = seed {
-                sets.push(format!("run.seed={seed}"));
-            }
-            let settings = match job::load_scenario(&scenario, &sets) {
-                Ok(s) => s,
-                Err(e) => return bad_input(e),
-            };
-            let mut options = RunOptions::new();
-            options.recv_timeout = Duration::from_secs(recv_timeout_s);
-            options.restore = restore;
-            options.crash_at_step = crash_at_step;
-            options.inject_faults = !no_faults;
-            options.host_dir = host_dir;
-            if restore && checkpoint_dir.is_none() {
-                return bad_input("--restore needs --checkpoint-dir");
-            }
-            if restore && settings.job.checkpoint.is_none() {
-                return bad_input(
-                    "--restore needs the scenario's [checkpoint] section (e.g. --set checkpoint.interval=10)",
-                );
-            }
-            let shared = transport == Transport::Nccl && settings.job.checkpoint.is_some();
-            if shared && checkpoint_dir.is_none() {
-                return bad_input(
-                    "--transport nccl with a [checkpoint] section needs --checkpoint-dir, a \
-                     directory every rank's process shares",
-                );
-            }
-            for (flag, dir) in [
-                ("--checkpoint-dir", &checkpoint_dir),
-                ("--host-dir", &options.host_dir),
-            ] {
-                if let Some(dir) = dir {
-                    if let Err(e) = usable_dir(dir) {
-                        return bad_input(format!("{flag} {}: {e}", dir.display()));
-                    }
-                }
-            }
-            options.checkpoint_dir = checkpoint_dir;
-            if settings.crashes_not_injected > 0 {
-                eprintln!(
-                    "faultline-gpu: {} [[faults.crash]] at a model time (`at`) not injected: real \
-                     hardware has no model time; only `at_step` crashes are",
-                    settings.crashes_not_injected
-                );
-            }
-            run_command(&settings, &options, transport, device, gpu)
-        }
+        Command::Run(args) => run_args_command(args),
         Command::Collective {
             algo,
             inter_node_algo,
@@ -209,6 +151,68 @@ fn main() -> ExitCode {
             collective_command(collective, op, gpus, gpus_per_node, elems, device, gpu)
         }
     }
+}
+
+/// `faultline-gpu run`: loads the scenario, checks the flags that need each other and the
+/// directories before any work, and runs.
+fn run_args_command(mut args: RunArgs) -> ExitCode {
+    if let Some(seed) = args.seed {
+        args.sets.push(format!("run.seed={seed}"));
+    }
+    let settings = match job::load_scenario(&args.scenario, &args.sets) {
+        Ok(s) => s,
+        Err(e) => return bad_input(e),
+    };
+    if let Err(message) = check_run_flags(&args, &settings) {
+        return bad_input(message);
+    }
+    let mut options = RunOptions::new();
+    options.recv_timeout = Duration::from_secs(args.recv_timeout_s);
+    options.restore = args.restore;
+    options.crash_at_step = args.crash_at_step;
+    options.inject_faults = !args.no_faults;
+    options.host_dir = args.host_dir;
+    options.checkpoint_dir = args.checkpoint_dir;
+    if settings.crashes_not_injected > 0 {
+        eprintln!(
+            "faultline-gpu: {} [[faults.crash]] at a model time (`at`) not injected: real \
+             hardware has no model time; only `at_step` crashes are",
+            settings.crashes_not_injected
+        );
+    }
+    run_command(&settings, &options, args.transport, args.device, args.gpu)
+}
+
+/// Refuses flags that need another (a restore needs checkpoints and their directory; NCCL
+/// needs a shared one) and directories that cannot hold files.
+fn check_run_flags(args: &RunArgs, settings: &job::JobSettings) -> Result<(), String> {
+    if args.restore && args.checkpoint_dir.is_none() {
+        return Err("--restore needs --checkpoint-dir".into());
+    }
+    if args.restore && settings.job.checkpoint.is_none() {
+        return Err(
+            "--restore needs the scenario's [checkpoint] section (e.g. --set \
+                    checkpoint.interval=10)"
+                .into(),
+        );
+    }
+    let shared = args.transport == Transport::Nccl && settings.job.checkpoint.is_some();
+    if shared && args.checkpoint_dir.is_none() {
+        return Err(
+            "--transport nccl with a [checkpoint] section needs --checkpoint-dir, a \
+                    directory every rank's process shares"
+                .into(),
+        );
+    }
+    for (flag, dir) in [
+        ("--checkpoint-dir", &args.checkpoint_dir),
+        ("--host-dir", &args.host_dir),
+    ] {
+        if let Some(dir) = dir {
+            usable_dir(dir).map_err(|e| format!("{flag} {}: {e}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` if needed and checks that files can be written in it, so a checkpoint

@@ -741,23 +741,7 @@ pub fn run_nccl_job(
         )));
     }
     let gpu = Gpu::open(plan.ordinal()).map_err(|e| NcclSetupError(e.to_string()))?;
-    let id = crate::rendezvous::share_id(
-        &plan.env,
-        || new_unique_id().unwrap_or_else(|e| panic!("{e}")),
-        Duration::from_secs(300),
-    )
-    .map_err(|e| NcclSetupError(e.to_string()))?;
-    let (tiers, _) = options.tiers(settings.placement.node_count());
-    let mut backend = NcclBackend::join(
-        &gpu,
-        settings.placement,
-        plan.env.rank,
-        id,
-        max_payload_elems(&settings.job),
-        options.recv_timeout,
-        tiers,
-    )?;
-    backend.set_crash_at_step(options.crash_at_step);
+    let backend = join_job(plan, &gpu, settings, options)?;
     // torchelastic numbers restarts; a restarted process restores before training.
     let restart_count = std::env::var("TORCHELASTIC_RESTART_COUNT")
         .ok()
@@ -802,6 +786,33 @@ pub fn run_nccl_job(
         &marks,
         timings,
     ))
+}
+
+/// This rank's communicator: the rendezvous shares NCCL's unique id, then every rank joins.
+fn join_job(
+    plan: &NcclPlan,
+    gpu: &std::sync::Arc<Gpu>,
+    settings: &crate::job::JobSettings,
+    options: &crate::job::RunOptions,
+) -> Result<NcclBackend, NcclSetupError> {
+    let id = crate::rendezvous::share_id(
+        &plan.env,
+        || new_unique_id().unwrap_or_else(|e| panic!("{e}")),
+        Duration::from_secs(300),
+    )
+    .map_err(|e| NcclSetupError(e.to_string()))?;
+    let (tiers, _) = options.tiers(settings.placement.node_count());
+    let mut backend = NcclBackend::join(
+        gpu,
+        settings.placement,
+        plan.env.rank,
+        id,
+        max_payload_elems(&settings.job),
+        options.recv_timeout,
+        tiers,
+    )?;
+    backend.set_crash_at_step(options.crash_at_step);
+    Ok(backend)
 }
 
 /// The largest payload a job sends: the step's all-reduce buffer (gradient, loss and

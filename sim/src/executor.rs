@@ -82,23 +82,8 @@ where
     // list's first ranks up front (a training step fires a million instants that wake only a
     // few ranks each). The task table's entry (the future's address) is prefetched with the
     // state, so that loading it to prefetch the future does not wait for memory.
-    let prefetch_rank = |world: &World, tasks: &[Option<Pin<Box<F>>>], rank: u32| {
-        if let Some(future) = &tasks[rank as usize] {
-            prefetch::prefetch(&**future);
-        }
-        world.prefetch_delivered(rank as usize);
-        world.prefetch_links_of(rank as usize);
-    };
     loop {
-        {
-            let w = world.borrow();
-            for &rank in ready.iter().take(2 * PREFETCH_AHEAD) {
-                w.prefetch_rank_state(rank as usize);
-            }
-            for &rank in ready.iter().take(PREFETCH_AHEAD) {
-                prefetch_rank(&w, &tasks, rank);
-            }
-        }
+        prefetch_ready_front(&world.borrow(), &tasks, &ready);
         for (i, &rank) in ready.iter().enumerate() {
             if let Some(&far) = ready.get(i + 2 * PREFETCH_AHEAD) {
                 world.borrow().prefetch_rank_state(far as usize);
@@ -135,6 +120,28 @@ where
         .into_iter()
         .map(|o| o.expect("every rank finished"))
         .collect())
+}
+
+/// What polling `rank` soon will load: its future, its delivered payload, its links.
+#[inline(always)]
+fn prefetch_rank<F>(world: &World, tasks: &[Option<Pin<Box<F>>>], rank: u32) {
+    if let Some(future) = &tasks[rank as usize] {
+        prefetch::prefetch(&**future);
+    }
+    world.prefetch_delivered(rank as usize);
+    world.prefetch_links_of(rank as usize);
+}
+
+/// The ready list's first ranks, whose loads the loop's look-ahead does not reach: their
+/// states, then their futures, payloads and links.
+#[inline(always)]
+fn prefetch_ready_front<F>(world: &World, tasks: &[Option<Pin<Box<F>>>], ready: &[u32]) {
+    for &rank in ready.iter().take(2 * PREFETCH_AHEAD) {
+        world.prefetch_rank_state(rank as usize);
+    }
+    for &rank in ready.iter().take(PREFETCH_AHEAD) {
+        prefetch_rank(world, tasks, rank);
+    }
 }
 
 /// How many ranks ahead of the one it polls the FIFO executor prefetches a rank's future and

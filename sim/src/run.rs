@@ -203,7 +203,20 @@ pub fn run_scenario_with(
         }
     };
     let recorder = world.borrow_mut().take_recorder();
-    let world = world.borrow();
+    let report = report_of(scenario, kind, &world.borrow(), &results, started);
+    Ok((report, recorder))
+}
+
+/// The report of a finished run: rank 0's outcome (or the first rank that finished every
+/// step), whether the finished replicas agree, and the world's books.
+// Over 70 lines: one struct literal, a line for each of the report's fields.
+fn report_of(
+    scenario: &Scenario,
+    kind: ExecutorKind,
+    world: &World,
+    results: &[job::JobOutcome],
+    started: std::time::Instant,
+) -> RunReport {
     let stats = world.stats();
     // Ranks that died after others had finished never resumed; judge the ranks that finished.
     let finished: Vec<_> = results
@@ -217,7 +230,7 @@ pub fn run_scenario_with(
             .all(|r| r.param_digest == outcome0.param_digest);
     let faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
-    let report = RunReport {
+    RunReport {
         scenario: scenario.name.clone(),
         seed: scenario.run.seed,
         executor: kind.name(),
@@ -272,8 +285,7 @@ pub fn run_scenario_with(
         stragglers: world.straggler_report(),
         rank0_step_ns: world.rank0_step_ns(),
         wall_ms: wall_ms_since(started),
-    };
-    Ok((report, recorder))
+    }
 }
 
 pub fn hex(value: u64) -> String {
@@ -363,15 +375,7 @@ pub fn run_collective_without(
     dropped_ranks: &[usize],
 ) -> Result<CollectiveReport, SimError> {
     let started = wall_clock_start();
-    let mut cluster = spec.base.cluster.clone();
-    cluster.gpus = spec.gpus;
-    cluster.gpus_per_node = spec.gpus_per_node;
-    cluster.clusters = cluster.clusters.min(spec.gpus.div_ceil(spec.gpus_per_node));
-    let topology = Topology::new(&cluster, &spec.base.fabric);
-    let world = Rc::new(RefCell::new(World::new(WorldConfig::bare(
-        topology,
-        spec.base.gpu_achieved_flops_per_s,
-    ))));
+    let world = Rc::new(RefCell::new(World::new(spec.world_config())));
     // Payloads are checksummed and verified as the base scenario's detection says (on by
     // default); the world charges no model time for it here (`detection.checksum_bandwidth`
     // is a scenario setting), so model times and trace digests are those of plain collectives.
@@ -381,9 +385,7 @@ pub fn run_collective_without(
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
     let group = match dropped_ranks {
         [] => placement.world(),
-        ranks => placement
-            .world()
-            .without(std::sync::Arc::new(ranks.to_vec())),
+        ranks => (placement.world()).without(std::sync::Arc::new(ranks.to_vec())),
     };
     // What every rank runs, shared rather than copied into each rank's future: every byte a
     // rank's future holds is loaded on each of its polls.
@@ -413,28 +415,29 @@ pub fn run_collective_without(
         }
     })
     .map_err(SimError::Deadlock)?;
-    let group = &job.group;
-    let reference = Reference::for_group(&collective, &placement, group, op, elems);
-    let mut mismatched = Vec::new();
-    for (rank, result) in results.iter().enumerate() {
-        if group.index_of(rank).is_none() {
-            continue;
-        }
-        let ok = result
-            .as_ref()
-            .is_ok_and(|data| reference.matches(rank, data));
-        if !ok && mismatched.len() < 8 {
-            mismatched.push(rank);
-        }
-    }
+    let reference = Reference::for_group(&collective, &placement, &job.group, op, elems);
+    let mismatched = mismatched_ranks(&reference, &job.group, &results);
     let world = world.borrow();
-    Ok(CollectiveReport {
+    Ok(collective_report(
+        spec, &world, mismatched, results, started,
+    ))
+}
+
+/// The report of a collective that ran: its size, model time, digest and exactness.
+fn collective_report(
+    spec: &CollectiveSpec,
+    world: &World,
+    mismatched: Vec<usize>,
+    results: Vec<Result<Vec<f32>, trainer_core::CommError>>,
+    started: std::time::Instant,
+) -> CollectiveReport {
+    CollectiveReport {
         algo: spec.algo.name(),
-        op: op.name(),
+        op: spec.op.name(),
         gpus: spec.gpus,
         gpus_per_node: spec.gpus_per_node,
-        elems,
-        modelled_bytes: bytes,
+        elems: spec.elems,
+        modelled_bytes: spec.modelled_bytes,
         seed: spec.seed,
         executor: spec.executor.name(),
         model_time_ns: world.now_ns(),
@@ -449,7 +452,38 @@ pub fn run_collective_without(
             .next()
             .and_then(|r| r.ok())
             .unwrap_or_default(),
-    })
+    }
+}
+
+impl CollectiveSpec {
+    /// A bare world of the spec's size, with the base scenario's fabric.
+    fn world_config(&self) -> WorldConfig {
+        let mut cluster = self.base.cluster.clone();
+        cluster.gpus = self.gpus;
+        cluster.gpus_per_node = self.gpus_per_node;
+        cluster.clusters = cluster.clusters.min(self.gpus.div_ceil(self.gpus_per_node));
+        let topology = Topology::new(&cluster, &self.base.fabric);
+        WorldConfig::bare(topology, self.base.gpu_achieved_flops_per_s)
+    }
+}
+
+/// The group's ranks whose result differs from the reference (at most 8 listed).
+fn mismatched_ranks(
+    reference: &Reference,
+    group: &trainer_core::Group,
+    results: &[Result<Vec<f32>, trainer_core::CommError>],
+) -> Vec<usize> {
+    let mut mismatched = Vec::new();
+    for (rank, result) in results.iter().enumerate() {
+        if group.index_of(rank).is_none() {
+            continue;
+        }
+        let ok = (result.as_ref()).is_ok_and(|data| reference.matches(rank, data));
+        if !ok && mismatched.len() < 8 {
+            mismatched.push(rank);
+        }
+    }
+    mismatched
 }
 
 /// The exact expected result of a collective on [`collective_input`], computed once for all

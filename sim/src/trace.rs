@@ -962,6 +962,29 @@ pub fn read_trace(path: &Path) -> Result<TraceFile, TraceFileError> {
 
 /// Checks and splits the bytes of a trace file; `name` names it in errors.
 pub fn parse_trace(name: &str, bytes: &[u8]) -> Result<TraceFile, TraceFileError> {
+    let lines = text_lines(name, bytes)?;
+    let header = parse_header(name, &lines)?;
+    let last_idx = lines.len() - 1;
+    check_records(name, &lines)?;
+    let footer = parse_footer(name, &lines[last_idx], last_idx)?;
+    let records = lines[1..last_idx].to_vec();
+    if records.len() as u64 != footer.records {
+        return Err(TraceFileError(format!(
+            "{name}:{}: the footer counts {} records, the file holds {}",
+            last_idx + 1,
+            footer.records,
+            records.len()
+        )));
+    }
+    Ok(TraceFile {
+        header,
+        records,
+        footer,
+    })
+}
+
+/// The file's lines, each checked to be UTF-8 text.
+fn text_lines(name: &str, bytes: &[u8]) -> Result<Vec<String>, TraceFileError> {
     let mut lines = Vec::new();
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if !body.is_empty() {
@@ -971,6 +994,11 @@ pub fn parse_trace(name: &str, bytes: &[u8]) -> Result<TraceFile, TraceFileError
             lines.push(line.strip_suffix('\r').unwrap_or(line).to_string());
         }
     }
+    Ok(lines)
+}
+
+/// The first line: a trace header of the format this faultline reads.
+fn parse_header(name: &str, lines: &[String]) -> Result<TraceHeader, TraceFileError> {
     let Some(first) = lines.first() else {
         return Err(TraceFileError(format!(
             "{name}:1: empty file, not a faultline trace"
@@ -991,8 +1019,13 @@ pub fn parse_trace(name: &str, bytes: &[u8]) -> Result<TraceFile, TraceFileError
             )))
         }
     }
-    let header: TraceHeader = serde_json::from_value(value)
-        .map_err(|e| TraceFileError(format!("{name}:1: a corrupt trace header: {e}")))?;
+    serde_json::from_value(value)
+        .map_err(|e| TraceFileError(format!("{name}:1: a corrupt trace header: {e}")))
+}
+
+/// Every line after the header is a JSON object; a last line cut off means a run that did
+/// not finish writing.
+fn check_records(name: &str, lines: &[String]) -> Result<(), TraceFileError> {
     let last_idx = lines.len() - 1;
     for (idx, line) in lines.iter().enumerate().skip(1) {
         let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
@@ -1018,35 +1051,24 @@ pub fn parse_trace(name: &str, bytes: &[u8]) -> Result<TraceFile, TraceFileError
             }
         }
     }
-    let footer_line = &lines[last_idx];
-    let footer: TraceFooter = match serde_json::from_str::<serde_json::Value>(footer_line) {
-        Ok(v) if v.get("faultline_trace_end").is_some() => {
-            serde_json::from_value(v).map_err(|e| {
-                TraceFileError(format!("{name}:{}: a corrupt footer: {e}", last_idx + 1))
-            })?
-        }
-        _ => {
-            return Err(TraceFileError(format!(
-                "{name}:{}: truncated: the last line is not the footer (\"faultline_trace_end\"); \
-                 the run did not finish writing",
-                last_idx + 1
-            )))
-        }
-    };
-    let records = lines[1..last_idx].to_vec();
-    if records.len() as u64 != footer.records {
-        return Err(TraceFileError(format!(
-            "{name}:{}: the footer counts {} records, the file holds {}",
-            last_idx + 1,
-            footer.records,
-            records.len()
-        )));
+    Ok(())
+}
+
+/// The last line: the footer, or a trace cut off before it.
+fn parse_footer(
+    name: &str,
+    footer_line: &str,
+    last_idx: usize,
+) -> Result<TraceFooter, TraceFileError> {
+    match serde_json::from_str::<serde_json::Value>(footer_line) {
+        Ok(v) if v.get("faultline_trace_end").is_some() => serde_json::from_value(v)
+            .map_err(|e| TraceFileError(format!("{name}:{}: a corrupt footer: {e}", last_idx + 1))),
+        _ => Err(TraceFileError(format!(
+            "{name}:{}: truncated: the last line is not the footer (\"faultline_trace_end\"); \
+             the run did not finish writing",
+            last_idx + 1
+        ))),
     }
-    Ok(TraceFile {
-        header,
-        records,
-        footer,
-    })
 }
 
 /// The first line (1-based) where two traces' texts differ, with both lines (`None` past an

@@ -17,7 +17,10 @@ fn workspace() -> PathBuf {
 /// Every `.rs` file under `dir`, in name order.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -52,7 +55,14 @@ fn non_test_lines(path: &Path) -> Vec<String> {
 /// The name of the function declared on `line`, if one is (and its body is not on that line).
 fn function_on(line: &str) -> Option<&str> {
     let mut rest = line.trim_start();
-    for prefix in ["pub(crate) ", "pub(super) ", "pub ", "const ", "async ", "unsafe "] {
+    for prefix in [
+        "pub(crate) ",
+        "pub(super) ",
+        "pub ",
+        "const ",
+        "async ",
+        "unsafe ",
+    ] {
         rest = rest.strip_prefix(prefix).unwrap_or(rest);
     }
     let name = rest.strip_prefix("fn ")?;
@@ -95,7 +105,14 @@ fn long_functions(path: &Path) -> Vec<String> {
 
 #[test]
 fn no_function_is_over_70_lines_without_a_reason() {
-    let crates = ["trainer-core", "faultline-scenario", "sim", "cuda-backend", "tests"];
+    let crates = [
+        "trainer-core",
+        "faultline-scenario",
+        "sim",
+        "cli",
+        "cuda-backend",
+        "tests",
+    ];
     let mut found = Vec::new();
     for krate in crates {
         let src = workspace().join(krate).join("src");
@@ -132,7 +149,12 @@ fn the_length_check_finds_a_long_function_and_accepts_a_reason() {
 /// The module of `sim`'s library that a file belongs to: `world/control.rs` is `world`.
 fn sim_module_of(src: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(src).unwrap();
-    let first = relative.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = relative
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -142,11 +164,17 @@ fn sim_imports() -> BTreeMap<String, BTreeSet<String>> {
     let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
     let modules: BTreeSet<String> = lib
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub mod ").or(l.trim().strip_prefix("mod ")))
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("pub mod ")
+                .or(l.trim().strip_prefix("mod "))
+        })
         .map(|m| m.trim_end_matches(';').to_string())
         .collect();
-    let mut imports: BTreeMap<String, BTreeSet<String>> =
-        modules.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
+    let mut imports: BTreeMap<String, BTreeSet<String>> = modules
+        .iter()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
     for file in rust_files(&src) {
         let module = sim_module_of(&src, &file);
         if !modules.contains(&module) {
@@ -188,7 +216,10 @@ fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, from: &str) -> Option<
 fn sims_modules_import_each_other_without_a_cycle() {
     let graph = sim_imports();
     assert!(graph.len() > 10, "{graph:?}");
-    assert!(graph["run"].contains("world"), "the scan sees imports: {graph:?}");
+    assert!(
+        graph["run"].contains("world"),
+        "the scan sees imports: {graph:?}"
+    );
     for module in graph.keys() {
         if let Some(cycle) = cycle_from(&graph, module) {
             panic!("import cycle: {}", cycle.join(" -> "));
@@ -218,13 +249,44 @@ fn crates_depend_only_downwards() {
     // The scenario reader knows the logic's config types and nothing of either world.
     let scenario = dependencies("faultline-scenario");
     assert!(scenario.contains("trainer-core"));
-    for forbidden in ["faultline-sim", "cuda-backend", "madsim", "tokio", "clap", "petgraph"] {
-        assert!(!scenario.contains(forbidden), "faultline-scenario uses {forbidden}");
+    for forbidden in [
+        "faultline-sim",
+        "cuda-backend",
+        "madsim",
+        "tokio",
+        "clap",
+        "petgraph",
+    ] {
+        assert!(
+            !scenario.contains(forbidden),
+            "faultline-scenario uses {forbidden}"
+        );
     }
     // The simulator and the GPU backend share the logic and the reader, never each other.
     assert!(!dependencies("sim").contains("cuda-backend"));
+    // The program's own needs (arguments, allocator, progress bars, plots) stay out of the
+    // library.
+    for program_only in [
+        "clap",
+        "mimalloc",
+        "libmimalloc-sys",
+        "indicatif",
+        "plotters",
+    ] {
+        assert!(
+            !dependencies("sim").contains(program_only),
+            "sim uses {program_only}"
+        );
+        assert!(
+            dependencies("cli").contains(program_only),
+            "cli lacks {program_only}"
+        );
+    }
     assert!(!dependencies("cuda-backend").contains("faultline-sim"));
     for krate in ["sim", "cuda-backend"] {
-        assert!(dependencies(krate).contains("faultline-scenario"), "{krate}");
+        assert!(
+            dependencies(krate).contains("faultline-scenario"),
+            "{krate}"
+        );
     }
 }

@@ -218,38 +218,9 @@ impl Trainer {
         let result = if !same && self.suspect(&rerun).is_none() {
             Some(rerun)
         } else if same {
-            let checked = Collective {
-                verify_reductions: true,
-                ..collective
-            };
-            let counters = HealthCounters::default();
-            let op_id = health_op_id(step, 3);
-            self.reduce_gradient(backend, group, step, op_id, checked, &counters)
+            culprit = self
+                .find_faulty_kernel(backend, group, step, collective, started)
                 .await?;
-            let faulty = counters.kernel_mismatches.get() > 0;
-            // Said before the last all-reduce: once a rank learns the culprit it stops the job,
-            // and a rank still inside that all-reduce would never say it.
-            backend.emit(Event::HealthCheckCost {
-                step,
-                check: Check::Rerun,
-                elapsed_ns: backend.now_ns() - started,
-            });
-            let rank = backend.rank() as f32;
-            let mut flags = [f32::from(u8::from(faulty)), if faulty { rank } else { 0.0 }];
-            collective
-                .run(
-                    backend,
-                    group,
-                    Op::AllReduce,
-                    health_op_id(step, 4),
-                    &mut flags,
-                    8,
-                )
-                .await?;
-            // One faulty GPU names itself; several would need the check per rank.
-            if flags[0] == 1.0 {
-                culprit = Some(flags[1] as usize);
-            }
             None
         } else {
             None
@@ -265,6 +236,49 @@ impl Trainer {
             return Err(CommError::Quarantined { rank });
         }
         Ok(result)
+    }
+
+    /// A step whose re-run gave the same sum again: re-runs the reductions against the host's
+    /// reference kernel, then all-reduces who found a mismatch. The faulty GPU's rank, if one
+    /// names itself.
+    async fn find_faulty_kernel<B: Backend>(
+        &self,
+        backend: &B,
+        group: &Group,
+        step: u64,
+        collective: Collective,
+        started: u64,
+    ) -> Result<Option<usize>, CommError> {
+        let checked = Collective {
+            verify_reductions: true,
+            ..collective
+        };
+        let counters = HealthCounters::default();
+        let op_id = health_op_id(step, 3);
+        self.reduce_gradient(backend, group, step, op_id, checked, &counters)
+            .await?;
+        let faulty = counters.kernel_mismatches.get() > 0;
+        // Said before the last all-reduce: once a rank learns the culprit it stops the job,
+        // and a rank still inside that all-reduce would never say it.
+        backend.emit(Event::HealthCheckCost {
+            step,
+            check: Check::Rerun,
+            elapsed_ns: backend.now_ns() - started,
+        });
+        let rank = backend.rank() as f32;
+        let mut flags = [f32::from(u8::from(faulty)), if faulty { rank } else { 0.0 }];
+        collective
+            .run(
+                backend,
+                group,
+                Op::AllReduce,
+                health_op_id(step, 4),
+                &mut flags,
+                8,
+            )
+            .await?;
+        // One faulty GPU names itself; several would need the check per rank.
+        Ok((flags[0] == 1.0).then_some(flags[1] as usize))
     }
 
     /// Compares this replica's parameters with rank 0's: a broadcast of rank 0's digest, then

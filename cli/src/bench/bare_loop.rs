@@ -147,6 +147,9 @@ struct BareLoop<'a> {
 
 impl BareLoop<'_> {
     /// What rank `rank` does at (`stage`, `idx`).
+    // Over 70 lines: the loop's whole state machine, one match arm per stage of the
+    // hierarchical all-reduce; split, the stages' order and their tags would no longer read
+    // as one table.
     fn action(&self, rank: usize, stage: u8, idx: usize) -> Action {
         let g = self.gpus_per_node;
         let (node, local) = (rank / g, rank % g);
@@ -390,6 +393,35 @@ impl BareLoop<'_> {
     }
 }
 
+impl<'t> BareLoop<'t> {
+    /// Every rank at its first stage, holding the simulator's collective input.
+    fn new(topology: &'t Topology, elems: usize, modelled_bytes: u64, checksums: bool) -> Self {
+        let gpus = topology.gpu_count();
+        let gpus_per_node = topology.cluster.gpus_per_node;
+        let mut data = vec![0.0f32; gpus * elems];
+        // The simulator's collective input, filled the same way.
+        for (rank, buffer) in data.chunks_mut(elems.max(1)).enumerate().take(gpus) {
+            buffer.copy_from_slice(&faultline_sim::run::collective_inputs(rank, buffer.len()));
+        }
+        BareLoop {
+            topology,
+            gpus_per_node,
+            elems,
+            span: Span::new(elems, modelled_bytes),
+            shape: Shape::of(gpus / gpus_per_node),
+            now_ns: 0,
+            queue: RadixQueue::default(),
+            messages: Slab::default(),
+            link_busy_until_ns: vec![0; topology.link_count()],
+            ranks: vec![BareRank::default(); gpus],
+            data,
+            message_count: 0,
+            checksums,
+            checksum_mismatches: 0,
+        }
+    }
+}
+
 /// Moves one hierarchical all-reduce of `elems` elements standing for `modelled_bytes` over
 /// `topology`, whose nodes must all be full; with `checksums`, every payload is checksummed
 /// and verified as the simulated collectives do by default.
@@ -400,27 +432,7 @@ pub fn run(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bo
         gpus % gpus_per_node == 0,
         "the bare loop handles full nodes only"
     );
-    let mut data = vec![0.0f32; gpus * elems];
-    // The simulator's collective input, filled the same way.
-    for (rank, buffer) in data.chunks_mut(elems.max(1)).enumerate().take(gpus) {
-        buffer.copy_from_slice(&faultline_sim::run::collective_inputs(rank, buffer.len()));
-    }
-    let mut bare = BareLoop {
-        topology,
-        gpus_per_node,
-        elems,
-        span: Span::new(elems, modelled_bytes),
-        shape: Shape::of(gpus / gpus_per_node),
-        now_ns: 0,
-        queue: RadixQueue::default(),
-        messages: Slab::default(),
-        link_busy_until_ns: vec![0; topology.link_count()],
-        ranks: vec![BareRank::default(); gpus],
-        data,
-        message_count: 0,
-        checksums,
-        checksum_mismatches: 0,
-    };
+    let mut bare = BareLoop::new(topology, elems, modelled_bytes, checksums);
     let mut woken: Vec<u32> = (0..gpus as u32).collect();
     let mut firing = Vec::new();
     let mut instants = 0;

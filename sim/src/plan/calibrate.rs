@@ -333,6 +333,46 @@ fn crash_run(mut scenario: Scenario) -> Result<RunReport, String> {
 /// Runs the calibration's runs (on threads: each is independent and deterministic) and turns
 /// the reports into a cost file.
 pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
+    let (steady, crashes) = run_all(plan)?;
+    let (measured, used_as) = measure(plan, &steady, &crashes);
+    let inputs = inputs(plan);
+    let not_measured = not_measured(plan, &measured);
+    let mut runs = vec![summary("steady", &steady)];
+    for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
+        runs.push(summary(&format!("crash-{}", policy.name()), report));
+    }
+    Ok(CostFile {
+        format: COSTS_FORMAT.to_string(),
+        scenario: plan.name.clone(),
+        gpus: steady.gpus,
+        gpus_per_node: steady.gpus_per_node,
+        steps_run: steady.steps_completed,
+        seed: steady.seed,
+        executor: steady.executor.to_string(),
+        method: "model time of trainer_core::job::Trainer on the simulated cluster at the \
+                 scenario's scale. step_time_s: a fault-free run without checkpoints, model \
+                 time over steps. The crash runs checkpoint after every step (sharded \
+                 snapshot, asynchronous persist, buddy copy, manifest committed by the votes \
+                 of the next step that finds every shard durable) and crash the last node at \
+                 the first step its first rank begins after the first commit. \
+                 checkpoint_write_time_s: blocking snapshot stall over snapshots taken; \
+                 checkpoint_persist_time_s: snapshot to commit, over checkpoints committed; \
+                 detection_time_s: crash to abort (heartbeats or watchdog); restore_time_s: \
+                 relaunch done to the first step begun (shard reads with verification, \
+                 agreement, all-gather); recomputed_s: steps done again after the restore. \
+                 One crash per run: detection depends on where the crash falls between \
+                 heartbeat checks, recomputed work on where it falls after the checkpoint."
+            .to_string(),
+        measured,
+        used_as,
+        inputs,
+        not_measured,
+        runs,
+    })
+}
+
+/// The steady run and each policy's crash run, the crash runs on threads of their own.
+fn run_all(plan: &Plan) -> Result<(RunReport, Vec<RunReport>), String> {
     let (steady, crashes) = std::thread::scope(|scope| {
         let crash_threads: Vec<_> = plan
             .crash
@@ -349,9 +389,16 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
             .collect();
         (steady, crashes)
     });
-    let steady = steady?;
     let crashes = crashes.into_iter().collect::<Result<Vec<_>, String>>()?;
+    Ok((steady?, crashes))
+}
 
+/// Each measured figure, and (where the planner uses it) what it replaces.
+fn measure(
+    plan: &Plan,
+    steady: &RunReport,
+    crashes: &[RunReport],
+) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
     let secs = |ns: u64| ns as f64 / 1e9;
     let mut measured = BTreeMap::new();
     let mut used_as = BTreeMap::new();
@@ -389,7 +436,7 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
              others is kept)"
         ),
     );
-    for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
+    for ((policy, _), report) in plan.crash.iter().zip(crashes) {
         let p = policy.name();
         let relaunch = match policy {
             Policy::Restart => "recovery.restart_time",
@@ -414,7 +461,11 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
             );
         }
     }
+    (measured, used_as)
+}
 
+/// The recovery times the planner takes as given, and why.
+fn inputs(plan: &Plan) -> BTreeMap<String, String> {
     let r = &plan.planner.recovery;
     let mut inputs = BTreeMap::new();
     inputs.insert(
@@ -443,7 +494,11 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
             r.in_memory_restore_time_s
         ),
     );
+    inputs
+}
 
+/// What the cost file does not measure, and why.
+fn not_measured(plan: &Plan, measured: &BTreeMap<String, f64>) -> BTreeMap<String, String> {
     let mut not_measured: BTreeMap<String, String> = NOT_MEASURED
         .iter()
         .map(|(k, why)| (k.to_string(), why.to_string()))
@@ -470,37 +525,5 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
             "the checkpoint and detection figures come from a restart run".to_string(),
         );
     }
-
-    let mut runs = vec![summary("steady", &steady)];
-    for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
-        runs.push(summary(&format!("crash-{}", policy.name()), report));
-    }
-    Ok(CostFile {
-        format: COSTS_FORMAT.to_string(),
-        scenario: plan.name.clone(),
-        gpus: steady.gpus,
-        gpus_per_node: steady.gpus_per_node,
-        steps_run: steady.steps_completed,
-        seed: steady.seed,
-        executor: steady.executor.to_string(),
-        method: "model time of trainer_core::job::Trainer on the simulated cluster at the \
-                 scenario's scale. step_time_s: a fault-free run without checkpoints, model \
-                 time over steps. The crash runs checkpoint after every step (sharded \
-                 snapshot, asynchronous persist, buddy copy, manifest committed by the votes \
-                 of the next step that finds every shard durable) and crash the last node at \
-                 the first step its first rank begins after the first commit. \
-                 checkpoint_write_time_s: blocking snapshot stall over snapshots taken; \
-                 checkpoint_persist_time_s: snapshot to commit, over checkpoints committed; \
-                 detection_time_s: crash to abort (heartbeats or watchdog); restore_time_s: \
-                 relaunch done to the first step begun (shard reads with verification, \
-                 agreement, all-gather); recomputed_s: steps done again after the restore. \
-                 One crash per run: detection depends on where the crash falls between \
-                 heartbeat checks, recomputed work on where it falls after the checkpoint."
-            .to_string(),
-        measured,
-        used_as,
-        inputs,
-        not_measured,
-        runs,
-    })
+    not_measured
 }

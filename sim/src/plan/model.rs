@@ -207,40 +207,8 @@ struct Sim<'a> {
 
 /// Runs one seed of one configuration.
 pub fn run_seed(cfg: &PlanConfig, seed_idx: u64) -> SeedResult {
-    let ordinary_nodes = (cfg.nodes - cfg.lemons.nodes) as f64;
-    let arrivals = cfg
-        .faults
-        .iter()
-        .enumerate()
-        .map(|(idx, f)| {
-            let nodes = if needs_replacement_node(idx) {
-                ordinary_nodes
-            } else {
-                cfg.nodes as f64
-            };
-            Arrivals::new(
-                f.rate_per_node_s * nodes,
-                f.distribution,
-                stream(cfg.root_seed, seed_idx, idx as u64),
-            )
-        })
-        .collect();
-    let node_hardware_rate: f64 = cfg
-        .faults
-        .iter()
-        .enumerate()
-        .filter(|(idx, _)| needs_replacement_node(*idx))
-        .map(|(_, f)| f.rate_per_node_s)
-        .sum();
-    let mut lemons = LemonNodes {
-        failures: vec![0; cfg.lemons.nodes],
-        active: cfg.lemons.nodes,
-        rate_each_per_s: node_hardware_rate * cfg.lemons.rate_multiplier,
-        exclude_after: cfg.lemons.exclude_after,
-        next_s: f64::INFINITY,
-        rng: stream(cfg.root_seed, seed_idx, LEMON as u64),
-    };
-    lemons.redraw(0.0);
+    let arrivals = arrivals(cfg, seed_idx);
+    let lemons = LemonNodes::new(cfg, seed_idx);
     // Checkpoints land on step boundaries when a step time is known.
     let interval_s = if cfg.step_time_s > 0.0 {
         (cfg.checkpoint_interval_s / cfg.step_time_s)
@@ -280,6 +248,46 @@ pub fn run_seed(cfg: &PlanConfig, seed_idx: u64) -> SeedResult {
     sim.run();
     sim.result.useful_s = sim.progress_s;
     sim.result
+}
+
+/// Each failure kind's arrival process for one seed, on its own stream. Kinds that need a
+/// replacement node strike the ordinary nodes; lemon nodes have their own process.
+fn arrivals(cfg: &PlanConfig, seed_idx: u64) -> Vec<Arrivals> {
+    let ordinary_nodes = (cfg.nodes - cfg.lemons.nodes) as f64;
+    (cfg.faults.iter().enumerate())
+        .map(|(idx, f)| {
+            let nodes = if needs_replacement_node(idx) {
+                ordinary_nodes
+            } else {
+                cfg.nodes as f64
+            };
+            Arrivals::new(
+                f.rate_per_node_s * nodes,
+                f.distribution,
+                stream(cfg.root_seed, seed_idx, idx as u64),
+            )
+        })
+        .collect()
+}
+
+impl LemonNodes {
+    /// The seed's lemon nodes, each failing at the hardware rate times the multiplier.
+    fn new(cfg: &PlanConfig, seed_idx: u64) -> LemonNodes {
+        let node_hardware_rate: f64 = (cfg.faults.iter().enumerate())
+            .filter(|(idx, _)| needs_replacement_node(*idx))
+            .map(|(_, f)| f.rate_per_node_s)
+            .sum();
+        let mut lemons = LemonNodes {
+            failures: vec![0; cfg.lemons.nodes],
+            active: cfg.lemons.nodes,
+            rate_each_per_s: node_hardware_rate * cfg.lemons.rate_multiplier,
+            exclude_after: cfg.lemons.exclude_after,
+            next_s: f64::INFINITY,
+            rng: stream(cfg.root_seed, seed_idx, LEMON as u64),
+        };
+        lemons.redraw(0.0);
+        lemons
+    }
 }
 
 impl Sim<'_> {

@@ -498,47 +498,9 @@ impl FaultSpec {
             FaultSpec::Crash { target, when } => {
                 simpler_crash(target, when, gpus_per_node, &mut out)
             }
-            FaultSpec::StorageSlow {
-                from_ns,
-                until_ns,
-                factor,
-            } => {
-                let windows = shorter_windows(from_ns, until_ns);
-                out.extend(
-                    windows
-                        .into_iter()
-                        .map(|(from_ns, until_ns)| FaultSpec::StorageSlow {
-                            from_ns,
-                            until_ns,
-                            factor,
-                        }),
-                );
-                if factor > 2 {
-                    out.push(FaultSpec::StorageSlow {
-                        from_ns,
-                        until_ns,
-                        factor: factor / 2,
-                    });
-                }
-            }
-            FaultSpec::StorageFailWrites { from_ns, until_ns } => {
-                let windows = shorter_windows(from_ns, until_ns);
-                out.extend(
-                    windows
-                        .into_iter()
-                        .map(|(from_ns, until_ns)| FaultSpec::StorageFailWrites {
-                            from_ns,
-                            until_ns,
-                        }),
-                );
-            }
-            FaultSpec::StorageCorrupt { at_ns } => {
-                out.extend(
-                    earlier(at_ns)
-                        .into_iter()
-                        .map(|at_ns| FaultSpec::StorageCorrupt { at_ns }),
-                );
-            }
+            FaultSpec::StorageSlow { .. }
+            | FaultSpec::StorageFailWrites { .. }
+            | FaultSpec::StorageCorrupt { .. } => simpler_storage(self, &mut out),
             FaultSpec::LinkFlap {
                 link,
                 at_ns,
@@ -623,6 +585,51 @@ fn simpler_crash(
             .into_iter()
             .map(|target| FaultSpec::Crash { target, when }),
     );
+}
+
+/// A storage fault earlier, over shorter windows, or milder.
+fn simpler_storage(fault: &FaultSpec, out: &mut Vec<FaultSpec>) {
+    match *fault {
+        FaultSpec::StorageSlow {
+            from_ns,
+            until_ns,
+            factor,
+        } => {
+            let windows = shorter_windows(from_ns, until_ns);
+            out.extend(
+                windows
+                    .into_iter()
+                    .map(|(from_ns, until_ns)| FaultSpec::StorageSlow {
+                        from_ns,
+                        until_ns,
+                        factor,
+                    }),
+            );
+            if factor > 2 {
+                out.push(FaultSpec::StorageSlow {
+                    from_ns,
+                    until_ns,
+                    factor: factor / 2,
+                });
+            }
+        }
+        FaultSpec::StorageFailWrites { from_ns, until_ns } => {
+            let windows = shorter_windows(from_ns, until_ns);
+            out.extend(
+                windows
+                    .into_iter()
+                    .map(|(from_ns, until_ns)| FaultSpec::StorageFailWrites { from_ns, until_ns }),
+            );
+        }
+        FaultSpec::StorageCorrupt { at_ns } => {
+            out.extend(
+                earlier(at_ns)
+                    .into_iter()
+                    .map(|at_ns| FaultSpec::StorageCorrupt { at_ns }),
+            );
+        }
+        _ => unreachable!("a storage fault"),
+    }
 }
 
 fn simpler_flap(

@@ -112,23 +112,7 @@ pub fn shrink(
 ) -> Result<Shrunk, SwarmError> {
     let original = draw_schedule(seed, &base.space);
     let outcome = super::seeds::run_seed(base, seed);
-    let target = match invariant {
-        Some(wanted) if outcome.violations.iter().any(|v| v.invariant == wanted) => wanted,
-        Some(wanted) => {
-            return Err(SwarmError::BadInput(format!(
-                "seed {seed} does not break {}; it breaks {}",
-                wanted.name(),
-                names(&outcome.violations)
-            )))
-        }
-        None => outcome.first_invariant().ok_or_else(|| {
-            SwarmError::BadInput(format!(
-                "seed {seed} breaks no invariant: nothing to shrink (find a failing seed with \
-                 `faultline swarm {}`)",
-                base.path
-            ))
-        })?,
-    };
+    let target = target_invariant(base, seed, invariant, &outcome.violations)?;
     let mut search = Search {
         base: base.clone(),
         seed,
@@ -137,56 +121,114 @@ pub fn shrink(
         max_runs,
     };
     let mut faults = original.clone();
-    let mut violation = outcome
-        .violations
-        .iter()
+    let mut violation = (outcome.violations.iter())
         .find(|v| v.invariant == target)
         .cloned()
         .expect("the target was among the violations");
-    loop {
-        let mut changed = false;
+    while let Some(v) = search.one_round(&mut faults) {
+        violation = v;
+        if !search.budget_left() {
+            break;
+        }
+    }
+    let budget_exhausted = !search.budget_left();
+    let header = header(base, seed, &original, &faults, &search, &violation);
+    Ok(Shrunk {
+        seed,
+        invariant: target,
+        original: original.iter().map(FaultSpec::describe).collect(),
+        minimal: faults.iter().map(FaultSpec::describe).collect(),
+        scenario_text: search.base.scenario_text(seed, &faults, &header),
+        minimal_schedule: faults,
+        steps_original: base.scenario.job.steps,
+        steps_minimal: search.base.scenario.job.steps,
+        violation,
+        runs: search.runs,
+        budget_exhausted,
+    })
+}
+
+/// The invariant to keep broken: the one asked for, if the seed breaks it, else the seed's
+/// first.
+fn target_invariant(
+    base: &Base,
+    seed: u64,
+    invariant: Option<Invariant>,
+    violations: &[Violation],
+) -> Result<Invariant, SwarmError> {
+    let first = violations.first().map(|v| v.invariant);
+    Ok(match invariant {
+        Some(wanted) if violations.iter().any(|v| v.invariant == wanted) => wanted,
+        Some(wanted) => {
+            return Err(SwarmError::BadInput(format!(
+                "seed {seed} does not break {}; it breaks {}",
+                wanted.name(),
+                names(violations)
+            )))
+        }
+        None => first.ok_or_else(|| {
+            SwarmError::BadInput(format!(
+                "seed {seed} breaks no invariant: nothing to shrink (find a failing seed with \
+                 `faultline swarm {}`)",
+                base.path
+            ))
+        })?,
+    })
+}
+
+impl Search {
+    /// One round of delta debugging: fewer faults, then simpler ones, then fewer steps. The
+    /// last violation found, or `None` when the round changed nothing.
+    fn one_round(&mut self, faults: &mut Vec<FaultSpec>) -> Option<Violation> {
+        let mut found = None;
         // Fewer faults.
         let mut idx = 0;
-        while idx < faults.len() && search.budget_left() {
+        while idx < faults.len() && self.budget_left() {
             let mut candidate = faults.clone();
             candidate.remove(idx);
-            if let Some(v) = search.breaks(&candidate) {
-                faults = candidate;
-                violation = v;
-                changed = true;
+            if let Some(v) = self.breaks(&candidate) {
+                *faults = candidate;
+                found = Some(v);
             } else {
                 idx += 1;
             }
         }
         // Simpler faults.
         for idx in 0..faults.len() {
-            for simpler in faults[idx].simpler(search.base.space.gpus_per_node) {
-                if !search.budget_left() {
+            for simpler in faults[idx].simpler(self.base.space.gpus_per_node) {
+                if !self.budget_left() {
                     break;
                 }
                 let mut candidate = faults.clone();
                 candidate[idx] = simpler;
-                if let Some(v) = search.breaks(&candidate) {
-                    faults = candidate;
-                    violation = v;
-                    changed = true;
+                if let Some(v) = self.breaks(&candidate) {
+                    *faults = candidate;
+                    found = Some(v);
                     break;
                 }
             }
         }
         // Fewer steps: a shorter run that still breaks is a smaller reproduction.
-        if search.budget_left() {
-            if let Some(v) = search.fewer_steps(&faults) {
-                violation = v;
-                changed = true;
+        if self.budget_left() {
+            if let Some(v) = self.fewer_steps(faults) {
+                found = Some(v);
             }
         }
-        if !changed || !search.budget_left() {
-            break;
-        }
+        found
     }
-    let budget_exhausted = !search.budget_left();
-    let header = vec![
+}
+
+/// The comment at the top of the shrunk scenario file.
+fn header(
+    base: &Base,
+    seed: u64,
+    original: &[FaultSpec],
+    faults: &[FaultSpec],
+    search: &Search,
+    violation: &Violation,
+) -> Vec<String> {
+    let target = search.invariant;
+    vec![
         format!(
             "Shrunk by `faultline shrink {} --seed {seed}`: {} faults down to {} in {} runs.",
             base.path,
@@ -209,20 +251,7 @@ pub fn shrink(
         } else {
             "Reproduce: faultline run --check FILE".to_string()
         },
-    ];
-    Ok(Shrunk {
-        seed,
-        invariant: target,
-        original: original.iter().map(FaultSpec::describe).collect(),
-        minimal: faults.iter().map(FaultSpec::describe).collect(),
-        scenario_text: search.base.scenario_text(seed, &faults, &header),
-        minimal_schedule: faults,
-        steps_original: base.scenario.job.steps,
-        steps_minimal: search.base.scenario.job.steps,
-        violation,
-        runs: search.runs,
-        budget_exhausted,
-    })
+    ]
 }
 
 fn names(violations: &[Violation]) -> String {

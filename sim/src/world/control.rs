@@ -158,6 +158,45 @@ impl Control {
     pub(super) fn lose(&mut self, cause: LostCause, ns: u64) {
         *self.report.lost_time_ns_by_cause.entry(cause).or_default() += ns;
     }
+
+    /// Rank 0 ended `step`: its time is useful progress, or lost to recomputation.
+    fn rank0_step_ended(&mut self, step: u64, now: u64) {
+        if let Some((began_step, began)) = self.rank0_step_began.take() {
+            debug_assert_eq!(began_step, step);
+            let spent = (now - began).saturating_sub(std::mem::take(&mut self.step_overhead_ns));
+            if step < self.rank0_high_water && self.after_sdc_rollback {
+                self.lose(LostCause::SdcRollback, spent);
+                self.sdc_recompute_ns = spent;
+            } else if step < self.rank0_high_water {
+                let cause = match self.config.policy {
+                    RecoveryPolicy::PerReplica if self.replicas.last_was_regroup => {
+                        LostCause::RedoneStep
+                    }
+                    _ => LostCause::RecomputedSteps,
+                };
+                self.lose(cause, spent);
+            } else {
+                self.after_sdc_rollback = false;
+                self.report.useful_step_ns += spent;
+            }
+            self.rank0_high_water = self.rank0_high_water.max(step + 1);
+            if self.replicas.group.has_holes() {
+                self.replicas.report.degraded_steps += 1;
+            }
+        }
+    }
+
+    /// A checkpoint committed: count it, and how long rank 0's snapshot of it took to commit.
+    fn checkpoint_committed(&mut self, step: u64, now: u64) {
+        self.report.checkpoints_committed += 1;
+        self.report.first_commit_ns.get_or_insert(now);
+        if let Some((pending, snapshot_ns)) = self.rank0_pending_checkpoint {
+            if pending == step {
+                self.rank0_pending_checkpoint = None;
+                self.report.checkpoint_persist_ns += now - snapshot_ns;
+            }
+        }
+    }
 }
 
 fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K) {
@@ -588,38 +627,19 @@ impl World {
 
     /// Bookkeeping on rank 0's events, and crashes scheduled at a step.
     pub(super) fn observe(&mut self, rank: usize, event: &Event) {
-        let now = self.now_ns;
-        let Some(control) = self.control.as_mut() else {
+        if self.control.is_none() {
             return;
-        };
+        }
         if let Event::StepBegin { step } = *event {
-            let mut due = None;
-            for (idx, crash) in control.config.crashes.iter().enumerate() {
-                let first_rank = match crash.target {
-                    CrashTarget::Node(n) => n * self.placement.gpus_per_node,
-                    CrashTarget::Gpu(r) => r,
-                };
-                let due_now = match crash.when {
-                    CrashWhen::AtStep(at) => at == step,
-                    CrashWhen::AfterCommits(n) => control.report.checkpoints_committed >= n,
-                    CrashWhen::AtNs(_) => false,
-                };
-                let hits = first_rank == rank && due_now;
-                if hits && !control.step_crashes_fired[idx] {
-                    control.step_crashes_fired[idx] = true;
-                    due = Some(crash.target);
-                    break;
-                }
-            }
-            if let Some(target) = due {
+            if let Some(target) = self.crash_due_at_step(rank, step) {
                 self.crash(target);
             }
         }
+        let now = self.now_ns;
+        let control = self.control.as_mut().expect("checked");
         if let Event::Restored { tier, .. } = *event {
-            let control = self.control.as_mut().expect("checked");
             bump(&mut control.report.restores_by_tier, TierName::from(tier));
         }
-        let control = self.control.as_mut().expect("checked");
         if rank != control.observer {
             return;
         }
@@ -634,52 +654,40 @@ impl World {
                     self.replicas_on_step_begin();
                 }
             }
-            Event::StepEnd { step, .. } => {
-                if let Some((began_step, began)) = control.rank0_step_began.take() {
-                    debug_assert_eq!(began_step, step);
-                    let spent =
-                        (now - began).saturating_sub(std::mem::take(&mut control.step_overhead_ns));
-                    if step < control.rank0_high_water && control.after_sdc_rollback {
-                        control.lose(LostCause::SdcRollback, spent);
-                        control.sdc_recompute_ns = spent;
-                    } else if step < control.rank0_high_water {
-                        let cause = match control.config.policy {
-                            RecoveryPolicy::PerReplica if control.replicas.last_was_regroup => {
-                                LostCause::RedoneStep
-                            }
-                            _ => LostCause::RecomputedSteps,
-                        };
-                        control.lose(cause, spent);
-                    } else {
-                        control.after_sdc_rollback = false;
-                        control.report.useful_step_ns += spent;
-                    }
-                    control.rank0_high_water = control.rank0_high_water.max(step + 1);
-                    if control.replicas.group.has_holes() {
-                        control.replicas.report.degraded_steps += 1;
-                    }
-                }
-            }
+            Event::StepEnd { step, .. } => control.rank0_step_ended(step, now),
             Event::CheckpointSnapshot { stall_ns, step } => {
                 control.lose(LostCause::CheckpointStalls, stall_ns);
                 control.report.checkpoint_snapshots += 1;
                 control.rank0_pending_checkpoint = Some((step, now));
             }
-            Event::CheckpointCommitted { step } => {
-                control.report.checkpoints_committed += 1;
-                control.report.first_commit_ns.get_or_insert(now);
-                if let Some((pending, snapshot_ns)) = control.rank0_pending_checkpoint {
-                    if pending == step {
-                        control.rank0_pending_checkpoint = None;
-                        control.report.checkpoint_persist_ns += now - snapshot_ns;
-                    }
-                }
-            }
+            Event::CheckpointCommitted { step } => control.checkpoint_committed(step, now),
             Event::RestoreFallback { .. } => control.report.restore_fallbacks += 1,
             Event::SdcRollback { .. } => control.after_sdc_rollback = true,
-            Event::Restored { .. } => {}
             _ => {}
         }
+    }
+
+    /// The scheduled crash (at a step, or after some commits) that `rank` beginning `step`
+    /// sets off, once: the target's first rank is the one that notices.
+    fn crash_due_at_step(&mut self, rank: usize, step: u64) -> Option<CrashTarget> {
+        let gpus_per_node = self.placement.gpus_per_node;
+        let control = self.control.as_mut()?;
+        for (idx, crash) in control.config.crashes.iter().enumerate() {
+            let first_rank = match crash.target {
+                CrashTarget::Node(n) => n * gpus_per_node,
+                CrashTarget::Gpu(r) => r,
+            };
+            let due_now = match crash.when {
+                CrashWhen::AtStep(at) => at == step,
+                CrashWhen::AfterCommits(n) => control.report.checkpoints_committed >= n,
+                CrashWhen::AtNs(_) => false,
+            };
+            if first_rank == rank && due_now && !control.step_crashes_fired[idx] {
+                control.step_crashes_fired[idx] = true;
+                return Some(crash.target);
+            }
+        }
+        None
     }
 }
 

@@ -93,6 +93,14 @@ impl Replicas {
     }
 }
 
+/// A regroup decided: the nodes that failed (dropped now), the dropped nodes due back
+/// (re-admitted now), and every node rejoining without state.
+struct Regroup {
+    failed: Vec<usize>,
+    due: Vec<usize>,
+    rejoining: Vec<usize>,
+}
+
 impl World {
     fn per_replica_policy(&self) -> bool {
         self.control
@@ -107,6 +115,18 @@ impl World {
         if !self.per_replica_policy() {
             return false;
         }
+        match self.regroup_plan() {
+            Some(plan) => {
+                self.schedule_regroup(plan);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Which nodes the regroup drops and re-admits, or `None` (a full restart instead) when
+    /// too few nodes would be left, or none of them would hold the state to hand over.
+    fn regroup_plan(&mut self) -> Option<Regroup> {
         let now = self.now_ns;
         let node_count = self.placement.node_count();
         let control = self.control.as_mut().expect("a controller");
@@ -136,8 +156,26 @@ impl World {
             // Every node comes back with the restart, replaced where it failed.
             replicas.report.fallback_restarts += 1;
             replicas.dropped.clear();
-            return false;
+            return None;
         }
+        Some(Regroup {
+            failed,
+            due,
+            rejoining,
+        })
+    }
+
+    /// Drops the failed nodes until their rejoin time, re-admits the due ones, and restarts
+    /// the survivors at once in a new generation.
+    fn schedule_regroup(&mut self, plan: Regroup) {
+        let Regroup {
+            failed,
+            due,
+            rejoining,
+        } = plan;
+        let now = self.now_ns;
+        let control = self.control.as_mut().expect("a controller");
+        let replicas = &mut control.replicas;
         let rejoin_at_ns = now + control.config.replica_rejoin_time_ns;
         let mut dropped_now = Vec::new();
         for &node in &failed {
@@ -180,7 +218,6 @@ impl World {
                 delay_ns: 0,
             },
         );
-        true
     }
 
     /// Per-replica, when every live rank has finished while dropped ranks wait to rejoin:
