@@ -242,3 +242,29 @@ fn rerouting_avoids_the_dead_spine_and_only_leaf_to_leaf_routes_have_alternative
     assert_eq!(t.route_via_spine(0, 1, 1), t.route(0, 1));
     assert_eq!(t.route_via_spine(0, 8, 1), t.route(0, 8));
 }
+
+/// Every byte of a rank's future is loaded on each of its polls, 100,000 times an instant at
+/// scale (see the executor's note): the training step's and a collective's futures must not
+/// grow unnoticed. The bounds are this build's sizes (912 and 584 bytes in the test profile)
+/// with a cache line of room; a change that needs more says why and moves the bound.
+#[test]
+fn the_training_and_collective_futures_stay_small() {
+    use crate::world::{SimBackend, World, WorldConfig};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use trainer_core::collectives::{Algo, Collective, Op};
+    let s = load_str("t", "t.toml", MINIMAL, &[]).unwrap();
+    let topo = crate::topology::Topology::new(&s.cluster, &s.fabric);
+    let world = Rc::new(RefCell::new(World::new(WorldConfig::bare(topo, 1e15))));
+    let backend = SimBackend::new(world.clone(), 0);
+    let training = std::mem::size_of_val(&trainer_core::job::run(&backend, s.job.clone()));
+    let group = s.placement().world();
+    let mut data = vec![0.0f32; 16];
+    let collective = Collective::new(Algo::Hierarchical);
+    let all_reduce = collective.run(&backend, &group, Op::AllReduce, 0, &mut data, 64);
+    let collective_bytes = std::mem::size_of_val(&all_reduce);
+    drop(all_reduce);
+    println!("training future: {training} bytes; all-reduce future: {collective_bytes} bytes");
+    assert!(training <= 912 + 64, "the training future is {training} bytes");
+    assert!(collective_bytes <= 584 + 64, "the all-reduce future is {collective_bytes} bytes");
+}

@@ -23,8 +23,10 @@ use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::Topology;
 use crate::trace::Record;
+use digest_tag::DigestTag;
 
 mod control;
+mod digest_tag;
 mod links;
 mod recording;
 mod replicas;
@@ -556,7 +558,7 @@ impl World {
         state.set(FINISHED, true);
         self.finished += 1;
         self.maybe_schedule_restart();
-        self.digest.u64(0xF1 << 56 | rank as u64);
+        self.digest.u64(DigestTag::Finished.word(rank as u64));
         self.digest.u64(self.now_ns);
         self.record(Some(rank as u32), Record::Finished);
     }
@@ -768,7 +770,7 @@ impl World {
         }
         let message = self.messages.get_mut(slot).expect("a message in flight");
         self.digest
-            .u64(0xD0 << 56 | (from as u64) << 24 | to as u64);
+            .u64(DigestTag::Deliver.word((from as u64) << 24 | to as u64));
         self.digest
             .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
         self.digest.u64(self.now_ns);
@@ -1036,7 +1038,7 @@ impl World {
         self.record(Some(rank as u32), Record::Rank(event));
         self.observe(rank, event);
         self.sdc_observe(rank, event);
-        self.digest.u64(0xE0 << 56 | rank as u64);
+        self.digest.u64(DigestTag::Event.word(rank as u64));
         self.digest.u64(self.now_ns);
         match *event {
             Event::StepBegin { step } => self.digest.u64(step),

@@ -545,6 +545,7 @@ pub async fn restore_at_or_before<B: Backend>(
     candidates.retain(|s| *s <= max_step);
     for (attempt, &step) in candidates.iter().rev().enumerate() {
         let op_id = op_base + 2 * attempt as u64;
+        crate::op_ids::debug_assert_room(op_base, 2 * attempt as u64 + 1);
         let mut params = vec![0.0f32; elems];
         let manifest_ok = match backend
             .store_get(Tier::Persistent, &manifest_name(step))

@@ -16,10 +16,11 @@ use crate::group::Group;
 use crate::integrity::{self, Check, DetectionPolicy, Guard, HealthCounters};
 use crate::kernels;
 use crate::model;
+use crate::op_ids::OpSpace;
 
-/// Op ids of health-check collectives: far above any step, below the restore's ids.
-fn health_op_id(step: u64, idx: u64) -> u64 {
-    (1 << 61) + step * 8 + idx
+/// Op ids of a step's health-check collectives (see `op_ids`).
+fn health_op_id(step: u64, check: u64) -> u64 {
+    OpSpace::Health { step, check }.op_id()
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -341,7 +342,10 @@ impl Trainer {
         if let Some(checkpointer) = &mut self.checkpointer {
             checkpointer.reset(backend.now_ns());
             checkpoint::forget_after(backend, clean);
-            let op_base = (1 << 60) + (self.rollbacks << 20);
+            let op_base = OpSpace::Rollback {
+                rollbacks: self.rollbacks,
+            }
+            .op_id();
             let elems = self.params.len();
             if let Some(restored) =
                 checkpoint::restore_at_or_before(backend, checkpointer, elems, op_base, clean)
@@ -368,9 +372,9 @@ impl Trainer {
         let counters = HealthCounters::default();
         let collective = self.config.collective;
         let group = backend.replica_group();
-        let mut buffer = self
-            .reduce_gradient(backend, &group, step, step, collective, &counters)
-            .await?;
+        let op_id = OpSpace::Step { step }.op_id();
+        let mut buffer =
+            (self.reduce_gradient(backend, &group, step, op_id, collective, &counters)).await?;
         let mut apply = true;
         if let Some(check) = self.suspect(&buffer) {
             backend.emit(Event::SdcSuspect { step, check });
@@ -445,8 +449,7 @@ impl Trainer {
             return Ok(());
         };
         checkpointer.reset(backend.now_ns());
-        // Restore operations use op ids far above any step number.
-        let op_base = (1 << 62) + (generation << 20);
+        let op_base = OpSpace::Restore { generation }.op_id();
         let elems = self.params.len();
         if let Some(restored) = checkpoint::restore(backend, checkpointer, elems, op_base).await? {
             self.params = restored.params;
@@ -475,8 +478,7 @@ impl Trainer {
             .find(|&idx| !rejoined.contains(&placement.node_of(group.member(idx))))
             .expect("the controller re-admits nodes only beside a survivor");
         let mut state = self.state_vector();
-        // Regroup operations use op ids far above any step, apart from the restore's.
-        let op_id = (1 << 62) + (generation << 20) + (1 << 19);
+        let op_id = OpSpace::Regroup { generation }.op_id();
         self.config
             .collective
             .run(

@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod model;
 #[macro_use]
 pub mod names;
+pub mod op_ids;
 pub mod planted;
 pub mod prefetch;
 pub mod span;

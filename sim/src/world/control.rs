@@ -18,6 +18,7 @@ use serde::Serialize;
 use statrs::distribution::{Exp, Weibull};
 use trainer_core::{CommError, Event, RestartOrder};
 
+use super::digest_tag::DigestTag;
 use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
 use crate::books::{Detector, FaultKind, LostCause, TierName};
 use crate::rng::RngStream;
@@ -314,7 +315,7 @@ impl World {
             rank_count: ranks.len(),
         };
         self.record(Some(ranks[0] as u32), crash);
-        self.digest.u64(0xC0 << 56 | ranks[0] as u64);
+        self.digest.u64(DigestTag::Crash.word(ranks[0] as u64));
         for rank in ranks {
             let state = &mut self.ranks[rank];
             state.set(DEAD, true);
@@ -438,7 +439,7 @@ impl World {
         for idx in 0..group.count() {
             self.ranks[group.member(idx)].set(MEMORY_LOST, true);
         }
-        self.digest.u64(0xEE << 56 | node as u64);
+        self.digest.u64(DigestTag::Evict.word(node as u64));
         self.begin_abort();
     }
 
@@ -584,7 +585,7 @@ impl World {
         } else {
             control.report.recoveries += 1;
         }
-        self.digest.u64(0xA0 << 56 | control.generation);
+        self.digest.u64(DigestTag::Restart.word(control.generation));
         let restart = Record::Restart {
             generation: control.generation,
             abandoned: control.report.abandoned,

@@ -12,6 +12,7 @@ use serde::Serialize;
 use statrs::distribution::Exp;
 use trainer_core::{Payload, Tag};
 
+use super::digest_tag::DigestTag;
 use super::{EventKind, World, DEAD};
 use crate::books::{FaultKind, LostCause};
 use crate::rng::RngStream;
@@ -152,7 +153,7 @@ impl World {
         }
         self.links.report.flaps += 1;
         self.count_injected(FaultKind::LinkFlap);
-        self.digest.u64(0xF1 << 56 | 0xA9 << 48 | link as u64);
+        self.digest.u64(DigestTag::LinkDown.word(link as u64));
         self.digest.u64(until);
     }
 
@@ -259,7 +260,7 @@ impl World {
                 self.links.report.transfers_lost += 1;
                 self.links.lost_since_ns.get_or_insert(self.now_ns);
                 self.digest
-                    .u64(0x10 << 56 | (from as u64) << 24 | to as u64);
+                    .u64(DigestTag::TransferLost.word((from as u64) << 24 | to as u64));
                 self.digest.u64(self.now_ns);
                 self.note_undetected_fault();
                 self.drop_message(slot);

@@ -10,6 +10,7 @@
 //! collective keeps whole node groups, and a node's GPUs share the host memory that a crash
 //! loses.
 
+use super::digest_tag::DigestTag;
 use crate::books::LostCause;
 use std::collections::BTreeMap;
 
@@ -203,11 +204,12 @@ impl World {
         let generation = control.generation + 1;
         for node in dropped_now {
             self.schedule(rejoin_at_ns, EventKind::ReplicaRejoin { node: node as u32 });
-            self.digest.u64(0xD0 << 56 | node as u64);
+            self.digest.u64(DigestTag::ReplicaDropped.word(node as u64));
             self.record(None, Record::ReplicaDropped { node, rejoin_at_ns });
         }
         for node in due {
-            self.digest.u64(0xD1 << 56 | node as u64);
+            self.digest
+                .u64(DigestTag::ReplicaReadmitted.word(node as u64));
             self.record(None, Record::ReplicaReadmitted { node });
         }
         self.schedule(now, EventKind::Restart);
@@ -270,7 +272,7 @@ impl World {
         // The dropped nodes' ranks, all those outside the group, stay in `await_restart` until
         // they rejoin.
         control.awaiting = self.ranks.len() - members;
-        self.digest.u64(0xD2 << 56 | members as u64);
+        self.digest.u64(DigestTag::Regroup.word(members as u64));
         self.record(
             None,
             Record::Regroup {

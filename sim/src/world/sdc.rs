@@ -17,6 +17,7 @@ use serde::Serialize;
 use trainer_core::integrity::Check;
 use trainer_core::{Event, FaultPoint, Payload, Tag};
 
+use super::digest_tag::DigestTag;
 use super::World;
 use crate::books::{Detector, FaultKind, LostCause};
 use crate::rng::RngStream;
@@ -218,7 +219,7 @@ impl World {
         }
         message.payload.data[elem] = flip(message.payload.data[elem], bit);
         sdc.record(SdcKind::InFlight, to, now, Some(key));
-        self.digest.u64(0x5D << 56 | to as u64);
+        self.digest.u64(DigestTag::SdcInFlight.word(to as u64));
     }
 
     /// Puts the intact copy of the payload `from` sent `to` with `tag` on the fabric again,
@@ -283,7 +284,7 @@ impl World {
             let elem = sdc.rng.gen_range(0..data.len());
             data[elem] = flip(data[elem], bit);
             sdc.record(kind, rank, now, None);
-            self.digest.u64(0x5E << 56 | rank as u64);
+            self.digest.u64(DigestTag::SdcAtRank.word(rank as u64));
             return;
         }
     }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use trainer_core::health::StragglerDetector;
 use trainer_core::Event;
 
+use super::digest_tag::DigestTag;
 use super::{EventKind, World};
 use crate::books::{Detector, FaultKind, LostCause};
 use crate::topology::LinkId;
@@ -115,7 +116,7 @@ impl World {
         }
         self.stragglers.report.slowdowns_injected += 1;
         self.count_injected(FaultKind::Straggler);
-        self.digest.u64(0x57 << 56 | idx as u64);
+        self.digest.u64(DigestTag::StragglerBegins.word(idx as u64));
     }
 
     fn covers(&self, target: StragglerTarget, rank: usize) -> bool {
@@ -241,7 +242,8 @@ impl World {
             at_ns: now,
             injected: began.is_some(),
         });
-        self.digest.u64(0x5C << 56 | rank as u64);
+        self.digest
+            .u64(DigestTag::StragglerFlagged.word(rank as u64));
         self.digest.u64(now);
         // Once some rank has finished the last step there is no job left to restart onto a
         // spare: the flag is reported only.
