@@ -265,6 +265,12 @@ fn the_training_and_collective_futures_stay_small() {
     let collective_bytes = std::mem::size_of_val(&all_reduce);
     drop(all_reduce);
     println!("training future: {training} bytes; all-reduce future: {collective_bytes} bytes");
-    assert!(training <= 912 + 64, "the training future is {training} bytes");
-    assert!(collective_bytes <= 584 + 64, "the all-reduce future is {collective_bytes} bytes");
+    assert!(
+        training <= 912 + 64,
+        "the training future is {training} bytes"
+    );
+    assert!(
+        collective_bytes <= 584 + 64,
+        "the all-reduce future is {collective_bytes} bytes"
+    );
 }

@@ -27,6 +27,8 @@ use digest_tag::DigestTag;
 
 mod control;
 mod digest_tag;
+#[cfg(debug_assertions)]
+mod invariants;
 mod links;
 mod recording;
 mod replicas;
@@ -379,6 +381,9 @@ pub struct World {
     messages: Slab<Message>,
     /// Per directed link: when it finishes serialising what it has been given.
     link_busy_until_ns: Vec<u64>,
+    /// Debug builds: each link's busy-until time at the last invariant check.
+    #[cfg(debug_assertions)]
+    debug_link_busy_seen_ns: Vec<u64>,
     ranks: Vec<RankState>,
     /// Per rank, madsim only: the waker of its task.
     wakers: Vec<Option<Waker>>,
@@ -487,6 +492,8 @@ impl World {
         World {
             placement,
             link_busy_until_ns: vec![0; topology.link_count()],
+            #[cfg(debug_assertions)]
+            debug_link_busy_seen_ns: Vec::new(),
             topology,
             gpu_flops_per_s,
             seed,
@@ -647,6 +654,8 @@ impl World {
         firing.clear();
         self.firing = firing;
         self.prefetch_next_instant();
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         true
     }
 
