@@ -196,8 +196,16 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
     print_verdict(report);
 }
 
-/// The last line: how many seeds failed, by invariant, and what the swarm spent.
+/// The last lines: the rare paths no seed reached, then how many seeds failed, by invariant,
+/// and what the swarm spent.
 fn print_verdict(report: &SwarmReport) {
+    if !report.rare_paths_never_reached.is_empty() {
+        println!();
+        println!(
+            "rare paths no seed reached (untested by this swarm): {}",
+            report.rare_paths_never_reached.join(", ")
+        );
+    }
     let by: Vec<String> = (report.failures_by_invariant.iter())
         .map(|(name, count)| format!("{name} {count}"))
         .collect();

@@ -131,6 +131,61 @@ impl From<trainer_core::Tier> for TierName {
     }
 }
 
+named_enum! {
+    /// Rare paths of fault handling, marked where the code takes them (FoundationDB's
+    /// `CODE_PROBE`, rust-analyzer's `cov_mark`): a swarm reports the ones none of its seeds
+    /// reached, which its tests then cannot have checked.
+    pub enum RarePath {
+        /// A checkpoint was being persisted when the job stopped, and never committed.
+        CheckpointLostInFlight = "checkpoint_lost_in_flight",
+        /// A crash struck a node already out of the job, or after its work was done.
+        CrashSkipped = "crash_skipped",
+        /// The job gave up (restarts spent, or no spare and no fallback).
+        JobAbandoned = "job_abandoned",
+        /// Per-replica recovery could not regroup and restarted the whole job.
+        RegroupFallbackRestart = "regroup_fallback_restart",
+        /// A dropped node came back into its replica group.
+        ReplicaReadmitted = "replica_readmitted",
+        /// A restore found the newest committed checkpoint unusable and fell back.
+        RestoreFallback = "restore_fallback",
+        /// A GPU with a faulty reduction kernel was taken out of service.
+        SdcQuarantine = "sdc_quarantine",
+        /// Corruption found too late to mend a step: the job rolled back to a checkpoint.
+        SdcRollback = "sdc_rollback",
+        /// Hot-spare recovery found every spare in use.
+        SparePoolExhausted = "spare_pool_exhausted",
+        /// A persistent write failed.
+        StorageWriteFailed = "storage_write_failed",
+        /// A straggler's node was evicted and replaced.
+        StragglerEvicted = "straggler_evicted",
+        /// A transfer found no live path and was lost (plain transport, or retries spent).
+        TransferLost = "transfer_lost",
+        /// A transfer found its route down and took another spine.
+        TransferRerouted = "transfer_rerouted",
+        /// A transfer found no live path and was retried after a backoff.
+        TransferRetried = "transfer_retried",
+    }
+}
+
+/// How often a run took each rare path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage([u64; RarePath::ALL.len()]);
+
+impl Coverage {
+    /// Marks that the run took `path`.
+    pub fn reach(&mut self, path: RarePath) {
+        self.0[path as usize] += 1;
+    }
+
+    /// The paths taken, with how often.
+    pub fn reached(&self) -> BTreeMap<RarePath, u64> {
+        (RarePath::ALL.iter().zip(self.0))
+            .filter(|&(_, count)| count > 0)
+            .map(|(&path, count)| (path, count))
+            .collect()
+    }
+}
+
 /// A book with its keys as names: prints (`{:?}`) as the book keyed by strings did.
 pub fn by_name<K, V>(book: &BTreeMap<K, V>) -> BTreeMap<&'static str, &V>
 where

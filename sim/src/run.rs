@@ -9,7 +9,7 @@ use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
 use trainer_core::Backend;
 
-use crate::books::{Detector, FaultKind, LostCause, TierName};
+use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
 use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::storage::AtomicityViolation;
@@ -105,6 +105,10 @@ pub struct RunReport {
     /// Ranks' restores by where their shard came from (host, peer, persistent).
     pub restores_by_tier: std::collections::BTreeMap<TierName, u64>,
     pub lost_time_ns_by_cause: std::collections::BTreeMap<LostCause, u64>,
+    /// The rare paths of fault handling the run took, and how often (for the swarm's
+    /// coverage; not in the JSON report).
+    #[serde(skip)]
+    pub rare_paths: std::collections::BTreeMap<RarePath, u64>,
     /// Model time rank 0 spent on steps it had not completed before, over all model time.
     pub goodput: f64,
     /// Distinct instants of model time at which events fired.
@@ -270,6 +274,7 @@ fn report_of(
         spare_pool_exhausted: faults.spare_pool_exhausted,
         restores_by_tier: faults.restores_by_tier,
         lost_time_ns_by_cause: faults.lost_time_ns_by_cause,
+        rare_paths: world.coverage().reached(),
         goodput: if model_time_ns == 0 {
             0.0
         } else {

@@ -17,7 +17,7 @@ use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 
 use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
 
-use crate::books::FaultKind;
+use crate::books::{Coverage, FaultKind, RarePath};
 use crate::queue::RadixQueue;
 use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
@@ -410,6 +410,8 @@ pub struct World {
     sdc: Option<Box<sdc::Sdc>>,
     /// What checksumming a payload costs; 0: free.
     checksum_bytes_per_s: f64,
+    /// The rare paths of fault handling this run took.
+    coverage: Coverage,
 }
 
 /// Everything a world is built from: the fabric, the compute rate, the one root seed every
@@ -520,6 +522,7 @@ impl World {
             stragglers: stragglers::Stragglers::default(),
             sdc: None,
             checksum_bytes_per_s: 0.0,
+            coverage: Coverage::default(),
         }
     }
 
@@ -548,6 +551,11 @@ impl World {
 
     pub fn all_finished(&self) -> bool {
         self.finished == self.ranks.len()
+    }
+
+    /// The rare paths of fault handling this run has taken so far.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
     }
 
     pub fn stats(&self) -> FabricStats {
@@ -747,6 +755,7 @@ impl World {
             EventKind::WriteDone { ticket } => {
                 if self.storage.complete(ticket, self.now_ns) {
                     self.count_injected(FaultKind::StorageWriteFailure);
+                    self.coverage.reach(RarePath::StorageWriteFailed);
                     self.record(None, Record::StorageWriteFailed);
                 }
             }

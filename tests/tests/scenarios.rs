@@ -84,3 +84,53 @@ fn every_ci_sized_scenario_matches_its_snapshot() {
         }
     });
 }
+
+/// The rare-path marks agree with the books the report keeps by other means: a mark where
+/// the run counted the event, none where it did not, and none at all in a fault-free run.
+#[test]
+fn rare_path_marks_agree_with_the_reports_counters() {
+    use faultline_sim::books::RarePath;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut reached = std::collections::BTreeSet::new();
+    for name in [
+        "quickstart",
+        "node-crash-mid-checkpoint",
+        "link-flap-during-allreduce",
+        "gpu-failure-hot-spare",
+    ] {
+        let s = scenario::load(&root.join(format!("{name}.toml")), &[]).unwrap();
+        let r = faultline_sim::run::run_scenario(&s).unwrap();
+        let marked = |path| r.rare_paths.get(&path).copied().unwrap_or(0);
+        assert_eq!(
+            marked(RarePath::CheckpointLostInFlight),
+            r.checkpoints_lost_in_flight,
+            "{name}"
+        );
+        assert_eq!(
+            marked(RarePath::RestoreFallback),
+            r.restore_fallbacks,
+            "{name}"
+        );
+        let flaps = r.link_flaps.as_ref();
+        let rerouted = flaps.map_or(0, |f| f.transfers_rerouted);
+        assert_eq!(marked(RarePath::TransferRerouted), rerouted, "{name}");
+        assert_eq!(
+            marked(RarePath::TransferLost),
+            flaps.map_or(0, |f| f.transfers_lost),
+            "{name}"
+        );
+        let fault_free = faultline_sim::run::run_scenario(&s.without_faults()).unwrap();
+        assert!(
+            fault_free.rare_paths.is_empty(),
+            "{name}: {:?}",
+            fault_free.rare_paths
+        );
+        reached.extend(r.rare_paths.keys().copied());
+    }
+    // The scenarios above take at least these paths, so the marks are not all dead.
+    assert!(
+        reached.contains(&RarePath::CheckpointLostInFlight),
+        "{reached:?}"
+    );
+    assert!(reached.contains(&RarePath::TransferRerouted), "{reached:?}");
+}

@@ -2,6 +2,7 @@
 //! alone and each run is single-threaded (a `World` lives and dies on its thread), so the
 //! results, gathered in a `BTreeMap` by seed, do not depend on the thread count.
 
+use crate::books::RarePath;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,9 @@ pub struct SeedOutcome {
     pub escaped: u64,
     /// The command that reruns this seed alone.
     pub reproduce: String,
+    /// The rare paths of fault handling its run took.
+    #[serde(skip)]
+    pub rare_paths: Vec<RarePath>,
 }
 
 impl SeedOutcome {
@@ -68,6 +72,10 @@ pub struct SwarmReport {
     /// seed with a reported escape (the schedule without its SDC faults), plus the fault-free
     /// one.
     pub simulations: u64,
+    /// Per rare path of fault handling, the seeds whose run took it.
+    pub rare_paths_reached: BTreeMap<&'static str, u64>,
+    /// The rare paths no seed reached: what this swarm did not test.
+    pub rare_paths_never_reached: Vec<&'static str>,
     pub outcomes: Vec<SeedOutcome>,
 }
 
@@ -81,6 +89,9 @@ pub fn run_seed(base: &Base, seed: u64) -> SeedOutcome {
         // The swarm wrote this text itself: failing to load it is a bug in the swarm.
         Err(e) => panic!("the swarm's own scenario for seed {seed} does not load: {e}"),
     };
+    let rare_paths = (run.as_ref())
+        .map(|r| r.rare_paths.keys().copied().collect())
+        .unwrap_or_default();
     let (steps_completed, model_time_ns, recoveries, escaped) =
         run.as_ref().map_or((0, 0, 0, 0), |r| {
             (
@@ -100,6 +111,7 @@ pub fn run_seed(base: &Base, seed: u64) -> SeedOutcome {
         recoveries,
         escaped,
         reproduce: base.swarm_command(seed),
+        rare_paths,
     }
 }
 
@@ -139,8 +151,21 @@ pub fn run_swarm(
             .entry(invariant.name().to_string())
             .or_default() += 1;
     }
+    let mut rare_paths_reached: BTreeMap<RarePath, u64> = BTreeMap::new();
+    for path in outcomes.iter().flat_map(|o| &o.rare_paths) {
+        *rare_paths_reached.entry(*path).or_default() += 1;
+    }
+    let rare_paths_never_reached = (RarePath::ALL.iter())
+        .filter(|p| !rare_paths_reached.contains_key(p))
+        .map(|p| p.name())
+        .collect();
     let fault_free = &base.reference.fault_free;
     SwarmReport {
+        rare_paths_reached: crate::books::by_name(&rare_paths_reached)
+            .into_iter()
+            .map(|(name, &seeds)| (name, seeds))
+            .collect(),
+        rare_paths_never_reached,
         scenario: base.name.clone(),
         seeds_from: seeds.start,
         seeds_until: seeds.end,

@@ -20,7 +20,7 @@ use trainer_core::{CommError, Event, RestartOrder};
 
 use super::digest_tag::DigestTag;
 use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
-use crate::books::{Detector, FaultKind, LostCause, TierName};
+use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
 use crate::rng::RngStream;
 use crate::storage::Place;
 use crate::trace::Record;
@@ -280,6 +280,7 @@ impl World {
             if finished {
                 control.report.skipped_after_finish += 1;
             }
+            self.coverage.reach(RarePath::CrashSkipped);
             self.record(None, Record::CrashSkipped { kind, node });
             return;
         }
@@ -454,6 +455,7 @@ impl World {
         control.phase = Phase::Aborting;
         if control.rank0_pending_checkpoint.take().is_some() {
             control.report.checkpoints_lost_in_flight += 1;
+            self.coverage.reach(RarePath::CheckpointLostInFlight);
         }
         let undetected_since = control.undetected_since_ns.take();
         if let Some(since) = undetected_since {
@@ -494,6 +496,7 @@ impl World {
                 // The GPU is taken out of service and replaced, as after a GPU failure.
                 control.failed_nodes.insert(self.placement.node_of(faulty));
                 self.ranks[faulty].set(MEMORY_LOST, true);
+                self.coverage.reach(RarePath::SdcQuarantine);
                 self.sdc_quarantine(faulty);
             }
             self.record(Some(rank as u32), Record::Detected { by: detector });
@@ -542,6 +545,7 @@ impl World {
                 config.spare_swap_time_ns
             } else {
                 control.report.spare_pool_exhausted += 1;
+                self.coverage.reach(RarePath::SparePoolExhausted);
                 if !config.fallback_to_restart {
                     control.report.abandoned = true;
                 }
@@ -582,6 +586,7 @@ impl World {
         control.step_overhead_ns = 0;
         if control.report.abandoned || control.report.recoveries >= control.config.max_restarts {
             control.report.abandoned = true;
+            self.coverage.reach(RarePath::JobAbandoned);
         } else {
             control.report.recoveries += 1;
         }
@@ -662,8 +667,14 @@ impl World {
                 control.rank0_pending_checkpoint = Some((step, now));
             }
             Event::CheckpointCommitted { step } => control.checkpoint_committed(step, now),
-            Event::RestoreFallback { .. } => control.report.restore_fallbacks += 1,
-            Event::SdcRollback { .. } => control.after_sdc_rollback = true,
+            Event::RestoreFallback { .. } => {
+                control.report.restore_fallbacks += 1;
+                self.coverage.reach(RarePath::RestoreFallback);
+            }
+            Event::SdcRollback { .. } => {
+                control.after_sdc_rollback = true;
+                self.coverage.reach(RarePath::SdcRollback);
+            }
             _ => {}
         }
     }

@@ -14,7 +14,7 @@ use trainer_core::{Payload, Tag};
 
 use super::digest_tag::DigestTag;
 use super::{EventKind, World, DEAD};
-use crate::books::{FaultKind, LostCause};
+use crate::books::{FaultKind, LostCause, RarePath};
 use crate::rng::RngStream;
 use crate::topology::{LinkId, Route};
 
@@ -179,6 +179,7 @@ impl World {
             }
             if other.links().iter().all(|&l| self.link_up(l)) {
                 self.links.report.transfers_rerouted += 1;
+                self.coverage.reach(RarePath::TransferRerouted);
                 return Some(other);
             }
         }
@@ -241,6 +242,7 @@ impl World {
             Some(wait_ns) => {
                 if attempt == 0 {
                     self.links.report.transfers_retried += 1;
+                    self.coverage.reach(RarePath::TransferRetried);
                     if self.links.retrying == 0 {
                         self.links.retrying_since_ns = self.now_ns;
                     }
@@ -258,6 +260,7 @@ impl World {
                     self.end_retrying();
                 }
                 self.links.report.transfers_lost += 1;
+                self.coverage.reach(RarePath::TransferLost);
                 self.links.lost_since_ns.get_or_insert(self.now_ns);
                 self.digest
                     .u64(DigestTag::TransferLost.word((from as u64) << 24 | to as u64));

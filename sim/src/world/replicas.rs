@@ -11,7 +11,7 @@
 //! loses.
 
 use super::digest_tag::DigestTag;
-use crate::books::LostCause;
+use crate::books::{LostCause, RarePath};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -156,6 +156,7 @@ impl World {
         if holders == 0 || node_count - out_after < control.config.min_replicas {
             // Every node comes back with the restart, replaced where it failed.
             replicas.report.fallback_restarts += 1;
+            self.coverage.reach(RarePath::RegroupFallbackRestart);
             replicas.dropped.clear();
             return None;
         }
@@ -188,6 +189,7 @@ impl World {
         for node in &due {
             replicas.dropped.remove(node);
             replicas.report.readmissions += 1;
+            self.coverage.reach(RarePath::ReplicaReadmitted);
         }
         replicas.rejoined = rejoining;
         replicas.regroup_completed = false;

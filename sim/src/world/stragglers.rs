@@ -15,7 +15,7 @@ use trainer_core::Event;
 
 use super::digest_tag::DigestTag;
 use super::{EventKind, World};
-use crate::books::{Detector, FaultKind, LostCause};
+use crate::books::{Detector, FaultKind, LostCause, RarePath};
 use crate::topology::LinkId;
 
 /// One rank the scores flagged.
@@ -267,6 +267,7 @@ impl World {
             }
         }
         self.stragglers.report.stragglers_evicted += 1;
+        self.coverage.reach(RarePath::StragglerEvicted);
         self.evict_node(node);
     }
 
