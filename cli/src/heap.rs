@@ -4,7 +4,7 @@
 //! A simulation runs on one thread, and at 100,000 GPUs it touches about 400 MiB of fresh
 //! memory within its first few hundred milliseconds. Every fresh page costs a fault that
 //! clears it, and on a virtual machine whose host reclaims idle guest memory (this workplace's
-//! VM, measured in BENCHMARKS.md) the first run after a pause pays 0.5-0.6 s of system time
+//! VM, measured in docs/perf-log.md) the first run after a pause pays 0.5-0.6 s of system time
 //! for them on the simulation's own thread. The pager takes those faults on the other core
 //! instead: it keeps mimalloc's arenas populated (`madvise(MADV_POPULATE_WRITE)`, which maps
 //! zeroed pages without changing any page already there) a [`LEAD`] ahead of the bytes the
@@ -57,7 +57,7 @@ fn account(delta: isize) {
 /// How far ahead of the live bytes the pager keeps memory populated: as many bytes again as
 /// are live, from [`MIN_LEAD`] up to `LEAD`, so a small run's heap at most doubles and a large
 /// one gains at most 64 MiB. 64 MiB is about what a 100,000-rank run allocates in 50 ms while
-/// it grows; a 16 MiB lead measured slower on a first run after a pause (BENCHMARKS.md).
+/// it grows; a 16 MiB lead measured slower on a first run after a pause (docs/perf-log.md).
 const LEAD: usize = 64 << 20;
 const MIN_LEAD: usize = 4 << 20;
 
@@ -131,7 +131,7 @@ pub fn init() -> Result<(), String> {
 /// kernel with THP off or in `never` mode gets 4 KiB pages as before). A 100,000-GPU all-reduce
 /// faults in 134,000 4 KiB pages with glibc (0.3 to 0.7 s of system time in this workplace's
 /// VM) and misses the TLB on most ranks it polls; with 2 MiB pages it faults 1,000 to 9,000
-/// times. Measured in BENCHMARKS.md ("The allocator"). Allocation only: no value the
+/// times. Measured in docs/perf-log.md ("The allocator"). Allocation only: no value the
 /// simulation computes depends on it.
 fn use_huge_pages() {
     // SAFETY: `mi_option_set` writes one of mimalloc's option words; it is called before any
@@ -151,7 +151,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// faults it in again 4 KiB at a time, splitting the huge page it sat in. A collective frees
 /// each message's payload as it is received and allocates the next at another size class, so
 /// the 100,000-GPU all-reduce purged 526 MiB and took 9,300 minor faults on the simulation's
-/// thread; kept, it takes 380, and runs 4-8% faster (BENCHMARKS.md, "Freed pages kept"). The
+/// thread; kept, it takes 380, and runs 4-8% faster (docs/perf-log.md, "Freed pages kept"). The
 /// cost: pages freed in one phase of a run stay resident while a later phase allocates at
 /// other sizes, so a run whose phases differ peaks higher: ten training steps with checkpoints
 /// at 100,000 GPUs peak at 760 MiB instead of 669 (the all-reduce's 401 MiB does not

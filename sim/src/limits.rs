@@ -4,7 +4,7 @@
 //!
 //! The estimate is a per-rank constant measured on this simulator (`faultline bench`: about
 //! 4.4 KiB per rank for the 100,000- and 1,000,000-GPU all-reduce of 256 elements, see
-//! BENCHMARKS.md) plus the rank's real tensors: its parameters, its gradient buffer and the
+//! docs/perf-log.md) plus the rank's real tensors: its parameters, its gradient buffer and the
 //! payload buffers in flight, a few copies of the proxy tensor each.
 
 /// Bytes per rank that do not depend on the tensor size: its task, state, wakers, links.
