@@ -21,12 +21,13 @@ use crate::books::{Coverage, FaultKind, RarePath};
 use crate::queue::RadixQueue;
 use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
-use crate::topology::Topology;
+use crate::topology::{Route, Topology};
 use crate::trace::Record;
 use digest_tag::DigestTag;
 
 mod control;
 mod digest_tag;
+mod fabric;
 #[cfg(debug_assertions)]
 mod invariants;
 mod links;
@@ -363,7 +364,6 @@ pub struct FabricStats {
 
 pub struct World {
     placement: Placement,
-    topology: Topology,
     gpu_flops_per_s: f64,
     /// The run's root seed; every random stream derives from it ([`crate::rng::RngStream`]).
     seed: u64,
@@ -379,8 +379,8 @@ pub struct World {
     woken_bits: Vec<u64>,
     /// Messages on the fabric and in mailboxes.
     messages: Slab<Message>,
-    /// Per directed link: when it finishes serialising what it has been given.
-    link_busy_until_ns: Vec<u64>,
+    /// The links and when each is next free: the only code that gives a transfer link time.
+    fabric: fabric::Fabric,
     /// Debug builds: each link's busy-until time at the last invariant check.
     #[cfg(debug_assertions)]
     debug_link_busy_seen_ns: Vec<u64>,
@@ -493,10 +493,9 @@ impl World {
         let wakers = (0..placement.world_size).map(|_| None).collect();
         World {
             placement,
-            link_busy_until_ns: vec![0; topology.link_count()],
+            fabric: fabric::Fabric::new(topology),
             #[cfg(debug_assertions)]
             debug_link_busy_seen_ns: Vec::new(),
-            topology,
             gpu_flops_per_s,
             seed,
             now_ns: 0,
@@ -713,10 +712,7 @@ impl World {
     /// cache line), where the route of its next send starts. Of `reserve_route`'s time at
     /// 100,000 GPUs, half was waiting for that line.
     pub fn prefetch_links_of(&self, rank: usize) {
-        let first = Topology::first_link_of_gpu(rank) as usize;
-        if let Some(busy_until) = self.link_busy_until_ns.get(first) {
-            crate::prefetch::prefetch(busy_until);
-        }
+        self.fabric.prefetch_links_of(rank);
     }
 
     /// Starts loading the data of the payload delivered to `rank`, if one was.
@@ -866,8 +862,8 @@ impl World {
         // The route's busy-until times are loaded while the message is stored: at 100,000
         // GPUs the receiver's and the switches' lines are out of cache, and the slot write
         // has a miss of its own to overlap with them.
-        let route = self.topology.route(from, to);
-        self.prefetch_route(&route);
+        let route = self.fabric.route(from, to);
+        self.fabric.prefetch_route(&route);
         let slot = self.store_current(from, to, tag, payload);
         let mut arrival_ns = self.reserve_route(route, bytes, self.now_ns);
         if checksummed {
@@ -876,19 +872,8 @@ impl World {
         self.schedule_delivery(arrival_ns, slot, to);
     }
 
-    /// Starts loading the busy-until times of `route`'s links.
-    #[inline(always)]
-    fn prefetch_route(&self, route: &crate::topology::Route) {
-        for &link in route.links() {
-            if let Some(busy_until) = self.link_busy_until_ns.get(link as usize) {
-                crate::prefetch::prefetch(busy_until);
-            }
-        }
-    }
-
     /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival
-    /// time: the transfer starts when every link of the route is free, occupies them for
-    /// `bytes / bottleneck bandwidth`, and arrives after the route's latencies.
+    /// time (see [`Fabric::reserve`]).
     fn transfer(&mut self, from: usize, to: usize, bytes: u64) -> u64 {
         self.transfer_from(from, to, bytes, self.now_ns)
     }
@@ -898,40 +883,23 @@ impl World {
         if from == to {
             return earliest_ns;
         }
-        let route = self.topology.route(from, to);
+        let route = self.fabric.route(from, to);
         self.reserve_route(route, bytes, earliest_ns)
     }
 
-    /// Reserves `route` for `bytes` and returns the arrival time (see [`World::transfer`]).
+    /// Reserves `route` for `bytes`, with the NIC slowdowns of its links when there are any
+    /// (checked once per transfer, not per link: the hot path of a run without slow NICs).
     #[inline]
-    fn reserve_route(
-        &mut self,
-        route: crate::topology::Route,
-        bytes: u64,
-        earliest_ns: u64,
-    ) -> u64 {
-        let mut start_ns = earliest_ns;
-        let mut bottleneck = f64::INFINITY;
-        let mut latency_ns = 0;
-        // Checked once per transfer, not per link: the hot path of a run without slow NICs.
-        let slow_nics = self.has_slow_nics();
-        for &link in route.links() {
-            start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
-            let spec = self.topology.link_spec(link);
-            let bandwidth = if slow_nics {
-                self.link_bandwidth(link, spec.bandwidth_bytes_per_s)
-            } else {
-                spec.bandwidth_bytes_per_s
-            };
-            bottleneck = bottleneck.min(bandwidth);
-            latency_ns += spec.latency_ns;
+    fn reserve_route(&mut self, route: Route, bytes: u64, earliest_ns: u64) -> u64 {
+        if !self.has_slow_nics() {
+            return self.fabric.reserve(route, bytes, earliest_ns, None);
         }
-        let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;
-        let done_ns = start_ns + serialise_ns;
-        for &link in route.links() {
-            self.link_busy_until_ns[link as usize] = done_ns;
+        let mut factors = [1.0; fabric::MAX_ROUTE_LINKS];
+        for (factor, &link) in factors.iter_mut().zip(route.links()) {
+            *factor = self.nic_slowdown(link);
         }
-        done_ns + latency_ns
+        self.fabric
+            .reserve(route, bytes, earliest_ns, Some(&factors))
     }
 
     /// The GPU of `node` with `rank`'s local index (or the node's last), for peer transfers.

@@ -151,20 +151,10 @@ pub fn run_swarm(
             .entry(invariant.name().to_string())
             .or_default() += 1;
     }
-    let mut rare_paths_reached: BTreeMap<RarePath, u64> = BTreeMap::new();
-    for path in outcomes.iter().flat_map(|o| &o.rare_paths) {
-        *rare_paths_reached.entry(*path).or_default() += 1;
-    }
-    let rare_paths_never_reached = (RarePath::ALL.iter())
-        .filter(|p| !rare_paths_reached.contains_key(p))
-        .map(|p| p.name())
-        .collect();
+    let (rare_paths_reached, rare_paths_never_reached) = rare_path_coverage(&outcomes);
     let fault_free = &base.reference.fault_free;
     SwarmReport {
-        rare_paths_reached: crate::books::by_name(&rare_paths_reached)
-            .into_iter()
-            .map(|(name, &seeds)| (name, seeds))
-            .collect(),
+        rare_paths_reached,
         rare_paths_never_reached,
         scenario: base.name.clone(),
         seeds_from: seeds.start,
@@ -187,6 +177,28 @@ pub fn run_swarm(
                 .count() as u64,
         outcomes,
     }
+}
+
+/// Per rare path, the seeds whose run took it; and the paths none took.
+fn rare_path_coverage(
+    outcomes: &[SeedOutcome],
+) -> (BTreeMap<&'static str, u64>, Vec<&'static str>) {
+    let mut reached: BTreeMap<RarePath, u64> = BTreeMap::new();
+    for path in outcomes.iter().flat_map(|o| &o.rare_paths) {
+        *reached.entry(*path).or_default() += 1;
+    }
+    let never = (RarePath::ALL.iter())
+        .filter(|p| !reached.contains_key(p))
+        .map(|p| p.name())
+        .collect();
+    let by_name = crate::books::by_name(&reached);
+    (
+        by_name
+            .into_iter()
+            .map(|(name, &seeds)| (name, seeds))
+            .collect(),
+        never,
+    )
 }
 
 /// Parses `A..B` (B excluded) or `A..=B` (B included).

@@ -83,14 +83,10 @@ impl World {
     /// A link's busy-until time only moves forward: a transfer never takes back time that an
     /// earlier one was given.
     fn check_links_monotonic(&mut self) {
+        let busy_until_ns = self.fabric.busy_until_ns();
         let seen = &mut self.debug_link_busy_seen_ns;
-        seen.resize(self.link_busy_until_ns.len(), 0);
-        for (link, (&now, before)) in self
-            .link_busy_until_ns
-            .iter()
-            .zip(seen.iter_mut())
-            .enumerate()
-        {
+        seen.resize(busy_until_ns.len(), 0);
+        for (link, (&now, before)) in busy_until_ns.iter().zip(seen.iter_mut()).enumerate() {
             assert!(
                 now >= *before,
                 "link {link} busy until {now} ns, was {before} ns"
@@ -125,9 +121,9 @@ mod tests {
         assert!(breaks(&mut w));
         // A link whose busy time moves back.
         let mut w = world();
-        w.link_busy_until_ns[3] = 100;
+        w.fabric.set_busy_until_ns(3, 100);
         assert!(!breaks(&mut w));
-        w.link_busy_until_ns[3] = 50;
+        w.fabric.set_busy_until_ns(3, 50);
         assert!(breaks(&mut w));
         // A mailbox pointing at an empty slot.
         let mut w = world();

@@ -72,12 +72,12 @@ impl World {
     pub(super) fn configure_link_faults(&mut self, config: LinkFaultConfig) {
         let mut faults = LinkFaults::default();
         if config.any() {
-            faults.down_until_ns = vec![0; self.topology.link_count()];
+            faults.down_until_ns = vec![0; self.fabric.topology.link_count()];
         }
         if config.random_flap_rate_per_link_per_ns > 0.0 {
             let mut rng = RngStream::LinkFlaps.rng(self.seed);
             let rate = config.random_flap_rate_per_link_per_ns
-                * self.topology.flappable_link_count() as f64;
+                * self.fabric.topology.flappable_link_count() as f64;
             let at = next_flap_ns(&mut rng, rate, 0);
             faults.rng = Some(rng);
             self.schedule(at, EventKind::RandomLinkFlap);
@@ -113,7 +113,7 @@ impl World {
             return;
         }
         let flap = &self.links.config.flaps[idx as usize];
-        let (link, down_ns) = (self.topology.link_ids(flap.link).0, flap.down_ns);
+        let (link, down_ns) = (self.fabric.topology.link_ids(flap.link).0, flap.down_ns);
         let next = (repeat + 1 < flap.count).then(|| self.now_ns + flap.period_ns);
         self.take_link_down(link, down_ns);
         if let Some(at) = next {
@@ -132,14 +132,14 @@ impl World {
             return;
         }
         let config = &self.links.config;
-        let rate =
-            config.random_flap_rate_per_link_per_ns * self.topology.flappable_link_count() as f64;
+        let rate = config.random_flap_rate_per_link_per_ns
+            * self.fabric.topology.flappable_link_count() as f64;
         let down_ns = config.random_flap_down_ns;
         let rng = self.links.rng.as_mut().expect("random flaps have a stream");
         use rand::Rng;
-        let idx = rng.gen_range(0..self.topology.flappable_link_count());
+        let idx = rng.gen_range(0..self.fabric.topology.flappable_link_count());
         let next = next_flap_ns(rng, rate, self.now_ns);
-        let link = self.topology.flappable_link(idx);
+        let link = self.fabric.topology.flappable_link(idx);
         self.take_link_down(link, down_ns);
         self.schedule(next, EventKind::RandomLinkFlap);
     }
@@ -164,16 +164,14 @@ impl World {
     /// A route from `from` to `to` whose links are all up now: the usual one, or the same
     /// path through another spine.
     fn live_route(&mut self, from: usize, to: usize) -> Option<Route> {
-        let route = self.topology.route(from, to);
+        let route = self.fabric.route(from, to);
         if route.links().iter().all(|&l| self.link_up(l)) {
             return Some(route);
         }
-        let spines = self.topology.spines_per_leaf();
-        let usual = self.topology.default_spine(from, to);
+        let spines = self.fabric.topology.spines_per_leaf();
+        let usual = self.fabric.topology.default_spine(from, to);
         for k in 1..spines {
-            let other = self
-                .topology
-                .route_via_spine(from, to, (usual + k) % spines);
+            let other = (self.fabric.topology).route_via_spine(from, to, (usual + k) % spines);
             if other == route {
                 break; // the route crosses no spine: there is no alternative
             }

@@ -160,11 +160,11 @@ impl World {
         self.stragglers.has_nic
     }
 
-    /// The bandwidth of `link` now, less a NIC slowdown of its GPU.
-    pub(super) fn link_bandwidth(&self, link: LinkId, nominal: f64) -> f64 {
-        match self.topology.nic_gpu(link) {
-            Some(gpu) => nominal / self.slowdown(gpu, StragglerKind::Nic),
-            None => nominal,
+    /// What divides `link`'s bandwidth now: its GPU's NIC slowdown, or 1.
+    pub(super) fn nic_slowdown(&self, link: LinkId) -> f64 {
+        match self.fabric.topology.nic_gpu(link) {
+            Some(gpu) => self.slowdown(gpu, StragglerKind::Nic),
+            None => 1.0,
         }
     }
 

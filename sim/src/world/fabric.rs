@@ -1,0 +1,97 @@
+//! The fabric: the topology's directed links and when each is next free. The one place where
+//! a transfer is given link time: it starts when every link of its route is free, occupies
+//! them for `bytes / bottleneck bandwidth`, and arrives after the route's latencies. The rest
+//! of the world routes, reserves and prefetches through these methods and never touches a
+//! link's busy-until time itself.
+
+#[cfg(test)]
+use crate::topology::LinkId;
+use crate::topology::{Route, Topology};
+
+/// The most links a route has.
+pub(super) const MAX_ROUTE_LINKS: usize = 6;
+
+pub(super) struct Fabric {
+    /// The cluster's shape; the parts that name links (flaps, NIC slowdowns) read it.
+    pub(super) topology: Topology,
+    /// Per directed link: when it finishes serialising what it has been given.
+    busy_until_ns: Vec<u64>,
+}
+
+impl Fabric {
+    pub(super) fn new(topology: Topology) -> Fabric {
+        Fabric {
+            busy_until_ns: vec![0; topology.link_count()],
+            topology,
+        }
+    }
+
+    /// The route from GPU `from` to GPU `to` (ECMP across spines).
+    #[inline(always)]
+    pub(super) fn route(&self, from: usize, to: usize) -> Route {
+        self.topology.route(from, to)
+    }
+
+    /// Reserves `route` for `bytes`, starting no earlier than `earliest_ns`, and returns the
+    /// arrival time. `slowdowns`, when some NIC runs slow, divides each route link's bandwidth
+    /// by its factor (1 for a link at full speed).
+    #[inline]
+    pub(super) fn reserve(
+        &mut self,
+        route: Route,
+        bytes: u64,
+        earliest_ns: u64,
+        slowdowns: Option<&[f64; MAX_ROUTE_LINKS]>,
+    ) -> u64 {
+        let mut start_ns = earliest_ns;
+        let mut bottleneck = f64::INFINITY;
+        let mut latency_ns = 0;
+        for (idx, &link) in route.links().iter().enumerate() {
+            start_ns = start_ns.max(self.busy_until_ns[link as usize]);
+            let spec = self.topology.link_spec(link);
+            let bandwidth = match slowdowns {
+                Some(factors) => spec.bandwidth_bytes_per_s / factors[idx],
+                None => spec.bandwidth_bytes_per_s,
+            };
+            bottleneck = bottleneck.min(bandwidth);
+            latency_ns += spec.latency_ns;
+        }
+        let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;
+        let done_ns = start_ns + serialise_ns;
+        for &link in route.links() {
+            self.busy_until_ns[link as usize] = done_ns;
+        }
+        done_ns + latency_ns
+    }
+
+    /// Starts loading the busy-until times of `route`'s links.
+    #[inline(always)]
+    pub(super) fn prefetch_route(&self, route: &Route) {
+        for &link in route.links() {
+            if let Some(busy_until) = self.busy_until_ns.get(link as usize) {
+                crate::prefetch::prefetch(busy_until);
+            }
+        }
+    }
+
+    /// Starts loading the busy-until times of `gpu`'s own links (32 bytes, in one cache
+    /// line), where the route of its next send starts.
+    #[inline(always)]
+    pub(super) fn prefetch_links_of(&self, gpu: usize) {
+        let first = Topology::first_link_of_gpu(gpu) as usize;
+        if let Some(busy_until) = self.busy_until_ns.get(first) {
+            crate::prefetch::prefetch(busy_until);
+        }
+    }
+
+    /// Every link's busy-until time, for the invariant checks.
+    pub(super) fn busy_until_ns(&self) -> &[u64] {
+        &self.busy_until_ns
+    }
+
+    /// Sets a link's busy-until time behind the fabric's back: tests of the checks only.
+    #[cfg(test)]
+    pub(super) fn set_busy_until_ns(&mut self, link: LinkId, ns: u64) {
+        self.busy_until_ns[link as usize] = ns;
+    }
+}
