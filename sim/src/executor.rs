@@ -128,8 +128,7 @@ fn prefetch_rank<F>(world: &World, tasks: &[Option<Pin<Box<F>>>], rank: u32) {
     if let Some(future) = &tasks[rank as usize] {
         prefetch::prefetch(&**future);
     }
-    world.prefetch_delivered(rank as usize);
-    world.prefetch_links_of(rank as usize);
+    world.prefetch_for_poll(rank as usize);
 }
 
 /// The ready list's first ranks, whose loads the loop's look-ahead does not reach: their
