@@ -342,6 +342,12 @@ trainer_core::named_enum! {
     }
 }
 
+/// A faulty kernel's trigger when the scenario gives none: the low 12 mantissa bits of a
+/// source element equal 0xa5b, about one input in 4,096; integer-valued floats (votes, flags)
+/// never match.
+pub const DEFAULT_TRIGGER_MASK: u32 = 0xfff;
+pub const DEFAULT_TRIGGER_VALUE: u32 = 0xa5b;
+
 /// One `[[faults.sdc]]` entry.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SdcSpec {

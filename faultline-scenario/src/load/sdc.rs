@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use trainer_core::integrity::DetectionPolicy;
 
-use crate::config::{SdcKind, SdcSpec};
+use crate::config::{SdcKind, SdcSpec, DEFAULT_TRIGGER_MASK, DEFAULT_TRIGGER_VALUE};
 use crate::source::{in_range, ScenarioError, Source};
 use trainer_core::units::parse_bandwidth_bytes_per_s;
 
@@ -51,11 +51,6 @@ pub(super) struct RawSdc {
     trigger_mask: Option<i64>,
     trigger_value: Option<i64>,
 }
-
-/// The default trigger: the low 12 mantissa bits of a source element equal 0xa5b, about one
-/// input in 4,096; integer-valued floats (votes, flags) never match.
-const DEFAULT_TRIGGER_MASK: u32 = 0xfff;
-const DEFAULT_TRIGGER_VALUE: u32 = 0xa5b;
 
 pub(super) fn validate_detection(
     src: &Source,

@@ -8,6 +8,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use trainer_core::digest::mix64;
 
+use faultline_scenario::{LinkRef, Scenario};
+
 use crate::world::{CrashTarget, CrashWhen, SdcKind, StragglerTarget};
 
 /// Times are drawn and shrunk on a grid of this many nanoseconds, so schedules read well.
@@ -136,12 +138,14 @@ impl FaultKind {
             FaultKind::StorageCorrupt => FaultSpec::StorageCorrupt { at_ns: time(rng) },
             FaultKind::LinkFlap => {
                 let link = if space.leaves > 0 && space.spines_per_leaf > 0 && rng.gen_bool(0.5) {
-                    FlapLink::LeafSpine {
+                    LinkRef::LeafSpine {
                         leaf: rng.gen_range(0..space.leaves),
                         spine: rng.gen_range(0..space.spines_per_leaf),
                     }
                 } else {
-                    FlapLink::Nic(rng.gen_range(0..space.gpus))
+                    LinkRef::Nic {
+                        gpu: rng.gen_range(0..space.gpus),
+                    }
                 };
                 // Mostly short (the retry transport rides them out), sometimes longer than a
                 // retry budget (the transfer is lost and the job restarts).
@@ -216,22 +220,6 @@ fn sdc_kind_key(kind: SdcKind) -> &'static str {
     }
 }
 
-/// The link a flap cuts: one GPU's NIC uplink, or one leaf's uplink to one spine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlapLink {
-    Nic(usize),
-    LeafSpine { leaf: usize, spine: usize },
-}
-
-impl FlapLink {
-    fn name(self) -> String {
-        match self {
-            FlapLink::Nic(gpu) => format!("nic:gpu={gpu}"),
-            FlapLink::LeafSpine { leaf, spine } => format!("leaf-spine:leaf={leaf},spine={spine}"),
-        }
-    }
-}
-
 fn grid(ns: u64) -> u64 {
     ns / GRID_NS * GRID_NS
 }
@@ -258,7 +246,7 @@ pub enum FaultSpec {
     },
     /// `count` flaps of `link`, each `down_ns` long, one every `period_ns`.
     LinkFlap {
-        link: FlapLink,
+        link: LinkRef,
         at_ns: u64,
         down_ns: u64,
         count: u32,
@@ -356,7 +344,7 @@ impl FaultSpec {
                 count,
                 period_ns,
             } => {
-                table.insert("link".into(), link.name().into());
+                table.insert("link".into(), link.to_string().into());
                 table.insert("at".into(), duration(at_ns));
                 table.insert("down".into(), duration(down_ns));
                 if count > 1 {
@@ -394,6 +382,76 @@ impl FaultSpec {
                 table.insert("bit".into(), i64::from(bit).into());
                 ("sdc", table)
             }
+        }
+    }
+
+    /// What the fault means to the simulator: adds it to `scenario`'s typed fault settings,
+    /// as loading [`FaultSpec::to_toml`]'s table does. A test holds the two to the same
+    /// meaning, so the swarm's writer and the scenario reader share one vocabulary.
+    pub fn apply(&self, scenario: &mut Scenario) {
+        use faultline_scenario::{LinkFlapSpec, SdcSpec, SlowWindow, StragglerSpec, Window};
+        use faultline_scenario::{DEFAULT_TRIGGER_MASK, DEFAULT_TRIGGER_VALUE};
+        match *self {
+            FaultSpec::Crash { target, when } => {
+                (scenario.control.crashes).push(faultline_scenario::CrashSpec { target, when })
+            }
+            FaultSpec::StorageSlow {
+                from_ns,
+                until_ns,
+                factor,
+            } => scenario.storage.slow.push(SlowWindow {
+                window: Window { from_ns, until_ns },
+                factor: f64::from(factor),
+            }),
+            FaultSpec::StorageFailWrites { from_ns, until_ns } => {
+                scenario.storage.failing.push(Window { from_ns, until_ns })
+            }
+            FaultSpec::StorageCorrupt { at_ns } => scenario.control.corruptions_at_ns.push(at_ns),
+            FaultSpec::LinkFlap {
+                link,
+                at_ns,
+                down_ns,
+                count,
+                period_ns,
+            } => scenario.link_faults.flaps.push(LinkFlapSpec {
+                name: link.to_string(),
+                link,
+                at_ns,
+                down_ns,
+                count,
+                period_ns: if count > 1 { period_ns } else { 0 },
+            }),
+            FaultSpec::Straggler {
+                target,
+                nic,
+                factor,
+                from_ns,
+                duration_ns,
+            } => scenario.stragglers.stragglers.push(StragglerSpec {
+                target,
+                kind: if nic {
+                    faultline_scenario::StragglerKind::Nic
+                } else {
+                    faultline_scenario::StragglerKind::Compute
+                },
+                factor: f64::from(factor),
+                from_ns,
+                until_ns: from_ns + duration_ns,
+            }),
+            FaultSpec::Sdc {
+                kind,
+                gpu,
+                at_step,
+                bit,
+            } => scenario.sdc.specs.push(SdcSpec {
+                kind,
+                gpu,
+                at_step,
+                bit: Some(bit),
+                count: 1,
+                trigger_mask: DEFAULT_TRIGGER_MASK,
+                trigger_value: DEFAULT_TRIGGER_VALUE & DEFAULT_TRIGGER_MASK,
+            }),
         }
     }
 
@@ -449,7 +507,7 @@ impl FaultSpec {
                 };
                 format!(
                     "link {} down at {} for {}{times}",
-                    link.name(),
+                    link,
                     d(at_ns),
                     d(down_ns)
                 )
@@ -633,7 +691,7 @@ fn simpler_storage(fault: &FaultSpec, out: &mut Vec<FaultSpec>) {
 }
 
 fn simpler_flap(
-    link: FlapLink,
+    link: LinkRef,
     at_ns: u64,
     down_ns: u64,
     count: u32,
@@ -661,16 +719,18 @@ fn simpler_flap(
         out.push(flap(link, at_ns, shorter, count));
     }
     let lower = match link {
-        FlapLink::Nic(g) => vec![FlapLink::Nic(0), FlapLink::Nic(g / 2)],
-        FlapLink::LeafSpine { leaf, spine } => vec![
-            FlapLink::LeafSpine { leaf: 0, spine: 0 },
-            FlapLink::LeafSpine {
+        LinkRef::Nic { gpu } => vec![LinkRef::Nic { gpu: 0 }, LinkRef::Nic { gpu: gpu / 2 }],
+        LinkRef::LeafSpine { leaf, spine } => vec![
+            LinkRef::LeafSpine { leaf: 0, spine: 0 },
+            LinkRef::LeafSpine {
                 leaf: leaf / 2,
                 spine,
             },
         ],
+        // The swarm flaps NIC and leaf-spine links only.
+        LinkRef::NvLink { .. } | LinkRef::InterCluster { .. } => Vec::new(),
     };
-    let mut lower: Vec<FlapLink> = lower.into_iter().filter(|l| *l != link).collect();
+    let mut lower: Vec<LinkRef> = lower.into_iter().filter(|l| *l != link).collect();
     lower.dedup();
     out.extend(lower.into_iter().map(|l| flap(l, at_ns, down_ns, count)));
 }
