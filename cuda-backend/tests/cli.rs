@@ -80,6 +80,21 @@ fn bad_input_exits_2_and_names_the_problem() {
             ],
             "--checkpoint-dir Cargo.toml: exists and is not a directory",
         ),
+        // The simulator's reader, so the simulator's refusals: an unknown key gets the key it
+        // was probably meant to be, and a node wider than the simulator allows is refused.
+        (
+            &["run", "scenarios/quickstart.toml", "--set", "job.proxy_elem=64"],
+            "did you mean `proxy_elems`?",
+        ),
+        (
+            &[
+                "run",
+                "scenarios/quickstart.toml",
+                "--set",
+                "cluster.gpus_per_node=512",
+            ],
+            "--set cluster.gpus_per_node=512: cluster.gpus_per_node: expected an integer from 1 to 256",
+        ),
     ];
     for (args, expected) in cases {
         let output = faultline_gpu(args);
