@@ -18,7 +18,6 @@ use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
 
 use crate::books::{Coverage, FaultKind, RarePath};
-use crate::queue::RadixQueue;
 use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::{Route, Topology};
@@ -29,6 +28,7 @@ use hot::{
     TIMED_OUT, TIMER_FIRED,
 };
 
+mod clock;
 mod control;
 mod digest_tag;
 mod fabric;
@@ -105,10 +105,8 @@ pub struct World {
     gpu_flops_per_s: f64,
     /// The run's root seed; every random stream derives from it ([`crate::rng::RngStream`]).
     seed: u64,
-    now_ns: u64,
-    queue: RadixQueue<EventKind>,
-    /// The events of the instant being fired (kept to reuse its allocation).
-    firing: Vec<EventKind>,
+    /// Model time now and the events still to fire.
+    clock: clock::Clock,
     /// Wake ranks through their wakers (madsim), or only mark them in `woken` (FIFO).
     use_wakers: bool,
     /// Ranks woken since the last `take_woken`, in the order woken.
@@ -236,9 +234,7 @@ impl World {
             debug_link_busy_seen_ns: Vec::new(),
             gpu_flops_per_s,
             seed,
-            now_ns: 0,
-            queue: RadixQueue::default(),
-            firing: Vec::new(),
+            clock: clock::Clock::default(),
             use_wakers: true,
             woken: Vec::new(),
             woken_bits: vec![0; placement.world_size.div_ceil(64)],
@@ -264,7 +260,7 @@ impl World {
     }
 
     pub fn now_ns(&self) -> u64 {
-        self.now_ns
+        self.clock.now_ns()
     }
 
     /// The storage model, for tests and reports.
@@ -311,7 +307,7 @@ impl World {
         self.finished += 1;
         self.maybe_schedule_restart();
         self.digest.u64(DigestTag::Finished.word(rank as u64));
-        self.digest.u64(self.now_ns);
+        self.digest.u64(self.clock.now_ns());
         self.record(Some(rank as u32), Record::Finished);
     }
 
@@ -367,8 +363,7 @@ impl World {
     }
 
     fn schedule(&mut self, time_ns: u64, what: EventKind) {
-        debug_assert!(time_ns < 1 << 50, "an event at {time_ns} ns: {what:?}");
-        self.queue.push(time_ns, what);
+        self.clock.schedule(time_ns, what);
     }
 
     /// The message in `slot`, for rank `to`, arrives at `time_ns`.
@@ -384,20 +379,16 @@ impl World {
 
     /// Fires every event of the next instant. Returns false when the queue is empty.
     pub fn advance(&mut self) -> bool {
-        let mut firing = std::mem::take(&mut self.firing);
-        let Some(instant_ns) = self.queue.pop_instant(&mut firing) else {
+        let Some(firing) = self.clock.next_instant() else {
             return false;
         };
-        debug_assert!(instant_ns >= self.now_ns);
-        self.now_ns = instant_ns;
         self.stats.instants += 1;
         self.prefetch_first_deliveries(&firing);
         for i in 0..firing.len() {
             self.prefetch_delivery(&firing, i);
             self.fire(firing[i]);
         }
-        firing.clear();
-        self.firing = firing;
+        self.clock.done_firing(firing);
         self.prefetch_next_instant();
         #[cfg(debug_assertions)]
         self.check_invariants();
@@ -410,7 +401,7 @@ impl World {
     /// [`World::prefetch_first_deliveries`] is issued only just before its loads.
     #[inline(always)]
     fn prefetch_next_instant(&self) {
-        for what in self.queue.peek_next(2 * DELIVERY_PREFETCH_AHEAD) {
+        for what in self.clock.peek_next(2 * DELIVERY_PREFETCH_AHEAD) {
             match *what {
                 EventKind::Deliver { slot, to } => self.prefetch_slot_and_receiver(slot, to),
                 EventKind::Timer { rank, .. } => self.prefetch_rank_state(rank as usize),
@@ -486,7 +477,7 @@ impl World {
                 }
             }
             EventKind::WriteDone { ticket } => {
-                if self.storage.complete(ticket, self.now_ns) {
+                if self.storage.complete(ticket, self.clock.now_ns()) {
                     self.count_injected(FaultKind::StorageWriteFailure);
                     self.coverage.reach(RarePath::StorageWriteFailed);
                     self.record(None, Record::StorageWriteFailed);
@@ -524,10 +515,14 @@ impl World {
             .u64(DigestTag::Deliver.word((from as u64) << 24 | to as u64));
         self.digest
             .u64(tag.op_id ^ (tag.phase as u64) << 32 ^ tag.round as u64);
-        self.digest.u64(self.now_ns);
+        self.digest.u64(self.clock.now_ns());
         if let Some(recorder) = &mut self.recorder {
             let bytes = message.payload.modelled_bytes;
-            recorder.record(self.now_ns, Some(to), Record::Deliver { from, tag, bytes });
+            recorder.record(
+                self.clock.now_ns(),
+                Some(to),
+                Record::Deliver { from, tag, bytes },
+            );
         }
         let state = &mut self.ranks[to as usize];
         if state.wait() == (Wait::Message { from, tag }) {
@@ -580,7 +575,7 @@ impl World {
         );
         state.set_wait(wait);
         if let Some(since) = self.parked_since_ns.get_mut(rank) {
-            *since = self.now_ns;
+            *since = self.clock.now_ns();
         }
         self.parked += 1;
     }
@@ -602,7 +597,7 @@ impl World {
         let route = self.fabric.route(from, to);
         self.fabric.prefetch_route(&route);
         let slot = self.store_current(from, to, tag, payload);
-        let mut arrival_ns = self.reserve_route(route, bytes, self.now_ns);
+        let mut arrival_ns = self.reserve_route(route, bytes, self.clock.now_ns());
         if checksummed {
             arrival_ns += self.checksum_ns(bytes);
         }
@@ -612,7 +607,7 @@ impl World {
     /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival
     /// time (see [`Fabric::reserve`]).
     fn transfer(&mut self, from: usize, to: usize, bytes: u64) -> u64 {
-        self.transfer_from(from, to, bytes, self.now_ns)
+        self.transfer_from(from, to, bytes, self.clock.now_ns())
     }
 
     /// As [`World::transfer`], for a transfer that cannot start before `earliest_ns`.
@@ -652,15 +647,16 @@ impl World {
     fn storage_done_ns(&mut self, rank: usize, place: Place, bytes: u64, to_place: bool) -> u64 {
         let node = self.placement.node_of(rank);
         match place {
-            Place::Host(n) if n == node => self.now_ns + self.storage.host_copy_ns(bytes),
+            Place::Host(n) if n == node => self.clock.now_ns() + self.storage.host_copy_ns(bytes),
             Place::Host(n) => {
                 let peer = self.peer_gpu(n, rank);
                 let (from, to) = if to_place { (rank, peer) } else { (peer, rank) };
                 self.transfer(from, to, bytes) + self.storage.host_copy_ns(bytes)
             }
-            Place::Persistent => self
-                .storage
-                .persistent_transfer_done_ns(node, bytes, self.now_ns),
+            Place::Persistent => {
+                self.storage
+                    .persistent_transfer_done_ns(node, bytes, self.clock.now_ns())
+            }
         }
     }
 
@@ -678,7 +674,7 @@ impl World {
         if let Place::Host(n) = place {
             if !self.node_alive(n) {
                 self.storage.crash_node(n);
-                return (ticket, self.now_ns);
+                return (ticket, self.clock.now_ns());
             }
         }
         let done = self.storage_done_ns(rank, place, bytes, true);
@@ -762,7 +758,7 @@ impl World {
         self.observe(rank, event);
         self.sdc_observe(rank, event);
         self.digest.u64(DigestTag::Event.word(rank as u64));
-        self.digest.u64(self.now_ns);
+        self.digest.u64(self.clock.now_ns());
         match *event {
             Event::StepBegin { step } => self.digest.u64(step),
             Event::StepEnd { step, loss } => {
@@ -912,7 +908,7 @@ impl Backend for SimBackend {
     }
 
     fn now_ns(&self) -> u64 {
-        self.world.borrow().now_ns
+        self.world.borrow().clock.now_ns()
     }
 
     fn sleep(&self, duration_ns: u64) -> impl Future<Output = Result<(), CommError>> {
@@ -988,7 +984,7 @@ impl Backend for SimBackend {
                 let Some(blob) = world.storage.get(place, &name).cloned() else {
                     return Err(StorageError::NotFound { name });
                 };
-                let now_ns = world.now_ns;
+                let now_ns = world.clock.now_ns();
                 world.storage.audit.read(&name, now_ns);
                 let done = world.storage_done_ns(self.rank, place, blob.modelled_bytes, false);
                 (blob, done)
@@ -1095,7 +1091,7 @@ impl Future for Sleep<'_> {
             world.park(rank, Wait::Timer, cx.waker());
             return Poll::Pending;
         }
-        let at = world.now_ns + self.duration_ns;
+        let at = world.clock.now_ns() + self.duration_ns;
         world.ranks[rank].timer_seq += 1;
         let seq = world.ranks[rank].timer_seq;
         world.schedule(

@@ -259,7 +259,7 @@ impl World {
         let control = self.control.as_mut().expect("a controller");
         use rand::Rng;
         let node = control.rng.gen_range(0..control.node_count);
-        let next = next_arrival(control, self.now_ns);
+        let next = next_arrival(control, self.clock.now_ns());
         self.crash(CrashTarget::Node(node));
         if !self.all_finished() {
             self.schedule(next, EventKind::RandomCrash);
@@ -267,7 +267,7 @@ impl World {
     }
 
     fn crash(&mut self, target: CrashTarget) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let control = self.control.as_mut().expect("a controller");
         let (kind, node) = match target {
             CrashTarget::Node(node) => (FaultKind::NodeCrash, node),
@@ -332,7 +332,7 @@ impl World {
     pub(super) fn count_injected(&mut self, kind: FaultKind) {
         if let Some(control) = self.control.as_mut() {
             bump(&mut control.report.injected, kind);
-            control.report.last_fault_ns = Some(self.now_ns);
+            control.report.last_fault_ns = Some(self.clock.now_ns());
         }
     }
 
@@ -355,12 +355,15 @@ impl World {
         }
         // Each corruption draws from its own stream, keyed by its time, so that adding or
         // removing another fault (as `faultline shrink` does) never moves this one's bit.
-        let mut rng = RngStream::StorageCorruption { at_ns: self.now_ns }.rng(self.seed);
+        let mut rng = RngStream::StorageCorruption {
+            at_ns: self.clock.now_ns(),
+        }
+        .rng(self.seed);
         let victim = shards[rng.gen_range(0..shards.len())].clone();
         let bit = rng.gen::<u64>();
         if self.storage.corrupt(Place::Persistent, &victim, bit) {
             bump(&mut control.report.injected, FaultKind::StorageCorruption);
-            control.report.last_fault_ns = Some(self.now_ns);
+            control.report.last_fault_ns = Some(self.clock.now_ns());
             self.record(None, Record::StorageCorruption { name: &victim });
         }
     }
@@ -388,7 +391,7 @@ impl World {
         else {
             return;
         };
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let mut receiving = 0;
         for rank in 0..self.ranks.len() {
             let state = &mut self.ranks[rank];
@@ -402,7 +405,7 @@ impl World {
         }
         // Keep watching while anything can still happen; with nothing else queued and nobody
         // receiving, the world is stuck, and the executor must be free to say so.
-        if !self.all_finished() && (receiving > 0 || self.runnable() > 0 || !self.queue.is_empty())
+        if !self.all_finished() && (receiving > 0 || self.runnable() > 0 || !self.clock.is_empty())
         {
             self.schedule(now + (timeout / 10).max(1), EventKind::Watchdog);
         }
@@ -411,7 +414,7 @@ impl World {
     /// A fault that only a detector can notice began now (a lost transfer): its detection
     /// time is charged from here unless an earlier fault's already is.
     pub(super) fn note_undetected_fault(&mut self) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         if let Some(control) = self.control.as_mut() {
             if control.phase == Phase::Running && control.undetected_since_ns.is_none() {
                 control.undetected_since_ns = Some(now);
@@ -447,7 +450,7 @@ impl World {
     /// Stops the job: every rank's next (or current) communication fails with `Aborted`.
     pub(super) fn begin_abort(&mut self) {
         self.link_faults_on_abort();
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let control = self.control.as_mut().expect("a controller");
         if control.phase != Phase::Running {
             return;
@@ -522,7 +525,7 @@ impl World {
             // Some ranks finished the last step: the job's work is done, nothing to restart.
             control.report.abandoned = true;
             control.report.finished_despite_failure = true;
-            let at = self.now_ns;
+            let at = self.clock.now_ns();
             let generation = control.generation + 1;
             self.schedule(at, EventKind::Restart);
             let delay_ns = 0;
@@ -555,7 +558,7 @@ impl World {
             control.failed_nodes.clear();
             control.lose(LostCause::Restart, restart);
             let generation = control.generation + 1;
-            let at = self.now_ns + restart;
+            let at = self.clock.now_ns() + restart;
             self.schedule(at, EventKind::Restart);
             let delay_ns = restart;
             self.record(
@@ -581,7 +584,7 @@ impl World {
         }
         control.phase = Phase::Running;
         control.rank0_step_began = None;
-        control.restarted_at_ns = Some(self.now_ns);
+        control.restarted_at_ns = Some(self.clock.now_ns());
         control.after_sdc_rollback = false;
         control.step_overhead_ns = 0;
         if control.report.abandoned || control.report.recoveries >= control.config.max_restarts {
@@ -641,7 +644,7 @@ impl World {
                 self.crash(target);
             }
         }
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let control = self.control.as_mut().expect("checked");
         if let Event::Restored { tier, .. } = *event {
             bump(&mut control.report.restores_by_tier, TierName::from(tier));

@@ -114,7 +114,7 @@ impl World {
         }
         let flap = &self.links.config.flaps[idx as usize];
         let (link, down_ns) = (self.fabric.topology.link_ids(flap.link).0, flap.down_ns);
-        let next = (repeat + 1 < flap.count).then(|| self.now_ns + flap.period_ns);
+        let next = (repeat + 1 < flap.count).then(|| self.clock.now_ns() + flap.period_ns);
         self.take_link_down(link, down_ns);
         if let Some(at) = next {
             let what = EventKind::LinkFlap {
@@ -138,7 +138,7 @@ impl World {
         let rng = self.links.rng.as_mut().expect("random flaps have a stream");
         use rand::Rng;
         let idx = rng.gen_range(0..self.fabric.topology.flappable_link_count());
-        let next = next_flap_ns(rng, rate, self.now_ns);
+        let next = next_flap_ns(rng, rate, self.clock.now_ns());
         let link = self.fabric.topology.flappable_link(idx);
         self.take_link_down(link, down_ns);
         self.schedule(next, EventKind::RandomLinkFlap);
@@ -146,7 +146,7 @@ impl World {
 
     /// Both directions of the link whose first direction is `link` go down for `down_ns`.
     fn take_link_down(&mut self, link: LinkId, down_ns: u64) {
-        let until = self.now_ns + down_ns;
+        let until = self.clock.now_ns() + down_ns;
         for directed in [link, link + 1] {
             let slot = &mut self.links.down_until_ns[directed as usize];
             *slot = (*slot).max(until);
@@ -158,7 +158,7 @@ impl World {
     }
 
     fn link_up(&self, link: LinkId) -> bool {
-        self.links.down_until_ns[link as usize] <= self.now_ns
+        self.links.down_until_ns[link as usize] <= self.clock.now_ns()
     }
 
     /// A route from `from` to `to` whose links are all up now: the usual one, or the same
@@ -219,9 +219,9 @@ impl World {
         let checksummed = message.checksummed();
         if let Some(route) = self.live_route(from, to) {
             let mut arrival_ns = if from == to {
-                self.now_ns
+                self.clock.now_ns()
             } else {
-                self.reserve_route(route, bytes, self.now_ns)
+                self.reserve_route(route, bytes, self.clock.now_ns())
             };
             if checksummed {
                 arrival_ns += self.checksum_ns(bytes);
@@ -242,7 +242,7 @@ impl World {
                     self.links.report.transfers_retried += 1;
                     self.coverage.reach(RarePath::TransferRetried);
                     if self.links.retrying == 0 {
-                        self.links.retrying_since_ns = self.now_ns;
+                        self.links.retrying_since_ns = self.clock.now_ns();
                     }
                     self.links.retrying += 1;
                 }
@@ -251,7 +251,7 @@ impl World {
                     slot,
                     attempt: attempt + 1,
                 };
-                self.schedule(self.now_ns + wait_ns, what);
+                self.schedule(self.clock.now_ns() + wait_ns, what);
             }
             None => {
                 if attempt > 0 {
@@ -259,10 +259,10 @@ impl World {
                 }
                 self.links.report.transfers_lost += 1;
                 self.coverage.reach(RarePath::TransferLost);
-                self.links.lost_since_ns.get_or_insert(self.now_ns);
+                self.links.lost_since_ns.get_or_insert(self.clock.now_ns());
                 self.digest
                     .u64(DigestTag::TransferLost.word((from as u64) << 24 | to as u64));
-                self.digest.u64(self.now_ns);
+                self.digest.u64(self.clock.now_ns());
                 self.note_undetected_fault();
                 self.drop_message(slot);
             }
@@ -273,7 +273,7 @@ impl World {
     fn end_retrying(&mut self) {
         self.links.retrying -= 1;
         if self.links.retrying == 0 {
-            let spent = self.now_ns - self.links.retrying_since_ns;
+            let spent = self.clock.now_ns() - self.links.retrying_since_ns;
             self.links.report.retry_time_ns += spent;
             if let Some(control) = self.control.as_mut() {
                 control.lose(LostCause::LinkFlapRetry, spent);
@@ -288,7 +288,7 @@ impl World {
     /// The job is being aborted: lost transfers, if any, have been detected.
     pub(super) fn link_faults_on_abort(&mut self) {
         if let Some(since) = self.links.lost_since_ns.take() {
-            let latency = self.now_ns - since;
+            let latency = self.clock.now_ns() - since;
             self.links.report.detections += 1;
             self.links.detection_latency_total_ns += latency;
             let max = &mut self.links.report.detection_latency_ns_max;

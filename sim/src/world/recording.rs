@@ -27,7 +27,7 @@ impl World {
     #[inline]
     pub(super) fn record(&mut self, rank: Option<u32>, record: Record) {
         if let Some(recorder) = &mut self.recorder {
-            recorder.record(self.now_ns, rank, record);
+            recorder.record(self.clock.now_ns(), rank, record);
         }
     }
 

@@ -128,7 +128,7 @@ impl World {
     /// Which nodes the regroup drops and re-admits, or `None` (a full restart instead) when
     /// too few nodes would be left, or none of them would hold the state to hand over.
     fn regroup_plan(&mut self) -> Option<Regroup> {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let node_count = self.placement.node_count();
         let control = self.control.as_mut().expect("a controller");
         let failed: Vec<usize> = control.failed_nodes.iter().copied().collect();
@@ -175,7 +175,7 @@ impl World {
             due,
             rejoining,
         } = plan;
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let control = self.control.as_mut().expect("a controller");
         let replicas = &mut control.replicas;
         let rejoin_at_ns = now + control.config.replica_rejoin_time_ns;
@@ -235,7 +235,7 @@ impl World {
             return false;
         }
         control.replicas.released = true;
-        self.schedule(self.now_ns, EventKind::Restart);
+        self.schedule(self.clock.now_ns(), EventKind::Restart);
         true
     }
 
@@ -297,7 +297,7 @@ impl World {
         if self.finished > 0 {
             return;
         }
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let control = self.control.as_mut().expect("a controller");
         if !control.replicas.is_dropped(node as usize) {
             return; // a full restart brought it back already

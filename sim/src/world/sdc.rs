@@ -191,7 +191,7 @@ impl World {
     /// At delivery: flips a bit of the message in `slot` if an in-flight corruption is due
     /// for its receiver, keeping the intact payload for a resend.
     pub(super) fn corrupt_in_flight(&mut self, slot: u32) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let Some(sdc) = self.sdc.as_deref_mut().filter(|s| s.has_in_flight) else {
             return;
         };
@@ -237,7 +237,7 @@ impl World {
         let request_at = self.transfer(to, from, 64);
         let bytes = payload.modelled_bytes;
         let arrival = self.transfer_from(from, to, bytes, request_at) + self.checksum_ns(bytes);
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let sdc = self.sdc.as_deref_mut().expect("checked");
         sdc.charge(SdcKind::InFlight, arrival - now);
         if let Some(control) = self.control.as_mut() {
@@ -263,7 +263,7 @@ impl World {
 
     /// The trainer shows its gradient or parameters: flips a bit where a spec says so.
     pub(super) fn sdc_fault_point(&mut self, rank: usize, point: FaultPoint, data: &mut [f32]) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let Some(sdc) = self.sdc.as_deref_mut() else {
             return;
         };
@@ -301,7 +301,7 @@ impl World {
 
     /// After `acc += src` on `rank`: the faulty kernel's wrong sums, on matching inputs.
     pub(super) fn faulty_reduction(&mut self, rank: usize, acc: &mut [f32], src: &[f32]) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let sdc = self
             .sdc
             .as_deref_mut()
@@ -339,7 +339,7 @@ impl World {
             return;
         }
         sdc.quarantined.push(rank);
-        sdc.quarantine_since_ns = Some(self.now_ns);
+        sdc.quarantine_since_ns = Some(self.clock.now_ns());
         for (idx, spec) in sdc.config.specs.iter().enumerate() {
             if spec.gpu == rank && spec.kind == SdcKind::ReductionKernel {
                 sdc.removed[idx] = true;
@@ -358,7 +358,7 @@ impl World {
     /// Follows the trainer's events: steps, and what its checks found.
     // Over 70 lines: one match arm per trainer event the SDC books follow.
     pub(super) fn sdc_observe(&mut self, rank: usize, event: &Event) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let Some(sdc) = self.sdc.as_deref_mut() else {
             return;
         };

@@ -129,7 +129,7 @@ impl World {
     /// The slowdown of `kind` on `rank` now: the product of the factors of every slowdown in
     /// force on it (1 when none).
     fn slowdown(&self, rank: usize, kind: StragglerKind) -> f64 {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let s = &self.stragglers;
         s.config
             .stragglers
@@ -170,7 +170,7 @@ impl World {
 
     /// Telemetry: rank 0's step times, and each rank's compute time for the scores.
     pub(super) fn observe_for_stragglers(&mut self, rank: usize, event: &Event) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         match *event {
             Event::StepBegin { .. } if rank == 0 => {
                 self.stragglers.rank0_step_began_ns = Some(now);
@@ -217,7 +217,7 @@ impl World {
     }
 
     fn flag(&mut self, rank: usize, step: u64, score: f64) {
-        let now = self.now_ns;
+        let now = self.clock.now_ns();
         let began = self
             .stragglers
             .config

@@ -1,0 +1,61 @@
+//! The model clock: the time now, in nanoseconds of model time, and the events still to fire,
+//! in the radix queue (time, then the order they were scheduled in). Model time moves only
+//! here, and only forward, to the next instant that has events.
+
+use super::EventKind;
+use crate::queue::RadixQueue;
+
+/// Events are refused this far out: a time near `u64::MAX` would be a wrapped computation.
+const HORIZON_NS: u64 = 1 << 50;
+
+#[derive(Default)]
+pub(super) struct Clock {
+    now_ns: u64,
+    queue: RadixQueue<EventKind>,
+    /// The events of the instant being fired (kept to reuse its allocation).
+    firing: Vec<EventKind>,
+}
+
+impl Clock {
+    #[inline(always)]
+    pub(super) fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    /// Files `what` to fire at `time_ns`, after the events already filed for that instant.
+    #[inline(always)]
+    pub(super) fn schedule(&mut self, time_ns: u64, what: EventKind) {
+        debug_assert!(time_ns < HORIZON_NS, "an event at {time_ns} ns: {what:?}");
+        debug_assert!(time_ns >= self.now_ns, "an event in the past: {what:?}");
+        self.queue.push(time_ns, what);
+    }
+
+    /// Moves the clock to the next instant with events and hands them over, in the order they
+    /// were filed; `None` when nothing is left. Give the buffer back with
+    /// [`Clock::done_firing`].
+    #[inline(always)]
+    pub(super) fn next_instant(&mut self) -> Option<Vec<EventKind>> {
+        let mut firing = std::mem::take(&mut self.firing);
+        let instant_ns = self.queue.pop_instant(&mut firing)?;
+        debug_assert!(instant_ns >= self.now_ns);
+        self.now_ns = instant_ns;
+        Some(firing)
+    }
+
+    /// Takes back the buffer [`Clock::next_instant`] handed over, emptied, for the next one.
+    #[inline(always)]
+    pub(super) fn done_firing(&mut self, mut firing: Vec<EventKind>) {
+        firing.clear();
+        self.firing = firing;
+    }
+
+    /// The next events the queue will hand over, up to `max`, for prefetching.
+    #[inline(always)]
+    pub(super) fn peek_next(&self, max: usize) -> impl Iterator<Item = &EventKind> {
+        self.queue.peek_next(max)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
