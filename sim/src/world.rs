@@ -40,6 +40,7 @@ mod recording;
 mod replicas;
 mod sdc;
 mod stragglers;
+mod waking;
 
 pub use control::FaultReport;
 pub use faultline_scenario::config::{
@@ -107,12 +108,8 @@ pub struct World {
     seed: u64,
     /// Model time now and the events still to fire.
     clock: clock::Clock,
-    /// Wake ranks through their wakers (madsim), or only mark them in `woken` (FIFO).
-    use_wakers: bool,
-    /// Ranks woken since the last `take_woken`, in the order woken.
-    woken: Vec<u32>,
-    /// One bit per rank, scratch for putting a long `woken` list in rank order.
-    woken_bits: Vec<u64>,
+    /// How a woken rank reaches its executor.
+    waking: waking::Waking,
     /// Messages on the fabric and in mailboxes.
     messages: Slab<Message>,
     /// The links and when each is next free: the only code that gives a transfer link time.
@@ -121,8 +118,6 @@ pub struct World {
     #[cfg(debug_assertions)]
     debug_link_busy_seen_ns: Vec<u64>,
     ranks: Vec<RankState>,
-    /// Per rank, madsim only: the waker of its task.
-    wakers: Vec<Option<Waker>>,
     parked: usize,
     finished: usize,
     digest: Digest,
@@ -226,7 +221,6 @@ impl World {
         let ranks = (0..placement.world_size)
             .map(|_| RankState::new())
             .collect();
-        let wakers = (0..placement.world_size).map(|_| None).collect();
         World {
             placement,
             fabric: fabric::Fabric::new(topology),
@@ -235,12 +229,9 @@ impl World {
             gpu_flops_per_s,
             seed,
             clock: clock::Clock::default(),
-            use_wakers: true,
-            woken: Vec::new(),
-            woken_bits: vec![0; placement.world_size.div_ceil(64)],
+            waking: waking::Waking::new(placement.world_size),
             messages: Slab::default(),
             ranks,
-            wakers,
             parked: 0,
             finished: 0,
             digest: Digest::new(),
@@ -332,34 +323,12 @@ impl World {
     /// Wake ranks only by listing them for [`World::take_woken`], not through wakers: for an
     /// executor that polls from its own queue.
     pub fn list_woken_instead_of_waking(&mut self) {
-        self.use_wakers = false;
-        self.wakers = Vec::new();
+        self.waking.list_instead_of_waking();
     }
 
-    /// Ranks woken since the last call, in rank order (which keeps the executor's walk over
-    /// rank futures and rank state sequential in memory).
-    /// A few woken ranks (a training step's many sparse instants) are sorted; many (a
-    /// collective's dense instants) are put in order through a bitmap, which costs one pass
-    /// over `rank_count / 64` words instead of a sort.
+    /// Ranks woken since the last call, in rank order.
     pub fn take_woken(&mut self, into: &mut Vec<u32>) {
-        into.clear();
-        if self.woken.len() < self.woken_bits.len() {
-            std::mem::swap(into, &mut self.woken);
-            into.sort_unstable();
-            return;
-        }
-        for &rank in &self.woken {
-            self.woken_bits[rank as usize / 64] |= 1 << (rank % 64);
-        }
-        into.reserve(self.woken.len());
-        for (word_idx, word) in self.woken_bits.iter_mut().enumerate() {
-            let mut bits = std::mem::take(word);
-            while bits != 0 {
-                into.push((word_idx * 64) as u32 + bits.trailing_zeros());
-                bits &= bits - 1;
-            }
-        }
-        self.woken.clear();
+        self.waking.take_woken(into);
     }
 
     fn schedule(&mut self, time_ns: u64, what: EventKind) {
@@ -547,23 +516,12 @@ impl World {
         let state = &mut self.ranks[rank];
         state.set_wait(Wait::Nothing);
         self.parked -= 1;
-        if self.use_wakers {
-            if let Some(waker) = &self.wakers[rank] {
-                waker.wake_by_ref();
-            }
-        } else {
-            self.woken.push(rank as u32);
-        }
+        self.waking.notify(rank);
     }
 
     fn park(&mut self, rank: usize, wait: Wait, waker: &Waker) {
         self.file_unclaimed_delivery(rank);
-        if self.use_wakers {
-            match &mut self.wakers[rank] {
-                Some(existing) if existing.will_wake(waker) => {}
-                slot => *slot = Some(waker.clone()),
-            }
-        }
+        self.waking.register(rank, waker);
         let state = &mut self.ranks[rank];
         if state.wait() == wait {
             return; // polled again while still parked: only the waker may have changed
