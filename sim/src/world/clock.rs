@@ -59,3 +59,29 @@ impl Clock {
         self.queue.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::EventKind;
+    use super::Clock;
+
+    #[test]
+    fn instants_come_in_time_order_and_an_instants_events_in_filing_order() {
+        let mut clock = Clock::default();
+        clock.schedule(20, EventKind::Watchdog);
+        clock.schedule(10, EventKind::Restart);
+        clock.schedule(20, EventKind::CorruptBlob);
+        clock.schedule(10, EventKind::RandomCrash);
+        let first = clock.next_instant().unwrap();
+        assert_eq!(clock.now_ns(), 10);
+        assert_eq!(first, [EventKind::Restart, EventKind::RandomCrash]);
+        clock.done_firing(first);
+        let second = clock.next_instant().unwrap();
+        assert_eq!(clock.now_ns(), 20);
+        assert_eq!(second, [EventKind::Watchdog, EventKind::CorruptBlob]);
+        clock.done_firing(second);
+        assert!(clock.is_empty());
+        assert!(clock.next_instant().is_none());
+        assert_eq!(clock.now_ns(), 20, "time stays where the last event was");
+    }
+}

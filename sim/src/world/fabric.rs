@@ -95,3 +95,51 @@ impl Fabric {
         self.busy_until_ns[link as usize] = ns;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Fabric;
+
+    /// Two nodes of 8 on the default H100 fabric: NVLink 450 GB/s, NICs 50 GB/s.
+    fn fabric() -> Fabric {
+        let text = "[cluster]\ngpus = 16\n[job]\nsteps = 1\n";
+        let s = faultline_scenario::load_str("t", "t.toml", text, &[]).unwrap();
+        Fabric::new(crate::topology::Topology::new(&s.cluster, &s.fabric))
+    }
+
+    #[test]
+    fn a_transfer_takes_its_bottleneck_time_plus_the_route_latencies() {
+        let mut f = fabric();
+        let (nvlink, nic) = (
+            f.topology.fabric.nvlink_latency_ns,
+            f.topology.fabric.nic_latency_ns,
+        );
+        // Inside a node: NVLink up and down, 450 MB in 1 ms.
+        let route = f.route(0, 1);
+        assert_eq!(
+            f.reserve(route, 450_000_000, 0, None),
+            1_000_000 + 2 * nvlink
+        );
+        // Across nodes on one rail: NIC up and down through the leaf, 50 MB in 1 ms.
+        let route = f.route(2, 10);
+        assert_eq!(f.reserve(route, 50_000_000, 0, None), 1_000_000 + 2 * nic);
+    }
+
+    #[test]
+    fn transfers_sharing_a_link_queue_and_a_slowdown_divides_the_bandwidth() {
+        let mut f = fabric();
+        let nic = f.topology.fabric.nic_latency_ns;
+        let first = f.reserve(f.route(2, 10), 50_000_000, 0, None);
+        // The same route again: it starts when the first one is done serialising.
+        let second = f.reserve(f.route(2, 10), 50_000_000, 0, None);
+        assert_eq!(second - first, 1_000_000);
+        // Another sender's route shares none of those links: no wait.
+        assert_eq!(f.reserve(f.route(3, 11), 50_000_000, 0, None), first);
+        // Every link at half speed: twice the time.
+        let halved = [2.0; super::MAX_ROUTE_LINKS];
+        let slow = f.reserve(f.route(4, 12), 50_000_000, 0, Some(&halved));
+        assert_eq!(slow, 2_000_000 + 2 * nic);
+        // Busy-until times only grow.
+        assert!(f.busy_until_ns().iter().all(|&t| t <= 3_000_000));
+    }
+}

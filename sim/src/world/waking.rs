@@ -79,3 +79,32 @@ impl Waking {
         self.woken.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Waking;
+
+    /// Both ways of ordering the woken list, a sort for a few and a bitmap for many, give the
+    /// ranks in rank order, each once per wake-up.
+    #[test]
+    fn woken_ranks_come_back_in_rank_order() {
+        let mut waking = Waking::new(1000);
+        waking.list_instead_of_waking();
+        let mut out = Vec::new();
+        for rank in [7, 3, 999] {
+            waking.notify(rank);
+        }
+        waking.take_woken(&mut out);
+        assert_eq!(out, [3, 7, 999]);
+        let many: Vec<usize> = (0..1000).rev().step_by(3).collect();
+        for &rank in &many {
+            waking.notify(rank);
+        }
+        waking.take_woken(&mut out);
+        let mut expected: Vec<u32> = many.iter().map(|&r| r as u32).collect();
+        expected.sort_unstable();
+        assert_eq!(out, expected);
+        waking.take_woken(&mut out);
+        assert!(out.is_empty());
+    }
+}
