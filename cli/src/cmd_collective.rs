@@ -10,7 +10,7 @@ use faultline_sim::run::{self, CollectiveReport, CollectiveSpec};
 use faultline_sim::scenario::{self, MAX_GPUS};
 use faultline_sim::topology::Topology;
 
-use crate::{load, AlgoArg, ExecutorArg, Failure, InterNodeAlgoArg, OpArg, SetArgs};
+use crate::{check_outputs, load, AlgoArg, ExecutorArg, Failure, InterNodeAlgoArg, OpArg, SetArgs};
 use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
 
 #[derive(clap::Args)]
@@ -61,6 +61,7 @@ pub(crate) struct TopoArgs {
 
 pub(crate) fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
     check_sizes(&args)?;
+    check_outputs(&[("--dump", args.dump.as_deref())])?;
     let estimate = limits::estimate_run_bytes(args.gpus, args.elems);
     limits::check("this collective", estimate, limits::available_bytes())
         .map_err(Failure::bad_input)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use faultline_sim::atomic::write_atomically;
 use faultline_sim::plan;
 
-use crate::{plot, Failure, SetArgs, EXIT_BUG};
+use crate::{check_outputs, plot, Failure, SetArgs, EXIT_BUG};
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {
@@ -90,6 +90,10 @@ pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
 }
 
 pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
+    check_outputs(&[
+        ("--out", args.out.as_deref()),
+        ("--plot", args.plot.as_deref()),
+    ])?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     if shard.is_some() && args.out.is_none() {
         return Err(Failure::bad_input("--shard needs --out FILE for the shard"));
@@ -225,6 +229,10 @@ fn emit_plan_report(
 }
 
 pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
+    check_outputs(&[
+        ("--out", args.out.as_deref()),
+        ("--plot", args.plot.as_deref()),
+    ])?;
     let mut shards = Vec::new();
     for path in &args.files {
         let text = std::fs::read_to_string(path)
@@ -246,6 +254,7 @@ pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
 }
 
 pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
+    check_outputs(&[("--out", Some(&args.out))])?;
     let origin = args.scenario.display().to_string();
     let text = std::fs::read_to_string(&args.scenario)
         .map_err(|e| Failure::bad_input(format!("{origin}: cannot read the scenario file: {e}")))?;

@@ -8,7 +8,7 @@ use faultline_sim::scenario::Scenario;
 use faultline_sim::swarm::invariants::Violation;
 use faultline_sim::{limits, replay, trace};
 
-use crate::{load, locate, swarm_cli, Failure, SetArgs, TraceLevelArg};
+use crate::{check_outputs, load, locate, swarm_cli, Failure, SetArgs, TraceLevelArg};
 use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
 
 #[derive(clap::Args)]
@@ -52,6 +52,10 @@ pub(crate) struct ReplayArgs {
 }
 
 pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
+    check_outputs(&[
+        ("--trace", args.trace.as_deref()),
+        ("--perfetto", args.perfetto.as_deref()),
+    ])?;
     let scenario = scenario_of(&args)?;
     let estimate = limits::estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
     limits::check("this run", estimate, limits::available_bytes()).map_err(Failure::bad_input)?;

@@ -301,6 +301,39 @@ fn locate(path: &Path) -> PathBuf {
     }
 }
 
+/// Refuses, before any work, an output that cannot be written (not a regular file, a
+/// symbolic link, a missing directory: see `atomic::check_target`) or that two flags of one
+/// command name, which would leave one output overwritten by the other.
+pub(crate) fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<(), Failure> {
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    for &(flag, path) in outputs {
+        let Some(path) = path else {
+            continue;
+        };
+        faultline_sim::atomic::check_target(path)
+            .map_err(|e| Failure::bad_input(format!("{flag} {e}")))?;
+        let identity = file_identity(path);
+        if let Some((other, _)) = seen.iter().find(|(_, seen)| *seen == identity) {
+            return Err(Failure::bad_input(format!(
+                "{other} and {flag} name the same file, {}: each output needs its own",
+                path.display()
+            )));
+        }
+        seen.push((flag, identity));
+    }
+    Ok(())
+}
+
+/// The file `path` names, however it is spelt: its directory resolved, then its name.
+fn file_identity(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    parent.join(path.file_name().unwrap_or_default())
+}
+
 fn load(path: &Path, sets: &[String]) -> Result<Scenario, Failure> {
     scenario::load(&locate(path), sets).map_err(|e| Failure::bad_input(e.to_string()))
 }

@@ -271,6 +271,7 @@ pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}-seed-{}-shrunk.toml", base.name, args.seed)));
+    crate::check_outputs(&[("--out", Some(&out))])?;
     let shrunk = shrink(&base, args.seed, invariant, args.max_runs).map_err(failure)?;
     write_atomically(&out, shrunk.scenario_text.as_bytes())
         .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;

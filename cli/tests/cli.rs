@@ -257,3 +257,49 @@ fn the_pager_changes_no_result() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("FAULTLINE_PAGER"));
 }
+
+/// Outputs are checked before any work: one file named by two flags, a directory, or a
+/// missing directory is refused with exit 2, and nothing is written anywhere.
+#[test]
+fn outputs_that_would_clobber_or_cannot_be_written_are_refused_before_the_run() {
+    let dir = std::env::temp_dir().join(format!("faultline-outputs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let same = dir.join("out.json").display().to_string();
+    let spelt_otherwise = dir.join(".").join("out.json").display().to_string();
+    let directory = dir.display().to_string();
+    let missing = dir.join("missing").join("t.jsonl").display().to_string();
+    let small = ["--set", "cluster.gpus=16", "--set", "job.steps=2"];
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--trace", &same, "--perfetto", &spelt_otherwise],
+            "name the same file",
+        ),
+        (&["--trace", &directory], "is a directory"),
+        (&["--perfetto", &missing], "directory does not exist"),
+        (&["--trace", "/dev/null"], "not a regular file"),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["run", "scenarios/quickstart.toml"];
+        args.extend(small);
+        args.extend(flags);
+        let output = faultline(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{flags:?}: the run did not start");
+    }
+    let plan = faultline(&[
+        "plan",
+        "scenarios/plan-daly-closed-form.toml",
+        "--out",
+        &same,
+        "--plot",
+        &same,
+    ]);
+    assert_eq!(plan.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&plan.stderr).contains("name the same file"));
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "nothing written: {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

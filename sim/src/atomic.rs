@@ -1,11 +1,24 @@
-//! Files that are never half-written: everything faultline writes (reports, traces,
-//! timelines, plots, scenarios) goes to a temporary name beside its final path, is synced and
-//! then renamed into place, so a reader (or a process killed midway) sees the old file or the
-//! new one, never a mix. `cli/tests/kill_writers.rs` kills writers to check it.
+//! Files that are never half-written and never write through something else: everything
+//! faultline writes (reports, traces, timelines, plots, scenarios) goes to a temporary file of
+//! its own beside the final path, created exclusively (never an existing file, never through a
+//! symbolic link), is synced and then renamed into place. A reader, or a process killed midway,
+//! sees the old file or the new one, never a mix; two writers of one path each finish whole;
+//! a writer that fails or is dropped removes its temporary file. `cli/tests/kill_writers.rs`
+//! kills writers to check it.
+//!
+//! A target that is not a regular file (a directory, a device, a FIFO, a socket) or that is a
+//! symbolic link is refused before anything is written: renaming over it would replace it.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Temporary names tried before giving up (each taken name means another writer is active).
+const TEMPORARY_NAME_TRIES: u32 = 64;
+
+/// Distinguishes this process's temporary files from each other.
+static NEXT_TEMPORARY: AtomicU64 = AtomicU64::new(0);
 
 /// A file written under a temporary name in its directory and renamed into place at the end.
 pub struct AtomicFile {
@@ -13,34 +26,99 @@ pub struct AtomicFile {
     tmp: PathBuf,
     /// Where the content goes.
     pub out: BufWriter<File>,
+    committed: bool,
+}
+
+fn refused(path: &Path, why: &str) -> std::io::Error {
+    let message = format!("{}: {why}", path.display());
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
+}
+
+/// Whether `path` can be written: its directory exists, and it is absent or a regular file
+/// (not a symbolic link, a directory, a device, a FIFO or a socket). Commands call this for
+/// every output before they start work, so a bad output costs nothing.
+pub fn check_target(path: &Path) -> std::io::Result<()> {
+    if path.file_name().is_none() {
+        return Err(refused(path, "not a file name"));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(refused(
+            path,
+            "is a symbolic link (faultline writes only regular files: name the file it points to)",
+        )),
+        Ok(meta) if meta.is_dir() => Err(refused(
+            path,
+            "is a directory; faultline writes only regular files",
+        )),
+        Ok(meta) if !meta.is_file() => Err(refused(
+            path,
+            "is not a regular file; faultline writes only regular files",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if parent.is_dir() {
+                Ok(())
+            } else {
+                Err(refused(path, "its directory does not exist"))
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl AtomicFile {
-    /// Creates `.NAME.tmp` beside `path`.
+    /// Checks `path` ([`check_target`]) and creates a new temporary file beside it,
+    /// `.NAME.PID.N.tmp`, exclusively: an existing file or link of that name is never opened.
     pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
-        })?;
-        let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-        let file = File::create(&tmp)?;
-        Ok(AtomicFile {
-            path: path.to_path_buf(),
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-        })
+        check_target(path)?;
+        let name = path.file_name().expect("checked").to_string_lossy();
+        let pid = std::process::id();
+        for _ in 0..TEMPORARY_NAME_TRIES {
+            let n = NEXT_TEMPORARY.fetch_add(1, Ordering::Relaxed);
+            let tmp = path.with_file_name(format!(".{name}.{pid}.{n}.tmp"));
+            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(file) => {
+                    return Ok(AtomicFile {
+                        path: path.to_path_buf(),
+                        tmp,
+                        out: BufWriter::with_capacity(1 << 20, file),
+                        committed: false,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(refused(path, "every temporary name beside it is taken"))
     }
 
-    /// Flushes and syncs the content, then renames it into place.
-    pub fn commit(self) -> std::io::Result<()> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)
+    /// Flushes and syncs the content, then renames it into place (checking the target again:
+    /// it may have changed while the content was written).
+    pub fn commit(mut self) -> std::io::Result<()> {
+        check_target(&self.path)?;
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(())
     }
 
     /// Drops the content and removes the temporary file; the old file, if any, stays.
     pub fn discard(self) {
-        drop(self.out);
-        let _ = std::fs::remove_file(&self.tmp);
+        drop(self);
+    }
+}
+
+/// A file never committed leaves nothing behind: not on an error, not on an early return.
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -49,4 +127,95 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = AtomicFile::create(path)?;
     file.out.write_all(bytes)?;
     file.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("faultline-atomic-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = (std::fs::read_dir(dir).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A link planted where the temporary file once always went (`.NAME.tmp`) must not make
+    /// faultline write through it into another file.
+    #[test]
+    fn a_planted_link_never_redirects_a_write() {
+        let dir = scratch("planted");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".out.tmp")).unwrap();
+        write_atomically(&dir.join("out"), b"report").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(dir.join("out")).unwrap(), "report");
+        // A link as the target itself is refused, and what it points to is untouched.
+        std::os::unix::fs::symlink(&victim, dir.join("link")).unwrap();
+        let e = write_atomically(&dir.join("link"), b"x").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn targets_that_are_not_regular_files_are_refused_before_anything_is_written() {
+        let dir = scratch("targets");
+        let socket = dir.join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        for (target, says) in [
+            (dir.clone(), "is a directory"),
+            (socket.clone(), "not a regular file"),
+            (dir.join("missing/out"), "directory does not exist"),
+        ] {
+            let e = AtomicFile::create(&target).err().expect("refused");
+            assert!(e.to_string().contains(says), "{}: {e}", target.display());
+        }
+        assert!(std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_socket_like());
+        assert_eq!(names(&dir), ["socket"], "nothing was written");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn two_writers_of_one_path_each_finish_whole_and_a_dropped_one_leaves_nothing() {
+        let dir = scratch("writers");
+        let path = dir.join("trace");
+        let mut a = AtomicFile::create(&path).unwrap();
+        let mut b = AtomicFile::create(&path).unwrap();
+        a.out.write_all(&[b'a'; 100_000]).unwrap();
+        b.out.write_all(&[b'b'; 50_000]).unwrap();
+        a.commit().unwrap();
+        b.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![b'b'; 50_000]);
+        let mut dropped = AtomicFile::create(&path).unwrap();
+        dropped.out.write_all(b"half").unwrap();
+        drop(dropped);
+        assert_eq!(names(&dir), ["trace"], "no temporary file is left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `FileType::is_socket` is Unix-only; this keeps the test's intent readable.
+    trait SocketLike {
+        fn is_socket_like(&self) -> bool;
+    }
+
+    impl SocketLike for std::fs::FileType {
+        fn is_socket_like(&self) -> bool {
+            use std::os::unix::fs::FileTypeExt;
+            self.is_socket()
+        }
+    }
 }
