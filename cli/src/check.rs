@@ -41,7 +41,9 @@ impl Drop for ScratchDir {
 
 pub fn cmd_check(args: CheckArgs) -> Result<u8, Failure> {
     // Bad input fails here, once, rather than twice in the children.
-    load(&args.scenario, &args.set.sets)?;
+    let scenario = load(&args.scenario, &args.set.sets)?;
+    // Two child processes run it at once.
+    crate::guard_memory("this check", &scenario, 2)?;
     let scratch =
         ScratchDir(std::env::temp_dir().join(format!("faultline-check-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)

@@ -151,6 +151,9 @@ fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
 }
 
 pub(crate) fn cmd_bench_case(args: BenchCaseArgs) -> Result<u8, Failure> {
+    let estimate = faultline_sim::limits::estimate_run_bytes(args.gpus, bench::COLLECTIVE_ELEMS);
+    let available = faultline_sim::limits::available_bytes().map_err(Failure::bad_input)?;
+    faultline_sim::limits::check("this case", estimate, available).map_err(Failure::bad_input)?;
     let checksums = args.payload_checksums == OnOff::On;
     let result = bench::run_case(&args.case, args.gpus, args.executor.0, checksums)
         .map_err(Failure::finding)?;

@@ -63,8 +63,8 @@ pub(crate) fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
     check_sizes(&args)?;
     check_outputs(&[("--dump", args.dump.as_deref())])?;
     let estimate = limits::estimate_run_bytes(args.gpus, args.elems);
-    limits::check("this collective", estimate, limits::available_bytes())
-        .map_err(Failure::bad_input)?;
+    let available = limits::available_bytes().map_err(Failure::bad_input)?;
+    limits::check("this collective", estimate, available).map_err(Failure::bad_input)?;
     let report =
         run::run_collective(&spec_of(&args)?).map_err(|e| Failure::finding(e.to_string()))?;
     if let Some(path) = &args.dump {

@@ -281,6 +281,8 @@ pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
         args.all_policies,
     )
     .map_err(|e| Failure::bad_input(e.to_string()))?;
+    // The steady run and every crash run go at once, on threads of their own.
+    crate::guard_memory("this calibration", &runs.steady, 1 + runs.crash.len())?;
     #[allow(clippy::disallowed_methods)] // wall time for people, never in the cost file
     let started = std::time::Instant::now();
     let costs = plan::calibrate::calibrate(&runs).map_err(Failure::finding)?;

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use faultline_sim::run::{self, RunReport};
 use faultline_sim::scenario::Scenario;
 use faultline_sim::swarm::invariants::Violation;
-use faultline_sim::{limits, replay, trace};
+use faultline_sim::{replay, trace};
 
-use crate::{check_outputs, load, locate, swarm_cli, Failure, SetArgs, TraceLevelArg};
+use crate::{
+    check_outputs, guard_memory, load, locate, swarm_cli, Failure, SetArgs, TraceLevelArg,
+};
 use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
 
 #[derive(clap::Args)]
@@ -57,8 +59,8 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         ("--perfetto", args.perfetto.as_deref()),
     ])?;
     let scenario = scenario_of(&args)?;
-    let estimate = limits::estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
-    limits::check("this run", estimate, limits::available_bytes()).map_err(Failure::bad_input)?;
+    // A --check run also runs the scenario again and once without faults, one at a time.
+    guard_memory("this run", &scenario, 1)?;
     let recorder = recorder_for(&args, &scenario)?;
     let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.set.sets);
     if args.no_faults {

@@ -334,6 +334,12 @@ fn file_identity(path: &Path) -> PathBuf {
     parent.join(path.file_name().unwrap_or_default())
 }
 
+/// Refuses (exit 2) work that runs `at_once` simulations of `scenario` together and cannot
+/// fit in memory, or a memory limit that does not parse.
+pub(crate) fn guard_memory(what: &str, scenario: &Scenario, at_once: usize) -> Result<(), Failure> {
+    faultline_sim::limits::guard(what, scenario, at_once).map_err(Failure::bad_input)
+}
+
 fn load(path: &Path, sets: &[String]) -> Result<Scenario, Failure> {
     scenario::load(&locate(path), sets).map_err(|e| Failure::bad_input(e.to_string()))
 }

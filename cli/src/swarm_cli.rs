@@ -113,6 +113,10 @@ pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
         Some(jobs) => jobs,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    // Before the base's fault-free run: `jobs` seeds run at once, one simulation each.
+    let scenario = crate::load(&args.scenario, &[])?;
+    let at_once = jobs.min((seeds.end - seeds.start).max(1) as usize);
+    crate::guard_memory("this swarm", &scenario, at_once)?;
     let base = Base::load(&args.scenario).map_err(failure)?;
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(seeds.end - seeds.start),
@@ -266,6 +270,7 @@ pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
         return Err(Failure::bad_input("--max-runs: expected 1 or more, got 0"));
     }
     let invariant = args.invariant.map(|i| i.0);
+    crate::guard_memory("this shrink", &crate::load(&args.scenario, &[])?, 1)?;
     let base = Base::load(&args.scenario).map_err(failure)?;
     let out = args
         .out

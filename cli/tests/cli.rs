@@ -303,3 +303,64 @@ fn outputs_that_would_clobber_or_cannot_be_written_are_refused_before_the_run() 
     assert!(left.is_empty(), "nothing written: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every command that starts a simulation checks memory first, and a limit that does not
+/// parse is refused rather than switching the check off.
+#[test]
+fn the_memory_guard_covers_every_command_that_simulates() {
+    let dir = std::env::temp_dir().join(format!("faultline-guard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("t.jsonl").display().to_string();
+    let small = ["--set", "cluster.gpus=16", "--set", "job.steps=2"];
+    let mut run = vec!["run", "scenarios/quickstart.toml", "--trace", &trace];
+    run.extend(small);
+    assert_eq!(faultline(&run).status.code(), Some(0));
+    let out = dir.join("costs.json").display().to_string();
+    let shrunk = dir.join("shrunk.toml").display().to_string();
+    let commands: [&[&str]; 6] = [
+        &["run", "scenarios/quickstart.toml"],
+        &[
+            "swarm",
+            "scenarios/swarm-checkpoint-restart.toml",
+            "--seeds",
+            "1..3",
+        ],
+        &[
+            "shrink",
+            "scenarios/swarm-checkpoint-restart.toml",
+            "--seed",
+            "1",
+            "--out",
+            &shrunk,
+        ],
+        &["check", "scenarios/quickstart.toml"],
+        &[
+            "calibrate",
+            "scenarios/plan-llama3-16k-54d.toml",
+            "--out",
+            &out,
+        ],
+        &["replay", &trace],
+    ];
+    for command in commands {
+        for (limit, says) in [
+            ("1MiB", "needs about"),
+            ("banana", "FAULTLINE_MEMORY_LIMIT=banana"),
+        ] {
+            let output = faultline_with_env(command, &[("FAULTLINE_MEMORY_LIMIT", limit)]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{command:?} {limit}: {stderr}"
+            );
+            assert!(stderr.contains(says), "{command:?} {limit}: {stderr}");
+        }
+    }
+    let left: Vec<String> = (std::fs::read_dir(&dir).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["t.jsonl"], "nothing else was written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,16 +18,46 @@ pub fn estimate_run_bytes(gpus: usize, proxy_elems: usize) -> u64 {
     gpus as u64 * per_rank + 64 * 1024 * 1024
 }
 
-/// Memory this process may use: the `FAULTLINE_MEMORY_LIMIT` environment variable (a size such
-/// as "16GiB") when set, else `MemAvailable` from /proc/meminfo, where there is one.
-pub fn available_bytes() -> Option<u64> {
-    if let Some(limit) = std::env::var_os("FAULTLINE_MEMORY_LIMIT") {
-        return crate::units::parse_bytes(&limit.to_string_lossy()).ok();
+/// The environment variable that caps the memory faultline plans for.
+pub const MEMORY_LIMIT_ENV: &str = "FAULTLINE_MEMORY_LIMIT";
+
+/// Memory this process may use: [`MEMORY_LIMIT_ENV`] (a size such as "16GiB") when set, else
+/// `MemAvailable` from /proc/meminfo where there is one, else no limit known. A limit that is
+/// set but does not parse, or is zero, is an error, never a check switched off.
+pub fn available_bytes() -> Result<Option<u64>, String> {
+    if let Some(limit) = std::env::var_os(MEMORY_LIMIT_ENV) {
+        let text = limit.to_string_lossy();
+        return match crate::units::parse_bytes(&text) {
+            Ok(bytes) if bytes > 0 => Ok(Some(bytes)),
+            Ok(_) => Err(format!(
+                "{MEMORY_LIMIT_ENV}={text}: expected a size above zero"
+            )),
+            Err(e) => Err(format!("{MEMORY_LIMIT_ENV}={text}: expected {e}")),
+        };
     }
+    Ok(meminfo_available())
+}
+
+fn meminfo_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Refuses, before it starts, work that runs `at_once` simulations of `scenario` at the same
+/// time (threads of a swarm or a calibration, processes of a check) and cannot fit in memory.
+pub fn guard(
+    what: &str,
+    scenario: &faultline_scenario::Scenario,
+    at_once: usize,
+) -> Result<(), String> {
+    let one = estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
+    check(
+        what,
+        one.saturating_mul(at_once.max(1) as u64),
+        available_bytes()?,
+    )
 }
 
 /// Refuses a run whose estimate exceeds what is available, saying both.
@@ -57,5 +87,26 @@ mod tests {
         );
         assert!(check("this run", estimate_run_bytes(100_000, 256), Some(24 << 30)).is_ok());
         assert!(check("this run", estimate, None).is_ok());
+    }
+
+    /// One test for every value of the variable: tests run on threads, and the environment
+    /// is the process's.
+    #[test]
+    fn a_memory_limit_that_does_not_parse_is_an_error_not_a_check_switched_off() {
+        for (value, expected) in [
+            ("16GiB", Ok(Some(16 << 30))),
+            ("banana", Err("expected")),
+            ("0B", Err("above zero")),
+            ("0", Err("expected")),
+            ("-5GiB", Err("expected")),
+        ] {
+            std::env::set_var(MEMORY_LIMIT_ENV, value);
+            match (available_bytes(), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{value}"),
+                (Err(e), Err(says)) => assert!(e.contains(says) && e.contains(value), "{e}"),
+                (got, want) => panic!("{value}: {got:?}, expected {want:?}"),
+            }
+        }
+        std::env::remove_var(MEMORY_LIMIT_ENV);
     }
 }

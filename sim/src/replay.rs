@@ -112,6 +112,7 @@ pub fn replay(path: &Path) -> Result<Result<ReplayOutcome, SimError>, TraceFileE
         .header
         .scenario(&origin)
         .map_err(|e| TraceFileError(e.to_string()))?;
+    crate::limits::guard("this replay", &scenario, 1).map_err(TraceFileError)?;
     if TraceLevel::from_name(&trace.header.level).is_none() {
         return Err(TraceFileError(format!(
             "{}:1: level: expected one of {:?}, got {:?}",
