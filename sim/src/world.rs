@@ -657,9 +657,19 @@ impl World {
         self.messages.insert(message)
     }
 
+    /// The payload from `from` with `tag`, if it has arrived, taken by `rank`.
+    #[inline(always)]
+    fn take_delivered(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
+        let payload = self.take_payload(rank, from, tag)?;
+        if self.sdc.as_ref().is_some_and(|sdc| sdc.unconsumed > 0) {
+            self.sdc_consumed(rank, from, tag);
+        }
+        Some(payload)
+    }
+
     /// The payload from `from` with `tag`, if it has arrived: handed straight to the rank's
     /// slot if it was waiting for it, else filed in its mailbox.
-    fn take_delivered(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
+    fn take_payload(&mut self, rank: usize, from: u32, tag: Tag) -> Option<Payload> {
         let state = &mut self.ranks[rank];
         if state.wait() == (Wait::Delivered { from, tag }) {
             state.set_wait(Wait::Nothing);

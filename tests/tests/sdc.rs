@@ -36,9 +36,10 @@ fn check(extra: &str, sets: &[&str]) -> (RunReport, RunReport) {
     let report = run_scenario(&scenario).unwrap();
     let clean = run_scenario(&scenario.without_faults()).unwrap();
     assert_eq!(clean.faults.injected.len(), 0);
-    // No silent escape: every corruption the books hold is detected or listed as escaped.
+    // No silent escape: every corruption the books hold is detected, listed as escaped, or
+    // discarded with a payload no rank took.
     for (kind, k) in &report.faults.sdc {
-        assert_eq!(k.injected, k.detected + k.escaped, "{kind}");
+        assert_eq!(k.injected, k.detected + k.escaped + k.discarded, "{kind}");
         let listed = report
             .faults
             .escaped
@@ -286,4 +287,47 @@ fn sdc_runs_are_deterministic() {
     assert_eq!(a.trace_digest, b.trace_digest);
     assert_eq!(a.param_digest, b.param_digest);
     assert_eq!(a.faults.escaped, b.faults.escaped);
+}
+
+/// Flips on payloads that a restart dropped before any rank took them never reached the
+/// computation: they are counted as discarded, neither detected nor escaped, and a run whose
+/// only undetected flips are such ends with the fault-free parameters and nothing escaped.
+/// (Counted as escaped before, such a run exited 1 with the fault-free parameters.)
+#[test]
+fn flips_on_payloads_a_restart_dropped_are_discarded_not_escaped() {
+    let text = "
+[cluster]
+gpus = 64
+gpus_per_node = 8
+nodes_per_leaf = 8
+[job]
+steps = 8
+collective = \"hierarchical\"
+proxy_elems = 128
+[checkpoint]
+interval = 2
+[recovery]
+heartbeat_interval = \"10s\"
+[[faults.sdc]]
+kind = \"in-flight\"
+gpu = 9
+at_step = 3
+count = 200
+[[faults.crash]]
+node = 7
+at_step = 3
+";
+    let scenario = load_str("discarded", "<test>", text, &[]).unwrap();
+    let report = run_scenario(&scenario).unwrap();
+    let clean = run_scenario(&scenario.clone().without_faults()).unwrap();
+    let k = &report.faults.sdc["sdc_in_flight"];
+    assert_eq!(k.injected, 200);
+    assert!(k.discarded > 0 && k.detected > 0, "{k:?}");
+    assert_eq!(k.escaped, 0, "{k:?}");
+    assert_eq!(k.injected, k.detected + k.discarded);
+    assert!(report.faults.escaped.is_empty());
+    // A detection belongs to its own attempt: none is credited to a flip of an earlier one.
+    assert!(k.detection_latency_ns_max < 1_000_000_000, "{k:?}");
+    assert_eq!(report.param_digest, clean.param_digest);
+    assert!(report.replicas_agree);
 }

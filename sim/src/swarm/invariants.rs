@@ -52,7 +52,8 @@ impl Invariant {
                 "both runs give the same trace digest, parameters and model time"
             }
             Invariant::NoSilentEscape => {
-                "every injected SDC is detected or counted and listed as escaped"
+                "every injected SDC is detected, counted and listed as escaped, or discarded \
+                 with a payload no rank took"
             }
             Invariant::Liveness => {
                 "the job finishes every step, at most twice the fault-free run's model time \
@@ -236,12 +237,12 @@ fn check_escapes_counted(report: &RunReport) -> Vec<Violation> {
     let mut counted_escapes = 0;
     for (kind, k) in &report.faults.sdc {
         counted_escapes += k.escaped;
-        if k.injected != k.detected + k.escaped {
+        if k.injected != k.detected + k.escaped + k.discarded {
             out.push(violation(
                 Invariant::NoSilentEscape,
                 format!(
-                    "{kind}: {} injected but {} detected and {} escaped",
-                    k.injected, k.detected, k.escaped
+                    "{kind}: {} injected but {} detected, {} escaped and {} discarded",
+                    k.injected, k.detected, k.escaped, k.discarded
                 ),
             ));
         }

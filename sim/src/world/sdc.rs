@@ -39,6 +39,10 @@ pub struct SdcKindReport {
     pub injected: u64,
     pub detected: u64,
     pub escaped: u64,
+    /// Corruptions of payloads no rank ever took (their receiver's job was stopped and the
+    /// message dropped): nothing consumed them, so they are neither detected nor escaped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub discarded: u64,
     /// Model time from the corruption to its detection: mean and worst.
     pub detection_latency_ns_mean: u64,
     pub detection_latency_ns_max: u64,
@@ -60,6 +64,13 @@ struct Occurrence {
     detected: Option<(Check, u64)>,
     /// In flight: the message it hit.
     message: Option<(u32, u32, Tag)>,
+    /// Whether the corrupted data reached a rank's computation: an in-flight corruption only
+    /// once its receiver takes the payload; the others at once.
+    consumed: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub(super) struct Sdc {
@@ -85,6 +96,8 @@ pub(super) struct Sdc {
     quarantine_since_ns: Option<u64>,
     has_in_flight: bool,
     has_kernel: bool,
+    /// In-flight corruptions whose payload no rank has taken yet.
+    pub(super) unconsumed: usize,
 }
 
 fn flip(value: f32, bit: u32) -> f32 {
@@ -122,6 +135,7 @@ impl Sdc {
             quarantined: Vec::new(),
             verdicts: BTreeMap::new(),
             quarantine_since_ns: None,
+            unconsumed: 0,
         }
     }
 
@@ -142,7 +156,9 @@ impl Sdc {
                 at_ns,
                 detected: None,
                 message,
+                consumed: message.is_none(),
             });
+            self.unconsumed += usize::from(message.is_some());
         }
     }
 
@@ -220,6 +236,22 @@ impl World {
         message.payload.data[elem] = flip(message.payload.data[elem], bit);
         sdc.record(SdcKind::InFlight, to, now, Some(key));
         self.digest.u64(DigestTag::SdcInFlight.word(to as u64));
+    }
+
+    /// Rank `to` took the payload `from` sent it with `tag`: a corruption of it, if any,
+    /// reached the computation (and can now be detected or escape).
+    pub(super) fn sdc_consumed(&mut self, to: usize, from: u32, tag: Tag) {
+        let Some(sdc) = self.sdc.as_deref_mut() else {
+            return;
+        };
+        // The same tags recur after a restart or a roll-back: only this attempt's corruption.
+        let (key, epoch) = (Some((from, to as u32, tag)), sdc.epoch_of[to]);
+        for o in &mut sdc.occurrences {
+            if !o.consumed && o.message == key && o.epoch == epoch {
+                o.consumed = true;
+                sdc.unconsumed -= 1;
+            }
+        }
     }
 
     /// Puts the intact copy of the payload `from` sent `to` with `tag` on the fabric again,
@@ -373,8 +405,10 @@ impl World {
                 }
             }
             Event::ChecksumMismatch { peer, tag } => {
-                let key = (peer as u32, rank as u32, tag);
-                sdc.detect(Check::PayloadChecksum, now, |o| o.message == Some(key));
+                // This attempt's corruption of that message: tags recur after a restart.
+                let (key, epoch) = ((peer as u32, rank as u32, tag), sdc.epoch_of[rank]);
+                let hits = |o: &Occurrence| o.message == Some(key) && o.epoch == epoch;
+                sdc.detect(Check::PayloadChecksum, now, hits);
             }
             Event::SdcSuspect { step, check } if rank == 0 => {
                 let epoch = sdc.epoch_of[0];
@@ -475,6 +509,7 @@ impl World {
             let entry = by_kind.entry(name.clone()).or_default();
             entry.injected += 1;
             match o.detected {
+                None if !o.consumed => entry.discarded += 1,
                 Some((check, at)) => {
                     *report.detected.entry(Detector::from(check)).or_default() += 1;
                     entry.detected += 1;
