@@ -65,8 +65,7 @@ pub(crate) fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
     let estimate = limits::estimate_run_bytes(args.gpus, args.elems);
     let available = limits::available_bytes().map_err(Failure::bad_input)?;
     limits::check("this collective", estimate, available).map_err(Failure::bad_input)?;
-    let report =
-        run::run_collective(&spec_of(&args)?).map_err(|e| Failure::finding(e.to_string()))?;
+    let report = run::run_collective(&spec_of(&args)?).map_err(Failure::of_sim)?;
     if let Some(path) = &args.dump {
         let text: String = (report.rank0_result.iter())
             .map(|v| format!("{v}\n"))

@@ -115,12 +115,11 @@ fn run_traced(
         recorder,
         perturb_compute: args.perturb_compute,
     };
-    let (report, recorder) = run::run_scenario_with(scenario, hooks).map_err(|e| {
-        Failure::finding(if args.check {
-            format!("invariant broken: liveness: the run did not finish: {e}")
-        } else {
-            e.to_string()
-        })
+    let (report, recorder) = run::run_scenario_with(scenario, hooks).map_err(|e| match e {
+        run::SimError::Deadlock(_) if args.check => Failure::finding(format!(
+            "invariant broken: liveness: the run did not finish: {e}"
+        )),
+        e => Failure::of_sim(e),
     })?;
     if let Some(recorder) = recorder {
         recorder

@@ -229,6 +229,17 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// A simulation that could not finish: a finding (a deadlock), or bad input (a scenario
+    /// whose run would pass the longest model time faultline represents).
+    pub(crate) fn of_sim(error: faultline_sim::run::SimError) -> Failure {
+        match error {
+            faultline_sim::run::SimError::PastHorizon { .. } => {
+                Failure::bad_input(error.to_string())
+            }
+            other => Failure::finding(other.to_string()),
+        }
+    }
 }
 
 fn main() -> ExitCode {

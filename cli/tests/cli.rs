@@ -364,3 +364,28 @@ fn the_memory_guard_covers_every_command_that_simulates() {
     assert_eq!(left, ["t.jsonl"], "nothing else was written");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Sizes and rates each inside their range can still make a run longer than faultline's
+/// clock represents (about 13 days): the run stops there with exit 2 and says why, instead
+/// of wrapping model time (which made a slower fabric finish sooner) or panicking.
+#[test]
+fn a_run_past_the_model_time_horizon_is_refused_not_wrapped() {
+    let output = faultline(&[
+        "run",
+        "scenarios/quickstart.toml",
+        "--set",
+        "cluster.gpus=16",
+        "--set",
+        "job.steps=2",
+        "--set",
+        "fabric.nic_bandwidth=1Mb/s",
+        "--set",
+        "job.model_params=1e15",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("past the 13.0 days a run can represent"),
+        "{stderr}"
+    );
+}

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use trainer_core::checkpoint::{CheckpointPolicy, Interval};
 use trainer_core::collectives::{Algo, Collective};
 use trainer_core::job::JobConfig;
-use trainer_core::units::{parse_bandwidth_bytes_per_s, parse_duration_ns};
+use trainer_core::units::{parse_bandwidth_bytes_per_s, parse_duration_ns, MAX_MODEL_TIME_NS};
 
 use crate::config::*;
 use crate::source::{in_range, parse_checked, positive, ScenarioError, Source};
@@ -517,15 +517,36 @@ fn validate_cluster(src: &Source, c: &RawCluster) -> Result<ClusterConfig, Scena
     })
 }
 
-/// A bandwidth with units (`"400Gb/s"`), or an error naming `key`.
-fn bandwidth(src: &Source, key: &str, text: &str) -> Result<f64, ScenarioError> {
-    parse_bandwidth_bytes_per_s(text)
-        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+/// The slowest and fastest bandwidths a scenario may name: 1 Mb/s (below it a gradient's
+/// transfer outlasts any run faultline can model) and 10 PB/s.
+const MIN_BANDWIDTH_BYTES_PER_S: f64 = 1e6 / 8.0;
+const MAX_BANDWIDTH_BYTES_PER_S: f64 = 1e16;
+
+/// A bandwidth with units (`"400Gb/s"`) inside the physical range, or an error naming `key`.
+pub(crate) fn bandwidth(src: &Source, key: &str, text: &str) -> Result<f64, ScenarioError> {
+    let value = parse_bandwidth_bytes_per_s(text)
+        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))?;
+    if !(MIN_BANDWIDTH_BYTES_PER_S..=MAX_BANDWIDTH_BYTES_PER_S).contains(&value) {
+        return Err(src.error(
+            key,
+            format!("expected a bandwidth from 1Mb/s to 10000TB/s, got {text:?}"),
+        ));
+    }
+    Ok(value)
 }
 
-/// A duration with units (`"10min"`), or an error naming `key`.
+/// A duration with units (`"10min"`), at most the longest model time a run represents
+/// (`MAX_MODEL_TIME_NS`, about 13 days), or an error naming `key`.
 pub(crate) fn duration(src: &Source, key: &str, text: &str) -> Result<u64, ScenarioError> {
-    parse_duration_ns(text).map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    let ns = parse_duration_ns(text)
+        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))?;
+    if ns > MAX_MODEL_TIME_NS {
+        return Err(src.error(
+            key,
+            format!("expected at most 13d, the longest model time a run represents, got {text:?}"),
+        ));
+    }
+    Ok(ns)
 }
 
 fn validate_fabric(src: &Source, f: &RawFabric) -> Result<FabricConfig, ScenarioError> {
@@ -724,7 +745,7 @@ fn validate_checkpoint(
     let interval = match &c.interval {
         toml::Value::Integer(steps) if *steps >= 1 => Interval::Steps(*steps as u64),
         toml::Value::String(text) => match parse_duration_ns(text) {
-            Ok(ns) if ns > 0 => Interval::ModelTimeNs(ns),
+            Ok(ns) if ns > 0 && ns <= MAX_MODEL_TIME_NS => Interval::ModelTimeNs(ns),
             _ => {
                 return Err(src.error(
                     "checkpoint.interval",
@@ -746,12 +767,7 @@ fn validate_checkpoint(
         c.state_bytes_per_param,
         64.0,
     )?;
-    let snapshot = parse_bandwidth_bytes_per_s(&c.snapshot_bandwidth).map_err(|e| {
-        src.error(
-            "checkpoint.snapshot_bandwidth",
-            format!("expected {e}, got {:?}", c.snapshot_bandwidth),
-        )
-    })?;
+    let snapshot = bandwidth(src, "checkpoint.snapshot_bandwidth", &c.snapshot_bandwidth)?;
     Ok(CheckpointPolicy {
         interval,
         keep,
@@ -763,20 +779,12 @@ fn validate_checkpoint(
 }
 
 fn validate_storage(src: &Source, s: &RawStorage) -> Result<StorageConfig, ScenarioError> {
-    let bandwidth = |key: &str, text: &str| {
-        parse_bandwidth_bytes_per_s(text)
-            .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
-    };
+    let bandwidth = |key: &str, text: &str| bandwidth(src, key, text);
     Ok(StorageConfig {
         host_bytes_per_s: bandwidth("storage.host_bandwidth", &s.host_bandwidth)?,
         client_bytes_per_s: bandwidth("storage.client_bandwidth", &s.client_bandwidth)?,
         aggregate_bytes_per_s: bandwidth("storage.aggregate_bandwidth", &s.aggregate_bandwidth)?,
-        persistent_latency_ns: parse_duration_ns(&s.latency).map_err(|e| {
-            src.error(
-                "storage.latency",
-                format!("expected {e}, got {:?}", s.latency),
-            )
-        })?,
+        persistent_latency_ns: duration(src, "storage.latency", &s.latency)?,
         slow: Vec::new(),
         failing: Vec::new(),
     })
@@ -793,8 +801,7 @@ fn validate_storage_faults(src: &Source, f: &RawFaults) -> Result<StorageFaults,
                 let message = format!("`{field}` is required for kind {:?}", fault.kind);
                 src.error(&format!("faults.storage.{idx}"), message)
             })?;
-            parse_duration_ns(text)
-                .map_err(|e| src.error(&key(field), format!("expected {e}, got {text:?}")))
+            duration(src, &key(field), text)
         };
         let window = || -> Result<Window, ScenarioError> {
             let (from_ns, until_ns) = (time("from", &fault.from)?, time("until", &fault.until)?);

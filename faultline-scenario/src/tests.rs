@@ -194,3 +194,59 @@ fn link_flap_and_straggler_keys_are_validated_with_their_key() {
         assert!(e.to_string().contains(says), "{e}");
     }
 }
+
+/// Bandwidths and durations are held to what a run can represent: a NIC of 1e-20 MB/s would
+/// make a transfer's time wrap (and finish sooner than one at 400 Gb/s), a duration of
+/// years would pass the clock's horizon.
+#[test]
+fn bandwidths_and_durations_outside_the_physical_range_are_refused_with_their_key() {
+    for (set, key, says) in [
+        (
+            "fabric.nic_bandwidth=\"1e-20MB/s\"",
+            "fabric.nic_bandwidth",
+            "from 1Mb/s",
+        ),
+        (
+            "fabric.nvlink_bandwidth=\"1e9TB/s\"",
+            "fabric.nvlink_bandwidth",
+            "10000TB/s",
+        ),
+        (
+            "storage.aggregate_bandwidth=\"1e-30MB/s\"",
+            "storage.aggregate_bandwidth",
+            "1Mb/s",
+        ),
+        (
+            "checkpoint.snapshot_bandwidth=\"1e-9GB/s\"",
+            "checkpoint.snapshot_bandwidth",
+            "1Mb/s",
+        ),
+        (
+            "detection.checksum_bandwidth=\"0.001Mb/s\"",
+            "detection.checksum_bandwidth",
+            "1Mb/s",
+        ),
+        (
+            "fabric.nic_latency=\"30d\"",
+            "fabric.nic_latency",
+            "at most 13d",
+        ),
+        (
+            "recovery.restart_time=\"100d\"",
+            "recovery.restart_time",
+            "at most 13d",
+        ),
+        ("storage.latency=\"20d\"", "storage.latency", "at most 13d"),
+    ] {
+        let sets = vec![set.to_string(), "checkpoint.interval=2".to_string()];
+        let e = load_str("t", "t.toml", MINIMAL, &sets).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{set}: {e}");
+        assert!(e.message.contains(says), "{set}: {e}");
+    }
+    // The edges themselves are fine.
+    let sets = [
+        "fabric.nic_bandwidth=\"1Mb/s\"".into(),
+        "fabric.nic_latency=\"13d\"".into(),
+    ];
+    assert!(load_str("t", "t.toml", MINIMAL, &sets).is_ok());
+}

@@ -20,6 +20,11 @@ use crate::world::{LinkFlapReport, SimBackend, StragglerReport, World, WorldConf
 #[derive(Debug)]
 pub enum SimError {
     Deadlock(Deadlock),
+    /// An event was due past the longest model time a run represents (about 13 days): the
+    /// scenario's sizes, bandwidths or rates make a run longer than faultline can model.
+    PastHorizon {
+        at_ns: u64,
+    },
     /// The requested executor is not in this build.
     ExecutorUnavailable(String),
 }
@@ -35,6 +40,15 @@ impl std::fmt::Display for SimError {
                     d.stuck.join("; ")
                 )
             }
+            SimError::PastHorizon { at_ns } => write!(
+                f,
+                "model time would reach {:.1} days, past the {:.1} days a run can represent: \
+                 a bandwidth, a compute rate or a size in the scenario makes some transfer, \
+                 compute or write take too long; check fabric.*_bandwidth, storage.*, \
+                 job.model_params, job.gpu_peak_tflops and job.mfu",
+                *at_ns as f64 / 86_400e9,
+                trainer_core::units::MAX_MODEL_TIME_NS as f64 / 86_400e9
+            ),
             SimError::ExecutorUnavailable(message) => f.write_str(message),
         }
     }
@@ -197,13 +211,18 @@ pub fn run_scenario_with(
         let config = config.clone();
         async move { job::run(&backend, (*config).clone()).await }
     });
-    let results = match results {
-        Ok(results) => results,
-        Err(deadlock) => {
+    let passed = world.borrow().passed_horizon_at_ns();
+    let results = match (results, passed) {
+        (Ok(results), None) => results,
+        (outcome, passed) => {
             if let Some(recorder) = world.borrow_mut().take_recorder() {
                 recorder.discard();
             }
-            return Err(SimError::Deadlock(deadlock));
+            return Err(match (outcome, passed) {
+                (_, Some(at_ns)) => SimError::PastHorizon { at_ns },
+                (Err(deadlock), None) => SimError::Deadlock(deadlock),
+                (Ok(_), None) => unreachable!("matched above"),
+            });
         }
     };
     let recorder = world.borrow_mut().take_recorder();
@@ -418,8 +437,11 @@ pub fn run_collective_without(
                 .await;
             result.map(|()| data)
         }
-    })
-    .map_err(SimError::Deadlock)?;
+    });
+    if let Some(at_ns) = world.borrow().passed_horizon_at_ns() {
+        return Err(SimError::PastHorizon { at_ns });
+    }
+    let results = results.map_err(SimError::Deadlock)?;
     let reference = Reference::for_group(&collective, &placement, &job.group, op, elems);
     let mismatched = mismatched_ranks(&reference, &job.group, &results);
     let world = world.borrow();

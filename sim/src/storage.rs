@@ -13,6 +13,7 @@ mod audit;
 
 use std::collections::BTreeMap;
 
+use trainer_core::units::capped_ns;
 use trainer_core::{Blob, Tier, WriteStatus};
 
 pub use audit::{AtomicityViolation, Audit};
@@ -79,17 +80,21 @@ impl Storage {
             .filter(|s| s.window.contains(now_ns))
             .map(|s| s.factor)
             .product();
-        let client_ns = (bytes as f64 * 1e9 * slowdown / c.client_bytes_per_s).ceil() as u64;
-        let aggregate_ns = (bytes as f64 * 1e9 * slowdown / c.aggregate_bytes_per_s).ceil() as u64;
-        let client_done = now_ns.max(self.client_busy_until_ns[node]) + client_ns;
-        let aggregate_done = now_ns.max(self.aggregate_busy_until_ns) + aggregate_ns;
+        let client_ns = capped_ns(bytes as f64 * 1e9 * slowdown / c.client_bytes_per_s);
+        let aggregate_ns = capped_ns(bytes as f64 * 1e9 * slowdown / c.aggregate_bytes_per_s);
+        // Saturating: a store this slow passes the horizon, which the clock then refuses.
+        let client_done = (now_ns.max(self.client_busy_until_ns[node])).saturating_add(client_ns);
+        let aggregate_done =
+            (now_ns.max(self.aggregate_busy_until_ns)).saturating_add(aggregate_ns);
         self.client_busy_until_ns[node] = client_done;
         self.aggregate_busy_until_ns = aggregate_done;
-        client_done.max(aggregate_done) + c.persistent_latency_ns
+        client_done
+            .max(aggregate_done)
+            .saturating_add(c.persistent_latency_ns)
     }
 
     pub fn host_copy_ns(&self, bytes: u64) -> u64 {
-        (bytes as f64 * 1e9 / self.config.host_bytes_per_s).ceil() as u64
+        capped_ns(bytes as f64 * 1e9 / self.config.host_bytes_per_s)
     }
 
     /// Registers a write that lands when [`Storage::complete`] is called for its ticket.

@@ -254,6 +254,12 @@ impl World {
         self.clock.now_ns()
     }
 
+    /// When an event was due past the longest model time a run represents, if one was: the
+    /// run stopped there (see `trainer_core::units::MAX_MODEL_TIME_NS`).
+    pub fn passed_horizon_at_ns(&self) -> Option<u64> {
+        self.clock.passed_horizon_at_ns()
+    }
+
     /// The storage model, for tests and reports.
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
@@ -1059,7 +1065,7 @@ impl Future for Sleep<'_> {
             world.park(rank, Wait::Timer, cx.waker());
             return Poll::Pending;
         }
-        let at = world.clock.now_ns() + self.duration_ns;
+        let at = world.clock.now_ns().saturating_add(self.duration_ns);
         world.ranks[rank].timer_seq += 1;
         let seq = world.ranks[rank].timer_seq;
         world.schedule(

@@ -353,7 +353,8 @@ impl Checkpointer {
             .collect();
         let modelled: u64 = spans.iter().map(Span::modelled_bytes).sum();
         let started = backend.now_ns();
-        let copy_ns = (modelled as f64 / self.policy.snapshot_bytes_per_s * 1e9).ceil() as u64;
+        let copy_ns =
+            crate::units::capped_ns(modelled as f64 / self.policy.snapshot_bytes_per_s * 1e9);
         backend.sleep(copy_ns).await?;
         let rank = backend.rank();
         let blob = Blob {

@@ -4,6 +4,21 @@
 //! from one copy.
 
 /// Parses a duration into nanoseconds: a number and one of `ns`, `us`, `ms`, `s`, `min`, `h`,
+/// The longest model time a run can represent: 2^50 ns, about 13 days. Scenario durations
+/// are refused above it; computed durations (a transfer at a tiny bandwidth, compute at a
+/// tiny rate) are capped at it with [`capped_ns`], and a run whose clock would pass it stops
+/// with an error that says so. Sums of two such times stay far below `u64::MAX`.
+pub const MAX_MODEL_TIME_NS: u64 = 1 << 50;
+
+/// A computed duration in nanoseconds, rounded up, and capped at [`MAX_MODEL_TIME_NS`] (never
+/// a wrapped or saturated `u64`); zero for a negative or not-a-number input.
+pub fn capped_ns(ns: f64) -> u64 {
+    if ns.is_nan() || ns <= 0.0 {
+        return 0;
+    }
+    ns.ceil().min(MAX_MODEL_TIME_NS as f64) as u64
+}
+
 /// `d`. A bare number is refused, since nobody can tell which unit was meant.
 pub fn parse_duration_ns(text: &str) -> Result<u64, String> {
     const UNITS: [(&str, f64); 7] = [

@@ -6,7 +6,6 @@ use trainer_core::integrity::DetectionPolicy;
 
 use crate::config::{SdcKind, SdcSpec, DEFAULT_TRIGGER_MASK, DEFAULT_TRIGGER_VALUE};
 use crate::source::{in_range, ScenarioError, Source};
-use trainer_core::units::parse_bandwidth_bytes_per_s;
 
 /// Every check on by default, at production-like settings.
 #[derive(Deserialize, Debug)]
@@ -68,12 +67,8 @@ pub(super) fn validate_detection(
         }
         Ok(Some(value))
     };
-    let checksum_bytes_per_s = parse_bandwidth_bytes_per_s(&d.checksum_bandwidth).map_err(|e| {
-        src.error(
-            "detection.checksum_bandwidth",
-            format!("expected {e}, got {:?}", d.checksum_bandwidth),
-        )
-    })?;
+    let checksum_bytes_per_s =
+        super::bandwidth(src, "detection.checksum_bandwidth", &d.checksum_bandwidth)?;
     let policy = DetectionPolicy {
         payload_checksums: d.payload_checksums,
         gradient_norm_factor: factor(

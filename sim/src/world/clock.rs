@@ -5,8 +5,7 @@
 use super::EventKind;
 use crate::queue::RadixQueue;
 
-/// Events are refused this far out: a time near `u64::MAX` would be a wrapped computation.
-const HORIZON_NS: u64 = 1 << 50;
+use trainer_core::units::MAX_MODEL_TIME_NS;
 
 #[derive(Default)]
 pub(super) struct Clock {
@@ -14,6 +13,8 @@ pub(super) struct Clock {
     queue: RadixQueue<EventKind>,
     /// The events of the instant being fired (kept to reuse its allocation).
     firing: Vec<EventKind>,
+    /// The first event time past the horizon: the run cannot represent it and stops.
+    passed_horizon_at_ns: Option<u64>,
 }
 
 impl Clock {
@@ -23,18 +24,30 @@ impl Clock {
     }
 
     /// Files `what` to fire at `time_ns`, after the events already filed for that instant.
+    /// An event past [`MAX_MODEL_TIME_NS`] is not filed: the clock stops there instead.
     #[inline(always)]
     pub(super) fn schedule(&mut self, time_ns: u64, what: EventKind) {
-        debug_assert!(time_ns < HORIZON_NS, "an event at {time_ns} ns: {what:?}");
         debug_assert!(time_ns >= self.now_ns, "an event in the past: {what:?}");
+        if time_ns >= MAX_MODEL_TIME_NS {
+            self.passed_horizon_at_ns.get_or_insert(time_ns);
+            return;
+        }
         self.queue.push(time_ns, what);
     }
 
+    /// The first event time past the horizon, if there was one.
+    pub(super) fn passed_horizon_at_ns(&self) -> Option<u64> {
+        self.passed_horizon_at_ns
+    }
+
     /// Moves the clock to the next instant with events and hands them over, in the order they
-    /// were filed; `None` when nothing is left. Give the buffer back with
+    /// were filed; `None` when nothing is left, or once an event was due past the horizon. Give the buffer back with
     /// [`Clock::done_firing`].
     #[inline(always)]
     pub(super) fn next_instant(&mut self) -> Option<Vec<EventKind>> {
+        if self.passed_horizon_at_ns.is_some() {
+            return None;
+        }
         let mut firing = std::mem::take(&mut self.firing);
         let instant_ns = self.queue.pop_instant(&mut firing)?;
         debug_assert!(instant_ns >= self.now_ns);

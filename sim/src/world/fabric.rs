@@ -56,12 +56,13 @@ impl Fabric {
             bottleneck = bottleneck.min(bandwidth);
             latency_ns += spec.latency_ns;
         }
-        let serialise_ns = (bytes as f64 * 1e9 / bottleneck).ceil() as u64;
-        let done_ns = start_ns + serialise_ns;
+        let serialise_ns = trainer_core::units::capped_ns(bytes as f64 * 1e9 / bottleneck);
+        // Saturating: a link's time may pass the horizon, which the clock then refuses.
+        let done_ns = start_ns.saturating_add(serialise_ns);
         for &link in route.links() {
             self.busy_until_ns[link as usize] = done_ns;
         }
-        done_ns + latency_ns
+        done_ns.saturating_add(latency_ns)
     }
 
     /// Starts loading the busy-until times of `route`'s links.

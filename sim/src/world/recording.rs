@@ -1,6 +1,7 @@
 //! The world's side of recording: installing a [`Recorder`], handing it records, and the
 //! compute calls (whose duration the trace and the timeline show).
 
+use trainer_core::units::capped_ns;
 use trainer_core::Work;
 
 use super::{World, ABORTED};
@@ -33,7 +34,7 @@ impl World {
 
     /// How long `work` takes on `rank`, recorded as a compute span.
     pub(super) fn begin_compute(&mut self, rank: usize, work: Work) -> u64 {
-        let nominal_ns = (work.flops / self.gpu_flops_per_s * 1e9).ceil() as u64;
+        let nominal_ns = capped_ns(work.flops / self.gpu_flops_per_s * 1e9);
         // A straggler's compute runs `factor` times longer.
         let mut duration_ns = self.compute_ns(rank, nominal_ns);
         if let Some(left) = &mut self.perturb_compute {

@@ -198,7 +198,7 @@ impl World {
     /// Model time to checksum and verify `bytes`.
     pub(super) fn checksum_ns(&self, bytes: u64) -> u64 {
         if self.checksum_bytes_per_s > 0.0 {
-            (bytes as f64 * 1e9 / self.checksum_bytes_per_s).ceil() as u64
+            trainer_core::units::capped_ns(bytes as f64 * 1e9 / self.checksum_bytes_per_s)
         } else {
             0
         }
