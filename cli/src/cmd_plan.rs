@@ -160,6 +160,8 @@ fn load_costs(path: Option<&Path>) -> Result<plan::config::Costs, Failure> {
     let file: plan::calibrate::CostFile = serde_json::from_str(&text).map_err(|e| {
         Failure::bad_input(format!("--costs {}: not a cost file: {e}", path.display()))
     })?;
+    file.validate()
+        .map_err(|e| Failure::bad_input(format!("--costs {}: {e}", path.display())))?;
     Ok(file.costs())
 }
 

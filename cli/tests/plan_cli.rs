@@ -270,6 +270,36 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
     ]));
     let interval = report["best_checkpoint_interval_s"].as_f64().unwrap();
     assert!(interval >= 1.0, "{interval}");
+    // A forged or foreign cost file is refused with exit 2, never planned with.
+    let forged = temp("costs-forged.json");
+    for (path, value, says) in [
+        (
+            "/measured/step_time_s",
+            serde_json::json!(-1.0),
+            "step_time_s",
+        ),
+        (
+            "/measured/detection_time_s",
+            serde_json::json!(1e30),
+            "detection_time_s",
+        ),
+        ("/format", serde_json::json!("faultline-costs/1"), "format"),
+    ] {
+        let mut bad = file.clone();
+        *bad.pointer_mut(path).unwrap() = value;
+        std::fs::write(&forged, bad.to_string()).unwrap();
+        let out = faultline(&[
+            "plan",
+            LLAMA,
+            "--seeds",
+            "2",
+            "--costs",
+            forged.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {stderr}");
+        assert!(stderr.contains(says), "{path}: {stderr}");
+    }
 }
 
 #[test]

@@ -97,6 +97,31 @@ pub struct CostFile {
 }
 
 impl CostFile {
+    /// Refuses a cost file this faultline did not write or that could not be measured: another
+    /// format, or a measured time that is negative, not a number, or longer than a run can
+    /// represent. A step time must be above zero.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != COSTS_FORMAT {
+            return Err(format!(
+                "format {:?}; this faultline reads {COSTS_FORMAT:?} (write it again with \
+                 `faultline calibrate`)",
+                self.format
+            ));
+        }
+        let horizon_s = trainer_core::units::MAX_MODEL_TIME_NS as f64 / 1e9;
+        for (key, &value) in &self.measured {
+            if !(value.is_finite() && (0.0..=horizon_s).contains(&value)) {
+                return Err(format!(
+                    "measured.{key}: expected a time from 0 to {horizon_s:.0} s, got {value}"
+                ));
+            }
+        }
+        if self.measured.get("step_time_s").is_some_and(|&s| s <= 0.0) {
+            return Err("measured.step_time_s: expected a step time above zero".into());
+        }
+        Ok(())
+    }
+
     pub fn costs(&self) -> Costs {
         let m = |key: &str| self.measured.get(key).copied();
         Costs {
