@@ -72,10 +72,13 @@ pub(crate) struct CalibrateArgs {
     out: PathBuf,
 }
 
+/// More shards than this is a typo, not a plan: `merge` needs every one of them.
+const MAX_SHARDS: usize = 1_000_000;
+
 pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
     let bad = || {
         Failure::bad_input(format!(
-            "--shard: expected I/N with 0 <= I < N, got {text:?}"
+            "--shard: expected I/N with 0 <= I < N <= {MAX_SHARDS}, got {text:?}"
         ))
     };
     let (i, n) = text.split_once('/').ok_or_else(bad)?;
@@ -83,7 +86,7 @@ pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
         i.trim().parse().map_err(|_| bad())?,
         n.trim().parse().map_err(|_| bad())?,
     );
-    if n == 0 || i >= n {
+    if n == 0 || i >= n || n > MAX_SHARDS {
         return Err(bad());
     }
     Ok((i, n))

@@ -117,6 +117,44 @@ fn merged_shards_equal_the_unsharded_report() {
         shards[1].to_str().unwrap(),
     ]);
     assert_eq!(partial.status.code(), Some(2));
+    // Forged shards are refused with exit 2, never a panic (exit 70): a split of 2^64 - 1,
+    // a shard with no points, a seed whose counts by kind are short.
+    type Forge = fn(&mut serde_json::Value);
+    let forgeries: [(&str, Forge); 3] = [
+        ("expected the 18446744073709551615 shards", |v| {
+            v["shard_count"] = serde_json::json!(u64::MAX)
+        }),
+        ("has no points", |v| v["points"] = serde_json::json!([])),
+        ("counts by kind", |v| {
+            v["points"][0]["results"][0]["interruptions_by_kind"] = serde_json::json!([1])
+        }),
+    ];
+    for (says, forge) in forgeries {
+        // Every shard of the split forged alike, so that they still agree with each other.
+        let mut args = vec!["merge".to_string()];
+        for (i, shard) in shards.iter().enumerate() {
+            let mut bad: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(shard).unwrap()).unwrap();
+            forge(&mut bad);
+            let forged = temp(&format!("shard-forged-{i}.json"));
+            std::fs::write(&forged, bad.to_string()).unwrap();
+            args.push(forged.to_str().unwrap().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = faultline(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{says}: {stderr}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    let out = faultline(&[
+        "plan",
+        LLAMA,
+        "--shard",
+        "0/18446744073709551615",
+        "--out",
+        "x.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

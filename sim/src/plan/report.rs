@@ -89,10 +89,10 @@ pub struct ShardPoint {
     pub results: Vec<SeedResult>,
 }
 
-/// Combines shards `0..n` of one plan into one unsharded whole.
-pub fn merge(mut shards: Vec<Shard>) -> Result<Shard, String> {
-    let first = shards.first().ok_or("no shard files given")?.clone();
-    for s in &shards {
+/// Every shard is of this faultline's format and of the same plan as `first`: the same
+/// scenario, seeds, scale, horizon, split and sweep.
+fn check_same_plan(shards: &[Shard], first: &Shard) -> Result<(), String> {
+    for s in shards {
         if s.format != SHARD_FORMAT {
             return Err(format!(
                 "shard {}/{}: format {:?}, expected {SHARD_FORMAT:?}",
@@ -118,6 +118,51 @@ pub fn merge(mut shards: Vec<Shard>) -> Result<Shard, String> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Refuses shards whose per-seed results a planner could not have written: a point without
+/// results or a seed whose counts by kind do not cover every kind.
+fn check_results(shards: &[Shard]) -> Result<(), String> {
+    for s in shards {
+        if s.points.is_empty() {
+            return Err(format!(
+                "shard {}/{} has no points",
+                s.shard_idx, s.shard_count
+            ));
+        }
+        for (p, point) in s.points.iter().enumerate() {
+            let short = point
+                .results
+                .iter()
+                .find(|r| r.interruptions_by_kind.len() != COUNTED_KINDS.len());
+            if let Some(r) = short {
+                return Err(format!(
+                    "shard {}/{}: point {p}, seed {}: {} counts by kind, expected {}",
+                    s.shard_idx,
+                    s.shard_count,
+                    r.seed_idx,
+                    r.interruptions_by_kind.len(),
+                    COUNTED_KINDS.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Combines shards `0..n` of one plan into one unsharded whole.
+pub fn merge(mut shards: Vec<Shard>) -> Result<Shard, String> {
+    let first = shards.first().ok_or("no shard files given")?.clone();
+    check_same_plan(&shards, &first)?;
+    if shards.len() != first.shard_count {
+        return Err(format!(
+            "expected the {} shards of the split, got {} file(s)",
+            first.shard_count,
+            shards.len()
+        ));
+    }
+    check_results(&shards)?;
     shards.sort_by_key(|s| s.shard_idx);
     let indices: Vec<usize> = shards.iter().map(|s| s.shard_idx).collect();
     if indices != (0..first.shard_count).collect::<Vec<_>>() {
