@@ -95,6 +95,7 @@ fn run_both(args: &CheckArgs, exe: &Path, paths: &[PathBuf; 2]) -> Result<(), Fa
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
+                .inspect(|child| crate::signals::adopt(child.id()))
                 .map_err(|e| Failure {
                     status: EXIT_BUG,
                     message: format!("cannot run {}: {e}", exe.display()),
@@ -102,7 +103,10 @@ fn run_both(args: &CheckArgs, exe: &Path, paths: &[PathBuf; 2]) -> Result<(), Fa
         })
         .collect::<Result<Vec<_>, _>>()?;
     for (child, path) in children.into_iter().zip(paths) {
-        let output = child.wait_with_output().map_err(|e| Failure {
+        let pid = child.id();
+        let output = child.wait_with_output();
+        crate::signals::release(pid);
+        let output = output.map_err(|e| Failure {
             status: EXIT_BUG,
             message: format!("waiting for a run: {e}"),
         })?;

@@ -12,6 +12,7 @@ mod cmd_plan;
 mod cmd_run;
 mod heap;
 mod plot;
+mod signals;
 mod swarm_cli;
 
 use std::path::{Path, PathBuf};
@@ -246,6 +247,10 @@ fn main() -> ExitCode {
     if let Err(message) = heap::init() {
         eprintln!("faultline: {message}");
         return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    if let Err(e) = signals::install() {
+        eprintln!("faultline: cannot watch for SIGINT and SIGTERM: {e}");
+        return ExitCode::from(EXIT_BUG);
     }
     std::panic::set_hook(Box::new(|info| {
         eprintln!(

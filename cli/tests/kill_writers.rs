@@ -71,3 +71,37 @@ fn a_killed_run_leaves_whole_traces_and_timelines() {
     eprintln!("{killed_mid_run} of {KILLS} kills landed mid-run");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Told to stop (SIGTERM, SIGINT), a run removes its temporary files and exits with 128 + the
+/// signal, as a shell expects; the outputs it had not committed are simply absent. (Before,
+/// the default action ended the process at once and left hidden temporary files of up to
+/// 96 MB behind.)
+#[test]
+fn a_stopped_run_leaves_no_temporary_file() {
+    let dir = std::env::temp_dir().join(format!("faultline-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (signal, status) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let (trace, perfetto) = (dir.join("t.jsonl"), dir.join("p.json"));
+        let mut command = traced_run(&trace, &perfetto);
+        command.args(["--set", "job.steps=400"]);
+        let mut child = command.spawn().unwrap();
+        // Wait until the run has opened its outputs (their temporary files exist).
+        let opened = (0..400).any(|_| {
+            std::thread::sleep(Duration::from_millis(25));
+            std::fs::read_dir(&dir).unwrap().count() >= 2
+        });
+        assert!(opened, "the run never opened its outputs");
+        // SAFETY: kill(2) on the child this test spawned.
+        #[allow(unsafe_code)]
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(sent, 0);
+        let exit = child.wait().unwrap();
+        assert_eq!(exit.code(), Some(status), "signal {signal}");
+        let left: Vec<String> = (std::fs::read_dir(&dir).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "signal {signal} left {left:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

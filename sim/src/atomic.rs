@@ -9,16 +9,34 @@
 //! A target that is not a regular file (a directory, a device, a FIFO, a socket) or that is a
 //! symbolic link is refused before anything is written: renaming over it would replace it.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Temporary names tried before giving up (each taken name means another writer is active).
 const TEMPORARY_NAME_TRIES: u32 = 64;
 
 /// Distinguishes this process's temporary files from each other.
 static NEXT_TEMPORARY: AtomicU64 = AtomicU64::new(0);
+
+/// This process's temporary files not yet committed or removed, for a program that is told
+/// to stop (SIGINT, SIGTERM) to remove before it exits: see [`remove_temporary_files`].
+static LIVE: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+fn live() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes every temporary file this process has open for writing; the targets stay as
+/// they were. For a program stopping on a signal, just before it exits.
+pub fn remove_temporary_files() {
+    for tmp in std::mem::take(&mut *live()) {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
 
 /// A file written under a temporary name in its directory and renamed into place at the end.
 pub struct AtomicFile {
@@ -82,12 +100,13 @@ impl AtomicFile {
             let tmp = path.with_file_name(format!(".{name}.{pid}.{n}.tmp"));
             match OpenOptions::new().write(true).create_new(true).open(&tmp) {
                 Ok(file) => {
+                    live().insert(tmp.clone());
                     return Ok(AtomicFile {
                         path: path.to_path_buf(),
                         tmp,
                         out: BufWriter::with_capacity(1 << 20, file),
                         committed: false,
-                    })
+                    });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -104,6 +123,7 @@ impl AtomicFile {
         self.out.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
         self.committed = true;
+        live().remove(&self.tmp);
         Ok(())
     }
 
@@ -118,6 +138,7 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
+            live().remove(&self.tmp);
         }
     }
 }
