@@ -93,6 +93,7 @@ pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
 }
 
 pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
+    let threads = crate::workers("--threads", args.threads)?;
     check_outputs(&[
         ("--out", args.out.as_deref()),
         ("--plot", args.plot.as_deref()),
@@ -109,9 +110,6 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     let points = plan::load_points(&args.scenario, &sets, &args.sweeps, &costs)
         .map_err(|e| Failure::bad_input(e.to_string()))?;
     let (shard_idx, shard_count) = shard.unwrap_or((0, 1));
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     #[allow(clippy::disallowed_methods)] // wall time for people, never in results
     let started = std::time::Instant::now();
     let result = run_with_progress(&points, shard_idx, shard_count, threads);

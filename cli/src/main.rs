@@ -317,6 +317,22 @@ fn locate(path: &Path) -> PathBuf {
     }
 }
 
+/// The most worker threads a command starts: far beyond any machine's cores, and far below
+/// what would exhaust the process's threads or memory.
+const MAX_WORKERS: usize = 1024;
+
+/// A worker-thread count from `flag`, or every core when absent; refused (exit 2) when zero or
+/// above [`MAX_WORKERS`]. Results never depend on it.
+pub(crate) fn workers(flag: &str, asked: Option<usize>) -> Result<usize, Failure> {
+    match asked {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        Some(n) => Err(Failure::bad_input(format!(
+            "{flag}: expected 1 to {MAX_WORKERS} threads, got {n}"
+        ))),
+    }
+}
+
 /// Refuses, before any work, an output that cannot be written (not a regular file, a
 /// symbolic link, a missing directory: see `atomic::check_target`) or that two flags of one
 /// command name, which would leave one output overwritten by the other.

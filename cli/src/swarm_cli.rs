@@ -108,11 +108,7 @@ pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", dir.display())))?;
     }
-    let jobs = match args.jobs {
-        Some(0) => return Err(Failure::bad_input("--jobs: expected 1 or more, got 0")),
-        Some(jobs) => jobs,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let jobs = crate::workers("--jobs", args.jobs)?;
     // Before the base's fault-free run: `jobs` seeds run at once, one simulation each.
     let scenario = crate::load(&args.scenario, &[])?;
     let at_once = jobs.min((seeds.end - seeds.start).max(1) as usize);

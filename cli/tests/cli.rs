@@ -389,3 +389,37 @@ fn a_run_past_the_model_time_horizon_is_refused_not_wrapped() {
         "{stderr}"
     );
 }
+
+/// A worker count that would start millions of threads is refused at once, not tried.
+#[test]
+fn worker_counts_beyond_reason_are_refused() {
+    let huge = u64::MAX.to_string();
+    for args in [
+        vec![
+            "plan",
+            "scenarios/plan-daly-closed-form.toml",
+            "--threads",
+            &huge,
+        ],
+        vec![
+            "plan",
+            "scenarios/plan-daly-closed-form.toml",
+            "--threads",
+            "0",
+        ],
+        vec![
+            "swarm",
+            "scenarios/swarm-checkpoint-restart.toml",
+            "--jobs",
+            "100000",
+        ],
+    ] {
+        let output = faultline(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("expected 1 to 1024 threads"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
