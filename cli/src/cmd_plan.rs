@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use faultline_sim::atomic::write_atomically;
 use faultline_sim::plan;
+use faultline_sim::shell::quote;
 
 use crate::{check_outputs, plot, Failure, SetArgs, EXIT_BUG};
 
@@ -186,20 +187,22 @@ fn run_with_progress(
     result
 }
 
-/// The one command line that reproduces a plan.
+/// The one command line that reproduces a plan, quoted for a shell.
 fn plan_reproduce_line(args: &PlanArgs) -> String {
-    let mut line = format!("faultline plan {}", args.scenario.display());
+    let scenario = args.scenario.display().to_string();
+    let mut line = format!("faultline plan {}", quote(&scenario));
     if let Some(seeds) = args.seeds {
         line.push_str(&format!(" --seeds {seeds}"));
     }
     for set in &args.set.sets {
-        line.push_str(&format!(" --set {set}"));
+        line.push_str(&format!(" --set {}", quote(set)));
     }
     for sweep in &args.sweeps {
-        line.push_str(&format!(" --sweep {sweep}"));
+        line.push_str(&format!(" --sweep {}", quote(sweep)));
     }
     if let Some(costs) = &args.costs {
-        line.push_str(&format!(" --costs {}", costs.display()));
+        let costs = costs.display().to_string();
+        line.push_str(&format!(" --costs {}", quote(&costs)));
     }
     line
 }

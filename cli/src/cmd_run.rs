@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use faultline_sim::run::{self, RunReport};
 use faultline_sim::scenario::Scenario;
+use faultline_sim::shell::quote;
 use faultline_sim::swarm::invariants::Violation;
 use faultline_sim::{replay, trace};
 
@@ -209,11 +210,12 @@ pub(crate) fn cmd_replay(args: ReplayArgs) -> Result<u8, Failure> {
     }
 }
 
-/// The one command line that reproduces a run.
+/// The one command line that reproduces a run, quoted for a shell.
 pub(crate) fn reproduce_line(path: &Path, seed: u64, sets: &[String]) -> String {
-    let mut line = format!("faultline run {} --seed {seed}", path.display());
+    let path = path.display().to_string();
+    let mut line = format!("faultline run {} --seed {seed}", quote(&path));
     for set in sets {
-        line.push_str(&format!(" --set {set}"));
+        line.push_str(&format!(" --set {}", quote(set)));
     }
     line
 }

@@ -423,3 +423,55 @@ fn worker_counts_beyond_reason_are_refused() {
         );
     }
 }
+
+/// The printed `reproduce:` line, pasted into a shell as it is (with the program's path for
+/// `faultline`), runs the same scenario: the same trace and parameter digests, even with a
+/// value holding spaces and quotes.
+#[test]
+fn the_reproduce_line_pasted_into_a_shell_reproduces_the_run() {
+    let args = [
+        "run",
+        "scenarios/quickstart.toml",
+        "--seed",
+        "3",
+        "--set",
+        "cluster.gpus=16",
+        "--set",
+        "job.steps=2",
+        "--set",
+        "scenario.description=it's \"quoted\" & spaced",
+    ];
+    let first = faultline(&args);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("reproduce: "))
+        .expect("a reproduce line");
+    let command = line.replacen("faultline", env!("CARGO_BIN_EXE_faultline"), 1);
+    let again = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{line}: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let digests = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .lines()
+            .find(|l| l.starts_with("param_digest:"))
+            .map(String::from)
+    };
+    assert!(digests(&first.stdout).is_some());
+    assert_eq!(digests(&again.stdout), digests(&first.stdout), "{line}");
+}

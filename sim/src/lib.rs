@@ -13,6 +13,7 @@ pub mod queue;
 pub mod replay;
 pub mod rng;
 pub mod run;
+pub mod shell;
 /// The scenario format lives in its own crate, shared with the GPU runner.
 pub use faultline_scenario as scenario;
 pub mod slab;

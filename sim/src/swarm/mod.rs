@@ -141,17 +141,17 @@ impl Base {
         format!(
             "{}faultline swarm {} --seeds {seed}..{}",
             self.permission(),
-            self.path,
+            crate::shell::quote(&self.path),
             seed + 1
         )
     }
 
     pub fn shrink_command(&self, seed: u64) -> String {
         format!(
-            "{}faultline shrink {} --seed {seed} --out {}-seed-{seed}-shrunk.toml",
+            "{}faultline shrink {} --seed {seed} --out {}",
             self.permission(),
-            self.path,
-            self.name
+            crate::shell::quote(&self.path),
+            crate::shell::quote(&format!("{}-seed-{seed}-shrunk.toml", self.name))
         )
     }
 
