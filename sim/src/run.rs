@@ -14,7 +14,7 @@ use crate::executor::{run_ranks, Deadlock, ExecutorKind};
 use crate::scenario::{ExecutorChoice, Scenario, AUTO_MADSIM_MAX_GPUS};
 use crate::storage::AtomicityViolation;
 use crate::topology::Topology;
-use crate::world::{LinkFlapReport, SimBackend, StragglerReport, World, WorldConfig};
+use crate::world::{FaultReport, LinkFlapReport, SimBackend, StragglerReport, World, WorldConfig};
 
 /// Why a simulation could not produce a report.
 #[derive(Debug)]
@@ -230,9 +230,24 @@ pub fn run_scenario_with(
     Ok((report, recorder))
 }
 
+impl FaultSummary {
+    /// The report's view of the controller's books, taken out of them.
+    fn take_from(faults: &mut FaultReport) -> FaultSummary {
+        FaultSummary {
+            injected: std::mem::take(&mut faults.injected),
+            detected: std::mem::take(&mut faults.detected),
+            skipped_after_finish: faults.skipped_after_finish,
+            job_abandoned: faults.abandoned,
+            finished_despite_failure: faults.finished_despite_failure,
+            escaped: std::mem::take(&mut faults.escaped),
+            sdc: std::mem::take(&mut faults.sdc),
+            quarantined_gpus: std::mem::take(&mut faults.quarantined_gpus),
+        }
+    }
+}
+
 /// The report of a finished run: rank 0's outcome (or the first rank that finished every
 /// step), whether the finished replicas agree, and the world's books.
-// Over 70 lines: one struct literal, a line for each of the report's fields.
 fn report_of(
     scenario: &Scenario,
     kind: ExecutorKind,
@@ -251,7 +266,7 @@ fn report_of(
         && finished
             .iter()
             .all(|r| r.param_digest == outcome0.param_digest);
-    let faults = world.fault_report().unwrap_or_default();
+    let mut faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
     RunReport {
         scenario: scenario.name.clone(),
@@ -271,16 +286,7 @@ fn report_of(
         messages: stats.messages,
         modelled_bytes: stats.modelled_bytes,
         events_fired: stats.events_fired,
-        faults: FaultSummary {
-            injected: faults.injected,
-            detected: faults.detected,
-            skipped_after_finish: faults.skipped_after_finish,
-            job_abandoned: faults.abandoned,
-            finished_despite_failure: faults.finished_despite_failure,
-            escaped: faults.escaped,
-            sdc: faults.sdc,
-            quarantined_gpus: faults.quarantined_gpus,
-        },
+        faults: FaultSummary::take_from(&mut faults),
         recoveries: faults.recoveries,
         checkpoints_committed: faults.checkpoints_committed,
         checkpoint_snapshots: faults.checkpoint_snapshots,

@@ -729,8 +729,6 @@ impl Timeline {
         self.span(RANKS_PID, rank, "restore", "restore", start, t_ns, args)
     }
 
-    // Over 70 lines: one match arm per control record kind, each drawing its own markers;
-    // the table reads best whole.
     fn record(&mut self, t_ns: u64, rank: Option<u32>, record: Record) -> std::io::Result<()> {
         if !record.is_control() {
             let Some(rank) = rank.filter(|r| self.open.contains_key(r)) else {
@@ -746,75 +744,14 @@ impl Timeline {
                 rank_count,
             } => {
                 let first = rank.expect("a crash names its first rank");
-                let what = format!(
-                    "{kind}: node {node}, ranks {first}..{}",
-                    first as usize + rank_count
-                );
-                self.instant(TID_FAULTS, &what, t_ns)?;
-                if self.undetected.is_none() && self.stopped_at.is_none() {
-                    self.undetected = Some((t_ns, what));
-                }
-                let dead: Vec<u32> = self
-                    .open
-                    .range(first..first + rank_count as u32)
-                    .map(|(&r, _)| r)
-                    .collect();
-                for r in dead {
-                    self.cut(r, t_ns, "crashed")?;
-                }
+                self.crash(t_ns, kind, node, first, rank_count)?;
             }
-            Record::Detected { by } => {
-                if self.stopped_at.is_none() {
-                    if let Some((start, what)) = self.undetected.take() {
-                        let args = serde_json::json!({ "detected_by": by });
-                        let name = format!("undetected {what}");
-                        self.span(
-                            CONTROLLER_PID,
-                            TID_FAULTS,
-                            "fault",
-                            &name,
-                            start,
-                            t_ns,
-                            args,
-                        )?;
-                    }
-                    self.stopped_at = Some(t_ns);
-                }
-            }
-            Record::Abort => {
-                self.stopped_at.get_or_insert(t_ns);
-                self.undetected = None;
-                for (step, start) in std::mem::take(&mut self.persisting) {
-                    self.persist_span(step, start, t_ns, false)?;
-                }
-                let ranks: Vec<u32> = self.open.keys().copied().collect();
-                for r in ranks {
-                    self.cut(r, t_ns, "aborted")?;
-                }
-            }
+            Record::Detected { by } => self.detected(t_ns, by)?,
+            Record::Abort => self.abort(t_ns)?,
             Record::Restart {
                 generation,
                 abandoned,
-            } => {
-                if let Some(start) = self.stopped_at.take() {
-                    let name = format!("stopped until generation {generation}");
-                    let args = serde_json::json!({ "abandoned": abandoned });
-                    self.span(
-                        CONTROLLER_PID,
-                        TID_RECOVERY,
-                        "recovery",
-                        &name,
-                        start,
-                        t_ns,
-                        args,
-                    )?;
-                }
-                if !abandoned {
-                    for open in self.open.values_mut() {
-                        open.restore = Some(t_ns);
-                    }
-                }
-            }
+            } => self.restart(t_ns, generation, abandoned)?,
             Record::CrashSkipped { .. }
             | Record::RestartScheduled { .. }
             | Record::ReplicaDropped { .. }
@@ -837,8 +774,93 @@ impl Timeline {
         Ok(())
     }
 
-    // Over 70 lines: one match arm per rank event kind, each a span or a marker on the
-    // rank's track; the table reads best whole.
+    /// A crash: a marker on the faults track, the start of the span until its detection,
+    /// and the crashed ranks' open spans cut.
+    fn crash(
+        &mut self,
+        t_ns: u64,
+        kind: FaultKind,
+        node: usize,
+        first: u32,
+        rank_count: usize,
+    ) -> std::io::Result<()> {
+        let what = format!(
+            "{kind}: node {node}, ranks {first}..{}",
+            first as usize + rank_count
+        );
+        self.instant(TID_FAULTS, &what, t_ns)?;
+        if self.undetected.is_none() && self.stopped_at.is_none() {
+            self.undetected = Some((t_ns, what));
+        }
+        let dead: Vec<u32> = self
+            .open
+            .range(first..first + rank_count as u32)
+            .map(|(&r, _)| r)
+            .collect();
+        for r in dead {
+            self.cut(r, t_ns, "crashed")?;
+        }
+        Ok(())
+    }
+
+    /// A detection: the span from the fault it ends, and the start of the stop.
+    fn detected(&mut self, t_ns: u64, by: Detector) -> std::io::Result<()> {
+        if self.stopped_at.is_none() {
+            if let Some((start, what)) = self.undetected.take() {
+                let args = serde_json::json!({ "detected_by": by });
+                let name = format!("undetected {what}");
+                self.span(
+                    CONTROLLER_PID,
+                    TID_FAULTS,
+                    "fault",
+                    &name,
+                    start,
+                    t_ns,
+                    args,
+                )?;
+            }
+            self.stopped_at = Some(t_ns);
+        }
+        Ok(())
+    }
+
+    /// The job stops: checkpoints being persisted end unfinished, every open span is cut.
+    fn abort(&mut self, t_ns: u64) -> std::io::Result<()> {
+        self.stopped_at.get_or_insert(t_ns);
+        self.undetected = None;
+        for (step, start) in std::mem::take(&mut self.persisting) {
+            self.persist_span(step, start, t_ns, false)?;
+        }
+        let ranks: Vec<u32> = self.open.keys().copied().collect();
+        for r in ranks {
+            self.cut(r, t_ns, "aborted")?;
+        }
+        Ok(())
+    }
+
+    /// The job restarts: the span of the stop, and (unless abandoned) a restore on every rank.
+    fn restart(&mut self, t_ns: u64, generation: u64, abandoned: bool) -> std::io::Result<()> {
+        if let Some(start) = self.stopped_at.take() {
+            let name = format!("stopped until generation {generation}");
+            let args = serde_json::json!({ "abandoned": abandoned });
+            self.span(
+                CONTROLLER_PID,
+                TID_RECOVERY,
+                "recovery",
+                &name,
+                start,
+                t_ns,
+                args,
+            )?;
+        }
+        if !abandoned {
+            for open in self.open.values_mut() {
+                open.restore = Some(t_ns);
+            }
+        }
+        Ok(())
+    }
+
     fn rank_record(&mut self, t_ns: u64, rank: u32, record: Record) -> std::io::Result<()> {
         match record {
             Record::Compute { work, duration_ns } => {
@@ -847,79 +869,98 @@ impl Timeline {
             }
             Record::Finished => self.end_restore(rank, t_ns)?,
             Record::Deliver { .. } => {}
-            Record::Rank(event) => match *event {
-                // Health checks show in the trace; the timeline keeps to compute, communication,
-                // checkpoints and faults.
-                Event::ComputeTimed { .. }
-                | Event::ChecksumMismatch { .. }
-                | Event::SdcSuspect { .. }
-                | Event::SdcVerdict { .. }
-                | Event::HealthCheckCost { .. }
-                | Event::SdcRollback { .. } => {}
-                Event::StepBegin { step } => {
-                    self.end_restore(rank, t_ns)?;
-                    self.open.get_mut(&rank).expect("tracked").step = Some((t_ns, step));
-                }
-                Event::StepEnd { step, loss } => {
-                    if let Some((start, _)) = self.open.get_mut(&rank).expect("tracked").step.take()
-                    {
-                        let args = serde_json::json!({ "loss": loss });
-                        self.span(
-                            RANKS_PID,
-                            rank,
-                            "step",
-                            &format!("step {step}"),
-                            start,
-                            t_ns,
-                            args,
-                        )?;
-                    }
-                }
-                Event::CollectiveBegin { op_id, op, .. } => {
-                    self.open.get_mut(&rank).expect("tracked").collective =
-                        Some((t_ns, op_id, op.name()));
-                }
-                Event::CollectiveEnd { .. } => {
-                    if let Some((start, op_id, op)) =
-                        self.open.get_mut(&rank).expect("tracked").collective.take()
-                    {
-                        let args = serde_json::json!({ "op_id": op_id });
-                        let name = format!("{op} {op_id}");
-                        self.span(RANKS_PID, rank, "collective", &name, start, t_ns, args)?;
-                    }
-                }
-                Event::CheckpointSnapshot { step, stall_ns } => {
-                    let args = serde_json::json!({ "step": step });
-                    let name = format!("checkpoint snapshot {step}");
-                    self.span(
-                        RANKS_PID,
-                        rank,
-                        "checkpoint",
-                        &name,
-                        t_ns - stall_ns,
-                        t_ns,
-                        args,
-                    )?;
-                    if rank == 0 {
-                        self.persisting.insert(step, t_ns);
-                    }
-                }
-                Event::CheckpointCommitted { step } => {
-                    if let Some(start) = self.persisting.remove(&step) {
-                        self.persist_span(step, start, t_ns, true)?;
-                    }
-                }
-                Event::Restored { step, tier } => {
-                    self.open.get_mut(&rank).expect("tracked").restored_from = Some((step, tier));
-                }
-                Event::RestoreFallback { step } => {
-                    self.push(serde_json::json!({
-                        "ph": "i", "s": "t", "cat": "restore", "name": format!("checkpoint {step} unusable"),
-                        "pid": RANKS_PID, "tid": rank, "ts": us(t_ns),
-                    }))?;
-                }
-            },
+            Record::Rank(event) => self.rank_event(t_ns, rank, *event)?,
             _ => unreachable!("a rank record"),
+        }
+        Ok(())
+    }
+
+    /// A trainer event on `rank`'s track: a span begun or ended, or a marker.
+    fn rank_event(&mut self, t_ns: u64, rank: u32, event: Event) -> std::io::Result<()> {
+        match event {
+            // Health checks show in the trace; the timeline keeps to compute, communication,
+            // checkpoints and faults.
+            Event::ComputeTimed { .. }
+            | Event::ChecksumMismatch { .. }
+            | Event::SdcSuspect { .. }
+            | Event::SdcVerdict { .. }
+            | Event::HealthCheckCost { .. }
+            | Event::SdcRollback { .. } => {}
+            Event::StepBegin { step } => {
+                self.end_restore(rank, t_ns)?;
+                self.open.get_mut(&rank).expect("tracked").step = Some((t_ns, step));
+            }
+            Event::StepEnd { step, loss } => self.end_step(t_ns, rank, step, loss)?,
+            Event::CollectiveBegin { op_id, op, .. } => {
+                self.open.get_mut(&rank).expect("tracked").collective =
+                    Some((t_ns, op_id, op.name()));
+            }
+            Event::CollectiveEnd { .. } => self.end_collective(t_ns, rank)?,
+            Event::CheckpointSnapshot { step, stall_ns } => {
+                self.snapshot(t_ns, rank, step, stall_ns)?
+            }
+            Event::CheckpointCommitted { step } => {
+                if let Some(start) = self.persisting.remove(&step) {
+                    self.persist_span(step, start, t_ns, true)?;
+                }
+            }
+            Event::Restored { step, tier } => {
+                self.open.get_mut(&rank).expect("tracked").restored_from = Some((step, tier));
+            }
+            Event::RestoreFallback { step } => {
+                self.push(serde_json::json!({
+                    "ph": "i", "s": "t", "cat": "restore", "name": format!("checkpoint {step} unusable"),
+                    "pid": RANKS_PID, "tid": rank, "ts": us(t_ns),
+                }))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The span of the step `rank` began, ended now.
+    fn end_step(&mut self, t_ns: u64, rank: u32, step: u64, loss: f32) -> std::io::Result<()> {
+        if let Some((start, _)) = self.open.get_mut(&rank).expect("tracked").step.take() {
+            let args = serde_json::json!({ "loss": loss });
+            self.span(
+                RANKS_PID,
+                rank,
+                "step",
+                &format!("step {step}"),
+                start,
+                t_ns,
+                args,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The span of the collective `rank` began, ended now.
+    fn end_collective(&mut self, t_ns: u64, rank: u32) -> std::io::Result<()> {
+        if let Some((start, op_id, op)) =
+            self.open.get_mut(&rank).expect("tracked").collective.take()
+        {
+            let args = serde_json::json!({ "op_id": op_id });
+            let name = format!("{op} {op_id}");
+            self.span(RANKS_PID, rank, "collective", &name, start, t_ns, args)?;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint snapshot's stall on `rank`'s track; rank 0's begins the persist span.
+    fn snapshot(&mut self, t_ns: u64, rank: u32, step: u64, stall_ns: u64) -> std::io::Result<()> {
+        let args = serde_json::json!({ "step": step });
+        let name = format!("checkpoint snapshot {step}");
+        self.span(
+            RANKS_PID,
+            rank,
+            "checkpoint",
+            &name,
+            t_ns - stall_ns,
+            t_ns,
+            args,
+        )?;
+        if rank == 0 {
+            self.persisting.insert(step, t_ns);
         }
         Ok(())
     }

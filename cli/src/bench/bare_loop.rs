@@ -146,18 +146,13 @@ struct BareLoop<'a> {
 }
 
 impl BareLoop<'_> {
-    /// What rank `rank` does at (`stage`, `idx`).
-    // Over 70 lines: the loop's whole state machine, one match arm per stage of the
-    // hierarchical all-reduce; split, the stages' order and their tags would no longer read
-    // as one table.
+    /// What rank `rank` does at (`stage`, `idx`): the loop's whole state machine, one match
+    /// arm per stage of the hierarchical all-reduce.
     fn action(&self, rank: usize, stage: u8, idx: usize) -> Action {
         let g = self.gpus_per_node;
         let (node, local) = (rank / g, rank % g);
         let node_first = node * g;
         let chunk_span = self.span.part(g, local);
-        let rail_member = |node: usize| (node * g + local) as u32;
-        let shape = &self.shape;
-        let virt = shape.virtual_of(node);
         match stage {
             STAGE_INTRA_RS_SEND | STAGE_INTRA_RS_RECV | STAGE_INTRA_AG_SEND
             | STAGE_INTRA_AG_RECV
@@ -186,74 +181,8 @@ impl BareLoop<'_> {
                 span: chunk_span,
                 add: true,
             },
-            STAGE_FOLD => match (idx, virt) {
-                (0, None) => Action::Send {
-                    to: rail_member(node + 1),
-                    tag: tag(stage, 0, local),
-                    span: chunk_span,
-                },
-                (0, Some(_)) if node < 2 * shape.extra => Action::Recv {
-                    from: rail_member(node - 1),
-                    tag: tag(stage, 0, local),
-                    span: chunk_span,
-                    add: true,
-                },
-                _ => Action::NextStage,
-            },
-            STAGE_HALVING | STAGE_DOUBLING => {
-                let round = idx / 2;
-                let Some(v) = virt.filter(|_| round < shape.log2) else {
-                    return Action::NextStage;
-                };
-                let (mask, keep, give) = if stage == STAGE_HALVING {
-                    // The range before this round is `width` wide and holds v; keep v's half.
-                    let width = shape.pow2 >> round;
-                    let lo = v & !(width - 1);
-                    let mid = lo + width / 2;
-                    let mask = width / 2;
-                    if v & mask == 0 {
-                        (mask, (lo, mid), (mid, lo + width))
-                    } else {
-                        (mask, (mid, lo + width), (lo, mid))
-                    }
-                } else {
-                    // Swap the owned `width`-wide range with the partner's.
-                    let width = 1 << round;
-                    let lo = v & !(width - 1);
-                    let theirs = lo ^ width;
-                    (width, (theirs, theirs + width), (lo, lo + width))
-                };
-                let partner = rail_member(shape.member_of(v ^ mask));
-                let tag = tag(stage, round, local);
-                if idx % 2 == 0 {
-                    Action::Send {
-                        to: partner,
-                        tag,
-                        span: chunk_span.parts(shape.pow2, give.0, give.1),
-                    }
-                } else {
-                    Action::Recv {
-                        from: partner,
-                        tag,
-                        span: chunk_span.parts(shape.pow2, keep.0, keep.1),
-                        add: stage == STAGE_HALVING,
-                    }
-                }
-            }
-            STAGE_UNFOLD => match (idx, virt) {
-                (0, None) => Action::Recv {
-                    from: rail_member(node + 1),
-                    tag: tag(stage, 0, local),
-                    span: chunk_span,
-                    add: false,
-                },
-                (0, Some(_)) if node < 2 * shape.extra => Action::Send {
-                    to: rail_member(node - 1),
-                    tag: tag(stage, 0, local),
-                    span: chunk_span,
-                },
-                _ => Action::NextStage,
-            },
+            STAGE_FOLD | STAGE_UNFOLD => self.fold_action(stage, idx, node, local),
+            STAGE_HALVING | STAGE_DOUBLING => self.rail_exchange(stage, idx, node, local),
             STAGE_INTRA_AG_SEND => Action::Send {
                 to: (node_first + idx) as u32,
                 tag: tag(stage, 0, local),
@@ -266,6 +195,95 @@ impl BareLoop<'_> {
                 add: false,
             },
             _ => Action::NextStage,
+        }
+    }
+
+    /// The fold before the power-of-two rounds (the first extra nodes send their chunk to a
+    /// partner) and the unfold after them (the partner sends the result back).
+    fn fold_action(&self, stage: u8, idx: usize, node: usize, local: usize) -> Action {
+        let g = self.gpus_per_node;
+        let chunk_span = self.span.part(g, local);
+        let rail_member = |node: usize| (node * g + local) as u32;
+        let shape = &self.shape;
+        let virt = shape.virtual_of(node);
+        if stage == STAGE_FOLD {
+            match (idx, virt) {
+                (0, None) => Action::Send {
+                    to: rail_member(node + 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                },
+                (0, Some(_)) if node < 2 * shape.extra => Action::Recv {
+                    from: rail_member(node - 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                    add: true,
+                },
+                _ => Action::NextStage,
+            }
+        } else {
+            match (idx, virt) {
+                (0, None) => Action::Recv {
+                    from: rail_member(node + 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                    add: false,
+                },
+                (0, Some(_)) if node < 2 * shape.extra => Action::Send {
+                    to: rail_member(node - 1),
+                    tag: tag(stage, 0, local),
+                    span: chunk_span,
+                },
+                _ => Action::NextStage,
+            }
+        }
+    }
+
+    /// A halving (reduce-scatter) or doubling (all-gather) round across nodes on `local`'s
+    /// rail: even `idx` sends the half (or range) given away, odd `idx` receives the one kept.
+    fn rail_exchange(&self, stage: u8, idx: usize, node: usize, local: usize) -> Action {
+        let g = self.gpus_per_node;
+        let chunk_span = self.span.part(g, local);
+        let rail_member = |node: usize| (node * g + local) as u32;
+        let shape = &self.shape;
+        let virt = shape.virtual_of(node);
+        let round = idx / 2;
+        let Some(v) = virt.filter(|_| round < shape.log2) else {
+            return Action::NextStage;
+        };
+        let (mask, keep, give) = if stage == STAGE_HALVING {
+            // The range before this round is `width` wide and holds v; keep v's half.
+            let width = shape.pow2 >> round;
+            let lo = v & !(width - 1);
+            let mid = lo + width / 2;
+            let mask = width / 2;
+            if v & mask == 0 {
+                (mask, (lo, mid), (mid, lo + width))
+            } else {
+                (mask, (mid, lo + width), (lo, mid))
+            }
+        } else {
+            // Swap the owned `width`-wide range with the partner's.
+            let width = 1 << round;
+            let lo = v & !(width - 1);
+            let theirs = lo ^ width;
+            (width, (theirs, theirs + width), (lo, lo + width))
+        };
+        let partner = rail_member(shape.member_of(v ^ mask));
+        let tag = tag(stage, round, local);
+        if idx % 2 == 0 {
+            Action::Send {
+                to: partner,
+                tag,
+                span: chunk_span.parts(shape.pow2, give.0, give.1),
+            }
+        } else {
+            Action::Recv {
+                from: partner,
+                tag,
+                span: chunk_span.parts(shape.pow2, keep.0, keep.1),
+                add: stage == STAGE_HALVING,
+            }
         }
     }
 

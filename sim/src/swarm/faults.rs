@@ -87,43 +87,28 @@ impl FaultKind {
         }
     }
 
-    // Over 70 lines: one match arm per fault kind, each drawing that kind's fields from the
-    // seed; kept together so the draw order (and so every seed's faults) is visible at once.
+    /// One fault of this kind, drawn from `rng`. The order of the draws fixes every seed's
+    /// schedule: changing it changes what each seed runs.
     fn draw(self, rng: &mut ChaCha8Rng, space: &DrawSpace) -> FaultSpec {
-        let time = |rng: &mut ChaCha8Rng| grid(rng.gen_range(0..space.faulty_until_ns.max(1)));
-        let target = |rng: &mut ChaCha8Rng| {
-            if rng.gen_bool(0.5) {
-                CrashTarget::Node(rng.gen_range(0..space.nodes))
-            } else {
-                CrashTarget::Gpu(rng.gen_range(0..space.gpus))
-            }
-        };
-        let window = |rng: &mut ChaCha8Rng| {
-            let from_ns = time(rng);
-            let until_ns = grid(
-                rng.gen_range(from_ns + GRID_NS..=space.faulty_until_ns.max(from_ns + GRID_NS)),
-            );
-            (from_ns, until_ns.max(from_ns + GRID_NS))
-        };
         match self {
             FaultKind::NodeCrash => FaultSpec::Crash {
                 target: CrashTarget::Node(rng.gen_range(0..space.nodes)),
-                when: CrashWhen::AtNs(time(rng)),
+                when: CrashWhen::AtNs(space.time(rng)),
             },
             FaultKind::GpuCrash => FaultSpec::Crash {
                 target: CrashTarget::Gpu(rng.gen_range(0..space.gpus)),
-                when: CrashWhen::AtNs(time(rng)),
+                when: CrashWhen::AtNs(space.time(rng)),
             },
             FaultKind::CrashAtStep => FaultSpec::Crash {
-                target: target(rng),
+                target: space.crash_target(rng),
                 when: CrashWhen::AtStep(rng.gen_range(0..space.faulty_steps.max(1))),
             },
             FaultKind::CrashAfterCommits => FaultSpec::Crash {
-                target: target(rng),
+                target: space.crash_target(rng),
                 when: CrashWhen::AfterCommits(rng.gen_range(1..=3)),
             },
             FaultKind::StorageSlow => {
-                let (from_ns, until_ns) = window(rng);
+                let (from_ns, until_ns) = space.window(rng);
                 let factor = [2, 4, 8, 16][rng.gen_range(0..4)];
                 FaultSpec::StorageSlow {
                     from_ns,
@@ -132,53 +117,14 @@ impl FaultKind {
                 }
             }
             FaultKind::StorageFailWrites => {
-                let (from_ns, until_ns) = window(rng);
+                let (from_ns, until_ns) = space.window(rng);
                 FaultSpec::StorageFailWrites { from_ns, until_ns }
             }
-            FaultKind::StorageCorrupt => FaultSpec::StorageCorrupt { at_ns: time(rng) },
-            FaultKind::LinkFlap => {
-                let link = if space.leaves > 0 && space.spines_per_leaf > 0 && rng.gen_bool(0.5) {
-                    LinkRef::LeafSpine {
-                        leaf: rng.gen_range(0..space.leaves),
-                        spine: rng.gen_range(0..space.spines_per_leaf),
-                    }
-                } else {
-                    LinkRef::Nic {
-                        gpu: rng.gen_range(0..space.gpus),
-                    }
-                };
-                // Mostly short (the retry transport rides them out), sometimes longer than a
-                // retry budget (the transfer is lost and the job restarts).
-                let down_ns = FLAP_DOWN_NS[rng.gen_range(0..FLAP_DOWN_NS.len())];
-                let count = rng.gen_range(1..=3);
-                let period_ns = if count > 1 {
-                    grid(down_ns + rng.gen_range(GRID_NS..=down_ns.max(GRID_NS) * 4))
-                } else {
-                    0
-                };
-                FaultSpec::LinkFlap {
-                    link,
-                    at_ns: time(rng),
-                    down_ns,
-                    count,
-                    period_ns,
-                }
-            }
-            FaultKind::Straggler => {
-                let target = if rng.gen_bool(0.5) {
-                    StragglerTarget::Node(rng.gen_range(0..space.nodes))
-                } else {
-                    StragglerTarget::Gpu(rng.gen_range(0..space.gpus))
-                };
-                let (from_ns, until_ns) = window(rng);
-                FaultSpec::Straggler {
-                    target,
-                    nic: rng.gen_bool(0.5),
-                    factor: [2, 4, 8, 16][rng.gen_range(0..4)],
-                    from_ns,
-                    duration_ns: until_ns - from_ns,
-                }
-            }
+            FaultKind::StorageCorrupt => FaultSpec::StorageCorrupt {
+                at_ns: space.time(rng),
+            },
+            FaultKind::LinkFlap => draw_flap(rng, space),
+            FaultKind::Straggler => draw_straggler(rng, space),
             FaultKind::Sdc => {
                 let kind = SDC_KINDS[rng.gen_range(0..SDC_KINDS.len())];
                 FaultSpec::Sdc {
@@ -191,6 +137,76 @@ impl FaultKind {
                 }
             }
         }
+    }
+}
+
+/// A link flap: a leaf-spine link or a NIC, mostly short (the retry transport rides them
+/// out), sometimes longer than a retry budget (the transfer is lost and the job restarts).
+fn draw_flap(rng: &mut ChaCha8Rng, space: &DrawSpace) -> FaultSpec {
+    let link = if space.leaves > 0 && space.spines_per_leaf > 0 && rng.gen_bool(0.5) {
+        LinkRef::LeafSpine {
+            leaf: rng.gen_range(0..space.leaves),
+            spine: rng.gen_range(0..space.spines_per_leaf),
+        }
+    } else {
+        LinkRef::Nic {
+            gpu: rng.gen_range(0..space.gpus),
+        }
+    };
+    let down_ns = FLAP_DOWN_NS[rng.gen_range(0..FLAP_DOWN_NS.len())];
+    let count = rng.gen_range(1..=3);
+    let period_ns = if count > 1 {
+        grid(down_ns + rng.gen_range(GRID_NS..=down_ns.max(GRID_NS) * 4))
+    } else {
+        0
+    };
+    FaultSpec::LinkFlap {
+        link,
+        at_ns: space.time(rng),
+        down_ns,
+        count,
+        period_ns,
+    }
+}
+
+/// A slow GPU or node, its compute or its NIC, over a window of the faulty phase.
+fn draw_straggler(rng: &mut ChaCha8Rng, space: &DrawSpace) -> FaultSpec {
+    let target = if rng.gen_bool(0.5) {
+        StragglerTarget::Node(rng.gen_range(0..space.nodes))
+    } else {
+        StragglerTarget::Gpu(rng.gen_range(0..space.gpus))
+    };
+    let (from_ns, until_ns) = space.window(rng);
+    FaultSpec::Straggler {
+        target,
+        nic: rng.gen_bool(0.5),
+        factor: [2, 4, 8, 16][rng.gen_range(0..4)],
+        from_ns,
+        duration_ns: until_ns - from_ns,
+    }
+}
+
+impl DrawSpace {
+    /// A time in the faulty phase, on the grid.
+    fn time(&self, rng: &mut ChaCha8Rng) -> u64 {
+        grid(rng.gen_range(0..self.faulty_until_ns.max(1)))
+    }
+
+    /// A node or a GPU, even odds.
+    fn crash_target(&self, rng: &mut ChaCha8Rng) -> CrashTarget {
+        if rng.gen_bool(0.5) {
+            CrashTarget::Node(rng.gen_range(0..self.nodes))
+        } else {
+            CrashTarget::Gpu(rng.gen_range(0..self.gpus))
+        }
+    }
+
+    /// A window of at least one grid step inside the faulty phase.
+    fn window(&self, rng: &mut ChaCha8Rng) -> (u64, u64) {
+        let from_ns = self.time(rng);
+        let until_ns =
+            grid(rng.gen_range(from_ns + GRID_NS..=self.faulty_until_ns.max(from_ns + GRID_NS)));
+        (from_ns, until_ns.max(from_ns + GRID_NS))
     }
 }
 
