@@ -16,7 +16,9 @@ mod source;
 
 pub use config::*;
 pub use link::LinkRef;
-pub use load::{load, load_str, load_str_located, read_scenario_file, ALLOW_PLANTED_BUGS_ENV};
+pub use load::{
+    load, load_str, load_str_located, read_scenario_file, validate_gpus, ALLOW_PLANTED_BUGS_ENV,
+};
 pub use source::{in_range, parse_checked, positive, with_suggestion, ScenarioError, Source};
 
 #[cfg(test)]

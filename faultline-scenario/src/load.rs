@@ -487,15 +487,25 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     })
 }
 
-fn validate_cluster(src: &Source, c: &RawCluster) -> Result<ClusterConfig, ScenarioError> {
-    let gpus = in_range(src, "cluster.gpus", c.gpus, 1, MAX_GPUS as i64)?;
-    let gpus_per_node = in_range(src, "cluster.gpus_per_node", c.gpus_per_node, 1, 256)?;
+/// `cluster.gpus` and `cluster.gpus_per_node`, as run and planner scenarios both state them.
+pub fn validate_gpus(
+    src: &Source,
+    gpus: i64,
+    gpus_per_node: i64,
+) -> Result<(usize, usize), ScenarioError> {
+    let gpus = in_range(src, "cluster.gpus", gpus, 1, MAX_GPUS as i64)?;
+    let gpus_per_node = in_range(src, "cluster.gpus_per_node", gpus_per_node, 1, 256)?;
     if gpus_per_node > gpus {
         return Err(src.error(
             "cluster.gpus_per_node",
             format!("{gpus_per_node} GPUs per node is more than the {gpus} GPUs of the cluster"),
         ));
     }
+    Ok((gpus, gpus_per_node))
+}
+
+fn validate_cluster(src: &Source, c: &RawCluster) -> Result<ClusterConfig, ScenarioError> {
+    let (gpus, gpus_per_node) = validate_gpus(src, c.gpus, c.gpus_per_node)?;
     let nodes = gpus.div_ceil(gpus_per_node);
     let nodes_per_leaf = in_range(src, "cluster.nodes_per_leaf", c.nodes_per_leaf, 1, 4096)?;
     if !(c.oversubscription.is_finite() && (1.0..=64.0).contains(&c.oversubscription)) {

@@ -24,8 +24,8 @@ use crate::topology::{Route, Topology};
 use crate::trace::Record;
 use digest_tag::DigestTag;
 use hot::{
-    Message, RankState, Wait, WaitKind, ABORTED, CHECKSUMMED, DEAD, FINISHED, MEMORY_LOST, NO_SLOT,
-    TIMED_OUT, TIMER_FIRED,
+    Message, RankState, Wait, WaitKind, ABORTED, DEAD, FINISHED, MEMORY_LOST, NO_SLOT, TIMED_OUT,
+    TIMER_FIRED,
 };
 
 mod clock;

@@ -432,20 +432,8 @@ fn duration_s(
 }
 
 fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, ScenarioError> {
-    let gpus = in_range(src, "cluster.gpus", raw.cluster.gpus, 1, MAX_GPUS as i64)?;
-    let gpus_per_node = in_range(
-        src,
-        "cluster.gpus_per_node",
-        raw.cluster.gpus_per_node,
-        1,
-        256,
-    )?;
-    if gpus_per_node > gpus {
-        return Err(src.error(
-            "cluster.gpus_per_node",
-            format!("{gpus_per_node} GPUs per node is more than the {gpus} GPUs of the cluster"),
-        ));
-    }
+    let (gpus, gpus_per_node) =
+        faultline_scenario::validate_gpus(src, raw.cluster.gpus, raw.cluster.gpus_per_node)?;
     let nodes = gpus.div_ceil(gpus_per_node);
     let plan = validate_plan(src, &raw.plan)?;
     let (checkpoint_interval_s, checkpoint_write_time_s, checkpoint_persist_time_s) =

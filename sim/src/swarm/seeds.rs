@@ -191,14 +191,10 @@ fn rare_path_coverage(
         .filter(|p| !reached.contains_key(p))
         .map(|p| p.name())
         .collect();
-    let by_name = crate::books::by_name(&reached);
-    (
-        by_name
-            .into_iter()
-            .map(|(name, &seeds)| (name, seeds))
-            .collect(),
-        never,
-    )
+    let reached = reached
+        .into_iter()
+        .map(|(path, seeds)| (path.name(), seeds));
+    (reached.collect(), never)
 }
 
 /// Parses `A..B` (B excluded) or `A..=B` (B included).

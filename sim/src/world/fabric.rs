@@ -86,6 +86,7 @@ impl Fabric {
     }
 
     /// Every link's busy-until time, for the invariant checks.
+    #[cfg(any(debug_assertions, test))]
     pub(super) fn busy_until_ns(&self) -> &[u64] {
         &self.busy_until_ns
     }

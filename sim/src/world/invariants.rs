@@ -66,7 +66,7 @@ impl World {
                     message.to as usize, rank,
                     "slot {slot} in the wrong mailbox"
                 );
-                let sent_in = message.generation_and_flag & !super::CHECKSUMMED;
+                let sent_in = message.generation_and_flag & !super::hot::CHECKSUMMED;
                 assert!(
                     sent_in <= generation,
                     "slot {slot} is of generation {sent_in}"
