@@ -95,6 +95,25 @@ pub fn load_points(
     Ok(points)
 }
 
+/// A digest of what a plan runs: every point's swept settings and validated configuration
+/// (the file's content with every `--set`, `--sweep` value and cost applied), in point order.
+/// The description and the sweep's own text are left out: they change nothing that runs. The
+/// digest is FNV-1a over the configuration's `Debug` form, which prints every number exactly,
+/// so it is the same in every process and on every machine: shards of one plan carry the same
+/// digest, and `merge` refuses shards whose digests differ.
+pub fn plan_digest(points: &[Point]) -> String {
+    let mut digest = trainer_core::digest::Digest::new();
+    for point in points {
+        let config = PlanConfig {
+            description: String::new(),
+            sweep: Vec::new(),
+            ..point.config.clone()
+        };
+        digest.bytes(format!("{:?}\n{config:?}\n", point.settings).as_bytes());
+    }
+    format!("{:016x}", digest.finish())
+}
+
 /// The seeds shard `shard_idx` of `shard_count` runs: every `shard_count`-th from `shard_idx`.
 pub fn shard_seeds(seeds: usize, shard_idx: usize, shard_count: usize) -> Vec<u64> {
     (shard_idx..seeds)
@@ -139,6 +158,7 @@ pub fn run_shard(
     Shard {
         format: SHARD_FORMAT.to_string(),
         scenario: first.name.clone(),
+        plan_digest: plan_digest(points),
         root_seed: first.root_seed,
         seeds: first.seeds,
         gpus: first.gpus,

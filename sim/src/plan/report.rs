@@ -11,7 +11,8 @@ use super::analytic;
 use super::config::{PlanConfig, COUNTED_KINDS};
 use super::model::{LostTime, SeedResult};
 
-pub const SHARD_FORMAT: &str = "faultline-plan-shard/1";
+/// Version 2 added `plan_digest`.
+pub const SHARD_FORMAT: &str = "faultline-plan-shard/2";
 
 /// One sweep point as configured, with the closed forms for its inputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +73,10 @@ impl PointInfo {
 pub struct Shard {
     pub format: String,
     pub scenario: String,
+    /// [`super::plan_digest`] of the points run: two files of one name, or one file with
+    /// other overrides, give other digests. Absent in older formats, which are refused.
+    #[serde(default)]
+    pub plan_digest: String,
     pub root_seed: u64,
     pub seeds: usize,
     pub gpus: usize,
@@ -90,13 +95,26 @@ pub struct ShardPoint {
 }
 
 /// Every shard is of this faultline's format and of the same plan as `first`: the same
-/// scenario, seeds, scale, horizon, split and sweep.
+/// scenario content, seeds, scale, horizon, split and sweep.
 fn check_same_plan(shards: &[Shard], first: &Shard) -> Result<(), String> {
     for s in shards {
         if s.format != SHARD_FORMAT {
             return Err(format!(
                 "shard {}/{}: format {:?}, expected {SHARD_FORMAT:?}",
                 s.shard_idx, s.shard_count, s.format
+            ));
+        }
+        if s.plan_digest != first.plan_digest {
+            return Err(format!(
+                "shard {}/{} and shard {}/{} are not from the same plan: the scenario content \
+                 differs (plan digest {} and {}: another file of the same name, or other \
+                 --set, --sweep, --seeds or --costs)",
+                first.shard_idx,
+                first.shard_count,
+                s.shard_idx,
+                s.shard_count,
+                first.plan_digest,
+                s.plan_digest
             ));
         }
         let same = s.scenario == first.scenario

