@@ -4,14 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use faultline_sim::run::{self, RunReport};
-use faultline_sim::scenario::Scenario;
+use faultline_sim::scenario::{self, Scenario};
 use faultline_sim::shell::quote;
 use faultline_sim::swarm::invariants::Violation;
 use faultline_sim::{replay, trace};
 
-use crate::{
-    check_outputs, guard_memory, load, locate, swarm_cli, Failure, SetArgs, TraceLevelArg,
-};
+use crate::{check_outputs, guard_memory, locate, swarm_cli, Failure, SetArgs, TraceLevelArg};
 use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
 
 #[derive(clap::Args)]
@@ -59,10 +57,13 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
         ("--trace", args.trace.as_deref()),
         ("--perfetto", args.perfetto.as_deref()),
     ])?;
-    let scenario = scenario_of(&args)?;
+    // The file is read once: a pipe (/dev/stdin) has nothing left for a second read, and a
+    // file may change between two; the trace's header embeds the text that was run.
+    let text = read_scenario(&args.scenario)?;
+    let scenario = scenario_of(&args, &text)?;
     // A --check run also runs the scenario again and once without faults, one at a time.
     guard_memory("this run", &scenario, 1)?;
-    let recorder = recorder_for(&args, &scenario)?;
+    let recorder = recorder_for(&args, &scenario, &text.2)?;
     let mut reproduce = reproduce_line(&args.scenario, scenario.run.seed, &args.set.sets);
     if args.no_faults {
         reproduce.push_str(" --no-faults");
@@ -94,9 +95,17 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     })
 }
 
-/// The scenario with the command line's seed and `--no-faults` applied.
-fn scenario_of(args: &RunArgs) -> Result<Scenario, Failure> {
-    let mut scenario = load(&args.scenario, &args.set.sets)?;
+/// The scenario file's name, origin and text, read once.
+fn read_scenario(path: &Path) -> Result<(String, String, String), Failure> {
+    scenario::read_scenario_file(&locate(path)).map_err(|e| Failure::bad_input(e.to_string()))
+}
+
+/// The scenario read as `text` (name, origin, text), with the command line's `--set`s, seed
+/// and `--no-faults` applied.
+fn scenario_of(args: &RunArgs, text: &(String, String, String)) -> Result<Scenario, Failure> {
+    let (name, origin, text) = text;
+    let mut scenario = scenario::load_str(name, origin, text, &args.set.sets)
+        .map_err(|e| Failure::bad_input(e.to_string()))?;
     if let Some(seed) = args.seed {
         scenario.run.seed = seed;
     }
@@ -151,21 +160,23 @@ fn print_json(report: &RunReport, reproduce: String, violations: Option<&Vec<Vio
     println!("{value}");
 }
 
-/// The trace and timeline a run asked for, their files opened before the run starts.
-fn recorder_for(args: &RunArgs, scenario: &Scenario) -> Result<Option<trace::Recorder>, Failure> {
+/// The trace and timeline a run asked for, their files opened before the run starts; the
+/// trace's header embeds `text`, the scenario as read.
+fn recorder_for(
+    args: &RunArgs,
+    scenario: &Scenario,
+    text: &str,
+) -> Result<Option<trace::Recorder>, Failure> {
     if args.trace.is_none() && args.perfetto.is_none() {
         return Ok(None);
     }
     let mut recorder = trace::Recorder::new();
     if let Some(path) = &args.trace {
         let level = args.trace_level.resolve(scenario.cluster.gpus);
-        let scenario_path = locate(&args.scenario);
-        let text = std::fs::read_to_string(&scenario_path)
-            .map_err(|e| Failure::bad_input(format!("{}: {e}", scenario_path.display())))?;
         let header = trace::TraceHeader::for_run(
             scenario,
             &args.scenario.display().to_string(),
-            &text,
+            text,
             &args.set.sets,
             args.no_faults,
             level,

@@ -99,3 +99,33 @@ fn merge_refuses_shards_of_different_scenario_content_under_one_name() {
     assert!(merged.status.success(), "{}", stderr(&merged));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A scenario given on a pipe can be read only once: the run and its trace's header must use
+/// the same reading, or the trace records an empty scenario that cannot be replayed.
+#[test]
+fn a_run_of_a_piped_scenario_writes_a_trace_that_replays() {
+    let dir = scratch("stdin");
+    let text = std::fs::read_to_string(root().join("scenarios/quickstart.toml")).unwrap();
+    let trace = dir.join("t.jsonl");
+    let trace_arg = trace.to_str().unwrap();
+    let args = [
+        "run",
+        "/dev/stdin",
+        "--set",
+        "cluster.gpus=16",
+        "--set",
+        "job.steps=2",
+        "--trace",
+        trace_arg,
+    ];
+    let run = faultline_in(&root(), &args, Some(&text));
+    assert!(run.status.success(), "{}", stderr(&run));
+    let replay = faultline(&["replay", trace_arg]);
+    assert!(
+        replay.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&replay.stdout),
+        stderr(&replay)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
