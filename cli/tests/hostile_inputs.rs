@@ -129,3 +129,37 @@ fn a_run_of_a_piped_scenario_writes_a_trace_that_replays() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Each dotted part of a `--set` key is a level of tables: 64,000 of them overflowed the stack
+/// (an abort, not even the internal-error exit). A key deeper or longer than any real one is
+/// refused, named by its start.
+#[test]
+fn a_set_key_deeper_than_any_scenario_key_is_refused() {
+    let deep = format!("{}=1", vec!["a"; 64_000].join("."));
+    for command in ["run", "plan"] {
+        let scenario = if command == "run" {
+            "scenarios/quickstart.toml"
+        } else {
+            "scenarios/plan-100k-30d.toml"
+        };
+        let out = faultline(&[command, scenario, "--set", &deep]);
+        assert_refused(&out, "a key of 64000 dotted parts");
+        assert!(stderr(&out).contains("--set: a.a.a."), "{}", stderr(&out));
+        assert!(stderr(&out).len() < 1_000, "the key is abridged");
+    }
+    let long = format!("job.{}=1", "s".repeat(300));
+    assert_refused(
+        &faultline(&["run", "--set", &long]),
+        "no scenario key has more",
+    );
+    // Real keys still work: 16 parts is the bound, and the deepest real ones have four.
+    let out = faultline(&[
+        "run",
+        "--set",
+        "cluster.gpus=16",
+        "--set",
+        "job.steps=1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

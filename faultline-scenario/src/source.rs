@@ -81,16 +81,36 @@ pub fn parse_checked<R: serde::de::DeserializeOwned>(
     ))
 }
 
+/// The most dotted parts a `--set` key may have: the deepest key of any format is a handful
+/// (`faults.crash.0.node`); each part is a level of tables, and thousands overflow the stack.
+pub const MAX_SET_KEY_PARTS: usize = 16;
+
+/// The longest `--set` key, in bytes.
+pub const MAX_SET_KEY_BYTES: usize = 256;
+
 fn parse_override(item: &str) -> Result<(String, toml::Value), ScenarioError> {
     let Some((key, value)) = item.split_once('=') else {
         return Err(ScenarioError {
-            origin: format!("--set {item}"),
+            origin: format!("--set {}", abridged(item)),
             line_col: None,
             key: None,
             message: "expected KEY=VALUE, e.g. --set cluster.gpus=12345".into(),
         });
     };
     let key = key.trim().to_string();
+    let parts = key.split('.').count();
+    if parts > MAX_SET_KEY_PARTS || key.len() > MAX_SET_KEY_BYTES {
+        return Err(ScenarioError {
+            origin: "--set".into(),
+            line_col: None,
+            key: Some(abridged(&key)),
+            message: format!(
+                "a key of {parts} dotted parts and {} bytes; no scenario key has more than \
+                 {MAX_SET_KEY_PARTS} parts or {MAX_SET_KEY_BYTES} bytes",
+                key.len()
+            ),
+        });
+    }
     let value = value.trim();
     // A value is TOML (`12345`, `1.5`, `true`, `"x"`), or else a bare string (`10min`).
     let parsed = format!("v = {value}")
@@ -99,6 +119,19 @@ fn parse_override(item: &str) -> Result<(String, toml::Value), ScenarioError> {
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
     Ok((key, parsed))
+}
+
+/// `text` as an error shows it: whole when short, else its start and how long it is.
+fn abridged(text: &str) -> String {
+    const SHOWN: usize = 64;
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    let end = (0..=SHOWN)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
