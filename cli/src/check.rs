@@ -16,8 +16,8 @@ use crate::{load, Failure, SetArgs, TraceLevelArg, EXIT_BUG, EXIT_FINDING};
 pub struct CheckArgs {
     /// Scenario file.
     scenario: PathBuf,
-    /// Root seed; overrides run.seed.
-    #[arg(long)]
+    /// Root seed, 0 to 2^63 - 1; overrides run.seed.
+    #[arg(long, value_parser = crate::parse_seed)]
     seed: Option<u64>,
     #[command(flatten)]
     set: SetArgs,

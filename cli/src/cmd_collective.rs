@@ -32,7 +32,7 @@ pub(crate) struct CollectiveArgs {
     /// What the hierarchical algorithm runs across nodes.
     #[arg(long, value_enum, default_value = "halving-doubling")]
     inter_node_algo: InterNodeAlgoArg,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::parse_seed)]
     seed: u64,
     #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
     executor: ExecutorArg,

@@ -17,8 +17,8 @@ pub(crate) struct RunArgs {
     /// Scenario file.
     #[arg(default_value = DEFAULT_SCENARIO)]
     scenario: PathBuf,
-    /// Root seed; overrides run.seed.
-    #[arg(long)]
+    /// Root seed, 0 to 2^63 - 1; overrides run.seed.
+    #[arg(long, value_parser = crate::parse_seed)]
     seed: Option<u64>,
     #[command(flatten)]
     set: SetArgs,

@@ -209,6 +209,12 @@ impl ValueEnum for OpArg {
     }
 }
 
+/// A root seed on the command line (`--seed`): 0 to `i64::MAX`, what a scenario file's
+/// `run.seed` can hold, so that a reproduce line, a trace and a written scenario carry it.
+pub(crate) fn parse_seed(text: &str) -> Result<u64, String> {
+    scenario::parse_seed(text)
+}
+
 /// A failure and the exit status it maps to.
 pub(crate) struct Failure {
     pub(crate) status: u8,

@@ -75,7 +75,7 @@ pub struct ShrinkArgs {
     /// The base scenario the swarm ran.
     pub scenario: PathBuf,
     /// The failing seed.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse_seed)]
     pub seed: u64,
     /// Keep this invariant broken (default: the seed's first broken one).
     #[arg(long, value_enum)]

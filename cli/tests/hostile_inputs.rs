@@ -163,3 +163,66 @@ fn a_set_key_deeper_than_any_scenario_key_is_refused() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A scenario file's run.seed is a TOML integer, so a seed above i64::MAX could be run but
+/// never written down: the swarm's seed files and shrink's scenario wrapped it to a negative
+/// seed that did not load (a panic). Every seed flag takes 0 to i64::MAX; the largest works.
+#[test]
+fn seeds_above_what_a_scenario_file_holds_are_refused_by_every_command() {
+    let swarm = "scenarios/swarm-checkpoint-restart.toml";
+    let above = "9223372036854775808";
+    for args in [
+        vec!["run", "--seed", above],
+        vec!["check", "scenarios/quickstart.toml", "--seed", above],
+        vec!["shrink", swarm, "--seed", "18446744073709551615"],
+        vec![
+            "collective",
+            "--algo",
+            "ring",
+            "--op",
+            "all-reduce",
+            "--gpus",
+            "8",
+        ],
+        vec![
+            "swarm",
+            swarm,
+            "--seeds",
+            "9223372036854775807..=9223372036854775808",
+        ],
+        vec![
+            "swarm",
+            swarm,
+            "--seeds",
+            "18446744073709551614..18446744073709551615",
+        ],
+    ] {
+        let mut args = args;
+        if args[0] == "collective" {
+            args.extend(["--elems", "4", "--seed", above]);
+        }
+        let out = faultline(&args);
+        assert_refused(&out, "9223372036854775807");
+    }
+    // The largest seed runs, and its trace replays.
+    let dir = scratch("seeds");
+    let trace = dir.join("t.jsonl");
+    let trace = trace.to_str().unwrap();
+    let largest = "9223372036854775807";
+    let run = faultline(&[
+        "run",
+        "--seed",
+        largest,
+        "--set",
+        "cluster.gpus=16",
+        "--set",
+        "job.steps=1",
+        "--trace",
+        trace,
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(faultline(&["replay", trace]).status.success());
+    let out = faultline(&["swarm", swarm, "--seeds", &format!("{largest}..={largest}")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

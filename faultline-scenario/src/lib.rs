@@ -21,5 +21,24 @@ pub use load::{
 };
 pub use source::{in_range, parse_checked, positive, with_suggestion, ScenarioError, Source};
 
+/// The largest root seed: a scenario file's `run.seed` is a TOML integer, at most `i64::MAX`,
+/// and every seed a program takes may end up written there (a swarm's seed files, a shrunk
+/// schedule) or read back from there.
+pub const MAX_SEED: u64 = i64::MAX as u64;
+
+/// `text` as a root seed from 0 to [`MAX_SEED`], or an error saying what is accepted.
+pub fn parse_seed(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(seed) if seed <= MAX_SEED => Ok(seed),
+        Ok(_) => Err(format!(
+            "expected a seed from 0 to {MAX_SEED} (the largest integer a scenario file's \
+             run.seed holds, where a run is written down to be reproduced), got {text}"
+        )),
+        Err(_) => Err(format!(
+            "expected a seed from 0 to {MAX_SEED}, got {text:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 //! results, gathered in a `BTreeMap` by seed, do not depend on the thread count.
 
 use crate::books::RarePath;
+use crate::scenario::MAX_SEED;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -213,13 +214,19 @@ pub fn parse_seed_range(text: &str) -> Result<Range<u64>, String> {
             .map_err(|_| format!("{expected}, got {text:?}"))
     };
     let (from, until) = (number(from)?, number(until)?);
-    let until = if inclusive {
+    // Each seed becomes a scenario file's run.seed, a TOML integer.
+    let last = if inclusive {
         until
-            .checked_add(1)
-            .ok_or_else(|| format!("{expected}, got {text:?}"))?
     } else {
-        until
+        until.saturating_sub(1)
     };
+    if last.max(from) > MAX_SEED {
+        return Err(format!(
+            "{expected}; seeds go from 0 to {MAX_SEED} (a scenario file's run.seed holds no \
+             larger integer), got {text:?}"
+        ));
+    }
+    let until = if inclusive { until + 1 } else { until };
     if until <= from {
         return Err(format!("{expected}; {text:?} holds no seed"));
     }

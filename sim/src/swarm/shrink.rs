@@ -110,6 +110,13 @@ pub fn shrink(
     invariant: Option<Invariant>,
     max_runs: u64,
 ) -> Result<Shrunk, SwarmError> {
+    if seed > crate::scenario::MAX_SEED {
+        // The shrunk schedule is written as a scenario, whose run.seed could not hold it.
+        return Err(SwarmError::BadInput(format!(
+            "--seed: expected a seed from 0 to {}, got {seed}",
+            crate::scenario::MAX_SEED
+        )));
+    }
     let original = draw_schedule(seed, &base.space);
     let outcome = super::seeds::run_seed(base, seed);
     let target = target_invariant(base, seed, invariant, &outcome.violations)?;

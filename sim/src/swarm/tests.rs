@@ -259,10 +259,22 @@ fn seed_ranges_parse_or_say_what_they_expected() {
         "17",
         "1..=18446744073709551615",
         "0..2000000",
+        "9223372036854775807..=9223372036854775808",
+        "9223372036854775808..9223372036854775809",
     ] {
         let error = parse_seed_range(bad).unwrap_err();
         assert!(error.contains("expected a seed range"), "{bad}: {error}");
     }
+    // The largest seed a scenario file's run.seed holds is the last one.
+    let largest = i64::MAX as u64;
+    assert_eq!(
+        parse_seed_range("9223372036854775807..9223372036854775808"),
+        Ok(largest..largest + 1)
+    );
+    assert_eq!(
+        parse_seed_range("9223372036854775807..=9223372036854775807"),
+        Ok(largest..largest + 1)
+    );
 }
 
 #[test]
