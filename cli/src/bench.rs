@@ -49,6 +49,28 @@ pub const CASES: [&str; 8] = [
     "planner",
 ];
 
+/// GPUs per node in every case.
+pub const GPUS_PER_NODE: usize = 8;
+
+/// Why `case` cannot run at `gpus` GPUs, if it cannot: every case builds nodes of
+/// [`GPUS_PER_NODE`] GPUs, the bare loop full ones only. `bench` refuses such a size before
+/// it starts a child, and `bench-case` before it runs.
+pub fn size_problem(case: &str, gpus: usize) -> Option<String> {
+    match case {
+        "bare-loop/hierarchical" if gpus % GPUS_PER_NODE != 0 => Some(format!(
+            "{case} moves messages between full nodes of {GPUS_PER_NODE} GPUs only: give a \
+             multiple of {GPUS_PER_NODE}, or leave the case out with --cases"
+        )),
+        "training/1-step" | "training/10-steps" | "planner" if gpus < GPUS_PER_NODE => {
+            Some(format!(
+                "{case} runs nodes of {GPUS_PER_NODE} GPUs: give at least {GPUS_PER_NODE}, or \
+                 leave the case out with --cases"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Why a case is not run at a size, if it is not.
 pub fn skip_reason(case: &str, gpus: usize) -> Option<&'static str> {
     match case {
@@ -104,7 +126,7 @@ fn bare_loop_case(gpus: usize, checksums: bool) -> CaseResult {
     let base = base_scenario(checksums);
     let mut cluster = base.cluster.clone();
     cluster.gpus = gpus;
-    cluster.gpus_per_node = 8;
+    cluster.gpus_per_node = GPUS_PER_NODE;
     let topology = Topology::new(&cluster, &base.fabric);
     let report = bare_loop::run(
         &topology,
@@ -172,7 +194,7 @@ fn collective_case(
         inter_node_algo: Algo::HalvingDoubling,
         op: Op::AllReduce,
         gpus,
-        gpus_per_node: 8,
+        gpus_per_node: GPUS_PER_NODE,
         elems: COLLECTIVE_ELEMS,
         modelled_bytes: 4 * COLLECTIVE_ELEMS as u64,
         seed: 1,
@@ -297,7 +319,25 @@ pub struct Row {
     pub case: String,
     pub gpus: usize,
     pub executor: String,
-    pub outcome: Result<CaseResult, String>,
+    pub outcome: Result<CaseResult, NotRun>,
+}
+
+/// Why a row has no result.
+pub enum NotRun {
+    /// Not run at this size, by design ([`skip_reason`]).
+    Skipped(&'static str),
+    /// The child failed: the exit status `bench` gives for it (that of a child refusing bad
+    /// input or reporting a finding, otherwise an internal error) and what happened.
+    Failed { status: u8, message: String },
+}
+
+impl std::fmt::Display for NotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRun::Skipped(reason) => write!(f, "skipped: {reason}"),
+            NotRun::Failed { message, .. } => write!(f, "failed {message}"),
+        }
+    }
 }
 
 /// Runs every case at every size on every executor, each in a child process, `repeat` times.
@@ -326,7 +366,7 @@ pub fn run_all(
                     None => "bare",
                 };
                 let outcome = match skip_reason(case, gpus) {
-                    Some(reason) => Err(format!("skipped: {reason}")),
+                    Some(reason) => Err(NotRun::Skipped(reason)),
                     None => best_of(&exe, case, gpus, executor, repeat, checksums),
                 };
                 let row = Row {
@@ -350,7 +390,11 @@ fn best_of(
     executor: Option<ExecutorKind>,
     repeat: usize,
     checksums: bool,
-) -> Result<CaseResult, String> {
+) -> Result<CaseResult, NotRun> {
+    let bug = |message: String| NotRun::Failed {
+        status: crate::EXIT_BUG,
+        message,
+    };
     let mut best: Option<CaseResult> = None;
     for _ in 0..repeat.max(1) {
         let output = Command::new(exe)
@@ -358,16 +402,21 @@ fn best_of(
             .args(["--executor", executor.map_or("fifo", ExecutorKind::name)])
             .args(["--payload-checksums", if checksums { "on" } else { "off" }])
             .output()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+            .map_err(|e| bug(format!("(cannot start {}: {e})", exe.display())))?;
         if !output.status.success() {
-            return Err(format!(
-                "failed ({}): {}",
+            let status = match output.status.code().and_then(|c| u8::try_from(c).ok()) {
+                Some(code @ (crate::EXIT_FINDING | crate::EXIT_BAD_INPUT)) => code,
+                _ => crate::EXIT_BUG,
+            };
+            let message = format!(
+                "({}): {}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            );
+            return Err(NotRun::Failed { status, message });
         }
         let result: CaseResult = serde_json::from_slice(&output.stdout)
-            .map_err(|e| format!("unreadable result: {e}"))?;
+            .map_err(|e| bug(format!("(unreadable result: {e})")))?;
         best = Some(match best {
             Some(b) if b.wall_ms <= result.wall_ms => CaseResult {
                 peak_rss_kib: b.peak_rss_kib.max(result.peak_rss_kib),

@@ -5,7 +5,7 @@ use clap::ValueEnum;
 use faultline_sim::executor::ExecutorKind;
 use faultline_sim::scenario::MAX_GPUS;
 
-use crate::bench::{self, Row};
+use crate::bench::{self, NotRun, Row};
 use crate::{Failure, EXIT_FINDING};
 
 crate::named_value_enum! {
@@ -74,6 +74,11 @@ pub(crate) fn cmd_bench(args: BenchArgs) -> Result<u8, Failure> {
     } else {
         args.cases.clone()
     };
+    for &gpus in &args.gpus {
+        if let Some(why) = cases.iter().find_map(|c| bench::size_problem(c, gpus)) {
+            return Err(Failure::bad_input(format!("--gpus {gpus}: {why}")));
+        }
+    }
     let executors: Vec<ExecutorKind> = args.executors.iter().map(|k| k.0).collect();
     if !args.json {
         print_banner(&args, &cases);
@@ -100,7 +105,33 @@ pub(crate) fn cmd_bench(args: BenchArgs) -> Result<u8, Failure> {
         println!("growth:");
         print!("{}", bench::format_growth(&rows));
     }
+    if let Some(failure) = failed_cases(&rows) {
+        return Err(failure);
+    }
     Ok(if all_ok { 0 } else { EXIT_FINDING })
+}
+
+/// The cases whose child failed, named, with the gravest of their exit statuses: a table
+/// with a hole in it is not a benchmark that passed.
+fn failed_cases(rows: &[Row]) -> Option<Failure> {
+    let failed: Vec<(&Row, u8)> = (rows.iter())
+        .filter_map(|row| match &row.outcome {
+            Err(NotRun::Failed { status, .. }) => Some((row, *status)),
+            _ => None,
+        })
+        .collect();
+    let status = failed.iter().map(|&(_, status)| status).max()?;
+    let names: Vec<String> = (failed.iter())
+        .map(|(row, _)| format!("{} at {} GPUs on {}", row.case, row.gpus, row.executor))
+        .collect();
+    Some(Failure {
+        status,
+        message: format!(
+            "{} case(s) failed in their child process (the table says how): {}",
+            failed.len(),
+            names.join(", ")
+        ),
+    })
 }
 
 fn print_banner(args: &BenchArgs, cases: &[String]) {
@@ -123,7 +154,7 @@ fn print_banner(args: &BenchArgs, cases: &[String]) {
 fn progress_line(row: &Row) -> String {
     let outcome = match &row.outcome {
         Ok(r) => format!("{:.0} ms", r.wall_ms),
-        Err(why) => why.clone(),
+        Err(why) => why.to_string(),
     };
     format!(
         "  {} at {} GPUs on {}: {outcome}",
@@ -144,13 +175,24 @@ fn json_rows(rows: &[Row]) -> Vec<serde_json::Value> {
                 value
             }
             Err(why) => serde_json::json!({
-                "case": row.case, "gpus": row.gpus, "executor": row.executor, "not_run": why,
+                "case": row.case, "gpus": row.gpus, "executor": row.executor,
+                "not_run": why.to_string(),
+                "failed": matches!(why, NotRun::Failed { .. }),
             }),
         })
         .collect()
 }
 
 pub(crate) fn cmd_bench_case(args: BenchCaseArgs) -> Result<u8, Failure> {
+    if args.gpus == 0 || args.gpus > MAX_GPUS {
+        return Err(Failure::bad_input(format!(
+            "--gpus: expected 1 to {MAX_GPUS}, got {}",
+            args.gpus
+        )));
+    }
+    if let Some(why) = bench::size_problem(&args.case, args.gpus) {
+        return Err(Failure::bad_input(format!("--gpus {}: {why}", args.gpus)));
+    }
     let estimate = faultline_sim::limits::estimate_run_bytes(args.gpus, bench::COLLECTIVE_ELEMS);
     let available = faultline_sim::limits::available_bytes().map_err(Failure::bad_input)?;
     faultline_sim::limits::check("this case", estimate, available).map_err(Failure::bad_input)?;

@@ -226,3 +226,31 @@ fn seeds_above_what_a_scenario_file_holds_are_refused_by_every_command() {
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench --gpus 12` ran the bare loop, which handles full nodes only, in a child that
+/// panicked, and the parent exited 0 over the hole in its table. Sizes a case cannot run are
+/// refused before any child starts, the child refuses them too, and a child that fails makes
+/// the parent fail, naming the case.
+#[test]
+fn bench_refuses_sizes_its_cases_cannot_run_and_fails_when_a_child_fails() {
+    let out = faultline(&["bench", "--gpus", "12"]);
+    assert_refused(
+        &out,
+        "bare-loop/hierarchical moves messages between full nodes of 8",
+    );
+    let out = faultline(&["bench", "--gpus", "4", "--cases", "planner"]);
+    assert_refused(&out, "planner runs nodes of 8 GPUs");
+    let out = faultline(&["bench-case", "bare-loop/hierarchical", "--gpus", "12"]);
+    assert_refused(&out, "multiple of 8");
+    // A child refusing its case (here: no memory to run it in) fails the whole bench.
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args(["bench", "--gpus", "8", "--cases", "all-reduce/tree"])
+        .args(["--executors", "fifo", "--json"])
+        .env("FAULTLINE_MEMORY_LIMIT", "1KiB")
+        .output()
+        .expect("faultline runs");
+    assert_refused(&out, "1 case(s) failed in their child process");
+    assert!(stderr(&out).contains("all-reduce/tree at 8 GPUs on fifo"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the rows");
+    assert_eq!(report["rows"][0]["failed"], true, "{report}");
+}
