@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::scenario::read_scenario_file;
-use crate::scenario::{in_range, parse_checked, positive, ScenarioError, Source, MAX_GPUS};
+use crate::scenario::{in_range, parse_checked, ScenarioError, Source, MAX_GPUS};
 use crate::units::parse_duration_ns;
 
 /// The failure kinds the planner models, in the order reports list them. Rates are failures
@@ -426,9 +426,61 @@ fn duration_s(
     default: &str,
 ) -> Result<f64, ScenarioError> {
     let text = text.as_deref().unwrap_or(default);
-    parse_duration_ns(text)
-        .map(|ns| ns as f64 / 1e9)
-        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))
+    let ns = parse_duration_ns(text)
+        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))?;
+    if ns > MAX_PLAN_DURATION_NS {
+        return Err(src.error(
+            key,
+            format!("expected at most 3650d, the longest a plan simulates, got {text:?}"),
+        ));
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// A duration of at least `min_s` seconds, written `min` in the message.
+fn duration_at_least(
+    src: &Source,
+    key: &str,
+    text: &Option<String>,
+    default: &str,
+    (min_s, min): (f64, &str),
+) -> Result<f64, ScenarioError> {
+    let value_s = duration_s(src, key, text, default)?;
+    if value_s < min_s {
+        let text = text.as_deref().unwrap_or(default);
+        return Err(src.error(key, format!("expected from {min} to 3650d, got {text:?}")));
+    }
+    Ok(value_s)
+}
+
+/// The longest duration a plan takes, ten years: a horizon, an interval or a recovery time.
+const MAX_PLAN_DURATION_NS: u64 = 3650 * 86_400 * 1_000_000_000;
+
+/// The most turns of the model's loop (a checkpoint, a failure or a maintenance window) one
+/// seed may take, and one point's seeds together: about 0.2 s and 3 min on one core. Beyond
+/// them a plan would run for hours; it is refused instead, naming what to change.
+const MAX_TURNS_PER_SEED: f64 = 1e7;
+const MAX_TURNS_PER_POINT: f64 = 1e10;
+
+/// Refuses a plan whose loop would run too long, from the expected number of turns per seed.
+fn check_work(src: &Source, cfg: &PlanConfig) -> Result<(), ScenarioError> {
+    let maintenance = cfg.maintenance.as_ref().map_or(0.0, |m| 1.0 / m.interval_s);
+    let per_s = 1.0 / cfg.checkpoint_interval_s + cfg.job_failures_per_s() + maintenance;
+    let per_seed = cfg.horizon_s * per_s;
+    let per_point = per_seed * cfg.seeds as f64;
+    if per_seed > MAX_TURNS_PER_SEED || per_point > MAX_TURNS_PER_POINT {
+        return Err(src.error(
+            "plan.horizon",
+            format!(
+                "this plan would take about {per_seed:.3e} checkpoints and failures per seed \
+                 ({per_point:.3e} over {} seeds); at most {MAX_TURNS_PER_SEED:.0e} per seed and \
+                 {MAX_TURNS_PER_POINT:.0e} in all: shorten plan.horizon, lengthen \
+                 checkpoint.interval, lower faults.rates or plan.seeds",
+                cfg.seeds
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, ScenarioError> {
@@ -441,7 +493,7 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
     let (recovery, detection_time_s) = validate_recovery(src, &raw.recovery)?;
     let faults = validate_faults(src, &raw.faults, detection_time_s)?;
     let lemons = validate_lemons(src, &raw.faults.lemon, nodes)?;
-    Ok(PlanConfig {
+    let config = PlanConfig {
         name: name.to_string(),
         description: raw.scenario.description,
         gpus,
@@ -459,7 +511,9 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         lemons,
         maintenance: plan.maintenance,
         step_time_s: 0.0,
-    })
+    };
+    check_work(src, &config)?;
+    Ok(config)
 }
 
 /// The `[plan]` table, checked.
@@ -471,10 +525,7 @@ struct PlanSection {
 }
 
 fn validate_plan(src: &Source, p: &RawPlan) -> Result<PlanSection, ScenarioError> {
-    let horizon_s = duration_s(src, "plan.horizon", &p.horizon, "30d")?;
-    if horizon_s <= 0.0 {
-        return Err(src.error("plan.horizon", "expected a horizon above zero"));
-    }
+    let horizon_s = duration_at_least(src, "plan.horizon", &p.horizon, "30d", (60.0, "1min"))?;
     let seeds = in_range(src, "plan.seeds", p.seeds.unwrap_or(100), 1, 10_000_000)?;
     let root_seed = in_range(src, "plan.seed", p.seed.unwrap_or(1), 0, i64::MAX)? as u64;
     for (idx, item) in p.sweep.iter().enumerate() {
@@ -483,13 +534,14 @@ fn validate_plan(src: &Source, p: &RawPlan) -> Result<PlanSection, ScenarioError
     let maintenance = match (&p.maintenance_interval, &p.maintenance_duration) {
         (None, None) => None,
         (interval, duration) => {
-            let interval_s = duration_s(src, "plan.maintenance_interval", interval, "0s")?;
-            if interval_s <= 0.0 {
-                return Err(src.error(
-                    "plan.maintenance_interval",
-                    "expected an interval above zero when plan.maintenance_duration is set",
-                ));
-            }
+            // Planned maintenance is weekly or monthly; an hour is already absurd.
+            let interval_s = duration_at_least(
+                src,
+                "plan.maintenance_interval",
+                interval,
+                "0s",
+                (3600.0, "1h"),
+            )?;
             Some(Maintenance {
                 interval_s,
                 duration_s: duration_s(src, "plan.maintenance_duration", duration, "0s")?,
@@ -507,14 +559,9 @@ fn validate_plan(src: &Source, p: &RawPlan) -> Result<PlanSection, ScenarioError
 
 /// The checkpoint interval, write time and persist time, in seconds.
 fn validate_checkpoint(src: &Source, c: &RawCheckpoint) -> Result<(f64, f64, f64), ScenarioError> {
-    let checkpoint_interval_s = duration_s(src, "checkpoint.interval", &c.interval, "1h")?;
     // Each interval is one turn of the model's loop: below a second, a month takes too long.
-    if checkpoint_interval_s < 1.0 {
-        return Err(src.error(
-            "checkpoint.interval",
-            format!("expected an interval of at least 1s, got {checkpoint_interval_s} s"),
-        ));
-    }
+    let checkpoint_interval_s =
+        duration_at_least(src, "checkpoint.interval", &c.interval, "1h", (1.0, "1s"))?;
     let checkpoint_write_time_s = duration_s(src, "checkpoint.write_time", &c.write_time, "0s")?;
     let checkpoint_persist_time_s =
         duration_s(src, "checkpoint.persist_time", &c.persist_time, "0s")?;
@@ -620,10 +667,10 @@ fn validate_faults(
                 format!("unknown failure kind {kind:?}; expected one of {FAULT_KINDS:?}"),
             )
         })?;
-        if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
+        if !(rate.is_finite() && (0.0..=1e4).contains(&rate)) {
             return Err(src.error(
                 &full_key,
-                format!("expected a rate from 0 to 1e6 failures per 1,000 node-days, got {rate}"),
+                format!("expected a rate from 0 to 1e4 failures per 1,000 node-days, got {rate}"),
             ));
         }
         faults[idx].rate_per_node_s = rate / SECONDS_PER_NODE_DAY_PER_1000;
@@ -674,7 +721,15 @@ fn validate_shapes_and_detection(
     }
     for (kind, &shape) in &f.weibull_shape {
         fault_kind(src, "faults.weibull_shape", kind)?;
-        positive(src, &format!("faults.weibull_shape.{kind}"), shape, 20.0)?;
+        // Below 0.1 almost every gap is too short to advance the clock; the published fits
+        // are 0.5 to 1 (Schroeder and Gibson 2006). The scenario's run loader takes the same.
+        let key = format!("faults.weibull_shape.{kind}");
+        if !(shape.is_finite() && (0.1..=10.0).contains(&shape)) {
+            return Err(src.error(
+                &key,
+                format!("expected a Weibull shape from 0.1 to 10, got {shape}"),
+            ));
+        }
     }
     for (kind, text) in &f.detection {
         let idx = fault_kind(src, "faults.detection", kind)?;

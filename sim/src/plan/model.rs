@@ -146,6 +146,8 @@ impl Arrivals {
 /// Lemon nodes, each failing at its own exponential rate until drained.
 struct LemonNodes {
     failures: Vec<u64>,
+    /// Which lemons are still active, to find the k-th active one in O(log n).
+    undrained: ActiveSet,
     active: usize,
     rate_each_per_s: f64,
     exclude_after: u64,
@@ -166,20 +168,59 @@ impl LemonNodes {
     /// A lemon failed at `next_s`: which one is uniform among the active (memoryless clocks).
     fn strike(&mut self) {
         let pick = self.rng.gen_range(0..self.active);
-        let lemon = self
-            .failures
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| self.exclude_after == 0 || n < self.exclude_after)
-            .nth(pick)
-            .map(|(idx, _)| idx)
-            .expect("an active lemon");
+        let lemon = self.undrained.nth(pick);
         self.failures[lemon] += 1;
         if self.exclude_after > 0 && self.failures[lemon] >= self.exclude_after {
+            self.undrained.remove(lemon);
             self.active -= 1;
         }
         let now = self.next_s;
         self.redraw(now);
+    }
+}
+
+/// A set of indices `0..n`, all members at first, with removal and "the k-th member in index
+/// order" in O(log n): a Fenwick tree of membership counts. A storm of failures among
+/// 500,000 lemon nodes would otherwise scan them all on every failure.
+struct ActiveSet {
+    /// 1-based: `tree[i]` counts the members in `(i - lowbit(i), i]`.
+    tree: Vec<u32>,
+}
+
+impl ActiveSet {
+    fn full(n: usize) -> ActiveSet {
+        let lowbit = |i: usize| (i & i.wrapping_neg()) as u32;
+        ActiveSet {
+            tree: (0..=n)
+                .map(|i| if i == 0 { 0 } else { lowbit(i) })
+                .collect(),
+        }
+    }
+
+    fn remove(&mut self, idx: usize) {
+        let mut i = idx + 1;
+        while i < self.tree.len() {
+            self.tree[i] -= 1;
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// The member with exactly `k` members before it; `k` must be below the member count.
+    fn nth(&self, k: usize) -> usize {
+        let (mut pos, mut left) = (0, k as u32);
+        let mut step = (self.tree.len() - 1)
+            .checked_next_power_of_two()
+            .unwrap_or(0);
+        while step > 0 {
+            let next = pos + step;
+            if next < self.tree.len() && self.tree[next] <= left {
+                left -= self.tree[next];
+                pos = next;
+            }
+            step /= 2;
+        }
+        // `pos` members-or-fewer prefix ends at `pos`; the wanted member is index `pos` (0-based).
+        pos
     }
 }
 
@@ -279,6 +320,7 @@ impl LemonNodes {
             .sum();
         let mut lemons = LemonNodes {
             failures: vec![0; cfg.lemons.nodes],
+            undrained: ActiveSet::full(cfg.lemons.nodes),
             active: cfg.lemons.nodes,
             rate_each_per_s: node_hardware_rate * cfg.lemons.rate_multiplier,
             exclude_after: cfg.lemons.exclude_after,
@@ -540,3 +582,26 @@ pub fn kind_names() -> &'static [&'static str] {
 }
 
 const _: () = assert!(COUNTED_KINDS.len() == FAULT_KINDS.len() + 1);
+
+#[cfg(test)]
+mod active_set_tests {
+    use super::ActiveSet;
+    use rand::{Rng, SeedableRng};
+
+    /// The Fenwick set answers "the k-th member" exactly as a scan of the members would.
+    #[test]
+    fn nth_member_matches_a_scan_through_removals() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for n in [1usize, 2, 3, 7, 8, 9, 100, 1000] {
+            let mut set = ActiveSet::full(n);
+            let mut members: Vec<usize> = (0..n).collect();
+            while !members.is_empty() {
+                for (k, &member) in members.iter().enumerate() {
+                    assert_eq!(set.nth(k), member, "n={n} k={k}");
+                }
+                let gone = members.remove(rng.gen_range(0..members.len()));
+                set.remove(gone);
+            }
+        }
+    }
+}

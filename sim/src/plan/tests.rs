@@ -355,7 +355,7 @@ fn planner_scenario_errors_name_file_line_column_and_key() {
         &format!("{base}[faults.rates]\ngpu_failures_per_1000_node_days = -1.0\n"),
         &[],
         "p.toml:6:35: faults.rates.gpu_failures_per_1000_node_days: expected a rate from 0 to \
-         1e6 failures per 1,000 node-days, got -1",
+         1e4 failures per 1,000 node-days, got -1",
     );
     check(
         base,
