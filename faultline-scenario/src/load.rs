@@ -12,7 +12,7 @@ use trainer_core::job::JobConfig;
 use trainer_core::units::{parse_bandwidth_bytes_per_s, parse_duration_ns, MAX_MODEL_TIME_NS};
 
 use crate::config::*;
-use crate::source::{in_range, parse_checked, positive, ScenarioError, Source};
+use crate::source::{in_range, parse_checked, ScenarioError, Source};
 
 mod degrade;
 mod sdc;
@@ -559,6 +559,75 @@ pub(crate) fn duration(src: &Source, key: &str, text: &str) -> Result<u64, Scena
     Ok(ns)
 }
 
+/// A duration from `min_ns` to `max_ns`, or an error naming `key` and the range as written
+/// in the README (`range`, e.g. "1s to 13d").
+pub(crate) fn duration_in(
+    src: &Source,
+    key: &str,
+    text: &str,
+    (min_ns, max_ns): (u64, u64),
+    range: &str,
+) -> Result<u64, ScenarioError> {
+    debug_assert!(max_ns <= MAX_MODEL_TIME_NS);
+    let ns = parse_duration_ns(text)
+        .map_err(|e| src.error(key, format!("expected {e}, got {text:?}")))?;
+    if !(min_ns..=max_ns).contains(&ns) {
+        return Err(src.error(key, format!("expected {range}, got {text:?}")));
+    }
+    Ok(ns)
+}
+
+/// Like [`duration_in`], but `"0s"` switches the mechanism off (`None`).
+fn optional_duration_in(
+    src: &Source,
+    key: &str,
+    text: &str,
+    bounds: (u64, u64),
+    range: &str,
+) -> Result<Option<u64>, ScenarioError> {
+    if parse_duration_ns(text) == Ok(0) {
+        return Ok(None);
+    }
+    let range = format!("\"0s\" (off) or {range}");
+    duration_in(src, key, text, bounds, &range).map(Some)
+}
+
+/// A finite number from `min` to `max`, or an error naming `key`.
+pub(crate) fn within(
+    src: &Source,
+    key: &str,
+    value: f64,
+    (min, max): (f64, f64),
+) -> Result<f64, ScenarioError> {
+    if !(value.is_finite() && (min..=max).contains(&value)) {
+        return Err(src.error(
+            key,
+            format!(
+                "expected a number from {} to {}, got {value:?}",
+                num(min),
+                num(max)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A bound as the README writes it: `0.3`, `1000`, `1e-3`, `1e15`.
+fn num(x: f64) -> String {
+    if x != 0.0 && !(1e-2..1e4).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// A latency: from zero to ten seconds, longer than any link on Earth.
+fn latency(src: &Source, key: &str, text: &str) -> Result<u64, ScenarioError> {
+    duration_in(src, key, text, (0, 10 * SECOND_NS), "from 0s to 10s")
+}
+
 fn validate_fabric(src: &Source, f: &RawFabric) -> Result<FabricConfig, ScenarioError> {
     Ok(FabricConfig {
         nvlink_bandwidth_bytes_per_s: bandwidth(
@@ -566,21 +635,21 @@ fn validate_fabric(src: &Source, f: &RawFabric) -> Result<FabricConfig, Scenario
             "fabric.nvlink_bandwidth",
             &f.nvlink_bandwidth,
         )?,
-        nvlink_latency_ns: duration(src, "fabric.nvlink_latency", &f.nvlink_latency)?,
+        nvlink_latency_ns: latency(src, "fabric.nvlink_latency", &f.nvlink_latency)?,
         nic_bandwidth_bytes_per_s: bandwidth(src, "fabric.nic_bandwidth", &f.nic_bandwidth)?,
-        nic_latency_ns: duration(src, "fabric.nic_latency", &f.nic_latency)?,
+        nic_latency_ns: latency(src, "fabric.nic_latency", &f.nic_latency)?,
         switch_link_bandwidth_bytes_per_s: bandwidth(
             src,
             "fabric.switch_link_bandwidth",
             &f.switch_link_bandwidth,
         )?,
-        switch_latency_ns: duration(src, "fabric.switch_latency", &f.switch_latency)?,
+        switch_latency_ns: latency(src, "fabric.switch_latency", &f.switch_latency)?,
         inter_cluster_bandwidth_bytes_per_s: bandwidth(
             src,
             "fabric.inter_cluster_bandwidth",
             &f.inter_cluster_bandwidth,
         )?,
-        inter_cluster_latency_ns: duration(
+        inter_cluster_latency_ns: latency(
             src,
             "fabric.inter_cluster_latency",
             &f.inter_cluster_latency,
@@ -614,24 +683,30 @@ fn validate_job(src: &Source, j: &RawJob) -> Result<JobConfig, ScenarioError> {
     let steps = in_range(src, "job.steps", j.steps, 1, 10_000_000)? as u64;
     let proxy_elems = in_range(src, "job.proxy_elems", j.proxy_elems, 1, 1 << 20)?;
     let batch_per_rank = in_range(src, "job.batch_per_rank", j.batch_per_rank, 1, 4096)?;
-    for (key, value, max) in [
-        ("job.learning_rate", j.learning_rate, 10.0),
-        ("job.model_params", j.model_params, 1e15),
-        ("job.grad_bytes_per_param", j.grad_bytes_per_param, 16.0),
+    // Physical ranges: a 1-parameter model to 1e15; fp4 to fp128 gradients; a laptop's
+    // GPU (1e-3 TFLOP/s) to far past any chip; an MFU below 0.1% is a broken job.
+    for (key, value, range) in [
+        ("job.learning_rate", j.learning_rate, (1e-12, 10.0)),
+        ("job.model_params", j.model_params, (1.0, 1e15)),
+        (
+            "job.grad_bytes_per_param",
+            j.grad_bytes_per_param,
+            (0.5, 16.0),
+        ),
         (
             "job.tokens_per_gpu_per_step",
             j.tokens_per_gpu_per_step,
-            1e9,
+            (1.0, 1e9),
         ),
-        ("job.gpu_peak_tflops", j.gpu_peak_tflops, 1e6),
-        ("job.mfu", j.mfu, 1.0),
+        ("job.gpu_peak_tflops", j.gpu_peak_tflops, (1e-3, 1e6)),
+        ("job.mfu", j.mfu, (1e-3, 1.0)),
         (
             "job.optimizer_flops_per_param",
             j.optimizer_flops_per_param,
-            1e6,
+            (1e-3, 1e6),
         ),
     ] {
-        positive(src, key, value, max)?;
+        within(src, key, value, range)?;
     }
     Ok(JobConfig {
         steps,
@@ -639,7 +714,7 @@ fn validate_job(src: &Source, j: &RawJob) -> Result<JobConfig, ScenarioError> {
         proxy_elems,
         batch_per_rank,
         learning_rate: j.learning_rate as f32,
-        data_seed: j.data_seed as u64,
+        data_seed: in_range(src, "job.data_seed", j.data_seed, 0, i64::MAX)? as u64,
         modelled_grad_bytes: (j.model_params * j.grad_bytes_per_param).round() as u64,
         // Forward and backward of a dense transformer: about 6 FLOPs per parameter per token.
         modelled_step_flops: 6.0 * j.model_params * j.tokens_per_gpu_per_step,
@@ -751,9 +826,11 @@ fn validate_checkpoint(
     c: &RawCheckpoint,
     model_params: f64,
 ) -> Result<CheckpointPolicy, ScenarioError> {
-    let expected = "a step count such as 50, or a duration such as \"30min\"";
+    let expected = "a step count such as 50 (at most 10,000,000), or a duration such as \"30min\"";
     let interval = match &c.interval {
-        toml::Value::Integer(steps) if *steps >= 1 => Interval::Steps(*steps as u64),
+        toml::Value::Integer(steps) if (1..=10_000_000).contains(steps) => {
+            Interval::Steps(*steps as u64)
+        }
         toml::Value::String(text) => match parse_duration_ns(text) {
             Ok(ns) if ns > 0 && ns <= MAX_MODEL_TIME_NS => Interval::ModelTimeNs(ns),
             _ => {
@@ -771,11 +848,11 @@ fn validate_checkpoint(
         }
     };
     let keep = in_range(src, "checkpoint.keep", c.keep, 1, 1000)?;
-    positive(
+    within(
         src,
         "checkpoint.state_bytes_per_param",
         c.state_bytes_per_param,
-        64.0,
+        (0.5, 64.0),
     )?;
     let snapshot = bandwidth(src, "checkpoint.snapshot_bandwidth", &c.snapshot_bandwidth)?;
     Ok(CheckpointPolicy {
@@ -794,7 +871,7 @@ fn validate_storage(src: &Source, s: &RawStorage) -> Result<StorageConfig, Scena
         host_bytes_per_s: bandwidth("storage.host_bandwidth", &s.host_bandwidth)?,
         client_bytes_per_s: bandwidth("storage.client_bandwidth", &s.client_bandwidth)?,
         aggregate_bytes_per_s: bandwidth("storage.aggregate_bandwidth", &s.aggregate_bandwidth)?,
-        persistent_latency_ns: duration(src, "storage.latency", &s.latency)?,
+        persistent_latency_ns: latency(src, "storage.latency", &s.latency)?,
         slow: Vec::new(),
         failing: Vec::new(),
     })
@@ -860,9 +937,6 @@ fn validate_control(
     spare_nodes: usize,
 ) -> Result<ControlConfig, ScenarioError> {
     let (policy, fallback_to_restart) = validate_policy(src, r, spare_nodes)?;
-    let optional = |key: &str, text: &str| -> Result<Option<u64>, ScenarioError> {
-        Ok(Some(duration(src, key, text)?).filter(|ns| *ns > 0))
-    };
     let replica_rejoin_time_ns =
         duration(src, "recovery.replica_rejoin_time", &r.replica_rejoin_time)?;
     if replica_rejoin_time_ns == 0 {
@@ -893,8 +967,21 @@ fn validate_control(
         crashes,
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
         node_failure_weibull_shape: weibull_shape,
-        collective_timeout_ns: optional("recovery.collective_timeout", &r.collective_timeout)?,
-        heartbeat_interval_ns: optional("recovery.heartbeat_interval", &r.heartbeat_interval)?,
+        // A watchdog below a second fires on healthy collectives: every attempt times out.
+        collective_timeout_ns: optional_duration_in(
+            src,
+            "recovery.collective_timeout",
+            &r.collective_timeout,
+            (SECOND_NS, MAX_MODEL_TIME_NS),
+            "from 1s to 13d",
+        )?,
+        heartbeat_interval_ns: optional_duration_in(
+            src,
+            "recovery.heartbeat_interval",
+            &r.heartbeat_interval,
+            (SECOND_NS / 1000, 3600 * SECOND_NS),
+            "from 1ms to 1h",
+        )?,
         heartbeat_misses: in_range(
             src,
             "recovery.heartbeat_misses",
@@ -952,10 +1039,11 @@ fn validate_node_failures(
     f: &RawFaults,
 ) -> Result<(f64, Option<f64>), ScenarioError> {
     let rate = f.rates.node_failures_per_1000_node_days;
-    if !(rate.is_finite() && (0.0..=1e6).contains(&rate)) {
+    // 1e4 per 1,000 node-days is ten failures a node a day, a thousand times the field's.
+    if !(rate.is_finite() && (0.0..=1e4).contains(&rate)) {
         return Err(src.error(
             "faults.rates.node_failures_per_1000_node_days",
-            format!("expected a rate from 0 to 1e6, got {rate}"),
+            format!("expected a rate from 0 to 1e4, got {rate}"),
         ));
     }
     let weibull_shape = match f.rates.node_failure_weibull_shape {

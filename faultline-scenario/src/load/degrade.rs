@@ -5,8 +5,9 @@
 
 use serde::Deserialize;
 use trainer_core::transport::RetryPolicy;
+use trainer_core::units::MAX_MODEL_TIME_NS;
 
-use super::duration;
+use super::{duration, duration_in};
 use crate::config::{
     ClusterConfig, LinkFaultConfig, LinkFlapSpec, StragglerConfig, StragglerDetection,
     StragglerKind, StragglerSpec, StragglerTarget, Transport,
@@ -89,25 +90,27 @@ pub(super) fn validate_link_faults(
         .collect::<Result<Vec<_>, _>>()?;
     let per_1000_link_days = rate.per_1000_link_days;
     let rate_key = "faults.rates.link_flaps_per_1000_link_days";
-    if !(per_1000_link_days.is_finite() && (0.0..=1e9).contains(&per_1000_link_days)) {
+    // 1e6 per 1,000 link-days is a thousand flaps a link a day, far past any real fabric,
+    // but what a test needs to see a few flaps in a run of seconds.
+    if !(per_1000_link_days.is_finite() && (0.0..=1e6).contains(&per_1000_link_days)) {
         return Err(src.error(
             rate_key,
-            format!("expected a rate from 0 to 1e9, got {per_1000_link_days}"),
+            format!("expected a rate from 0 to 1e6, got {per_1000_link_days}"),
         ));
     }
-    let random_flap_down_ns = duration(src, "faults.rates.link_flap_down", rate.down)?;
-    if per_1000_link_days > 0.0 {
-        if random_flap_down_ns == 0 {
-            let message = "expected a duration above zero";
-            return Err(src.error("faults.rates.link_flap_down", message));
-        }
-        if collective_timeout_ns.is_none() {
-            return Err(src.error(
-                rate_key,
-                "a transfer over a dead link can be lost, and only the collective watchdog \
-                 notices; set recovery.collective_timeout",
-            ));
-        }
+    let random_flap_down_ns = duration_in(
+        src,
+        "faults.rates.link_flap_down",
+        rate.down,
+        (1, MAX_MODEL_TIME_NS),
+        "from 1ns to 13d",
+    )?;
+    if per_1000_link_days > 0.0 && collective_timeout_ns.is_none() {
+        return Err(src.error(
+            rate_key,
+            "a transfer over a dead link can be lost, and only the collective watchdog \
+             notices; set recovery.collective_timeout",
+        ));
     }
     Ok(LinkFaultConfig {
         transport,
@@ -122,21 +125,7 @@ fn validate_transport(src: &Source, t: &RawTransport) -> Result<Transport, Scena
     Ok(match t.transport {
         "plain" => Transport::Plain,
         "retry" => {
-            let initial = duration(src, "fabric.retry_initial_backoff", t.retry_initial_backoff)?;
-            let max = duration(src, "fabric.retry_max_backoff", t.retry_max_backoff)?;
-            let budget = duration(src, "fabric.retry_budget", t.retry_budget)?;
-            if initial == 0 {
-                return Err(src.error(
-                    "fabric.retry_initial_backoff",
-                    "expected a duration above zero",
-                ));
-            }
-            if max < initial {
-                return Err(src.error(
-                    "fabric.retry_max_backoff",
-                    "expected at least fabric.retry_initial_backoff",
-                ));
-            }
+            let (initial, max, budget) = retry_times(src, t)?;
             Transport::Retry(RetryPolicy {
                 initial_backoff_ns: initial,
                 max_backoff_ns: max,
@@ -151,6 +140,46 @@ fn validate_transport(src: &Source, t: &RawTransport) -> Result<Transport, Scena
         }
     })
 }
+
+/// The retry transport's first wait, longest wait and budget. Each wait is an event of every
+/// transfer that waits, so a transfer may wait at most `MAX_RETRY_WAITS` times in its budget.
+fn retry_times(src: &Source, t: &RawTransport) -> Result<(u64, u64, u64), ScenarioError> {
+    const US: u64 = 1_000;
+    let initial = duration_in(
+        src,
+        "fabric.retry_initial_backoff",
+        t.retry_initial_backoff,
+        (US, 10_000_000 * US),
+        "from 1us to 10s",
+    )?;
+    let max = duration_in(
+        src,
+        "fabric.retry_max_backoff",
+        t.retry_max_backoff,
+        (1_000 * US, 600_000_000 * US),
+        "from 1ms to 10min",
+    )?;
+    if max < initial {
+        return Err(src.error(
+            "fabric.retry_max_backoff",
+            "expected at least fabric.retry_initial_backoff",
+        ));
+    }
+    let budget = duration(src, "fabric.retry_budget", t.retry_budget)?;
+    if budget / max > MAX_RETRY_WAITS {
+        return Err(src.error(
+            "fabric.retry_budget",
+            format!(
+                "expected at most {MAX_RETRY_WAITS} x fabric.retry_max_backoff, so that a \
+                 transfer waits at most {MAX_RETRY_WAITS} times, got {:?}",
+                t.retry_budget
+            ),
+        ));
+    }
+    Ok((initial, max, budget))
+}
+
+const MAX_RETRY_WAITS: u64 = 10_000;
 
 /// One `[[faults.link_flap]]` entry.
 fn validate_flap(
