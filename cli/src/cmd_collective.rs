@@ -38,7 +38,8 @@ pub(crate) struct CollectiveArgs {
     executor: ExecutorArg,
     #[arg(long)]
     json: bool,
-    /// Write rank 0's result here, one number a line.
+    /// Write rank 0's result here, one number a line; `-` for standard output, where the
+    /// summary then goes to standard error (not with --json).
     #[arg(long, value_name = "FILE")]
     dump: Option<PathBuf>,
 }
@@ -61,7 +62,10 @@ pub(crate) struct TopoArgs {
 
 pub(crate) fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
     check_sizes(&args)?;
-    check_outputs(&[("--dump", args.dump.as_deref())])?;
+    check_outputs(
+        &[("--dump", args.dump.as_deref())],
+        args.json.then_some("the --json report"),
+    )?;
     let estimate = limits::estimate_run_bytes(args.gpus, args.elems);
     let available = limits::available_bytes().map_err(Failure::bad_input)?;
     limits::check("this collective", estimate, available).map_err(Failure::bad_input)?;
@@ -131,7 +135,7 @@ fn print_report(report: &CollectiveReport, json: bool) {
         let text = serde_json::to_string(report).expect("a report serialises");
         println!("{text}");
     } else {
-        print!("{report}");
+        crate::say_part!("{report}");
     }
 }
 

@@ -7,7 +7,7 @@ use faultline_sim::atomic::write_atomically;
 use faultline_sim::plan;
 use faultline_sim::shell::quote;
 
-use crate::{check_outputs, plot, Failure, SetArgs, EXIT_BUG};
+use crate::{check_outputs, plot, say, say_part, Failure, SetArgs, EXIT_BUG};
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {
@@ -30,7 +30,9 @@ pub(crate) struct PlanArgs {
     /// Run only shard i of n (seeds i, i+n, ...); needs --out, and `faultline merge` combines.
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
-    /// Write the report (or with --shard, the shard) as JSON to this file.
+    /// Write the report (or with --shard, the shard) as JSON to this file; `-` for standard
+    /// output, where the summary then goes to standard error (not with --json, but with
+    /// --shard). --plot takes `-` too, for the SVG.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// A cost file from `faultline calibrate`.
@@ -50,6 +52,7 @@ pub(crate) struct MergeArgs {
     json: bool,
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Write the merged report as JSON to this file; `-` as for `plan --out`.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
 }
@@ -68,7 +71,8 @@ pub(crate) struct CalibrateArgs {
     /// every policy's restore time (one more run each).
     #[arg(long)]
     all_policies: bool,
-    /// The cost file to write.
+    /// The cost file to write; `-` for standard output, where the summary then goes to
+    /// standard error.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
 }
@@ -95,11 +99,15 @@ pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
 
 pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     let threads = crate::workers("--threads", args.threads)?;
-    check_outputs(&[
-        ("--out", args.out.as_deref()),
-        ("--plot", args.plot.as_deref()),
-    ])?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    // A shard's --json prints nothing: the shard is the product.
+    check_outputs(
+        &[
+            ("--out", args.out.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+        (args.json && shard.is_none()).then_some("the --json report"),
+    )?;
     if shard.is_some() && args.out.is_none() {
         return Err(Failure::bad_input("--shard needs --out FILE for the shard"));
     }
@@ -121,24 +129,27 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
         write_atomically(out, text.as_bytes())
             .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
         if !args.json {
-            println!(
+            say!(
                 "faultline plan: shard {i}/{n} of {} ({} points, seeds {i}, {}, ... of {}) written to {} in {wall_ms} ms",
                 result.scenario,
                 result.points.len(),
                 i + n,
                 result.seeds,
-                out.display()
+                crate::shown(out)
             );
         }
         return Ok(0);
     }
     let report = plan::report::summarise(&result);
     if !args.json {
-        println!(
+        say!(
             "faultline plan: {} (seed {}, {} seeds, {} threads)",
-            report.scenario, report.root_seed, report.seeds, threads
+            report.scenario,
+            report.root_seed,
+            report.seeds,
+            threads
         );
-        println!("reproduce: {}", plan_reproduce_line(&args));
+        say!("reproduce: {}", plan_reproduce_line(&args));
     }
     emit_plan_report(
         &report,
@@ -147,7 +158,7 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
         args.out.as_deref(),
     )?;
     if !args.json {
-        println!("wall: {wall_ms} ms");
+        say!("wall: {wall_ms} ms");
     }
     Ok(0)
 }
@@ -229,16 +240,19 @@ fn emit_plan_report(
     if json {
         println!("{text}");
     } else {
-        print!("{report}");
+        say_part!("{report}");
     }
     Ok(())
 }
 
 pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
-    check_outputs(&[
-        ("--out", args.out.as_deref()),
-        ("--plot", args.plot.as_deref()),
-    ])?;
+    check_outputs(
+        &[
+            ("--out", args.out.as_deref()),
+            ("--plot", args.plot.as_deref()),
+        ],
+        args.json.then_some("the --json report"),
+    )?;
     let mut shards = Vec::new();
     for path in &args.files {
         let text = std::fs::read_to_string(path)
@@ -260,7 +274,7 @@ pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
 }
 
 pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
-    check_outputs(&[("--out", Some(&args.out))])?;
+    check_outputs(&[("--out", Some(&args.out))], None)?;
     let origin = args.scenario.display().to_string();
     let text = std::fs::read_to_string(&args.scenario)
         .map_err(|e| Failure::bad_input(format!("{origin}: cannot read the scenario file: {e}")))?;
@@ -296,21 +310,21 @@ pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
     let text = serde_json::to_string_pretty(&costs).expect("a cost file serialises");
     write_atomically(&args.out, text.as_bytes())
         .map_err(|e| Failure::bad_input(format!("--out {}: {e}", args.out.display())))?;
-    println!(
+    say!(
         "faultline calibrate: {} on {} GPUs, {} runs in {wall_s:.1} s wall time, written to {}",
         costs.scenario,
         costs.gpus,
         costs.runs.len(),
-        args.out.display()
+        crate::shown(&args.out)
     );
     for (key, value) in &costs.measured {
-        println!("  measured {key} = {value:.6}");
+        say!("  measured {key} = {value:.6}");
     }
-    println!(
+    say!(
         "  inputs: {}",
         costs.inputs.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    println!(
+    say!(
         "  not measured: {}",
         costs
             .not_measured

@@ -9,7 +9,8 @@ use faultline_sim::shell::quote;
 use faultline_sim::swarm::invariants::Violation;
 use faultline_sim::{replay, trace};
 
-use crate::{check_outputs, guard_memory, locate, swarm_cli, Failure, SetArgs, TraceLevelArg};
+use crate::{check_outputs, guard_memory, locate, say, say_part, swarm_cli};
+use crate::{Failure, SetArgs, TraceLevelArg};
 use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
 
 #[derive(clap::Args)]
@@ -28,13 +29,14 @@ pub(crate) struct RunArgs {
     /// Run the same scenario with every fault switched off.
     #[arg(long)]
     no_faults: bool,
-    /// Write a JSON-lines event trace here (columns in docs/trace.md).
+    /// Write a JSON-lines event trace here (columns in docs/trace.md); `-` for standard
+    /// output, where the summary then goes to standard error (not with --json).
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// What the trace keeps; `auto` is `events` up to 1,024 GPUs, `summary` above.
     #[arg(long, value_enum, default_value_t = TraceLevelArg::Auto)]
     trace_level: TraceLevelArg,
-    /// Write a Chrome/Perfetto trace of the model timeline here.
+    /// Write a Chrome/Perfetto trace of the model timeline here; `-` as for --trace.
     #[arg(long, value_name = "FILE")]
     perfetto: Option<PathBuf>,
     /// Test hook for `check`: make compute call N one nanosecond longer.
@@ -53,10 +55,13 @@ pub(crate) struct ReplayArgs {
 }
 
 pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
-    check_outputs(&[
-        ("--trace", args.trace.as_deref()),
-        ("--perfetto", args.perfetto.as_deref()),
-    ])?;
+    check_outputs(
+        &[
+            ("--trace", args.trace.as_deref()),
+            ("--perfetto", args.perfetto.as_deref()),
+        ],
+        args.json.then_some("the --json report"),
+    )?;
     // The file is read once: a pipe (/dev/stdin) has nothing left for a second read, and a
     // file may change between two; the trace's header embeds the text that was run.
     let text = read_scenario(&args.scenario)?;
@@ -70,8 +75,8 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     }
     if !args.json {
         let (name, seed) = (&scenario.name, scenario.run.seed);
-        println!("faultline run: {name} (seed {seed})");
-        println!("reproduce: {reproduce}");
+        say!("faultline run: {name} (seed {seed})");
+        say!("reproduce: {reproduce}");
     }
     let report = run_traced(&args, &scenario, recorder)?;
     let violations = if args.check {
@@ -82,11 +87,11 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     if args.json {
         print_json(&report, reproduce, args.check.then_some(&violations));
     } else {
-        print!("{report}");
+        say_part!("{report}");
         if args.check {
             swarm_cli::print_violations(&violations);
         }
-        println!("wall: {} ms", report.wall_ms);
+        say!("wall: {} ms", report.wall_ms);
     }
     Ok(if healthy(&report) && violations.is_empty() {
         0

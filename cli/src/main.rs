@@ -17,6 +17,7 @@ mod swarm_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::builder::PossibleValue;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -339,15 +340,83 @@ pub(crate) fn workers(flag: &str, asked: Option<usize>) -> Result<usize, Failure
     }
 }
 
+/// Set when an output of the command is `-`: standard output carries that output, so the
+/// summary for people goes to standard error instead.
+static SUMMARY_TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Whether the summary for people goes to standard error (see [`check_outputs`]).
+pub(crate) fn summary_to_stderr() -> bool {
+    SUMMARY_TO_STDERR.load(Ordering::Relaxed)
+}
+
+/// `println!` for a command's summary for people: on standard output, or on standard error
+/// when an output (`-`) took standard output.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if $crate::summary_to_stderr() {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+pub(crate) use say;
+
+/// `print!` for a command's summary for people, as [`say!`].
+macro_rules! say_part {
+    ($($arg:tt)*) => {
+        if $crate::summary_to_stderr() {
+            eprint!($($arg)*)
+        } else {
+            print!($($arg)*)
+        }
+    };
+}
+pub(crate) use say_part;
+
+/// How an output is named in what a command prints: its path, or standard output for `-`.
+pub(crate) fn shown(path: &Path) -> String {
+    if faultline_sim::atomic::is_stdout(path) {
+        "standard output".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
 /// Refuses, before any work, an output that cannot be written (not a regular file, a
 /// symbolic link, a missing directory: see `atomic::check_target`) or that two flags of one
 /// command name, which would leave one output overwritten by the other.
-pub(crate) fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<(), Failure> {
+///
+/// An output may be `-`, standard output, when it is the only one that is and `stdout_carries`
+/// is `None`; `stdout_carries` says what else the command prints there for programs to read
+/// (a `--json` report), which a stream in the same place would garble. From then on the
+/// summary for people goes to standard error ([`say!`]).
+pub(crate) fn check_outputs(
+    outputs: &[(&str, Option<&Path>)],
+    stdout_carries: Option<&str>,
+) -> Result<(), Failure> {
     let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+    let mut to_stdout: Option<&str> = None;
     for &(flag, path) in outputs {
         let Some(path) = path else {
             continue;
         };
+        if faultline_sim::atomic::is_stdout(path) {
+            if let Some(other) = to_stdout {
+                return Err(Failure::bad_input(format!(
+                    "{other} - and {flag} -: standard output can carry one output; write the \
+                     other to a file"
+                )));
+            }
+            if let Some(what) = stdout_carries {
+                return Err(Failure::bad_input(format!(
+                    "{flag} -: standard output already carries {what}; write {flag} to a file \
+                     (./- for a file named -)"
+                )));
+            }
+            to_stdout = Some(flag);
+            continue;
+        }
         faultline_sim::atomic::check_target(path)
             .map_err(|e| Failure::bad_input(format!("{flag} {e}")))?;
         let identity = file_identity(path);
@@ -358,6 +427,9 @@ pub(crate) fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<(), Fai
             )));
         }
         seen.push((flag, identity));
+    }
+    if to_stdout.is_some() {
+        SUMMARY_TO_STDERR.store(true, Ordering::Relaxed);
     }
     Ok(())
 }

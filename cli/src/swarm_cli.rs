@@ -8,12 +8,12 @@ use faultline_sim::scenario::Scenario;
 use faultline_sim::swarm::faults::FaultKind;
 use faultline_sim::swarm::invariants::{check, Invariant, Reference, Violation};
 use faultline_sim::swarm::seeds::{parse_seed_range, run_swarm, SeedOutcome, SwarmReport};
-use faultline_sim::swarm::shrink::shrink;
+use faultline_sim::swarm::shrink::{shrink, Shrunk};
 use faultline_sim::swarm::{Base, SwarmError, FAULTY_TENTHS};
 use faultline_sim::units::format_duration_ns;
 
-use crate::{Failure, EXIT_FINDING};
-use faultline_sim::atomic::write_atomically;
+use crate::{say, Failure, EXIT_FINDING};
+use faultline_sim::atomic::{is_stdout, write_atomically};
 
 crate::named_value_enum! {
     /// An invariant, by the name the swarm reports it under.
@@ -83,7 +83,8 @@ pub struct ShrinkArgs {
     /// Most simulations to spend.
     #[arg(long, default_value_t = 300)]
     pub max_runs: u64,
-    /// Where to write the minimal scenario (default: NAME-seed-N-shrunk.toml).
+    /// Where to write the minimal scenario (default: NAME-seed-N-shrunk.toml); `-` for
+    /// standard output, where the summary then goes to standard error (not with --json).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Print one JSON object instead of a summary.
@@ -104,6 +105,12 @@ fn failure(error: SwarmError) -> Failure {
 pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
     let seeds =
         parse_seed_range(&args.seeds).map_err(|e| Failure::bad_input(format!("--seeds: {e}")))?;
+    if args.emit.as_deref().is_some_and(is_stdout) {
+        return Err(Failure::bad_input(
+            "--emit -: --emit names a directory for one scenario file per failing seed, not a \
+             stream; name a directory (./- for one named -)",
+        ));
+    }
     if let Some(dir) = &args.emit {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", dir.display())))?;
@@ -272,53 +279,69 @@ pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}-seed-{}-shrunk.toml", base.name, args.seed)));
-    crate::check_outputs(&[("--out", Some(&out))])?;
+    crate::check_outputs(
+        &[("--out", Some(&out))],
+        args.json.then_some("the --json summary"),
+    )?;
     let shrunk = shrink(&base, args.seed, invariant, args.max_runs).map_err(failure)?;
     write_atomically(&out, shrunk.scenario_text.as_bytes())
         .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
-    let rerun = format!(
-        "{}faultline run --check {}",
-        base.permission(),
-        out.display()
-    );
+    let rerun = if is_stdout(&out) {
+        format!(
+            "{}faultline run --check FILE, FILE holding the scenario written to standard output",
+            base.permission()
+        )
+    } else {
+        format!(
+            "{}faultline run --check {}",
+            base.permission(),
+            out.display()
+        )
+    };
     if args.json {
         let mut value = serde_json::to_value(&shrunk).expect("serialises");
         value["out"] = out.display().to_string().into();
         value["reproduce"] = rerun.into();
         println!("{value}");
     } else {
-        println!("faultline shrink: {} seed {}", base.name, args.seed);
-        println!("invariant: {}", shrunk.invariant.name());
-        println!("original schedule ({} faults):", shrunk.original.len());
-        for fault in &shrunk.original {
-            println!("  {fault}");
-        }
-        println!("minimal schedule ({} faults):", shrunk.minimal.len());
-        for fault in &shrunk.minimal {
-            println!("  {fault}");
-        }
-        println!(
-            "still breaks {}: {}",
-            shrunk.invariant.name(),
-            shrunk.violation.detail
-        );
-        println!(
-            "job.steps: {} -> {}",
-            shrunk.steps_original, shrunk.steps_minimal
-        );
-        println!(
-            "runs: {}{}",
-            shrunk.runs,
-            if shrunk.budget_exhausted {
-                " (budget spent before a fixed point)"
-            } else {
-                ""
-            }
-        );
-        println!("wrote: {}", out.display());
-        println!("reproduce: {rerun}");
+        print_shrunk(&base, args.seed, &shrunk);
+        say!("wrote: {}", crate::shown(&out));
+        say!("reproduce: {rerun}");
     }
     Ok(0)
+}
+
+/// The shrinker's summary for people: the schedules before and after, and what it spent.
+fn print_shrunk(base: &Base, seed: u64, shrunk: &Shrunk) {
+    say!("faultline shrink: {} seed {seed}", base.name);
+    say!("invariant: {}", shrunk.invariant.name());
+    say!("original schedule ({} faults):", shrunk.original.len());
+    for fault in &shrunk.original {
+        say!("  {fault}");
+    }
+    say!("minimal schedule ({} faults):", shrunk.minimal.len());
+    for fault in &shrunk.minimal {
+        say!("  {fault}");
+    }
+    say!(
+        "still breaks {}: {}",
+        shrunk.invariant.name(),
+        shrunk.violation.detail
+    );
+    say!(
+        "job.steps: {} -> {}",
+        shrunk.steps_original,
+        shrunk.steps_minimal
+    );
+    say!(
+        "runs: {}{}",
+        shrunk.runs,
+        if shrunk.budget_exhausted {
+            " (budget spent before a fixed point)"
+        } else {
+            ""
+        }
+    );
 }
 
 /// `run --check`: the same checks as the swarm, for one scenario as written.
@@ -339,9 +362,9 @@ pub fn check_run(scenario: &Scenario, report: &RunReport) -> Result<Vec<Violatio
 
 pub fn print_violations(violations: &[Violation]) {
     if violations.is_empty() {
-        println!("invariants: all hold");
+        crate::say!("invariants: all hold");
     }
     for v in violations {
-        println!("invariant broken: {}: {}", v.invariant.name(), v.detail);
+        crate::say!("invariant broken: {}: {}", v.invariant.name(), v.detail);
     }
 }

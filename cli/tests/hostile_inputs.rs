@@ -254,3 +254,87 @@ fn bench_refuses_sizes_its_cases_cannot_run_and_fails_when_a_child_fails() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the rows");
     assert_eq!(report["rows"][0]["failed"], true, "{report}");
 }
+
+/// `-` names standard output for an output that is a command's product, so it can be piped
+/// on: the summary for people moves to standard error, and no file named `-` appears. Where
+/// standard output already carries a `--json` report, or another output took it, `-` is
+/// refused before any work.
+#[test]
+fn a_dash_output_streams_to_stdout_or_is_refused_when_stdout_is_taken() {
+    let dir = scratch("dash");
+    let quickstart = root().join("scenarios/quickstart.toml");
+    let quickstart = quickstart.to_str().unwrap();
+    let small = ["--set", "cluster.gpus=16", "--set", "job.steps=1"];
+    let mut args = vec!["run", quickstart, "--trace", "-"];
+    args.extend(small);
+    let run = faultline_in(&dir, &args, None);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let trace = String::from_utf8(run.stdout.clone()).unwrap();
+    let lines: Vec<serde_json::Value> = (trace.lines())
+        .map(|l| serde_json::from_str(l).expect("every stdout line is the trace's"))
+        .collect();
+    assert!(lines[0].get("faultline_trace").is_some());
+    assert!(lines.last().unwrap().get("faultline_trace_end").is_some());
+    assert!(stderr(&run).contains("faultline run: quickstart"));
+    std::fs::write(dir.join("t.jsonl"), &trace).unwrap();
+    assert!(faultline_in(&dir, &["replay", "t.jsonl"], None)
+        .status
+        .success());
+    // A plan shard on standard output is a shard `merge` reads.
+    let plan = root().join("scenarios/plan-100k-30d.toml");
+    let plan = plan.to_str().unwrap();
+    let shard = faultline_in(
+        &dir,
+        &["plan", plan, "--seeds", "2", "--shard", "0/1", "--out", "-"],
+        None,
+    );
+    assert!(shard.status.success(), "{}", stderr(&shard));
+    assert!(stderr(&shard).contains("written to standard output"));
+    std::fs::write(dir.join("shard.json"), &shard.stdout).unwrap();
+    let merged = faultline_in(&dir, &["merge", "shard.json", "--out", "-"], None);
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    let report: serde_json::Value = serde_json::from_slice(&merged.stdout).unwrap();
+    assert_eq!(report["seeds"], 2);
+    let dump = faultline_in(
+        &dir,
+        &[
+            "collective",
+            "--algo",
+            "ring",
+            "--op",
+            "all-reduce",
+            "--gpus",
+            "8",
+        ]
+        .into_iter()
+        .chain(["--elems", "3", "--dump", "-"])
+        .collect::<Vec<_>>(),
+        None,
+    );
+    assert!(dump.status.success(), "{}", stderr(&dump));
+    assert_eq!(String::from_utf8_lossy(&dump.stdout).lines().count(), 3);
+    // Refused: a --json report already on standard output, two outputs on it, a directory.
+    for (args, says) in [
+        (
+            vec!["run", quickstart, "--trace", "-", "--json"],
+            "already carries the --json report",
+        ),
+        (
+            vec!["run", quickstart, "--trace", "-", "--perfetto", "-"],
+            "can carry one output",
+        ),
+        (
+            vec!["merge", "shard.json", "--json", "--out", "-"],
+            "already carries",
+        ),
+        (
+            vec!["plan", plan, "--out", "-", "--plot", "-"],
+            "can carry one output",
+        ),
+        (vec!["swarm", quickstart, "--emit", "-"], "not a stream"),
+    ] {
+        assert_refused(&faultline_in(&dir, &args, None), says);
+    }
+    assert!(!dir.join("-").exists(), "no file named -");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

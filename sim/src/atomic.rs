@@ -8,6 +8,9 @@
 //!
 //! A target that is not a regular file (a directory, a device, a FIFO, a socket) or that is a
 //! symbolic link is refused before anything is written: renaming over it would replace it.
+//!
+//! The path `-` is standard output ([`is_stdout`]): a stream, written as it comes and never
+//! taken back, for a command whose caller pipes its product on. A file named `-` is `./-`.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -38,10 +41,16 @@ pub fn remove_temporary_files() {
     }
 }
 
+/// The path that names standard output rather than a file: `-`.
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// A file written under a temporary name in its directory and renamed into place at the end.
 pub struct AtomicFile {
     path: PathBuf,
-    tmp: PathBuf,
+    /// The temporary file; none for standard output.
+    tmp: Option<PathBuf>,
     /// Where the content goes.
     pub out: BufWriter<File>,
     committed: bool,
@@ -55,7 +64,11 @@ fn refused(path: &Path, why: &str) -> std::io::Error {
 /// Whether `path` can be written: its directory exists, and it is absent or a regular file
 /// (not a symbolic link, a directory, a device, a FIFO or a socket). Commands call this for
 /// every output before they start work, so a bad output costs nothing.
+/// Standard output (`-`) can always be written.
 pub fn check_target(path: &Path) -> std::io::Result<()> {
+    if is_stdout(path) {
+        return Ok(());
+    }
     if path.file_name().is_none() {
         return Err(refused(path, "not a file name"));
     }
@@ -91,7 +104,18 @@ pub fn check_target(path: &Path) -> std::io::Result<()> {
 impl AtomicFile {
     /// Checks `path` ([`check_target`]) and creates a new temporary file beside it,
     /// `.NAME.PID.N.tmp`, exclusively: an existing file or link of that name is never opened.
+    /// For `-`, writes to (a duplicate of) standard output instead.
     pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        if is_stdout(path) {
+            use std::os::fd::AsFd;
+            let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+            return Ok(AtomicFile {
+                path: path.to_path_buf(),
+                tmp: None,
+                out: BufWriter::with_capacity(1 << 20, File::from(fd)),
+                committed: false,
+            });
+        }
         check_target(path)?;
         let name = path.file_name().expect("checked").to_string_lossy();
         let pid = std::process::id();
@@ -103,7 +127,7 @@ impl AtomicFile {
                     live().insert(tmp.clone());
                     return Ok(AtomicFile {
                         path: path.to_path_buf(),
-                        tmp,
+                        tmp: Some(tmp),
                         out: BufWriter::with_capacity(1 << 20, file),
                         committed: false,
                     });
@@ -116,18 +140,23 @@ impl AtomicFile {
     }
 
     /// Flushes and syncs the content, then renames it into place (checking the target again:
-    /// it may have changed while the content was written).
+    /// it may have changed while the content was written). Standard output is only flushed.
     pub fn commit(mut self) -> std::io::Result<()> {
+        let Some(tmp) = self.tmp.clone() else {
+            self.committed = true;
+            return self.out.flush();
+        };
         check_target(&self.path)?;
         self.out.flush()?;
         self.out.get_ref().sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)?;
+        std::fs::rename(&tmp, &self.path)?;
         self.committed = true;
-        live().remove(&self.tmp);
+        live().remove(&tmp);
         Ok(())
     }
 
-    /// Drops the content and removes the temporary file; the old file, if any, stays.
+    /// Drops the content and removes the temporary file; the old file, if any, stays. What
+    /// went to standard output has gone.
     pub fn discard(self) {
         drop(self);
     }
@@ -136,9 +165,9 @@ impl AtomicFile {
 /// A file never committed leaves nothing behind: not on an error, not on an early return.
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-            live().remove(&self.tmp);
+        if let (false, Some(tmp)) = (self.committed, &self.tmp) {
+            let _ = std::fs::remove_file(tmp);
+            live().remove(tmp);
         }
     }
 }
