@@ -114,11 +114,15 @@ pub enum Record<'a> {
     StorageWriteFailed,
     /// A bit flipped in a stored blob.
     StorageCorruption { name: &'a str },
+    /// A fault that kills nothing struck `target` (a link flap, a straggler, a silent data
+    /// corruption): the marker a reader needs to see why what follows happened.
+    Injected { kind: FaultKind, target: &'a str },
 }
 
 /// The `kind`s of the controller's records, which every level keeps.
-pub const CONTROL_KINDS: [&str; 11] = [
+pub const CONTROL_KINDS: [&str; 12] = [
     "crash",
+    "injected",
     "crash_skipped",
     "detected",
     "abort",
@@ -149,7 +153,7 @@ impl Record<'_> {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Record::Rank(event) => match event {
                 // Not recorded (World::emit keeps it out): the compute record holds it.
@@ -182,6 +186,7 @@ impl Record<'_> {
             Record::Regroup { .. } => "regroup",
             Record::StorageWriteFailed => "storage_write_failed",
             Record::StorageCorruption { .. } => "storage_corruption",
+            Record::Injected { .. } => "injected",
         }
     }
 
@@ -288,6 +293,11 @@ impl Record<'_> {
                 out,
                 ",\"name\":{}",
                 serde_json::to_string(name).expect("a string serialises")
+            ),
+            Record::Injected { kind, target } => write!(
+                out,
+                ",\"fault\":\"{kind}\",\"target\":{}",
+                serde_json::to_string(target).expect("a string serialises")
             ),
         };
     }
@@ -752,6 +762,9 @@ impl Timeline {
                 generation,
                 abandoned,
             } => self.restart(t_ns, generation, abandoned)?,
+            Record::Injected { kind, target } => {
+                self.instant(TID_FAULTS, &format!("{kind}: {target}"), t_ns)?;
+            }
             Record::CrashSkipped { .. }
             | Record::RestartScheduled { .. }
             | Record::ReplicaDropped { .. }

@@ -21,6 +21,7 @@ use super::digest_tag::DigestTag;
 use super::World;
 use crate::books::{Detector, FaultKind, LostCause};
 use crate::rng::RngStream;
+use crate::trace::Record;
 
 /// A corruption no check caught.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -139,7 +140,14 @@ impl Sdc {
         }
     }
 
-    fn record(&mut self, kind: SdcKind, gpu: usize, at_ns: u64, message: Option<(u32, u32, Tag)>) {
+    /// Books a corruption; false when it merged into one already booked.
+    fn record(
+        &mut self,
+        kind: SdcKind,
+        gpu: usize,
+        at_ns: u64,
+        message: Option<(u32, u32, Tag)>,
+    ) -> bool {
         let (step, epoch) = (self.step_of[gpu], self.epoch_of[gpu]);
         // A faulty kernel wrong several times in one step is one corruption of that step.
         let merged = kind == SdcKind::ReductionKernel
@@ -160,6 +168,7 @@ impl Sdc {
             });
             self.unconsumed += usize::from(message.is_some());
         }
+        !merged
     }
 
     /// Marks as detected by `check` at `now_ns` every undetected occurrence `hits` selects;
@@ -236,6 +245,8 @@ impl World {
         message.payload.data[elem] = flip(message.payload.data[elem], bit);
         sdc.record(SdcKind::InFlight, to, now, Some(key));
         self.digest.u64(DigestTag::SdcInFlight.word(to as u64));
+        let target = format!("a payload from rank {} to rank {to}", key.0);
+        self.mark_sdc(to, SdcKind::InFlight, &target);
     }
 
     /// Rank `to` took the payload `from` sent it with `tag`: a corruption of it, if any,
@@ -317,6 +328,12 @@ impl World {
             data[elem] = flip(data[elem], bit);
             sdc.record(kind, rank, now, None);
             self.digest.u64(DigestTag::SdcAtRank.word(rank as u64));
+            let what = if kind == SdcKind::Gradient {
+                "gradient"
+            } else {
+                "parameters"
+            };
+            self.mark_sdc(rank, kind, &format!("rank {rank}'s {what} at step {step}"));
             return;
         }
     }
@@ -338,6 +355,7 @@ impl World {
             .sdc
             .as_deref_mut()
             .expect("checked by kernel_may_be_faulty");
+        let mut new_corruption = false;
         for idx in 0..sdc.config.specs.len() {
             let spec = sdc.config.specs[idx];
             if spec.kind != SdcKind::ReductionKernel
@@ -357,9 +375,20 @@ impl World {
             }
             if wrong > 0 {
                 sdc.fired[idx] += wrong;
-                sdc.record(SdcKind::ReductionKernel, rank, now, None);
+                new_corruption |= sdc.record(SdcKind::ReductionKernel, rank, now, None);
             }
         }
+        if new_corruption {
+            let target = format!("a sum in rank {rank}'s reduction kernel");
+            self.mark_sdc(rank, SdcKind::ReductionKernel, &target);
+        }
+    }
+
+    /// The trace's and the story's marker of a corruption as it happens (the books count it
+    /// at the end, from the occurrences).
+    fn mark_sdc(&mut self, rank: usize, kind: SdcKind, target: &str) {
+        let kind = FaultKind::from(kind);
+        self.record(Some(rank as u32), Record::Injected { kind, target });
     }
 
     /// The health check found `rank`'s GPU faulty: it is replaced (its kernel fault goes with it).
