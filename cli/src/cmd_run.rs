@@ -46,6 +46,15 @@ pub(crate) struct RunArgs {
     /// faults); exit 1 when one breaks.
     #[arg(long)]
     check: bool,
+    /// Also run the scenario without faults and say whether the final parameters match.
+    #[arg(long)]
+    compare: bool,
+    /// The counters only: no story of what happened.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Set for `faultline` alone: ends with what to try next.
+    #[arg(skip)]
+    pub(crate) first_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -84,20 +93,71 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         Vec::new()
     };
+    let fault_free = match args.compare {
+        true => Some(run::run_scenario(&scenario.without_faults()).map_err(Failure::of_sim)?),
+        false => None,
+    };
     if args.json {
         print_json(&report, reproduce, args.check.then_some(&violations));
     } else {
+        if !args.quiet {
+            say_part!("{}", story(&report));
+        }
         say_part!("{report}");
+        if let Some(fault_free) = &fault_free {
+            say!("{}", comparison(&report, fault_free));
+        }
         if args.check {
             swarm_cli::print_violations(&violations);
         }
         say!("wall: {} ms", report.wall_ms);
+        if args.first_run {
+            say_part!("{NEXT}");
+        }
     }
     Ok(if healthy(&report) && violations.is_empty() {
         0
     } else {
         EXIT_FINDING
     })
+}
+
+/// What to try after the first run.
+const NEXT: &str = "
+try next:
+  cargo run --release -- run scenarios/first-run.toml --perfetto first-run.json
+      # the same run as a timeline: open first-run.json in ui.perfetto.dev
+  cargo run --release -- swarm scenarios/swarm-checkpoint-restart.toml --seeds 1..50
+      # 49 seeds, each with random faults at random times, every invariant checked
+  cargo run --release -- plan scenarios/plan-llama3-16k-54d.toml
+      # Llama 3's 54 days on 16,384 GPUs: goodput under its published failure rates
+";
+
+/// The run's story, or a word on why there is none.
+fn story(report: &RunReport) -> String {
+    let story = &report.story;
+    if story.happenings.is_empty() {
+        return "what happened: no fault was injected; `faultline run \
+                scenarios/first-run.toml` breaks three things\n"
+            .into();
+    }
+    format!("what happened, in model time:\n{story}")
+}
+
+/// The final parameters beside those of the same run without faults.
+fn comparison(report: &RunReport, fault_free: &RunReport) -> String {
+    let same = report.param_digest == fault_free.param_digest
+        && report.steps_completed == fault_free.steps_completed;
+    let verdict = match (same, report.faults.escaped.is_empty()) {
+        (true, true) => "the same final parameters: recovery lost no update",
+        (true, false) => "the same final parameters: what escaped detection did not change them",
+        (false, _) => "DIFFERENT final parameters: the faults changed what was learnt",
+    };
+    format!(
+        "fault-free run: param_digest {} in {}; {verdict}",
+        fault_free.param_digest,
+        trainer_core::units::format_duration_ns(fault_free.model_time_ns)
+    )
 }
 
 /// The scenario file's name, origin and text, read once.

@@ -30,7 +30,7 @@ const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_BUG: u8 = 70;
 
 /// The scenario `faultline` runs when given none.
-const DEFAULT_SCENARIO: &str = "scenarios/quickstart.toml";
+const DEFAULT_SCENARIO: &str = "scenarios/first-run.toml";
 
 #[derive(Parser)]
 #[command(
@@ -291,7 +291,11 @@ struct DefaultRun {
 }
 
 fn dispatch(cli: Cli) -> Result<u8, Failure> {
-    let default = || Command::Run(DefaultRun::parse_from(["faultline"]).args);
+    let default = || {
+        let mut args = DefaultRun::parse_from(["faultline", "--compare"]).args;
+        args.first_run = true;
+        Command::Run(args)
+    };
     match cli.command.unwrap_or_else(default) {
         Command::Run(args) => cmd_run::cmd_run(args),
         Command::Collective(args) => cmd_collective::cmd_collective(args),

@@ -155,6 +155,7 @@ fn a_set_key_deeper_than_any_scenario_key_is_refused() {
     // Real keys still work: 16 parts is the bound, and the deepest real ones have four.
     let out = faultline(&[
         "run",
+        "scenarios/quickstart.toml",
         "--set",
         "cluster.gpus=16",
         "--set",
@@ -211,6 +212,7 @@ fn seeds_above_what_a_scenario_file_holds_are_refused_by_every_command() {
     let largest = "9223372036854775807";
     let run = faultline(&[
         "run",
+        "scenarios/quickstart.toml",
         "--seed",
         largest,
         "--set",

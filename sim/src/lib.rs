@@ -18,6 +18,7 @@ pub mod shell;
 pub use faultline_scenario as scenario;
 pub mod slab;
 pub mod storage;
+pub mod story;
 pub mod summary;
 pub mod swarm;
 pub mod topology;

@@ -151,6 +151,10 @@ pub struct RunReport {
     /// Rank 0's completed step durations in order (for tests and tools; not serialised).
     #[serde(skip)]
     pub rank0_step_ns: Vec<u64>,
+    /// The run's faults, detections and recoveries in words (the text summary's timeline;
+    /// the JSON report leaves it to the trace).
+    #[serde(skip)]
+    pub story: crate::story::Story,
     /// Wall-clock milliseconds; the only field that differs between identical runs.
     pub wall_ms: u64,
 }
@@ -314,6 +318,7 @@ fn report_of(
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
         rank0_step_ns: world.rank0_step_ns(),
+        story: world.story().clone(),
         wall_ms: wall_ms_since(started),
     }
 }

@@ -99,6 +99,18 @@ impl RunReport {
         if !self.faults.quarantined_gpus.is_empty() {
             writeln!(f, "quarantined GPUs: {:?}", self.faults.quarantined_gpus)?;
         }
+        if self.checkpoint_snapshots > 0 {
+            writeln!(
+                f,
+                "checkpoints: {} committed, {} lost in flight (persisting when a failure \
+                 struck), {} restore fallback(s); restores by tier: {:?}; spares used: {}",
+                self.checkpoints_committed,
+                self.checkpoints_lost_in_flight,
+                self.restore_fallbacks,
+                by_name(&self.restores_by_tier),
+                self.spares_used
+            )?;
+        }
         if !self.lost_time_ns_by_cause.is_empty() {
             let lost: Vec<String> = (self.lost_time_ns_by_cause.iter())
                 .map(|(cause, ns)| format!("{cause} {}", duration(*ns)))

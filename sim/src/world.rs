@@ -128,6 +128,8 @@ pub struct World {
     control: Option<control::Control>,
     /// The trace and timeline, when asked for; `None` costs one branch per record site.
     recorder: Option<Box<crate::trace::Recorder>>,
+    /// The run's faults, detections and recoveries in words, whatever the recorder keeps.
+    story: crate::story::Story,
     /// A test hook for `faultline check`: the compute call of this index (counted from 0
     /// across all ranks) lasts one nanosecond longer, a real divergence to catch.
     perturb_compute: Option<u64>,
@@ -240,6 +242,7 @@ impl World {
             control: None,
             parked_since_ns: Vec::new(),
             recorder: None,
+            story: Default::default(),
             perturb_compute: None,
             planted_bug: None,
             links: links::LinkFaults::default(),

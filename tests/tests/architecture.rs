@@ -290,3 +290,42 @@ fn crates_depend_only_downwards() {
         );
     }
 }
+
+/// Every code fence in the README and docs/ is closed: one left open renders the rest of the
+/// page as code (it once swallowed the whole "Silent data corruption" section).
+#[test]
+fn every_markdown_code_fence_is_closed() {
+    let mut pages = vec![
+        workspace().join("README.md"),
+        workspace().join("ARCHITECTURE.md"),
+    ];
+    for entry in std::fs::read_dir(workspace().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let mut open: Option<usize> = None;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                open = match open {
+                    None => Some(n + 1),
+                    Some(_) => None,
+                };
+            } else if let (Some(from), true) = (open, line.starts_with("## ")) {
+                panic!(
+                    "{}: the fence opened at line {from} is still open at heading line {}",
+                    page.display(),
+                    n + 1
+                );
+            }
+        }
+        assert!(
+            open.is_none(),
+            "{}: the fence opened at line {open:?} is never closed",
+            page.display()
+        );
+    }
+}

@@ -5,6 +5,7 @@ use trainer_core::units::capped_ns;
 use trainer_core::Work;
 
 use super::{World, ABORTED};
+use crate::story::Story;
 use crate::trace::{Record, Recorder};
 
 impl World {
@@ -18,6 +19,11 @@ impl World {
         self.recorder.take().map(|r| *r)
     }
 
+    /// The story so far: faults, detections and recoveries in words.
+    pub fn story(&self) -> &Story {
+        &self.story
+    }
+
     /// Makes the compute call of index `call` (across all ranks, from 0) one nanosecond longer:
     /// the deliberate nondeterminism `faultline check`'s own test must catch.
     pub fn perturb_compute(&mut self, call: u64) {
@@ -27,6 +33,9 @@ impl World {
     /// Hands `record` at the current instant to the recorder, if there is one.
     #[inline]
     pub(super) fn record(&mut self, rank: Option<u32>, record: Record) {
+        if Story::tells(rank, &record) {
+            self.story.note(self.clock.now_ns(), rank, &record);
+        }
         if let Some(recorder) = &mut self.recorder {
             recorder.record(self.clock.now_ns(), rank, record);
         }
