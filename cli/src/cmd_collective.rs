@@ -21,8 +21,9 @@ pub(crate) struct CollectiveArgs {
     op: OpArg,
     #[arg(long)]
     gpus: usize,
-    #[arg(long, default_value_t = 8)]
-    gpus_per_node: usize,
+    /// GPUs per node; default 8, or all of them when --gpus is below 8 (one partial node).
+    #[arg(long)]
+    gpus_per_node: Option<usize>,
     /// Real elements per rank.
     #[arg(long)]
     elems: usize,
@@ -81,6 +82,13 @@ pub(crate) fn cmd_collective(args: CollectiveArgs) -> Result<u8, Failure> {
     Ok(if report.exact { 0 } else { EXIT_FINDING })
 }
 
+impl CollectiveArgs {
+    /// `--gpus-per-node`, or 8, or every GPU when there are fewer (one partial node).
+    fn gpus_per_node(&self) -> usize {
+        self.gpus_per_node.unwrap_or(self.gpus.min(8))
+    }
+}
+
 /// The cluster and buffer sizes, refused before any work when out of range.
 fn check_sizes(args: &CollectiveArgs) -> Result<(), Failure> {
     if args.gpus == 0 || args.gpus > MAX_GPUS {
@@ -89,10 +97,11 @@ fn check_sizes(args: &CollectiveArgs) -> Result<(), Failure> {
             args.gpus
         )));
     }
-    if args.gpus_per_node == 0 || args.gpus_per_node > 256 || args.gpus_per_node > args.gpus {
+    let gpus_per_node = args.gpus_per_node();
+    if gpus_per_node == 0 || gpus_per_node > 256 || gpus_per_node > args.gpus {
         return Err(Failure::bad_input(format!(
-            "--gpus-per-node: expected 1 to min(256, --gpus = {}), got {}",
-            args.gpus, args.gpus_per_node
+            "--gpus-per-node: expected 1 to min(256, --gpus = {}), got {gpus_per_node}",
+            args.gpus
         )));
     }
     if args.elems > 1 << 24 {
@@ -121,7 +130,7 @@ fn spec_of(args: &CollectiveArgs) -> Result<CollectiveSpec, Failure> {
         inter_node_algo: args.inter_node_algo.0,
         op: args.op.0,
         gpus: args.gpus,
-        gpus_per_node: args.gpus_per_node,
+        gpus_per_node: args.gpus_per_node(),
         elems: args.elems,
         modelled_bytes: args.bytes.unwrap_or(4 * args.elems as u64),
         seed: args.seed,

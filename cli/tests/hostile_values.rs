@@ -425,3 +425,99 @@ fn every_planner_key_holds_its_readme_range() {
     );
     check_all(cases_for(&rows, "plan", "plan"));
 }
+
+/// The command before the flag, the flag, values in range, values outside.
+type FlagCase<'a> = (Vec<&'a str>, &'a str, Vec<&'a str>, Vec<&'a str>);
+
+/// The numeric flags, with the ranges their help texts give: each at its bounds and just
+/// outside them, in a small command that the in-range value must finish.
+#[test]
+fn every_numeric_flag_holds_its_range() {
+    let max_seed = i64::MAX.to_string();
+    let above_seed = (i64::MAX as u64 + 1).to_string();
+    // (the command before the flag, the flag, values in range, values outside).
+    let quick_run = ["run", "scenarios/quickstart.toml", "--set", "job.steps=1"];
+    let plan = [
+        "plan",
+        "scenarios/plan-daly-closed-form.toml",
+        "--set",
+        "plan.seeds=2",
+    ];
+    let swarm = [
+        "swarm",
+        "scenarios/swarm-checkpoint-restart.toml",
+        "--seeds",
+        "1..2",
+    ];
+    let collective = [
+        "collective",
+        "--algo",
+        "ring",
+        "--op",
+        "all-reduce",
+        "--elems",
+        "64",
+    ];
+    let cases: Vec<FlagCase> = vec![
+        (
+            quick_run.to_vec(),
+            "--seed",
+            vec!["0", &max_seed],
+            vec![&above_seed, "-1"],
+        ),
+        (
+            plan.to_vec(),
+            "--threads",
+            vec!["1", "1024"],
+            vec!["0", "1025"],
+        ),
+        (
+            swarm.to_vec(),
+            "--jobs",
+            vec!["1", "1024"],
+            vec!["0", "1025"],
+        ),
+        (
+            collective.to_vec(),
+            "--gpus",
+            vec!["1", "16"],
+            vec!["0", "1000001"],
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (before, flag, inside, outside) in cases {
+        let values = (inside.iter().map(|v| (*v, true))).chain(outside.iter().map(|v| (*v, false)));
+        for (value, in_range) in values {
+            let dir = Scratch::new();
+            let mut args: Vec<String> = before.iter().map(|a| a.to_string()).collect();
+            args.extend([flag.to_string(), value.to_string()]);
+            let case = format!("faultline {}", args.join(" "));
+            let root = root();
+            let args: Vec<String> = args
+                .into_iter()
+                .map(|a| match a.starts_with("scenarios/") {
+                    true => root.join(a).to_string_lossy().into_owned(),
+                    false => a,
+                })
+                .collect();
+            let output = match faultline(dir.path(), &args) {
+                Ok(output) => output,
+                Err(e) => {
+                    problems.push(format!("{case}: {e}"));
+                    continue;
+                }
+            };
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let code = output.status.code();
+            // Clap names a value it cannot take for a flag ('-1') by the value alone.
+            let refused = code == Some(2) && (stderr.contains(flag) || stderr.contains(value));
+            if in_range && (refused || !matches!(code, Some(0 | 1))) {
+                problems.push(format!("{case}: in range, yet exit {code:?}: {stderr}"));
+            }
+            if !in_range && !refused {
+                problems.push(format!("{case}: out of range, yet exit {code:?}: {stderr}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
