@@ -93,9 +93,10 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         Vec::new()
     };
-    let fault_free = match args.compare {
-        true => Some(run::run_scenario(&scenario.without_faults()).map_err(Failure::of_sim)?),
-        false => None,
+    let fault_free = if args.compare {
+        Some(run::run_scenario(&scenario.without_faults()).map_err(Failure::of_sim)?)
+    } else {
+        None
     };
     if args.json {
         print_json(&report, reproduce, args.check.then_some(&violations));

@@ -159,6 +159,16 @@ pub enum CrashTarget {
     Gpu(usize),
 }
 
+/// `node 3` or `gpu 17`, as summaries and the swarm's descriptions write a target.
+impl std::fmt::Display for CrashTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CrashTarget::Node(node) => write!(f, "node {node}"),
+            CrashTarget::Gpu(gpu) => write!(f, "gpu {gpu}"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashWhen {
     AtNs(u64),
@@ -289,6 +299,16 @@ pub enum StragglerTarget {
     Gpu(usize),
     /// Every GPU of the node.
     Node(usize),
+}
+
+/// `gpu 3` or `node 2`, as [`CrashTarget`] writes them.
+impl std::fmt::Display for StragglerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StragglerTarget::Gpu(gpu) => write!(f, "gpu {gpu}"),
+            StragglerTarget::Node(node) => write!(f, "node {node}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ pub use link::LinkRef;
 pub use load::{
     load, load_str, load_str_located, read_scenario_file, validate_gpus, ALLOW_PLANTED_BUGS_ENV,
 };
-pub use source::{in_range, parse_checked, positive, with_suggestion, ScenarioError, Source};
+pub use source::{in_range, parse_checked, with_suggestion, within, ScenarioError, Source};
 
 /// The largest root seed: a scenario file's `run.seed` is a TOML integer, at most `i64::MAX`,
 /// and every seed a program takes may end up written there (a swarm's seed files, a shrunk

@@ -12,7 +12,7 @@ use trainer_core::job::JobConfig;
 use trainer_core::units::{parse_bandwidth_bytes_per_s, parse_duration_ns, MAX_MODEL_TIME_NS};
 
 use crate::config::*;
-use crate::source::{in_range, parse_checked, ScenarioError, Source};
+use crate::source::{in_range, parse_checked, within, ScenarioError, Source};
 
 mod degrade;
 mod sdc;
@@ -590,35 +590,6 @@ fn optional_duration_in(
     }
     let range = format!("\"0s\" (off) or {range}");
     duration_in(src, key, text, bounds, &range).map(Some)
-}
-
-/// A finite number from `min` to `max`, or an error naming `key`.
-pub(crate) fn within(
-    src: &Source,
-    key: &str,
-    value: f64,
-    (min, max): (f64, f64),
-) -> Result<f64, ScenarioError> {
-    if !(value.is_finite() && (min..=max).contains(&value)) {
-        return Err(src.error(
-            key,
-            format!(
-                "expected a number from {} to {}, got {value:?}",
-                num(min),
-                num(max)
-            ),
-        ));
-    }
-    Ok(value)
-}
-
-/// A bound as the README writes it: `0.3`, `1000`, `1e-3`, `1e15`.
-fn num(x: f64) -> String {
-    if x != 0.0 && !(1e-2..1e4).contains(&x.abs()) {
-        format!("{x:e}")
-    } else {
-        format!("{x}")
-    }
 }
 
 const SECOND_NS: u64 = 1_000_000_000;

@@ -343,13 +343,31 @@ pub fn in_range(
     Ok(value as usize)
 }
 
-/// Refuses a number that is not finite, not above zero, or above `max`.
-pub fn positive(src: &Source, key: &str, value: f64, max: f64) -> Result<(), ScenarioError> {
-    if !(value.is_finite() && value > 0.0 && value <= max) {
+/// A finite number from `min` to `max`, or an error naming `key`.
+pub fn within(
+    src: &Source,
+    key: &str,
+    value: f64,
+    (min, max): (f64, f64),
+) -> Result<f64, ScenarioError> {
+    if !(value.is_finite() && (min..=max).contains(&value)) {
         return Err(src.error(
             key,
-            format!("expected a number above 0 and at most {max}, got {value}"),
+            format!(
+                "expected a number from {} to {}, got {value:?}",
+                num(min),
+                num(max)
+            ),
         ));
     }
-    Ok(())
+    Ok(value)
+}
+
+/// A bound as the README writes it: `0.3`, `1000`, `1e-3`, `1e15`.
+fn num(x: f64) -> String {
+    if x != 0.0 && !(1e-2..1e4).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }

@@ -50,13 +50,18 @@ impl Story {
 
     /// Adds `record` at `at_ns` (the caller has checked [`Story::tells`]).
     pub fn note(&mut self, at_ns: u64, rank: Option<u32>, record: &Record) {
-        let text = self.sentence(at_ns, rank, record);
-        if self.happenings.len() < Self::KEPT {
-            let kind = record.kind();
-            self.happenings.push(Happening { at_ns, kind, text });
-        } else {
+        if self.is_full() {
             self.omitted += 1;
+            return;
         }
+        let text = self.sentence(at_ns, rank, record);
+        let kind = record.kind();
+        self.happenings.push(Happening { at_ns, kind, text });
+    }
+
+    /// Whether further happenings are only counted.
+    pub fn is_full(&self) -> bool {
+        self.happenings.len() >= Self::KEPT
     }
 
     fn struck(&mut self, at_ns: u64) {

@@ -191,58 +191,9 @@ impl Record<'_> {
     }
 
     /// The kind's own fields, each as `,"key":value`, in a fixed order.
-    // Over 70 lines: one match arm per record and event kind, so that the trace's column
-    // table (docs/trace.md) can be checked against one place.
     fn write_fields(&self, out: &mut String) {
         let _ = match *self {
-            Record::Rank(event) => match *event {
-                Event::StepBegin { step } => write!(out, ",\"step\":{step}"),
-                Event::ComputeTimed { step, compute_ns } => {
-                    write!(out, ",\"step\":{step},\"compute_ns\":{compute_ns}")
-                }
-                Event::ChecksumMismatch { peer, tag } => write!(
-                    out,
-                    ",\"peer\":{peer},\"op_id\":{},\"phase\":{},\"round\":{}",
-                    tag.op_id, tag.phase, tag.round
-                ),
-                Event::SdcSuspect { step, check } => {
-                    write!(out, ",\"step\":{step},\"check\":\"{}\"", check.name())
-                }
-                Event::SdcVerdict { step, persistent } => {
-                    write!(out, ",\"step\":{step},\"persistent\":{persistent}")
-                }
-                Event::HealthCheckCost {
-                    step,
-                    check,
-                    elapsed_ns,
-                } => write!(
-                    out,
-                    ",\"step\":{step},\"check\":\"{}\",\"elapsed_ns\":{elapsed_ns}",
-                    check.name()
-                ),
-                Event::SdcRollback { from_step, to_step } => {
-                    write!(out, ",\"from_step\":{from_step},\"to_step\":{to_step}")
-                }
-                Event::StepEnd { step, loss } => {
-                    write!(out, ",\"step\":{step},\"loss\":{}", json_f32(loss))
-                }
-                Event::CollectiveBegin { op_id, op, algo } => write!(
-                    out,
-                    ",\"op_id\":{op_id},\"op\":\"{}\",\"algo\":\"{}\"",
-                    op.name(),
-                    algo.name()
-                ),
-                Event::CollectiveEnd { op_id } => write!(out, ",\"op_id\":{op_id}"),
-                Event::CheckpointSnapshot { step, stall_ns } => {
-                    write!(out, ",\"step\":{step},\"stall_ns\":{stall_ns}")
-                }
-                Event::CheckpointCommitted { step } | Event::RestoreFallback { step } => {
-                    write!(out, ",\"step\":{step}")
-                }
-                Event::Restored { step, tier } => {
-                    write!(out, ",\"step\":{step},\"tier\":\"{}\"", tier_name(tier))
-                }
-            },
+            Record::Rank(event) => write_event_fields(event, out),
             Record::Compute { work, duration_ns } => write!(
                 out,
                 ",\"work\":\"{}\",\"duration_ns\":{duration_ns}",
@@ -300,6 +251,59 @@ impl Record<'_> {
                 serde_json::to_string(target).expect("a string serialises")
             ),
         };
+    }
+}
+
+/// A trainer event's own fields, each as `,"key":value`, in a fixed order (docs/trace.md's
+/// column table lists them).
+fn write_event_fields(event: &Event, out: &mut String) -> std::fmt::Result {
+    match *event {
+        Event::StepBegin { step } => write!(out, ",\"step\":{step}"),
+        Event::ComputeTimed { step, compute_ns } => {
+            write!(out, ",\"step\":{step},\"compute_ns\":{compute_ns}")
+        }
+        Event::ChecksumMismatch { peer, tag } => write!(
+            out,
+            ",\"peer\":{peer},\"op_id\":{},\"phase\":{},\"round\":{}",
+            tag.op_id, tag.phase, tag.round
+        ),
+        Event::SdcSuspect { step, check } => {
+            write!(out, ",\"step\":{step},\"check\":\"{}\"", check.name())
+        }
+        Event::SdcVerdict { step, persistent } => {
+            write!(out, ",\"step\":{step},\"persistent\":{persistent}")
+        }
+        Event::HealthCheckCost {
+            step,
+            check,
+            elapsed_ns,
+        } => write!(
+            out,
+            ",\"step\":{step},\"check\":\"{}\",\"elapsed_ns\":{elapsed_ns}",
+            check.name()
+        ),
+        Event::SdcRollback { from_step, to_step } => {
+            write!(out, ",\"from_step\":{from_step},\"to_step\":{to_step}")
+        }
+        Event::StepEnd { step, loss } => {
+            write!(out, ",\"step\":{step},\"loss\":{}", json_f32(loss))
+        }
+        Event::CollectiveBegin { op_id, op, algo } => write!(
+            out,
+            ",\"op_id\":{op_id},\"op\":\"{}\",\"algo\":\"{}\"",
+            op.name(),
+            algo.name()
+        ),
+        Event::CollectiveEnd { op_id } => write!(out, ",\"op_id\":{op_id}"),
+        Event::CheckpointSnapshot { step, stall_ns } => {
+            write!(out, ",\"step\":{step},\"stall_ns\":{stall_ns}")
+        }
+        Event::CheckpointCommitted { step } | Event::RestoreFallback { step } => {
+            write!(out, ",\"step\":{step}")
+        }
+        Event::Restored { step, tier } => {
+            write!(out, ",\"step\":{step},\"tier\":\"{}\"", tier_name(tier))
+        }
     }
 }
 

@@ -475,16 +475,12 @@ impl FaultSpec {
     // Over 70 lines: one match arm per fault kind, a sentence each.
     pub fn describe(&self) -> String {
         use crate::units::format_duration_ns as d;
-        let target = |t: CrashTarget| match t {
-            CrashTarget::Node(n) => format!("node {n}"),
-            CrashTarget::Gpu(g) => format!("gpu {g}"),
-        };
         match *self {
-            FaultSpec::Crash { target: t, when } => match when {
-                CrashWhen::AtNs(at) => format!("crash {} at {}", target(t), d(at)),
-                CrashWhen::AtStep(step) => format!("crash {} at step {step}", target(t)),
+            FaultSpec::Crash { target, when } => match when {
+                CrashWhen::AtNs(at) => format!("crash {target} at {}", d(at)),
+                CrashWhen::AtStep(step) => format!("crash {target} at step {step}"),
                 CrashWhen::AfterCommits(n) => {
-                    format!("crash {} after {n} checkpoint commits", target(t))
+                    format!("crash {target} after {n} checkpoint commits")
                 }
             },
             FaultSpec::StorageSlow {
@@ -535,13 +531,9 @@ impl FaultSpec {
                 from_ns,
                 duration_ns,
             } => {
-                let who = match target {
-                    StragglerTarget::Gpu(g) => format!("gpu {g}"),
-                    StragglerTarget::Node(n) => format!("node {n}"),
-                };
                 let what = if nic { "NIC" } else { "compute" };
                 format!(
-                    "{who} {what} {factor}x slower from {} for {}",
+                    "{target} {what} {factor}x slower from {} for {}",
                     d(from_ns),
                     d(duration_ns)
                 )

@@ -17,7 +17,6 @@ use super::{EventKind, World, DEAD};
 use crate::books::{FaultKind, LostCause, RarePath};
 use crate::rng::RngStream;
 use crate::topology::{LinkId, Route};
-use crate::trace::Record;
 
 /// What the report says about link flaps (present only when the scenario has some).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -154,9 +153,9 @@ impl World {
         }
         self.links.report.flaps += 1;
         self.count_injected(FaultKind::LinkFlap);
-        let target = format!("link {}", self.fabric.topology.link_name(link));
-        let (kind, target) = (FaultKind::LinkFlap, target.as_str());
-        self.record(None, Record::Injected { kind, target });
+        self.record_injected(None, FaultKind::LinkFlap, |world| {
+            format!("link {}", world.fabric.topology.link_name(link))
+        });
         self.digest.u64(DigestTag::LinkDown.word(link as u64));
         self.digest.u64(until);
     }

@@ -5,6 +5,7 @@ use trainer_core::units::capped_ns;
 use trainer_core::Work;
 
 use super::{World, ABORTED};
+use crate::books::FaultKind;
 use crate::story::Story;
 use crate::trace::{Record, Recorder};
 
@@ -39,6 +40,28 @@ impl World {
         if let Some(recorder) = &mut self.recorder {
             recorder.record(self.clock.now_ns(), rank, record);
         }
+    }
+
+    /// Marks a fault that kills nothing (a flap, a slowdown, a corruption) where the trace and
+    /// the story see it; `target` is written only when one of them will keep it.
+    pub(super) fn record_injected(
+        &mut self,
+        rank: Option<u32>,
+        kind: FaultKind,
+        target: impl FnOnce(&World) -> String,
+    ) {
+        if self.recorder.is_none() && self.story.is_full() {
+            self.story.omitted += 1;
+            return;
+        }
+        let target = target(self);
+        self.record(
+            rank,
+            Record::Injected {
+                kind,
+                target: &target,
+            },
+        );
     }
 
     /// How long `work` takes on `rank`, recorded as a compute span.

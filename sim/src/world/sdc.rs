@@ -21,7 +21,6 @@ use super::digest_tag::DigestTag;
 use super::World;
 use crate::books::{Detector, FaultKind, LostCause};
 use crate::rng::RngStream;
-use crate::trace::Record;
 
 /// A corruption no check caught.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -106,6 +105,25 @@ fn flip(value: f32, bit: u32) -> f32 {
 }
 
 impl Sdc {
+    /// Rank 0's check `check` found step `step` suspect: the corruptions it accounts for.
+    fn suspect(&mut self, step: u64, check: Check, now: u64) {
+        let epoch = self.epoch_of[0];
+        if check == Check::Fingerprint {
+            // Diverged replicas: what can make one replica differ, since the last clean
+            // fingerprint. A wrong sum reaches every replica alike: not this.
+            let kind = self.detect(check, now, |o| {
+                o.epoch == epoch
+                    && o.step < step
+                    && matches!(o.kind, SdcKind::Parameters | SdcKind::InFlight)
+            });
+            self.rollback_kind = kind.or(self.rollback_kind);
+        } else {
+            self.detect(check, now, |o| {
+                o.epoch == epoch && o.step == step && o.kind != SdcKind::Parameters
+            });
+        }
+    }
+
     /// The kind of the detected corruption behind rank 0's current attempt at `step`, if any:
     /// what a verdict or a re-run of that step is charged to.
     fn rank0_detected_kind(&self, step: u64) -> Option<SdcKind> {
@@ -245,8 +263,9 @@ impl World {
         message.payload.data[elem] = flip(message.payload.data[elem], bit);
         sdc.record(SdcKind::InFlight, to, now, Some(key));
         self.digest.u64(DigestTag::SdcInFlight.word(to as u64));
-        let target = format!("a payload from rank {} to rank {to}", key.0);
-        self.mark_sdc(to, SdcKind::InFlight, &target);
+        self.mark_sdc(to, SdcKind::InFlight, || {
+            format!("a payload from rank {} to rank {to}", key.0)
+        });
     }
 
     /// Rank `to` took the payload `from` sent it with `tag`: a corruption of it, if any,
@@ -333,7 +352,9 @@ impl World {
             } else {
                 "parameters"
             };
-            self.mark_sdc(rank, kind, &format!("rank {rank}'s {what} at step {step}"));
+            self.mark_sdc(rank, kind, || {
+                format!("rank {rank}'s {what} at step {step}")
+            });
             return;
         }
     }
@@ -379,16 +400,16 @@ impl World {
             }
         }
         if new_corruption {
-            let target = format!("a sum in rank {rank}'s reduction kernel");
-            self.mark_sdc(rank, SdcKind::ReductionKernel, &target);
+            self.mark_sdc(rank, SdcKind::ReductionKernel, || {
+                format!("a sum in rank {rank}'s reduction kernel")
+            });
         }
     }
 
     /// The trace's and the story's marker of a corruption as it happens (the books count it
     /// at the end, from the occurrences).
-    fn mark_sdc(&mut self, rank: usize, kind: SdcKind, target: &str) {
-        let kind = FaultKind::from(kind);
-        self.record(Some(rank as u32), Record::Injected { kind, target });
+    fn mark_sdc(&mut self, rank: usize, kind: SdcKind, target: impl FnOnce() -> String) {
+        self.record_injected(Some(rank as u32), FaultKind::from(kind), |_| target());
     }
 
     /// The health check found `rank`'s GPU faulty: it is replaced (its kernel fault goes with it).
@@ -417,7 +438,6 @@ impl World {
     }
 
     /// Follows the trainer's events: steps, and what its checks found.
-    // Over 70 lines: one match arm per trainer event the SDC books follow.
     pub(super) fn sdc_observe(&mut self, rank: usize, event: &Event) {
         let now = self.clock.now_ns();
         let Some(sdc) = self.sdc.as_deref_mut() else {
@@ -439,23 +459,7 @@ impl World {
                 let hits = |o: &Occurrence| o.message == Some(key) && o.epoch == epoch;
                 sdc.detect(Check::PayloadChecksum, now, hits);
             }
-            Event::SdcSuspect { step, check } if rank == 0 => {
-                let epoch = sdc.epoch_of[0];
-                if check == Check::Fingerprint {
-                    // Diverged replicas: what can make one replica differ, since the last
-                    // clean fingerprint. A wrong sum reaches every replica alike: not this.
-                    let kind = sdc.detect(check, now, |o| {
-                        o.epoch == epoch
-                            && o.step < step
-                            && matches!(o.kind, SdcKind::Parameters | SdcKind::InFlight)
-                    });
-                    sdc.rollback_kind = kind.or(sdc.rollback_kind);
-                } else {
-                    sdc.detect(check, now, |o| {
-                        o.epoch == epoch && o.step == step && o.kind != SdcKind::Parameters
-                    });
-                }
-            }
+            Event::SdcSuspect { step, check } if rank == 0 => sdc.suspect(step, check, now),
             Event::SdcRollback { .. } => sdc.epoch_of[rank] += 1,
             Event::SdcVerdict { step, persistent } if rank == 0 => {
                 let kind = sdc.rank0_detected_kind(step);
@@ -491,25 +495,29 @@ impl World {
                 check: Check::Fingerprint,
                 elapsed_ns,
             } => {
-                // What a fingerprint costs the job is its collective on the critical path: the
-                // time of the rank that reached it last, the least of all ranks' elapsed times.
-                // A rank that arrived early waited for the others, which it would have done in
-                // the next all-reduce anyway.
                 let key = (sdc.epoch_of[rank], step);
-                let control = self.control.as_mut().expect("SDC runs under a controller");
-                match control.fingerprint_pending {
-                    Some((k, min)) if k == key => {
-                        control.fingerprint_pending = Some((k, min.min(elapsed_ns)))
-                    }
-                    previous => {
-                        if let Some((_, min)) = previous {
-                            control.lose(LostCause::Fingerprint, min);
-                        }
-                        control.fingerprint_pending = Some((key, elapsed_ns));
-                    }
-                }
+                self.fingerprint_cost(key, elapsed_ns);
             }
             _ => {}
+        }
+    }
+
+    /// What a fingerprint costs the job is its collective on the critical path: the time of
+    /// the rank that reached it last, the least of all ranks' elapsed times. A rank that
+    /// arrived early waited for the others, which it would have done in the next all-reduce
+    /// anyway. `key` is the fingerprint's (epoch, step).
+    fn fingerprint_cost(&mut self, key: (u64, u64), elapsed_ns: u64) {
+        let control = self.control.as_mut().expect("SDC runs under a controller");
+        match control.fingerprint_pending {
+            Some((k, min)) if k == key => {
+                control.fingerprint_pending = Some((k, min.min(elapsed_ns)))
+            }
+            previous => {
+                if let Some((_, min)) = previous {
+                    control.lose(LostCause::Fingerprint, min);
+                }
+                control.fingerprint_pending = Some((key, elapsed_ns));
+            }
         }
     }
 

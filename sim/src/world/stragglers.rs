@@ -17,7 +17,6 @@ use super::digest_tag::DigestTag;
 use super::{EventKind, World};
 use crate::books::{Detector, FaultKind, LostCause, RarePath};
 use crate::topology::LinkId;
-use crate::trace::Record;
 
 /// One rank the scores flagged.
 #[derive(Clone, Debug, Serialize)]
@@ -117,24 +116,14 @@ impl World {
         }
         self.stragglers.report.slowdowns_injected += 1;
         self.count_injected(FaultKind::Straggler);
-        let spec = self.stragglers.config.stragglers[idx as usize];
-        let on = match spec.target {
-            StragglerTarget::Gpu(rank) => format!("rank {rank}"),
-            StragglerTarget::Node(node) => format!("node {node}"),
-        };
-        let what = match spec.kind {
-            StragglerKind::Compute => "compute",
-            StragglerKind::Nic => "NIC",
-        };
-        let target = format!("{on}: its {what} {}x slower", spec.factor);
-        let kind = FaultKind::Straggler;
-        self.record(
-            None,
-            Record::Injected {
-                kind,
-                target: &target,
-            },
-        );
+        self.record_injected(None, FaultKind::Straggler, |world| {
+            let spec = world.stragglers.config.stragglers[idx as usize];
+            let what = match spec.kind {
+                StragglerKind::Compute => "compute",
+                StragglerKind::Nic => "NIC",
+            };
+            format!("{}: its {what} {}x slower", spec.target, spec.factor)
+        });
         self.digest.u64(DigestTag::StragglerBegins.word(idx as u64));
     }
 

@@ -225,22 +225,10 @@ impl Collective {
         )
     }
 
-    /// The collective's future. The context is made here, before the future, so that the
-    /// future holds it once and not also the arguments it was made from (see the module's
-    /// note on futures).
-    #[allow(clippy::too_many_arguments)]
-    // Over 70 lines: the (op, algorithm) table stays inside this one future, since every
-    // level of dispatch would keep its own state in every rank's future (see the module note).
-    fn start<'a, B: Backend>(
-        &self,
-        backend: &'a B,
-        group: &Group,
-        op: Op,
-        op_id: u64,
-        data: &'a mut [f32],
-        modelled_bytes: u64,
-        counters: Option<&'a HealthCounters>,
-    ) -> impl Future<Output = Result<(), CommError>> + 'a {
+    /// What every call must hold: this rank is in the group, a hierarchical collective spans
+    /// the world (perhaps minus whole nodes), a broadcast's root is a member. Checked before
+    /// the future exists, so it costs the future no state.
+    fn check_call<B: Backend>(&self, backend: &B, group: &Group, op: Op) {
         assert!(
             group.index_of(backend.rank()).is_some(),
             "rank {} is not in {group:?}",
@@ -255,6 +243,24 @@ impl Collective {
         if let Op::Broadcast { root_idx } = op {
             assert!(root_idx < group.count(), "broadcast root outside the group");
         }
+    }
+
+    /// The collective's future. The context is made here, before the future, so that the
+    /// future holds it once and not also the arguments it was made from; the algorithm is
+    /// picked inside the future, not by a dispatching function per op, since every level of
+    /// nesting keeps its state in every rank's future (see the module's note on futures).
+    #[allow(clippy::too_many_arguments)]
+    fn start<'a, B: Backend>(
+        &self,
+        backend: &'a B,
+        group: &Group,
+        op: Op,
+        op_id: u64,
+        data: &'a mut [f32],
+        modelled_bytes: u64,
+        counters: Option<&'a HealthCounters>,
+    ) -> impl Future<Output = Result<(), CommError>> + 'a {
+        self.check_call(backend, group, op);
         let ctx = Ctx {
             backend,
             group: group.clone(),
@@ -265,19 +271,15 @@ impl Collective {
             counters,
         };
         // A barrier is an all-reduce of nothing.
+        let span = Span::new(data.len(), modelled_bytes);
         let (data, span) = match op {
             Op::Barrier => (&mut [][..], Span::new(0, 0)),
-            _ => {
-                let span = Span::new(data.len(), modelled_bytes);
-                (data, span)
-            }
+            _ => (data, span),
         };
         let (algo, inter) = (self.algo, self.inter_node_algo);
         async move {
             let op_id = ctx.op_id;
             ctx.backend.emit(Event::CollectiveBegin { op_id, op, algo });
-            // The algorithm is picked here, in this future, rather than in a dispatching
-            // function per op: every level of nesting keeps its state in every rank's future.
             let result = match op {
                 Op::AllReduce | Op::Barrier => match algo {
                     Algo::Ring => ring::all_reduce(&ctx, data, &span).await,
