@@ -305,7 +305,14 @@ pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
     crate::guard_memory("this calibration", &runs.steady, 1 + runs.crash.len())?;
     #[allow(clippy::disallowed_methods)] // wall time for people, never in the cost file
     let started = std::time::Instant::now();
+    let spinner = crate::progress::spinner(format!(
+        "calibrating: {} runs of {} steps at {} GPUs at once",
+        1 + runs.crash.len(),
+        args.steps,
+        runs.steady.cluster.gpus
+    ));
     let costs = plan::calibrate::calibrate(&runs).map_err(Failure::finding)?;
+    drop(spinner);
     let wall_s = started.elapsed().as_secs_f64();
     let text = serde_json::to_string_pretty(&costs).expect("a cost file serialises");
     write_atomically(&args.out, text.as_bytes())

@@ -190,6 +190,7 @@ fn run_traced(
     let hooks = run::RunHooks {
         recorder,
         perturb_compute: args.perturb_compute,
+        progress: crate::progress::run_bar(),
     };
     let (report, recorder) = run::run_scenario_with(scenario, hooks).map_err(|e| match e {
         run::SimError::Deadlock(_) if args.check => Failure::finding(format!(

@@ -12,6 +12,7 @@ mod cmd_plan;
 mod cmd_run;
 mod heap;
 mod plot;
+mod progress;
 mod signals;
 mod swarm_cli;
 

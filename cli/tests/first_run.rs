@@ -96,3 +96,58 @@ fn every_injected_fault_has_a_marker_on_the_timeline() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `command` (a shell line) under a pseudo-terminal, through util-linux's `script`, and
+/// returns what the terminal showed.
+fn on_a_terminal(command: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .env("FAULTLINE_PROGRESS_AFTER_MS", "0")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("util-linux's script runs (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// On a terminal a run shows its steps, model time and faults as it goes; the progress goes
+/// to standard error only, so the JSON report is byte for byte what it is off a terminal (but
+/// for the wall time), and off a terminal nothing is drawn.
+#[test]
+fn a_run_on_a_terminal_shows_progress_and_leaves_the_json_unchanged() {
+    let bin = env!("CARGO_BIN_EXE_faultline");
+    let shown = on_a_terminal(&format!("{bin} run scenarios/first-run.toml --quiet"));
+    assert!(
+        shown.contains("step 16/16") || shown.contains("step 15/16"),
+        "{shown}"
+    );
+    assert!(shown.contains("model time, 3 faults"), "{shown}");
+
+    let dir = std::env::temp_dir().join(format!("faultline-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let drawn = on_a_terminal(&format!(
+        "{bin} run scenarios/first-run.toml --json > {}",
+        json.display()
+    ));
+    assert!(
+        drawn.contains("step "),
+        "no progress on the terminal: {drawn}"
+    );
+    let without_wall = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v.as_object_mut().unwrap().remove("wall_ms");
+        v
+    };
+    let off_terminal = faultline(&["run", "scenarios/first-run.toml", "--json"]);
+    assert!(off_terminal.stderr.is_empty(), "drawn off a terminal");
+    assert_eq!(
+        without_wall(&std::fs::read_to_string(&json).unwrap()),
+        without_wall(&String::from_utf8(off_terminal.stdout).unwrap())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -79,7 +79,7 @@ pub fn run_traced_in_memory(
     recorder.trace_to_memory(header, level);
     let hooks = RunHooks {
         recorder: Some(recorder),
-        perturb_compute: None,
+        ..RunHooks::default()
     };
     let (report, recorder) = run_scenario_with(scenario, hooks)?;
     let bytes = recorder

@@ -189,6 +189,8 @@ pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
 pub struct RunHooks {
     pub recorder: Option<crate::trace::Recorder>,
     pub perturb_compute: Option<u64>,
+    /// Told after each step rank 0 ends: for a progress bar, never for results.
+    pub progress: Option<crate::world::ProgressHook>,
 }
 
 /// Runs a scenario with `hooks`; hands the recorder back for the caller to finish.
@@ -206,6 +208,9 @@ pub fn run_scenario_with(
         }
         if let Some(call) = hooks.perturb_compute {
             w.perturb_compute(call);
+        }
+        if let Some(progress) = hooks.progress {
+            w.set_progress(progress, scenario.job.steps);
         }
     }
     // Shared, not copied into each rank's future beside the trainer made from it.

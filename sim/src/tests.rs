@@ -175,7 +175,7 @@ fn recording_a_run_does_not_change_it() {
     recorder.perfetto_to_file(&timeline, 16, 8).unwrap();
     let hooks = RunHooks {
         recorder: Some(recorder),
-        perturb_compute: None,
+        ..RunHooks::default()
     };
     let (recorded, recorder) = run_scenario_with(&scenario, hooks).unwrap();
     let trace = recorder

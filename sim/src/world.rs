@@ -49,6 +49,7 @@ pub use faultline_scenario::config::{
     StragglerKind, StragglerSpec, StragglerTarget, Transport,
 };
 pub use links::LinkFlapReport;
+pub use recording::{Progress, ProgressHook};
 pub use replicas::PerReplicaReport;
 pub use sdc::{Escape, SdcKindReport};
 pub use stragglers::{FlaggedRank, StragglerReport};
@@ -130,6 +131,8 @@ pub struct World {
     recorder: Option<Box<crate::trace::Recorder>>,
     /// The run's faults, detections and recoveries in words, whatever the recorder keeps.
     story: crate::story::Story,
+    /// Told after each step rank 0 ends, and the step count it is told against.
+    progress: Option<(ProgressHook, u64)>,
     /// A test hook for `faultline check`: the compute call of this index (counted from 0
     /// across all ranks) lasts one nanosecond longer, a real divergence to catch.
     perturb_compute: Option<u64>,
@@ -243,6 +246,7 @@ impl World {
             parked_since_ns: Vec::new(),
             recorder: None,
             story: Default::default(),
+            progress: None,
             perturb_compute: None,
             planted_bug: None,
             links: links::LinkFaults::default(),
@@ -733,6 +737,9 @@ impl World {
         }
         self.record(Some(rank as u32), Record::Rank(event));
         self.observe(rank, event);
+        if let (0, Event::StepEnd { step, .. }) = (rank, event) {
+            self.tell_progress(*step);
+        }
         self.sdc_observe(rank, event);
         self.digest.u64(DigestTag::Event.word(rank as u64));
         self.digest.u64(self.clock.now_ns());

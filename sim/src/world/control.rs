@@ -329,6 +329,15 @@ impl World {
         }
     }
 
+    /// Faults injected so far: the controller's books and the corruptions booked apart.
+    pub(super) fn faults_so_far(&self) -> u64 {
+        let booked: u64 = self
+            .control
+            .as_ref()
+            .map_or(0, |c| c.report.injected.values().sum());
+        booked + self.corruptions_so_far()
+    }
+
     pub(super) fn count_injected(&mut self, kind: FaultKind) {
         if let Some(control) = self.control.as_mut() {
             bump(&mut control.report.injected, kind);

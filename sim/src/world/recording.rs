@@ -9,6 +9,20 @@ use crate::books::FaultKind;
 use crate::story::Story;
 use crate::trace::{Record, Recorder};
 
+/// Where a run stands, as a progress bar shows it: nothing here feeds back into the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Rank 0's steps ended, counting the step it just ended (a restart goes back).
+    pub steps_done: u64,
+    pub steps: u64,
+    pub model_time_ns: u64,
+    /// Faults injected so far.
+    pub faults: u64,
+}
+
+/// What a run tells where it stands: a progress bar's feed.
+pub type ProgressHook = Box<dyn FnMut(&Progress)>;
+
 impl World {
     /// Records everything from now on into `recorder`.
     pub fn set_recorder(&mut self, recorder: Recorder) {
@@ -18,6 +32,24 @@ impl World {
     /// The recorder, once the run is over.
     pub fn take_recorder(&mut self) -> Option<Recorder> {
         self.recorder.take().map(|r| *r)
+    }
+
+    /// Tells `progress` after each step rank 0 ends, of `steps`.
+    pub fn set_progress(&mut self, progress: ProgressHook, steps: u64) {
+        self.progress = Some((progress, steps));
+    }
+
+    pub(super) fn tell_progress(&mut self, step: u64) {
+        let faults = self.faults_so_far();
+        let now_ns = self.clock.now_ns();
+        if let Some((tell, steps)) = &mut self.progress {
+            tell(&Progress {
+                steps_done: step + 1,
+                steps: *steps,
+                model_time_ns: now_ns,
+                faults,
+            });
+        }
     }
 
     /// The story so far: faults, detections and recoveries in words.

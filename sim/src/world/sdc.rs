@@ -429,6 +429,13 @@ impl World {
         }
     }
 
+    /// Corruptions injected so far (merged flips of one faulty sum count once).
+    pub(super) fn corruptions_so_far(&self) -> u64 {
+        self.sdc
+            .as_deref()
+            .map_or(0, |sdc| sdc.occurrences.len() as u64)
+    }
+
     /// A restart: every rank begins a new epoch.
     pub(super) fn sdc_restart(&mut self) {
         if let Some(sdc) = self.sdc.as_deref_mut() {
