@@ -148,6 +148,16 @@ fn print_report(report: &CollectiveReport, json: bool) {
     }
 }
 
+/// The directed link ids that have names: both directions of a link are adjacent ids (the
+/// even one names the pair), and one cluster has no inter-cluster link (the last pair).
+fn named_link_ids(topology: &Topology, scenario: &scenario::Scenario) -> usize {
+    if scenario.cluster.clusters > 1 {
+        topology.link_count()
+    } else {
+        topology.link_count() - 2
+    }
+}
+
 pub(crate) fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {
     let scenario = load(&args.scenario, &args.set.sets)?;
     let topology = Topology::new(&scenario.cluster, &scenario.fabric);
@@ -158,13 +168,7 @@ pub(crate) fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {
     if args.links {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        // Both directions of a link are adjacent ids; the even one names the pair.
-        let named = if scenario.cluster.clusters > 1 {
-            topology.link_count()
-        } else {
-            topology.link_count() - 2 // one cluster: no inter-cluster link
-        };
-        for link in (0..named as u32).step_by(2) {
+        for link in (0..named_link_ids(&topology, &scenario) as u32).step_by(2) {
             let _ = writeln!(out, "{}", topology.link_name(link));
         }
         return Ok(0);
@@ -181,7 +185,9 @@ pub(crate) fn cmd_topo(args: TopoArgs) -> Result<u8, Failure> {
         "leaf_switches": topology.leaf_count(),
         "spine_switches": topology.spine_count(),
         "graph_vertices": graph.graph.node_count(),
-        "links": graph.graph.edge_count(),
+        "graph_edges": graph.graph.edge_count(),
+        // The fabric's links as `--links` lists them: a link is both its directions.
+        "links": named_link_ids(&topology, &scenario) / 2,
         "bisection_bandwidth_bytes_per_s": topology.bisection_bandwidth_bytes_per_s(),
     });
     if args.json {

@@ -38,6 +38,10 @@ pub(crate) struct PlanArgs {
     /// A cost file from `faultline calibrate`.
     #[arg(long, value_name = "FILE")]
     costs: Option<PathBuf>,
+    /// Refuse (exit 2), rather than warn, when the cost file was measured on another
+    /// scenario or at another scale.
+    #[arg(long)]
+    strict: bool,
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
@@ -111,13 +115,17 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     if shard.is_some() && args.out.is_none() {
         return Err(Failure::bad_input("--shard needs --out FILE for the shard"));
     }
-    let costs = load_costs(args.costs.as_deref())?;
+    let cost_file = load_costs(args.costs.as_deref())?;
+    let costs = cost_file.as_ref().map(|f| f.costs()).unwrap_or_default();
     let mut sets = args.set.sets.clone();
     if let Some(seeds) = args.seeds {
         sets.push(format!("plan.seeds={seeds}"));
     }
     let points = plan::load_points(&args.scenario, &sets, &args.sweeps, &costs)
         .map_err(|e| Failure::bad_input(e.to_string()))?;
+    if let (Some(file), Some(path)) = (&cost_file, &args.costs) {
+        check_costs_match(file, path, &points[0].config, args.strict)?;
+    }
     let (shard_idx, shard_count) = shard.unwrap_or((0, 1));
     #[allow(clippy::disallowed_methods)] // wall time for people, never in results
     let started = std::time::Instant::now();
@@ -163,10 +171,10 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// The costs `--costs FILE` measured, or the scenario's own when there is none.
-fn load_costs(path: Option<&Path>) -> Result<plan::config::Costs, Failure> {
+/// The cost file `--costs FILE` names, checked; none without the flag.
+fn load_costs(path: Option<&Path>) -> Result<Option<plan::calibrate::CostFile>, Failure> {
     let Some(path) = path else {
-        return Ok(plan::config::Costs::default());
+        return Ok(None);
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::bad_input(format!("--costs {}: {e}", path.display())))?;
@@ -175,7 +183,42 @@ fn load_costs(path: Option<&Path>) -> Result<plan::config::Costs, Failure> {
     })?;
     file.validate()
         .map_err(|e| Failure::bad_input(format!("--costs {}: {e}", path.display())))?;
-    Ok(file.costs())
+    Ok(Some(file))
+}
+
+/// A cost file measured on another scenario, or at another size, gives costs this plan's job
+/// does not have (a step time at 256 GPUs is not one at 16,384): said on standard error, or
+/// refused with `--strict`.
+fn check_costs_match(
+    file: &plan::calibrate::CostFile,
+    path: &Path,
+    plan: &plan::config::PlanConfig,
+    strict: bool,
+) -> Result<(), Failure> {
+    let mut differences = Vec::new();
+    if file.scenario != plan.name {
+        differences.push(format!("scenario {:?}, not {:?}", file.scenario, plan.name));
+    }
+    if (file.gpus, file.gpus_per_node) != (plan.gpus, plan.gpus_per_node) {
+        differences.push(format!(
+            "{} GPUs ({} per node), not {} ({} per node)",
+            file.gpus, file.gpus_per_node, plan.gpus, plan.gpus_per_node
+        ));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "--costs {}: measured on {}; its costs may not be this plan's (calibrate this \
+         scenario to measure them)",
+        path.display(),
+        differences.join(" and ")
+    );
+    if strict {
+        return Err(Failure::bad_input(message));
+    }
+    eprintln!("warning: {message}");
+    Ok(())
 }
 
 /// Runs this shard's seeds of every point, with a progress bar on a terminal for long runs.
@@ -201,7 +244,7 @@ fn run_with_progress(
 /// The one command line that reproduces a plan, quoted for a shell.
 fn plan_reproduce_line(args: &PlanArgs) -> String {
     let scenario = args.scenario.display().to_string();
-    let mut line = format!("faultline plan {}", quote(&scenario));
+    let mut line = format!("{} plan {}", crate::program(), quote(&scenario));
     if let Some(seeds) = args.seeds {
         line.push_str(&format!(" --seeds {seeds}"));
     }
@@ -214,6 +257,9 @@ fn plan_reproduce_line(args: &PlanArgs) -> String {
     if let Some(costs) = &args.costs {
         let costs = costs.display().to_string();
         line.push_str(&format!(" --costs {}", quote(&costs)));
+        if args.strict {
+            line.push_str(" --strict");
+        }
     }
     line
 }

@@ -98,29 +98,41 @@ pub(crate) fn cmd_run(args: RunArgs) -> Result<u8, Failure> {
     } else {
         None
     };
+    let findings = findings(&report, &violations, fault_free.as_ref());
     if args.json {
         print_json(&report, reproduce, args.check.then_some(&violations));
     } else {
-        if !args.quiet {
-            say_part!("{}", story(&report));
-        }
-        say_part!("{report}");
-        if let Some(fault_free) = &fault_free {
-            say!("{}", comparison(&report, fault_free));
-        }
-        if args.check {
-            swarm_cli::print_violations(&violations);
-        }
-        say!("wall: {} ms", report.wall_ms);
-        if args.first_run {
-            say_part!("{NEXT}");
-        }
+        print_text(&args, &report, fault_free.as_ref(), &violations, &findings);
     }
-    Ok(if healthy(&report) && violations.is_empty() {
-        0
-    } else {
-        EXIT_FINDING
-    })
+    Ok(if findings.is_empty() { 0 } else { EXIT_FINDING })
+}
+
+/// The story, the counters, the comparison, the invariants and the verdict, for people.
+fn print_text(
+    args: &RunArgs,
+    report: &RunReport,
+    fault_free: Option<&RunReport>,
+    violations: &[Violation],
+    findings: &[String],
+) {
+    if !args.quiet {
+        say_part!("{}", story(report));
+    }
+    say_part!("{report}");
+    if let Some(fault_free) = fault_free {
+        say!("{}", comparison(report, fault_free));
+    }
+    if args.check {
+        swarm_cli::print_violations(violations);
+    }
+    match findings {
+        [] => say!("verdict: nothing wrong found (exit 0)"),
+        _ => say!("verdict: {} (exit 1)", findings.join("; ")),
+    }
+    say!("wall: {} ms", report.wall_ms);
+    if args.first_run {
+        say_part!("{NEXT}");
+    }
 }
 
 /// What to try after the first run.
@@ -209,13 +221,41 @@ fn run_traced(
     Ok(report)
 }
 
-/// Whether the run itself found nothing: replicas agree, every step ran, no restore read an
-/// uncommitted checkpoint, and no corruption escaped.
-fn healthy(report: &RunReport) -> bool {
-    report.replicas_agree
-        && report.steps_completed == report.steps_requested
-        && report.atomicity_violation_count == 0
-        && report.faults.escaped.is_empty()
+/// What makes the run exit 1, in words: replicas that disagree, steps not run, a restore of
+/// an uncommitted checkpoint, a corruption that escaped (and, when the fault-free run is at
+/// hand, whether it changed the parameters), a broken invariant. Empty: exit 0.
+fn findings(
+    report: &RunReport,
+    violations: &[Violation],
+    fault_free: Option<&RunReport>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    if !report.replicas_agree {
+        found.push("the replicas' parameters disagree".to_string());
+    }
+    if report.steps_completed != report.steps_requested {
+        let (done, asked) = (report.steps_completed, report.steps_requested);
+        found.push(format!("the job ran {done} of its {asked} steps"));
+    }
+    if report.atomicity_violation_count > 0 {
+        found.push("a restore read a checkpoint that was not committed".to_string());
+    }
+    if !report.faults.escaped.is_empty() {
+        let same = fault_free.is_some_and(|f| f.param_digest == report.param_digest);
+        found.push(format!(
+            "{} corruption(s) escaped detection{}",
+            report.faults.escaped.len(),
+            if same {
+                " (the final parameters still equal the fault-free run's)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !violations.is_empty() {
+        found.push(format!("{} invariant(s) broken", violations.len()));
+    }
+    found
 }
 
 fn print_json(report: &RunReport, reproduce: String, violations: Option<&Vec<Violation>>) {
@@ -291,7 +331,7 @@ pub(crate) fn cmd_replay(args: ReplayArgs) -> Result<u8, Failure> {
 /// The one command line that reproduces a run, quoted for a shell.
 pub(crate) fn reproduce_line(path: &Path, seed: u64, sets: &[String]) -> String {
     let path = path.display().to_string();
-    let mut line = format!("faultline run {} --seed {seed}", quote(&path));
+    let mut line = format!("{} run {} --seed {seed}", crate::program(), quote(&path));
     for set in sets {
         line.push_str(&format!(" --set {}", quote(set)));
     }

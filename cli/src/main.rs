@@ -379,6 +379,41 @@ macro_rules! say_part {
 }
 pub(crate) use say_part;
 
+/// The program as this process was started, for command lines a user pastes: the path when it
+/// was started by one (`target/release/faultline` under `cargo run`), else `faultline`, found
+/// on the PATH.
+pub(crate) fn program() -> &'static str {
+    static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        std::env::args_os()
+            .next()
+            .and_then(|arg0| arg0.into_string().ok())
+            .filter(|arg0| arg0.contains('/'))
+            .map_or_else(
+                || "faultline".to_string(),
+                |arg0| faultline_sim::shell::quote(&arg0).into_owned(),
+            )
+    })
+}
+
+/// `line`, a command line the library wrote with `faultline` for the program (after any
+/// `NAME=value` prefix), with the program as this process was started instead.
+pub(crate) fn pasteable(line: &str) -> String {
+    let at = line
+        .match_indices("faultline ")
+        .map(|(at, _)| at)
+        .find(|&at| at == 0 || line.as_bytes()[at - 1] == b' ');
+    match at {
+        Some(at) => format!(
+            "{}{}{}",
+            &line[..at],
+            program(),
+            &line[at + "faultline".len()..]
+        ),
+        None => line.to_string(),
+    }
+}
+
 /// How an output is named in what a command prints: its path, or standard output for `-`.
 pub(crate) fn shown(path: &Path) -> String {
     if faultline_sim::atomic::is_stdout(path) {

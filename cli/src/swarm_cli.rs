@@ -14,6 +14,7 @@ use faultline_sim::units::format_duration_ns;
 
 use crate::{say, Failure, EXIT_FINDING};
 use faultline_sim::atomic::{is_stdout, write_atomically};
+use faultline_sim::shell::quote;
 
 crate::named_value_enum! {
     /// An invariant, by the name the swarm reports it under.
@@ -68,6 +69,9 @@ pub struct SwarmArgs {
     /// Write each failing seed's schedule as a scenario file into this directory.
     #[arg(long, value_name = "DIR")]
     pub emit: Option<PathBuf>,
+    /// Also list the seeds that passed with reported SDC escapes (by default, a count).
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(clap::Args)]
@@ -157,7 +161,7 @@ pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
             serde_json::to_string(&report).expect("a report serialises")
         );
     } else {
-        print_swarm(&base, &report, args.emit.as_ref());
+        print_swarm(&base, &report, args.emit.as_ref(), args.verbose);
     }
     Ok(if report.seeds_failed == 0 {
         0
@@ -166,7 +170,7 @@ pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
     })
 }
 
-fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
+fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>, verbose: bool) {
     println!(
         "faultline swarm: {}, seeds {}..{} ({} seeds)",
         report.scenario, report.seeds_from, report.seeds_until, report.seeds_run
@@ -186,11 +190,16 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
     for outcome in report.outcomes.iter().filter(|o| o.failed()) {
         print_failed_seed(base, outcome, emit);
     }
-    for outcome in report
-        .outcomes
-        .iter()
-        .filter(|o| o.escaped > 0 && !o.failed())
-    {
+    let escaped = || (report.outcomes.iter()).filter(|o| o.escaped > 0 && !o.failed());
+    if !verbose && escaped().count() > 0 {
+        println!();
+        println!(
+            "{} seed(s) passed with reported SDC escapes that explain their parameters \
+             (--verbose lists them)",
+            escaped().count()
+        );
+    }
+    for outcome in escaped().filter(|_| verbose) {
         println!();
         println!(
             "seed {}: passed with {} reported SDC escape(s), which explain its parameters: \
@@ -198,7 +207,7 @@ fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>) {
             outcome.seed, outcome.escaped
         );
         println!("  faults: {}", outcome.faults.join("; "));
-        println!("  reproduce: {}", outcome.reproduce);
+        println!("  reproduce: {}", crate::pasteable(&outcome.reproduce));
     }
     print_verdict(report);
 }
@@ -256,16 +265,20 @@ fn print_failed_seed(base: &Base, outcome: &SeedOutcome, emit: Option<&PathBuf>)
             outcome.faults.join("; ")
         }
     );
-    println!("  reproduce: {}", outcome.reproduce);
+    println!("  reproduce: {}", crate::pasteable(&outcome.reproduce));
     if let Some(dir) = emit {
         let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
         println!(
-            "  reproduce: {}faultline run --check {}",
+            "  reproduce: {}{} run --check {}",
             base.permission(),
-            path.display()
+            crate::program(),
+            quote(&path.display().to_string())
         );
     }
-    println!("  shrink: {}", base.shrink_command(outcome.seed));
+    println!(
+        "  shrink: {}",
+        crate::pasteable(&base.shrink_command(outcome.seed))
+    );
 }
 
 pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
@@ -288,14 +301,16 @@ pub fn cmd_shrink(args: ShrinkArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
     let rerun = if is_stdout(&out) {
         format!(
-            "{}faultline run --check FILE, FILE holding the scenario written to standard output",
-            base.permission()
+            "{}{} run --check FILE, FILE holding the scenario written to standard output",
+            base.permission(),
+            crate::program()
         )
     } else {
         format!(
-            "{}faultline run --check {}",
+            "{}{} run --check {}",
             base.permission(),
-            out.display()
+            crate::program(),
+            quote(&out.display().to_string())
         )
     };
     if args.json {

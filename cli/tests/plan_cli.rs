@@ -195,7 +195,9 @@ fn plan_writes_the_report_and_an_svg_plot_atomically() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("reproduce: faultline plan scenarios/plan-100k-30d.toml --seeds 2"));
+    let program = env!("CARGO_BIN_EXE_faultline");
+    let reproduce = format!("reproduce: {program} plan scenarios/plan-100k-30d.toml --seeds 2");
+    assert!(stdout.contains(&reproduce), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(report["sweep"].as_array().unwrap().len(), 20);

@@ -236,7 +236,10 @@ fn the_printed_verdict_is_the_same_on_one_thread_and_on_three() {
     let one = run("1");
     assert!(one.contains("FAIL checkpoint_atomicity"), "{one}");
     assert!(
-        one.contains("reproduce: FAULTLINE_ALLOW_PLANTED_BUGS=1 faultline swarm"),
+        one.contains(&format!(
+            "reproduce: FAULTLINE_ALLOW_PLANTED_BUGS=1 {} swarm",
+            env!("CARGO_BIN_EXE_faultline")
+        )),
         "{one}"
     );
     assert_eq!(one, run("3"));

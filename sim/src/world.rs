@@ -737,9 +737,7 @@ impl World {
         }
         self.record(Some(rank as u32), Record::Rank(event));
         self.observe(rank, event);
-        if let (0, Event::StepEnd { step, .. }) = (rank, event) {
-            self.tell_progress(*step);
-        }
+        self.tell_progress(rank, event);
         self.sdc_observe(rank, event);
         self.digest.u64(DigestTag::Event.word(rank as u64));
         self.digest.u64(self.clock.now_ns());

@@ -484,6 +484,17 @@ fn check_work(src: &Source, cfg: &PlanConfig) -> Result<(), ScenarioError> {
 }
 
 fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, ScenarioError> {
+    if raw
+        .job
+        .as_ref()
+        .is_some_and(|job| job.contains_key("steps"))
+    {
+        return Err(src.error(
+            "job.steps",
+            "this is a run scenario (it sets job.steps): `faultline run` runs it; a planner \
+             scenario has a [plan] table and failure rates, and no steps",
+        ));
+    }
     let (gpus, gpus_per_node) =
         faultline_scenario::validate_gpus(src, raw.cluster.gpus, raw.cluster.gpus_per_node)?;
     let nodes = gpus.div_ceil(gpus_per_node);

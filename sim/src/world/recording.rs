@@ -2,7 +2,7 @@
 //! compute calls (whose duration the trace and the timeline show).
 
 use trainer_core::units::capped_ns;
-use trainer_core::Work;
+use trainer_core::{Event, Work};
 
 use super::{World, ABORTED};
 use crate::books::FaultKind;
@@ -39,7 +39,14 @@ impl World {
         self.progress = Some((progress, steps));
     }
 
-    pub(super) fn tell_progress(&mut self, step: u64) {
+    /// After rank 0 ends a step, tells the progress hook where the run stands.
+    pub(super) fn tell_progress(&mut self, rank: usize, event: &Event) {
+        let (0, &Event::StepEnd { step, .. }) = (rank, event) else {
+            return;
+        };
+        if self.progress.is_none() {
+            return;
+        }
         let faults = self.faults_so_far();
         let now_ns = self.clock.now_ns();
         if let Some((tell, steps)) = &mut self.progress {
