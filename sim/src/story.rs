@@ -104,12 +104,19 @@ impl Story {
             Record::RestartScheduled {
                 generation,
                 delay_ns,
-            } => {
-                format!(
-                    "restart scheduled: generation {generation} in {}",
-                    duration(delay_ns)
-                )
-            }
+                spares: 0,
+            } => format!(
+                "restart scheduled: generation {generation} in {}",
+                duration(delay_ns)
+            ),
+            Record::RestartScheduled {
+                generation,
+                delay_ns,
+                spares,
+            } => format!(
+                "{spares} spare node(s) swapped in: generation {generation} in {}",
+                duration(delay_ns)
+            ),
             Record::Restart {
                 abandoned: true, ..
             } => "the job gives up: recovery.max_restarts reached".into(),

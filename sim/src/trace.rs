@@ -95,8 +95,13 @@ pub enum Record<'a> {
     Detected { by: Detector },
     /// The controller stopped every rank.
     Abort,
-    /// The job restarts in `generation` after `delay_ns` (restart or spare swap).
-    RestartScheduled { generation: u64, delay_ns: u64 },
+    /// The job restarts in `generation` after `delay_ns`: a relaunch, or a swap of `spares`
+    /// spare nodes for failed ones (hot-spare).
+    RestartScheduled {
+        generation: u64,
+        delay_ns: u64,
+        spares: usize,
+    },
     /// Generation `generation` starts; `abandoned` when the job gives up instead.
     Restart { generation: u64, abandoned: bool },
     /// Per-replica: `node` leaves the replica group until `rejoin_at_ns`.
@@ -220,7 +225,11 @@ impl Record<'_> {
             Record::RestartScheduled {
                 generation,
                 delay_ns,
-            } => write!(out, ",\"generation\":{generation},\"delay_ns\":{delay_ns}"),
+                spares,
+            } => write!(
+                out,
+                ",\"generation\":{generation},\"delay_ns\":{delay_ns},\"spares\":{spares}"
+            ),
             Record::Restart {
                 generation,
                 abandoned,
@@ -710,7 +719,7 @@ impl Timeline {
         open.restored_from = None;
         let args = serde_json::json!({ "cut": why });
         if let Some((start, op_id, op)) = collective {
-            let name = format!("{op} {op_id}");
+            let name = format!("{op}: {}", trainer_core::op_ids::describe(op_id));
             self.span(
                 RANKS_PID,
                 rank,
@@ -957,7 +966,7 @@ impl Timeline {
             self.open.get_mut(&rank).expect("tracked").collective.take()
         {
             let args = serde_json::json!({ "op_id": op_id });
-            let name = format!("{op} {op_id}");
+            let name = format!("{op}: {}", trainer_core::op_ids::describe(op_id));
             self.span(RANKS_PID, rank, "collective", &name, start, t_ns, args)?;
         }
         Ok(())

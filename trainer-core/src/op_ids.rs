@@ -90,6 +90,32 @@ impl OpSpace {
     }
 }
 
+/// What an op id is for, in words, for timelines: `gradient of step 12`, `fingerprint of
+/// step 20`, `restore into generation 2, op 3`.
+pub fn describe(op_id: u64) -> String {
+    let space = OpSpace::of(op_id);
+    let nth = op_id - space.op_id();
+    match space {
+        OpSpace::Step { step } => format!("gradient of step {step}"),
+        OpSpace::Health { step, check } => {
+            let what = match check {
+                0 | 1 => "fingerprint",
+                2 => "re-run",
+                3 => "kernel check",
+                _ => "kernel vote",
+            };
+            format!("{what} of step {step}")
+        }
+        OpSpace::Rollback { rollbacks } => format!("roll-back {rollbacks}'s restore, op {nth}"),
+        OpSpace::Restore { generation } => {
+            format!("restore into generation {generation}, op {nth}")
+        }
+        OpSpace::Regroup { generation } => {
+            format!("regroup into generation {generation}, op {nth}")
+        }
+    }
+}
+
 /// Asserts (in debug builds) that `ops` ops numbered from `base` stay inside its space.
 pub fn debug_assert_room(base: u64, ops: u64) {
     debug_assert!(ops < OPS_PER_RECOVERY, "{ops} ops from one recovery base");
@@ -124,6 +150,14 @@ mod tests {
                 assert_eq!(seen.insert(space.op_id(), space), None, "{space:?}");
             }
         }
+        assert_eq!(super::describe(12), "gradient of step 12");
+        let fingerprint = OpSpace::Health { step: 20, check: 0 }.op_id();
+        assert_eq!(super::describe(fingerprint), "fingerprint of step 20");
+        let restore = OpSpace::Restore { generation: 2 }.op_id();
+        assert_eq!(
+            super::describe(restore + 3),
+            "restore into generation 2, op 3"
+        );
         // A recovery's later ops stay in its own space.
         let restore = OpSpace::Restore { generation: 5 }.op_id();
         assert_eq!(

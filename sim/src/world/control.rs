@@ -543,17 +543,20 @@ impl World {
                 Record::RestartScheduled {
                     generation,
                     delay_ns,
+                    spares: 0,
                 },
             );
         } else if !self.try_schedule_regroup() {
             let control = self.control.as_mut().expect("a controller");
             let needed = control.failed_nodes.len();
             let config = &control.config;
+            let mut spares = 0;
             let restart = if config.policy != RecoveryPolicy::HotSpare || needed == 0 {
                 config.restart_time_ns
             } else if control.spares_left >= needed {
                 control.spares_left -= needed;
                 control.report.spares_used += needed as u64;
+                spares = needed;
                 config.spare_swap_time_ns
             } else {
                 control.report.spare_pool_exhausted += 1;
@@ -575,6 +578,7 @@ impl World {
                 Record::RestartScheduled {
                     generation,
                     delay_ns,
+                    spares,
                 },
             );
         }

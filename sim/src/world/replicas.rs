@@ -220,6 +220,7 @@ impl World {
             Record::RestartScheduled {
                 generation,
                 delay_ns: 0,
+                spares: 0,
             },
         );
     }
