@@ -65,8 +65,9 @@ fn every_injected_fault_has_a_marker_on_the_timeline() {
     ]);
 }
 
-/// The same for mixed-faults-10k's 13 faults of eight kinds: about 3.5 min in a test build,
-/// so run with `cargo test -p faultline-cli --test first_run -- --ignored`.
+/// The same for mixed-faults-10k's 13 faults of eight kinds: about 3.5 min in a test build and
+/// 13 s in a release one, so .ci/run runs it with `cargo test --release -p faultline-cli
+/// --test first_run -- --ignored`.
 #[test]
 #[ignore]
 fn every_fault_of_mixed_faults_10k_has_a_marker_on_the_timeline() {
