@@ -54,6 +54,13 @@ pub use replicas::PerReplicaReport;
 pub use sdc::{Escape, SdcKindReport};
 pub use stragglers::{FlaggedRank, StragglerReport};
 
+/// A message sent at the current instant, waiting for its link time: its sender, and the
+/// slot that holds the rest (8 bytes, for the hundreds of thousands of one instant).
+struct PendingSend {
+    from: u32,
+    slot: u32,
+}
+
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventKind {
@@ -131,6 +138,8 @@ pub struct World {
     recorder: Option<Box<crate::trace::Recorder>>,
     /// The run's faults, detections and recoveries in words, whatever the recorder keeps.
     story: crate::story::Story,
+    /// Messages sent at the current instant, given link time when it ends.
+    sent_this_instant: Vec<PendingSend>,
     /// Told after each step rank 0 ends, and the step count it is told against.
     progress: Option<(ProgressHook, u64)>,
     /// A test hook for `faultline check`: the compute call of this index (counted from 0
@@ -246,6 +255,7 @@ impl World {
             parked_since_ns: Vec::new(),
             recorder: None,
             story: Default::default(),
+            sent_this_instant: Vec::new(),
             progress: None,
             perturb_compute: None,
             planted_bug: None,
@@ -361,6 +371,7 @@ impl World {
 
     /// Fires every event of the next instant. Returns false when the queue is empty.
     pub fn advance(&mut self) -> bool {
+        self.reserve_sends_of_the_instant();
         let Some(firing) = self.clock.next_instant() else {
             return false;
         };
@@ -557,22 +568,46 @@ impl World {
     fn send(&mut self, from: usize, to: usize, tag: Tag, payload: Payload) {
         self.stats.messages += 1;
         self.stats.modelled_bytes += payload.modelled_bytes;
-        if self.links.active() {
-            self.send_over_flapping_links(from, to, tag, payload);
+        let slot = self.store_current(from, to, tag, payload);
+        let from = from as u32;
+        self.sent_this_instant.push(PendingSend { from, slot });
+    }
+
+    /// Gives the sends of this instant their link time, in an order of the model alone: by
+    /// sender, and each sender's sends in the order it made them. The order the executor
+    /// polled the ranks in (madsim's seeded shuffle, FIFO's queue) never reaches model time.
+    fn reserve_sends_of_the_instant(&mut self) {
+        if self.sent_this_instant.is_empty() {
             return;
         }
-        let (bytes, checksummed) = (payload.modelled_bytes, payload.checksum.is_some());
-        // The route's busy-until times are loaded while the message is stored: at 100,000
-        // GPUs the receiver's and the switches' lines are out of cache, and the slot write
-        // has a miss of its own to overlap with them.
-        let route = self.fabric.route(from, to);
-        self.fabric.prefetch_route(&route);
-        let slot = self.store_current(from, to, tag, payload);
-        let mut arrival_ns = self.reserve_route(route, bytes, self.clock.now_ns());
-        if checksummed {
-            arrival_ns += self.checksum_ns(bytes);
+        let mut sends = std::mem::take(&mut self.sent_this_instant);
+        sends.sort_by_key(|s| s.from); // stable: a sender's own order is kept
+        let now_ns = self.clock.now_ns();
+        for (i, s) in sends.iter().enumerate() {
+            if self.links.active() {
+                self.try_transfer(s.slot, 0);
+                continue;
+            }
+            // At 100,000 GPUs the next message and its route's links are out of cache.
+            if let Some(next) = sends.get(i + 1).and_then(|n| self.messages.get(n.slot)) {
+                let next_route = self.fabric.route(next.from as usize, next.to as usize);
+                self.fabric.prefetch_route(&next_route);
+            }
+            let message = self
+                .messages
+                .get(s.slot)
+                .expect("a message sent this instant");
+            let (to, bytes) = (message.to as usize, message.payload.modelled_bytes);
+            let checksummed = message.checksummed();
+            let route = self.fabric.route(s.from as usize, to);
+            let mut arrival_ns = self.reserve_route(route, bytes, now_ns);
+            if checksummed {
+                arrival_ns += self.checksum_ns(bytes);
+            }
+            self.schedule_delivery(arrival_ns, s.slot, to);
         }
-        self.schedule_delivery(arrival_ns, slot, to);
+        sends.clear();
+        self.sent_this_instant = sends;
     }
 
     /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival

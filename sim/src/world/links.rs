@@ -10,7 +10,6 @@ use faultline_scenario::config::{LinkFaultConfig, Transport};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use statrs::distribution::Exp;
-use trainer_core::{Payload, Tag};
 
 use super::digest_tag::DigestTag;
 use super::{EventKind, World, DEAD};
@@ -189,17 +188,6 @@ impl World {
 
     /// `send` when links can be down: the message is filed first, then put on a live route,
     /// retried, or lost.
-    pub(super) fn send_over_flapping_links(
-        &mut self,
-        from: usize,
-        to: usize,
-        tag: Tag,
-        payload: Payload,
-    ) {
-        let slot = self.store_current(from, to, tag, payload);
-        self.try_transfer(slot, 0);
-    }
-
     /// Retry `attempt` of the transfer in `slot` is due.
     pub(super) fn fire_retry_send(&mut self, slot: u32, attempt: u32) {
         let message = self.messages.get(slot).expect("a message");
@@ -212,7 +200,9 @@ impl World {
         self.try_transfer(slot, attempt);
     }
 
-    fn try_transfer(&mut self, slot: u32, attempt: u32) {
+    /// Attempt `attempt` of the transfer in `slot`: delivered over a live route, or retried or
+    /// lost by the transport when none is up.
+    pub(super) fn try_transfer(&mut self, slot: u32, attempt: u32) {
         let message = self.messages.get(slot).expect("a message");
         let (from, to, bytes) = (
             message.from as usize,

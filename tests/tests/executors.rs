@@ -1,0 +1,91 @@
+//! Model time is the model's, not the executor's: the sends of an instant get their link time
+//! in an order of the model alone (by sender, each sender's in its own order), so madsim's
+//! seeded polling and FIFO's queue give the same model time where links contend.
+
+use faultline_sim::executor::ExecutorKind;
+use faultline_sim::run::{run_collective, run_scenario, CollectiveSpec};
+use faultline_sim::scenario::{load, load_str};
+use trainer_core::collectives::{Algo, Op};
+
+fn collective(algo: Algo, gpus: usize, executor: ExecutorKind) -> u64 {
+    let base = "[cluster]\ngpus = 1\ngpus_per_node = 1\n[job]\nsteps = 1\n";
+    let spec = CollectiveSpec {
+        algo,
+        inter_node_algo: Algo::HalvingDoubling,
+        op: Op::AllReduce,
+        gpus,
+        gpus_per_node: 8.min(gpus),
+        elems: 64,
+        modelled_bytes: 64 << 20,
+        seed: 7,
+        executor,
+        base: load_str("t", "<test>", base, &[]).unwrap(),
+    };
+    let report = run_collective(&spec).unwrap();
+    assert!(report.exact, "{algo:?} on {gpus} GPUs");
+    report.model_time_ns
+}
+
+/// 64 MiB all-reduces, where every algorithm's transfers contend for NVLink, NICs and
+/// uplinks: the same model time under both executors (they were up to 18% apart).
+#[test]
+fn contended_collectives_take_the_same_model_time_under_every_executor() {
+    for algo in [
+        Algo::Ring,
+        Algo::Tree,
+        Algo::HalvingDoubling,
+        Algo::Hierarchical,
+    ] {
+        for gpus in [8, 64, 256] {
+            let madsim = collective(algo, gpus, ExecutorKind::Madsim);
+            let fifo = collective(algo, gpus, ExecutorKind::Fifo);
+            assert_eq!(madsim, fifo, "{algo:?} on {gpus} GPUs");
+        }
+    }
+}
+
+fn model_time(path: &str, executor: &str) -> (u64, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    let scenario = load(&path, &[format!("run.executor={executor}")]).unwrap();
+    let report = run_scenario(&scenario).unwrap();
+    (report.model_time_ns, report.param_digest)
+}
+
+/// Scenarios whose transfers are all messages: the same model time and parameters under both
+/// executors. Those that also move checkpoints between nodes or to the store differ by a few
+/// microseconds in minutes, because a storage transfer still takes its link time when its
+/// rank is polled (issue #23's remaining work); the bound keeps that gap from growing.
+#[test]
+fn scenarios_take_the_same_model_time_under_every_executor() {
+    for path in [
+        "scenarios/quickstart.toml",
+        "scenarios/sdc-in-flight.toml",
+        "scenarios/sdc-in-gradient.toml",
+        "scenarios/sdc-in-parameters.toml",
+        "scenarios/sdc-faulty-reduction-kernel.toml",
+        "scenarios/swarm-checkpoint-restart.toml",
+        "scenarios/node-crash-per-replica.toml",
+        "scenarios/link-flap-during-allreduce.toml",
+    ] {
+        assert_eq!(
+            model_time(path, "madsim"),
+            model_time(path, "fifo"),
+            "{path}"
+        );
+    }
+    for path in [
+        "scenarios/first-run.toml",
+        "scenarios/flap-storm-plain-vs-retry.toml",
+        "scenarios/gpu-failure-hot-spare.toml",
+        "scenarios/node-crash-mid-checkpoint.toml",
+        "scenarios/straggler-thermal-throttle.toml",
+    ] {
+        let (madsim, params) = model_time(path, "madsim");
+        let (fifo, fifo_params) = model_time(path, "fifo");
+        assert_eq!(params, fifo_params, "{path}");
+        let gap = madsim.abs_diff(fifo) as f64 / fifo as f64;
+        assert!(gap < 1e-6, "{path}: {madsim} ns against {fifo} ns");
+    }
+}
