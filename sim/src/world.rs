@@ -61,6 +61,19 @@ struct PendingSend {
     slot: u32,
 }
 
+/// A storage transfer begun at the current instant, waiting for its link and store time:
+/// what `World::storage_done_ns` needs, and what to schedule when it is known.
+struct PendingStorage {
+    rank: u32,
+    place: Place,
+    bytes: u64,
+    to_place: bool,
+    /// A write's ticket: its `WriteDone` is scheduled at the transfer's end.
+    ticket: Option<u64>,
+    /// The rank's timer, when it waits for the transfer: fired at the transfer's end.
+    timer_seq: Option<u32>,
+}
+
 /// What happens at an instant of model time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventKind {
@@ -140,6 +153,8 @@ pub struct World {
     story: crate::story::Story,
     /// Messages sent at the current instant, given link time when it ends.
     sent_this_instant: Vec<PendingSend>,
+    /// Storage transfers begun at the current instant, given their time after the sends.
+    stored_this_instant: Vec<PendingStorage>,
     /// Told after each step rank 0 ends, and the step count it is told against.
     progress: Option<(ProgressHook, u64)>,
     /// A test hook for `faultline check`: the compute call of this index (counted from 0
@@ -256,6 +271,7 @@ impl World {
             recorder: None,
             story: Default::default(),
             sent_this_instant: Vec::new(),
+            stored_this_instant: Vec::new(),
             progress: None,
             perturb_compute: None,
             planted_bug: None,
@@ -372,6 +388,7 @@ impl World {
     /// Fires every event of the next instant. Returns false when the queue is empty.
     pub fn advance(&mut self) -> bool {
         self.reserve_sends_of_the_instant();
+        self.time_storage_of_the_instant();
         let Some(firing) = self.clock.next_instant() else {
             return false;
         };
@@ -610,6 +627,29 @@ impl World {
         self.sent_this_instant = sends;
     }
 
+    /// Gives the storage transfers of this instant their time, by rank and each rank's in the
+    /// order it began them (after the instant's sends, which they contend with on the NICs),
+    /// and schedules what waits on each: a write's `WriteDone`, a waiting rank's timer.
+    fn time_storage_of_the_instant(&mut self) {
+        if self.stored_this_instant.is_empty() {
+            return;
+        }
+        let mut transfers = std::mem::take(&mut self.stored_this_instant);
+        transfers.sort_by_key(|t| t.rank); // stable: a rank's own order is kept
+        for t in &transfers {
+            let rank = t.rank as usize;
+            let done = self.storage_done_ns(rank, t.place, t.bytes, t.to_place);
+            if let Some(ticket) = t.ticket {
+                self.schedule(done, EventKind::WriteDone { ticket });
+            }
+            if let Some(seq) = t.timer_seq {
+                self.schedule(done, EventKind::Timer { rank: t.rank, seq });
+            }
+        }
+        transfers.clear();
+        self.stored_this_instant = transfers;
+    }
+
     /// Reserves the route from GPU `from` to GPU `to` for `bytes` and returns the arrival
     /// time (see [`Fabric::reserve`]).
     fn transfer(&mut self, from: usize, to: usize, bytes: u64) -> u64 {
@@ -672,7 +712,16 @@ impl World {
     }
 
     /// Starts a write; returns its ticket and when it lands.
-    fn put_async(&mut self, rank: usize, tier: Tier, name: &str, blob: Blob) -> (u64, u64) {
+    /// Starts a write; returns its ticket, and the transfer for the caller to wait on (none
+    /// when the target host is already dead: the write failed at once). Its time is given
+    /// when the instant ends (see [`World::time_storage_of_the_instant`]).
+    fn put_async(
+        &mut self,
+        rank: usize,
+        tier: Tier,
+        name: &str,
+        blob: Blob,
+    ) -> (u64, Option<PendingStorage>) {
         let node = self.placement.node_of(rank);
         let place = place_of(tier, node);
         let bytes = blob.modelled_bytes;
@@ -680,12 +729,30 @@ impl World {
         if let Place::Host(n) = place {
             if !self.node_alive(n) {
                 self.storage.crash_node(n);
-                return (ticket, self.clock.now_ns());
+                return (ticket, None);
             }
         }
-        let done = self.storage_done_ns(rank, place, bytes, true);
-        self.schedule(done, EventKind::WriteDone { ticket });
-        (ticket, done)
+        let transfer = PendingStorage {
+            rank: rank as u32,
+            place,
+            bytes,
+            to_place: true,
+            ticket: Some(ticket),
+            timer_seq: None,
+        };
+        (ticket, Some(transfer))
+    }
+
+    /// Queues `transfer` for the end of the instant, with the rank's timer when it waits.
+    fn begin_storage_transfer(&mut self, mut transfer: PendingStorage, wait: bool) -> Option<u32> {
+        let rank = transfer.rank as usize;
+        if wait {
+            self.ranks[rank].timer_seq += 1;
+            transfer.timer_seq = Some(self.ranks[rank].timer_seq);
+        }
+        let seq = transfer.timer_seq;
+        self.stored_this_instant.push(transfer);
+        seq
     }
 
     /// Drops every message waiting for `rank` (after a restart nothing old may arrive).
@@ -843,6 +910,18 @@ impl SimBackend {
     pub fn new(world: Rc<RefCell<World>>, rank: usize) -> SimBackend {
         SimBackend { rank, world }
     }
+
+    /// Waits for a storage transfer begun now: its end is known when the instant ends.
+    fn until_transferred(
+        &self,
+        transfer: PendingStorage,
+    ) -> impl Future<Output = Result<(), CommError>> + '_ {
+        Sleep {
+            world: &self.world,
+            rank: self.rank,
+            until: Some(Until::Transferred(transfer)),
+        }
+    }
 }
 
 impl Backend for SimBackend {
@@ -932,8 +1011,7 @@ impl Backend for SimBackend {
         Sleep {
             world: &self.world,
             rank: self.rank,
-            duration_ns,
-            scheduled: false,
+            until: Some(Until::After(duration_ns)),
         }
     }
 
@@ -957,13 +1035,14 @@ impl Backend for SimBackend {
             if self.world.borrow().ranks[self.rank].has(ABORTED) {
                 return Err(StorageError::Aborted);
             }
-            let (ticket, done) = self
+            let (ticket, transfer) = self
                 .world
                 .borrow_mut()
                 .put_async(self.rank, tier, &name, blob);
-            let wait = done - self.now_ns();
-            if self.sleep(wait).await.is_err() {
-                return Err(StorageError::Aborted);
+            if let Some(transfer) = transfer {
+                if self.until_transferred(transfer).await.is_err() {
+                    return Err(StorageError::Aborted);
+                }
             }
             match self.world.borrow().storage.status(ticket) {
                 WriteStatus::Durable => Ok(()),
@@ -973,12 +1052,12 @@ impl Backend for SimBackend {
     }
 
     fn store_put_async(&self, tier: Tier, name: &str, blob: Blob) -> WriteTicket {
-        WriteTicket(
-            self.world
-                .borrow_mut()
-                .put_async(self.rank, tier, name, blob)
-                .0,
-        )
+        let mut world = self.world.borrow_mut();
+        let (ticket, transfer) = world.put_async(self.rank, tier, name, blob);
+        if let Some(transfer) = transfer {
+            world.begin_storage_transfer(transfer, false);
+        }
+        WriteTicket(ticket)
     }
 
     fn store_poll(&self, ticket: WriteTicket) -> WriteStatus {
@@ -992,7 +1071,7 @@ impl Backend for SimBackend {
     ) -> impl Future<Output = Result<Blob, StorageError>> {
         let name = name.to_string();
         async move {
-            let (blob, done) = {
+            let (blob, transfer) = {
                 let mut world = self.world.borrow_mut();
                 if world.ranks[self.rank].has(ABORTED) {
                     return Err(StorageError::Aborted);
@@ -1003,11 +1082,17 @@ impl Backend for SimBackend {
                 };
                 let now_ns = world.clock.now_ns();
                 world.storage.audit.read(&name, now_ns);
-                let done = world.storage_done_ns(self.rank, place, blob.modelled_bytes, false);
-                (blob, done)
+                let transfer = PendingStorage {
+                    rank: self.rank as u32,
+                    place,
+                    bytes: blob.modelled_bytes,
+                    to_place: false,
+                    ticket: None,
+                    timer_seq: None,
+                };
+                (blob, transfer)
             };
-            let wait = done - self.now_ns();
-            if self.sleep(wait).await.is_err() {
+            if self.until_transferred(transfer).await.is_err() {
                 return Err(StorageError::Aborted);
             }
             Ok(blob)
@@ -1081,8 +1166,16 @@ impl Future for Recv<'_> {
 struct Sleep<'a> {
     world: &'a RefCell<World>,
     rank: usize,
-    duration_ns: u64,
-    scheduled: bool,
+    /// What the rank waits for; taken when its timer is set up on the first poll.
+    until: Option<Until>,
+}
+
+/// What a [`Sleep`] waits for.
+enum Until {
+    /// This long from the first poll.
+    After(u64),
+    /// A storage transfer's end, known when the instant ends.
+    Transferred(PendingStorage),
 }
 
 impl Future for Sleep<'_> {
@@ -1097,30 +1190,31 @@ impl Future for Sleep<'_> {
             }
             return Poll::Ready(Err(CommError::Aborted));
         }
-        if self.duration_ns == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        if self.scheduled {
-            if world.ranks[rank].take_flag(TIMER_FIRED) {
-                return Poll::Ready(Ok(()));
+        match self.until.take() {
+            None => {
+                if world.ranks[rank].take_flag(TIMER_FIRED) {
+                    return Poll::Ready(Ok(()));
+                }
+                // Polled again before the timer fired (a spurious wake): park again.
             }
-            // Polled again before the timer fired (a spurious wake): park again.
-            world.park(rank, Wait::Timer, cx.waker());
-            return Poll::Pending;
+            Some(Until::After(0)) => return Poll::Ready(Ok(())),
+            Some(Until::After(duration_ns)) => {
+                let at = world.clock.now_ns().saturating_add(duration_ns);
+                world.ranks[rank].timer_seq += 1;
+                let seq = world.ranks[rank].timer_seq;
+                world.schedule(
+                    at,
+                    EventKind::Timer {
+                        rank: rank as u32,
+                        seq,
+                    },
+                );
+            }
+            Some(Until::Transferred(transfer)) => {
+                world.begin_storage_transfer(transfer, true);
+            }
         }
-        let at = world.clock.now_ns().saturating_add(self.duration_ns);
-        world.ranks[rank].timer_seq += 1;
-        let seq = world.ranks[rank].timer_seq;
-        world.schedule(
-            at,
-            EventKind::Timer {
-                rank: rank as u32,
-                seq,
-            },
-        );
         world.park(rank, Wait::Timer, cx.waker());
-        drop(world);
-        self.scheduled = true;
         Poll::Pending
     }
 }

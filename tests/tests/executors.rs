@@ -1,6 +1,6 @@
-//! Model time is the model's, not the executor's: the sends of an instant get their link time
-//! in an order of the model alone (by sender, each sender's in its own order), so madsim's
-//! seeded polling and FIFO's queue give the same model time where links contend.
+//! Model time is the model's, not the executor's: the sends and storage transfers of an instant
+//! get their link time in an order of the model alone (by rank, each rank's in its own order),
+//! so madsim's seeded polling and FIFO's queue give the same model time where links contend.
 
 use faultline_sim::executor::ExecutorKind;
 use faultline_sim::run::{run_collective, run_scenario, CollectiveSpec};
@@ -53,39 +53,25 @@ fn model_time(path: &str, executor: &str) -> (u64, String) {
     (report.model_time_ns, report.param_digest)
 }
 
-/// Scenarios whose transfers are all messages: the same model time and parameters under both
-/// executors. Those that also move checkpoints between nodes or to the store differ by a few
-/// microseconds in minutes, because a storage transfer still takes its link time when its
-/// rank is polled (issue #23's remaining work); the bound keeps that gap from growing.
+/// Every CI-sized scenario: the same model time and parameters under both executors, with
+/// messages, checkpoint copies between nodes and the shared store all contending.
 #[test]
 fn scenarios_take_the_same_model_time_under_every_executor() {
-    for path in [
-        "scenarios/quickstart.toml",
-        "scenarios/sdc-in-flight.toml",
-        "scenarios/sdc-in-gradient.toml",
-        "scenarios/sdc-in-parameters.toml",
-        "scenarios/sdc-faulty-reduction-kernel.toml",
-        "scenarios/swarm-checkpoint-restart.toml",
-        "scenarios/node-crash-per-replica.toml",
-        "scenarios/link-flap-during-allreduce.toml",
-    ] {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let planner = name.starts_with("plan-");
+        if planner || name.contains("100k") || name.contains("10k") {
+            continue; // planner files; scenarios too large for the default suite
+        }
+        let path = format!("scenarios/{name}");
         assert_eq!(
-            model_time(path, "madsim"),
-            model_time(path, "fifo"),
+            model_time(&path, "madsim"),
+            model_time(&path, "fifo"),
             "{path}"
         );
+        checked += 1;
     }
-    for path in [
-        "scenarios/first-run.toml",
-        "scenarios/flap-storm-plain-vs-retry.toml",
-        "scenarios/gpu-failure-hot-spare.toml",
-        "scenarios/node-crash-mid-checkpoint.toml",
-        "scenarios/straggler-thermal-throttle.toml",
-    ] {
-        let (madsim, params) = model_time(path, "madsim");
-        let (fifo, fifo_params) = model_time(path, "fifo");
-        assert_eq!(params, fifo_params, "{path}");
-        let gap = madsim.abs_diff(fifo) as f64 / fifo as f64;
-        assert!(gap < 1e-6, "{path}: {madsim} ns against {fifo} ns");
-    }
+    assert!(checked >= 13, "{checked} scenarios");
 }
