@@ -11,6 +11,7 @@ use faultline_sim::scenario::{self, MAX_GPUS};
 use faultline_sim::topology::Topology;
 
 use crate::{check_outputs, load, AlgoArg, ExecutorArg, Failure, InterNodeAlgoArg, OpArg, SetArgs};
+use crate::{RingOrderArg, RoutingArg};
 use crate::{DEFAULT_SCENARIO, EXIT_FINDING};
 
 #[derive(clap::Args)]
@@ -33,6 +34,12 @@ pub(crate) struct CollectiveArgs {
     /// What the hierarchical algorithm runs across nodes.
     #[arg(long, value_enum, default_value = "halving-doubling")]
     inter_node_algo: InterNodeAlgoArg,
+    /// How flows between leaves pick a spine (the scenario key `fabric.routing`).
+    #[arg(long, value_enum, default_value = "ecmp")]
+    routing: RoutingArg,
+    /// The order a flat ring visits the world in (the scenario key `job.ring_order`).
+    #[arg(long, value_enum, default_value = "rail")]
+    ring_order: RingOrderArg,
     #[arg(long, default_value_t = 1, value_parser = crate::parse_seed)]
     seed: u64,
     #[arg(long, value_enum, default_value_t = ExecutorArg::Auto)]
@@ -118,13 +125,15 @@ fn check_sizes(args: &CollectiveArgs) -> Result<(), Failure> {
 fn spec_of(args: &CollectiveArgs) -> Result<CollectiveSpec, Failure> {
     let executor: ExecutorKind = run::resolve_executor(args.executor.choice(), args.gpus)
         .map_err(|e| Failure::bad_input(e.to_string()))?;
-    let base = scenario::load_str(
+    let mut base = scenario::load_str(
         "defaults",
         "<built-in defaults>",
         "[cluster]\ngpus = 1\ngpus_per_node = 1\n[job]\nsteps = 1\n",
         &[],
     )
     .expect("the built-in defaults load");
+    base.fabric.routing = args.routing.0;
+    base.job.collective.ring_order = args.ring_order.0;
     Ok(CollectiveSpec {
         algo: args.algo.0,
         inter_node_algo: args.inter_node_algo.0,

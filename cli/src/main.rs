@@ -171,6 +171,16 @@ named_value_enum! {
     AlgoArg(Algo)
 }
 
+named_value_enum! {
+    /// The order a flat ring visits the world in, by the scenario's names.
+    RingOrderArg(trainer_core::collectives::RingOrder)
+}
+
+named_value_enum! {
+    /// How flows between leaves pick a spine, by the scenario's names.
+    RoutingArg(faultline_sim::scenario::Routing)
+}
+
 /// What the hierarchical algorithm runs across nodes: any algorithm but itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct InterNodeAlgoArg(pub(crate) Algo);

@@ -46,6 +46,20 @@ pub struct FabricConfig {
     pub switch_latency_ns: u64,
     pub inter_cluster_bandwidth_bytes_per_s: f64,
     pub inter_cluster_latency_ns: u64,
+    /// How a route that crosses spines picks one.
+    pub routing: Routing,
+}
+
+trainer_core::named_enum! {
+    /// How a flow between two leaves picks its spine (`fabric.routing`).
+    pub enum Routing {
+        /// Static ECMP: a hash of the (source, destination) pair, so flows that hash alike
+        /// collide on one uplink, as they do on fabrics without adaptive routing.
+        Ecmp = "ecmp",
+        /// Adaptive: the spine whose uplink and downlink free up first when the flow starts,
+        /// ties broken from the ECMP choice on; what InfiniBand AR and Spectrum-X do per flow.
+        Adaptive = "adaptive",
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

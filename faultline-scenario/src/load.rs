@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use trainer_core::checkpoint::{CheckpointPolicy, Interval};
-use trainer_core::collectives::{Algo, Collective};
+use trainer_core::collectives::{Algo, Collective, RingOrder};
 use trainer_core::job::JobConfig;
 use trainer_core::units::{parse_bandwidth_bytes_per_s, parse_duration_ns, MAX_MODEL_TIME_NS};
 
@@ -306,6 +306,8 @@ struct RawFabric {
     switch_latency: String,
     inter_cluster_bandwidth: String,
     inter_cluster_latency: String,
+    /// "ecmp" or "adaptive": how a cross-leaf route picks its spine.
+    routing: String,
     /// "plain" or "retry": what a transfer does when no path is up.
     transport: String,
     retry_initial_backoff: String,
@@ -325,6 +327,7 @@ impl Default for RawFabric {
             switch_latency: "500ns".into(),
             inter_cluster_bandwidth: "25.6Tb/s".into(),
             inter_cluster_latency: "10us".into(),
+            routing: "ecmp".into(),
             transport: "plain".into(),
             retry_initial_backoff: "1ms".into(),
             retry_max_backoff: "1s".into(),
@@ -341,6 +344,9 @@ struct RawJob {
     collective: String,
     #[serde(default = "default_inter_node_collective")]
     inter_node_collective: String,
+    /// "rail" or "rank": the order a flat ring visits the world in.
+    #[serde(default = "default_ring_order")]
+    ring_order: String,
     #[serde(default = "default_proxy_elems")]
     proxy_elems: i64,
     #[serde(default = "default_batch")]
@@ -366,6 +372,9 @@ struct RawJob {
 
 fn default_collective() -> String {
     "hierarchical".into()
+}
+fn default_ring_order() -> String {
+    "rail".into()
 }
 fn default_inter_node_collective() -> String {
     "halving-doubling".into()
@@ -625,6 +634,15 @@ fn validate_fabric(src: &Source, f: &RawFabric) -> Result<FabricConfig, Scenario
             "fabric.inter_cluster_latency",
             &f.inter_cluster_latency,
         )?,
+        routing: Routing::from_name(&f.routing).ok_or_else(|| {
+            src.error(
+                "fabric.routing",
+                format!(
+                    "unknown routing {:?}; expected \"ecmp\" or \"adaptive\"",
+                    f.routing
+                ),
+            )
+        })?,
     })
 }
 
@@ -636,6 +654,15 @@ fn validate_algo(src: &Source, key: &str, text: &str) -> Result<Algo, ScenarioEr
                 "unknown algorithm {text:?}; expected one of \"ring\", \"tree\", \
                  \"halving-doubling\", \"hierarchical\""
             ),
+        )
+    })
+}
+
+fn validate_ring_order(src: &Source, text: &str) -> Result<RingOrder, ScenarioError> {
+    RingOrder::from_name(text).ok_or_else(|| {
+        src.error(
+            "job.ring_order",
+            format!("unknown ring order {text:?}; expected \"rail\" or \"rank\""),
         )
     })
 }
@@ -681,7 +708,8 @@ fn validate_job(src: &Source, j: &RawJob) -> Result<JobConfig, ScenarioError> {
     }
     Ok(JobConfig {
         steps,
-        collective: Collective::with_inter_node(collective, inter),
+        collective: Collective::with_inter_node(collective, inter)
+            .with_ring_order(validate_ring_order(src, &j.ring_order)?),
         proxy_elems,
         batch_per_rank,
         learning_rate: j.learning_rate as f32,

@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod books;
 pub mod executor;
+pub mod fabric;
 pub mod fuzzing;
 pub mod limits;
 pub mod plan;

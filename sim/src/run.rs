@@ -358,6 +358,10 @@ pub struct CollectiveReport {
     pub modelled_bytes: u64,
     pub seed: u64,
     pub executor: &'static str,
+    /// How flows between leaves picked a spine: `ecmp` or `adaptive`.
+    pub routing: &'static str,
+    /// The order a flat ring visited the world in: `rail` or `rank`.
+    pub ring_order: &'static str,
     pub model_time_ns: u64,
     pub messages: u64,
     pub trace_digest: String,
@@ -420,7 +424,8 @@ pub fn run_collective_without(
     // default); the world charges no model time for it here (`detection.checksum_bandwidth`
     // is a scenario setting), so model times and trace digests are those of plain collectives.
     let collective = Collective::with_inter_node(spec.algo, spec.inter_node_algo)
-        .with_checksums(spec.base.job.collective.payload_checksums);
+        .with_checksums(spec.base.job.collective.payload_checksums)
+        .with_ring_order(spec.base.job.collective.ring_order);
     let (op, elems, bytes) = (spec.op, spec.elems, spec.modelled_bytes);
     let placement = trainer_core::Placement::new(spec.gpus, spec.gpus_per_node);
     let group = match dropped_ranks {
@@ -483,6 +488,8 @@ fn collective_report(
         modelled_bytes: spec.modelled_bytes,
         seed: spec.seed,
         executor: spec.executor.name(),
+        routing: spec.base.fabric.routing.name(),
+        ring_order: spec.base.job.collective.ring_order.name(),
         model_time_ns: world.now_ns(),
         messages: world.stats().messages,
         trace_digest: hex(world.trace_digest()),

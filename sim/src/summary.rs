@@ -194,8 +194,10 @@ impl Display for CollectiveReport {
         )?;
         writeln!(
             f,
-            "executor {}; {} messages; model time {}",
+            "executor {}; {} routing; {} ring order; {} messages; model time {}",
             self.executor,
+            self.routing,
+            self.ring_order,
             self.messages,
             duration(self.model_time_ns)
         )?;

@@ -18,6 +18,7 @@ use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
 
 use crate::books::{Coverage, FaultKind, RarePath};
+use crate::fabric::{Fabric, MAX_ROUTE_LINKS};
 use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::{Route, Topology};
@@ -31,7 +32,6 @@ use hot::{
 mod clock;
 mod control;
 mod digest_tag;
-mod fabric;
 mod hot;
 #[cfg(debug_assertions)]
 mod invariants;
@@ -134,7 +134,7 @@ pub struct World {
     /// Messages on the fabric and in mailboxes.
     messages: Slab<Message>,
     /// The links and when each is next free: the only code that gives a transfer link time.
-    fabric: fabric::Fabric,
+    fabric: Fabric,
     /// Debug builds: each link's busy-until time at the last invariant check.
     #[cfg(debug_assertions)]
     debug_link_busy_seen_ns: Vec<u64>,
@@ -252,7 +252,7 @@ impl World {
             .collect();
         World {
             placement,
-            fabric: fabric::Fabric::new(topology),
+            fabric: Fabric::new(topology),
             #[cfg(debug_assertions)]
             debug_link_busy_seen_ns: Vec::new(),
             gpu_flops_per_s,
@@ -607,7 +607,7 @@ impl World {
             }
             // At 100,000 GPUs the next message and its route's links are out of cache.
             if let Some(next) = sends.get(i + 1).and_then(|n| self.messages.get(n.slot)) {
-                let next_route = self.fabric.route(next.from as usize, next.to as usize);
+                let next_route = (self.fabric).route(next.from as usize, next.to as usize, now_ns);
                 self.fabric.prefetch_route(&next_route);
             }
             let message = self
@@ -616,7 +616,7 @@ impl World {
                 .expect("a message sent this instant");
             let (to, bytes) = (message.to as usize, message.payload.modelled_bytes);
             let checksummed = message.checksummed();
-            let route = self.fabric.route(s.from as usize, to);
+            let route = self.fabric.route(s.from as usize, to, now_ns);
             let mut arrival_ns = self.reserve_route(route, bytes, now_ns);
             if checksummed {
                 arrival_ns += self.checksum_ns(bytes);
@@ -661,7 +661,7 @@ impl World {
         if from == to {
             return earliest_ns;
         }
-        let route = self.fabric.route(from, to);
+        let route = self.fabric.route(from, to, self.clock.now_ns());
         self.reserve_route(route, bytes, earliest_ns)
     }
 
@@ -669,15 +669,15 @@ impl World {
     /// (checked once per transfer, not per link: the hot path of a run without slow NICs).
     #[inline]
     fn reserve_route(&mut self, route: Route, bytes: u64, earliest_ns: u64) -> u64 {
+        let now_ns = self.clock.now_ns();
         if !self.has_slow_nics() {
-            return self.fabric.reserve(route, bytes, earliest_ns, None);
+            return (self.fabric).reserve(route, bytes, earliest_ns, now_ns, None);
         }
-        let mut factors = [1.0; fabric::MAX_ROUTE_LINKS];
+        let mut factors = [1.0; MAX_ROUTE_LINKS];
         for (factor, &link) in factors.iter_mut().zip(route.links()) {
             *factor = self.nic_slowdown(link);
         }
-        self.fabric
-            .reserve(route, bytes, earliest_ns, Some(&factors))
+        (self.fabric).reserve(route, bytes, earliest_ns, now_ns, Some(&factors))
     }
 
     /// The GPU of `node` with `rank`'s local index (or the node's last), for peer transfers.

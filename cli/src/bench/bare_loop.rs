@@ -1,7 +1,7 @@
 //! The lower bound faultline's cost is measured against: a minimal single-threaded
 //! discrete-event loop that moves the messages of the hierarchical all-reduce (reduce-scatter
 //! inside the node, halving-doubling across nodes on each rail, all-gather inside the node) with
-//! the fabric timing model of `World::send`, and no async machinery. Each rank is an explicit
+//! the simulator's own fabric (`faultline_sim::fabric::Fabric`), and no async machinery. Each rank is an explicit
 //! state machine (a stage and an index) that the loop steps; there are no futures, wakers or
 //! executor.
 //!
@@ -10,6 +10,7 @@
 //! messages. Within an instant it steps woken ranks in rank order, as the FIFO executor polls
 //! them, so it puts messages on the links in the same order and reaches the same model time.
 
+use faultline_sim::fabric::Fabric;
 use faultline_sim::prefetch;
 use faultline_sim::queue::RadixQueue;
 use faultline_sim::run::Reference;
@@ -124,8 +125,7 @@ impl Shape {
     }
 }
 
-struct BareLoop<'a> {
-    topology: &'a Topology,
+struct BareLoop {
     gpus_per_node: usize,
     elems: usize,
     span: Span,
@@ -133,7 +133,7 @@ struct BareLoop<'a> {
     now_ns: u64,
     queue: RadixQueue<u32>,
     messages: Slab<BareMessage>,
-    link_busy_until_ns: Vec<u64>,
+    fabric: Fabric,
     ranks: Vec<BareRank>,
     /// Every rank's buffer, `elems` each, side by side.
     data: Vec<f32>,
@@ -145,7 +145,7 @@ struct BareLoop<'a> {
     checksum_mismatches: u64,
 }
 
-impl BareLoop<'_> {
+impl BareLoop {
     /// What rank `rank` does at (`stage`, `idx`): the loop's whole state machine, one match
     /// arm per stage of the hierarchical all-reduce.
     fn action(&self, rank: usize, stage: u8, idx: usize) -> Action {
@@ -160,21 +160,18 @@ impl BareLoop<'_> {
             {
                 Action::NextStage
             }
-            _ if matches!(
-                stage,
-                STAGE_INTRA_RS_SEND
-                    | STAGE_INTRA_RS_RECV
-                    | STAGE_INTRA_AG_SEND
-                    | STAGE_INTRA_AG_RECV
-            ) && idx == local =>
-            {
-                Action::Skip
+            // Sends go to the next GPU first (index 0 is this GPU itself), receives are
+            // taken in local-index order, as trainer-core's hierarchical algorithm does.
+            STAGE_INTRA_RS_SEND | STAGE_INTRA_AG_SEND if idx == 0 => Action::Skip,
+            STAGE_INTRA_RS_RECV | STAGE_INTRA_AG_RECV if idx == local => Action::Skip,
+            STAGE_INTRA_RS_SEND => {
+                let peer = (local + idx) % g;
+                Action::Send {
+                    to: (node_first + peer) as u32,
+                    tag: tag(stage, 0, peer),
+                    span: self.span.part(g, peer),
+                }
             }
-            STAGE_INTRA_RS_SEND => Action::Send {
-                to: (node_first + idx) as u32,
-                tag: tag(stage, 0, idx),
-                span: self.span.part(g, idx),
-            },
             STAGE_INTRA_RS_RECV => Action::Recv {
                 from: (node_first + idx) as u32,
                 tag: tag(STAGE_INTRA_RS_SEND, 0, local),
@@ -184,7 +181,7 @@ impl BareLoop<'_> {
             STAGE_FOLD | STAGE_UNFOLD => self.fold_action(stage, idx, node, local),
             STAGE_HALVING | STAGE_DOUBLING => self.rail_exchange(stage, idx, node, local),
             STAGE_INTRA_AG_SEND => Action::Send {
-                to: (node_first + idx) as u32,
+                to: (node_first + (local + idx) % g) as u32,
                 tag: tag(stage, 0, local),
                 span: chunk_span,
             },
@@ -337,25 +334,12 @@ impl BareLoop<'_> {
         }
     }
 
-    /// `World::send`'s timing model: wait for every link of the route, hold them all for the
-    /// modelled bytes over the bottleneck bandwidth, arrive after the latencies.
+    /// `World::send`'s timing: the simulator's fabric gives the route link time now.
     fn send(&mut self, from: usize, to: usize, tag: u32, span: &Span) {
         self.message_count += 1;
-        let route = self.topology.route(from, to);
-        let mut start_ns = self.now_ns;
-        let mut bottleneck = f64::INFINITY;
-        let mut latency_ns = 0;
-        for &link in route.links() {
-            start_ns = start_ns.max(self.link_busy_until_ns[link as usize]);
-            let spec = self.topology.link_spec(link);
-            bottleneck = bottleneck.min(spec.bandwidth_bytes_per_s);
-            latency_ns += spec.latency_ns;
-        }
-        let serialise_ns = (span.modelled_bytes() as f64 * 1e9 / bottleneck).ceil() as u64;
-        let done_ns = start_ns + serialise_ns;
-        for &link in route.links() {
-            self.link_busy_until_ns[link as usize] = done_ns;
-        }
+        let route = self.fabric.route(from, to, self.now_ns);
+        let bytes = span.modelled_bytes();
+        let arrival_ns = (self.fabric).reserve(route, bytes, self.now_ns, self.now_ns, None);
         // A buffer of its own, as `Ctx::send` copies the span into the payload.
         let (base, elems) = (from * self.elems, span.elems());
         let data = self.data[base + elems.start..base + elems.end].to_vec();
@@ -368,7 +352,7 @@ impl BareLoop<'_> {
         };
         // The simulator's slab, which prefetches the slot the next message will fill.
         let slot = self.messages.insert(message);
-        self.queue.push(done_ns + latency_ns, slot);
+        self.queue.push(arrival_ns, slot);
     }
 
     /// `World::advance`'s prefetch, so that the lower bound gets the same overlap of cache
@@ -411,9 +395,9 @@ impl BareLoop<'_> {
     }
 }
 
-impl<'t> BareLoop<'t> {
+impl BareLoop {
     /// Every rank at its first stage, holding the simulator's collective input.
-    fn new(topology: &'t Topology, elems: usize, modelled_bytes: u64, checksums: bool) -> Self {
+    fn new(topology: &Topology, elems: usize, modelled_bytes: u64, checksums: bool) -> Self {
         let gpus = topology.gpu_count();
         let gpus_per_node = topology.cluster.gpus_per_node;
         let mut data = vec![0.0f32; gpus * elems];
@@ -422,7 +406,6 @@ impl<'t> BareLoop<'t> {
             buffer.copy_from_slice(&faultline_sim::run::collective_inputs(rank, buffer.len()));
         }
         BareLoop {
-            topology,
             gpus_per_node,
             elems,
             span: Span::new(elems, modelled_bytes),
@@ -430,7 +413,7 @@ impl<'t> BareLoop<'t> {
             now_ns: 0,
             queue: RadixQueue::default(),
             messages: Slab::default(),
-            link_busy_until_ns: vec![0; topology.link_count()],
+            fabric: Fabric::new(topology.clone()),
             ranks: vec![BareRank::default(); gpus],
             data,
             message_count: 0,

@@ -166,12 +166,13 @@ impl World {
     /// A route from `from` to `to` whose links are all up now: the usual one, or the same
     /// path through another spine.
     fn live_route(&mut self, from: usize, to: usize) -> Option<Route> {
-        let route = self.fabric.route(from, to);
+        let now_ns = self.clock.now_ns();
+        let route = self.fabric.route(from, to, now_ns);
         if route.links().iter().all(|&l| self.link_up(l)) {
             return Some(route);
         }
         let spines = self.fabric.topology.spines_per_leaf();
-        let usual = self.fabric.topology.default_spine(from, to);
+        let usual = self.fabric.spine_for(from, to, now_ns);
         for k in 1..spines {
             let other = (self.fabric.topology).route_via_spine(from, to, (usual + k) % spines);
             if other == route {

@@ -9,7 +9,9 @@
 //! rail waits only on lower-numbered chunks).
 //!
 //! Inside the node, each chunk is summed by its owner in local-index order, whoever's message
-//! arrives first, then copied back out: direct, as NVSwitch allows.
+//! arrives first, then copied back out: direct, as NVSwitch allows. Each GPU sends to the
+//! GPU after it first, then the next, so that at every turn the node's GPUs send to as many
+//! different GPUs (what a rank-order loop would pile onto GPU 0's NVLink).
 //!
 //! Over the world minus dropped nodes, a live node's group is whole and each rail loses the
 //! dropped nodes' members; intra-node messages name node members, so the world's holes never
@@ -285,7 +287,9 @@ fn intra_reduce_scatter<'a, B: Backend>(
     async move {
         let ctx = &node_ctx(ctx, here);
         let chunks = here.chunk_count();
-        for chunk in 0..chunks {
+        // From the chunk after this GPU's own on, as NCCL does: at each turn every GPU sends
+        // to a different owner, so no GPU's NVLink takes every sender's first chunk at once.
+        for chunk in (1..=chunks).map(|k| (here.local + k) % chunks) {
             let owner = here.owner_of(chunk);
             if owner != here.local {
                 ctx.send(
@@ -331,8 +335,10 @@ fn intra_all_gather<'a, B: Backend>(
     async move {
         let ctx = &node_ctx(ctx, here);
         let chunks = here.chunk_count();
+        let gpus = here.gpus_here;
         for chunk in here.my_chunks() {
-            for other in (0..here.gpus_here).filter(|&l| l != here.local) {
+            // To the next GPU first, as in the reduce-scatter.
+            for other in (1..gpus).map(|k| (here.local + k) % gpus) {
                 ctx.send(
                     other,
                     PHASE_INTRA_ALL_GATHER,

@@ -70,6 +70,19 @@ pub fn exact_inputs(rank: usize, len: usize) -> Vec<f32> {
 }
 
 crate::named_enum! {
+    /// The order a flat ring visits the world's ranks in (`job.ring_order`).
+    pub enum RingOrder {
+        /// As NCCL's rings: through each node's GPUs over NVLink, every other node backwards,
+        /// so that the ring leaves one node and enters the next on the same rail (one leaf
+        /// switch, no spine). The rank order where the group is not whole nodes of the world.
+        Rail = "rail",
+        /// In rank order: every node boundary goes from the last rail to the first, across
+        /// the spines. Kept to compare.
+        Rank = "rank",
+    }
+}
+
+crate::named_enum! {
     /// A collective algorithm, by the name scenarios and the command line use.
     pub enum Algo {
         Ring = "ring",
@@ -135,6 +148,8 @@ pub struct Collective {
     /// Every reduction is also computed with the host's reference kernel and compared: the
     /// diagnostic re-run that finds a GPU whose reduction kernel is wrong.
     pub verify_reductions: bool,
+    /// The order a flat ring visits the world in.
+    pub ring_order: RingOrder,
 }
 
 /// How many times one payload is asked for again before the receive gives up.
@@ -147,7 +162,12 @@ impl Collective {
             inter_node_algo: Algo::HalvingDoubling,
             payload_checksums: false,
             verify_reductions: false,
+            ring_order: RingOrder::Rail,
         }
+    }
+
+    pub fn with_ring_order(self, ring_order: RingOrder) -> Collective {
+        Collective { ring_order, ..self }
     }
 
     pub fn with_checksums(self, payload_checksums: bool) -> Collective {
@@ -179,6 +199,7 @@ impl Collective {
             inter_node_algo,
             payload_checksums: false,
             verify_reductions: false,
+            ring_order: RingOrder::Rail,
         }
     }
 
@@ -268,6 +289,7 @@ impl Collective {
             phase: 0,
             checksums: self.payload_checksums,
             verify_reductions: self.verify_reductions,
+            ring_order: self.ring_order,
             counters,
         };
         // A barrier is an all-reduce of nothing.
@@ -332,7 +354,14 @@ impl Collective {
     ) -> Vec<Span> {
         let span = Span::new(elem_count, modelled_bytes);
         match self.algo {
-            Algo::Ring => vec![ring::owned_span(group.count(), member_idx, &span)],
+            Algo::Ring => {
+                let order = ring::Order::of(self.ring_order, placement, group);
+                vec![ring::owned_span(
+                    group.count(),
+                    order.position_of(member_idx),
+                    &span,
+                )]
+            }
             Algo::Tree => vec![tree::owned_span(group.count(), member_idx, &span)],
             Algo::HalvingDoubling => halving_doubling::owned_span(group.count(), member_idx, &span)
                 .into_iter()
@@ -376,6 +405,7 @@ struct Ctx<'a, B> {
     phase: u32,
     checksums: bool,
     verify_reductions: bool,
+    ring_order: RingOrder,
     /// Where to count what the checks find, when the caller asked ([`Collective::run_checked`]).
     counters: Option<&'a HealthCounters>,
 }
@@ -411,6 +441,7 @@ impl<'a, B: Backend> Ctx<'a, B> {
             phase,
             checksums: self.checksums,
             verify_reductions: self.verify_reductions,
+            ring_order: self.ring_order,
             counters: self.counters,
         }
     }
