@@ -27,7 +27,7 @@ pub const MAX_ROUTE_LINKS: usize = 6;
 const MIN_GAP_NS: u64 = 2_000;
 
 /// An idle stretch `[start_ns, end_ns)` of a link, before its last reservation ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Gap {
     start_ns: u64,
     end_ns: u64,
@@ -38,25 +38,39 @@ pub struct Fabric {
     pub topology: Topology,
     /// How a cross-leaf route picks its spine.
     routing: Routing,
-    /// Per directed link: when the last transfer it was given ends.
-    busy_until_ns: Vec<u64>,
-    /// Per directed link: which of `gap_lists` holds its idle gaps, or [`NO_GAPS`]. Four
-    /// bytes a link, where a list per link would take 24 and another cache miss per hop.
+    /// Per directed link: what every hop reads, in one place.
+    links: Vec<LinkTimes>,
+    /// Per directed link: which of `gap_lists` holds its gaps older than its latest, or
+    /// [`NO_GAPS`]; read only where one may fit (`LinkTimes::older_end_ns`).
     gap_list_of: Vec<u32>,
-    /// Lists of idle gaps before a link's `busy_until_ns`, by start time (and so by end),
-    /// pruned of the gaps that ended by now when the link is next searched; an emptied
-    /// list is kept in `free_gap_lists` for the next link that needs one.
+    /// Lists of a link's idle gaps before its latest, by start time (and so by end), pruned
+    /// of the gaps that ended by now when the link is next searched; an emptied list is kept
+    /// in `free_gap_lists` for the next link that needs one.
     gap_lists: Vec<Vec<Gap>>,
     free_gap_lists: Vec<u32>,
+}
+
+/// One directed link's times: 32 bytes, all a hop reads unless an older gap may fit.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(32))]
+struct LinkTimes {
+    /// When the last transfer it was given ends.
+    busy_until_ns: u64,
+    /// Its latest idle gap (empty when `end_ns` is 0): most gaps are filled or outlived
+    /// before the next one opens, so most never reach the list.
+    latest: Gap,
+    /// When the last gap of its list (all before `latest`) ends; 0 for none. A transfer that
+    /// cannot finish by then fits none of them, and the list is not read.
+    older_end_ns: u64,
 }
 
 /// `gap_list_of` for a link without gaps.
 const NO_GAPS: u32 = u32::MAX;
 
-/// Books `[start_ns, end_ns)` inside `gaps[idx]`: what is left of the gap on either side
-/// stays a gap if it is long enough.
-fn book_in_gap(gaps: &mut Vec<Gap>, idx: usize, start_ns: u64, end_ns: u64) {
-    let gap = gaps[idx];
+/// What is left of `gap` on either side of a booking `[start_ns, end_ns)` inside it: each
+/// side, if it is long enough to keep.
+fn split(gap: Gap, start_ns: u64, end_ns: u64) -> (Option<Gap>, Option<Gap>) {
+    let keep = |g: Gap| (g.end_ns >= g.start_ns.saturating_add(MIN_GAP_NS)).then_some(g);
     let before = Gap {
         start_ns: gap.start_ns,
         end_ns: start_ns,
@@ -65,18 +79,7 @@ fn book_in_gap(gaps: &mut Vec<Gap>, idx: usize, start_ns: u64, end_ns: u64) {
         start_ns: end_ns,
         end_ns: gap.end_ns,
     };
-    let keep = |g: &Gap| g.end_ns >= g.start_ns.saturating_add(MIN_GAP_NS);
-    match (keep(&before), keep(&after)) {
-        (true, true) => {
-            gaps[idx] = before;
-            gaps.insert(idx + 1, after);
-        }
-        (true, false) => gaps[idx] = before,
-        (false, true) => gaps[idx] = after,
-        (false, false) => {
-            gaps.remove(idx);
-        }
-    }
+    (keep(before), keep(after))
 }
 
 /// The present, as a hop sees it: the model's now, and the earliest a transfer that starts
@@ -101,7 +104,7 @@ impl Fabric {
         let links = topology.link_count();
         Fabric {
             routing: topology.fabric.routing,
-            busy_until_ns: vec![0; links],
+            links: vec![LinkTimes::default(); links],
             gap_list_of: vec![NO_GAPS; links],
             gap_lists: Vec::new(),
             free_gap_lists: Vec::new(),
@@ -132,7 +135,7 @@ impl Fabric {
         }
         let free_at = |route: Route| {
             (route.links().iter())
-                .map(|&l| self.busy_until_ns[l as usize].max(now_ns))
+                .map(|&l| self.links[l as usize].busy_until_ns.max(now_ns))
                 .max()
                 .unwrap_or(now_ns)
         };
@@ -203,29 +206,68 @@ impl Fabric {
     }
 
     /// Books `duration_ns` on `link` in its earliest idle stretch that starts at or after
-    /// `from_ns`, and returns that start. Idle time left before the booking becomes a gap,
-    /// from when a transfer starting now could first reach the link on.
+    /// `from_ns`, and returns that start. Idle time left before the booking becomes the
+    /// link's latest gap, from when a transfer starting now could first reach the link on.
     fn place(&mut self, link: usize, from_ns: u64, duration_ns: u64, now: Now) -> u64 {
-        if let Some(start_ns) = self.fill_gap(link, from_ns, duration_ns, now.ns) {
-            return start_ns;
+        let end_ns = from_ns.saturating_add(duration_ns);
+        let times = self.links[link];
+        // A gap that ended by now is of no use (and an end of 0 is no gap at all).
+        if end_ns <= times.older_end_ns && times.older_end_ns > now.ns {
+            if let Some(start_ns) = self.fill_older_gap(link, from_ns, duration_ns, now.ns) {
+                return start_ns;
+            }
         }
-        let busy_until = self.busy_until_ns[link];
-        let start_ns = from_ns.max(busy_until);
-        let idle_from = busy_until.max(now.reachable_ns);
+        if end_ns <= times.latest.end_ns && times.latest.end_ns > now.ns {
+            if let Some(start_ns) = self.fill_latest_gap(link, from_ns, duration_ns, now.ns) {
+                return start_ns;
+            }
+        }
+        let start_ns = from_ns.max(times.busy_until_ns);
+        let idle_from = times.busy_until_ns.max(now.reachable_ns);
         if start_ns >= idle_from.saturating_add(MIN_GAP_NS) {
-            let gap = Gap {
-                start_ns: idle_from,
-                end_ns: start_ns,
-            };
-            self.gaps_of(link).push(gap);
+            self.open_gap(link, idle_from, start_ns, now.ns);
         }
-        self.busy_until_ns[link] = start_ns.saturating_add(duration_ns);
+        self.links[link].busy_until_ns = start_ns.saturating_add(duration_ns);
         start_ns
     }
 
-    /// The earliest gap of `link` that holds `duration_ns` from `from_ns` on, if any: booked,
-    /// what is left of it on either side kept as gaps. Drops the gaps that ended by `now_ns`.
-    fn fill_gap(
+    /// Makes `[start_ns, end_ns)` the link's latest gap; the latest before it goes to the
+    /// list if it has not ended by `now_ns`.
+    fn open_gap(&mut self, link: usize, start_ns: u64, end_ns: u64, now_ns: u64) {
+        let previous = self.links[link].latest;
+        if previous.end_ns > now_ns {
+            self.gaps_of(link, now_ns).push(previous);
+            self.links[link].older_end_ns = previous.end_ns;
+        }
+        self.links[link].latest = Gap { start_ns, end_ns };
+    }
+
+    /// Books the latest gap, if `duration_ns` fits in it from `from_ns` on: what is left
+    /// after the booking stays the latest gap, what is left before goes to the list.
+    fn fill_latest_gap(
+        &mut self,
+        link: usize,
+        from_ns: u64,
+        duration_ns: u64,
+        now_ns: u64,
+    ) -> Option<u64> {
+        let gap = self.links[link].latest;
+        let start_ns = from_ns.max(gap.start_ns);
+        let end_ns = start_ns
+            .checked_add(duration_ns)
+            .filter(|&e| e <= gap.end_ns)?;
+        let (before, after) = split(gap, start_ns, end_ns);
+        self.links[link].latest = after.or(before).unwrap_or_default();
+        if let (Some(before), Some(_)) = (before, after) {
+            self.gaps_of(link, now_ns).push(before);
+            self.links[link].older_end_ns = before.end_ns;
+        }
+        Some(start_ns)
+    }
+
+    /// The earliest gap of `link`'s list that holds `duration_ns` from `from_ns` on, if any:
+    /// booked, what is left of it on either side kept. Drops the gaps that ended by `now_ns`.
+    fn fill_older_gap(
         &mut self,
         link: usize,
         from_ns: u64,
@@ -233,9 +275,6 @@ impl Fabric {
         now_ns: u64,
     ) -> Option<u64> {
         let list = self.gap_list_of[link];
-        if list == NO_GAPS {
-            return None;
-        }
         let gaps = &mut self.gap_lists[list as usize];
         // Gaps are disjoint and in order, so the ended ones are a prefix.
         let ended = gaps.partition_point(|g| g.end_ns <= now_ns);
@@ -246,57 +285,75 @@ impl Fabric {
             (start_ns.saturating_add(duration_ns) <= g.end_ns).then_some((first + idx, start_ns))
         });
         if let Some((idx, start_ns)) = found {
-            book_in_gap(gaps, idx, start_ns, start_ns + duration_ns);
+            let (before, after) = split(gaps[idx], start_ns, start_ns + duration_ns);
+            gaps.splice(idx..=idx, before.into_iter().chain(after));
         }
-        if gaps.is_empty() {
-            self.gap_list_of[link] = NO_GAPS;
-            self.free_gap_lists.push(list);
+        match gaps.last() {
+            Some(last) => self.links[link].older_end_ns = last.end_ns,
+            None => self.release_gaps(link),
         }
         found.map(|(_, start_ns)| start_ns)
     }
 
-    /// `link`'s list of gaps, given one if it has none.
-    fn gaps_of(&mut self, link: usize) -> &mut Vec<Gap> {
-        if self.gap_list_of[link] == NO_GAPS {
-            let list = self.free_gap_lists.pop().unwrap_or_else(|| {
-                self.gap_lists.push(Vec::new());
-                (self.gap_lists.len() - 1) as u32
-            });
-            self.gap_list_of[link] = list;
-        }
-        &mut self.gap_lists[self.gap_list_of[link] as usize]
+    /// `link`'s list of gaps, pruned of those that ended by `now_ns`, or a list from the free
+    /// ones if it has none.
+    fn gaps_of(&mut self, link: usize, now_ns: u64) -> &mut Vec<Gap> {
+        let list = match self.gap_list_of[link] {
+            NO_GAPS => {
+                let list = self.free_gap_lists.pop().unwrap_or_else(|| {
+                    self.gap_lists.push(Vec::new());
+                    (self.gap_lists.len() - 1) as u32
+                });
+                self.gap_list_of[link] = list;
+                list
+            }
+            list => list,
+        };
+        let gaps = &mut self.gap_lists[list as usize];
+        let ended = gaps.partition_point(|g| g.end_ns <= now_ns);
+        gaps.drain(..ended);
+        gaps
+    }
+
+    /// Gives `link`'s emptied gap list back.
+    fn release_gaps(&mut self, link: usize) {
+        let list = std::mem::replace(&mut self.gap_list_of[link], NO_GAPS);
+        self.free_gap_lists.push(list);
+        self.links[link].older_end_ns = 0;
     }
 
     /// Starts loading the busy-until times of `route`'s links.
     #[inline(always)]
     pub fn prefetch_route(&self, route: &Route) {
         for &link in route.links() {
-            if let Some(busy_until) = self.busy_until_ns.get(link as usize) {
-                crate::prefetch::prefetch(busy_until);
+            if let Some(times) = self.links.get(link as usize) {
+                crate::prefetch::prefetch(times);
             }
         }
     }
 
-    /// Starts loading the busy-until times of `gpu`'s own links (32 bytes, in one cache
-    /// line), where the route of its next send starts.
+    /// Starts loading the times of `gpu`'s own links (128 bytes, two cache lines: NVLink up
+    /// and down, NIC up and down), where the route of its next send starts.
     #[inline(always)]
     pub fn prefetch_links_of(&self, gpu: usize) {
         let first = Topology::first_link_of_gpu(gpu) as usize;
-        if let Some(busy_until) = self.busy_until_ns.get(first) {
-            crate::prefetch::prefetch(busy_until);
+        for link in [first, first + 2] {
+            if let Some(times) = self.links.get(link) {
+                crate::prefetch::prefetch(times);
+            }
         }
     }
 
     /// Every link's busy-until time, for the invariant checks.
     #[cfg(any(debug_assertions, test))]
-    pub(crate) fn busy_until_ns(&self) -> &[u64] {
-        &self.busy_until_ns
+    pub(crate) fn busy_until_ns(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.links.iter().map(|t| t.busy_until_ns)
     }
 
     /// Sets a link's busy-until time behind the fabric's back: tests of the checks only.
     #[cfg(test)]
     pub(crate) fn set_busy_until_ns(&mut self, link: LinkId, ns: u64) {
-        self.busy_until_ns[link as usize] = ns;
+        self.links[link as usize].busy_until_ns = ns;
     }
 }
 
@@ -348,7 +405,7 @@ mod tests {
         let slow = f.reserve(route, 50_000_000, 0, 0, Some(&halved));
         assert_eq!(slow, 2_000_000 + 2 * nic);
         // Busy-until times only grow.
-        assert!(f.busy_until_ns().iter().all(|&t| t <= 3_000_000));
+        assert!(f.busy_until_ns().all(|t| t <= 3_000_000));
     }
 
     /// The case the old model lost time on: a transfer waits for its receiver's link, and
@@ -383,6 +440,18 @@ mod tests {
         send(&mut f, 5, 2, 1, 10_000_000);
         let down_2 = crate::topology::Topology::first_link_of_gpu(2) as usize + 1;
         assert_eq!(f.gap_list_of[down_2], super::NO_GAPS);
+    }
+
+    /// A barrier's empty payloads take the route's latencies and no link time, before any gap
+    /// exists as after.
+    #[test]
+    fn an_empty_transfer_takes_only_the_latencies() {
+        let mut f = fabric();
+        let lat = f.topology.fabric.nvlink_latency_ns;
+        assert_eq!(send(&mut f, 0, 1, 0, 0), 2 * lat);
+        send(&mut f, 0, 2, 450_000_000, 0);
+        send(&mut f, 0, 3, 450_000_000, 0); // leaves a gap on 3's down link
+        assert_eq!(send(&mut f, 4, 3, 0, 0), 2 * lat);
     }
 
     /// Eight leaves' worth of nodes, one rail each: flows from one leaf to another that ECMP

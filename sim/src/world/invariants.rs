@@ -86,7 +86,7 @@ impl World {
         let busy_until_ns = self.fabric.busy_until_ns();
         let seen = &mut self.debug_link_busy_seen_ns;
         seen.resize(busy_until_ns.len(), 0);
-        for (link, (&now, before)) in busy_until_ns.iter().zip(seen.iter_mut()).enumerate() {
+        for (link, (now, before)) in busy_until_ns.zip(seen.iter_mut()).enumerate() {
             assert!(
                 now >= *before,
                 "link {link} busy until {now} ns, was {before} ns"
