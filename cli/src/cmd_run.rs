@@ -39,6 +39,10 @@ pub(crate) struct RunArgs {
     /// Write a Chrome/Perfetto trace of the model timeline here; `-` as for --trace.
     #[arg(long, value_name = "FILE")]
     perfetto: Option<PathBuf>,
+    /// Write each flight-recorder dump here (made when the watchdog fires), one file per
+    /// stop: `faultline fr DIR` reads them.
+    #[arg(long, value_name = "DIR")]
+    fr_dir: Option<PathBuf>,
     /// Test hook for `check`: make compute call N one nanosecond longer.
     #[arg(long, hide = true, value_name = "N")]
     perturb_compute: Option<u64>,
@@ -203,6 +207,7 @@ fn run_traced(
         recorder,
         perturb_compute: args.perturb_compute,
         progress: crate::progress::run_bar(),
+        keep_flight_dumps: args.fr_dir.is_some(),
     };
     let (report, recorder) = run::run_scenario_with(scenario, hooks).map_err(|e| match e {
         run::SimError::Deadlock(_) if args.check => Failure::finding(format!(
@@ -217,6 +222,9 @@ fn run_traced(
                 report.model_time_ns,
             )
             .map_err(|e| Failure::bad_input(format!("writing the trace: {e}")))?;
+    }
+    if let Some(dir) = &args.fr_dir {
+        crate::cmd_fr::write_dumps(dir, &report.flight_dumps)?;
     }
     Ok(report)
 }

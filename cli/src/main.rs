@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod cmd_bench;
 mod cmd_collective;
+mod cmd_fr;
 mod cmd_plan;
 mod cmd_run;
 mod heap;
@@ -75,6 +76,10 @@ enum Command {
     /// Re-run the scenario recorded in a `run --trace` file and check that it comes out the
     /// same: the digests, and every record the trace holds.
     Replay(cmd_run::ReplayArgs),
+    /// Read flight-recorder dumps (`run --fr-dir`) and name where the ranks diverged: the
+    /// collective some rank waits in, the ranks that never started it, or the rank that
+    /// issued another in its place.
+    Fr(cmd_fr::FrArgs),
     /// Determinism self-check: run a scenario twice in separate processes and compare their
     /// traces record by record; on divergence, print the first differing record.
     Check(check::CheckArgs),
@@ -317,6 +322,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Merge(args) => cmd_plan::cmd_merge(args),
         Command::Calibrate(args) => cmd_plan::cmd_calibrate(args),
         Command::Replay(args) => cmd_run::cmd_replay(args),
+        Command::Fr(args) => cmd_fr::cmd_fr(args),
         Command::Check(args) => check::cmd_check(args),
         Command::Swarm(args) => swarm_cli::cmd_swarm(args),
         Command::Shrink(args) => swarm_cli::cmd_shrink(args),

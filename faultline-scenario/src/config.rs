@@ -217,6 +217,24 @@ trainer_core::named_enum! {
     }
 }
 
+trainer_core::named_enum! {
+    /// Where in its step a hung rank stops (`faults.hang.point`).
+    pub enum HangPoint {
+        /// Before the step's compute: the input pipeline never delivers the batch.
+        DataLoader = "data_loader",
+        /// Inside the step's compute: a kernel never returns.
+        Kernel = "kernel",
+    }
+}
+
+/// A rank that stops at `at_step` and never issues that step's collectives, alive all along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HangSpec {
+    pub rank: usize,
+    pub at_step: u64,
+    pub point: HangPoint,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
     pub policy: RecoveryPolicy,
@@ -226,6 +244,8 @@ pub struct ControlConfig {
     /// With `HotSpare` and no spare left: restart in full (true) or give up (false).
     pub fallback_to_restart: bool,
     pub crashes: Vec<CrashSpec>,
+    /// Ranks that hang (`[[faults.hang]]`), each once.
+    pub hangs: Vec<HangSpec>,
     /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
     pub node_failure_rate_per_ns: f64,
     /// Draw the gaps between node failures from a Weibull of this shape (a renewal process

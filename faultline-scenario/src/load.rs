@@ -15,6 +15,7 @@ use crate::config::*;
 use crate::source::{in_range, parse_checked, within, ScenarioError, Source};
 
 mod degrade;
+mod hang;
 mod sdc;
 
 /// The environment variable that must be `1` for a scenario to plant a bug: a switch that a
@@ -211,6 +212,8 @@ struct RawFaults {
     straggler: Vec<degrade::RawStraggler>,
     #[serde(default)]
     sdc: Vec<sdc::RawSdc>,
+    #[serde(default)]
+    hang: Vec<hang::RawHang>,
 }
 
 /// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
@@ -475,6 +478,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         detection,
         ..job
     };
+    let hangs = validate_hangs(src, &raw.faults.hang, &job, &control, gpus)?;
     Ok(Scenario {
         name: name.to_string(),
         description: raw.scenario.description,
@@ -486,6 +490,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         storage,
         control: ControlConfig {
             corruptions_at_ns,
+            hangs,
             ..control
         },
         link_faults,
@@ -964,6 +969,7 @@ fn validate_control(
         spare_swap_time_ns: duration(src, "recovery.spare_swap_time", &r.spare_swap_time)?,
         fallback_to_restart,
         crashes,
+        hangs: Vec::new(),
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
         node_failure_weibull_shape: weibull_shape,
         // A watchdog below a second fires on healthy collectives: every attempt times out.
@@ -994,6 +1000,25 @@ fn validate_control(
         max_restarts: in_range(src, "recovery.max_restarts", r.max_restarts, 0, 1_000_000)? as u64,
         corruptions_at_ns: Vec::new(),
     })
+}
+
+/// `[[faults.hang]]`, which only the collective watchdog can notice.
+fn validate_hangs(
+    src: &Source,
+    raw: &[hang::RawHang],
+    job: &JobConfig,
+    control: &ControlConfig,
+    gpus: usize,
+) -> Result<Vec<HangSpec>, ScenarioError> {
+    let hangs = hang::validate_hangs(src, raw, gpus, job.steps)?;
+    if !hangs.is_empty() && control.collective_timeout_ns.is_none() {
+        return Err(src.error(
+            "faults.hang.0",
+            "a hung rank stays alive, so only the collective watchdog can notice it: set \
+             recovery.collective_timeout",
+        ));
+    }
+    Ok(hangs)
 }
 
 /// `recovery.policy` and `recovery.fallback`, and whether together they can recover at all.

@@ -16,6 +16,8 @@ named_enum! {
     /// A fault as the report counts it (`faults.injected`).
     pub enum FaultKind {
         GpuFailure = "gpu_failure",
+        /// A rank stopped issuing collectives, alive (`[[faults.hang]]`).
+        Hang = "hang",
         LinkFlap = "link_flap",
         NodeCrash = "node_crash",
         SdcGradient = "sdc_gradient",

@@ -78,6 +78,10 @@ pub fn resolve_executor(choice: ExecutorChoice, gpus: usize) -> Result<ExecutorK
 /// The result of running a scenario's training job.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    /// The flight-recorder dumps, when the run was asked to keep them (never serialised: the
+    /// caller writes them to files of their own).
+    #[serde(skip)]
+    pub flight_dumps: Vec<crate::flight::Dump>,
     pub scenario: String,
     pub seed: u64,
     pub executor: &'static str,
@@ -177,6 +181,9 @@ pub struct FaultSummary {
     pub sdc: std::collections::BTreeMap<String, crate::world::SdcKindReport>,
     /// GPUs a health check found computing wrong sums, replaced.
     pub quarantined_gpus: Vec<usize>,
+    /// Each watchdog firing: the flight recorder's diagnosis, beside the hang injected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flight_recorder: Vec<crate::world::FlightReport>,
 }
 
 pub fn run_scenario(scenario: &Scenario) -> Result<RunReport, SimError> {
@@ -191,6 +198,8 @@ pub struct RunHooks {
     pub perturb_compute: Option<u64>,
     /// Told after each step rank 0 ends: for a progress bar, never for results.
     pub progress: Option<crate::world::ProgressHook>,
+    /// Keep every flight-recorder dump (`run --fr-dir`), handed back in the report.
+    pub keep_flight_dumps: bool,
 }
 
 /// Runs a scenario with `hooks`; hands the recorder back for the caller to finish.
@@ -211,6 +220,9 @@ pub fn run_scenario_with(
         }
         if let Some(progress) = hooks.progress {
             w.set_progress(progress, scenario.job.steps);
+        }
+        if hooks.keep_flight_dumps {
+            w.keep_flight_dumps();
         }
     }
     // Shared, not copied into each rank's future beside the trainer made from it.
@@ -235,7 +247,8 @@ pub fn run_scenario_with(
         }
     };
     let recorder = world.borrow_mut().take_recorder();
-    let report = report_of(scenario, kind, &world.borrow(), &results, started);
+    let mut report = report_of(scenario, kind, &world.borrow(), &results, started);
+    report.flight_dumps = world.borrow_mut().take_flight_dumps();
     Ok((report, recorder))
 }
 
@@ -251,6 +264,7 @@ impl FaultSummary {
             escaped: std::mem::take(&mut faults.escaped),
             sdc: std::mem::take(&mut faults.sdc),
             quarantined_gpus: std::mem::take(&mut faults.quarantined_gpus),
+            flight_recorder: std::mem::take(&mut faults.flight_recorder),
         }
     }
 }
@@ -278,6 +292,7 @@ fn report_of(
     let mut faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
     RunReport {
+        flight_dumps: Vec::new(),
         scenario: scenario.name.clone(),
         seed: scenario.run.seed,
         executor: kind.name(),
@@ -309,11 +324,7 @@ fn report_of(
         restores_by_tier: faults.restores_by_tier,
         lost_time_ns_by_cause: faults.lost_time_ns_by_cause,
         rare_paths: world.coverage().reached(),
-        goodput: if model_time_ns == 0 {
-            0.0
-        } else {
-            faults.useful_step_ns as f64 / model_time_ns as f64
-        },
+        goodput: faults.useful_step_ns as f64 / model_time_ns.max(1) as f64,
         instants: stats.instants,
         atomicity_violation_count: world.storage().audit.violation_count,
         atomicity_violations: world.storage().audit.violations.clone(),

@@ -6,6 +6,7 @@
 
 use trainer_core::{Event, Tier};
 
+use crate::books::FaultKind;
 use crate::trace::Record;
 use trainer_core::units::format_duration_ns as duration;
 
@@ -87,8 +88,12 @@ impl Story {
                 format!("{kind} due on node {node} after the job finished: nothing to do")
             }
             Record::Injected { kind, target } => {
+                if kind == FaultKind::Hang {
+                    self.struck(at_ns); // a detector must notice it
+                }
                 format!("{kind} strikes {target}")
             }
+            Record::FlightRecorder { diagnosis } => format!("flight recorder: {diagnosis}"),
             Record::StorageWriteFailed => "a checkpoint write to the store fails".into(),
             Record::StorageCorruption { name } => {
                 format!("a bit flips in stored {name} (found only by a verified restore)")

@@ -122,11 +122,14 @@ pub enum Record<'a> {
     /// A fault that kills nothing struck `target` (a link flap, a straggler, a silent data
     /// corruption): the marker a reader needs to see why what follows happened.
     Injected { kind: FaultKind, target: &'a str },
+    /// The watchdog fired and the flight recorder's analysis said this (`flight.rs`).
+    FlightRecorder { diagnosis: &'a str },
 }
 
 /// The `kind`s of the controller's records, which every level keeps.
-pub const CONTROL_KINDS: [&str; 12] = [
+pub const CONTROL_KINDS: [&str; 13] = [
     "crash",
+    "flight_recorder",
     "injected",
     "crash_skipped",
     "detected",
@@ -192,6 +195,7 @@ impl Record<'_> {
             Record::StorageWriteFailed => "storage_write_failed",
             Record::StorageCorruption { .. } => "storage_corruption",
             Record::Injected { .. } => "injected",
+            Record::FlightRecorder { .. } => "flight_recorder",
         }
     }
 
@@ -254,6 +258,11 @@ impl Record<'_> {
                 ",\"name\":{}",
                 serde_json::to_string(name).expect("a string serialises")
             ),
+            Record::FlightRecorder { diagnosis } => write!(
+                out,
+                ",\"diagnosis\":{}",
+                serde_json::to_string(diagnosis).expect("a string serialises")
+            ),
             Record::Injected { kind, target } => write!(
                 out,
                 ",\"fault\":\"{kind}\",\"target\":{}",
@@ -297,7 +306,9 @@ fn write_event_fields(event: &Event, out: &mut String) -> std::fmt::Result {
         Event::StepEnd { step, loss } => {
             write!(out, ",\"step\":{step},\"loss\":{}", json_f32(loss))
         }
-        Event::CollectiveBegin { op_id, op, algo } => write!(
+        Event::CollectiveBegin {
+            op_id, op, algo, ..
+        } => write!(
             out,
             ",\"op_id\":{op_id},\"op\":\"{}\",\"algo\":\"{}\"",
             op.name(),
@@ -777,6 +788,9 @@ impl Timeline {
             } => self.restart(t_ns, generation, abandoned)?,
             Record::Injected { kind, target } => {
                 self.instant(TID_FAULTS, &format!("{kind}: {target}"), t_ns)?;
+            }
+            Record::FlightRecorder { diagnosis } => {
+                self.instant(TID_FAULTS, &format!("flight recorder: {diagnosis}"), t_ns)?;
             }
             Record::CrashSkipped { .. }
             | Record::RestartScheduled { .. }

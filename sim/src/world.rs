@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use faultline_scenario::config::HangPoint;
 use trainer_core::digest::Digest;
 use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 
@@ -32,6 +33,8 @@ use hot::{
 mod clock;
 mod control;
 mod digest_tag;
+mod hangs;
+pub use hangs::{FlightReport, InjectedHang};
 mod hot;
 #[cfg(debug_assertions)]
 mod invariants;
@@ -168,6 +171,8 @@ pub struct World {
     stragglers: stragglers::Stragglers,
     /// Silent data corruption to inject, and its books.
     sdc: Option<Box<sdc::Sdc>>,
+    /// Hangs to inject, and the flight recorder.
+    hangs: hangs::Hangs,
     /// What checksumming a payload costs; 0: free.
     checksum_bytes_per_s: f64,
     /// The rare paths of fault handling this run took.
@@ -278,6 +283,7 @@ impl World {
             links: links::LinkFaults::default(),
             stragglers: stragglers::Stragglers::default(),
             sdc: None,
+            hangs: hangs::Hangs::new(Vec::new(), 0, false),
             checksum_bytes_per_s: 0.0,
             coverage: Coverage::default(),
         }
@@ -838,9 +844,20 @@ impl World {
             return;
         }
         self.record(Some(rank as u32), Record::Rank(event));
+        if matches!(
+            event,
+            Event::StepBegin { .. } | Event::CollectiveBegin { .. } | Event::CollectiveEnd { .. }
+        ) {
+            self.hangs_observe(rank, event);
+        }
         self.observe(rank, event);
         self.tell_progress(rank, event);
         self.sdc_observe(rank, event);
+        self.digest_event(rank, event);
+    }
+
+    /// The event's words in the trace digest.
+    fn digest_event(&mut self, rank: usize, event: &Event) {
         self.digest.u64(DigestTag::Event.word(rank as u64));
         self.digest.u64(self.clock.now_ns());
         match *event {
@@ -849,7 +866,9 @@ impl World {
                 self.digest.u64(step);
                 self.digest.u64(loss.to_bits() as u64);
             }
-            Event::CollectiveBegin { op_id, op, algo } => {
+            Event::CollectiveBegin {
+                op_id, op, algo, ..
+            } => {
                 self.digest.u64(op_id);
                 self.digest.bytes(op.name().as_bytes());
                 self.digest.bytes(algo.name().as_bytes());
@@ -1016,8 +1035,22 @@ impl Backend for SimBackend {
     }
 
     fn compute(&self, work: Work) -> impl Future<Output = Result<(), CommError>> {
-        let duration_ns = self.world.borrow_mut().begin_compute(self.rank, work);
-        self.sleep(duration_ns)
+        let mut world = self.world.borrow_mut();
+        let until = match world.hang_now(self.rank) {
+            // The batch never arrives: the compute never begins.
+            Some(HangPoint::DataLoader) => Until::Hung,
+            // The kernel begins and never returns.
+            Some(HangPoint::Kernel) => {
+                world.begin_compute(self.rank, work);
+                Until::Hung
+            }
+            None => Until::After(world.begin_compute(self.rank, work)),
+        };
+        Sleep {
+            world: &self.world,
+            rank: self.rank,
+            until: Some(until),
+        }
     }
 
     fn emit(&self, event: Event) {
@@ -1176,6 +1209,8 @@ enum Until {
     After(u64),
     /// A storage transfer's end, known when the instant ends.
     Transferred(PendingStorage),
+    /// Never (a hung rank): only the job's stop wakes it.
+    Hung,
 }
 
 impl Future for Sleep<'_> {
@@ -1213,6 +1248,7 @@ impl Future for Sleep<'_> {
             Some(Until::Transferred(transfer)) => {
                 world.begin_storage_transfer(transfer, true);
             }
+            Some(Until::Hung) => {}
         }
         world.park(rank, Wait::Timer, cx.waker());
         Poll::Pending

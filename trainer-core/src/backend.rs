@@ -113,6 +113,13 @@ pub enum Event {
         op_id: u64,
         op: crate::Op,
         algo: crate::Algo,
+        /// The modelled size of each member's buffer.
+        bytes: u64,
+        /// The group, as a flight recorder names it: its arithmetic base (first member,
+        /// stride, member count, last member; [`crate::Group::base_shape`]) and how many of
+        /// those it leaves out (dropped nodes' ranks).
+        group: (u32, u32, u32, u32),
+        group_holes: u32,
     },
     CollectiveEnd {
         op_id: u64,

@@ -161,6 +161,12 @@ impl Group {
         self.excluded.as_deref().map_or(&[], Vec::as_slice)
     }
 
+    /// The arithmetic base, as (first, stride, member count, last member): what names the
+    /// group in a flight recorder's entries, with [`Group::excluded`]'s length.
+    pub fn base_shape(&self) -> (u32, u32, u32, u32) {
+        (self.first, self.stride, self.base_count, self.last)
+    }
+
     pub fn has_holes(&self) -> bool {
         self.excluded.is_some()
     }

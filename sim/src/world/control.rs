@@ -72,6 +72,9 @@ pub struct FaultReport {
     pub quarantined_gpus: Vec<usize>,
     /// Drops, re-admissions and degraded steps, under the per-replica policy only.
     pub per_replica: Option<super::replicas::PerReplicaReport>,
+    /// Each watchdog firing's flight-recorder diagnosis, beside the hang injected, if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flight_recorder: Vec<super::hangs::FlightReport>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +224,8 @@ impl World {
             // Called before any rank runs, so every rank is parked since 0 or not at all.
             self.parked_since_ns = vec![0; self.ranks.len()];
         }
+        let record = config.collective_timeout_ns.is_some();
+        self.hangs = super::hangs::Hangs::new(config.hangs.clone(), self.ranks.len(), record);
         let mut control = Control::new(config, self.seed, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
             let at = next_arrival(&mut control, 0);
@@ -241,6 +246,7 @@ impl World {
         if control.config.policy == RecoveryPolicy::PerReplica {
             report.per_replica = Some(control.replicas.report_at_end());
         }
+        report.flight_recorder = self.hangs.reports.clone();
         self.sdc_report(&mut report);
         Some(report)
     }
@@ -481,6 +487,7 @@ impl World {
             }
         }
         self.record(None, Record::Abort);
+        self.wake_hung();
         for rank in 0..self.ranks.len() {
             self.ranks[rank].set(ABORTED, true);
             if self.ranks[rank].wait_kind == WaitKind::Message {
@@ -512,6 +519,10 @@ impl World {
                 self.sdc_quarantine(faulty);
             }
             self.record(Some(rank as u32), Record::Detected { by: detector });
+            if detector == Detector::Watchdog {
+                let generation = self.control.as_ref().expect("a controller").generation;
+                self.flight_dump(generation);
+            }
             self.begin_abort();
         }
         self.control.as_mut().expect("a controller").awaiting += 1;
@@ -614,6 +625,7 @@ impl World {
         self.record(None, restart);
         self.stragglers_on_restart();
         self.sdc_restart();
+        self.hangs_on_restart();
         if regroup {
             return;
         }

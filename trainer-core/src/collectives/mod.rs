@@ -300,8 +300,7 @@ impl Collective {
         };
         let (algo, inter) = (self.algo, self.inter_node_algo);
         async move {
-            let op_id = ctx.op_id;
-            ctx.backend.emit(Event::CollectiveBegin { op_id, op, algo });
+            ctx.backend.emit(ctx.begin_event(op, algo, &span));
             let result = match op {
                 Op::AllReduce | Op::Barrier => match algo {
                     Algo::Ring => ring::all_reduce(&ctx, data, &span).await,
@@ -411,6 +410,18 @@ struct Ctx<'a, B> {
 }
 
 impl<'a, B: Backend> Ctx<'a, B> {
+    /// What a collective's start tells the backend (a flight recorder's entry).
+    fn begin_event(&self, op: Op, algo: Algo, span: &Span) -> Event {
+        Event::CollectiveBegin {
+            op_id: self.op_id,
+            op,
+            algo,
+            bytes: span.modelled_bytes(),
+            group: self.group.base_shape(),
+            group_holes: self.group.excluded().len() as u32,
+        }
+    }
+
     fn count(&self) -> usize {
         self.group.count()
     }

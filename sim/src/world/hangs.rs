@@ -1,0 +1,181 @@
+//! Hangs and the flight recorder, the world's side. A hung rank (`[[faults.hang]]`) stops in
+//! its step's compute and issues none of that step's collectives, alive all along: no heartbeat
+//! goes missing, so only the collective watchdog notices, when its peers' receives time out.
+//! Every rank's last collectives are in the flight recorder (`crate::flight`); when the watchdog
+//! fires the world dumps it and analyses the dump, and the report says whether the diagnosis
+//! named the rank that was made to hang: the ground truth no real cluster has.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use faultline_scenario::config::{HangPoint, HangSpec};
+use serde::Serialize;
+use trainer_core::Event;
+
+use super::World;
+use crate::books::FaultKind;
+use crate::flight::{self, Diagnosis, Dump, GroupKey, Recorder};
+use crate::trace::Record;
+
+pub(super) struct Hangs {
+    specs: Vec<HangSpec>,
+    fired: Vec<bool>,
+    /// Ranks whose hang is due in the step they are in (the index of its spec).
+    armed: BTreeMap<usize, usize>,
+    /// Ranks parked in a hang now; the abort wakes them.
+    hung: BTreeSet<usize>,
+    recorder: Option<Recorder>,
+    /// Keep each dump for `run --fr-dir` (at 100,000 GPUs one is 800,000 entries).
+    keep_dumps: bool,
+    pub(super) dumps: Vec<Dump>,
+    pub(super) reports: Vec<FlightReport>,
+    /// Hangs injected since the last dump.
+    injected: Vec<InjectedHang>,
+    /// The generation whose stop has been dumped already.
+    dumped_generation: Option<u64>,
+}
+
+/// One watchdog firing: what the flight recorder's analysis said, beside what was injected.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlightReport {
+    pub generation: u64,
+    pub diagnosis: Diagnosis,
+    /// The hang injected in this generation, if one was.
+    pub injected: Option<InjectedHang>,
+    /// Whether the diagnosis named the injected rank first (None without an injected hang).
+    pub named_injected_rank: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct InjectedHang {
+    pub rank: usize,
+    pub step: u64,
+    pub point: &'static str,
+    pub at_ns: u64,
+}
+
+impl Hangs {
+    pub(super) fn new(specs: Vec<HangSpec>, ranks: usize, record: bool) -> Hangs {
+        Hangs {
+            fired: vec![false; specs.len()],
+            specs,
+            armed: BTreeMap::new(),
+            hung: BTreeSet::new(),
+            recorder: record.then(|| Recorder::new(ranks)),
+            keep_dumps: false,
+            dumps: Vec::new(),
+            reports: Vec::new(),
+            injected: Vec::new(),
+            dumped_generation: None,
+        }
+    }
+}
+
+impl World {
+    /// Keep every flight-recorder dump for the caller (`take_flight_dumps`).
+    pub fn keep_flight_dumps(&mut self) {
+        self.hangs.keep_dumps = true;
+    }
+
+    pub fn take_flight_dumps(&mut self) -> Vec<Dump> {
+        std::mem::take(&mut self.hangs.dumps)
+    }
+
+    /// A rank's step began (arm its hang, if one is due) or a collective began or ended (the
+    /// flight recorder).
+    pub(super) fn hangs_observe(&mut self, rank: usize, event: &Event) {
+        let now = self.clock.now_ns();
+        let hangs = &mut self.hangs;
+        match *event {
+            Event::StepBegin { step } => {
+                let due = (hangs.specs.iter().enumerate())
+                    .find(|(idx, h)| h.rank == rank && h.at_step == step && !hangs.fired[*idx]);
+                if let Some((idx, _)) = due {
+                    hangs.armed.insert(rank, idx);
+                }
+            }
+            Event::CollectiveBegin {
+                op_id,
+                op,
+                algo,
+                bytes,
+                group,
+                group_holes,
+            } => {
+                if let Some(recorder) = &mut hangs.recorder {
+                    let pg = GroupKey::of(group, group_holes);
+                    recorder.begin(rank, pg, op, algo, (op_id, bytes), now);
+                }
+            }
+            Event::CollectiveEnd { op_id } => {
+                if let Some(recorder) = &mut hangs.recorder {
+                    recorder.end(rank, op_id, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `rank`'s compute hangs now, and where; the hang is booked as injected.
+    pub(super) fn hang_now(&mut self, rank: usize) -> Option<HangPoint> {
+        let idx = self.hangs.armed.remove(&rank)?;
+        self.hangs.fired[idx] = true;
+        self.hangs.hung.insert(rank);
+        let spec = self.hangs.specs[idx];
+        self.count_injected(FaultKind::Hang);
+        self.note_undetected_fault();
+        self.hangs.injected.push(InjectedHang {
+            rank,
+            step: spec.at_step,
+            point: spec.point.name(),
+            at_ns: self.clock.now_ns(),
+        });
+        self.record_injected(Some(rank as u32), FaultKind::Hang, |_| {
+            format!("rank {rank} at step {} ({})", spec.at_step, spec.point)
+        });
+        Some(spec.point)
+    }
+
+    /// The job stops: hung ranks are woken to see it.
+    pub(super) fn wake_hung(&mut self) {
+        for rank in std::mem::take(&mut self.hangs.hung) {
+            self.wake(rank);
+        }
+    }
+
+    /// A new generation: new processes, empty recorders, nothing armed.
+    pub(super) fn hangs_on_restart(&mut self) {
+        self.hangs.armed.clear();
+        self.hangs.hung.clear();
+        if let Some(recorder) = &mut self.hangs.recorder {
+            recorder.clear();
+        }
+    }
+
+    /// The watchdog fired in `generation`: dump every rank's recorder, once per stop, and
+    /// analyse it.
+    pub(super) fn flight_dump(&mut self, generation: u64) {
+        let hangs = &mut self.hangs;
+        let Some(recorder) = &hangs.recorder else {
+            return;
+        };
+        if hangs.dumped_generation == Some(generation) {
+            return;
+        }
+        hangs.dumped_generation = Some(generation);
+        let dump = recorder.dump("watchdog", generation, self.clock.now_ns());
+        let diagnosis = flight::analyse(&dump);
+        let injected = hangs.injected.drain(..).next();
+        let named_injected_rank = injected.map(|h| diagnosis.first_culprit() == Some(h.rank));
+        let text = diagnosis.to_string();
+        hangs.reports.push(FlightReport {
+            generation,
+            diagnosis,
+            injected,
+            named_injected_rank,
+        });
+        if hangs.keep_dumps {
+            hangs.dumps.push(dump);
+        }
+        self.record(None, Record::FlightRecorder { diagnosis: &text });
+    }
+}

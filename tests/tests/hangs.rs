@@ -1,0 +1,98 @@
+//! Hangs: a rank that stops issuing collectives, alive. Only the collective watchdog may see
+//! it (never the heartbeat monitor), and the flight recorder's analysis must name the rank
+//! that was made to hang and the collective it never joined, for every position, rank and
+//! world size the sweep draws.
+
+use faultline_sim::books::{Detector, FaultKind};
+use faultline_sim::flight::Verdict;
+use faultline_sim::run::{run_scenario, RunReport};
+use faultline_sim::scenario::load_str;
+use trainer_core::digest::mix64;
+
+/// `gpus` GPUs (8 a node, or one partial node), `steps` steps, rank `rank` hung at `step`.
+fn run(gpus: usize, steps: u64, hang: Option<(usize, u64, &str)>) -> RunReport {
+    let mut text = format!(
+        "[cluster]\ngpus = {gpus}\ngpus_per_node = {}\n\
+         [job]\nsteps = {steps}\nproxy_elems = 16\nmodel_params = 1e9\n\
+         [checkpoint]\ninterval = 2\n\
+         [recovery]\nrestart_time = \"1min\"\nheartbeat_interval = \"5s\"\n\
+         collective_timeout = \"2min\"\n",
+        gpus.min(8)
+    );
+    if let Some((rank, step, point)) = hang {
+        text += &format!("[[faults.hang]]\ngpu = {rank}\nat_step = {step}\npoint = \"{point}\"\n");
+    }
+    let scenario = load_str("hang", "<test>", &text, &[]).unwrap();
+    run_scenario(&scenario).unwrap()
+}
+
+#[test]
+fn a_hang_is_seen_by_the_watchdog_alone_and_the_recorder_names_its_rank() {
+    let fault_free = run(64, 8, None);
+    for point in ["data_loader", "kernel"] {
+        let report = run(64, 8, Some((21, 5, point)));
+        let faults = &report.faults;
+        assert_eq!(faults.injected.get(&FaultKind::Hang), Some(&1), "{point}");
+        // Alive: the heartbeat monitor never fires; the watchdog does.
+        assert_eq!(faults.detected.get(&Detector::Heartbeat), None, "{point}");
+        assert_eq!(
+            faults.detected.get(&Detector::Watchdog),
+            Some(&1),
+            "{point}"
+        );
+        let [flight] = faults.flight_recorder.as_slice() else {
+            panic!(
+                "{point}: one watchdog firing, one dump: {:?}",
+                faults.flight_recorder
+            );
+        };
+        assert_eq!(flight.diagnosis.verdict, Verdict::Hang, "{point}");
+        assert_eq!(flight.diagnosis.missing_ranks, vec![21], "{point}");
+        assert_eq!(flight.diagnosis.started_count, 63, "{point}");
+        assert_eq!(flight.named_injected_rank, Some(true), "{point}");
+        assert_eq!(flight.injected.map(|h| (h.rank, h.step)), Some((21, 5)));
+        // Recovered: every step done, the fault-free parameters.
+        assert_eq!(report.steps_completed, 8);
+        assert_eq!(report.param_digest, fault_free.param_digest, "{point}");
+    }
+}
+
+/// A seeded sweep of world sizes, ranks and steps: the diagnosis names the injected rank and
+/// the first collective of the hung step every time.
+#[test]
+fn the_recorder_names_the_hung_rank_for_every_position_rank_and_size() {
+    for (i, gpus) in [8usize, 24, 64, 512, 4096].into_iter().enumerate() {
+        for draw in 0..2u64 {
+            let hash = mix64(0x4a46 ^ (i as u64) << 8 ^ draw);
+            let rank = (hash % gpus as u64) as usize;
+            let step = 1 + (hash >> 32) % 3;
+            let point = if draw % 2 == 0 {
+                "data_loader"
+            } else {
+                "kernel"
+            };
+            let report = run(gpus, 4, Some((rank, step, point)));
+            let case = format!("{gpus} GPUs, rank {rank}, step {step}, {point}");
+            let [flight] = report.faults.flight_recorder.as_slice() else {
+                panic!("{case}: {:?}", report.faults.flight_recorder);
+            };
+            assert_eq!(flight.diagnosis.missing_ranks, vec![rank], "{case}");
+            assert_eq!(flight.named_injected_rank, Some(true), "{case}");
+            let collective = flight.diagnosis.collective.as_ref().expect("a collective");
+            // One gradient all-reduce a step on this job, numbered from 1.
+            assert!(
+                collective.collective_seq_id > step,
+                "{case}: {collective:?}"
+            );
+            assert_eq!(report.steps_completed, 4, "{case}");
+        }
+    }
+}
+
+/// Without a hang the watchdog never fires: no dump, no diagnosis, no hang booked.
+#[test]
+fn without_a_hang_nothing_is_dumped() {
+    let report = run(64, 4, None);
+    assert!(report.faults.flight_recorder.is_empty());
+    assert_eq!(report.faults.injected.get(&FaultKind::Hang), None);
+}
