@@ -14,6 +14,7 @@ pub mod health;
 pub mod integrity;
 pub mod job;
 pub mod kernels;
+pub mod layout;
 pub mod model;
 #[macro_use]
 pub mod names;
