@@ -41,6 +41,9 @@ pub struct JobConfig {
     pub checkpoint: Option<CheckpointPolicy>,
     /// Checks against silent data corruption.
     pub detection: DetectionPolicy,
+    /// Train over a tensor, pipeline and data-parallel layout (`layout_job`) instead of plain
+    /// data parallelism over a linear model.
+    pub layout: Option<crate::layout_job::LayoutJobConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
