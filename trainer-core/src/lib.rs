@@ -16,6 +16,7 @@ pub mod job;
 pub mod kernels;
 pub mod layout;
 pub mod layout_job;
+pub mod mlp;
 pub mod model;
 #[macro_use]
 pub mod names;
