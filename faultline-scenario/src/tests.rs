@@ -273,8 +273,15 @@ fn a_layout_derives_dp_and_reads_its_job_keys() {
         "tp = 4\npp = 2\ndp_sharding = \"full\"\norder = \"tp-pp-dp\"",
         "schedule = \"gpipe\"\nmicro_batches = 3\nhidden = 512",
     );
-    let layout = load_str("t", "t.toml", &text, &[]).unwrap().job.layout.unwrap();
-    assert_eq!((layout.layout.tp, layout.layout.pp, layout.layout.dp), (4, 2, 4));
+    let layout = load_str("t", "t.toml", &text, &[])
+        .unwrap()
+        .job
+        .layout
+        .unwrap();
+    assert_eq!(
+        (layout.layout.tp, layout.layout.pp, layout.layout.dp),
+        (4, 2, 4)
+    );
     assert_eq!(layout.layout.order, RankOrder::TpPpDp);
     assert_eq!(layout.dp_sharding, DpSharding::Full);
     assert_eq!(layout.schedule, Schedule::GPipe);
@@ -282,7 +289,10 @@ fn a_layout_derives_dp_and_reads_its_job_keys() {
     // Defaults: Megatron's order, no sharding, 1F1B.
     let plain = load_str("t", "t.toml", &layout_text("", ""), &[]).unwrap();
     let plain = plain.job.layout.unwrap();
-    assert_eq!((plain.layout.tp, plain.layout.pp, plain.layout.dp), (1, 1, 32));
+    assert_eq!(
+        (plain.layout.tp, plain.layout.pp, plain.layout.dp),
+        (1, 1, 32)
+    );
     assert_eq!(plain.layout.order, RankOrder::TpDpPp);
     assert_eq!(plain.dp_sharding, DpSharding::None);
     assert_eq!(plain.schedule, Schedule::OneForwardOneBackward);
@@ -305,17 +315,33 @@ fn bad_layouts_are_refused_with_line_and_key() {
         ("dp = 0", "", "", "parallelism.dp", 9),
         ("tp = 0", "", "", "parallelism.tp", 9),
         ("order = \"pp-dp-tp\"", "", "", "parallelism.order", 9),
-        ("dp_sharding = \"zero\"", "", "", "parallelism.dp_sharding", 9),
+        (
+            "dp_sharding = \"zero\"",
+            "",
+            "",
+            "parallelism.dp_sharding",
+            9,
+        ),
         ("tp = 2", "micro_batches = 0", "", "job.micro_batches", 7),
         ("tp = 2", "schedule = \"zb\"", "", "job.schedule", 7),
         ("", "", "[checkpoint]\ninterval = 1", "checkpoint", 10),
-        ("", "", "[recovery]\npolicy = \"per-replica\"", "recovery.policy", 11),
+        (
+            "",
+            "",
+            "[recovery]\npolicy = \"per-replica\"",
+            "recovery.policy",
+            11,
+        ),
     ];
     for (parallelism, job, extra, key, line) in cases {
         let text = format!("{}{extra}\n", layout_text(parallelism, job));
         let e = load_str("t", "bad.toml", &text, &[]).unwrap_err();
         assert_eq!(e.key.as_deref(), Some(key), "{parallelism} {job}: {e}");
-        assert_eq!(e.line_col.map(|l| l.0), Some(line), "{parallelism} {job}: {e}");
+        assert_eq!(
+            e.line_col.map(|l| l.0),
+            Some(line),
+            "{parallelism} {job}: {e}"
+        );
     }
     // Outside a table, through --set, the override is named.
     let e = load_str("t", "t.toml", MINIMAL, &["parallelism.tp=3".into()]).unwrap_err();

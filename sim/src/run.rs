@@ -7,6 +7,7 @@ use std::rc::Rc;
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
+use trainer_core::layout_job::{self, LayoutJobConfig, TimeSplit};
 use trainer_core::Backend;
 
 use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
@@ -148,6 +149,9 @@ pub struct RunReport {
     /// Straggler slowdowns and scores; absent without either.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<StragglerReport>,
+    /// The parallelism layout, its bubble and where step time went; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutReport>,
     /// Rank 0's completed step durations in order (for tests and tools; not serialised).
     #[serde(skip)]
     pub rank0_step_ns: Vec<u64>,
@@ -218,7 +222,12 @@ pub fn run_scenario_with(
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let config = config.clone();
-        async move { job::run(&backend, (*config).clone()).await }
+        async move {
+            match config.layout {
+                Some(_) => layout_job::run(&backend, (*config).clone()).await,
+                None => job::run(&backend, (*config).clone()).await,
+            }
+        }
     });
     let passed = world.borrow().passed_horizon_at_ns();
     let results = match (results, passed) {
@@ -271,10 +280,16 @@ fn report_of(
         .filter(|r| r.steps_completed == scenario.job.steps)
         .collect();
     let outcome0 = finished.first().copied().unwrap_or(&results[0]);
-    let replicas_agree = !finished.is_empty()
-        && finished
-            .iter()
-            .all(|r| r.param_digest == outcome0.param_digest);
+    let (param_digest, replicas_agree) = match &scenario.job.layout {
+        Some(layout) => layout_digest(layout, &finished),
+        None => (
+            outcome0.param_digest,
+            !finished.is_empty()
+                && finished
+                    .iter()
+                    .all(|r| r.param_digest == outcome0.param_digest),
+        ),
+    };
     let mut faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
     RunReport {
@@ -288,7 +303,7 @@ fn report_of(
         steps_completed: outcome0.steps_completed,
         model_time_ns,
         trace_digest: hex(world.trace_digest()),
-        param_digest: hex(outcome0.param_digest),
+        param_digest: hex(param_digest),
         final_loss: outcome0.final_loss,
         first_loss: outcome0.first_loss,
         replicas_agree,
@@ -322,9 +337,101 @@ fn report_of(
         per_replica: faults.per_replica,
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
+        layout: (scenario.job.layout.as_ref()).map(|layout| LayoutReport::of(layout, results)),
         rank0_step_ns: world.rank0_step_ns(),
         story: world.story().clone(),
         wall_ms: wall_ms_since(started),
+    }
+}
+
+/// A layout job's parameter digest and whether its replicas agree: every shard's replicas
+/// must end with the same parameters, bit for bit, and the digest is of the shards' digests in
+/// shard order. Judged over the ranks that finished; a shard none of them holds disagrees.
+fn layout_digest(layout: &LayoutJobConfig, finished: &[&job::JobOutcome]) -> (u64, bool) {
+    let mut shards = std::collections::BTreeMap::new();
+    let mut agree = true;
+    for outcome in finished {
+        let shard = outcome
+            .layout
+            .as_ref()
+            .expect("a layout job's outcome")
+            .shard;
+        let first = *shards.entry(shard).or_insert(outcome.param_digest);
+        agree &= first == outcome.param_digest;
+    }
+    agree &= shards.len() == layout.layout.shard_count();
+    let mut digest = trainer_core::digest::Digest::new();
+    for shard_digest in shards.values() {
+        digest.u64(*shard_digest);
+    }
+    (digest.finish(), agree)
+}
+
+/// A layout job's report: its shape, and rank 0's view of the pipeline (rank 0 is a first
+/// stage, whose span is the whole pipeline's).
+#[derive(Clone, Debug, Serialize)]
+pub struct LayoutReport {
+    pub tp: usize,
+    pub pp: usize,
+    pub dp: usize,
+    pub order: &'static str,
+    pub dp_sharding: &'static str,
+    pub schedule: &'static str,
+    pub micro_batches: usize,
+    /// The share of rank 0's pipeline span without compute, measured from model time.
+    pub bubble_fraction: f64,
+    /// `(pp - 1) / (m + pp - 1)`: the bubble with equal stages and free communication.
+    pub ideal_bubble_fraction: f64,
+    /// Rank 0's model time by what it waited for, summed over its steps.
+    pub time_split_ns: TimeSplitReport,
+    /// The global mean loss of each step (for tests; not in the JSON report).
+    #[serde(skip)]
+    pub step_losses: Vec<f32>,
+}
+
+impl LayoutReport {
+    fn of(job: &LayoutJobConfig, results: &[job::JobOutcome]) -> LayoutReport {
+        let rank0 = results[0].layout.as_ref().expect("a layout job's outcome");
+        LayoutReport {
+            tp: job.layout.tp,
+            pp: job.layout.pp,
+            dp: job.layout.dp,
+            order: job.layout.order.name(),
+            dp_sharding: job.dp_sharding.name(),
+            schedule: job.schedule.name(),
+            micro_batches: job.micro_batches,
+            bubble_fraction: rank0.time.bubble_fraction(),
+            ideal_bubble_fraction: trainer_core::pipeline::ideal_bubble_fraction(
+                job.layout.pp,
+                job.micro_batches,
+            ),
+            time_split_ns: TimeSplitReport::from(rank0.time),
+            step_losses: rank0.losses.clone(),
+        }
+    }
+}
+
+/// [`TimeSplit`] as the JSON report spells it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TimeSplitReport {
+    pub compute: u64,
+    pub tp: u64,
+    pub pp: u64,
+    pub dp: u64,
+    pub pipeline: u64,
+    pub pass_compute: u64,
+}
+
+impl From<TimeSplit> for TimeSplitReport {
+    fn from(t: TimeSplit) -> TimeSplitReport {
+        TimeSplitReport {
+            compute: t.compute_ns,
+            tp: t.tp_ns,
+            pp: t.pp_ns,
+            dp: t.dp_ns,
+            pipeline: t.pipeline_ns,
+            pass_compute: t.pass_compute_ns,
+        }
     }
 }
 

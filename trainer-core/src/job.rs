@@ -58,6 +58,8 @@ pub struct JobOutcome {
     pub recomputed_steps: u64,
     /// Mean loss at step 0, for seeing that training converges.
     pub first_loss: f32,
+    /// A layout job's shard, losses and time split; `None` without a layout.
+    pub layout: Option<Box<crate::layout_job::LayoutOutcome>>,
 }
 
 /// One replica's training state.
@@ -551,6 +553,7 @@ impl Trainer {
             restarts: self.restarts,
             recomputed_steps: self.recomputed_steps,
             first_loss: self.first_loss,
+            layout: None,
         }
     }
 }

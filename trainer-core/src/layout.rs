@@ -147,7 +147,8 @@ mod tests {
     fn check(layout: Layout, gpus_per_node: usize) {
         let world = layout.world_size();
         let placement = Placement::new(world, gpus_per_node);
-        let kinds: [(fn(&Layout, usize) -> Group, usize); 3] = [
+        type GroupOf = fn(&Layout, usize) -> Group;
+        let kinds: [(GroupOf, usize); 3] = [
             (Layout::tp_group, layout.tp),
             (Layout::pp_group, layout.pp),
             (Layout::dp_group, layout.dp),

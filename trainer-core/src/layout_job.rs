@@ -6,6 +6,10 @@ use std::ops::Range;
 use crate::layout::{part_range, DpSharding, Layout};
 use crate::pipeline::Schedule;
 
+mod trainer;
+
+pub use trainer::{run, LayoutTrainer};
+
 /// The dimensions of the model a layout job's proxy stands for: a dense transformer of
 /// `layers` layers of width `hidden`, trained on micro-batches of `micro_batch_size`
 /// sequences of `seq_len` tokens.
@@ -82,6 +86,45 @@ impl LayoutJobConfig {
             shard_params: 12.0 * h * h * model_layers as f64 / tp,
         }
     }
+}
+
+/// Where one rank's model time went, summed over its steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeSplit {
+    /// Forward, backward and optimizer compute.
+    pub compute_ns: u64,
+    /// The TP all-reduces.
+    pub tp_ns: u64,
+    /// Sending and waiting for activations and their gradients.
+    pub pp_ns: u64,
+    /// The DP collectives: the gradient's reduction and the weights' gathers.
+    pub dp_ns: u64,
+    /// From each step's first pass to its last, summed over steps.
+    pub pipeline_ns: u64,
+    /// The forward and backward compute inside those spans.
+    pub pass_compute_ns: u64,
+}
+
+impl TimeSplit {
+    /// The share of the pipeline's span this rank spent without compute: on the first stage,
+    /// the pipeline's bubble (with communication free, `(pp - 1) / (m + pp - 1)`).
+    pub fn bubble_fraction(&self) -> f64 {
+        if self.pipeline_ns == 0 {
+            return 0.0;
+        }
+        1.0 - self.pass_compute_ns as f64 / self.pipeline_ns as f64
+    }
+}
+
+/// What one rank of a layout job reports besides the job's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayoutOutcome {
+    /// Its shard (`stage * tp + tp_rank`) and which replica of it it holds.
+    pub shard: usize,
+    pub dp_rank: usize,
+    /// The global mean loss of each step, in step order.
+    pub losses: Vec<f32>,
+    pub time: TimeSplit,
 }
 
 #[cfg(test)]

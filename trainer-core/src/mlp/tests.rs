@@ -33,6 +33,9 @@ fn the_reference_gradient_matches_finite_differences() {
     }
 }
 
+/// One stage's layers' inputs and each TP rank's pre-activations, from forward to backward.
+type Saved = Vec<(Vec<f32>, Vec<Vec<f32>>)>;
+
 /// One split of the proxy, trained on the host: `tp * pp` shards, each held by `dp` replicas
 /// that start equal and stay so, so one copy per shard is kept.
 struct Split {
@@ -93,9 +96,9 @@ impl Split {
         let (width, b) = (self.shapes[0].width, self.micro_batch_size);
         let x = inputs(SEED, step, first, b, width);
         // Per stage, per layer: the input and each TP rank's pre-activations.
-        let mut saved: Vec<Vec<(Vec<f32>, Vec<Vec<f32>>)>> = vec![Vec::new(); self.pp];
+        let mut saved: Vec<Saved> = vec![Vec::new(); self.pp];
         let mut h = x.clone();
-        for stage in 0..self.pp {
+        for (stage, saved) in saved.iter_mut().enumerate() {
             let shards = stage * self.tp..(stage + 1) * self.tp;
             for layer in 0..self.shapes[shards.start].layers.len() {
                 let mut pres = Vec::new();
@@ -111,7 +114,7 @@ impl Split {
                 }
                 let mut out = Self::tp_sum(&partials);
                 crate::kernels::add_assign(&mut out, &h);
-                saved[stage].push((std::mem::replace(&mut h, out), pres));
+                saved.push((std::mem::replace(&mut h, out), pres));
             }
         }
         let (loss, mut g) = loss_and_output_grad(&h, &x, width, self.global_batch());
