@@ -274,22 +274,7 @@ fn report_of(
     started: std::time::Instant,
 ) -> RunReport {
     let stats = world.stats();
-    // Ranks that died after others had finished never resumed; judge the ranks that finished.
-    let finished: Vec<_> = results
-        .iter()
-        .filter(|r| r.steps_completed == scenario.job.steps)
-        .collect();
-    let outcome0 = finished.first().copied().unwrap_or(&results[0]);
-    let (param_digest, replicas_agree) = match &scenario.job.layout {
-        Some(layout) => layout_digest(layout, &finished),
-        None => (
-            outcome0.param_digest,
-            !finished.is_empty()
-                && finished
-                    .iter()
-                    .all(|r| r.param_digest == outcome0.param_digest),
-        ),
-    };
+    let (outcome0, param_digest, replicas_agree) = judge(scenario, results);
     let mut faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
     RunReport {
@@ -337,11 +322,40 @@ fn report_of(
         per_replica: faults.per_replica,
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
-        layout: (scenario.job.layout.as_ref()).map(|layout| LayoutReport::of(layout, results)),
+        layout: LayoutReport::of(scenario, results),
         rank0_step_ns: world.rank0_step_ns(),
         story: world.story().clone(),
         wall_ms: wall_ms_since(started),
     }
+}
+
+/// The outcome the report speaks for (rank 0's, or the first rank's that finished every step),
+/// the parameter digest, and whether the replicas agree. Ranks that died after others had
+/// finished never resumed: the ranks that finished are judged.
+fn judge<'r>(
+    scenario: &Scenario,
+    results: &'r [job::JobOutcome],
+) -> (&'r job::JobOutcome, u64, bool) {
+    let finished: Vec<_> = results
+        .iter()
+        .filter(|r| r.steps_completed == scenario.job.steps)
+        .collect();
+    let outcome0 = finished.first().copied().unwrap_or(&results[0]);
+    let (digest, agree) = match &scenario.job.layout {
+        Some(layout) => layout_digest(layout, &finished),
+        None => plain_digest(outcome0, &finished),
+    };
+    (outcome0, digest, agree)
+}
+
+/// Rank 0's parameter digest (or the first finished rank's) and whether every finished replica
+/// holds the same parameters.
+fn plain_digest(outcome0: &job::JobOutcome, finished: &[&job::JobOutcome]) -> (u64, bool) {
+    let agree = !finished.is_empty()
+        && finished
+            .iter()
+            .all(|r| r.param_digest == outcome0.param_digest);
+    (outcome0.param_digest, agree)
 }
 
 /// A layout job's parameter digest and whether its replicas agree: every shard's replicas
@@ -390,9 +404,11 @@ pub struct LayoutReport {
 }
 
 impl LayoutReport {
-    fn of(job: &LayoutJobConfig, results: &[job::JobOutcome]) -> LayoutReport {
+    /// The report of a scenario's layout job; `None` without a layout.
+    fn of(scenario: &Scenario, results: &[job::JobOutcome]) -> Option<LayoutReport> {
+        let job = scenario.job.layout.as_ref()?;
         let rank0 = results[0].layout.as_ref().expect("a layout job's outcome");
-        LayoutReport {
+        Some(LayoutReport {
             tp: job.layout.tp,
             pp: job.layout.pp,
             dp: job.layout.dp,
@@ -407,7 +423,7 @@ impl LayoutReport {
             ),
             time_split_ns: TimeSplitReport::from(rank0.time),
             step_losses: rank0.losses.clone(),
-        }
+        })
     }
 }
 
