@@ -411,11 +411,11 @@ impl Trainer {
             .await?;
         let loss = buffer[dim];
         backend.emit(Event::StepEnd { step, loss });
-        self.step += 1;
-        if self.step <= self.high_water_step {
-            self.recomputed_steps += 1;
-        }
-        self.high_water_step = self.high_water_step.max(self.step);
+        count_completed_step(
+            &mut self.step,
+            &mut self.high_water_step,
+            &mut self.recomputed_steps,
+        );
         self.last_loss = loss;
         if step == 0 {
             self.first_loss = loss;
@@ -556,6 +556,20 @@ impl Trainer {
             layout: None,
         }
     }
+}
+
+/// Counts a completed step: the next step, and whether the step was one done before (a
+/// recompute, after going back to a checkpoint or to the start).
+pub(crate) fn count_completed_step(
+    step: &mut u64,
+    high_water_step: &mut u64,
+    recomputed: &mut u64,
+) {
+    *step += 1;
+    if *step <= *high_water_step {
+        *recomputed += 1;
+    }
+    *high_water_step = (*high_water_step).max(*step);
 }
 
 /// How a rank goes on after a failure.

@@ -450,11 +450,11 @@ impl LayoutTrainer {
         backend.emit(Event::StepEnd { step, loss });
         self.losses.truncate(step as usize);
         self.losses.push(loss);
-        self.step += 1;
-        if self.step <= self.high_water_step {
-            self.recomputed_steps += 1;
-        }
-        self.high_water_step = self.high_water_step.max(self.step);
+        crate::job::count_completed_step(
+            &mut self.step,
+            &mut self.high_water_step,
+            &mut self.recomputed_steps,
+        );
         self.last_loss = loss;
         if step == 0 {
             self.first_loss = loss;
