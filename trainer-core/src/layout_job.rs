@@ -68,6 +68,23 @@ impl LayoutJobConfig {
         self.layout.dp * self.micro_batches * self.model.micro_batch_size
     }
 
+    /// The most real f32 one rank holds at once, on the stage with the most layers: its
+    /// weights, its gradient and the DP buffers built from them (four copies), and the
+    /// micro-batches in flight (each layer's input, pre-activations and output, the
+    /// message buffers): all `m` under GPipe, at most `pp` under 1F1B.
+    pub fn peak_floats_per_rank(&self) -> usize {
+        let layers = self.proxy_layers.div_ceil(self.layout.pp);
+        let units = self.proxy_width / self.layout.tp;
+        let weights = layers * 2 * units * self.proxy_width;
+        let in_flight = match self.schedule {
+            Schedule::GPipe => self.micro_batches,
+            Schedule::OneForwardOneBackward => self.micro_batches.min(self.layout.pp),
+        };
+        let per_micro_batch =
+            (layers + 3) * self.model.micro_batch_size * (self.proxy_width + units);
+        4 * weights + in_flight * per_micro_batch
+    }
+
     pub fn stage_costs(&self, stage: usize) -> StageCosts {
         let m = &self.model;
         let tp = self.layout.tp as f64;
