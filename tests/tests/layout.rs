@@ -196,3 +196,33 @@ fn the_time_split_shows_each_kind_of_traffic() {
     let no_tp = run(&scenario_text((1, 2, 4), 4, "none", ""), &[]);
     assert_eq!(no_tp.layout.unwrap().time_split_ns.tp, 0);
 }
+
+/// A node crash under each restart-based policy (no checkpoints over a layout yet): the job
+/// restarts from the initial weights, trains every step again and ends with the fault-free
+/// run's parameters, every shard's replicas agreeing.
+#[test]
+fn a_crash_restarts_a_layout_job_to_the_fault_free_parameters() {
+    let recovery = "[recovery]\nrestart_time = \"1min\"\nheartbeat_interval = \"5s\"\n";
+    let text = scenario_text((2, 2, 2), 4, "optimizer", recovery);
+    let reference = run(&text, &[]);
+    for (policy, target, step) in [("restart", "node = 1", 2), ("in-memory", "gpu = 6", 1)] {
+        let crash = format!("[[faults.crash]]\n{target}\nat_step = {step}\n");
+        let sets = [format!("recovery.policy=\"{policy}\"")];
+        let report = run(&format!("{text}{crash}"), &sets);
+        let case = format!("{policy}: {target} at step {step}");
+        assert_eq!(report.recoveries, 1, "{case}");
+        assert_eq!(report.steps_completed, STEPS, "{case}");
+        assert_eq!(report.param_digest, reference.param_digest, "{case}");
+        assert!(report.replicas_agree, "{case}");
+        let losses = &report.layout.as_ref().unwrap().step_losses;
+        assert_eq!(
+            losses,
+            &reference.layout.as_ref().unwrap().step_losses,
+            "{case}"
+        );
+        assert!(
+            report.model_time_ns > reference.model_time_ns + 60_000_000_000,
+            "{case}"
+        );
+    }
+}
