@@ -512,7 +512,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         }),
         collective: job.collective.with_checksums(detection.payload_checksums),
         detection,
-        layout,
+        layout: layout.map(Box::new),
         ..job
     };
     Ok(Scenario {

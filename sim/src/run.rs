@@ -224,7 +224,9 @@ pub fn run_scenario_with(
         let config = config.clone();
         async move {
             match config.layout {
-                Some(_) => layout_job::run(&backend, (*config).clone()).await,
+                // Boxed, so that the plain job's future, which every rank of every plain run
+                // holds, keeps its size.
+                Some(_) => Box::pin(layout_job::run(&backend, (*config).clone())).await,
                 None => job::run(&backend, (*config).clone()).await,
             }
         }

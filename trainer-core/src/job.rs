@@ -42,8 +42,9 @@ pub struct JobConfig {
     /// Checks against silent data corruption.
     pub detection: DetectionPolicy,
     /// Train over a tensor, pipeline and data-parallel layout (`layout_job`) instead of plain
-    /// data parallelism over a linear model.
-    pub layout: Option<crate::layout_job::LayoutJobConfig>,
+    /// data parallelism over a linear model. Boxed: every rank's trainer holds a config, and
+    /// the plain job's need not grow by a layout's.
+    pub layout: Option<Box<crate::layout_job::LayoutJobConfig>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

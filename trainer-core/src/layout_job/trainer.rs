@@ -70,7 +70,7 @@ impl LayoutTrainer {
         LayoutTrainer {
             costs: job.stage_costs(coords.stage),
             config,
-            job,
+            job: *job,
             rank,
             coords,
             shape,
