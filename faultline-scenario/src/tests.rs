@@ -324,6 +324,14 @@ fn bad_layouts_are_refused_with_line_and_key() {
         ),
         ("tp = 2", "micro_batches = 0", "", "job.micro_batches", 7),
         ("tp = 2", "schedule = \"zb\"", "", "job.schedule", 7),
+        ("", "hidden = 1000000\nlayers = 100", "", "job.hidden", 7),
+        (
+            "",
+            "seq_len = 10000000\nmicro_batch_size = 4096\nhidden = 16384",
+            "",
+            "job.seq_len",
+            7,
+        ),
         ("", "", "[checkpoint]\ninterval = 1", "checkpoint", 10),
         (
             "",

@@ -95,6 +95,7 @@ pub(super) fn validate_layout(
     let Some(raw) = raw else {
         return Ok(None);
     };
+    check_model_size(src, &model)?;
     let layout = validate_shape(src, raw, cluster, proxy_layers, proxy_width, model.layers)?;
     let dp_sharding = named(
         src,
@@ -114,6 +115,34 @@ pub(super) fn validate_layout(
         grad_bytes_per_param: job.grad_bytes_per_param,
         optimizer_flops_per_param: job.optimizer_flops_per_param,
     }))
+}
+
+/// The most parameters, and the largest activation in bytes, a layout's modelled model may
+/// have: `job.model_params`' bound, and a petabyte per micro-batch, so that every modelled size
+/// stays far inside a 64-bit byte count.
+const MAX_MODEL_PARAMS: f64 = 1e15;
+const MAX_ACTIVATION_BYTES: f64 = 1e15;
+
+/// The modelled model's size, whose keys are each in range but may multiply past the bounds.
+fn check_model_size(src: &Source, model: &ModelDims) -> Result<(), ScenarioError> {
+    let (h, layers) = (model.hidden as f64, model.layers as f64);
+    let params = 12.0 * h * h * layers;
+    if params > MAX_MODEL_PARAMS {
+        let why = format!(
+            "job.layers x 12 x job.hidden^2 = {params:e} parameters, more than the 1e15 a \
+             modelled model may have"
+        );
+        return Err(src.error("job.hidden", why));
+    }
+    let activation = 2.0 * h * model.seq_len as f64 * model.micro_batch_size as f64;
+    if activation > MAX_ACTIVATION_BYTES {
+        let why = format!(
+            "a micro-batch's activations (job.seq_len x job.micro_batch_size x job.hidden x 2 \
+             bytes) would be {activation:e} bytes, more than 1e15"
+        );
+        return Err(src.error("job.seq_len", why));
+    }
+    Ok(())
 }
 
 /// `tp`, `pp`, `dp` and `order`: TP inside a node, the three filling the cluster, a layer for
