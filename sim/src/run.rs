@@ -762,3 +762,54 @@ fn wall_clock_start() -> std::time::Instant {
 fn wall_ms_since(start: std::time::Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use trainer_core::job::JobOutcome;
+    use trainer_core::layout_job::{LayoutOutcome, TimeSplit};
+
+    /// A layout job's digest is over its shards; any shard whose replicas differ, or that no
+    /// finished rank holds, makes the replicas disagree.
+    #[test]
+    fn every_shards_replicas_must_agree() {
+        let text = "[cluster]\ngpus = 8\ngpus_per_node = 4\n[job]\nsteps = 1\nproxy_layers = 2\n\
+                    [parallelism]\ntp = 2\npp = 2\n";
+        let scenario = crate::scenario::load_str("t", "t", text, &[]).unwrap();
+        let layout = scenario.job.layout.as_deref().unwrap();
+        let outcome = |rank: usize, digest: u64| JobOutcome {
+            steps_completed: 1,
+            final_loss: 0.5,
+            param_digest: digest,
+            restarts: 0,
+            recomputed_steps: 0,
+            first_loss: 0.5,
+            layout: Some(Box::new(LayoutOutcome {
+                shard: layout.layout.shard_of(rank),
+                dp_rank: layout.layout.coords(rank).dp_rank,
+                losses: vec![0.5],
+                time: TimeSplit::default(),
+            })),
+        };
+        let outcomes: Vec<JobOutcome> = (0..8)
+            .map(|rank| outcome(rank, 100 + layout.layout.shard_of(rank) as u64))
+            .collect();
+        let all: Vec<&JobOutcome> = outcomes.iter().collect();
+        let (digest, agree) = super::layout_digest(layout, &all);
+        assert!(agree);
+        // The other replica of each shard gives the same digest.
+        let replica_1: Vec<&JobOutcome> = (all.iter().copied())
+            .filter(|o| o.layout.as_ref().unwrap().dp_rank == 1)
+            .collect();
+        assert_eq!(replica_1.len(), 4);
+        assert_eq!(super::layout_digest(layout, &replica_1), (digest, true));
+        let mut diverged = outcomes.clone();
+        diverged[5].param_digest += 1;
+        let diverged: Vec<&JobOutcome> = diverged.iter().collect();
+        assert!(!super::layout_digest(layout, &diverged).1);
+        // Without the ranks of one shard (tp rank 1 of stage 1), the shards do not all agree.
+        let missing: Vec<&JobOutcome> = (all.iter().copied())
+            .filter(|o| o.layout.as_ref().unwrap().shard != 3)
+            .collect();
+        assert!(!super::layout_digest(layout, &missing).1);
+    }
+}
