@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
-use trainer_core::layout_job::{self, LayoutJobConfig, TimeSplit};
+use trainer_core::layout_job::{self, LayoutJobConfig, TimeSplit, Traffic, TrafficByKind};
 use trainer_core::Backend;
 
 use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
@@ -400,6 +400,8 @@ pub struct LayoutReport {
     pub ideal_bubble_fraction: f64,
     /// Rank 0's model time by what it waited for, summed over its steps.
     pub time_split_ns: TimeSplitReport,
+    /// Every rank's messages and their modelled bytes, by kind.
+    pub traffic: TrafficReport,
     /// The global mean loss of each step (for tests; not in the JSON report).
     #[serde(skip)]
     pub step_losses: Vec<f32>,
@@ -424,8 +426,54 @@ impl LayoutReport {
                 job.micro_batches,
             ),
             time_split_ns: TimeSplitReport::from(rank0.time),
+            traffic: TrafficReport::of(results),
             step_losses: rank0.losses.clone(),
         })
+    }
+}
+
+/// Messages and modelled bytes of one kind, summed over the ranks.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KindTraffic {
+    pub messages: u64,
+    pub modelled_bytes: u64,
+}
+
+impl From<Traffic> for KindTraffic {
+    fn from(t: Traffic) -> KindTraffic {
+        KindTraffic {
+            messages: t.messages,
+            modelled_bytes: t.modelled_bytes,
+        }
+    }
+}
+
+/// A layout job's messages by kind: the TP all-reduces, the stage-to-stage messages, the DP
+/// collectives. Fault-free, they add up to the report's `messages` and `modelled_bytes`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TrafficReport {
+    pub tp: KindTraffic,
+    pub pp: KindTraffic,
+    pub dp: KindTraffic,
+}
+
+impl TrafficReport {
+    fn of(results: &[job::JobOutcome]) -> TrafficReport {
+        let mut sum = TrafficByKind::default();
+        for outcome in results {
+            sum.add(
+                &outcome
+                    .layout
+                    .as_ref()
+                    .expect("a layout job's outcome")
+                    .traffic,
+            );
+        }
+        TrafficReport {
+            tp: sum.tp.into(),
+            pp: sum.pp.into(),
+            dp: sum.dp.into(),
+        }
     }
 }
 
@@ -766,7 +814,7 @@ fn wall_ms_since(start: std::time::Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use trainer_core::job::JobOutcome;
-    use trainer_core::layout_job::{LayoutOutcome, TimeSplit};
+    use trainer_core::layout_job::{LayoutOutcome, TimeSplit, TrafficByKind};
 
     /// A layout job's digest is over its shards; any shard whose replicas differ, or that no
     /// finished rank holds, makes the replicas disagree.
@@ -788,6 +836,7 @@ mod tests {
                 dp_rank: layout.layout.coords(rank).dp_rank,
                 losses: vec![0.5],
                 time: TimeSplit::default(),
+                traffic: TrafficByKind::default(),
             })),
         };
         let outcomes: Vec<JobOutcome> = (0..8)

@@ -94,6 +94,17 @@ impl RunReport {
             per_step(t.tp),
             per_step(t.pp),
             per_step(t.dp)
+        )?;
+        let kind = |k: &crate::run::KindTraffic| {
+            format!("{} ({:.3} TB)", k.messages, k.modelled_bytes as f64 / 1e12)
+        };
+        let m = &l.traffic;
+        writeln!(
+            f,
+            "messages: TP {}, PP {}, DP {}",
+            kind(&m.tp),
+            kind(&m.pp),
+            kind(&m.dp)
         )
     }
 

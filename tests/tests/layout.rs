@@ -197,6 +197,36 @@ fn the_time_split_shows_each_kind_of_traffic() {
     assert_eq!(no_tp.layout.unwrap().time_split_ns.tp, 0);
 }
 
+/// The messages by kind add up to the fabric's count and bytes, and a kind a layout lacks
+/// sends nothing.
+#[test]
+fn the_messages_by_kind_add_up_to_the_fabrics() {
+    for ((tp, pp, dp), sharding) in [
+        ((2, 2, 2), "none"),
+        ((2, 2, 2), "full"),
+        ((1, 4, 2), "optimizer"),
+        ((4, 1, 2), "none"),
+        ((2, 2, 1), "none"),
+    ] {
+        let report = run(&scenario_text((tp, pp, dp), 4, sharding, ""), &[]);
+        let t = report.layout.as_ref().unwrap().traffic;
+        let case = format!("tp {tp} pp {pp} dp {dp} {sharding}");
+        let kinds = [(t.tp, tp), (t.pp, pp), (t.dp, dp)];
+        let messages: u64 = kinds.iter().map(|(k, _)| k.messages).sum();
+        let bytes: u64 = kinds.iter().map(|(k, _)| k.modelled_bytes).sum();
+        assert_eq!(messages, report.messages, "{case}");
+        assert_eq!(bytes, report.modelled_bytes, "{case}");
+        for (kind, size) in kinds {
+            assert_eq!(kind.messages == 0, size == 1, "{case}: {kind:?}");
+        }
+        // Two messages per micro-batch per pair of neighbouring stages, per replica and TP
+        // rank, per step.
+        let pipelines = (tp * dp) as u64;
+        let per_step = 2 * MICRO_BATCHES as u64 * (pp as u64 - 1) * pipelines;
+        assert_eq!(t.pp.messages, per_step * STEPS, "{case}");
+    }
+}
+
 /// A node crash under each restart-based policy (no checkpoints over a layout yet): the job
 /// restarts from the initial weights, trains every step again and ends with the fault-free
 /// run's parameters, every shard's replicas agreeing.

@@ -6,8 +6,10 @@ use std::ops::Range;
 use crate::layout::{part_range, DpSharding, Layout};
 use crate::pipeline::Schedule;
 
+mod traffic;
 mod trainer;
 
+pub use traffic::{Traffic, TrafficByKind};
 pub use trainer::{run, LayoutTrainer};
 
 /// The dimensions of the model a layout job's proxy stands for: a dense transformer of
@@ -142,6 +144,8 @@ pub struct LayoutOutcome {
     /// The global mean loss of each step, in step order.
     pub losses: Vec<f32>,
     pub time: TimeSplit,
+    /// The messages this rank sent, by kind.
+    pub traffic: TrafficByKind,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use super::traffic::{Counting, TrafficByKind};
 use super::{LayoutJobConfig, LayoutOutcome, StageCosts, TimeSplit};
 use crate::backend::{Backend, CommError, Event, Payload, Tag, Work, WorkKind};
 use crate::collectives::{Algo, Collective, Op, MAX_RESENDS};
@@ -24,7 +25,7 @@ const OP_GATHER_WEIGHTS: u64 = 0;
 const OP_GRADIENT: u64 = 1;
 const OP_GATHER_UPDATED: u64 = 2;
 const OP_LOSS: u64 = 3;
-const OP_FIRST_MESSAGE: u64 = 8;
+pub(super) const OP_FIRST_MESSAGE: u64 = 8;
 
 /// One micro-batch's state between its forward and its backward on this rank.
 #[derive(Default)]
@@ -54,6 +55,8 @@ pub struct LayoutTrainer {
     first_loss: f32,
     losses: Vec<f32>,
     time: TimeSplit,
+    /// What this rank sent, by kind, as of the last outcome.
+    traffic: TrafficByKind,
 }
 
 impl LayoutTrainer {
@@ -83,6 +86,7 @@ impl LayoutTrainer {
             first_loss: f32::NAN,
             losses: Vec::new(),
             time: TimeSplit::default(),
+            traffic: TrafficByKind::default(),
         }
     }
 
@@ -475,6 +479,7 @@ impl LayoutTrainer {
                 dp_rank: self.coords.dp_rank,
                 losses: self.losses.clone(),
                 time: self.time,
+                traffic: self.traffic,
             })),
         }
     }
@@ -485,7 +490,9 @@ impl LayoutTrainer {
 /// restore) starts over from the initial weights.
 pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = JobOutcome> + '_ {
     let mut trainer = Box::new(LayoutTrainer::new(config, backend.rank()));
+    let counting = Counting::new(backend, trainer.job.micro_batches);
     async move {
+        let backend = &counting;
         loop {
             let attempt = async {
                 while trainer.step < trainer.config.steps {
@@ -493,7 +500,9 @@ pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = J
                 }
                 trainer.gather_weights(backend, OP_GATHER_WEIGHTS).await
             };
-            match attempt.await {
+            let result = attempt.await;
+            trainer.traffic = backend.counts();
+            match result {
                 Ok(()) => return trainer.outcome(),
                 Err(error) => {
                     let order = backend.await_restart(&error).await;
