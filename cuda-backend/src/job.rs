@@ -69,6 +69,13 @@ pub fn parse_scenario(
              or \"hot-spare\"",
         ));
     }
+    if scenario.job.layout.is_some() {
+        return Err(source.error(
+            "parallelism",
+            "a [parallelism] layout runs in the simulator only: the GPU runner has no kernels \
+             for the split MLP yet; remove [parallelism]",
+        ));
+    }
     Ok(JobSettings::from_scenario(&scenario))
 }
 

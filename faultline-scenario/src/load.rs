@@ -16,6 +16,7 @@ use crate::source::{in_range, parse_checked, within, ScenarioError, Source};
 
 mod degrade;
 mod hang;
+mod parallelism;
 mod sdc;
 
 /// The environment variable that must be `1` for a scenario to plant a bug: a switch that a
@@ -80,6 +81,7 @@ struct RawScenario {
     #[serde(default)]
     fabric: RawFabric,
     job: RawJob,
+    parallelism: Option<parallelism::RawParallelism>,
     #[serde(default)]
     run: RawRun,
     checkpoint: Option<RawCheckpoint>,
@@ -371,6 +373,47 @@ struct RawJob {
     mfu: f64,
     #[serde(default = "default_optimizer_flops_per_param")]
     optimizer_flops_per_param: f64,
+    /// With `[parallelism]`: the proxy MLP's layers and width, the micro-batches of a step and
+    /// their schedule, and the dimensions of the model the proxy stands for.
+    #[serde(default = "default_proxy_layers")]
+    proxy_layers: i64,
+    #[serde(default = "default_proxy_width")]
+    proxy_width: i64,
+    #[serde(default = "default_micro_batches")]
+    micro_batches: i64,
+    #[serde(default = "default_schedule")]
+    schedule: String,
+    #[serde(default = "default_layers")]
+    layers: i64,
+    #[serde(default = "default_hidden")]
+    hidden: i64,
+    #[serde(default = "default_seq_len")]
+    seq_len: i64,
+    #[serde(default = "one_i64")]
+    micro_batch_size: i64,
+}
+
+fn default_proxy_layers() -> i64 {
+    8
+}
+fn default_proxy_width() -> i64 {
+    64
+}
+fn default_micro_batches() -> i64 {
+    8
+}
+fn default_schedule() -> String {
+    "1f1b".into()
+}
+/// Llama 3 8B's shape, the size `job.model_params` stands for by default.
+fn default_layers() -> i64 {
+    32
+}
+fn default_hidden() -> i64 {
+    4096
+}
+fn default_seq_len() -> i64 {
+    4096
 }
 
 fn default_collective() -> String {
@@ -443,6 +486,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     let (gpus, nodes) = (cluster.gpus, cluster.node_count());
     let fabric = validate_fabric(src, &raw.fabric)?;
     let job = validate_job(src, &raw.job)?;
+    let layout = validate_layout(src, &raw, &cluster)?;
     let run = validate_run(src, &raw.run)?;
     let checkpoint = match &raw.checkpoint {
         None => None,
@@ -469,6 +513,10 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         specs: sdc::validate_sdc(src, &raw.faults.sdc, gpus)?,
         checksum_bytes_per_s,
     };
+    if layout.is_some() {
+        let has_checkpoint = checkpoint.is_some();
+        parallelism::refuse_beside_layout(src, has_checkpoint, control.policy, sdc.specs.len())?;
+    }
     let job = JobConfig {
         checkpoint: checkpoint.map(|policy| CheckpointPolicy {
             restore_from_memory: control.policy != RecoveryPolicy::Restart,
@@ -476,6 +524,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         }),
         collective: job.collective.with_checksums(detection.payload_checksums),
         detection,
+        layout: layout.map(Box::new),
         ..job
     };
     let hangs = validate_hangs(src, &raw.faults.hang, &job, &control, gpus)?;
@@ -725,7 +774,30 @@ fn validate_job(src: &Source, j: &RawJob) -> Result<JobConfig, ScenarioError> {
         modelled_optimizer_flops: j.optimizer_flops_per_param * j.model_params,
         checkpoint: None,
         detection: trainer_core::integrity::DetectionPolicy::OFF,
+        layout: None,
     })
+}
+
+/// `[parallelism]` and the job's layout keys.
+fn validate_layout(
+    src: &Source,
+    raw: &RawScenario,
+    cluster: &ClusterConfig,
+) -> Result<Option<trainer_core::layout_job::LayoutJobConfig>, ScenarioError> {
+    let j = &raw.job;
+    let job = parallelism::RawLayoutJob {
+        proxy_layers: j.proxy_layers,
+        proxy_width: j.proxy_width,
+        micro_batches: j.micro_batches,
+        schedule: &j.schedule,
+        layers: j.layers,
+        hidden: j.hidden,
+        seq_len: j.seq_len,
+        micro_batch_size: j.micro_batch_size,
+        grad_bytes_per_param: j.grad_bytes_per_param,
+        optimizer_flops_per_param: j.optimizer_flops_per_param,
+    };
+    parallelism::validate_layout(src, raw.parallelism.as_ref(), &job, cluster)
 }
 
 fn validate_run(src: &Source, r: &RawRun) -> Result<RunConfig, ScenarioError> {

@@ -255,3 +255,103 @@ fn bandwidths_and_durations_outside_the_physical_range_are_refused_with_their_ke
     ];
     assert!(load_str("t", "t.toml", MINIMAL, &sets).is_ok());
 }
+
+/// A layout scenario: 32 GPUs, 4 per node, with `parallelism` as the `[parallelism]` table's
+/// body and `job` added to `[job]`.
+fn layout_text(parallelism: &str, job: &str) -> String {
+    format!(
+        "[cluster]\ngpus = 32\ngpus_per_node = 4\n[job]\nsteps = 2\nproxy_layers = 4\n{job}\n\
+         [parallelism]\n{parallelism}\n"
+    )
+}
+
+#[test]
+fn a_layout_derives_dp_and_reads_its_job_keys() {
+    use trainer_core::layout::{DpSharding, RankOrder};
+    use trainer_core::pipeline::Schedule;
+    let text = layout_text(
+        "tp = 4\npp = 2\ndp_sharding = \"full\"\norder = \"tp-pp-dp\"",
+        "schedule = \"gpipe\"\nmicro_batches = 3\nhidden = 512",
+    );
+    let layout = load_str("t", "t.toml", &text, &[])
+        .unwrap()
+        .job
+        .layout
+        .unwrap();
+    assert_eq!(
+        (layout.layout.tp, layout.layout.pp, layout.layout.dp),
+        (4, 2, 4)
+    );
+    assert_eq!(layout.layout.order, RankOrder::TpPpDp);
+    assert_eq!(layout.dp_sharding, DpSharding::Full);
+    assert_eq!(layout.schedule, Schedule::GPipe);
+    assert_eq!((layout.micro_batches, layout.model.hidden), (3, 512));
+    // Defaults: Megatron's order, no sharding, 1F1B.
+    let plain = load_str("t", "t.toml", &layout_text("", ""), &[]).unwrap();
+    let plain = plain.job.layout.unwrap();
+    assert_eq!(
+        (plain.layout.tp, plain.layout.pp, plain.layout.dp),
+        (1, 1, 32)
+    );
+    assert_eq!(plain.layout.order, RankOrder::TpDpPp);
+    assert_eq!(plain.dp_sharding, DpSharding::None);
+    assert_eq!(plain.schedule, Schedule::OneForwardOneBackward);
+    // No table, no layout, whatever the job keys say.
+    let none = load_str("t", "t.toml", &format!("{MINIMAL}micro_batches = 5\n"), &[]).unwrap();
+    assert_eq!(none.job.layout, None);
+}
+
+#[test]
+fn bad_layouts_are_refused_with_line_and_key() {
+    // (the [parallelism] body, extra job keys, extra top-level text, the key, its line).
+    let cases = [
+        ("tp = 3", "", "", "parallelism.tp", 9),
+        ("tp = 8", "", "", "parallelism.tp", 9),
+        ("tp = 4", "proxy_width = 6", "", "parallelism.tp", 9),
+        ("pp = 5", "", "", "parallelism.pp", 9),
+        ("pp = 3", "layers = 2", "", "parallelism.pp", 9),
+        ("pp = 3", "", "", "parallelism.pp", 9),
+        ("tp = 2\ndp = 4", "", "", "parallelism.dp", 10),
+        ("dp = 0", "", "", "parallelism.dp", 9),
+        ("tp = 0", "", "", "parallelism.tp", 9),
+        ("order = \"pp-dp-tp\"", "", "", "parallelism.order", 9),
+        (
+            "dp_sharding = \"zero\"",
+            "",
+            "",
+            "parallelism.dp_sharding",
+            9,
+        ),
+        ("tp = 2", "micro_batches = 0", "", "job.micro_batches", 7),
+        ("tp = 2", "schedule = \"zb\"", "", "job.schedule", 7),
+        ("", "hidden = 1000000\nlayers = 100", "", "job.hidden", 7),
+        (
+            "",
+            "seq_len = 10000000\nmicro_batch_size = 4096\nhidden = 16384",
+            "",
+            "job.seq_len",
+            7,
+        ),
+        ("", "", "[checkpoint]\ninterval = 1", "checkpoint", 10),
+        (
+            "",
+            "",
+            "[recovery]\npolicy = \"per-replica\"",
+            "recovery.policy",
+            11,
+        ),
+    ];
+    for (parallelism, job, extra, key, line) in cases {
+        let text = format!("{}{extra}\n", layout_text(parallelism, job));
+        let e = load_str("t", "bad.toml", &text, &[]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some(key), "{parallelism} {job}: {e}");
+        assert_eq!(
+            e.line_col.map(|l| l.0),
+            Some(line),
+            "{parallelism} {job}: {e}"
+        );
+    }
+    // Outside a table, through --set, the override is named.
+    let e = load_str("t", "t.toml", MINIMAL, &["parallelism.tp=3".into()]).unwrap_err();
+    assert_eq!(e.origin, "--set parallelism.tp=3");
+}

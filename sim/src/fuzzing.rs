@@ -19,8 +19,7 @@ pub fn scenario_loader(data: &[u8]) {
         .collect();
     if let Ok(scenario) = crate::scenario::load_str("fuzz", "fuzz.toml", text, &overrides) {
         // What happens next to a loaded scenario before any work: the memory estimate.
-        let estimate =
-            crate::limits::estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
+        let estimate = crate::limits::estimate_scenario_bytes(&scenario);
         let _ = crate::limits::check("run", estimate, Some(u64::MAX));
         let _ = scenario.without_faults();
     }

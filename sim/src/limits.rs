@@ -18,6 +18,22 @@ pub fn estimate_run_bytes(gpus: usize, proxy_elems: usize) -> u64 {
     gpus as u64 * per_rank + 64 * 1024 * 1024
 }
 
+/// A layout job's estimate: the same per-rank constant, and the real floats a rank of the
+/// layout holds at its peak (`LayoutJobConfig::peak_floats_per_rank`).
+pub fn estimate_layout_run_bytes(gpus: usize, peak_floats_per_rank: usize) -> u64 {
+    let per_rank = BYTES_PER_RANK + 4 * peak_floats_per_rank as u64;
+    (gpus as u64).saturating_mul(per_rank) + 64 * 1024 * 1024
+}
+
+/// One run of `scenario`: its layout job's estimate, or the plain job's.
+pub fn estimate_scenario_bytes(scenario: &faultline_scenario::Scenario) -> u64 {
+    let gpus = scenario.cluster.gpus;
+    match &scenario.job.layout {
+        Some(layout) => estimate_layout_run_bytes(gpus, layout.peak_floats_per_rank()),
+        None => estimate_run_bytes(gpus, scenario.job.proxy_elems),
+    }
+}
+
 /// The environment variable that caps the memory faultline plans for.
 pub const MEMORY_LIMIT_ENV: &str = "FAULTLINE_MEMORY_LIMIT";
 
@@ -52,7 +68,7 @@ pub fn guard(
     scenario: &faultline_scenario::Scenario,
     at_once: usize,
 ) -> Result<(), String> {
-    let one = estimate_run_bytes(scenario.cluster.gpus, scenario.job.proxy_elems);
+    let one = estimate_scenario_bytes(scenario);
     check(
         what,
         one.saturating_mul(at_once.max(1) as u64),
@@ -87,6 +103,18 @@ mod tests {
         );
         assert!(check("this run", estimate_run_bytes(100_000, 256), Some(24 << 30)).is_ok());
         assert!(check("this run", estimate, None).is_ok());
+        // A layout's weights count: the widest proxy on a million GPUs cannot fit, the
+        // quickstart's shape at 100,000 can.
+        let layout = |width: usize, layers: usize| {
+            let text = format!(
+                "[cluster]\ngpus = 1000000\n[job]\nsteps = 1\nproxy_width = {width}\n\
+                 proxy_layers = {layers}\n[parallelism]\ntp = 8\npp = 4\n"
+            );
+            let scenario = faultline_scenario::load_str("t", "t", &text, &[]).unwrap();
+            estimate_scenario_bytes(&scenario)
+        };
+        assert!(check("this run", layout(1024, 1024), Some(24 << 30)).is_err());
+        assert!(check("this run", layout(64, 8) / 10, Some(24 << 30)).is_ok());
     }
 
     /// One test for every value of the variable: tests run on threads, and the environment

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
+use trainer_core::layout_job::{self, LayoutJobConfig, TimeSplit, Traffic, TrafficByKind};
 use trainer_core::Backend;
 
 use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
@@ -152,6 +153,9 @@ pub struct RunReport {
     /// Straggler slowdowns and scores; absent without either.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<StragglerReport>,
+    /// The parallelism layout, its bubble and where step time went; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LayoutReport>,
     /// Rank 0's completed step durations in order (for tests and tools; not serialised).
     #[serde(skip)]
     pub rank0_step_ns: Vec<u64>,
@@ -230,7 +234,14 @@ pub fn run_scenario_with(
     let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
         let backend = SimBackend::new(world.clone(), rank);
         let config = config.clone();
-        async move { job::run(&backend, (*config).clone()).await }
+        async move {
+            match config.layout {
+                // Boxed, so that the plain job's future, which every rank of every plain run
+                // holds, keeps its size.
+                Some(_) => Box::pin(layout_job::run(&backend, (*config).clone())).await,
+                None => job::run(&backend, (*config).clone()).await,
+            }
+        }
     });
     let passed = world.borrow().passed_horizon_at_ns();
     let results = match (results, passed) {
@@ -279,16 +290,7 @@ fn report_of(
     started: std::time::Instant,
 ) -> RunReport {
     let stats = world.stats();
-    // Ranks that died after others had finished never resumed; judge the ranks that finished.
-    let finished: Vec<_> = results
-        .iter()
-        .filter(|r| r.steps_completed == scenario.job.steps)
-        .collect();
-    let outcome0 = finished.first().copied().unwrap_or(&results[0]);
-    let replicas_agree = !finished.is_empty()
-        && finished
-            .iter()
-            .all(|r| r.param_digest == outcome0.param_digest);
+    let (outcome0, param_digest, replicas_agree) = judge(scenario, results);
     let mut faults = world.fault_report().unwrap_or_default();
     let model_time_ns = world.now_ns();
     RunReport {
@@ -303,7 +305,7 @@ fn report_of(
         steps_completed: outcome0.steps_completed,
         model_time_ns,
         trace_digest: hex(world.trace_digest()),
-        param_digest: hex(outcome0.param_digest),
+        param_digest: hex(param_digest),
         final_loss: outcome0.final_loss,
         first_loss: outcome0.first_loss,
         replicas_agree,
@@ -333,9 +335,180 @@ fn report_of(
         per_replica: faults.per_replica,
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
+        layout: LayoutReport::of(scenario, results),
         rank0_step_ns: world.rank0_step_ns(),
         story: world.story().clone(),
         wall_ms: wall_ms_since(started),
+    }
+}
+
+/// The outcome the report speaks for (rank 0's, or the first rank's that finished every step),
+/// the parameter digest, and whether the replicas agree. Ranks that died after others had
+/// finished never resumed: the ranks that finished are judged.
+fn judge<'r>(
+    scenario: &Scenario,
+    results: &'r [job::JobOutcome],
+) -> (&'r job::JobOutcome, u64, bool) {
+    let finished: Vec<_> = results
+        .iter()
+        .filter(|r| r.steps_completed == scenario.job.steps)
+        .collect();
+    let outcome0 = finished.first().copied().unwrap_or(&results[0]);
+    let (digest, agree) = match &scenario.job.layout {
+        Some(layout) => layout_digest(layout, &finished),
+        None => plain_digest(outcome0, &finished),
+    };
+    (outcome0, digest, agree)
+}
+
+/// Rank 0's parameter digest (or the first finished rank's) and whether every finished replica
+/// holds the same parameters.
+fn plain_digest(outcome0: &job::JobOutcome, finished: &[&job::JobOutcome]) -> (u64, bool) {
+    let agree = !finished.is_empty()
+        && finished
+            .iter()
+            .all(|r| r.param_digest == outcome0.param_digest);
+    (outcome0.param_digest, agree)
+}
+
+/// A layout job's parameter digest and whether its replicas agree: every shard's replicas
+/// must end with the same parameters, bit for bit, and the digest is of the shards' digests in
+/// shard order. Judged over the ranks that finished; a shard none of them holds disagrees.
+fn layout_digest(layout: &LayoutJobConfig, finished: &[&job::JobOutcome]) -> (u64, bool) {
+    let mut shards = std::collections::BTreeMap::new();
+    let mut agree = true;
+    for outcome in finished {
+        let shard = outcome
+            .layout
+            .as_ref()
+            .expect("a layout job's outcome")
+            .shard;
+        let first = *shards.entry(shard).or_insert(outcome.param_digest);
+        agree &= first == outcome.param_digest;
+    }
+    agree &= shards.len() == layout.layout.shard_count();
+    let mut digest = trainer_core::digest::Digest::new();
+    for shard_digest in shards.values() {
+        digest.u64(*shard_digest);
+    }
+    (digest.finish(), agree)
+}
+
+/// A layout job's report: its shape, and rank 0's view of the pipeline (rank 0 is a first
+/// stage, whose span is the whole pipeline's).
+#[derive(Clone, Debug, Serialize)]
+pub struct LayoutReport {
+    pub tp: usize,
+    pub pp: usize,
+    pub dp: usize,
+    pub order: &'static str,
+    pub dp_sharding: &'static str,
+    pub schedule: &'static str,
+    pub micro_batches: usize,
+    /// The share of rank 0's pipeline span without compute, measured from model time.
+    pub bubble_fraction: f64,
+    /// `(pp - 1) / (m + pp - 1)`: the bubble with equal stages and free communication.
+    pub ideal_bubble_fraction: f64,
+    /// Rank 0's model time by what it waited for, summed over its steps.
+    pub time_split_ns: TimeSplitReport,
+    /// Every rank's messages and their modelled bytes, by kind.
+    pub traffic: TrafficReport,
+    /// The global mean loss of each step (for tests; not in the JSON report).
+    #[serde(skip)]
+    pub step_losses: Vec<f32>,
+}
+
+impl LayoutReport {
+    /// The report of a scenario's layout job; `None` without a layout.
+    fn of(scenario: &Scenario, results: &[job::JobOutcome]) -> Option<LayoutReport> {
+        let job = scenario.job.layout.as_ref()?;
+        let rank0 = results[0].layout.as_ref().expect("a layout job's outcome");
+        Some(LayoutReport {
+            tp: job.layout.tp,
+            pp: job.layout.pp,
+            dp: job.layout.dp,
+            order: job.layout.order.name(),
+            dp_sharding: job.dp_sharding.name(),
+            schedule: job.schedule.name(),
+            micro_batches: job.micro_batches,
+            bubble_fraction: rank0.time.bubble_fraction(),
+            ideal_bubble_fraction: trainer_core::pipeline::ideal_bubble_fraction(
+                job.layout.pp,
+                job.micro_batches,
+            ),
+            time_split_ns: TimeSplitReport::from(rank0.time),
+            traffic: TrafficReport::of(results),
+            step_losses: rank0.losses.clone(),
+        })
+    }
+}
+
+/// Messages and modelled bytes of one kind, summed over the ranks.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KindTraffic {
+    pub messages: u64,
+    pub modelled_bytes: u64,
+}
+
+impl From<Traffic> for KindTraffic {
+    fn from(t: Traffic) -> KindTraffic {
+        KindTraffic {
+            messages: t.messages,
+            modelled_bytes: t.modelled_bytes,
+        }
+    }
+}
+
+/// A layout job's messages by kind: the TP all-reduces, the stage-to-stage messages, the DP
+/// collectives. Fault-free, they add up to the report's `messages` and `modelled_bytes`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TrafficReport {
+    pub tp: KindTraffic,
+    pub pp: KindTraffic,
+    pub dp: KindTraffic,
+}
+
+impl TrafficReport {
+    fn of(results: &[job::JobOutcome]) -> TrafficReport {
+        let mut sum = TrafficByKind::default();
+        for outcome in results {
+            sum.add(
+                &outcome
+                    .layout
+                    .as_ref()
+                    .expect("a layout job's outcome")
+                    .traffic,
+            );
+        }
+        TrafficReport {
+            tp: sum.tp.into(),
+            pp: sum.pp.into(),
+            dp: sum.dp.into(),
+        }
+    }
+}
+
+/// [`TimeSplit`] as the JSON report spells it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TimeSplitReport {
+    pub compute: u64,
+    pub tp: u64,
+    pub pp: u64,
+    pub dp: u64,
+    pub pipeline: u64,
+    pub pass_compute: u64,
+}
+
+impl From<TimeSplit> for TimeSplitReport {
+    fn from(t: TimeSplit) -> TimeSplitReport {
+        TimeSplitReport {
+            compute: t.compute_ns,
+            tp: t.tp_ns,
+            pp: t.pp_ns,
+            dp: t.dp_ns,
+            pipeline: t.pipeline_ns,
+            pass_compute: t.pass_compute_ns,
+        }
     }
 }
 
@@ -654,4 +827,56 @@ fn wall_clock_start() -> std::time::Instant {
 
 fn wall_ms_since(start: std::time::Instant) -> u64 {
     start.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use trainer_core::job::JobOutcome;
+    use trainer_core::layout_job::{LayoutOutcome, TimeSplit, TrafficByKind};
+
+    /// A layout job's digest is over its shards; any shard whose replicas differ, or that no
+    /// finished rank holds, makes the replicas disagree.
+    #[test]
+    fn every_shards_replicas_must_agree() {
+        let text = "[cluster]\ngpus = 8\ngpus_per_node = 4\n[job]\nsteps = 1\nproxy_layers = 2\n\
+                    [parallelism]\ntp = 2\npp = 2\n";
+        let scenario = crate::scenario::load_str("t", "t", text, &[]).unwrap();
+        let layout = scenario.job.layout.as_deref().unwrap();
+        let outcome = |rank: usize, digest: u64| JobOutcome {
+            steps_completed: 1,
+            final_loss: 0.5,
+            param_digest: digest,
+            restarts: 0,
+            recomputed_steps: 0,
+            first_loss: 0.5,
+            layout: Some(Box::new(LayoutOutcome {
+                shard: layout.layout.shard_of(rank),
+                dp_rank: layout.layout.coords(rank).dp_rank,
+                losses: vec![0.5],
+                time: TimeSplit::default(),
+                traffic: TrafficByKind::default(),
+            })),
+        };
+        let outcomes: Vec<JobOutcome> = (0..8)
+            .map(|rank| outcome(rank, 100 + layout.layout.shard_of(rank) as u64))
+            .collect();
+        let all: Vec<&JobOutcome> = outcomes.iter().collect();
+        let (digest, agree) = super::layout_digest(layout, &all);
+        assert!(agree);
+        // The other replica of each shard gives the same digest.
+        let replica_1: Vec<&JobOutcome> = (all.iter().copied())
+            .filter(|o| o.layout.as_ref().unwrap().dp_rank == 1)
+            .collect();
+        assert_eq!(replica_1.len(), 4);
+        assert_eq!(super::layout_digest(layout, &replica_1), (digest, true));
+        let mut diverged = outcomes.clone();
+        diverged[5].param_digest += 1;
+        let diverged: Vec<&JobOutcome> = diverged.iter().collect();
+        assert!(!super::layout_digest(layout, &diverged).1);
+        // Without the ranks of one shard (tp rank 1 of stage 1), the shards do not all agree.
+        let missing: Vec<&JobOutcome> = (all.iter().copied())
+            .filter(|o| o.layout.as_ref().unwrap().shard != 3)
+            .collect();
+        assert!(!super::layout_digest(layout, &missing).1);
+    }
 }

@@ -14,6 +14,7 @@ use crate::units::format_duration_ns as duration;
 impl Display for RunReport {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         self.fmt_job(f)?;
+        self.fmt_layout(f)?;
         self.fmt_faults(f)?;
         self.fmt_degradations(f)?;
         writeln!(f, "goodput: {:.2}%", 100.0 * self.goodput)?;
@@ -65,6 +66,46 @@ impl RunReport {
         )?;
         let agree = if self.replicas_agree { "yes" } else { "NO" };
         writeln!(f, "replicas agree: {agree}")
+    }
+
+    /// A layout job's shape, its measured bubble and where rank 0's step time went.
+    fn fmt_layout(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let Some(l) = &self.layout else {
+            return Ok(());
+        };
+        writeln!(
+            f,
+            "layout: tp {} x pp {} x dp {} ({}), dp sharding {}, {} over {} micro-batches",
+            l.tp, l.pp, l.dp, l.order, l.dp_sharding, l.schedule, l.micro_batches
+        )?;
+        writeln!(
+            f,
+            "pipeline bubble: {:.1}% of rank 0's pipeline span ({:.1}% with equal stages and \
+             free communication)",
+            100.0 * l.bubble_fraction,
+            100.0 * l.ideal_bubble_fraction
+        )?;
+        let t = &l.time_split_ns;
+        let per_step = |ns: u64| duration(ns / self.steps_completed.max(1));
+        writeln!(
+            f,
+            "rank 0's time per step: compute {}, TP {}, PP {}, DP {}",
+            per_step(t.compute),
+            per_step(t.tp),
+            per_step(t.pp),
+            per_step(t.dp)
+        )?;
+        let kind = |k: &crate::run::KindTraffic| {
+            format!("{} ({:.3} TB)", k.messages, k.modelled_bytes as f64 / 1e12)
+        };
+        let m = &l.traffic;
+        writeln!(
+            f,
+            "messages: TP {}, PP {}, DP {}",
+            kind(&m.tp),
+            kind(&m.pp),
+            kind(&m.dp)
+        )
     }
 
     /// Faults injected and detected, the SDC books per kind, escapes and time lost.

@@ -41,6 +41,10 @@ pub struct JobConfig {
     pub checkpoint: Option<CheckpointPolicy>,
     /// Checks against silent data corruption.
     pub detection: DetectionPolicy,
+    /// Train over a tensor, pipeline and data-parallel layout (`layout_job`) instead of plain
+    /// data parallelism over a linear model. Boxed: every rank's trainer holds a config, and
+    /// the plain job's need not grow by a layout's.
+    pub layout: Option<Box<crate::layout_job::LayoutJobConfig>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +59,8 @@ pub struct JobOutcome {
     pub recomputed_steps: u64,
     /// Mean loss at step 0, for seeing that training converges.
     pub first_loss: f32,
+    /// A layout job's shard, losses and time split; `None` without a layout.
+    pub layout: Option<Box<crate::layout_job::LayoutOutcome>>,
 }
 
 /// One replica's training state.
@@ -406,11 +412,11 @@ impl Trainer {
             .await?;
         let loss = buffer[dim];
         backend.emit(Event::StepEnd { step, loss });
-        self.step += 1;
-        if self.step <= self.high_water_step {
-            self.recomputed_steps += 1;
-        }
-        self.high_water_step = self.high_water_step.max(self.step);
+        count_completed_step(
+            &mut self.step,
+            &mut self.high_water_step,
+            &mut self.recomputed_steps,
+        );
         self.last_loss = loss;
         if step == 0 {
             self.first_loss = loss;
@@ -548,8 +554,23 @@ impl Trainer {
             restarts: self.restarts,
             recomputed_steps: self.recomputed_steps,
             first_loss: self.first_loss,
+            layout: None,
         }
     }
+}
+
+/// Counts a completed step: the next step, and whether the step was one done before (a
+/// recompute, after going back to a checkpoint or to the start).
+pub(crate) fn count_completed_step(
+    step: &mut u64,
+    high_water_step: &mut u64,
+    recomputed: &mut u64,
+) {
+    *step += 1;
+    if *step <= *high_water_step {
+        *recomputed += 1;
+    }
+    *high_water_step = (*high_water_step).max(*step);
 }
 
 /// How a rank goes on after a failure.

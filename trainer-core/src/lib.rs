@@ -14,10 +14,14 @@ pub mod health;
 pub mod integrity;
 pub mod job;
 pub mod kernels;
+pub mod layout;
+pub mod layout_job;
+pub mod mlp;
 pub mod model;
 #[macro_use]
 pub mod names;
 pub mod op_ids;
+pub mod pipeline;
 pub mod planted;
 pub mod prefetch;
 pub mod span;

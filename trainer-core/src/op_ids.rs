@@ -10,6 +10,7 @@
 //! | `Health`   | `[2^61, 2^62)`     | `2^61 + step * 8 + check` (re-runs, fingerprints) |
 //! | `Restore`  | `[2^62, 2^63)`, low half of each `2^20` | `2^62 + generation * 2^20 + op` |
 //! | `Regroup`  | `[2^62, 2^63)`, high half | `2^62 + generation * 2^20 + 2^19 + op`    |
+//! | `Layout`   | `[2^63, 2^64)`     | `2^63 + step * 2^24 + op` (a layout job's messages) |
 //!
 //! Debug builds assert that every field stays inside its space.
 
@@ -27,6 +28,9 @@ pub enum OpSpace {
     Restore { generation: u64 },
     /// A per-replica regroup into `generation`, from its first op.
     Regroup { generation: u64 },
+    /// Op `op` of step `step` of a layout job: its point-to-point messages and its TP and DP
+    /// collectives (see `layout_job`).
+    Layout { step: u64, op: u64 },
 }
 
 const ROLLBACK_BASE: u64 = 1 << 60;
@@ -34,6 +38,9 @@ const HEALTH_BASE: u64 = 1 << 61;
 const RESTART_BASE: u64 = 1 << 62;
 /// Ops a restore, roll-back or regroup may number from its base.
 const OPS_PER_RECOVERY: u64 = 1 << 19;
+const LAYOUT_BASE: u64 = 1 << 63;
+/// Ops a layout job's step may number.
+pub const OPS_PER_LAYOUT_STEP: u64 = 1 << 24;
 const HEALTH_CHECKS_PER_STEP: u64 = 8;
 
 impl OpSpace {
@@ -61,6 +68,11 @@ impl OpSpace {
                 debug_assert!(generation < RESTART_BASE >> 20, "generation {generation}");
                 RESTART_BASE + (generation << 20) + OPS_PER_RECOVERY
             }
+            OpSpace::Layout { step, op } => {
+                debug_assert!(op < OPS_PER_LAYOUT_STEP, "layout op {op}");
+                debug_assert!(step < LAYOUT_BASE / OPS_PER_LAYOUT_STEP, "step {step}");
+                LAYOUT_BASE + step * OPS_PER_LAYOUT_STEP + op
+            }
         }
     }
 
@@ -77,6 +89,12 @@ impl OpSpace {
             OpSpace::Health {
                 step: offset / HEALTH_CHECKS_PER_STEP,
                 check: offset % HEALTH_CHECKS_PER_STEP,
+            }
+        } else if op_id >= LAYOUT_BASE {
+            let offset = op_id - LAYOUT_BASE;
+            OpSpace::Layout {
+                step: offset / OPS_PER_LAYOUT_STEP,
+                op: offset % OPS_PER_LAYOUT_STEP,
             }
         } else {
             let offset = op_id - RESTART_BASE;
@@ -113,6 +131,7 @@ pub fn describe(op_id: u64) -> String {
         OpSpace::Regroup { generation } => {
             format!("regroup into generation {generation}, op {nth}")
         }
+        OpSpace::Layout { step, op } => format!("layout step {step}, op {op}"),
     }
 }
 
@@ -141,6 +160,15 @@ mod tests {
                 OpSpace::Regroup { generation: n },
             ];
             for space in spaces {
+                assert_eq!(OpSpace::of(space.op_id()), space);
+                assert_eq!(seen.insert(space.op_id(), space), None, "{space:?}");
+            }
+            // A layout step's id keeps 24 bits for its ops: steps below 2^39.
+            for op in [0, 1, super::OPS_PER_LAYOUT_STEP - 1]
+                .into_iter()
+                .filter(|_| n < 1 << 39)
+            {
+                let space = OpSpace::Layout { step: n, op };
                 assert_eq!(OpSpace::of(space.op_id()), space);
                 assert_eq!(seen.insert(space.op_id(), space), None, "{space:?}");
             }

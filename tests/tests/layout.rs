@@ -1,0 +1,258 @@
+//! Layout jobs on the simulator (issue #24): for a fixed global batch, every layout with TP, PP
+//! and DP in {1, 2, 4} trains the loss curve of the single-process host reference; a layout
+//! gives the same parameters for every seed and executor; every shard's replicas agree; and
+//! with communication free, 1F1B's bubble is the textbook one.
+
+use faultline_sim::run::{run_scenario, RunReport};
+use faultline_sim::scenario::load_str;
+use trainer_core::kernels;
+use trainer_core::mlp::{reference_loss_and_grad, ShardShape};
+
+const LAYERS: usize = 4;
+const WIDTH: usize = 8;
+const GLOBAL_BATCH: usize = 16;
+const MICRO_BATCHES: usize = 4;
+const STEPS: u64 = 3;
+const LEARNING_RATE: f32 = 0.25;
+const DATA_SEED: u64 = 0x5eed;
+
+/// A layout job of `tp * pp * dp` GPUs, `gpus_per_node` to a node, whose replicas share a
+/// global batch of 16 samples; `extra` is more TOML.
+fn scenario_text(
+    (tp, pp, dp): (usize, usize, usize),
+    gpus_per_node: usize,
+    sharding: &str,
+    extra: &str,
+) -> String {
+    let micro_batch_size = GLOBAL_BATCH / (dp * MICRO_BATCHES);
+    format!(
+        "[cluster]\ngpus = {gpus}\ngpus_per_node = {gpus_per_node}\nnodes_per_leaf = 2\n\
+         [job]\nsteps = {STEPS}\nproxy_layers = {LAYERS}\nproxy_width = {WIDTH}\n\
+         micro_batches = {MICRO_BATCHES}\nmicro_batch_size = {micro_batch_size}\n\
+         learning_rate = {LEARNING_RATE}\ndata_seed = {DATA_SEED}\nlayers = 8\nhidden = 1024\n\
+         seq_len = 512\n[parallelism]\ntp = {tp}\npp = {pp}\ndp_sharding = \"{sharding}\"\n{extra}",
+        gpus = tp * pp * dp,
+    )
+}
+
+fn run(text: &str, sets: &[String]) -> RunReport {
+    let scenario = load_str("layout", "<test>", text, sets).unwrap();
+    run_scenario(&scenario).unwrap()
+}
+
+/// The host reference's loss at each step: the whole proxy, one process, the whole batch.
+fn reference_losses() -> Vec<f32> {
+    let whole = ShardShape::whole(LAYERS, WIDTH);
+    let mut params = whole.initial_params(DATA_SEED);
+    let mut losses = Vec::new();
+    for step in 0..STEPS {
+        let (loss, grad) = reference_loss_and_grad(&whole, &params, DATA_SEED, step, GLOBAL_BATCH);
+        losses.push(loss);
+        kernels::sgd_update(&mut params, &grad, LEARNING_RATE);
+    }
+    losses
+}
+
+/// Every layout with TP, PP and DP in {1, 2, 4}, on every node size it fits among 1, 2, 4 and
+/// 8 GPUs (the sharding and the order varied along), follows the reference's loss curve
+/// within 1e-5 relative, with every shard's replicas in agreement.
+#[test]
+fn every_layout_trains_the_reference_loss_curve() {
+    let want = reference_losses();
+    let shardings = ["none", "optimizer", "full"];
+    let orders = ["tp-dp-pp", "tp-pp-dp"];
+    let mut runs = 0;
+    for tp in [1, 2, 4] {
+        for pp in [1, 2, 4] {
+            for dp in [1, 2, 4] {
+                let fits = |g: &usize| g % tp == 0 && *g <= tp * pp * dp;
+                for gpus_per_node in [1, 2, 4, 8].into_iter().filter(fits) {
+                    let sharding = shardings[runs % 3];
+                    let order = format!("order = \"{}\"\n", orders[runs % 2]);
+                    let text = scenario_text((tp, pp, dp), gpus_per_node, sharding, &order);
+                    let report = run(&text, &[]);
+                    let case = format!("tp {tp} pp {pp} dp {dp} on {gpus_per_node} {sharding}");
+                    let losses = &report.layout.as_ref().unwrap().step_losses;
+                    assert_eq!(losses.len(), want.len(), "{case}");
+                    for (step, (got, want)) in losses.iter().zip(&want).enumerate() {
+                        let error = (got - want).abs() / want.abs();
+                        assert!(error <= 1e-5, "{case} step {step}: {got} vs {want}");
+                    }
+                    assert!(report.replicas_agree, "{case}");
+                    assert_eq!(report.steps_completed, STEPS, "{case}");
+                    runs += 1;
+                }
+            }
+        }
+    }
+    assert!(runs >= 50, "{runs} layouts");
+}
+
+/// The same layout (TP, PP and DP all 2, 1F1B, under each sharding): the same parameters and
+/// model time for every seed under madsim's seeded interleavings and the FIFO executor.
+#[test]
+fn a_layout_gives_the_same_parameters_for_every_seed_and_executor() {
+    for sharding in ["none", "optimizer", "full"] {
+        let text = scenario_text((2, 2, 2), 4, sharding, "");
+        let first = run(&text, &[]);
+        assert!(first.replicas_agree);
+        for executor in ["madsim", "fifo"] {
+            for seed in 1..4 {
+                let sets = [
+                    format!("run.seed={seed}"),
+                    format!("run.executor={executor}"),
+                ];
+                let report = run(&text, &sets);
+                let case = format!("{sharding} {executor} seed {seed}");
+                assert_eq!(report.param_digest, first.param_digest, "{case}");
+                assert_eq!(report.model_time_ns, first.model_time_ns, "{case}");
+                assert!(report.replicas_agree, "{case}");
+            }
+        }
+    }
+}
+
+/// Layouts that differ only in where DP sits, or in how it shards, train the same loss curve
+/// but move their bytes differently: the placement and the sharding are real.
+#[test]
+fn order_and_sharding_change_the_traffic_not_the_loss() {
+    let report = |sharding: &str, order: &str| {
+        let text = scenario_text((2, 2, 2), 4, sharding, &format!("order = \"{order}\"\n"));
+        run(&text, &[])
+    };
+    let plain = report("none", "tp-dp-pp");
+    for (sharding, order) in [
+        ("none", "tp-pp-dp"),
+        ("optimizer", "tp-dp-pp"),
+        ("full", "tp-dp-pp"),
+    ] {
+        let other = report(sharding, order);
+        let (a, b) = (
+            plain.layout.as_ref().unwrap(),
+            other.layout.as_ref().unwrap(),
+        );
+        for (x, y) in a.step_losses.iter().zip(&b.step_losses) {
+            assert!((x - y).abs() <= 1e-5 * x.abs(), "{sharding} {order}");
+        }
+        assert_ne!(
+            plain.model_time_ns, other.model_time_ns,
+            "{sharding} {order}"
+        );
+    }
+    // Full sharding gathers the weights before every step and at the end: more DP traffic.
+    let full = report("full", "tp-dp-pp");
+    assert!(full.modelled_bytes > plain.modelled_bytes);
+}
+
+/// With every link (nearly) free and no payload checksums (which cost time per byte), the
+/// first stage of a 1F1B (or GPipe) pipeline idles the textbook bubble,
+/// (pp - 1) / (m + pp - 1), within 2%; and a real fabric only adds to it.
+#[test]
+fn one_f_one_b_with_free_communication_has_the_textbook_bubble() {
+    let free = "[fabric]\nnvlink_bandwidth = \"10000TB/s\"\nnvlink_latency = \"0s\"\n\
+                nic_bandwidth = \"10000TB/s\"\nnic_latency = \"0s\"\n\
+                switch_link_bandwidth = \"10000TB/s\"\nswitch_latency = \"0s\"\n\
+                [detection]\npayload_checksums = false\n";
+    for schedule in ["1f1b", "gpipe"] {
+        for (pp, m) in [(2, 4), (4, 4), (4, 8), (4, 16)] {
+            let sets = [
+                format!("job.micro_batches={m}"),
+                format!("job.proxy_layers={}", 2 * pp),
+                format!("job.schedule=\"{schedule}\""),
+                "job.micro_batch_size=1".into(),
+            ];
+            let report = run(&scenario_text((1, pp, 2), 2, "none", free), &sets);
+            let layout = report.layout.as_ref().unwrap();
+            let ideal = (pp - 1) as f64 / (m + pp - 1) as f64;
+            assert_eq!(layout.ideal_bubble_fraction, ideal);
+            let error = (layout.bubble_fraction - ideal).abs() / ideal;
+            let case = format!("{schedule} pp {pp} m {m}");
+            assert!(
+                error <= 0.02,
+                "{case}: {} vs {ideal}",
+                layout.bubble_fraction
+            );
+            let real = run(&scenario_text((1, pp, 2), 2, "none", ""), &sets);
+            assert!(
+                real.layout.unwrap().bubble_fraction > layout.bubble_fraction,
+                "{case}"
+            );
+        }
+    }
+}
+
+/// A layout's time split covers rank 0's steps: compute, TP, PP and DP add up to no more than
+/// the model time, and each kind of traffic shows where the layout has it.
+#[test]
+fn the_time_split_shows_each_kind_of_traffic() {
+    let report = run(&scenario_text((2, 2, 2), 4, "none", ""), &[]);
+    let time = report.layout.as_ref().unwrap().time_split_ns;
+    assert!(
+        time.compute > 0 && time.tp > 0 && time.pp > 0 && time.dp > 0,
+        "{time:?}"
+    );
+    assert!(time.compute + time.tp + time.pp + time.dp <= report.model_time_ns);
+    assert!(time.pass_compute <= time.pipeline && time.pipeline <= report.model_time_ns);
+    let no_tp = run(&scenario_text((1, 2, 4), 4, "none", ""), &[]);
+    assert_eq!(no_tp.layout.unwrap().time_split_ns.tp, 0);
+}
+
+/// The messages by kind add up to the fabric's count and bytes, and a kind a layout lacks
+/// sends nothing.
+#[test]
+fn the_messages_by_kind_add_up_to_the_fabrics() {
+    for ((tp, pp, dp), sharding) in [
+        ((2, 2, 2), "none"),
+        ((2, 2, 2), "full"),
+        ((1, 4, 2), "optimizer"),
+        ((4, 1, 2), "none"),
+        ((2, 2, 1), "none"),
+    ] {
+        let report = run(&scenario_text((tp, pp, dp), 4, sharding, ""), &[]);
+        let t = report.layout.as_ref().unwrap().traffic;
+        let case = format!("tp {tp} pp {pp} dp {dp} {sharding}");
+        let kinds = [(t.tp, tp), (t.pp, pp), (t.dp, dp)];
+        let messages: u64 = kinds.iter().map(|(k, _)| k.messages).sum();
+        let bytes: u64 = kinds.iter().map(|(k, _)| k.modelled_bytes).sum();
+        assert_eq!(messages, report.messages, "{case}");
+        assert_eq!(bytes, report.modelled_bytes, "{case}");
+        for (kind, size) in kinds {
+            assert_eq!(kind.messages == 0, size == 1, "{case}: {kind:?}");
+        }
+        // Two messages per micro-batch per pair of neighbouring stages, per replica and TP
+        // rank, per step.
+        let pipelines = (tp * dp) as u64;
+        let per_step = 2 * MICRO_BATCHES as u64 * (pp as u64 - 1) * pipelines;
+        assert_eq!(t.pp.messages, per_step * STEPS, "{case}");
+    }
+}
+
+/// A node crash under each restart-based policy (no checkpoints over a layout yet): the job
+/// restarts from the initial weights, trains every step again and ends with the fault-free
+/// run's parameters, every shard's replicas agreeing.
+#[test]
+fn a_crash_restarts_a_layout_job_to_the_fault_free_parameters() {
+    let recovery = "[recovery]\nrestart_time = \"1min\"\nheartbeat_interval = \"5s\"\n";
+    let text = scenario_text((2, 2, 2), 4, "optimizer", recovery);
+    let reference = run(&text, &[]);
+    for (policy, target, step) in [("restart", "node = 1", 2), ("in-memory", "gpu = 6", 1)] {
+        let crash = format!("[[faults.crash]]\n{target}\nat_step = {step}\n");
+        let sets = [format!("recovery.policy=\"{policy}\"")];
+        let report = run(&format!("{text}{crash}"), &sets);
+        let case = format!("{policy}: {target} at step {step}");
+        assert_eq!(report.recoveries, 1, "{case}");
+        assert_eq!(report.steps_completed, STEPS, "{case}");
+        assert_eq!(report.param_digest, reference.param_digest, "{case}");
+        assert!(report.replicas_agree, "{case}");
+        let losses = &report.layout.as_ref().unwrap().step_losses;
+        assert_eq!(
+            losses,
+            &reference.layout.as_ref().unwrap().step_losses,
+            "{case}"
+        );
+        assert!(
+            report.model_time_ns > reference.model_time_ns + 60_000_000_000,
+            "{case}"
+        );
+    }
+}
