@@ -252,6 +252,9 @@ pub struct ControlConfig {
     /// with the same mean gap) instead of an exponential; as the planner does.
     pub node_failure_weibull_shape: Option<f64>,
     pub collective_timeout_ns: Option<u64>,
+    /// The collective progress monitor's bound: a rank silent this long while its peers have
+    /// started newer collectives is flagged. `None`: no monitor.
+    pub progress_timeout_ns: Option<u64>,
     pub heartbeat_interval_ns: Option<u64>,
     pub heartbeat_misses: u64,
     pub restart_time_ns: u64,

@@ -159,6 +159,9 @@ struct RawRecovery {
     policy: String,
     restart_time: String,
     collective_timeout: String,
+    /// The collective progress monitor: a rank that has started no collective for this long
+    /// while its peers have started newer ones is flagged. "0s" is off.
+    progress_timeout: String,
     heartbeat_interval: String,
     heartbeat_misses: i64,
     max_restarts: i64,
@@ -184,6 +187,7 @@ impl Default for RawRecovery {
             policy: "restart".into(),
             restart_time: "10min".into(),
             collective_timeout: "10min".into(),
+            progress_timeout: "0s".into(),
             heartbeat_interval: "10s".into(),
             heartbeat_misses: 3,
             max_restarts: 100,
@@ -1032,6 +1036,7 @@ fn validate_control(
         ));
     }
     let (rate, weibull_shape) = validate_node_failures(src, f)?;
+    let (collective_timeout_ns, progress_timeout_ns) = validate_monitors(src, r)?;
     let crashes = (f.crash.iter().enumerate())
         .map(|(idx, c)| validate_crash(src, idx, c, gpus, nodes))
         .collect::<Result<Vec<_>, _>>()?;
@@ -1044,14 +1049,8 @@ fn validate_control(
         hangs: Vec::new(),
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
         node_failure_weibull_shape: weibull_shape,
-        // A watchdog below a second fires on healthy collectives: every attempt times out.
-        collective_timeout_ns: optional_duration_in(
-            src,
-            "recovery.collective_timeout",
-            &r.collective_timeout,
-            (SECOND_NS, MAX_MODEL_TIME_NS),
-            "from 1s to 13d",
-        )?,
+        collective_timeout_ns,
+        progress_timeout_ns,
         heartbeat_interval_ns: optional_duration_in(
             src,
             "recovery.heartbeat_interval",
@@ -1074,6 +1073,27 @@ fn validate_control(
     })
 }
 
+/// The collective watchdog's and the progress monitor's timeouts (each may be off).
+fn validate_monitors(
+    src: &Source,
+    r: &RawRecovery,
+) -> Result<(Option<u64>, Option<u64>), ScenarioError> {
+    // Below a second a watchdog fires on healthy collectives: every attempt times out.
+    let timeout = |key: &str, text: &str| {
+        optional_duration_in(
+            src,
+            key,
+            text,
+            (SECOND_NS, MAX_MODEL_TIME_NS),
+            "from 1s to 13d",
+        )
+    };
+    Ok((
+        timeout("recovery.collective_timeout", &r.collective_timeout)?,
+        timeout("recovery.progress_timeout", &r.progress_timeout)?,
+    ))
+}
+
 /// `[[faults.hang]]`, which only the collective watchdog can notice.
 fn validate_hangs(
     src: &Source,
@@ -1083,11 +1103,14 @@ fn validate_hangs(
     gpus: usize,
 ) -> Result<Vec<HangSpec>, ScenarioError> {
     let hangs = hang::validate_hangs(src, raw, gpus, job.steps)?;
-    if !hangs.is_empty() && control.collective_timeout_ns.is_none() {
+    let watched = control
+        .collective_timeout_ns
+        .or(control.progress_timeout_ns);
+    if !hangs.is_empty() && watched.is_none() {
         return Err(src.error(
             "faults.hang.0",
-            "a hung rank stays alive, so only the collective watchdog can notice it: set \
-             recovery.collective_timeout",
+            "a hung rank stays alive, so only collective-level detection can notice it: set \
+             recovery.collective_timeout or recovery.progress_timeout",
         ));
     }
     Ok(hangs)

@@ -45,6 +45,9 @@ named_enum! {
         PayloadChecksum = "payload_checksum",
         /// A rank's communication failed (a peer died, a transfer was lost).
         PeerError = "peer_error",
+        /// The collective progress monitor found a rank that stopped starting collectives
+        /// while its peers went on.
+        ProgressMonitor = "progress_monitor",
         /// A faulty GPU was taken out of service.
         Quarantine = "quarantine",
         Rerun = "rerun",

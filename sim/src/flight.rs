@@ -352,6 +352,13 @@ impl Recorder {
         };
     }
 
+    /// When `rank` last started a collective in this generation, if it has.
+    pub(crate) fn last_started_ns(&self, rank: usize) -> Option<u64> {
+        let count = self.counts[rank];
+        (count > 0)
+            .then(|| self.slots[rank * CAPACITY + ((count - 1) as usize % CAPACITY)].started_ns)
+    }
+
     /// Marks `rank`'s latest collective `op_id` completed.
     pub(crate) fn end(&mut self, rank: usize, op_id: u64, now_ns: u64) {
         let count = self.counts[rank];

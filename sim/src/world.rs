@@ -95,6 +95,8 @@ enum EventKind {
     HeartbeatDetect { generation: u64 },
     /// The collective watchdog's periodic check.
     Watchdog,
+    /// The collective progress monitor's periodic check.
+    ProgressCheck,
     /// The job restarts after the restart time.
     Restart,
     /// A bit flips in a stored checkpoint shard.
@@ -504,6 +506,7 @@ impl World {
             EventKind::RandomCrash => self.fire_random_crash(),
             EventKind::HeartbeatDetect { generation } => self.fire_heartbeat_detect(generation),
             EventKind::Watchdog => self.fire_watchdog(),
+            EventKind::ProgressCheck => self.fire_progress_check(),
             EventKind::Restart => self.fire_restart(),
             EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
             EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),

@@ -66,7 +66,9 @@ fn scenarios_take_the_same_model_time_under_every_executor() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         let path = format!("scenarios/{name}");
-        let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&path);
+        let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(&path);
         // Planner files, and scenarios too large for the default suite (`ci = false`).
         if name.starts_with("plan-") || !load(&full, &[]).is_ok_and(|s| s.ci) {
             continue;

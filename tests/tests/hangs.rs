@@ -3,7 +3,7 @@
 //! that was made to hang and the collective it never joined, for every position, rank and
 //! world size the sweep draws.
 
-use faultline_sim::books::{Detector, FaultKind};
+use faultline_sim::books::{Detector, FaultKind, LostCause};
 use faultline_sim::flight::Verdict;
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::load_str;
@@ -11,6 +11,10 @@ use trainer_core::digest::mix64;
 
 /// `gpus` GPUs (8 a node, or one partial node), `steps` steps, rank `rank` hung at `step`.
 fn run(gpus: usize, steps: u64, hang: Option<(usize, u64, &str)>) -> RunReport {
+    run_with(gpus, steps, hang, &[])
+}
+
+fn run_with(gpus: usize, steps: u64, hang: Option<(usize, u64, &str)>, sets: &[&str]) -> RunReport {
     let mut text = format!(
         "[cluster]\ngpus = {gpus}\ngpus_per_node = {}\n\
          [job]\nsteps = {steps}\nproxy_elems = 16\nmodel_params = 1e9\n\
@@ -22,7 +26,8 @@ fn run(gpus: usize, steps: u64, hang: Option<(usize, u64, &str)>) -> RunReport {
     if let Some((rank, step, point)) = hang {
         text += &format!("[[faults.hang]]\ngpu = {rank}\nat_step = {step}\npoint = \"{point}\"\n");
     }
-    let scenario = load_str("hang", "<test>", &text, &[]).unwrap();
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let scenario = load_str("hang", "<test>", &text, &sets).unwrap();
     run_scenario(&scenario).unwrap()
 }
 
@@ -95,4 +100,43 @@ fn without_a_hang_nothing_is_dumped() {
     let report = run(64, 4, None);
     assert!(report.faults.flight_recorder.is_empty());
     assert_eq!(report.faults.injected.get(&FaultKind::Hang), None);
+}
+
+/// The progress monitor sees the hung rank fall behind its peers after its timeout, long before
+/// the watchdog, and the dump it triggers names the same rank; a healthy run never trips it.
+#[test]
+fn the_progress_monitor_finds_a_hang_sooner_than_the_watchdog_and_nothing_else() {
+    let monitor = ["recovery.progress_timeout=20s"];
+    let watchdog = run(64, 8, Some((13, 4, "kernel")));
+    let report = run_with(64, 8, Some((13, 4, "kernel")), &monitor);
+    let detected = &report.faults.detected;
+    assert_eq!(
+        detected.get(&Detector::ProgressMonitor),
+        Some(&1),
+        "{detected:?}"
+    );
+    assert_eq!(detected.get(&Detector::Watchdog), None, "{detected:?}");
+    let [flight] = report.faults.flight_recorder.as_slice() else {
+        panic!("{:?}", report.faults.flight_recorder);
+    };
+    assert_eq!(flight.diagnosis.missing_ranks, vec![13]);
+    let hung_at = flight.injected.expect("the injected hang").at_ns;
+    // Flagged within the timeout plus one check (a tenth of it) of the rank's last
+    // collective, which began before the hang.
+    let latency = flight.diagnosis.at_ns - hung_at;
+    assert!(latency <= 22_000_000_000, "{latency} ns");
+    let lost = |r: &RunReport| r.lost_time_ns_by_cause.get(&LostCause::Detection).copied();
+    assert!(
+        lost(&report) < lost(&watchdog),
+        "{:?} vs {:?}",
+        lost(&report),
+        lost(&watchdog)
+    );
+    // No hang: the monitor stays quiet over a whole run, the restarts' gaps included.
+    let quiet = run_with(64, 8, None, &monitor);
+    assert!(
+        quiet.faults.detected.is_empty(),
+        "{:?}",
+        quiet.faults.detected
+    );
 }

@@ -224,7 +224,10 @@ impl World {
             // Called before any rank runs, so every rank is parked since 0 or not at all.
             self.parked_since_ns = vec![0; self.ranks.len()];
         }
-        let record = config.collective_timeout_ns.is_some();
+        let record = config.collective_timeout_ns.is_some() || config.progress_timeout_ns.is_some();
+        if let Some(timeout) = config.progress_timeout_ns {
+            self.schedule((timeout / 10).max(1), EventKind::ProgressCheck);
+        }
         self.hangs = super::hangs::Hangs::new(config.hangs.clone(), self.ranks.len(), record);
         let mut control = Control::new(config, self.seed, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
@@ -521,7 +524,7 @@ impl World {
             self.record(Some(rank as u32), Record::Detected { by: detector });
             if detector == Detector::Watchdog {
                 let generation = self.control.as_ref().expect("a controller").generation;
-                self.flight_dump(generation);
+                self.flight_dump(generation, detector);
             }
             self.begin_abort();
         }

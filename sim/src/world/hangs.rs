@@ -11,8 +11,9 @@ use faultline_scenario::config::{HangPoint, HangSpec};
 use serde::Serialize;
 use trainer_core::Event;
 
-use super::World;
-use crate::books::FaultKind;
+use super::control::Phase;
+use super::{EventKind, World, FINISHED};
+use crate::books::{Detector, FaultKind};
 use crate::flight::{self, Diagnosis, Dump, GroupKey, Recorder};
 use crate::trace::Record;
 
@@ -32,6 +33,8 @@ pub(super) struct Hangs {
     injected: Vec<InjectedHang>,
     /// The generation whose stop has been dumped already.
     dumped_generation: Option<u64>,
+    /// When the current generation began (its ranks' silence counts from there).
+    generation_began_ns: u64,
 }
 
 /// One watchdog firing: what the flight recorder's analysis said, beside what was injected.
@@ -66,6 +69,7 @@ impl Hangs {
             reports: Vec::new(),
             injected: Vec::new(),
             dumped_generation: None,
+            generation_began_ns: 0,
         }
     }
 }
@@ -144,6 +148,7 @@ impl World {
 
     /// A new generation: new processes, empty recorders, nothing armed.
     pub(super) fn hangs_on_restart(&mut self) {
+        self.hangs.generation_began_ns = self.clock.now_ns();
         self.hangs.armed.clear();
         self.hangs.hung.clear();
         if let Some(recorder) = &mut self.hangs.recorder {
@@ -151,9 +156,49 @@ impl World {
         }
     }
 
-    /// The watchdog fired in `generation`: dump every rank's recorder, once per stop, and
-    /// analyse it.
-    pub(super) fn flight_dump(&mut self, generation: u64) {
+    /// The progress monitor's check: a rank that has started no collective for the timeout
+    /// while another rank started one after it (its peers moved on without it) is flagged;
+    /// the job stops and the recorder is dumped. Ranks that never started one this generation
+    /// count from its start.
+    pub(super) fn fire_progress_check(&mut self) {
+        let control = self.control.as_ref().expect("a controller");
+        let timeout = control.config.progress_timeout_ns.expect("a monitor");
+        let (generation, running) = (control.generation, control.phase == Phase::Running);
+        let now = self.clock.now_ns();
+        if running {
+            if let Some(rank) = self.rank_behind(timeout, now) {
+                if self.note_detection(Detector::ProgressMonitor) {
+                    self.record(
+                        Some(rank as u32),
+                        Record::Detected {
+                            by: Detector::ProgressMonitor,
+                        },
+                    );
+                    self.flight_dump(generation, Detector::ProgressMonitor);
+                    self.begin_abort();
+                }
+            }
+        }
+        if !self.all_finished() {
+            self.schedule(now + (timeout / 10).max(1), EventKind::ProgressCheck);
+        }
+    }
+
+    /// The first rank silent for `timeout` that a newer collective left behind.
+    fn rank_behind(&self, timeout: u64, now: u64) -> Option<usize> {
+        let recorder = self.hangs.recorder.as_ref()?;
+        let since = self.hangs.generation_began_ns;
+        let last = |rank: usize| recorder.last_started_ns(rank).unwrap_or(since);
+        let newest = (0..self.ranks.len()).map(last).max()?;
+        (0..self.ranks.len()).find(|&rank| {
+            let at = last(rank);
+            at < newest && now.saturating_sub(at) >= timeout && !self.ranks[rank].has(FINISHED)
+        })
+    }
+
+    /// The watchdog (or the progress monitor) fired in `generation`: dump every rank's
+    /// recorder, once per stop, and analyse it.
+    pub(super) fn flight_dump(&mut self, generation: u64, trigger: Detector) {
         let hangs = &mut self.hangs;
         let Some(recorder) = &hangs.recorder else {
             return;
@@ -162,7 +207,7 @@ impl World {
             return;
         }
         hangs.dumped_generation = Some(generation);
-        let dump = recorder.dump("watchdog", generation, self.clock.now_ns());
+        let dump = recorder.dump(trigger.name(), generation, self.clock.now_ns());
         let diagnosis = flight::analyse(&dump);
         let injected = hangs.injected.drain(..).next();
         let named_injected_rank = injected.map(|h| diagnosis.first_culprit() == Some(h.rank));
