@@ -235,6 +235,14 @@ pub struct HangSpec {
     pub point: HangPoint,
 }
 
+/// A rank that, for its first collective of `at_step`, issues the one after it: its peers
+/// wait in the collective it skipped, and it in one they have not reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesyncSpec {
+    pub rank: usize,
+    pub at_step: u64,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ControlConfig {
     pub policy: RecoveryPolicy,
@@ -246,6 +254,8 @@ pub struct ControlConfig {
     pub crashes: Vec<CrashSpec>,
     /// Ranks that hang (`[[faults.hang]]`), each once.
     pub hangs: Vec<HangSpec>,
+    /// Ranks that desync (`[[faults.desync]]`), each once.
+    pub desyncs: Vec<DesyncSpec>,
     /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
     pub node_failure_rate_per_ns: f64,
     /// Draw the gaps between node failures from a Weibull of this shape (a renewal process

@@ -220,6 +220,8 @@ struct RawFaults {
     sdc: Vec<sdc::RawSdc>,
     #[serde(default)]
     hang: Vec<hang::RawHang>,
+    #[serde(default)]
+    desync: Vec<hang::RawDesync>,
 }
 
 /// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
@@ -483,6 +485,21 @@ fn default_executor() -> String {
     "auto".into()
 }
 
+/// `[storage]` with `[[faults.storage]]`'s slow and failing stores, and the times stored
+/// blobs are corrupted at.
+fn validate_storage_and_faults(
+    src: &Source,
+    raw: &RawScenario,
+) -> Result<(StorageConfig, Vec<u64>), ScenarioError> {
+    let (slow, failing, corruptions_at_ns) = validate_storage_faults(src, &raw.faults)?;
+    let storage = StorageConfig {
+        slow,
+        failing,
+        ..validate_storage(src, &raw.storage)?
+    };
+    Ok((storage, corruptions_at_ns))
+}
+
 fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, ScenarioError> {
     // The order of the checks is the order in which errors are reported: the file's sections
     // from the top, so that the first error a user sees is the first one in the file.
@@ -496,12 +513,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         None => None,
         Some(c) => Some(validate_checkpoint(src, c, raw.job.model_params)?),
     };
-    let (slow, failing, corruptions_at_ns) = validate_storage_faults(src, &raw.faults)?;
-    let storage = StorageConfig {
-        slow,
-        failing,
-        ..validate_storage(src, &raw.storage)?
-    };
+    let (storage, corruptions_at_ns) = validate_storage_and_faults(src, &raw)?;
     let spare_nodes = in_range(
         src,
         "cluster.spare_nodes",
@@ -531,7 +543,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         layout: layout.map(Box::new),
         ..job
     };
-    let hangs = validate_hangs(src, &raw.faults.hang, &job, &control, gpus)?;
+    let (hangs, desyncs) = validate_hangs(src, &raw.faults, &job, &control, gpus)?;
     Ok(Scenario {
         name: name.to_string(),
         description: raw.scenario.description,
@@ -544,6 +556,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         control: ControlConfig {
             corruptions_at_ns,
             hangs,
+            desyncs,
             ..control
         },
         link_faults,
@@ -1047,6 +1060,7 @@ fn validate_control(
         fallback_to_restart,
         crashes,
         hangs: Vec::new(),
+        desyncs: Vec::new(),
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
         node_failure_weibull_shape: weibull_shape,
         collective_timeout_ns,
@@ -1094,26 +1108,33 @@ fn validate_monitors(
     ))
 }
 
-/// `[[faults.hang]]`, which only the collective watchdog can notice.
+/// `[[faults.hang]]` and `[[faults.desync]]`, which only collective-level detection (the
+/// watchdog or the progress monitor) can notice.
 fn validate_hangs(
     src: &Source,
-    raw: &[hang::RawHang],
+    faults: &RawFaults,
     job: &JobConfig,
     control: &ControlConfig,
     gpus: usize,
-) -> Result<Vec<HangSpec>, ScenarioError> {
-    let hangs = hang::validate_hangs(src, raw, gpus, job.steps)?;
+) -> Result<(Vec<HangSpec>, Vec<DesyncSpec>), ScenarioError> {
+    let hangs = hang::validate_hangs(src, &faults.hang, gpus, job.steps)?;
+    let desyncs = hang::validate_desyncs(src, &faults.desync, gpus, job.steps)?;
     let watched = control
         .collective_timeout_ns
         .or(control.progress_timeout_ns);
-    if !hangs.is_empty() && watched.is_none() {
+    let first = match (hangs.is_empty(), desyncs.is_empty()) {
+        (false, _) => "faults.hang.0",
+        (true, false) => "faults.desync.0",
+        (true, true) => return Ok((hangs, desyncs)),
+    };
+    if watched.is_none() {
         return Err(src.error(
-            "faults.hang.0",
-            "a hung rank stays alive, so only collective-level detection can notice it: set \
-             recovery.collective_timeout or recovery.progress_timeout",
+            first,
+            "a hung or desynced rank stays alive, so only collective-level detection can \
+             notice it: set recovery.collective_timeout or recovery.progress_timeout",
         ));
     }
-    Ok(hangs)
+    Ok((hangs, desyncs))
 }
 
 /// `recovery.policy` and `recovery.fallback`, and whether together they can recover at all.

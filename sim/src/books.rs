@@ -15,6 +15,8 @@ use trainer_core::named_enum;
 named_enum! {
     /// A fault as the report counts it (`faults.injected`).
     pub enum FaultKind {
+        /// A rank issued another collective than its peers (`[[faults.desync]]`).
+        Desync = "desync",
         GpuFailure = "gpu_failure",
         /// A rank stopped issuing collectives, alive (`[[faults.hang]]`).
         Hang = "hang",

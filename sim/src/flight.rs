@@ -9,6 +9,8 @@
 //! The recorder is the world's (`World::record_collective_*`); the dump and the analysis are
 //! plain data, so `faultline fr` analyses dump files with the same code.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use trainer_core::collectives::{Algo, Op};
 
@@ -215,23 +217,38 @@ pub fn analyse(dump: &Dump) -> Diagnosis {
     let Some(stuck) = stuck else {
         return empty(dump.at_ns, Verdict::NothingStuck);
     };
-    let by_rank: std::collections::BTreeMap<usize, &[Entry]> = (dump.ranks.iter())
+    let by_rank: BTreeMap<usize, &[Entry]> = (dump.ranks.iter())
         .map(|r| (r.rank, r.entries.as_slice()))
         .collect();
+    // Each member's collective at the stuck one's place (its group, its sequence number).
+    let at_place: Vec<(usize, Option<&Entry>)> = (members(dump, stuck.pg).into_iter())
+        .map(|member| {
+            let entries = by_rank.get(&member).copied().unwrap_or(&[]);
+            let entry = (entries.iter())
+                .find(|e| e.pg == stuck.pg && e.collective_seq_id == stuck.collective_seq_id);
+            (member, entry)
+        })
+        .collect();
+    // What most members issued there is the program; who issued something else desynced.
+    let mut votes: BTreeMap<(u64, u64, &str), usize> = BTreeMap::new();
+    for entry in at_place.iter().filter_map(|(_, e)| *e) {
+        *votes.entry(fingerprint(entry)).or_default() += 1;
+    }
+    let (&majority, _) = (votes.iter())
+        .max_by_key(|(key, count)| (**count, std::cmp::Reverse(**key)))
+        .expect("the stuck collective's own member");
+    let reference = (at_place.iter())
+        .find_map(|(_, e)| e.filter(|e| fingerprint(e) == majority))
+        .expect("a member issued the majority's collective");
     let (mut missing, mut mismatched, mut started) = (Vec::new(), Vec::new(), 0);
-    for member in members(dump, stuck.pg) {
-        let entries = by_rank.get(&member).copied().unwrap_or(&[]);
-        let at_place = (entries.iter())
-            .find(|e| e.pg == stuck.pg && e.collective_seq_id == stuck.collective_seq_id);
-        match at_place {
+    for (member, entry) in at_place {
+        match entry {
             None => missing.push(member),
-            Some(e) if e.op_id != stuck.op_id || e.input_bytes != stuck.input_bytes => {
-                mismatched.push(member)
-            }
-            Some(e) if e.profiling_name != stuck.profiling_name => mismatched.push(member),
+            Some(e) if fingerprint(e) != majority => mismatched.push(member),
             Some(_) => started += 1,
         }
     }
+    let stuck = reference;
     let verdict = match (missing.is_empty(), mismatched.is_empty()) {
         (false, _) => Verdict::Hang,
         (true, false) => Verdict::Desync,
@@ -253,6 +270,15 @@ pub fn analyse(dump: &Dump) -> Diagnosis {
         mismatched_ranks: mismatched.into_iter().take(LISTED).collect(),
         started_count: started,
     }
+}
+
+/// What two members must agree on at one place of a group's sequence.
+fn fingerprint(entry: &Entry) -> (u64, u64, &str) {
+    (
+        entry.op_id,
+        entry.input_bytes,
+        entry.profiling_name.as_str(),
+    )
 }
 
 /// The members of `pg`: its base, or with holes the ranks that recorded it.
@@ -357,6 +383,36 @@ impl Recorder {
         let count = self.counts[rank];
         (count > 0)
             .then(|| self.slots[rank * CAPACITY + ((count - 1) as usize % CAPACITY)].started_ns)
+    }
+
+    /// The first rank behind its peers in some group (a lower sequence number there than
+    /// another member's, or none at all) for which `silent` holds, by group then rank.
+    pub(crate) fn first_behind(&self, silent: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut newest: BTreeMap<GroupKey, u32> = BTreeMap::new();
+        for seqs in &self.seqs {
+            for &(pg, seq) in seqs {
+                let max = newest.entry(pg).or_default();
+                *max = (*max).max(seq);
+            }
+        }
+        let seq_of = |rank: usize, pg: GroupKey| {
+            let seqs = self.seqs.get(rank)?;
+            seqs.iter().find(|(key, _)| *key == pg).map(|&(_, seq)| seq)
+        };
+        for (&pg, &max) in &newest {
+            // A group with holes: its members are the ranks that recorded it.
+            let members: Vec<usize> = match pg.holes {
+                0 => pg.base_members().collect(),
+                _ => (0..self.seqs.len())
+                    .filter(|&r| seq_of(r, pg).is_some())
+                    .collect(),
+            };
+            let behind = |rank: usize| seq_of(rank, pg).unwrap_or(0) < max && silent(rank);
+            if let Some(rank) = members.into_iter().find(|&rank| behind(rank)) {
+                return Some(rank);
+            }
+        }
+        None
     }
 
     /// Marks `rank`'s latest collective `op_id` completed.

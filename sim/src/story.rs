@@ -88,7 +88,7 @@ impl Story {
                 format!("{kind} due on node {node} after the job finished: nothing to do")
             }
             Record::Injected { kind, target } => {
-                if kind == FaultKind::Hang {
+                if matches!(kind, FaultKind::Hang | FaultKind::Desync) {
                     self.struck(at_ns); // a detector must notice it
                 }
                 format!("{kind} strikes {target}")

@@ -285,7 +285,7 @@ impl World {
             links: links::LinkFaults::default(),
             stragglers: stragglers::Stragglers::default(),
             sdc: None,
-            hangs: hangs::Hangs::new(Vec::new(), 0, false),
+            hangs: hangs::Hangs::new(Vec::new(), Vec::new(), 0, false),
             checksum_bytes_per_s: 0.0,
             coverage: Coverage::default(),
         }
@@ -1058,6 +1058,10 @@ impl Backend for SimBackend {
 
     fn emit(&self, event: Event) {
         self.world.borrow_mut().emit(self.rank, &event);
+    }
+
+    fn issued_op_id(&self, op_id: u64) -> u64 {
+        self.world.borrow_mut().issued_op_id(self.rank, op_id)
     }
 
     fn store_put(

@@ -23,8 +23,15 @@ fn run_with(gpus: usize, steps: u64, hang: Option<(usize, u64, &str)>, sets: &[&
          collective_timeout = \"2min\"\n",
         gpus.min(8)
     );
-    if let Some((rank, step, point)) = hang {
-        text += &format!("[[faults.hang]]\ngpu = {rank}\nat_step = {step}\npoint = \"{point}\"\n");
+    match hang {
+        Some((rank, step, "desync")) => {
+            text += &format!("[[faults.desync]]\ngpu = {rank}\nat_step = {step}\n");
+        }
+        Some((rank, step, point)) => {
+            text +=
+                &format!("[[faults.hang]]\ngpu = {rank}\nat_step = {step}\npoint = \"{point}\"\n");
+        }
+        None => {}
     }
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let scenario = load_str("hang", "<test>", &text, &sets).unwrap();
@@ -139,4 +146,38 @@ fn the_progress_monitor_finds_a_hang_sooner_than_the_watchdog_and_nothing_else()
         "{:?}",
         quiet.faults.detected
     );
+}
+
+/// A desync: every rank alive and every rank inside a collective, so neither heartbeats nor
+/// the progress monitor (nobody is behind) fire; the watchdog does, and the recorder names the
+/// rank whose collective differs from everyone else's at that place, for every size drawn.
+#[test]
+fn a_desync_is_found_by_the_watchdog_and_named_by_the_recorder() {
+    let monitor = ["recovery.progress_timeout=20s"];
+    for (i, gpus) in [8usize, 64, 512].into_iter().enumerate() {
+        let hash = mix64(0xde5 ^ i as u64);
+        let (rank, step) = ((hash % gpus as u64) as usize, 1 + (hash >> 32) % 3);
+        let report = run_with(gpus, 5, Some((rank, step, "desync")), &monitor);
+        let case = format!("{gpus} GPUs, rank {rank}, step {step}");
+        let faults = &report.faults;
+        assert_eq!(faults.injected.get(&FaultKind::Desync), Some(&1), "{case}");
+        assert_eq!(
+            faults.detected.keys().collect::<Vec<_>>(),
+            [&Detector::Watchdog],
+            "{case}"
+        );
+        let [flight] = faults.flight_recorder.as_slice() else {
+            panic!("{case}: {:?}", faults.flight_recorder);
+        };
+        assert_eq!(flight.diagnosis.verdict, Verdict::Desync, "{case}");
+        assert_eq!(flight.diagnosis.mismatched_ranks, vec![rank], "{case}");
+        assert_eq!(flight.diagnosis.missing_count, 0, "{case}");
+        assert_eq!(flight.named_injected_rank, Some(true), "{case}");
+        assert_eq!(report.steps_completed, 5, "{case}");
+        assert_eq!(
+            report.param_digest,
+            run(gpus, 5, None).param_digest,
+            "{case}"
+        );
+    }
 }

@@ -354,6 +354,13 @@ pub trait Backend {
         let _ = (point, data);
     }
 
+    /// The op id this rank issues for the collective its program numbers `op_id`: the same,
+    /// on real hardware. A simulator may make a rank issue another collective than its peers
+    /// (a desync, as when one rank takes another branch), which they then wait on forever.
+    fn issued_op_id(&self, op_id: u64) -> u64 {
+        op_id
+    }
+
     /// A known bug to plant in the trainer's logic, for proving that the seed swarm finds
     /// bugs; `None` on every backend unless a test asked for one (see `planted.rs`).
     fn planted_bug(&self) -> Option<crate::PlantedBug> {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use faultline_scenario::config::{HangPoint, HangSpec};
+use faultline_scenario::config::{DesyncSpec, HangPoint, HangSpec};
 use serde::Serialize;
 use trainer_core::Event;
 
@@ -22,6 +22,10 @@ pub(super) struct Hangs {
     fired: Vec<bool>,
     /// Ranks whose hang is due in the step they are in (the index of its spec).
     armed: BTreeMap<usize, usize>,
+    desyncs: Vec<DesyncSpec>,
+    desyncs_fired: Vec<bool>,
+    /// Ranks whose desync is due at their next collective (the index of its spec).
+    desyncs_armed: BTreeMap<usize, usize>,
     /// Ranks parked in a hang now; the abort wakes them.
     hung: BTreeSet<usize>,
     recorder: Option<Recorder>,
@@ -42,14 +46,17 @@ pub(super) struct Hangs {
 pub struct FlightReport {
     pub generation: u64,
     pub diagnosis: Diagnosis,
-    /// The hang injected in this generation, if one was.
+    /// The hang or desync injected in this generation, if one was.
     pub injected: Option<InjectedHang>,
     /// Whether the diagnosis named the injected rank first (None without an injected hang).
     pub named_injected_rank: Option<bool>,
 }
 
+/// A hang or a desync, as injected: the ground truth a diagnosis is judged against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct InjectedHang {
+    /// `hang` or `desync`.
+    pub kind: FaultKind,
     pub rank: usize,
     pub step: u64,
     pub point: &'static str,
@@ -57,11 +64,19 @@ pub struct InjectedHang {
 }
 
 impl Hangs {
-    pub(super) fn new(specs: Vec<HangSpec>, ranks: usize, record: bool) -> Hangs {
+    pub(super) fn new(
+        specs: Vec<HangSpec>,
+        desyncs: Vec<DesyncSpec>,
+        ranks: usize,
+        record: bool,
+    ) -> Hangs {
         Hangs {
             fired: vec![false; specs.len()],
             specs,
             armed: BTreeMap::new(),
+            desyncs_fired: vec![false; desyncs.len()],
+            desyncs,
+            desyncs_armed: BTreeMap::new(),
             hung: BTreeSet::new(),
             recorder: record.then(|| Recorder::new(ranks)),
             keep_dumps: false,
@@ -96,6 +111,12 @@ impl World {
                 if let Some((idx, _)) = due {
                     hangs.armed.insert(rank, idx);
                 }
+                let desync = (hangs.desyncs.iter().enumerate()).find(|(idx, d)| {
+                    d.rank == rank && d.at_step == step && !hangs.desyncs_fired[*idx]
+                });
+                if let Some((idx, _)) = desync {
+                    hangs.desyncs_armed.insert(rank, idx);
+                }
             }
             Event::CollectiveBegin {
                 op_id,
@@ -128,6 +149,7 @@ impl World {
         self.count_injected(FaultKind::Hang);
         self.note_undetected_fault();
         self.hangs.injected.push(InjectedHang {
+            kind: FaultKind::Hang,
             rank,
             step: spec.at_step,
             point: spec.point.name(),
@@ -137,6 +159,32 @@ impl World {
             format!("rank {rank} at step {} ({})", spec.at_step, spec.point)
         });
         Some(spec.point)
+    }
+
+    /// The op id `rank` issues for its collective `op_id`: the one after it when its desync
+    /// is due (booked as injected), else `op_id`.
+    pub(super) fn issued_op_id(&mut self, rank: usize, op_id: u64) -> u64 {
+        let Some(idx) = self.hangs.desyncs_armed.remove(&rank) else {
+            return op_id;
+        };
+        self.hangs.desyncs_fired[idx] = true;
+        let step = self.hangs.desyncs[idx].at_step;
+        self.count_injected(FaultKind::Desync);
+        self.note_undetected_fault();
+        self.hangs.injected.push(InjectedHang {
+            kind: FaultKind::Desync,
+            rank,
+            step,
+            point: "collective",
+            at_ns: self.clock.now_ns(),
+        });
+        self.record_injected(Some(rank as u32), FaultKind::Desync, |_| {
+            format!(
+                "rank {rank} at step {step}: it issues collective {} for {op_id}",
+                op_id + 1
+            )
+        });
+        op_id + 1
     }
 
     /// The job stops: hung ranks are woken to see it.
@@ -150,6 +198,7 @@ impl World {
     pub(super) fn hangs_on_restart(&mut self) {
         self.hangs.generation_began_ns = self.clock.now_ns();
         self.hangs.armed.clear();
+        self.hangs.desyncs_armed.clear();
         self.hangs.hung.clear();
         if let Some(recorder) = &mut self.hangs.recorder {
             recorder.clear();
@@ -157,9 +206,9 @@ impl World {
     }
 
     /// The progress monitor's check: a rank that has started no collective for the timeout
-    /// while another rank started one after it (its peers moved on without it) is flagged;
-    /// the job stops and the recorder is dumped. Ranks that never started one this generation
-    /// count from its start.
+    /// while the peers of one of its groups started one it has not (they moved on without
+    /// it) is flagged; the job stops and the recorder is dumped. Ranks that never started
+    /// one this generation count from its start.
     pub(super) fn fire_progress_check(&mut self) {
         let control = self.control.as_ref().expect("a controller");
         let timeout = control.config.progress_timeout_ns.expect("a monitor");
@@ -184,15 +233,15 @@ impl World {
         }
     }
 
-    /// The first rank silent for `timeout` that a newer collective left behind.
+    /// The first rank silent for `timeout` whose sequence number in one of its groups is
+    /// behind another member's: its peers started a collective it never started. (A job
+    /// whose ranks all wait in the same collective has nobody behind: the watchdog's case.)
     fn rank_behind(&self, timeout: u64, now: u64) -> Option<usize> {
         let recorder = self.hangs.recorder.as_ref()?;
         let since = self.hangs.generation_began_ns;
-        let last = |rank: usize| recorder.last_started_ns(rank).unwrap_or(since);
-        let newest = (0..self.ranks.len()).map(last).max()?;
-        (0..self.ranks.len()).find(|&rank| {
-            let at = last(rank);
-            at < newest && now.saturating_sub(at) >= timeout && !self.ranks[rank].has(FINISHED)
+        recorder.first_behind(|rank| {
+            let last = recorder.last_started_ns(rank).unwrap_or(since);
+            now.saturating_sub(last) >= timeout && !self.ranks[rank].has(FINISHED)
         })
     }
 

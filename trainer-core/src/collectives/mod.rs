@@ -282,6 +282,7 @@ impl Collective {
         counters: Option<&'a HealthCounters>,
     ) -> impl Future<Output = Result<(), CommError>> + 'a {
         self.check_call(backend, group, op);
+        let op_id = backend.issued_op_id(op_id);
         let ctx = Ctx {
             backend,
             group: group.clone(),
