@@ -1134,6 +1134,13 @@ fn validate_hangs(
              notice it: set recovery.collective_timeout or recovery.progress_timeout",
         ));
     }
+    if !desyncs.is_empty() && control.collective_timeout_ns.is_none() {
+        return Err(src.error(
+            "faults.desync.0",
+            "every rank of a desynced job is inside a collective, so no rank is behind and \
+             the progress monitor cannot notice it: set recovery.collective_timeout",
+        ));
+    }
     Ok((hangs, desyncs))
 }
 

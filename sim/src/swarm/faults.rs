@@ -11,6 +11,7 @@ use trainer_core::digest::mix64;
 use faultline_scenario::{LinkRef, Scenario};
 
 use crate::world::{CrashTarget, CrashWhen, SdcKind, StragglerTarget};
+use faultline_scenario::config::{DesyncSpec, HangPoint, HangSpec};
 
 /// Times are drawn and shrunk on a grid of this many nanoseconds, so schedules read well.
 const GRID_NS: u64 = 1_000_000;
@@ -51,6 +52,8 @@ trainer_core::named_enum! {
         LinkFlap = "link_flap",
         Straggler = "straggler",
         Sdc = "sdc",
+        Hang = "hang",
+        Desync = "desync",
     }
 }
 
@@ -71,6 +74,8 @@ impl FaultKind {
                 "silent data corruption (in flight, in a gradient, in parameters, or a faulty \
                  reduction kernel)"
             }
+            FaultKind::Hang => "a rank that stops issuing collectives, alive (with a watchdog)",
+            FaultKind::Desync => "a rank that issues the wrong collective (with a watchdog)",
         }
     }
 
@@ -82,7 +87,8 @@ impl FaultKind {
     /// Whether the scenario can host this kind at all.
     fn possible(self, space: &DrawSpace) -> bool {
         match self {
-            FaultKind::LinkFlap => space.link_flaps,
+            // Only collective-level detection sees these: a watchdog must be set.
+            FaultKind::LinkFlap | FaultKind::Hang | FaultKind::Desync => space.link_flaps,
             _ => true,
         }
     }
@@ -125,6 +131,15 @@ impl FaultKind {
             },
             FaultKind::LinkFlap => draw_flap(rng, space),
             FaultKind::Straggler => draw_straggler(rng, space),
+            FaultKind::Hang => FaultSpec::Hang {
+                gpu: rng.gen_range(0..space.gpus),
+                at_step: rng.gen_range(0..space.faulty_steps.max(1)),
+                kernel: rng.gen_bool(0.5),
+            },
+            FaultKind::Desync => FaultSpec::Desync {
+                gpu: rng.gen_range(0..space.gpus),
+                at_step: rng.gen_range(0..space.faulty_steps.max(1)),
+            },
             FaultKind::Sdc => {
                 let kind = SDC_KINDS[rng.gen_range(0..SDC_KINDS.len())];
                 FaultSpec::Sdc {
@@ -283,6 +298,17 @@ pub enum FaultSpec {
         at_step: u64,
         bit: u32,
     },
+    /// `gpu` hangs at `at_step`, in a kernel or (not `kernel`) in its data loader.
+    Hang {
+        gpu: usize,
+        at_step: u64,
+        kernel: bool,
+    },
+    /// `gpu` issues the wrong collective at `at_step`.
+    Desync {
+        gpu: usize,
+        at_step: u64,
+    },
 }
 
 /// The seed's schedule: each kind switched on with probability one half, then one or two
@@ -311,7 +337,7 @@ fn duration(ns: u64) -> toml::Value {
 
 impl FaultSpec {
     /// Where the fault goes in a scenario (`faults.crash`, `faults.storage`, `faults.link_flap`,
-    /// `faults.straggler` or `faults.sdc`), and its table.
+    /// `faults.straggler`, `faults.sdc`, `faults.hang` or `faults.desync`), and its table.
     // Over 70 lines: one match arm per fault kind, writing the keys the scenario loader reads
     // for it.
     pub fn to_toml(&self) -> (&'static str, toml::Table) {
@@ -398,12 +424,33 @@ impl FaultSpec {
                 table.insert("bit".into(), i64::from(bit).into());
                 ("sdc", table)
             }
+            FaultSpec::Hang {
+                gpu,
+                at_step,
+                kernel,
+            } => {
+                table.insert("gpu".into(), (gpu as i64).into());
+                table.insert("at_step".into(), (at_step as i64).into());
+                let point = if kernel {
+                    HangPoint::Kernel
+                } else {
+                    HangPoint::DataLoader
+                };
+                table.insert("point".into(), point.name().into());
+                ("hang", table)
+            }
+            FaultSpec::Desync { gpu, at_step } => {
+                table.insert("gpu".into(), (gpu as i64).into());
+                table.insert("at_step".into(), (at_step as i64).into());
+                ("desync", table)
+            }
         }
     }
 
     /// What the fault means to the simulator: adds it to `scenario`'s typed fault settings,
     /// as loading [`FaultSpec::to_toml`]'s table does. A test holds the two to the same
     /// meaning, so the swarm's writer and the scenario reader share one vocabulary.
+    // Over 70 lines: one match arm per fault kind, filling the typed setting it loads into.
     pub fn apply(&self, scenario: &mut Scenario) {
         use faultline_scenario::{LinkFlapSpec, SdcSpec, SlowWindow, StragglerSpec, Window};
         use faultline_scenario::{DEFAULT_TRIGGER_MASK, DEFAULT_TRIGGER_VALUE};
@@ -468,6 +515,22 @@ impl FaultSpec {
                 trigger_mask: DEFAULT_TRIGGER_MASK,
                 trigger_value: DEFAULT_TRIGGER_VALUE & DEFAULT_TRIGGER_MASK,
             }),
+            FaultSpec::Hang {
+                gpu,
+                at_step,
+                kernel,
+            } => scenario.control.hangs.push(HangSpec {
+                rank: gpu,
+                at_step,
+                point: if kernel {
+                    HangPoint::Kernel
+                } else {
+                    HangPoint::DataLoader
+                },
+            }),
+            FaultSpec::Desync { gpu, at_step } => {
+                (scenario.control.desyncs).push(DesyncSpec { rank: gpu, at_step })
+            }
         }
     }
 
@@ -553,6 +616,21 @@ impl FaultSpec {
                     sdc_kind_key(kind)
                 ),
             },
+            FaultSpec::Hang {
+                gpu,
+                at_step,
+                kernel,
+            } => {
+                let point = if kernel {
+                    "a kernel"
+                } else {
+                    "its data loader"
+                };
+                format!("gpu {gpu} hangs in {point} at step {at_step}")
+            }
+            FaultSpec::Desync { gpu, at_step } => {
+                format!("gpu {gpu} issues the wrong collective at step {at_step}")
+            }
         }
     }
 
@@ -594,6 +672,9 @@ impl FaultSpec {
                 at_step,
                 bit,
             } => simpler_sdc(kind, gpu, at_step, bit, &mut out),
+            FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step } => {
+                simpler_gray(*self, gpu, at_step, &mut out)
+            }
         }
         out
     }
@@ -802,6 +883,34 @@ fn simpler_sdc(kind: SdcKind, gpu: usize, at_step: u64, bit: u32, out: &mut Vec<
     bits.retain(|&b| b < bit);
     bits.dedup();
     out.extend(bits.into_iter().map(|b| sdc(gpu, at_step, b)));
+}
+
+/// A hang or desync earlier, on a lower GPU, and a hang in its data loader rather than a
+/// kernel.
+fn simpler_gray(fault: FaultSpec, gpu: usize, at_step: u64, out: &mut Vec<FaultSpec>) {
+    let moved = |gpu, at_step| match fault {
+        FaultSpec::Hang { kernel, .. } => FaultSpec::Hang {
+            gpu,
+            at_step,
+            kernel,
+        },
+        _ => FaultSpec::Desync { gpu, at_step },
+    };
+    let mut steps = vec![0, at_step / 2];
+    steps.retain(|&s| s < at_step);
+    steps.dedup();
+    out.extend(steps.into_iter().map(|s| moved(gpu, s)));
+    let mut gpus = vec![0, gpu / 2];
+    gpus.retain(|&g| g < gpu);
+    gpus.dedup();
+    out.extend(gpus.into_iter().map(|g| moved(g, at_step)));
+    if let FaultSpec::Hang { kernel: true, .. } = fault {
+        out.push(FaultSpec::Hang {
+            gpu,
+            at_step,
+            kernel: false,
+        });
+    }
 }
 
 /// A window moved earlier (same length) or cut shorter (from either end), on the grid.

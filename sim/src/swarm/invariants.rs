@@ -18,6 +18,7 @@
 
 use serde::Serialize;
 
+use crate::books::FaultKind;
 use crate::run::{run_scenario, RunReport};
 use crate::scenario::Scenario;
 use crate::units::format_duration_ns;
@@ -33,6 +34,7 @@ trainer_core::named_enum! {
         Determinism = "determinism",
         NoSilentEscape = "no_silent_escape",
         Liveness = "liveness",
+        HangDiagnosed = "hang_diagnosed",
     }
 }
 
@@ -58,6 +60,11 @@ impl Invariant {
             Invariant::Liveness => {
                 "the job finishes every step, at most twice the fault-free run's model time \
                  plus one detection and one restart after its last fault"
+            }
+            Invariant::HangDiagnosed => {
+                "a hang or desync the watchdog or the progress monitor stopped is diagnosed \
+                 within the timeout plus a check and a step, and the flight recorder names \
+                 its rank"
             }
         }
     }
@@ -133,7 +140,9 @@ pub fn healed_from_ns(scenario: &Scenario, report: &RunReport) -> u64 {
 pub fn liveness_bound_ns(scenario: &Scenario, reference: &Reference) -> u64 {
     let link_faults = &scenario.link_faults;
     let flaps = !link_faults.flaps.is_empty() || link_faults.random_flap_rate_per_link_per_ns > 0.0;
-    let watchdog = if flaps {
+    let control = &scenario.control;
+    let gray = !control.hangs.is_empty() || !control.desyncs.is_empty();
+    let watchdog = if flaps || gray {
         scenario.control.collective_timeout_ns.unwrap_or(0)
     } else {
         0
@@ -187,7 +196,68 @@ pub fn check(
         out.extend(check_parameters(reference, report));
     }
     out.extend(check_liveness(scenario, reference, report, finished));
+    out.extend(check_hangs_diagnosed(scenario, reference, report));
     out.sort_by_key(|v| v.invariant);
+    out
+}
+
+/// Each stop that found an injected hang or desync: within the detector's timeout, a tenth
+/// of it (its checks) and two fault-free steps (the peers reach the collective after their
+/// compute) of the injection, and the rank among those the diagnosis names (when it lists
+/// them all).
+fn check_hangs_diagnosed(
+    scenario: &Scenario,
+    reference: &Reference,
+    report: &RunReport,
+) -> Vec<Violation> {
+    let control = &scenario.control;
+    // A hang trips whichever detector comes first; a desync only the watchdog (every rank
+    // is inside a collective, so none is behind).
+    let hang_timeout = [control.collective_timeout_ns, control.progress_timeout_ns]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0);
+    let desync_timeout = control.collective_timeout_ns.unwrap_or(hang_timeout);
+    let fault_free = &reference.fault_free;
+    let step_ns = fault_free.model_time_ns / fault_free.steps_requested.max(1);
+    let mut out = Vec::new();
+    for flight in &report.faults.flight_recorder {
+        let (Some(injected), d) = (flight.injected, &flight.diagnosis) else {
+            continue;
+        };
+        let timeout = match injected.kind {
+            FaultKind::Desync => desync_timeout,
+            _ => hang_timeout,
+        };
+        let bound = timeout + timeout / 10 + 2 * step_ns;
+        let latency = d.at_ns.saturating_sub(injected.at_ns);
+        if latency > bound {
+            out.push(violation(
+                Invariant::HangDiagnosed,
+                format!(
+                    "the {} of rank {} was diagnosed {} after it, over the bound of {}",
+                    injected.kind,
+                    injected.rank,
+                    format_duration_ns(latency),
+                    format_duration_ns(bound)
+                ),
+            ));
+        }
+        let listed = d.missing_count + d.mismatched_count
+            <= d.missing_ranks.len() + d.mismatched_ranks.len();
+        let named =
+            d.missing_ranks.contains(&injected.rank) || d.mismatched_ranks.contains(&injected.rank);
+        if listed && !named {
+            out.push(violation(
+                Invariant::HangDiagnosed,
+                format!(
+                    "the {} of rank {}: the recorder said {d}",
+                    injected.kind, injected.rank
+                ),
+            ));
+        }
+    }
     out
 }
 

@@ -49,6 +49,8 @@ fn kind_of(fault: &FaultSpec) -> &'static str {
         FaultSpec::LinkFlap { .. } => "link_flap",
         FaultSpec::Straggler { .. } => "straggler",
         FaultSpec::Sdc { .. } => "sdc",
+        FaultSpec::Hang { .. } => "hang",
+        FaultSpec::Desync { .. } => "desync",
     }
 }
 
@@ -117,23 +119,31 @@ fn schedules_depend_on_the_seed_alone_and_cover_every_kind() {
                 FaultSpec::Sdc {
                     gpu, at_step, bit, ..
                 } => assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps && bit < 32),
+                FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step } => {
+                    assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps)
+                }
             }
         }
     }
-    // A scenario that cannot survive a lost transfer draws no link flap.
+    // A scenario without a collective watchdog draws no link flap, hang or desync: only the
+    // watchdog notices them.
     let no_flaps = DrawSpace {
         link_flaps: false,
         ..SPACE
     };
+    let watched = |f: &FaultSpec| {
+        matches!(
+            f,
+            FaultSpec::LinkFlap { .. } | FaultSpec::Hang { .. } | FaultSpec::Desync { .. }
+        )
+    };
     for seed in 1..100 {
         let schedule = draw_schedule(seed, &no_flaps);
-        assert!(!schedule
-            .iter()
-            .any(|f| matches!(f, FaultSpec::LinkFlap { .. })));
+        assert!(!schedule.iter().any(watched));
         // Every other kind draws exactly what it draws with flaps allowed: its own stream.
         let with: Vec<FaultSpec> = draw_schedule(seed, &SPACE)
             .into_iter()
-            .filter(|f| !matches!(f, FaultSpec::LinkFlap { .. }))
+            .filter(|f| !watched(f))
             .collect();
         assert_eq!(schedule, with, "seed {seed}");
     }
@@ -226,6 +236,12 @@ fn size(fault: &FaultSpec) -> (u64, u64, u64) {
         FaultSpec::Sdc {
             gpu, at_step, bit, ..
         } => (at_step, gpu as u64, u64::from(bit)),
+        FaultSpec::Hang {
+            gpu,
+            at_step,
+            kernel,
+        } => (at_step, gpu as u64, u64::from(kernel)),
+        FaultSpec::Desync { gpu, at_step } => (at_step, gpu as u64, 0),
     }
 }
 

@@ -48,7 +48,8 @@ pub struct FlightReport {
     pub diagnosis: Diagnosis,
     /// The hang or desync injected in this generation, if one was.
     pub injected: Option<InjectedHang>,
-    /// Whether the diagnosis named the injected rank first (None without an injected hang).
+    /// Whether the diagnosis named the injected rank among its culprits (None without an
+    /// injected hang).
     pub named_injected_rank: Option<bool>,
 }
 
@@ -199,6 +200,8 @@ impl World {
         self.hangs.generation_began_ns = self.clock.now_ns();
         self.hangs.armed.clear();
         self.hangs.desyncs_armed.clear();
+        // Another fault's restart ended them: no later stop is theirs.
+        self.hangs.injected.clear();
         self.hangs.hung.clear();
         if let Some(recorder) = &mut self.hangs.recorder {
             recorder.clear();
@@ -259,7 +262,13 @@ impl World {
         let dump = recorder.dump(trigger.name(), generation, self.clock.now_ns());
         let diagnosis = flight::analyse(&dump);
         let injected = hangs.injected.drain(..).next();
-        let named_injected_rank = injected.map(|h| diagnosis.first_culprit() == Some(h.rank));
+        let named_injected_rank = injected.map(|h| {
+            let culprits = diagnosis
+                .missing_ranks
+                .iter()
+                .chain(&diagnosis.mismatched_ranks);
+            culprits.copied().any(|rank| rank == h.rank)
+        });
         let text = diagnosis.to_string();
         hangs.reports.push(FlightReport {
             generation,
