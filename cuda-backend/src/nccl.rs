@@ -757,7 +757,8 @@ pub fn run_nccl_job(
         generation,
     ));
     let result = job::RankResult::new(outcome, settings.job.steps, resumed, backend.last_failure());
-    let agree = block_on(replicas_agree(&backend, result.outcome.param_digest)).unwrap_or(false);
+    let result_digest = result.outcome.param_digest;
+    let agree = block_on(replicas_agree(&backend, result_digest)).unwrap_or(false);
     backend
         .finish()
         .map_err(|e| NcclSetupError(e.to_string()))?;
@@ -782,7 +783,7 @@ pub fn run_nccl_job(
         "nccl",
         device,
         &[result],
-        agree,
+        (result_digest, agree),
         &marks,
         timings,
     ))
