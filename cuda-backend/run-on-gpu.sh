@@ -18,7 +18,10 @@
 # uninterrupted run;
 # (6) recovery inside one process: scenarios/node-crash-mid-checkpoint.toml with its node
 # crash injected, all ranks restarted through the local transport's barrier, and the
-# simulator's param_digest at the end.
+# simulator's param_digest at the end;
+# (7) a [parallelism] layout (tp 2 x pp 2 x dp 2 on 8 ranks, 1F1B and GPipe) whose layers run as
+# the split-MLP kernels: the simulator's param_digest, every shard's replicas agreeing.
+# Written without a GPU and not yet run on one.
 #
 # Prints PASS/FAIL per check and exits non-zero if any failed. Writes its logs and a summary to
 # $OUT (or target/gpu-check) for carrying back.
@@ -72,7 +75,8 @@ for f in "$BUNDLE/faultline-gpu" "$SIM" "$BUNDLE/gpu-kernels-test" "$BUNDLE/gpu-
     [[ -x "$f" ]] || { echo "missing $f: run cuda-backend/run-on-gpu.sh --build first"; exit 2; }
 done
 GPU() { "$BUNDLE/faultline-gpu" "$@"; }
-# ONLY="nccl restore" runs only the named checks (conformance nccl timings restore recovery);
+# ONLY="nccl restore" runs only the named checks (conformance nccl timings restore recovery
+# layout);
 # NCCL_TIMEOUT bounds each NCCL process, in seconds.
 want() { [[ "${ONLY:-all}" == all || " ${ONLY} " == *" $1 "* ]]; }
 NCCL_TIMEOUT=${NCCL_TIMEOUT:-300}
@@ -104,6 +108,7 @@ if want conformance; then
     # ran where the bundle was built.
     if "$BUNDLE/gpu-conformance-test" --test-threads=1 \
         --skip the_runner_reads_every_scenario_as_the_simulator_does \
+        --skip the_bundled_layout_scenario_ends_with_the_simulators_parameters_on_the_host_arm \
         >"$OUT_DIR/gpu-conformance-test.log" 2>&1; then
         passed_or_skipped gpu-conformance-test.log \
             "collectives and the 8-rank 50-step job bit for bit against the simulator"
@@ -253,6 +258,27 @@ if want recovery; then
         fail "recovery in process" "restarts '$restarts', digest '$got' vs the simulator's '$want'"
     fi
     rm -rf "$CKPT"
+fi
+
+# (7) A layout on the GPU: layout-quickstart.toml cut to 8 ranks of one GPU, each layer's
+# forward and backward as the split-MLP kernels, against the simulator's digest over the shards.
+if want layout; then
+    for schedule in 1f1b gpipe; do
+        LAYOUT_JOB=(--seed 7 --set cluster.gpus=8 --set parallelism.tp=2 --set parallelism.pp=2
+            --set "job.schedule=$schedule")
+        "$SIM" run scenarios/layout-quickstart.toml "${LAYOUT_JOB[@]}" --json \
+            >"$OUT_DIR/layout-sim-$schedule.json" 2>&1
+        run_gpu scenarios/layout-quickstart.toml "${LAYOUT_JOB[@]}" \
+            >"$OUT_DIR/layout-gpu-$schedule.json" 2>&1
+        want_digest=$(field param_digest <"$OUT_DIR/layout-sim-$schedule.json")
+        got_digest=$(field param_digest <"$OUT_DIR/layout-gpu-$schedule.json")
+        agree=$(field replicas_agree <"$OUT_DIR/layout-gpu-$schedule.json")
+        if [[ -n "$want_digest" && "$got_digest" == "$want_digest" && "$agree" == true ]]; then
+            pass "layout tp 2 x pp 2 x dp 2, $schedule: param_digest $got_digest equals the simulator's"
+        else
+            fail "layout $schedule" "simulator '$want_digest', GPU '$got_digest', agree '$agree' (see layout-*-$schedule.json)"
+        fi
+    done
 fi
 
 say "failures: $failures"

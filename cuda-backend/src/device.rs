@@ -47,6 +47,25 @@ pub trait RankDevice {
     fn download(&self, buffer: &Self::Buffer) -> Result<Vec<f32>, DeviceError>;
     fn add_assign(&self, acc: &mut [f32], src: &[f32]) -> Result<(), DeviceError>;
     fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) -> Result<(), DeviceError>;
+    /// trainer_core::mlp::layer_forward: one proxy layer's forward on this rank's units.
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) -> Result<(), DeviceError>;
+    /// trainer_core::mlp::layer_backward; `saved` is the layer's input, pre-activations and
+    /// output gradient.
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) -> Result<(), DeviceError>;
     /// Waits for all work queued on this rank.
     fn synchronize(&self) -> Result<(), DeviceError>;
     /// A point in this rank's work, for timing.
@@ -83,6 +102,28 @@ impl RankDevice for HostRank {
         trainer_core::kernels::sgd_update(params, grad, lr);
         Ok(())
     }
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        trainer_core::mlp::layer_forward(weights, width, h, pre, partial);
+        Ok(())
+    }
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        trainer_core::mlp::layer_backward(weights, width, saved, grad, partial_dh);
+        Ok(())
+    }
     fn synchronize(&self) -> Result<(), DeviceError> {
         Ok(())
     }
@@ -109,6 +150,11 @@ pub struct Gpu {
     pub model_errors: CudaFunction,
     pub model_gradient: CudaFunction,
     pub model_loss: CudaFunction,
+    pub mlp_pre: CudaFunction,
+    pub mlp_partial: CudaFunction,
+    pub mlp_da: CudaFunction,
+    pub mlp_dh: CudaFunction,
+    pub mlp_weight_grad: CudaFunction,
     name: String,
 }
 
@@ -128,6 +174,11 @@ impl Gpu {
             model_errors: module.load_function(kernels::MODEL_ERRORS)?,
             model_gradient: module.load_function(kernels::MODEL_GRADIENT)?,
             model_loss: module.load_function(kernels::MODEL_LOSS)?,
+            mlp_pre: module.load_function(kernels::MLP_PRE)?,
+            mlp_partial: module.load_function(kernels::MLP_PARTIAL)?,
+            mlp_da: module.load_function(kernels::MLP_DA)?,
+            mlp_dh: module.load_function(kernels::MLP_DH)?,
+            mlp_weight_grad: module.load_function(kernels::MLP_WEIGHT_GRAD)?,
             context,
             name: format!("GPU {ordinal}: {name}"),
         }))
@@ -212,6 +263,70 @@ impl CudaRank {
         Ok(loss[0])
     }
 
+    /// trainer_core::mlp::layer_forward on the device: the inputs copied in, the two forward
+    /// kernels, the results copied back. A layer with no units or no samples computes nothing
+    /// a kernel could (CUDA refuses empty buffers), so the host function runs it, with the
+    /// same (zero) results.
+    pub fn mlp_layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        if pre.is_empty() || partial.is_empty() {
+            trainer_core::mlp::layer_forward(weights, width, h, pre, partial);
+            return Ok(());
+        }
+        let dims = launch::LayerDims::of(weights.len(), width, h.len());
+        let weights_dev = self.stream.clone_htod(weights)?;
+        let h_dev = self.stream.clone_htod(h)?;
+        let mut pre_dev = self.stream.alloc_zeros::<f32>(pre.len())?;
+        let mut partial_dev = self.stream.alloc_zeros::<f32>(partial.len())?;
+        let outputs = (&mut pre_dev, &mut partial_dev);
+        launch::mlp_forward(&self.stream, &self.gpu, &weights_dev, &h_dev, dims, outputs)?;
+        self.stream.memcpy_dtoh(&pre_dev, pre)?;
+        self.stream.memcpy_dtoh(&partial_dev, partial)?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// trainer_core::mlp::layer_backward on the device: the three backward kernels, the
+    /// weights' gradient added to `grad` on the device and copied back with the input's
+    /// partial gradient. Empty layers run on the host, as in the forward.
+    pub fn mlp_layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        (h, pre, g): (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        if pre.is_empty() || partial_dh.is_empty() {
+            trainer_core::mlp::layer_backward(weights, width, (h, pre, g), grad, partial_dh);
+            return Ok(());
+        }
+        let dims = launch::LayerDims::of(weights.len(), width, h.len());
+        let weights_dev = self.stream.clone_htod(weights)?;
+        let (h_dev, pre_dev) = (self.stream.clone_htod(h)?, self.stream.clone_htod(pre)?);
+        let g_dev = self.stream.clone_htod(g)?;
+        let mut grad_dev = self.stream.clone_htod(grad)?;
+        let mut da_dev = self.stream.alloc_zeros::<f32>(pre.len())?;
+        let mut dh_dev = self.stream.alloc_zeros::<f32>(partial_dh.len())?;
+        let saved = launch::LayerSaved {
+            h: &h_dev,
+            pre: &pre_dev,
+            g: &g_dev,
+        };
+        let outputs = (&mut da_dev, &mut grad_dev, &mut dh_dev);
+        launch::mlp_backward(&self.stream, &self.gpu, &weights_dev, saved, dims, outputs)?;
+        self.stream.memcpy_dtoh(&grad_dev, grad)?;
+        self.stream.memcpy_dtoh(&dh_dev, partial_dh)?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
     /// `values *= factor` on the device.
     pub fn scale(&self, values: &mut [f32], factor: f32) -> Result<(), DeviceError> {
         if values.is_empty() {
@@ -267,6 +382,26 @@ impl RankDevice for CudaRank {
         self.run_binary(params, grad, |stream, p, g| {
             launch::sgd_update(stream, gpu, p, g, lr)
         })
+    }
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        self.mlp_layer_forward(weights, width, h, pre, partial)
+    }
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        self.mlp_layer_backward(weights, width, saved, grad, partial_dh)
     }
     fn synchronize(&self) -> Result<(), DeviceError> {
         Ok(self.stream.synchronize()?)

@@ -20,6 +20,7 @@ use serde::Serialize;
 use trainer_core::collectives::Collective;
 use trainer_core::digest::Digest;
 use trainer_core::job::{self, JobConfig, JobOutcome, Trainer};
+use trainer_core::layout_job;
 use trainer_core::{Backend, CommError, Event, Placement, Tier};
 
 use crate::device::RankDevice;
@@ -67,13 +68,6 @@ pub fn parse_scenario(
             "\"per-replica\" runs in the simulator only: the local and NCCL controllers \
              restart the job and cannot drop a replica; use \"restart\", \"in-memory\" \
              or \"hot-spare\"",
-        ));
-    }
-    if scenario.job.layout.is_some() {
-        return Err(source.error(
-            "parallelism",
-            "a [parallelism] layout runs in the simulator only: the GPU runner has no kernels \
-             for the split MLP yet; remove [parallelism]",
         ));
     }
     Ok(JobSettings::from_scenario(&scenario))
@@ -249,6 +243,15 @@ pub async fn train_rank<B: Backend>(
     options: &RunOptions,
     restart_generation: u64,
 ) -> (JobOutcome, Option<u64>) {
+    if config.layout.is_some() {
+        // A layout job takes no checkpoints (the scenario reader refuses [checkpoint] beside
+        // [parallelism]), so there is nothing to restore: `check_run_flags` refuses --restore.
+        assert!(
+            !options.restore,
+            "a layout job has no checkpoint to restore"
+        );
+        return (layout_job::run(backend, config).await, None);
+    }
     if !options.restore {
         return (job::run(backend, config).await, None);
     }
@@ -444,7 +447,7 @@ pub fn report<M>(
     transport: &'static str,
     device: String,
     results: &[RankResult],
-    replicas_agree: bool,
+    (param_digest, replicas_agree): (u64, bool),
     marks0: &[Mark<M>],
     timings: Timings,
 ) -> GpuRunReport {
@@ -465,7 +468,7 @@ pub fn report<M>(
         collective: settings.job.collective.algo.name(),
         steps_requested: settings.job.steps,
         steps_completed: outcome0.steps_completed,
-        param_digest: hex(outcome0.param_digest),
+        param_digest: hex(param_digest),
         final_loss: outcome0.final_loss,
         first_loss: outcome0.first_loss,
         replicas_agree,
@@ -518,11 +521,7 @@ pub fn run_local_job<D: RankDevice + 'static>(
     for dir in temporary {
         let _ = std::fs::remove_dir_all(dir);
     }
-    // Replicas agree on the model; restart bookkeeping (steps recomputed) may differ by rank.
-    let model = |o: &JobOutcome| (o.steps_completed, o.param_digest, o.final_loss.to_bits());
-    let replicas_agree = results
-        .iter()
-        .all(|r| model(&r.outcome) == model(&results[0].outcome));
+    let judged = judge(settings, &results);
     let marks = world.take_marks(0);
     let device0 = world.device(0);
     let (steps_ns, collectives_ns) = durations_ns(&marks, |a, b| {
@@ -537,10 +536,35 @@ pub fn run_local_job<D: RankDevice + 'static>(
         "local",
         device_name,
         &results,
-        replicas_agree,
+        judged,
         &marks,
         timings,
     )
+}
+
+/// The run's parameter digest and whether the replicas agree. Without a layout: rank 0's
+/// digest, and every rank ends with the same model (restart bookkeeping, the steps recomputed,
+/// may differ by rank). With one: the simulator's digest over the shards, each shard's
+/// replicas holding the same bits, and every rank ending with the same steps and loss.
+fn judge(settings: &JobSettings, results: &[RankResult]) -> (u64, bool) {
+    let outcome0 = &results[0].outcome;
+    let same_end = |o: &JobOutcome| {
+        (o.steps_completed, o.final_loss.to_bits())
+            == (outcome0.steps_completed, outcome0.final_loss.to_bits())
+    };
+    let ended_alike = results.iter().all(|r| same_end(&r.outcome));
+    match &settings.job.layout {
+        Some(layout) => {
+            let outcomes: Vec<&JobOutcome> = results.iter().map(|r| &r.outcome).collect();
+            let (digest, agree) = layout_job::param_digest(&layout.layout, &outcomes);
+            (digest, agree && ended_alike)
+        }
+        None => {
+            let digest0 = outcome0.param_digest;
+            let agree = results.iter().all(|r| r.outcome.param_digest == digest0);
+            (digest0, agree && ended_alike)
+        }
+    }
 }
 
 /// Rank `rank`'s input element `idx` for a collective check: the simulator's too.

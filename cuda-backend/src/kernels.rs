@@ -16,14 +16,25 @@ pub const SCALE: &str = "faultline_scale";
 pub const MODEL_ERRORS: &str = "faultline_model_errors";
 pub const MODEL_GRADIENT: &str = "faultline_model_gradient";
 pub const MODEL_LOSS: &str = "faultline_model_loss";
+/// The layout job's proxy layer (trainer_core::mlp): forward, then backward.
+pub const MLP_PRE: &str = "faultline_mlp_pre";
+pub const MLP_PARTIAL: &str = "faultline_mlp_partial";
+pub const MLP_DA: &str = "faultline_mlp_da";
+pub const MLP_DH: &str = "faultline_mlp_dh";
+pub const MLP_WEIGHT_GRAD: &str = "faultline_mlp_weight_grad";
 
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 11] = [
     ADD_ASSIGN,
     SGD_UPDATE,
     SCALE,
     MODEL_ERRORS,
     MODEL_GRADIENT,
     MODEL_LOSS,
+    MLP_PRE,
+    MLP_PARTIAL,
+    MLP_DA,
+    MLP_DH,
+    MLP_WEIGHT_GRAD,
 ];
 
 /// The kernels. The model's data is a counter hash (trainer_core::model), which is integer
@@ -112,6 +123,97 @@ extern "C" __global__ void faultline_model_loss(
     float sum = 0.0f;
     for (unsigned int s = 0; s < batch; s++) { sum = sum + errors[s] * errors[s]; }
     loss[0] = sum * inv_batch;
+}
+
+// trainer_core::mlp, one proxy layer on a rank's `units` hidden units: `weights` holds W1's
+// rows (units x width) then W2 transposed (units x width); `h` and `partial` are batch x width,
+// `pre` and `da` batch x units. Each sum runs in the host's order (the host's loops nest
+// samples, then units, then elements, and every output element's terms arrive in ascending
+// order of the index summed over), from the host's starting value.
+
+// f32::max(a, 0.0) for the sums here, which are never -0.0 (they start from +0.0).
+__device__ float faultline_relu(float a) { return a > 0.0f ? a : 0.0f; }
+
+// Forward, one thread per (sample s, unit f): pre = sum over j of W1[f][j] * h[s][j].
+extern "C" __global__ void faultline_mlp_pre(
+    const float *weights, const float *h, unsigned int width, unsigned int units,
+    unsigned int batch, float *pre) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * units) { return; }
+    unsigned int s = i / units, f = i % units;
+    float sum = 0.0f;
+    for (unsigned int j = 0; j < width; j++) {
+        sum = sum + weights[f * width + j] * h[s * width + j];
+    }
+    pre[i] = sum;
+}
+
+// Forward, one thread per (sample s, element j): partial = sum over f of relu(pre[s][f]) * W2t[f][j].
+extern "C" __global__ void faultline_mlp_partial(
+    const float *weights, const float *pre, unsigned int width, unsigned int units,
+    unsigned int batch, float *partial) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * width) { return; }
+    unsigned int s = i / width, j = i % width;
+    const float *w2t = weights + units * width;
+    float sum = 0.0f;
+    for (unsigned int f = 0; f < units; f++) {
+        sum = sum + faultline_relu(pre[s * units + f]) * w2t[f * width + j];
+    }
+    partial[i] = sum;
+}
+
+// Backward, one thread per (sample s, unit f): the pre-activation's gradient, the sum over j
+// of W2t[f][j] * g[s][j] where the unit is active, 0 where not.
+extern "C" __global__ void faultline_mlp_da(
+    const float *weights, const float *pre, const float *g, unsigned int width,
+    unsigned int units, unsigned int batch, float *da) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * units) { return; }
+    unsigned int s = i / units, f = i % units;
+    const float *w2t = weights + units * width;
+    float du = 0.0f;
+    for (unsigned int j = 0; j < width; j++) {
+        du = du + w2t[f * width + j] * g[s * width + j];
+    }
+    da[i] = pre[i] > 0.0f ? du : 0.0f;
+}
+
+// Backward, one thread per (sample s, element j): the input's partial gradient, the sum over
+// f of W1[f][j] * da[s][f].
+extern "C" __global__ void faultline_mlp_dh(
+    const float *weights, const float *da, unsigned int width, unsigned int units,
+    unsigned int batch, float *dh) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * width) { return; }
+    unsigned int s = i / width, j = i % width;
+    float sum = 0.0f;
+    for (unsigned int f = 0; f < units; f++) {
+        sum = sum + weights[f * width + j] * da[s * units + f];
+    }
+    dh[i] = sum;
+}
+
+// Backward, one thread per weight (W1's, then W2t's): adds, sample by sample in order, the
+// weight's gradient to what `grad` already holds (earlier micro-batches).
+extern "C" __global__ void faultline_mlp_weight_grad(
+    const float *pre, const float *da, const float *h, const float *g, unsigned int width,
+    unsigned int units, unsigned int batch, float *grad) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned int per_matrix = units * width;
+    if (i >= 2 * per_matrix) { return; }
+    unsigned int k = i % per_matrix, f = k / width, j = k % width;
+    float acc = grad[i];
+    if (i < per_matrix) {
+        for (unsigned int s = 0; s < batch; s++) {
+            acc = acc + da[s * units + f] * h[s * width + j];
+        }
+    } else {
+        for (unsigned int s = 0; s < batch; s++) {
+            acc = acc + faultline_relu(pre[s * units + f]) * g[s * width + j];
+        }
+    }
+    grad[i] = acc;
 }
 "#;
 

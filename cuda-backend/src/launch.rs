@@ -121,3 +121,122 @@ pub fn model(
     unsafe { args.launch(config(1)) }?;
     Ok(())
 }
+
+/// One proxy layer's sizes (trainer_core::mlp): the rank's hidden units, the layer's width and
+/// the samples in the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerDims {
+    pub width: u32,
+    pub units: u32,
+    pub batch: u32,
+}
+
+impl LayerDims {
+    /// From the host slices' lengths, as trainer_core::mlp derives them; every index a kernel
+    /// computes is below `2 * units * width` or `batch * width`, which fit in 32 bits.
+    pub fn of(weights: usize, width: usize, h: usize) -> LayerDims {
+        assert!(width > 0 && weights % (2 * width) == 0 && h % width == 0);
+        let fits = |n: usize| u32::try_from(n).expect("a layer larger than 2^32 elements");
+        let (units, batch) = (weights / (2 * width), h / width);
+        fits(weights.max(h).max(batch * units));
+        LayerDims {
+            width: fits(width),
+            units: fits(units),
+            batch: fits(batch),
+        }
+    }
+}
+
+/// The layer's forward on `stream`: the pre-activations, then the partial output.
+pub fn mlp_forward(
+    stream: &CudaStream,
+    gpu: &Gpu,
+    weights: &CudaSlice<f32>,
+    h: &CudaSlice<f32>,
+    d: LayerDims,
+    (pre, partial): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+) -> Result<(), DriverError> {
+    let (width, units, batch) = (d.width as usize, d.units as usize, d.batch as usize);
+    assert_eq!(weights.len(), 2 * units * width);
+    assert_eq!(
+        (h.len(), partial.len(), pre.len()),
+        (batch * width, batch * width, batch * units)
+    );
+    let mut args = stream.launch_builder(&gpu.mlp_pre);
+    args.arg(weights)
+        .arg(h)
+        .arg(&d.width)
+        .arg(&d.units)
+        .arg(&d.batch)
+        .arg(&mut *pre);
+    // SAFETY: faultline_mlp_pre(const float*, const float*, unsigned int x3, float*); the
+    // lengths are asserted above; threads at or past batch * units return.
+    unsafe { args.launch(config(batch * units)) }?;
+    let mut args = stream.launch_builder(&gpu.mlp_partial);
+    args.arg(weights)
+        .arg(&*pre)
+        .arg(&d.width)
+        .arg(&d.units)
+        .arg(&d.batch)
+        .arg(partial);
+    // SAFETY: faultline_mlp_partial(const float*, const float*, unsigned int x3, float*);
+    // threads at or past batch * width return.
+    unsafe { args.launch(config(batch * width)) }?;
+    Ok(())
+}
+
+/// The layer's input, pre-activations and output gradient on the device, for the backward.
+pub struct LayerSaved<'a> {
+    pub h: &'a CudaSlice<f32>,
+    pub pre: &'a CudaSlice<f32>,
+    pub g: &'a CudaSlice<f32>,
+}
+
+/// The layer's backward on `stream`: the pre-activations' gradient (into `da`), the input's
+/// partial gradient, and the weights' gradient added into `grad`.
+pub fn mlp_backward(
+    stream: &CudaStream,
+    gpu: &Gpu,
+    weights: &CudaSlice<f32>,
+    saved: LayerSaved,
+    d: LayerDims,
+    (da, grad, dh): (
+        &mut CudaSlice<f32>,
+        &mut CudaSlice<f32>,
+        &mut CudaSlice<f32>,
+    ),
+) -> Result<(), DriverError> {
+    let (width, units, batch) = (d.width as usize, d.units as usize, d.batch as usize);
+    assert_eq!(
+        (weights.len(), grad.len()),
+        (2 * units * width, 2 * units * width)
+    );
+    assert_eq!(
+        (saved.h.len(), saved.g.len(), dh.len()),
+        (batch * width, batch * width, batch * width)
+    );
+    assert_eq!((saved.pre.len(), da.len()), (batch * units, batch * units));
+    let mut args = stream.launch_builder(&gpu.mlp_da);
+    args.arg(weights).arg(saved.pre).arg(saved.g);
+    args.arg(&d.width).arg(&d.units).arg(&d.batch).arg(&mut *da);
+    // SAFETY: faultline_mlp_da(const float* x3, unsigned int x3, float*); the lengths are
+    // asserted above; threads at or past batch * units return.
+    unsafe { args.launch(config(batch * units)) }?;
+    let mut args = stream.launch_builder(&gpu.mlp_dh);
+    args.arg(weights)
+        .arg(&*da)
+        .arg(&d.width)
+        .arg(&d.units)
+        .arg(&d.batch)
+        .arg(dh);
+    // SAFETY: faultline_mlp_dh(const float*, const float*, unsigned int x3, float*); threads
+    // at or past batch * width return.
+    unsafe { args.launch(config(batch * width)) }?;
+    let mut args = stream.launch_builder(&gpu.mlp_weight_grad);
+    args.arg(saved.pre).arg(&*da).arg(saved.h).arg(saved.g);
+    args.arg(&d.width).arg(&d.units).arg(&d.batch).arg(grad);
+    // SAFETY: faultline_mlp_weight_grad(const float* x4, unsigned int x3, float*); threads at
+    // or past 2 * units * width return.
+    unsafe { args.launch(config(2 * units * width)) }?;
+    Ok(())
+}

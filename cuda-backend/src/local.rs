@@ -39,8 +39,11 @@ pub struct Mark<M> {
 
 /// Key of a message waiting to be received: (receiver, sender, tag).
 type MailKey = (usize, usize, Tag);
-/// Delivered buffers (in the receiver's memory) with their modelled bytes, in send order.
-type Mailboxes<B> = BTreeMap<MailKey, VecDeque<(B, u64)>>;
+/// A delivered buffer (in the receiver's memory), its modelled bytes and the checksum its
+/// sender attached, which travels with it so that the receiver checks the copy it got.
+type Delivered<B> = (B, u64, Option<u64>);
+/// Delivered messages, in send order.
+type Mailboxes<B> = BTreeMap<MailKey, VecDeque<Delivered<B>>>;
 
 /// The job controller's state: which ranks have failed in this generation.
 #[derive(Default)]
@@ -260,7 +263,7 @@ impl<D: RankDevice> Backend for LocalBackend<D> {
             .borrow_mut()
             .entry((to, self.rank, tag))
             .or_default()
-            .push_back((delivered, payload.modelled_bytes));
+            .push_back((delivered, payload.modelled_bytes, payload.checksum));
         if let Some(waker) = self.world.waiters.borrow_mut().remove(&to) {
             waker.wake();
         }
@@ -289,14 +292,17 @@ impl<D: RankDevice> Backend for LocalBackend<D> {
             Poll::Pending
         });
         async move {
-            let (buffer, modelled_bytes) = tokio::time::timeout(self.world.recv_timeout, arrived)
-                .await
-                .map_err(|_| CommError::Timeout { peer: from, tag })??;
+            let (buffer, modelled_bytes, checksum) =
+                tokio::time::timeout(self.world.recv_timeout, arrived)
+                    .await
+                    .map_err(|_| CommError::Timeout { peer: from, tag })??;
             let data = self
                 .device()
                 .download(&buffer)
                 .unwrap_or_else(|e| self.fail("download", e));
-            Ok(Payload::new(data, modelled_bytes))
+            let mut payload = Payload::new(data, modelled_bytes);
+            payload.checksum = checksum;
+            Ok(payload)
         }
     }
 
@@ -440,6 +446,32 @@ impl<D: RankDevice> Backend for LocalBackend<D> {
         self.device()
             .sgd_update(params, grad, lr)
             .unwrap_or_else(|e| self.fail("sgd_update kernel", e));
+    }
+
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) {
+        self.device()
+            .layer_forward(weights, width, h, pre, partial)
+            .unwrap_or_else(|e| self.fail("layer_forward kernels", e));
+    }
+
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) {
+        self.device()
+            .layer_backward(weights, width, saved, grad, partial_dh)
+            .unwrap_or_else(|e| self.fail("layer_backward kernels", e));
     }
 }
 

@@ -186,6 +186,9 @@ fn run_args_command(mut args: RunArgs) -> ExitCode {
 /// Refuses flags that need another (a restore needs checkpoints and their directory; NCCL
 /// needs a shared one) and directories that cannot hold files.
 fn check_run_flags(args: &RunArgs, settings: &job::JobSettings) -> Result<(), String> {
+    if settings.job.layout.is_some() {
+        check_layout_flags(args)?;
+    }
     if args.restore && args.checkpoint_dir.is_none() {
         return Err("--restore needs --checkpoint-dir".into());
     }
@@ -211,6 +214,23 @@ fn check_run_flags(args: &RunArgs, settings: &job::JobSettings) -> Result<(), St
         if let Some(dir) = dir {
             usable_dir(dir).map_err(|e| format!("{flag} {}: {e}", dir.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// What a [parallelism] layout runs on: the local transport, from the start. Over NCCL each
+/// process knows only its own shard, and the report's digest is over every shard; a layout
+/// job takes no checkpoints, so there is nothing to restore.
+fn check_layout_flags(args: &RunArgs) -> Result<(), String> {
+    if args.transport == Transport::Nccl {
+        return Err(
+            "a [parallelism] layout runs on --transport local only: over NCCL each \
+                    process holds one shard, and the layout's digest is over them all"
+                .into(),
+        );
+    }
+    if args.restore {
+        return Err("--restore: a [parallelism] layout job takes no checkpoints to restore".into());
     }
     Ok(())
 }

@@ -662,6 +662,32 @@ impl<L: FrameLink> Backend for FramedBackend<L> {
             .sgd_update(params, grad, lr)
             .unwrap_or_else(|e| self.fail("sgd_update kernel", e));
     }
+
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) {
+        self.device()
+            .layer_forward(weights, width, h, pre, partial)
+            .unwrap_or_else(|e| self.fail("layer_forward kernels", e));
+    }
+
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) {
+        self.device()
+            .layer_backward(weights, width, saved, grad, partial_dh)
+            .unwrap_or_else(|e| self.fail("layer_backward kernels", e));
+    }
 }
 
 /// Runs a future that never waits on anything outside this thread (every NCCL backend future
@@ -757,7 +783,8 @@ pub fn run_nccl_job(
         generation,
     ));
     let result = job::RankResult::new(outcome, settings.job.steps, resumed, backend.last_failure());
-    let agree = block_on(replicas_agree(&backend, result.outcome.param_digest)).unwrap_or(false);
+    let result_digest = result.outcome.param_digest;
+    let agree = block_on(replicas_agree(&backend, result_digest)).unwrap_or(false);
     backend
         .finish()
         .map_err(|e| NcclSetupError(e.to_string()))?;
@@ -782,7 +809,7 @@ pub fn run_nccl_job(
         "nccl",
         device,
         &[result],
-        agree,
+        (result_digest, agree),
         &marks,
         timings,
     ))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::Tag;
 
-use crate::device::HostRank;
+use crate::device::{DeviceError, HostRank, RankDevice};
 use crate::job::{self, RunOptions};
 use crate::nccl::{self, NcclPlan};
 use crate::probe::{decide, GpuAvailability, SkipDecision};
@@ -680,6 +680,94 @@ fn host_run_trains_agrees_and_times_every_step() {
     // The same job again gives the same bits.
     let again = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
     assert_eq!(again.param_digest, report.param_digest);
+}
+
+/// Host memory that counts the layer calls it is given: the local transport must hand every
+/// layer of a layout job to the rank's device (the GPU arm's kernels), not compute it itself.
+#[derive(Clone, Default)]
+struct LayerCountingRank {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LayerCountingRank {
+    fn count(&self) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl RankDevice for LayerCountingRank {
+    type Buffer = Vec<f32>;
+    type Mark = <HostRank as RankDevice>::Mark;
+    const TIMER: &'static str = HostRank::TIMER;
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, DeviceError> {
+        HostRank.upload(data)
+    }
+    fn copy_from_peer(&self, src: &Vec<f32>) -> Result<Vec<f32>, DeviceError> {
+        HostRank.copy_from_peer(src)
+    }
+    fn download(&self, buffer: &Vec<f32>) -> Result<Vec<f32>, DeviceError> {
+        HostRank.download(buffer)
+    }
+    fn add_assign(&self, acc: &mut [f32], src: &[f32]) -> Result<(), DeviceError> {
+        HostRank.add_assign(acc, src)
+    }
+    fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) -> Result<(), DeviceError> {
+        HostRank.sgd_update(params, grad, lr)
+    }
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        self.count();
+        HostRank.layer_forward(weights, width, h, pre, partial)
+    }
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) -> Result<(), DeviceError> {
+        self.count();
+        HostRank.layer_backward(weights, width, saved, grad, partial_dh)
+    }
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        HostRank.synchronize()
+    }
+    fn mark(&self) -> Result<Self::Mark, DeviceError> {
+        HostRank.mark()
+    }
+    fn elapsed_ns(&self, from: &Self::Mark, to: &Self::Mark) -> Result<u64, DeviceError> {
+        HostRank.elapsed_ns(from, to)
+    }
+    fn describe(&self) -> String {
+        "host, counting layer calls".into()
+    }
+}
+
+#[test]
+fn a_layout_job_runs_every_layer_on_the_ranks_device() {
+    let text = "[cluster]\ngpus = 8\ngpus_per_node = 4\n[job]\nsteps = 3\nproxy_layers = 4\n\
+                proxy_width = 16\nmicro_batches = 4\nmicro_batch_size = 2\n\
+                [parallelism]\ntp = 2\npp = 2\n";
+    let s = job::parse_scenario("layout", "<test>", text, &[]).unwrap();
+    let device = LayerCountingRank::default();
+    let report = job::run_local_job(vec![device.clone(); 8], &s, &RunOptions::new());
+    assert_eq!(report.error, None);
+    assert!(report.replicas_agree);
+    // Each of the 4 layers on its 2 TP ranks in each of 2 replicas, for 4 micro-batches and 3
+    // steps: once forward, once backward.
+    let calls = device.calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(calls, 2 * (4 * 2 * 2) * 4 * 3);
+    let host = job::run_local_job(vec![HostRank; 8], &s, &RunOptions::new());
+    assert_eq!(report.param_digest, host.param_digest);
 }
 
 /// Options that keep every tier under `temp_dir(test)`.

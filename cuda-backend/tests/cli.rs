@@ -80,6 +80,22 @@ fn bad_input_exits_2_and_names_the_problem() {
             ],
             "--checkpoint-dir Cargo.toml: exists and is not a directory",
         ),
+        // A layout runs on the local transport, from the start.
+        (
+            &[
+                "run",
+                "scenarios/layout-quickstart.toml",
+                "--transport",
+                "nccl",
+                "--device",
+                "cuda",
+            ],
+            "a [parallelism] layout runs on --transport local only",
+        ),
+        (
+            &["run", "scenarios/layout-quickstart.toml", "--restore"],
+            "--restore: a [parallelism] layout job takes no checkpoints to restore",
+        ),
         // The simulator's reader, so the simulator's refusals: an unknown key gets the key it
         // was probably meant to be, and a node wider than the simulator allows is refused.
         (

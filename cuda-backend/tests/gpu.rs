@@ -93,3 +93,42 @@ fn gpu_device_to_device_copies_between_rank_streams_keep_every_bit() {
     let (a, b) = (receiver.mark().unwrap(), receiver.mark().unwrap());
     receiver.elapsed_ns(&a, &b).unwrap();
 }
+
+/// The layout job's layer kernels against trainer_core::mlp, through `RankDevice` as the local
+/// transport calls them: forward, then backward into a gradient that already holds a
+/// micro-batch's, on shapes from one unit to more units than a block has threads.
+#[test]
+fn gpu_mlp_layer_kernels_match_the_cpu_bit_for_bit() {
+    let Some(_) = gpu_or_skip("gpu_mlp_layer_kernels_match_the_cpu_bit_for_bit") else {
+        return;
+    };
+    let gpu = Gpu::open(0).expect("GPU 0 opens and the kernels compile");
+    let rank = gpu.rank().unwrap();
+    for (width, units, batch) in [
+        (1, 1, 1),
+        (16, 8, 2),
+        (64, 64, 3),
+        (300, 7, 5),
+        (512, 300, 4),
+    ] {
+        let what = format!("width {width} units {units} batch {batch}");
+        let weights = values(width as u64, 2 * units * width);
+        let h = values(7, batch * width);
+        let g = values(8, batch * width);
+        let (mut pre, mut partial) = (vec![0.0; batch * units], vec![0.0; batch * width]);
+        trainer_core::mlp::layer_forward(&weights, width, &h, &mut pre, &mut partial);
+        let (mut dev_pre, mut dev_partial) = (vec![1.0; batch * units], vec![1.0; batch * width]);
+        (rank.layer_forward(&weights, width, &h, &mut dev_pre, &mut dev_partial)).unwrap();
+        assert_eq!(bits(&dev_pre), bits(&pre), "pre-activations, {what}");
+        assert_eq!(bits(&dev_partial), bits(&partial), "partial output, {what}");
+
+        let mut grad = values(9, 2 * units * width);
+        let mut dev_grad = grad.clone();
+        let mut dh = vec![0.0; batch * width];
+        let mut dev_dh = vec![1.0; batch * width];
+        trainer_core::mlp::layer_backward(&weights, width, (&h, &pre, &g), &mut grad, &mut dh);
+        (rank.layer_backward(&weights, width, (&h, &pre, &g), &mut dev_grad, &mut dev_dh)).unwrap();
+        assert_eq!(bits(&dev_grad), bits(&grad), "weights' gradient, {what}");
+        assert_eq!(bits(&dev_dh), bits(&dh), "input's gradient, {what}");
+    }
+}

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde::Serialize;
 use trainer_core::collectives::{Algo, Collective, Op};
 use trainer_core::job;
-use trainer_core::layout_job::{self, LayoutJobConfig, TimeSplit, Traffic, TrafficByKind};
+use trainer_core::layout_job::{self, TimeSplit, Traffic, TrafficByKind};
 use trainer_core::Backend;
 
 use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
@@ -355,7 +355,7 @@ fn judge<'r>(
         .collect();
     let outcome0 = finished.first().copied().unwrap_or(&results[0]);
     let (digest, agree) = match &scenario.job.layout {
-        Some(layout) => layout_digest(layout, &finished),
+        Some(layout) => layout_job::param_digest(&layout.layout, &finished),
         None => plain_digest(outcome0, &finished),
     };
     (outcome0, digest, agree)
@@ -369,29 +369,6 @@ fn plain_digest(outcome0: &job::JobOutcome, finished: &[&job::JobOutcome]) -> (u
             .iter()
             .all(|r| r.param_digest == outcome0.param_digest);
     (outcome0.param_digest, agree)
-}
-
-/// A layout job's parameter digest and whether its replicas agree: every shard's replicas
-/// must end with the same parameters, bit for bit, and the digest is of the shards' digests in
-/// shard order. Judged over the ranks that finished; a shard none of them holds disagrees.
-fn layout_digest(layout: &LayoutJobConfig, finished: &[&job::JobOutcome]) -> (u64, bool) {
-    let mut shards = std::collections::BTreeMap::new();
-    let mut agree = true;
-    for outcome in finished {
-        let shard = outcome
-            .layout
-            .as_ref()
-            .expect("a layout job's outcome")
-            .shard;
-        let first = *shards.entry(shard).or_insert(outcome.param_digest);
-        agree &= first == outcome.param_digest;
-    }
-    agree &= shards.len() == layout.layout.shard_count();
-    let mut digest = trainer_core::digest::Digest::new();
-    for shard_digest in shards.values() {
-        digest.u64(*shard_digest);
-    }
-    (digest.finish(), agree)
 }
 
 /// A layout job's report: its shape, and rank 0's view of the pipeline (rank 0 is a first
@@ -861,22 +838,25 @@ mod tests {
             .map(|rank| outcome(rank, 100 + layout.layout.shard_of(rank) as u64))
             .collect();
         let all: Vec<&JobOutcome> = outcomes.iter().collect();
-        let (digest, agree) = super::layout_digest(layout, &all);
+        let (digest, agree) = trainer_core::layout_job::param_digest(&layout.layout, &all);
         assert!(agree);
         // The other replica of each shard gives the same digest.
         let replica_1: Vec<&JobOutcome> = (all.iter().copied())
             .filter(|o| o.layout.as_ref().unwrap().dp_rank == 1)
             .collect();
         assert_eq!(replica_1.len(), 4);
-        assert_eq!(super::layout_digest(layout, &replica_1), (digest, true));
+        assert_eq!(
+            trainer_core::layout_job::param_digest(&layout.layout, &replica_1),
+            (digest, true)
+        );
         let mut diverged = outcomes.clone();
         diverged[5].param_digest += 1;
         let diverged: Vec<&JobOutcome> = diverged.iter().collect();
-        assert!(!super::layout_digest(layout, &diverged).1);
+        assert!(!trainer_core::layout_job::param_digest(&layout.layout, &diverged).1);
         // Without the ranks of one shard (tp rank 1 of stage 1), the shards do not all agree.
         let missing: Vec<&JobOutcome> = (all.iter().copied())
             .filter(|o| o.layout.as_ref().unwrap().shard != 3)
             .collect();
-        assert!(!super::layout_digest(layout, &missing).1);
+        assert!(!trainer_core::layout_job::param_digest(&layout.layout, &missing).1);
     }
 }

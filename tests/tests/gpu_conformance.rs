@@ -54,10 +54,11 @@ steps = 50
 proxy_elems = 256
 ";
 
-/// (param_digest, final_loss bits, replicas agree) of the scenario on one arm.
-fn train(arm: Arm, gpu: Option<&Arc<Gpu>>, sets: &[String]) -> (String, u32, bool) {
+/// (param_digest, final_loss bits, replicas agree) of the scenario `text` on one arm, which
+/// must complete all `steps`.
+fn train(arm: Arm, gpu: Option<&Arc<Gpu>>, text: &str, steps: u64, sets: &[String]) -> Trained {
     if arm == Arm::Simulated {
-        let scenario = load_str("conformance", "<test>", SCENARIO, sets).unwrap();
+        let scenario = load_str("conformance", "<test>", text, sets).unwrap();
         let report = run_scenario(&scenario).unwrap();
         return (
             report.param_digest,
@@ -65,20 +66,22 @@ fn train(arm: Arm, gpu: Option<&Arc<Gpu>>, sets: &[String]) -> (String, u32, boo
             report.replicas_agree,
         );
     }
-    let settings = gpu_job::parse_scenario("conformance", "<test>", SCENARIO, sets).unwrap();
+    let settings = gpu_job::parse_scenario("conformance", "<test>", text, sets).unwrap();
     let world = settings.placement.world_size;
     let report = match arm {
         Arm::Host => gpu_job::run_local_job(vec![HostRank; world], &settings, &RunOptions::new()),
         _ => gpu_job::run_local_job(gpu_ranks(gpu, world), &settings, &RunOptions::new()),
     };
     assert_eq!(report.error, None, "{arm:?}");
-    assert_eq!(report.steps_completed, 50, "{arm:?}");
+    assert_eq!(report.steps_completed, steps, "{arm:?}");
     (
         report.param_digest,
         report.final_loss.to_bits(),
         report.replicas_agree,
     )
 }
+
+type Trained = (String, u32, bool);
 
 #[test]
 fn the_training_job_ends_with_the_simulators_parameters_on_every_arm() {
@@ -90,13 +93,80 @@ fn the_training_job_ends_with_the_simulators_parameters_on_every_arm() {
         if checkpoint {
             sets.push("checkpoint.interval=10".to_string());
         }
-        let expected = train(Arm::Simulated, None, &sets);
+        let expected = train(Arm::Simulated, None, SCENARIO, 50, &sets);
         assert!(expected.2, "the simulator's replicas disagree");
         for &arm in &arms {
-            let got = train(arm, gpu.as_ref(), &sets);
+            let got = train(arm, gpu.as_ref(), SCENARIO, 50, &sets);
             assert_eq!(got, expected, "{arm:?} with {algo}");
         }
     }
+}
+
+/// A layout with tensor, pipeline and data parallelism all above 1 (tp 2 inside a node of 4
+/// GPUs, pp 2, dp 2): the MLP split Megatron-style, its activations sent stage to stage.
+const LAYOUT_SCENARIO: &str = "
+[cluster]
+gpus = 8
+gpus_per_node = 4
+[job]
+steps = 3
+proxy_layers = 4
+proxy_width = 16
+micro_batches = 4
+micro_batch_size = 2
+learning_rate = 0.05
+layers = 8
+hidden = 1024
+seq_len = 512
+[parallelism]
+tp = 2
+pp = 2
+";
+
+#[test]
+fn a_layout_job_ends_with_the_simulators_parameters_on_every_arm() {
+    let (arms, gpu) = arms("a_layout_job_ends_with_the_simulators_parameters_on_every_arm");
+    let cases = [
+        ("1f1b", "none", "ring"),
+        ("gpipe", "none", "ring"),
+        ("1f1b", "optimizer", "tree"),
+        ("gpipe", "full", "hierarchical"),
+    ];
+    let mut digests = Vec::new();
+    for (schedule, sharding, algo) in cases {
+        let sets = vec![
+            format!("job.schedule={schedule}"),
+            format!("parallelism.dp_sharding={sharding}"),
+            format!("job.collective={algo}"),
+            "run.seed=5".to_string(),
+        ];
+        let expected = train(Arm::Simulated, None, LAYOUT_SCENARIO, 3, &sets);
+        assert!(expected.2, "the simulator's replicas disagree: {sets:?}");
+        for &arm in &arms {
+            let got = train(arm, gpu.as_ref(), LAYOUT_SCENARIO, 3, &sets);
+            assert_eq!(got, expected, "{arm:?} with {sets:?}");
+        }
+        digests.push(expected.0);
+    }
+    // Every case trains the same model on the same samples in the same order of sums.
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+}
+
+/// The bundled layout scenario (1,024 ranks: tp 8, pp 4, dp 32, sharded optimizer) on the host
+/// arm. Host only: 1,024 streams on one GPU check nothing the 8-rank layout above does not;
+/// run-on-gpu.sh runs the scenario's GPU arm at 8 ranks.
+#[test]
+fn the_bundled_layout_scenario_ends_with_the_simulators_parameters_on_the_host_arm() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/layout-quickstart.toml");
+    let expected = run_scenario(&faultline_sim::scenario::load(&path, &[]).unwrap()).unwrap();
+    let settings = gpu_job::load_scenario(&path, &[]).unwrap();
+    let world = settings.placement.world_size;
+    let report = gpu_job::run_local_job(vec![HostRank; world], &settings, &RunOptions::new());
+    assert_eq!(report.error, None);
+    assert!(report.replicas_agree && expected.replicas_agree);
+    assert_eq!(report.param_digest, expected.param_digest);
+    assert_eq!(report.final_loss.to_bits(), expected.final_loss.to_bits());
 }
 
 /// Values whose sums round, so that a different summation order would change the bits.
@@ -269,16 +339,6 @@ fn the_runner_reads_every_scenario_as_the_simulator_does() {
             assert_eq!(error.key.as_deref(), Some("recovery.policy"), "{error:?}");
             println!(
                 "per-replica runs in the simulator only, skipped: {}",
-                file.display()
-            );
-            continue;
-        }
-        // Layouts have no split-MLP kernels on the GPU runner yet, which says so.
-        if text.contains("[parallelism]") {
-            let error = gpu_job::parse_scenario("s", "<test>", &text, &[]).unwrap_err();
-            assert_eq!(error.key.as_deref(), Some("parallelism"), "{error:?}");
-            println!(
-                "layouts run in the simulator only, skipped: {}",
                 file.display()
             );
             continue;

@@ -377,4 +377,31 @@ pub trait Backend {
     fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) {
         kernels::sgd_update(params, grad, lr);
     }
+
+    /// One proxy layer's forward on this rank's units: [`crate::mlp::layer_forward`]. A GPU
+    /// backend runs it as kernels; both must give the same bits.
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) {
+        crate::mlp::layer_forward(weights, width, h, pre, partial);
+    }
+
+    /// One proxy layer's backward on this rank's units: [`crate::mlp::layer_backward`], with
+    /// `saved` the layer's input, its pre-activations and the gradient at its output. A GPU
+    /// backend runs it as kernels; both must give the same bits.
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) {
+        crate::mlp::layer_backward(weights, width, saved, grad, partial_dh);
+    }
 }

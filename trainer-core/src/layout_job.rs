@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use crate::job::JobOutcome;
 use crate::layout::{part_range, DpSharding, Layout};
 use crate::pipeline::Schedule;
 
@@ -146,6 +147,30 @@ pub struct LayoutOutcome {
     pub time: TimeSplit,
     /// The messages this rank sent, by kind.
     pub traffic: TrafficByKind,
+}
+
+/// A layout job's parameter digest and whether its replicas agree: every shard's replicas
+/// must end with the same parameters, bit for bit, and the digest is of the shards' digests in
+/// shard order. Judged over the ranks that finished; a shard none of them holds disagrees. The
+/// simulator's report and the GPU runner's both say this digest.
+pub fn param_digest(layout: &Layout, finished: &[&JobOutcome]) -> (u64, bool) {
+    let mut shards = std::collections::BTreeMap::new();
+    let mut agree = true;
+    for outcome in finished {
+        let shard = outcome
+            .layout
+            .as_ref()
+            .expect("a layout job's outcome")
+            .shard;
+        let first = *shards.entry(shard).or_insert(outcome.param_digest);
+        agree &= first == outcome.param_digest;
+    }
+    agree &= shards.len() == layout.shard_count();
+    let mut digest = crate::digest::Digest::new();
+    for shard_digest in shards.values() {
+        digest.u64(*shard_digest);
+    }
+    (digest.finish(), agree)
 }
 
 #[cfg(test)]

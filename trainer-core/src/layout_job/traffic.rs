@@ -176,4 +176,25 @@ impl<B: Backend> Backend for Counting<'_, B> {
     fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) {
         self.inner.sgd_update(params, grad, lr)
     }
+    fn layer_forward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        h: &[f32],
+        pre: &mut [f32],
+        partial: &mut [f32],
+    ) {
+        self.inner.layer_forward(weights, width, h, pre, partial)
+    }
+    fn layer_backward(
+        &self,
+        weights: &[f32],
+        width: usize,
+        saved: (&[f32], &[f32], &[f32]),
+        grad: &mut [f32],
+        partial_dh: &mut [f32],
+    ) {
+        self.inner
+            .layer_backward(weights, width, saved, grad, partial_dh)
+    }
 }

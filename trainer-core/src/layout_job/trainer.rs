@@ -249,7 +249,7 @@ impl LayoutTrainer {
             let mut pre = vec![0.0f32; batch * self.shape.units().len()];
             let mut out = vec![0.0f32; batch * width];
             let weights = &self.params[local * per_layer..(local + 1) * per_layer];
-            mlp::layer_forward(weights, width, &h, &mut pre, &mut out);
+            backend.layer_forward(weights, width, &h, &mut pre, &mut out);
             self.compute(backend, self.costs.forward_flops_per_proxy_layer)
                 .await?;
             let op_id = self.tp_op_id(micro_batch, local, false);
@@ -295,7 +295,7 @@ impl LayoutTrainer {
             let span = local * per_layer..(local + 1) * per_layer;
             let saved = (&stash.inputs[local][..], &stash.pres[local][..], &g[..]);
             let weights = &self.params[span.clone()];
-            mlp::layer_backward(weights, width, saved, &mut grads[span], &mut dh);
+            backend.layer_backward(weights, width, saved, &mut grads[span], &mut dh);
             self.compute(backend, 2.0 * self.costs.forward_flops_per_proxy_layer)
                 .await?;
             let op_id = self.tp_op_id(micro_batch, local, true);
