@@ -45,6 +45,9 @@ pub struct JobSettings {
     /// real hardware; `crashes_not_injected` counts them.
     pub failures_at_step: Vec<(usize, u64)>,
     pub crashes_not_injected: usize,
+    /// `[[faults.hang]]` and `[[faults.desync]]` entries: the runner does not make a rank
+    /// hang or desync (the simulator does), and says so.
+    pub hangs_not_injected: usize,
 }
 
 /// A scenario the runner cannot use: the file, line, column and key, and what is wrong. The
@@ -88,6 +91,7 @@ impl JobSettings {
             max_restarts: scenario.control.max_restarts,
             failures_at_step,
             crashes_not_injected,
+            hangs_not_injected: scenario.control.hangs.len() + scenario.control.desyncs.len(),
         }
     }
 }

@@ -180,6 +180,13 @@ fn run_args_command(mut args: RunArgs) -> ExitCode {
             settings.crashes_not_injected
         );
     }
+    if settings.hangs_not_injected > 0 {
+        eprintln!(
+            "faultline-gpu: {} [[faults.hang]]/[[faults.desync]] not injected: the GPU runner \
+             does not make a rank hang or desync; the simulator does",
+            settings.hangs_not_injected
+        );
+    }
     run_command(&settings, &options, args.transport, args.device, args.gpu)
 }
 

@@ -931,6 +931,12 @@ fn the_scenarios_crashes_at_a_step_are_injected_on_the_local_transport() {
     let s = job::parse_scenario("crash", "<test>", &text, &[]).unwrap();
     assert_eq!(s.failures_at_step, [(4, 9), (5, 9), (6, 9), (7, 9)]);
     assert_eq!(s.crashes_not_injected, 1);
+    // Hangs and desyncs are the simulator's: counted, so the runner can say it left them out.
+    let gray = format!(
+        "{text}[[faults.hang]]\ngpu = 3\nat_step = 2\n[[faults.desync]]\ngpu = 1\nat_step = 5\n"
+    );
+    let g = job::parse_scenario("gray", "<test>", &gray, &[]).unwrap();
+    assert_eq!(g.hangs_not_injected, 2);
     let report = job::run_local_job(vec![HostRank; 8], &s, &options_in("scenario-crash").0);
     assert_eq!(report.error, None);
     // Rank 0 had not finished step 8, so the step-8 checkpoint was never committed: the job
