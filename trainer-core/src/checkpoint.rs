@@ -20,7 +20,7 @@ use crate::backend::{
 };
 use crate::collectives::{Collective, Op};
 use crate::digest::Digest;
-use crate::group::Group;
+use crate::group::{Group, Placement};
 use crate::planted::PlantedBug;
 use crate::span::Span;
 
@@ -365,21 +365,25 @@ impl Checkpointer {
 
     /// The spans of the `elems` parameters this rank's shard holds.
     fn my_spans<B: Backend>(&self, backend: &B, elems: usize) -> Vec<Span> {
-        let placement = backend.placement();
-        let me = backend.rank();
+        self.shard_spans(&backend.placement(), backend.rank(), elems)
+    }
+
+    /// The spans of the `elems` parameters that `rank`'s shard holds: its part of the world's
+    /// reduce-scatter layout, or of its scope's group's.
+    pub fn shard_spans(&self, placement: &Placement, rank: usize, elems: usize) -> Vec<Span> {
         let Some(scope) = &self.scope else {
             let world = placement.world();
             let bytes = self.policy.modelled_state_bytes;
-            return (self.collective).owned_spans(&placement, &world, me, elems, bytes);
+            return (self.collective).owned_spans(placement, &world, rank, elems, bytes);
         };
         let member = scope
             .group
-            .index_of(me)
+            .index_of(rank)
             .expect("a member of its shard scope");
         let (split, bytes) = (scope.split_elems, scope.modelled_state_bytes);
         (self
             .collective
-            .owned_spans(&placement, &scope.group, member, split, bytes))
+            .owned_spans(placement, &scope.group, member, split, bytes))
         .iter()
         .map(|span| span.clipped(elems))
         .collect()

@@ -120,6 +120,11 @@ impl LayoutTrainer {
         Some(Checkpointer::new(policy, collective).with_scope(scope))
     }
 
+    /// The rank's checkpointer; `None` without a checkpoint policy.
+    pub fn checkpointer(&self) -> Option<&Checkpointer> {
+        self.checkpointer.as_ref()
+    }
+
     /// After a restart: the newest checkpoint that verifies, or without one the initial
     /// weights at step 0. Under sharded parameters each rank restores only its own part; the
     /// next step's gather brings in the rest.
