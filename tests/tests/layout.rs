@@ -5,7 +5,7 @@
 //! restores its checkpoint (or without one starts over) and ends with the fault-free
 //! parameters.
 
-use faultline_sim::books::TierName;
+use faultline_sim::books::{FaultKind, TierName};
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::load_str;
 use trainer_core::kernels;
@@ -342,4 +342,31 @@ fn the_audit_catches_a_layout_checkpoint_committed_before_its_shards_were_durabl
     scenario.planted_bug = Some(trainer_core::PlantedBug::CommitBeforeDurable);
     let report = run_scenario(&scenario).unwrap();
     assert!(report.atomicity_violation_count > 0, "{report:?}");
+}
+
+/// A bit flipped in a committed checkpoint of a layout job: the restore's checksum catches it
+/// on the rank whose shard it hit, the ranks agree to fall back to the older checkpoint, and
+/// the job still ends with the fault-free parameters.
+#[test]
+fn a_corrupt_layout_checkpoint_falls_back_to_the_older_one() {
+    let text = scenario_text(
+        (2, 2, 2),
+        2,
+        "full",
+        "[recovery]\nrestart_time = \"1min\"\n[storage]\nclient_bandwidth = \"100GB/s\"\n\
+         [checkpoint]\ninterval = 1\nkeep = 3\nstate_bytes_per_param = 1\n",
+    );
+    let sets = ["job.steps=8".to_string()];
+    let reference = run(&text, &sets);
+    // A checkpoint commits at each step boundary from about 10 ms on, steps 4 ms apart; the
+    // step-4 one at about 25.5 ms: corrupt it at 27 ms, then crash a node within the step.
+    let faults = "[[faults.storage]]\nkind = \"corrupt\"\nat = \"27ms\"\n\
+                  [[faults.crash]]\nnode = 1\nat = \"27500us\"\n";
+    let report = run(&format!("{text}{faults}"), &sets);
+    let corruptions = report.faults.injected[&FaultKind::StorageCorruption];
+    // The step-4 checkpoint, skipped for the step-3 one, which every rank restores.
+    assert_eq!((corruptions, report.restore_fallbacks), (1, 1));
+    assert_eq!(report.restores_by_tier[&TierName::Persistent], 8);
+    assert_recovered_to(&report, &reference, "a corrupt checkpoint");
+    assert_eq!(report.atomicity_violation_count, 0);
 }
