@@ -62,7 +62,9 @@ pub struct LayoutTrainer {
     time: TimeSplit,
     /// What this rank sent, by kind, as of the last outcome.
     traffic: TrafficByKind,
-    checkpointer: Option<Checkpointer>,
+    /// Boxed: every rank's trainer holds one, and a job without checkpoints need not grow by
+    /// a checkpointer's size at 100,000 ranks.
+    checkpointer: Option<Box<Checkpointer>>,
 }
 
 impl LayoutTrainer {
@@ -103,7 +105,7 @@ impl LayoutTrainer {
     /// reduce-scatter cuts it: under a sharded optimizer or sharded parameters a shard is
     /// exactly the part this rank updates, and each shard stands for its share of the shard's
     /// modelled training state.
-    fn new_checkpointer(&self) -> Option<Checkpointer> {
+    fn new_checkpointer(&self) -> Option<Box<Checkpointer>> {
         let policy = self.config.checkpoint.clone()?;
         let job = &self.job;
         let model_params: f64 = (0..job.layout.pp)
@@ -117,12 +119,14 @@ impl LayoutTrainer {
             gather_on_restore: job.dp_sharding != DpSharding::Full,
         };
         let collective = self.collective_for(&scope.group, job.layout.world_size());
-        Some(Checkpointer::new(policy, collective).with_scope(scope))
+        Some(Box::new(
+            Checkpointer::new(policy, collective).with_scope(scope),
+        ))
     }
 
     /// The rank's checkpointer; `None` without a checkpoint policy.
     pub fn checkpointer(&self) -> Option<&Checkpointer> {
-        self.checkpointer.as_ref()
+        self.checkpointer.as_deref()
     }
 
     /// After a restart: the newest checkpoint that verifies, or without one the initial
@@ -565,7 +569,11 @@ pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = J
                 }
                 while trainer.step < trainer.config.steps {
                     trainer.train_step(backend).await?;
-                    trainer.checkpoint_boundary(rank_backend).await?;
+                    if trainer.checkpointer.is_some() {
+                        // Boxed, so that a job without checkpoints keeps its rank's future
+                        // the size it was (every byte of it is loaded on each poll).
+                        Box::pin(trainer.checkpoint_boundary(rank_backend)).await?;
+                    }
                 }
                 trainer.gather_weights(backend, OP_GATHER_WEIGHTS).await
             };
