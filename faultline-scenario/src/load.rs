@@ -511,7 +511,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     let run = validate_run(src, &raw.run)?;
     let checkpoint = match &raw.checkpoint {
         None => None,
-        Some(c) => Some(validate_checkpoint(src, c, raw.job.model_params)?),
+        Some(c) => Some(validate_checkpoint(src, c, &raw.job, layout.as_ref())?),
     };
     let (storage, corruptions_at_ns) = validate_storage_and_faults(src, &raw)?;
     let spare_nodes = in_range(
@@ -530,8 +530,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         checksum_bytes_per_s,
     };
     if layout.is_some() {
-        let has_checkpoint = checkpoint.is_some();
-        parallelism::refuse_beside_layout(src, has_checkpoint, control.policy, sdc.specs.len())?;
+        parallelism::refuse_beside_layout(src, control.policy, sdc.specs.len())?;
     }
     let job = JobConfig {
         checkpoint: checkpoint.map(|policy| CheckpointPolicy {
@@ -914,11 +913,15 @@ fn validate_debug(
     Ok(Some(bug))
 }
 
+/// `[checkpoint]`, whose modelled state is that of the job's modelled model: with a layout, the
+/// transformer its dimensions give; without, `job.model_params`.
 fn validate_checkpoint(
     src: &Source,
     c: &RawCheckpoint,
-    model_params: f64,
+    job: &RawJob,
+    layout: Option<&trainer_core::layout_job::LayoutJobConfig>,
 ) -> Result<CheckpointPolicy, ScenarioError> {
+    let model_params = layout.map_or(job.model_params, |l| parallelism::model_params(&l.model));
     let expected = "a step count such as 50 (at most 10,000,000), or a duration such as \"30min\"";
     let interval = match &c.interval {
         toml::Value::Integer(steps) if (1..=10_000_000).contains(steps) => {

@@ -301,6 +301,28 @@ fn a_layout_derives_dp_and_reads_its_job_keys() {
     assert_eq!(none.job.layout, None);
 }
 
+/// A layout job takes checkpoints; their modelled state is the layout's transformer's
+/// (`12 h^2` parameters a layer), not `job.model_params`, which only the plain job reads.
+#[test]
+fn a_layout_checkpoints_the_state_of_its_modelled_transformer() {
+    let text = format!(
+        "{}[checkpoint]\ninterval = 2\nstate_bytes_per_param = 4\n",
+        layout_text(
+            "tp = 2\npp = 2",
+            "layers = 4\nhidden = 256\nmodel_params = 1e9"
+        )
+    );
+    let scenario = load_str("t", "t.toml", &text, &[]).unwrap();
+    let policy = scenario.job.checkpoint.unwrap();
+    assert_eq!(policy.modelled_state_bytes, 12 * 256 * 256 * 4 * 4);
+    let plain = format!("{MINIMAL}model_params = 1e9\n[checkpoint]\ninterval = 2\n");
+    let plain = load_str("t", "t.toml", &plain, &[]).unwrap();
+    assert_eq!(
+        plain.job.checkpoint.unwrap().modelled_state_bytes,
+        16_000_000_000
+    );
+}
+
 #[test]
 fn bad_layouts_are_refused_with_line_and_key() {
     // (the [parallelism] body, extra job keys, extra top-level text, the key, its line).
@@ -332,7 +354,13 @@ fn bad_layouts_are_refused_with_line_and_key() {
             "job.seq_len",
             7,
         ),
-        ("", "", "[checkpoint]\ninterval = 1", "checkpoint", 10),
+        (
+            "",
+            "",
+            "[[faults.sdc]]\nkind = \"in-flight\"\ngpu = 1\nat_step = 1",
+            "faults.sdc",
+            10,
+        ),
         (
             "",
             "",

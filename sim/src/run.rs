@@ -437,7 +437,8 @@ impl From<Traffic> for KindTraffic {
 }
 
 /// A layout job's messages by kind: the TP all-reduces, the stage-to-stage messages, the DP
-/// collectives. Fault-free, they add up to the report's `messages` and `modelled_bytes`.
+/// collectives. Fault-free and without checkpoint votes (control traffic, in no kind), they add
+/// up to the report's `messages` and `modelled_bytes`.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct TrafficReport {
     pub tp: KindTraffic,

@@ -1,8 +1,11 @@
 //! Layout jobs on the simulator (issue #24): for a fixed global batch, every layout with TP, PP
 //! and DP in {1, 2, 4} trains the loss curve of the single-process host reference; a layout
 //! gives the same parameters for every seed and executor; every shard's replicas agree; and
-//! with communication free, 1F1B's bubble is the textbook one.
+//! with communication free, 1F1B's bubble is the textbook one. After a crash, a layout job
+//! restores its checkpoint (or without one starts over) and ends with the fault-free
+//! parameters.
 
+use faultline_sim::books::{FaultKind, TierName};
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::load_str;
 use trainer_core::kernels;
@@ -227,8 +230,22 @@ fn the_messages_by_kind_add_up_to_the_fabrics() {
     }
 }
 
-/// A node crash under each restart-based policy (no checkpoints over a layout yet): the job
-/// restarts from the initial weights, trains every step again and ends with the fault-free
+/// Fault-free equivalence after one recovery: every step of the fault-free run completed,
+/// with its losses and its parameters, every shard's replicas agreeing.
+fn assert_recovered_to(report: &RunReport, reference: &RunReport, case: &str) {
+    assert_eq!(report.recoveries, 1, "{case}");
+    assert_eq!(report.steps_completed, reference.steps_completed, "{case}");
+    assert_eq!(report.param_digest, reference.param_digest, "{case}");
+    assert!(report.replicas_agree, "{case}");
+    assert_eq!(
+        report.layout.as_ref().unwrap().step_losses,
+        reference.layout.as_ref().unwrap().step_losses,
+        "{case}"
+    );
+}
+
+/// A node crash under each restart-based policy without `[checkpoint]`: the job restarts
+/// from the initial weights, trains every step again and ends with the fault-free
 /// run's parameters, every shard's replicas agreeing.
 #[test]
 fn a_crash_restarts_a_layout_job_to_the_fault_free_parameters() {
@@ -240,19 +257,116 @@ fn a_crash_restarts_a_layout_job_to_the_fault_free_parameters() {
         let sets = [format!("recovery.policy=\"{policy}\"")];
         let report = run(&format!("{text}{crash}"), &sets);
         let case = format!("{policy}: {target} at step {step}");
-        assert_eq!(report.recoveries, 1, "{case}");
-        assert_eq!(report.steps_completed, STEPS, "{case}");
-        assert_eq!(report.param_digest, reference.param_digest, "{case}");
-        assert!(report.replicas_agree, "{case}");
-        let losses = &report.layout.as_ref().unwrap().step_losses;
-        assert_eq!(
-            losses,
-            &reference.layout.as_ref().unwrap().step_losses,
-            "{case}"
-        );
+        assert_recovered_to(&report, &reference, &case);
         assert!(
             report.model_time_ns > reference.model_time_ns + 60_000_000_000,
             "{case}"
         );
     }
+}
+
+/// A node crash after a committed checkpoint, under each restart-based policy and each DP
+/// sharding, for a layout with TP, PP and DP all 2 on nodes of 2 GPUs: every rank restores its
+/// part of its shard from the tier the policy says (the crashed node's from its buddy's memory
+/// under in-memory and hot-spare, every rank from the store under restart), the job trains
+/// only the steps since that checkpoint again, and it ends with the fault-free run's
+/// parameters and losses; no restore read a checkpoint that was not atomically committed.
+/// The interval is a step count, and once a model-time one (rank 0's vote says when).
+#[test]
+fn a_crash_restores_a_layout_checkpoint_to_the_fault_free_parameters() {
+    let (steps, crash_step, crashed_node, gpus_per_node) = (6, 4, 1, 2);
+    let recovery = "[recovery]\nrestart_time = \"1min\"\nheartbeat_interval = \"5s\"\n\
+                    spare_swap_time = \"20s\"\n[storage]\nclient_bandwidth = \"100GB/s\"\n\
+                    [checkpoint]\nstate_bytes_per_param = 1\n";
+    let cases = [
+        ("none", "1"),
+        ("optimizer", "1"),
+        ("full", "1"),
+        ("optimizer", "\"6ms\""),
+    ];
+    for (sharding, interval) in cases {
+        let extra = format!("{recovery}interval = {interval}\n");
+        let text = scenario_text((2, 2, 2), gpus_per_node, sharding, &extra);
+        let mut sets = vec![
+            format!("job.steps={steps}"),
+            "cluster.spare_nodes=1".to_string(),
+        ];
+        let reference = run(&text, &sets);
+        assert!(reference.checkpoints_committed > 0, "{sharding} {interval}");
+        for policy in ["restart", "in-memory", "hot-spare"] {
+            let crash =
+                format!("[[faults.crash]]\nnode = {crashed_node}\nat_step = {crash_step}\n");
+            sets.push(format!("recovery.policy=\"{policy}\""));
+            let report = run(&format!("{text}{crash}"), &sets);
+            sets.pop();
+            let case = format!("{sharding} every {interval}, {policy}");
+            assert_recovered_to(&report, &reference, &case);
+            // Restored, not started over: fewer than the crash step's steps done again.
+            let redone = report.rank0_step_ns.len() as u64 - steps;
+            assert!(redone < crash_step, "{case}: {redone} steps redone");
+            let (gpus, crashed) = (8, gpus_per_node as u64);
+            let want = match policy {
+                "restart" => vec![(TierName::Persistent, gpus)],
+                _ => vec![(TierName::Host, gpus - crashed), (TierName::Peer, crashed)],
+            };
+            let got: Vec<(TierName, u64)> = report
+                .restores_by_tier
+                .iter()
+                .map(|(t, n)| (*t, *n))
+                .collect();
+            assert_eq!(got, want, "{case}");
+            assert_eq!(report.restore_fallbacks, 0, "{case}");
+            assert_eq!(report.atomicity_violation_count, 0, "{case}");
+        }
+    }
+}
+
+/// The atomicity check above can fail: with the bug that commits a checkpoint before its
+/// shards are durable planted in the trainer, and persists slower than a step, a layout job's
+/// restore reads a checkpoint whose manifest landed too early, and the storage audit counts it.
+#[test]
+fn the_audit_catches_a_layout_checkpoint_committed_before_its_shards_were_durable() {
+    let text = scenario_text(
+        (2, 2, 2),
+        2,
+        "optimizer",
+        "[recovery]\nrestart_time = \"1min\"\n[checkpoint]\ninterval = 1\n\
+         [[faults.crash]]\nnode = 1\nat_step = 4\n",
+    );
+    let sets = ["job.steps=6".to_string()];
+    let mut scenario = load_str("layout", "<test>", &text, &sets).unwrap();
+    assert_eq!(
+        run_scenario(&scenario).unwrap().atomicity_violation_count,
+        0
+    );
+    scenario.planted_bug = Some(trainer_core::PlantedBug::CommitBeforeDurable);
+    let report = run_scenario(&scenario).unwrap();
+    assert!(report.atomicity_violation_count > 0, "{report:?}");
+}
+
+/// A bit flipped in a committed checkpoint of a layout job: the restore's checksum catches it
+/// on the rank whose shard it hit, the ranks agree to fall back to the older checkpoint, and
+/// the job still ends with the fault-free parameters.
+#[test]
+fn a_corrupt_layout_checkpoint_falls_back_to_the_older_one() {
+    let text = scenario_text(
+        (2, 2, 2),
+        2,
+        "full",
+        "[recovery]\nrestart_time = \"1min\"\n[storage]\nclient_bandwidth = \"100GB/s\"\n\
+         [checkpoint]\ninterval = 1\nkeep = 3\nstate_bytes_per_param = 1\n",
+    );
+    let sets = ["job.steps=8".to_string()];
+    let reference = run(&text, &sets);
+    // A checkpoint commits at each step boundary from about 10 ms on, steps 4 ms apart; the
+    // step-4 one at about 25.5 ms: corrupt it at 27 ms, then crash a node within the step.
+    let faults = "[[faults.storage]]\nkind = \"corrupt\"\nat = \"27ms\"\n\
+                  [[faults.crash]]\nnode = 1\nat = \"27500us\"\n";
+    let report = run(&format!("{text}{faults}"), &sets);
+    let corruptions = report.faults.injected[&FaultKind::StorageCorruption];
+    // The step-4 checkpoint, skipped for the step-3 one, which every rank restores.
+    assert_eq!((corruptions, report.restore_fallbacks), (1, 1));
+    assert_eq!(report.restores_by_tier[&TierName::Persistent], 8);
+    assert_recovered_to(&report, &reference, "a corrupt checkpoint");
+    assert_eq!(report.atomicity_violation_count, 0);
 }

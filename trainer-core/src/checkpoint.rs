@@ -10,13 +10,17 @@
 //!
 //! Which part of the parameters a rank's shard holds is the reduce-scatter layout of the job's
 //! collective ([`Collective::owned_spans`]), so a restore reads one shard per rank and rebuilds
-//! the full parameters with an all-gather of the same algorithm.
+//! the full parameters with an all-gather of the same algorithm. Over the world by default;
+//! over a [`ShardScope`] (a layout shard's DP group) for a job whose ranks hold different
+//! parameters: a shard is then named by its rank, whose layout coordinates (stage, TP rank,
+//! DP rank) say which part of which layout shard it holds.
 
 use crate::backend::{
     Backend, Blob, CommError, Event, StorageError, Tier, WriteStatus, WriteTicket,
 };
 use crate::collectives::{Collective, Op};
 use crate::digest::Digest;
+use crate::group::{Group, Placement};
 use crate::planted::PlantedBug;
 use crate::span::Span;
 
@@ -245,11 +249,29 @@ struct Pending {
     persist: Option<WriteTicket>,
 }
 
+/// The ranks whose parameters a rank's shard is a part of, when not the whole world's (the
+/// plain job, where every rank holds every parameter): a layout shard's DP replicas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardScope {
+    pub group: Group,
+    /// The elements the group's reduce-scatter layout cuts: the parameters and whatever the
+    /// job's reductions carry after them (the loss), so that a shard is exactly the part of the
+    /// parameters its rank updates under a sharded optimizer.
+    pub split_elems: usize,
+    /// Bytes of the training state the group's parameters stand for.
+    pub modelled_state_bytes: u64,
+    /// A restore all-gathers the members' parts into the whole parameters, which every member
+    /// holds; false where each member holds only its own part (sharded parameters).
+    pub gather_on_restore: bool,
+}
+
 /// One rank's checkpoint state.
 #[derive(Clone, Debug)]
 pub struct Checkpointer {
     pub policy: CheckpointPolicy,
     pub collective: Collective,
+    /// `None`: the shards cut the whole world's parameters.
+    scope: Option<ShardScope>,
     pending: Option<Pending>,
     last_checkpoint_ns: u64,
     /// Checkpoints started but skipped because the previous one was still persisting.
@@ -261,10 +283,27 @@ impl Checkpointer {
         Checkpointer {
             policy,
             collective,
+            scope: None,
             pending: None,
             last_checkpoint_ns: 0,
             skipped: 0,
         }
+    }
+
+    /// Shards cut `scope`'s parameters, with `collective` (the one its reductions run) over
+    /// its group.
+    pub fn with_scope(self, scope: ShardScope) -> Checkpointer {
+        Checkpointer {
+            scope: Some(scope),
+            ..self
+        }
+    }
+
+    /// Whether the coming step boundary needs the ranks' votes: a checkpoint is persisting, or
+    /// rank 0 says when a model-time interval has elapsed. Every rank gives the same answer, so
+    /// a job whose steps carry no world-wide reduction can skip the vote when none is needed.
+    pub fn needs_votes(&self) -> bool {
+        self.pending.is_some() || matches!(self.policy.interval, Interval::ModelTimeNs(_))
     }
 
     /// This rank's votes for the coming all-reduce.
@@ -324,18 +363,46 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// The spans of the parameters this rank's shard holds.
+    /// The spans of the `elems` parameters this rank's shard holds.
     fn my_spans<B: Backend>(&self, backend: &B, elems: usize) -> Vec<Span> {
-        let placement = backend.placement();
-        let world = placement.world();
-        let me = backend.rank();
-        self.collective.owned_spans(
-            &placement,
-            &world,
-            me,
-            elems,
-            self.policy.modelled_state_bytes,
-        )
+        self.shard_spans(&backend.placement(), backend.rank(), elems)
+    }
+
+    /// The spans of the `elems` parameters that `rank`'s shard holds: its part of the world's
+    /// reduce-scatter layout, or of its scope's group's.
+    pub fn shard_spans(&self, placement: &Placement, rank: usize, elems: usize) -> Vec<Span> {
+        let Some(scope) = &self.scope else {
+            let world = placement.world();
+            let bytes = self.policy.modelled_state_bytes;
+            return (self.collective).owned_spans(placement, &world, rank, elems, bytes);
+        };
+        let member = scope
+            .group
+            .index_of(rank)
+            .expect("a member of its shard scope");
+        let (split, bytes) = (scope.split_elems, scope.modelled_state_bytes);
+        (self
+            .collective
+            .owned_spans(placement, &scope.group, member, split, bytes))
+        .iter()
+        .map(|span| span.clipped(elems))
+        .collect()
+    }
+
+    /// The group a restore rebuilds the parameters over, the buffer it gathers (at least the
+    /// parameters) and its modelled bytes; no group when each rank keeps only its own part.
+    fn gather_plan<B: Backend>(&self, backend: &B, elems: usize) -> Option<(Group, usize, u64)> {
+        match &self.scope {
+            None => Some((
+                backend.placement().world(),
+                elems,
+                self.policy.modelled_state_bytes,
+            )),
+            Some(scope) => (scope.gather_on_restore && scope.group.count() > 1).then(|| {
+                let (split, bytes) = (scope.split_elems, scope.modelled_state_bytes);
+                (scope.group.clone(), split, bytes)
+            }),
+        }
     }
 
     /// The blocking snapshot (device to host), then the persist in the background and the
@@ -426,6 +493,25 @@ impl Checkpointer {
     pub fn reset(&mut self, now_ns: u64) {
         self.pending = None;
         self.last_checkpoint_ns = now_ns;
+    }
+
+    /// After the job restarted in `generation`: forgets the checkpoint in progress, then
+    /// [`restore`]s the newest one that verifies (with that generation's op ids) into `params`
+    /// and `step`, which stay as they are when none does.
+    pub async fn restore_after_restart<B: Backend>(
+        &mut self,
+        backend: &B,
+        generation: u64,
+        params: &mut Vec<f32>,
+        step: &mut u64,
+    ) -> Result<(), CommError> {
+        self.reset(backend.now_ns());
+        let op_base = crate::op_ids::OpSpace::Restore { generation }.op_id();
+        if let Some(restored) = restore(backend, self, params.len(), op_base).await? {
+            *params = restored.params;
+            *step = restored.step;
+        }
+        Ok(())
     }
 }
 
@@ -542,29 +628,15 @@ pub async fn restore_at_or_before<B: Backend>(
     let group = backend.placement().world();
     let spans = checkpointer.my_spans(backend, elems);
     let tiers = restore_tiers(backend, checkpointer.policy.restore_from_memory);
+    let gather = checkpointer.gather_plan(backend, elems);
     let mut candidates = committed_steps(backend, Tier::Persistent);
     candidates.retain(|s| *s <= max_step);
     for (attempt, &step) in candidates.iter().rev().enumerate() {
         let op_id = op_base + 2 * attempt as u64;
         crate::op_ids::debug_assert_room(op_base, 2 * attempt as u64 + 1);
-        let mut params = vec![0.0f32; elems];
-        let manifest_ok = match backend
-            .store_get(Tier::Persistent, &manifest_name(step))
-            .await
-        {
-            Ok(blob) => decode_manifest(&blob.bytes, step) == Ok(world),
-            Err(StorageError::Aborted) => return Err(CommError::Aborted),
-            Err(_) => false,
-        };
-        let mut source = None;
-        if manifest_ok {
-            for &tier in &tiers {
-                if read_shard(backend, tier, step, &spans, &mut params).await? {
-                    source = Some(tier);
-                    break;
-                }
-            }
-        }
+        let buffer_elems = gather.as_ref().map_or(elems, |(_, len, _)| *len);
+        let mut params = vec![0.0f32; buffer_elems];
+        let source = read_candidate(backend, &tiers, step, &spans, &mut params).await?;
         let mut verdict = [if source.is_some() { 1.0f32 } else { 0.0 }];
         checkpointer
             .collective
@@ -575,19 +647,20 @@ pub async fn restore_at_or_before<B: Backend>(
             backend.emit(Event::RestoreFallback { step });
             continue;
         };
-        let modelled = checkpointer.policy.modelled_state_bytes;
-        let all_gather = Op::AllGather;
-        checkpointer
-            .collective
-            .run(
-                backend,
-                &group,
-                all_gather,
-                op_id + 1,
-                &mut params,
-                modelled,
-            )
-            .await?;
+        if let Some((members, _, modelled)) = &gather {
+            let all_gather = Op::AllGather;
+            (checkpointer.collective)
+                .run(
+                    backend,
+                    members,
+                    all_gather,
+                    op_id + 1,
+                    &mut params,
+                    *modelled,
+                )
+                .await?;
+        }
+        params.truncate(elems);
         backend.emit(Event::Restored { step, tier });
         return Ok(Some(Restored {
             step,
@@ -595,6 +668,33 @@ pub async fn restore_at_or_before<B: Backend>(
             fallbacks: attempt as u64,
             tier,
         }));
+    }
+    Ok(None)
+}
+
+/// Checks the manifest of `step`, then reads this rank's shard of it from the best of `tiers`
+/// that holds a verified copy. The tier it came from; `None` when none did.
+async fn read_candidate<B: Backend>(
+    backend: &B,
+    tiers: &[Tier],
+    step: u64,
+    spans: &[Span],
+    params: &mut [f32],
+) -> Result<Option<Tier>, CommError> {
+    let manifest_ok = match backend
+        .store_get(Tier::Persistent, &manifest_name(step))
+        .await
+    {
+        Ok(blob) => decode_manifest(&blob.bytes, step) == Ok(backend.world_size()),
+        Err(StorageError::Aborted) => return Err(CommError::Aborted),
+        Err(_) => false,
+    };
+    if manifest_ok {
+        for &tier in tiers {
+            if read_shard(backend, tier, step, spans, params).await? {
+                return Ok(Some(tier));
+            }
+        }
     }
     Ok(None)
 }

@@ -451,15 +451,9 @@ impl Trainer {
         self.step = 0;
         self.last_clean_step = 0;
         self.reset_guards();
-        let Some(checkpointer) = &mut self.checkpointer else {
-            return Ok(());
-        };
-        checkpointer.reset(backend.now_ns());
-        let op_base = OpSpace::Restore { generation }.op_id();
-        let elems = self.params.len();
-        if let Some(restored) = checkpoint::restore(backend, checkpointer, elems, op_base).await? {
-            self.params = restored.params;
-            self.step = restored.step;
+        if let Some(checkpointer) = &mut self.checkpointer {
+            let (params, step) = (&mut self.params, &mut self.step);
+            (checkpointer.restore_after_restart(backend, generation, params, step)).await?;
         }
         // Every rank agrees on what it restored; fingerprints measure from there.
         self.last_clean_step = self.step;

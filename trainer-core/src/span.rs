@@ -48,6 +48,16 @@ impl Span {
     pub fn part(&self, count: usize, idx: usize) -> Span {
         self.parts(count, idx, idx + 1)
     }
+
+    /// This span less any elements at or past `elem_count` (a buffer's tail, such as the loss
+    /// a reduction carries after the parameters); its modelled bytes stay.
+    pub fn clipped(&self, elem_count: usize) -> Span {
+        let end = u32::try_from(elem_count).unwrap_or(u32::MAX);
+        Span {
+            elems: self.elems.start.min(end)..self.elems.end.min(end),
+            bytes: self.bytes.clone(),
+        }
+    }
 }
 
 /// Where part `idx` of `total` cut into `count` parts begins: `total * idx / count`, rounded

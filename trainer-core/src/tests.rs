@@ -188,3 +188,112 @@ fn groups_with_holes_list_the_other_members_in_order_and_index_them_back() {
     }
     assert!(!Placement::new(8, 4).world_without_nodes(&[]).has_holes());
 }
+
+/// A layout job of 2 x 3 x 3 ranks over a proxy of 5 layers of 6, checkpointing a modelled
+/// state of `state_bytes`.
+fn layout_job_with_checkpoints(
+    collective: crate::collectives::Collective,
+    dp_sharding: crate::layout::DpSharding,
+    state_bytes: u64,
+) -> crate::job::JobConfig {
+    use crate::checkpoint::{CheckpointPolicy, Interval};
+    use crate::layout::{Layout, RankOrder};
+    use crate::layout_job::{LayoutJobConfig, ModelDims};
+    let model = ModelDims {
+        layers: 7,
+        hidden: 64,
+        seq_len: 16,
+        micro_batch_size: 1,
+    };
+    let job = LayoutJobConfig {
+        layout: Layout::new(2, 3, 3, RankOrder::TpDpPp),
+        dp_sharding,
+        schedule: crate::pipeline::Schedule::OneForwardOneBackward,
+        micro_batches: 2,
+        proxy_layers: 5,
+        proxy_width: 6,
+        model,
+        grad_bytes_per_param: 2.0,
+        optimizer_flops_per_param: 10.0,
+    };
+    let policy = CheckpointPolicy {
+        interval: Interval::Steps(1),
+        keep: 1,
+        modelled_state_bytes: state_bytes,
+        snapshot_bytes_per_s: 1e9,
+        buddy_copy: false,
+        restore_from_memory: false,
+    };
+    crate::job::JobConfig {
+        steps: 1,
+        collective,
+        proxy_elems: 1,
+        batch_per_rank: 1,
+        learning_rate: 0.1,
+        data_seed: 1,
+        modelled_grad_bytes: 1,
+        modelled_step_flops: 1.0,
+        modelled_optimizer_flops: 1.0,
+        checkpoint: Some(policy),
+        detection: crate::integrity::DetectionPolicy::OFF,
+        layout: Some(Box::new(job)),
+    }
+}
+
+/// A layout job's checkpoint holds each parameter once: over every (stage, TP rank) shard,
+/// the shards of its DP replicas cut its parameters into disjoint parts that cover them all,
+/// whatever the sharding and the algorithm, and their modelled bytes add up to the modelled
+/// state (each shard's share rounded once).
+#[test]
+fn a_layout_checkpoint_holds_every_parameter_of_every_shard_once() {
+    use crate::collectives::{Algo, Collective};
+    use crate::layout::{Coords, DpSharding};
+    use crate::layout_job::LayoutTrainer;
+    use crate::mlp::ShardShape;
+    let state_bytes = 1_000_000_007;
+    let algos = [
+        (Algo::Ring, Algo::Ring),
+        (Algo::Tree, Algo::Tree),
+        (Algo::HalvingDoubling, Algo::HalvingDoubling),
+        (Algo::Hierarchical, Algo::Ring),
+    ];
+    for (algo, inter_node_algo) in algos {
+        for &dp_sharding in DpSharding::ALL {
+            let collective = Collective::with_inter_node(algo, inter_node_algo);
+            let config = layout_job_with_checkpoints(collective, dp_sharding, state_bytes);
+            let job = config.layout.as_deref().expect("a layout").clone();
+            let layout = job.layout;
+            let placement = Placement::new(layout.world_size(), 4);
+            let case = format!("{algo:?} {dp_sharding:?}");
+            let mut bytes = 0;
+            for shard in 0..layout.shard_count() {
+                let (stage, tp_rank) = (shard / layout.tp, shard % layout.tp);
+                let layers = job.proxy_layer_range(stage);
+                let (width, tp) = (job.proxy_width, layout.tp);
+                let shape = ShardShape {
+                    width,
+                    layers,
+                    tp_rank,
+                    tp,
+                };
+                let mut covered = vec![0u32; shape.param_count()];
+                for dp_rank in 0..layout.dp {
+                    let rank = layout.rank_of(Coords {
+                        tp_rank,
+                        stage,
+                        dp_rank,
+                    });
+                    let trainer = LayoutTrainer::new(config.clone(), rank);
+                    let checkpointer = trainer.checkpointer().expect("a checkpoint policy");
+                    for span in checkpointer.shard_spans(&placement, rank, covered.len()) {
+                        bytes += span.modelled_bytes();
+                        covered[span.elems()].iter_mut().for_each(|c| *c += 1);
+                    }
+                }
+                assert!(covered.iter().all(|&c| c == 1), "{case} shard {shard}");
+            }
+            let shards = layout.shard_count() as u64;
+            assert!(bytes.abs_diff(state_bytes) <= shards, "{case}: {bytes}");
+        }
+    }
+}

@@ -123,10 +123,17 @@ pub(super) fn validate_layout(
 const MAX_MODEL_PARAMS: f64 = 1e15;
 const MAX_ACTIVATION_BYTES: f64 = 1e15;
 
+/// The modelled model's parameters: `12 h^2` per layer (embeddings and the output layer left
+/// out, as the layout's costs leave them).
+pub(super) fn model_params(model: &ModelDims) -> f64 {
+    let h = model.hidden as f64;
+    12.0 * h * h * model.layers as f64
+}
+
 /// The modelled model's size, whose keys are each in range but may multiply past the bounds.
 fn check_model_size(src: &Source, model: &ModelDims) -> Result<(), ScenarioError> {
-    let (h, layers) = (model.hidden as f64, model.layers as f64);
-    let params = 12.0 * h * h * layers;
+    let h = model.hidden as f64;
+    let params = model_params(model);
     if params > MAX_MODEL_PARAMS {
         let why = format!(
             "job.layers x 12 x job.hidden^2 = {params:e} parameters, more than the 1e15 a \
@@ -206,21 +213,13 @@ fn validate_shape(
     Ok(Layout::new(tp, pp, dp, order))
 }
 
-/// What a layout job does not do yet: checkpoints (sharded per shard: issue #24, part 5),
-/// per-replica recovery and SDC injection. Refused, rather than run without them.
+/// What a layout job does not do yet: per-replica recovery and SDC injection. Refused, rather
+/// than run without them.
 pub(super) fn refuse_beside_layout(
     src: &Source,
-    has_checkpoint: bool,
     policy: RecoveryPolicy,
     sdc_specs: usize,
 ) -> Result<(), ScenarioError> {
-    if has_checkpoint {
-        return Err(src.error(
-            "checkpoint",
-            "a job with [parallelism] takes no checkpoints yet: remove [checkpoint] or \
-             [parallelism]",
-        ));
-    }
     if policy == RecoveryPolicy::PerReplica {
         return Err(src.error(
             "recovery.policy",

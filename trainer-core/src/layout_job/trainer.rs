@@ -1,12 +1,15 @@
 //! One rank's training over a layout: the passes of its stage's schedule, with activations and
 //! their gradients sent stage to stage, the TP all-reduces of each layer, and the gradient of
-//! its shard reduced over the shard's DP replicas.
+//! its shard reduced over the shard's DP replicas. With a checkpoint policy, each rank
+//! checkpoints the part of its shard it updates (its DP group's reduce-scatter layout) through
+//! the plain job's `Checkpointer`, and restores it after a restart.
 
 use std::future::Future;
 
 use super::traffic::{Counting, TrafficByKind};
 use super::{LayoutJobConfig, LayoutOutcome, StageCosts, TimeSplit};
 use crate::backend::{Backend, CommError, Event, Payload, Tag, Work, WorkKind};
+use crate::checkpoint::{Checkpointer, ShardScope, Votes, VOTE_COUNT};
 use crate::collectives::{Algo, Collective, Op, MAX_RESENDS};
 use crate::digest::params_digest;
 use crate::group::Group;
@@ -25,6 +28,8 @@ const OP_GATHER_WEIGHTS: u64 = 0;
 const OP_GRADIENT: u64 = 1;
 const OP_GATHER_UPDATED: u64 = 2;
 const OP_LOSS: u64 = 3;
+/// The checkpoint votes at the boundary before step `step` (after `step` completed steps).
+const OP_VOTES: u64 = 4;
 pub(super) const OP_FIRST_MESSAGE: u64 = 8;
 
 /// One micro-batch's state between its forward and its backward on this rank.
@@ -57,6 +62,9 @@ pub struct LayoutTrainer {
     time: TimeSplit,
     /// What this rank sent, by kind, as of the last outcome.
     traffic: TrafficByKind,
+    /// Boxed: every rank's trainer holds one, and a job without checkpoints need not grow by
+    /// a checkpointer's size at 100,000 ranks.
+    checkpointer: Option<Box<Checkpointer>>,
 }
 
 impl LayoutTrainer {
@@ -70,7 +78,7 @@ impl LayoutTrainer {
             tp: job.layout.tp,
         };
         let params = shape.initial_params(config.data_seed);
-        LayoutTrainer {
+        let mut trainer = LayoutTrainer {
             costs: job.stage_costs(coords.stage),
             config,
             job: *job,
@@ -87,14 +95,71 @@ impl LayoutTrainer {
             losses: Vec::new(),
             time: TimeSplit::default(),
             traffic: TrafficByKind::default(),
-        }
+            checkpointer: None,
+        };
+        trainer.checkpointer = trainer.new_checkpointer();
+        trainer
     }
 
-    /// After a restart: no checkpoint to restore (a layout job takes none yet), so training
-    /// starts over from the initial weights.
-    fn start_over(&mut self) {
+    /// The job's checkpointer, its shards cut over this rank's DP group as the gradient's
+    /// reduce-scatter cuts it: under a sharded optimizer or sharded parameters a shard is
+    /// exactly the part this rank updates, and each shard stands for its share of the shard's
+    /// modelled training state.
+    fn new_checkpointer(&self) -> Option<Box<Checkpointer>> {
+        let policy = self.config.checkpoint.clone()?;
+        let job = &self.job;
+        let model_params: f64 = (0..job.layout.pp)
+            .map(|stage| job.stage_costs(stage).shard_params * job.layout.tp as f64)
+            .sum();
+        let share = self.costs.shard_params / model_params;
+        let scope = ShardScope {
+            group: job.layout.dp_group(self.rank),
+            split_elems: self.params.len() + 1,
+            modelled_state_bytes: (policy.modelled_state_bytes as f64 * share).round() as u64,
+            gather_on_restore: job.dp_sharding != DpSharding::Full,
+        };
+        let collective = self.collective_for(&scope.group, job.layout.world_size());
+        Some(Box::new(
+            Checkpointer::new(policy, collective).with_scope(scope),
+        ))
+    }
+
+    /// The rank's checkpointer; `None` without a checkpoint policy.
+    pub fn checkpointer(&self) -> Option<&Checkpointer> {
+        self.checkpointer.as_deref()
+    }
+
+    /// After a restart: the newest checkpoint that verifies, or without one the initial
+    /// weights at step 0. Under sharded parameters each rank restores only its own part; the
+    /// next step's gather brings in the rest.
+    async fn restore<B: Backend>(&mut self, backend: &B, generation: u64) -> Result<(), CommError> {
         self.params = self.shape.initial_params(self.config.data_seed);
         self.step = 0;
+        if let Some(checkpointer) = &mut self.checkpointer {
+            let (params, step) = (&mut self.params, &mut self.step);
+            (checkpointer.restore_after_restart(backend, generation, params, step)).await?;
+        }
+        Ok(())
+    }
+
+    /// At a step boundary: the checkpoint votes summed over the world when the checkpointer
+    /// needs them (no step of a layout reduces over the whole world to carry them), then the
+    /// plain job's commit, abandon or snapshot.
+    async fn checkpoint_boundary<B: Backend>(&mut self, backend: &B) -> Result<(), CommError> {
+        let op_id = self.op_id(OP_VOTES);
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return Ok(());
+        };
+        let mut votes = [0.0f32; VOTE_COUNT];
+        if checkpointer.needs_votes() {
+            checkpointer.votes(backend).write(&mut votes);
+            let (world, control) = (backend.placement().world(), checkpointer.collective);
+            let bytes = 4 * VOTE_COUNT as u64;
+            (control.for_control())
+                .run(backend, &world, Op::AllReduce, op_id, &mut votes, bytes)
+                .await?;
+        }
+        (checkpointer.at_step_boundary(backend, Votes::read(&votes), self.step, &self.params)).await
     }
 
     fn op_id(&self, op: u64) -> u64 {
@@ -410,7 +475,7 @@ impl LayoutTrainer {
             let mut updated = std::mem::take(&mut self.params);
             updated.push(buffer[n]);
             for span in collective.owned_spans(&placement, &group, member, n + 1, bytes) {
-                let elems = span.elems().start.min(n)..span.elems().end.min(n);
+                let elems = span.clipped(n).elems();
                 backend.sgd_update(&mut updated[elems.clone()], &buffer[elems], lr);
             }
             if self.job.dp_sharding == DpSharding::Optimizer {
@@ -486,17 +551,29 @@ impl LayoutTrainer {
 }
 
 /// Trains a layout job for `config.steps` steps on this rank, surviving failures as
-/// `job::run` does: the rank reports, waits for the restart, and (with no checkpoint to
-/// restore) starts over from the initial weights.
+/// `job::run` does: the rank reports, waits for the restart, and restores the newest verified
+/// checkpoint (or, without one, starts over from the initial weights). The checkpoint's votes
+/// and restores go through the rank's own backend: they are control traffic, counted in no
+/// kind of the layout's.
 pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = JobOutcome> + '_ {
     let mut trainer = Box::new(LayoutTrainer::new(config, backend.rank()));
     let counting = Counting::new(backend, trainer.job.micro_batches);
     async move {
-        let backend = &counting;
+        let (rank_backend, backend) = (backend, &counting);
+        let mut resume = None;
         loop {
             let attempt = async {
+                if let Some(generation) = resume {
+                    // Boxed: it runs only after a restart (see `job::run`).
+                    Box::pin(trainer.restore(rank_backend, generation)).await?;
+                }
                 while trainer.step < trainer.config.steps {
                     trainer.train_step(backend).await?;
+                    if trainer.checkpointer.is_some() {
+                        // Boxed, so that a job without checkpoints keeps its rank's future
+                        // the size it was (every byte of it is loaded on each poll).
+                        Box::pin(trainer.checkpoint_boundary(rank_backend)).await?;
+                    }
                 }
                 trainer.gather_weights(backend, OP_GATHER_WEIGHTS).await
             };
@@ -509,8 +586,10 @@ pub fn run<B: Backend>(backend: &B, config: JobConfig) -> impl Future<Output = J
                     if order.job_abandoned {
                         return trainer.outcome();
                     }
+                    // Whether or not its memory was lost, a rank's model state comes from the
+                    // restore alone; the bookkeeping for the report survives.
                     trainer.restarts += 1;
-                    trainer.start_over();
+                    resume = Some(order.generation);
                 }
             }
         }
