@@ -133,25 +133,31 @@ impl Fabric {
         if self.routing == Routing::Ecmp {
             return usual;
         }
-        let free_at = |route: Route| {
-            (route.links().iter())
-                .map(|&l| self.links[l as usize].busy_until_ns.max(now_ns))
-                .max()
-                .unwrap_or(now_ns)
-        };
         let route = self.topology.route_via_spine(from, to, usual);
-        // Two links inside a node or under one leaf; three or more cross a spine.
-        if route.links().len() <= 2 {
+        let links = route.links();
+        // Two links inside a node or under one leaf; four or more cross a spine.
+        if links.len() <= 2 {
             return usual;
         }
+        // Only the leaf's uplink (the route's second link) and the far leaf's downlink (its
+        // last but one) change with the spine; the others are common to every choice.
+        let (up_at, down_at) = (1, links.len() - 2);
+        let busy = |link: u32| self.links[link as usize].busy_until_ns.max(now_ns);
+        let common = (links.iter().enumerate())
+            .filter(|&(i, _)| i != up_at && i != down_at)
+            .map(|(_, &l)| busy(l))
+            .max()
+            .unwrap_or(now_ns);
+        let free_at = |up: u32, down: u32| common.max(busy(up)).max(busy(down));
         let spines = self.topology.spines_per_leaf();
-        let mut best = (free_at(route), usual);
+        let mut best = (free_at(links[up_at], links[down_at]), usual);
         for k in 1..spines {
-            if best.0 == now_ns {
-                break; // free now: none can be freer
+            if best.0 == common {
+                break; // free when the common links are: none can be freer
             }
             let spine = (usual + k) % spines;
-            let at = free_at(self.topology.route_via_spine(from, to, spine));
+            let (up, down) = self.topology.spine_links(from, to, spine);
+            let at = free_at(up, down);
             if at < best.0 {
                 best = (at, spine);
             }

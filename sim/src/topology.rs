@@ -272,6 +272,18 @@ impl Topology {
         route
     }
 
+    /// The two links of a cross-leaf route from `src` to `dst` that depend on its spine: the
+    /// source leaf's uplink to `spine` and the destination leaf's downlink from it (what
+    /// [`Topology::route_via_spine`] puts second and last but one).
+    #[inline]
+    pub fn spine_links(&self, src: usize, dst: usize, spine: usize) -> (LinkId, LinkId) {
+        let (src_leaf, dst_leaf) = (self.leaf_of(src), self.leaf_of(dst));
+        (
+            self.leaf_up(src_leaf, spine),
+            self.leaf_down(dst_leaf, spine),
+        )
+    }
+
     /// Parses a link name (see [`Topology::link_name`]) into its two directed links, or says
     /// what is wrong and what names exist.
     pub fn parse_link(&self, name: &str) -> Result<(LinkId, LinkId), String> {
