@@ -251,6 +251,15 @@ fn sdc_kind_key(kind: SdcKind) -> &'static str {
     }
 }
 
+/// Where a drawn hang strikes: in a kernel, or in the data loader.
+fn hang_point(kernel: bool) -> HangPoint {
+    if kernel {
+        HangPoint::Kernel
+    } else {
+        HangPoint::DataLoader
+    }
+}
+
 fn grid(ns: u64) -> u64 {
     ns / GRID_NS * GRID_NS
 }
@@ -337,9 +346,9 @@ fn duration(ns: u64) -> toml::Value {
 
 impl FaultSpec {
     /// Where the fault goes in a scenario (`faults.crash`, `faults.storage`, `faults.link_flap`,
-    /// `faults.straggler`, `faults.sdc`, `faults.hang` or `faults.desync`), and its table.
-    // Over 70 lines: one match arm per fault kind, writing the keys the scenario loader reads
-    // for it.
+    /// `faults.straggler`, `faults.sdc`, `faults.hang` or `faults.desync`), and its table:
+    /// crashes and storage faults here, the faults that strike a link or a rank in
+    /// [`FaultSpec::link_or_rank_toml`].
     pub fn to_toml(&self) -> (&'static str, toml::Table) {
         let mut table = toml::Table::new();
         match *self {
@@ -379,6 +388,13 @@ impl FaultSpec {
                 table.insert("at".into(), duration(at_ns));
                 ("storage", table)
             }
+            _ => self.link_or_rank_toml(table),
+        }
+    }
+
+    /// [`FaultSpec::to_toml`] for link flaps, stragglers, SDC, hangs and desyncs.
+    fn link_or_rank_toml(&self, mut table: toml::Table) -> (&'static str, toml::Table) {
+        match *self {
             FaultSpec::LinkFlap {
                 link,
                 at_ns,
@@ -431,12 +447,7 @@ impl FaultSpec {
             } => {
                 table.insert("gpu".into(), (gpu as i64).into());
                 table.insert("at_step".into(), (at_step as i64).into());
-                let point = if kernel {
-                    HangPoint::Kernel
-                } else {
-                    HangPoint::DataLoader
-                };
-                table.insert("point".into(), point.name().into());
+                table.insert("point".into(), hang_point(kernel).name().into());
                 ("hang", table)
             }
             FaultSpec::Desync { gpu, at_step } => {
@@ -444,16 +455,16 @@ impl FaultSpec {
                 table.insert("at_step".into(), (at_step as i64).into());
                 ("desync", table)
             }
+            _ => unreachable!("to_toml writes crashes and storage faults itself"),
         }
     }
 
     /// What the fault means to the simulator: adds it to `scenario`'s typed fault settings,
     /// as loading [`FaultSpec::to_toml`]'s table does. A test holds the two to the same
-    /// meaning, so the swarm's writer and the scenario reader share one vocabulary.
-    // Over 70 lines: one match arm per fault kind, filling the typed setting it loads into.
+    /// meaning, so the swarm's writer and the scenario reader share one vocabulary. Crashes
+    /// and storage faults here, the rest in [`FaultSpec::apply_link_or_rank`].
     pub fn apply(&self, scenario: &mut Scenario) {
-        use faultline_scenario::{LinkFlapSpec, SdcSpec, SlowWindow, StragglerSpec, Window};
-        use faultline_scenario::{DEFAULT_TRIGGER_MASK, DEFAULT_TRIGGER_VALUE};
+        use faultline_scenario::{SlowWindow, Window};
         match *self {
             FaultSpec::Crash { target, when } => {
                 (scenario.control.crashes).push(faultline_scenario::CrashSpec { target, when })
@@ -470,6 +481,15 @@ impl FaultSpec {
                 scenario.storage.failing.push(Window { from_ns, until_ns })
             }
             FaultSpec::StorageCorrupt { at_ns } => scenario.control.corruptions_at_ns.push(at_ns),
+            _ => self.apply_link_or_rank(scenario),
+        }
+    }
+
+    /// [`FaultSpec::apply`] for link flaps, stragglers, SDC, hangs and desyncs.
+    fn apply_link_or_rank(&self, scenario: &mut Scenario) {
+        use faultline_scenario::{LinkFlapSpec, SdcSpec, StragglerSpec};
+        use faultline_scenario::{DEFAULT_TRIGGER_MASK, DEFAULT_TRIGGER_VALUE};
+        match *self {
             FaultSpec::LinkFlap {
                 link,
                 at_ns,
@@ -522,20 +542,17 @@ impl FaultSpec {
             } => scenario.control.hangs.push(HangSpec {
                 rank: gpu,
                 at_step,
-                point: if kernel {
-                    HangPoint::Kernel
-                } else {
-                    HangPoint::DataLoader
-                },
+                point: hang_point(kernel),
             }),
             FaultSpec::Desync { gpu, at_step } => {
                 (scenario.control.desyncs).push(DesyncSpec { rank: gpu, at_step })
             }
+            _ => unreachable!("apply adds crashes and storage faults itself"),
         }
     }
 
-    /// One line for people.
-    // Over 70 lines: one match arm per fault kind, a sentence each.
+    /// One line for people: crashes and storage faults here, the rest in
+    /// [`FaultSpec::describe_link_or_rank`].
     pub fn describe(&self) -> String {
         use crate::units::format_duration_ns as d;
         match *self {
@@ -568,6 +585,14 @@ impl FaultSpec {
                     d(at_ns)
                 )
             }
+            _ => self.describe_link_or_rank(),
+        }
+    }
+
+    /// [`FaultSpec::describe`] for link flaps, stragglers, SDC, hangs and desyncs.
+    fn describe_link_or_rank(&self) -> String {
+        use crate::units::format_duration_ns as d;
+        match *self {
             FaultSpec::LinkFlap {
                 link,
                 at_ns,
@@ -631,6 +656,7 @@ impl FaultSpec {
             FaultSpec::Desync { gpu, at_step } => {
                 format!("gpu {gpu} issues the wrong collective at step {at_step}")
             }
+            _ => unreachable!("describe says crashes and storage faults itself"),
         }
     }
 
