@@ -39,8 +39,10 @@ pub(crate) struct RunArgs {
     /// Write a Chrome/Perfetto trace of the model timeline here; `-` as for --trace.
     #[arg(long, value_name = "FILE")]
     perfetto: Option<PathBuf>,
-    /// Write each flight-recorder dump here (made when the watchdog fires), one file per
-    /// stop: `faultline fr DIR` reads them.
+    /// Write each flight-recorder dump here (made when a detector stops the job): one file
+    /// per rank up to 1,024 ranks, one for every rank above; `faultline fr DIR` reads them.
+    /// By default `fr/<scenario>-seed<seed>/` under the working directory (with a hash of the
+    /// --set options when there are any), written only when a dump was made.
     #[arg(long, value_name = "DIR")]
     fr_dir: Option<PathBuf>,
     /// Test hook for `check`: make compute call N one nanosecond longer.
@@ -207,7 +209,7 @@ fn run_traced(
         recorder,
         perturb_compute: args.perturb_compute,
         progress: crate::progress::run_bar(),
-        keep_flight_dumps: args.fr_dir.is_some(),
+        keep_flight_dumps: true,
     };
     let (report, recorder) = run::run_scenario_with(scenario, hooks).map_err(|e| match e {
         run::SimError::Deadlock(_) if args.check => Failure::finding(format!(
@@ -223,10 +225,31 @@ fn run_traced(
             )
             .map_err(|e| Failure::bad_input(format!("writing the trace: {e}")))?;
     }
-    if let Some(dir) = &args.fr_dir {
-        crate::cmd_fr::write_dumps(dir, &report.flight_dumps)?;
+    if !report.flight_dumps.is_empty() {
+        let dir = (args.fr_dir.clone()).unwrap_or_else(|| default_fr_dir(args, scenario));
+        crate::cmd_fr::write_dumps(&dir, &report.flight_dumps)?;
+        if !args.json {
+            let stops = report.flight_dumps.len();
+            say!("flight recorder: {stops} dump(s) in {}", dir.display());
+        }
     }
     Ok(report)
+}
+
+/// `fr/<scenario>-seed<seed>`, and a hash of the `--set`s when there are any, so that runs of
+/// other scenarios, seeds or settings never overwrite each other's dumps.
+fn default_fr_dir(args: &RunArgs, scenario: &Scenario) -> PathBuf {
+    let mut name = format!("{}-seed{}", scenario.name, scenario.run.seed);
+    if !args.set.sets.is_empty() || args.no_faults {
+        let mut hash = u64::from(args.no_faults);
+        for set in &args.set.sets {
+            for byte in set.bytes().chain([0]) {
+                hash = trainer_core::digest::mix64(hash ^ u64::from(byte));
+            }
+        }
+        name += &format!("-{hash:016x}");
+    }
+    PathBuf::from("fr").join(name)
 }
 
 /// What makes the run exit 1, in words: replicas that disagree, steps not run, a restore of

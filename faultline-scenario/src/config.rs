@@ -235,12 +235,37 @@ pub struct HangSpec {
     pub point: HangPoint,
 }
 
-/// A rank that, for its first collective of `at_step`, issues the one after it: its peers
-/// wait in the collective it skipped, and it in one they have not reached.
+trainer_core::named_enum! {
+    /// What a desynced rank's collective differs in from its peers' (`faults.desync.kind`).
+    pub enum DesyncKind {
+        /// It issues the collective after the one its peers issue (another op id at the same
+        /// sequence number), as a rank that skipped a branch.
+        Sequence = "sequence",
+        /// The same collective with twice the bytes, as a rank whose tensor has another shape.
+        Size = "size",
+        /// Another op at the same place (an all-gather where its peers all-reduce).
+        Op = "op",
+    }
+}
+
+/// A rank that, for its first collective of `at_step`, issues another collective than its
+/// peers (`kind` says how it differs). Its messages match none of theirs, as NCCL's mismatched
+/// counts and ops leave the members waiting on chunks that never come: its peers wait in the
+/// collective it skipped, and it in one they have not reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DesyncSpec {
     pub rank: usize,
     pub at_step: u64,
+    pub kind: DesyncKind,
+}
+
+/// The desync check of PyTorch's debug mode (`TORCH_DISTRIBUTED_DEBUG=DETAIL`): before every
+/// collective, its members exchange its fingerprint (op, group, sequence number, size) and
+/// compare them. It costs every collective an exchange of `round_ns` per round of a
+/// recursive-doubling all-gather over the group (`ceil(log2(members))` rounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesyncCheck {
+    pub round_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -265,6 +290,8 @@ pub struct ControlConfig {
     /// The collective progress monitor's bound: a rank silent this long while its peers have
     /// started newer collectives is flagged. `None`: no monitor.
     pub progress_timeout_ns: Option<u64>,
+    /// The pre-collective desync check (`recovery.desync_check`); `None`: off.
+    pub desync_check: Option<DesyncCheck>,
     pub heartbeat_interval_ns: Option<u64>,
     pub heartbeat_misses: u64,
     pub restart_time_ns: u64,

@@ -162,6 +162,9 @@ struct RawRecovery {
     /// The collective progress monitor: a rank that has started no collective for this long
     /// while its peers have started newer ones is flagged. "0s" is off.
     progress_timeout: String,
+    /// PyTorch debug mode's pre-collective desync check, and its exchange's round latency.
+    desync_check: bool,
+    desync_check_round: String,
     heartbeat_interval: String,
     heartbeat_misses: i64,
     max_restarts: i64,
@@ -188,6 +191,8 @@ impl Default for RawRecovery {
             restart_time: "10min".into(),
             collective_timeout: "10min".into(),
             progress_timeout: "0s".into(),
+            desync_check: false,
+            desync_check_round: "25us".into(),
             heartbeat_interval: "10s".into(),
             heartbeat_misses: 3,
             max_restarts: 100,
@@ -1068,6 +1073,7 @@ fn validate_control(
         node_failure_weibull_shape: weibull_shape,
         collective_timeout_ns,
         progress_timeout_ns,
+        desync_check: validate_desync_check(src, r)?,
         heartbeat_interval_ns: optional_duration_in(
             src,
             "recovery.heartbeat_interval",
@@ -1111,8 +1117,24 @@ fn validate_monitors(
     ))
 }
 
+/// `recovery.desync_check` and its round latency: by default 25 us, an assumption (a TCP
+/// round trip inside a data centre, as the gloo exchange of PyTorch's debug mode takes).
+fn validate_desync_check(
+    src: &Source,
+    r: &RawRecovery,
+) -> Result<Option<DesyncCheck>, ScenarioError> {
+    let round_ns = duration_in(
+        src,
+        "recovery.desync_check_round",
+        &r.desync_check_round,
+        (1_000, SECOND_NS),
+        "from 1us to 1s",
+    )?;
+    Ok(r.desync_check.then_some(DesyncCheck { round_ns }))
+}
+
 /// `[[faults.hang]]` and `[[faults.desync]]`, which only collective-level detection (the
-/// watchdog or the progress monitor) can notice.
+/// watchdog, the progress monitor or, for a desync, the desync check) can notice.
 fn validate_hangs(
     src: &Source,
     faults: &RawFaults,
@@ -1137,11 +1159,15 @@ fn validate_hangs(
              notice it: set recovery.collective_timeout or recovery.progress_timeout",
         ));
     }
-    if !desyncs.is_empty() && control.collective_timeout_ns.is_none() {
+    if !desyncs.is_empty()
+        && control.collective_timeout_ns.is_none()
+        && control.desync_check.is_none()
+    {
         return Err(src.error(
             "faults.desync.0",
             "every rank of a desynced job is inside a collective, so no rank is behind and \
-             the progress monitor cannot notice it: set recovery.collective_timeout",
+             the progress monitor cannot notice it: set recovery.collective_timeout or \
+             recovery.desync_check",
         ));
     }
     Ok((hangs, desyncs))

@@ -134,6 +134,8 @@ fn abridged(text: &str) -> String {
     format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
+/// Sets `key` (dotted; a number after an array of tables picks its entry, as errors name
+/// them: `faults.desync.0.kind`) to `value`, making the tables on the way.
 fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts
@@ -141,10 +143,25 @@ fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(
         .filter(|s| !s.is_empty())
         .ok_or("an empty key")?;
     let mut current = table;
-    for part in parts {
-        let entry = current
+    let mut parts = parts.into_iter().peekable();
+    while let Some(part) = parts.next() {
+        let mut entry = current
             .entry(part.to_string())
             .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let toml::Value::Array(entries) = entry {
+            let count = entries.len();
+            let idx = parts.next().and_then(|p| p.parse::<usize>().ok());
+            entry = match idx.filter(|&idx| idx < count) {
+                Some(idx) => &mut entries[idx],
+                None => {
+                    return Err(format!(
+                        "`{part}` is an array of {count} table(s): name one, from \
+                         `{part}.0.<key>` to `{part}.{}.<key>`",
+                        count.saturating_sub(1)
+                    ))
+                }
+            };
+        }
         current = entry
             .as_table_mut()
             .ok_or_else(|| format!("`{part}` is not a table"))?;

@@ -38,6 +38,8 @@ named_enum! {
     pub enum Detector {
         /// A rank found the job stopping (another detector fired first).
         Aborted = "aborted",
+        /// The pre-collective desync check found members whose fingerprints differ.
+        DesyncCheck = "desync_check",
         Fingerprint = "fingerprint",
         GradientGuard = "gradient_guard",
         /// The heartbeat monitor missed a dead rank's beats.
@@ -90,6 +92,8 @@ named_enum! {
     pub enum LostCause {
         /// Blocking checkpoint snapshots.
         CheckpointStalls = "checkpoint_stalls",
+        /// The desync check's exchange before each collective.
+        DesyncCheck = "desync_check",
         /// From a fault to its detection.
         Detection = "detection",
         /// Cross-replica fingerprint comparisons.

@@ -127,6 +127,18 @@ pub struct Collective {
     pub input_bytes: u64,
 }
 
+impl Collective {
+    fn of(entry: &Entry) -> Collective {
+        Collective {
+            pg: entry.pg.name(),
+            collective_seq_id: entry.collective_seq_id,
+            op: entry.profiling_name.clone(),
+            op_id: entry.op_id,
+            input_bytes: entry.input_bytes,
+        }
+    }
+}
+
 /// What the analysis concluded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -152,6 +164,8 @@ pub struct Diagnosis {
     /// Members whose collective at that place differs, the first [`LISTED`].
     pub mismatched_ranks: Vec<usize>,
     pub mismatched_count: usize,
+    /// What the first of them issued there instead.
+    pub issued_instead: Option<Collective>,
     /// Members that started it.
     pub started_count: usize,
 }
@@ -192,11 +206,17 @@ impl std::fmt::Display for Diagnosis {
                 list(&self.missing_ranks, self.missing_count),
                 self.started_count
             ),
-            Verdict::Desync => write!(
-                f,
-                "desync: rank {} issued another collective in place of {what}",
-                list(&self.mismatched_ranks, self.mismatched_count)
-            ),
+            Verdict::Desync => {
+                let instead = match &self.issued_instead {
+                    Some(c) => format!("{} of {} bytes, op id {}", c.op, c.input_bytes, c.op_id),
+                    None => "another collective".into(),
+                };
+                write!(
+                    f,
+                    "desync: rank {} issued {instead} in place of {what}",
+                    list(&self.mismatched_ranks, self.mismatched_count)
+                )
+            }
             Verdict::NoRankBehind => write!(
                 f,
                 "every member started {what}; none is behind: the wait is in the fabric"
@@ -241,10 +261,14 @@ pub fn analyse(dump: &Dump) -> Diagnosis {
         .find_map(|(_, e)| e.filter(|e| fingerprint(e) == majority))
         .expect("a member issued the majority's collective");
     let (mut missing, mut mismatched, mut started) = (Vec::new(), Vec::new(), 0);
+    let mut issued_instead = None;
     for (member, entry) in at_place {
         match entry {
             None => missing.push(member),
-            Some(e) if fingerprint(e) != majority => mismatched.push(member),
+            Some(e) if fingerprint(e) != majority => {
+                issued_instead.get_or_insert_with(|| Collective::of(e));
+                mismatched.push(member);
+            }
             Some(_) => started += 1,
         }
     }
@@ -257,17 +281,12 @@ pub fn analyse(dump: &Dump) -> Diagnosis {
     Diagnosis {
         verdict,
         at_ns: dump.at_ns,
-        collective: Some(Collective {
-            pg: stuck.pg.name(),
-            collective_seq_id: stuck.collective_seq_id,
-            op: stuck.profiling_name.clone(),
-            op_id: stuck.op_id,
-            input_bytes: stuck.input_bytes,
-        }),
+        collective: Some(Collective::of(stuck)),
         missing_count: missing.len(),
         missing_ranks: missing.into_iter().take(LISTED).collect(),
         mismatched_count: mismatched.len(),
         mismatched_ranks: mismatched.into_iter().take(LISTED).collect(),
+        issued_instead,
         started_count: started,
     }
 }
@@ -301,6 +320,7 @@ fn empty(at_ns: u64, verdict: Verdict) -> Diagnosis {
         missing_count: 0,
         mismatched_ranks: Vec::new(),
         mismatched_count: 0,
+        issued_instead: None,
         started_count: 0,
     }
 }
@@ -343,6 +363,8 @@ impl Recorder {
         self.seqs.iter_mut().for_each(Vec::clear);
     }
 
+    /// Records `rank`'s start of a collective of `op` over `pg` with `ids` (op id, bytes);
+    /// returns its sequence number in the group.
     pub(crate) fn begin(
         &mut self,
         rank: usize,
@@ -351,7 +373,7 @@ impl Recorder {
         algo: Algo,
         ids: (u64, u64),
         now_ns: u64,
-    ) {
+    ) -> u32 {
         let seqs = &mut self.seqs[rank];
         let seq = match seqs.iter_mut().find(|(key, _)| *key == pg) {
             Some((_, seq)) => {
@@ -376,6 +398,7 @@ impl Recorder {
             op: op_code(op),
             algo: Algo::ALL.iter().position(|&a| a == algo).unwrap_or(0) as u8,
         };
+        seq
     }
 
     /// When `rank` last started a collective in this generation, if it has.
@@ -492,6 +515,102 @@ fn op_code(op: Op) -> u8 {
     }
 }
 
+/// What the members of a collective must agree on before it runs: its op id, its size and
+/// its op (the group and the sequence number are where it is filed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Fingerprint {
+    pub op_id: u64,
+    pub bytes: u64,
+    op: u8,
+}
+
+impl Fingerprint {
+    pub(crate) fn new(op_id: u64, bytes: u64, op: Op) -> Fingerprint {
+        Fingerprint {
+            op_id,
+            bytes,
+            op: op_code(op),
+        }
+    }
+}
+
+/// The desync check of PyTorch's debug mode: before a collective runs, its members exchange
+/// its fingerprint; once every member has posted one, they are compared. Open collectives
+/// are kept by (group, sequence number) until the last member posts; a hung member never
+/// does, and its collective stays open (a hang is the monitors' to find).
+#[derive(Default)]
+pub(crate) struct FingerprintCheck {
+    open: BTreeMap<(GroupKey, u32), Posted>,
+}
+
+#[derive(Default)]
+struct Posted {
+    count: usize,
+    /// Per fingerprint: how many members posted it, and the first [`LISTED`] of them.
+    votes: BTreeMap<Fingerprint, (usize, Vec<usize>)>,
+}
+
+/// Members that posted another fingerprint than the majority of their collective.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Mismatch {
+    pub pg: GroupKey,
+    pub seq: u32,
+    pub ranks: Vec<usize>,
+    pub count: usize,
+}
+
+impl FingerprintCheck {
+    /// `rank` posts `fingerprint` for collective `seq` of `pg`: `None` while members have yet
+    /// to post; when it is the last, the members that disagree with the majority, if any.
+    pub(crate) fn post(
+        &mut self,
+        rank: usize,
+        (pg, seq): (GroupKey, u32),
+        fingerprint: Fingerprint,
+    ) -> Option<Result<(), Mismatch>> {
+        let members = (pg.size - pg.holes) as usize;
+        let posted = self.open.entry((pg, seq)).or_default();
+        posted.count += 1;
+        let (count, ranks) = posted.votes.entry(fingerprint).or_default();
+        *count += 1;
+        if ranks.len() < LISTED {
+            ranks.push(rank);
+        }
+        if posted.count < members {
+            return None;
+        }
+        let posted = self
+            .open
+            .remove(&(pg, seq))
+            .expect("the collective just posted to");
+        let (&majority, _) = (posted.votes.iter())
+            .max_by_key(|(key, (count, _))| (*count, std::cmp::Reverse(**key)))
+            .expect("a fingerprint was posted");
+        let mut mismatch = Mismatch {
+            pg,
+            seq,
+            ranks: Vec::new(),
+            count: 0,
+        };
+        for (_, (count, ranks)) in posted.votes.into_iter().filter(|(fp, _)| *fp != majority) {
+            mismatch.count += count;
+            mismatch.ranks.extend(ranks);
+        }
+        mismatch.ranks.sort_unstable();
+        mismatch.ranks.truncate(LISTED);
+        Some(if mismatch.count > 0 {
+            Err(mismatch)
+        } else {
+            Ok(())
+        })
+    }
+
+    /// A new generation: nothing is open.
+    pub(crate) fn clear(&mut self) {
+        self.open.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,5 +684,37 @@ mod tests {
             analyse(&r.dump("watchdog", 1, 99)).verdict,
             Verdict::NothingStuck
         );
+    }
+
+    #[test]
+    fn the_check_names_the_member_whose_fingerprint_differs_once_all_have_posted() {
+        let mut check = FingerprintCheck::default();
+        let fp = |bytes| Fingerprint::new(7, bytes, Op::AllReduce);
+        for rank in [0, 1, 3] {
+            assert_eq!(check.post(rank, (WORLD, 2), fp(64)), None);
+        }
+        let found = check.post(2, (WORLD, 2), fp(128)).unwrap().unwrap_err();
+        assert_eq!((found.ranks, found.count, found.seq), (vec![2], 1, 2));
+        // Agreement closes the collective without a finding.
+        for rank in 0..3 {
+            assert_eq!(check.post(rank, (WORLD, 3), fp(64)), None);
+        }
+        assert_eq!(check.post(3, (WORLD, 3), fp(64)), Some(Ok(())));
+        assert!(check.open.is_empty());
+    }
+
+    #[test]
+    fn the_check_tells_another_op_and_waits_for_every_member() {
+        let mut check = FingerprintCheck::default();
+        let with_hole = GroupKey { holes: 1, ..WORLD };
+        let all_gather = Fingerprint::new(7, 64, Op::AllGather);
+        assert_eq!(check.post(0, (with_hole, 1), all_gather), None);
+        let all_reduce = Fingerprint::new(7, 64, Op::AllReduce);
+        assert_eq!(check.post(1, (with_hole, 1), all_reduce), None);
+        let found = check
+            .post(2, (with_hole, 1), all_reduce)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(found.ranks, vec![0]);
     }
 }

@@ -111,6 +111,8 @@ enum EventKind {
     RandomLinkFlap,
     /// Per-replica: dropped node `node` may rejoin.
     ReplicaRejoin { node: u32 },
+    /// The desync check's exchange that found a mismatch in `generation` ends.
+    DesyncCheckFails { generation: u64 },
 }
 
 /// How many events ahead of the one it fires `World::advance` prefetches a delivery's
@@ -285,7 +287,7 @@ impl World {
             links: links::LinkFaults::default(),
             stragglers: stragglers::Stragglers::default(),
             sdc: None,
-            hangs: hangs::Hangs::new(Vec::new(), Vec::new(), 0, false),
+            hangs: hangs::Hangs::new((Vec::new(), Vec::new()), None, 0, false),
             checksum_bytes_per_s: 0.0,
             coverage: Coverage::default(),
         }
@@ -507,6 +509,7 @@ impl World {
             EventKind::HeartbeatDetect { generation } => self.fire_heartbeat_detect(generation),
             EventKind::Watchdog => self.fire_watchdog(),
             EventKind::ProgressCheck => self.fire_progress_check(),
+            EventKind::DesyncCheckFails { generation } => self.fire_desync_check(generation),
             EventKind::Restart => self.fire_restart(),
             EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
             EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),
@@ -626,7 +629,8 @@ impl World {
             let (to, bytes) = (message.to as usize, message.payload.modelled_bytes);
             let checksummed = message.checksummed();
             let route = self.fabric.route(s.from as usize, to, now_ns);
-            let mut arrival_ns = self.reserve_route(route, bytes, now_ns);
+            let leaves_ns = self.sends_leave_ns(s.from as usize, now_ns);
+            let mut arrival_ns = self.reserve_route(route, bytes, leaves_ns);
             if checksummed {
                 arrival_ns += self.checksum_ns(bytes);
             }

@@ -4,7 +4,7 @@
 //! world size the sweep draws.
 
 use faultline_sim::books::{Detector, FaultKind, LostCause};
-use faultline_sim::flight::Verdict;
+use faultline_sim::flight::{Collective, Verdict};
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::load_str;
 use trainer_core::digest::mix64;
@@ -24,8 +24,10 @@ fn run_with(gpus: usize, steps: u64, hang: Option<(usize, u64, &str)>, sets: &[&
         gpus.min(8)
     );
     match hang {
-        Some((rank, step, "desync")) => {
-            text += &format!("[[faults.desync]]\ngpu = {rank}\nat_step = {step}\n");
+        Some((rank, step, desync)) if desync.starts_with("desync") => {
+            let kind = desync.strip_prefix("desync-").unwrap_or("sequence");
+            text +=
+                &format!("[[faults.desync]]\ngpu = {rank}\nat_step = {step}\nkind = \"{kind}\"\n");
         }
         Some((rank, step, point)) => {
             text +=
@@ -180,4 +182,81 @@ fn a_desync_is_found_by_the_watchdog_and_named_by_the_recorder() {
             "{case}"
         );
     }
+}
+
+/// The desync check (PyTorch's debug mode) compares each collective's fingerprint across its
+/// members before it runs: every kind of desync is found within the exchange after the last
+/// member reached the collective, never by the watchdog, and the recorder says what the rank
+/// issued instead; a seeded sweep of kinds, ranks, steps and sizes up to 4,096 GPUs.
+#[test]
+fn the_desync_check_finds_every_kind_at_once_and_the_recorder_says_what_differs() {
+    let check = ["recovery.desync_check=true"];
+    for (i, gpus) in [8usize, 64, 512, 4096].into_iter().enumerate() {
+        for (k, kind) in ["desync-sequence", "desync-size", "desync-op"]
+            .iter()
+            .enumerate()
+        {
+            let hash = mix64(0xc4ec ^ (i as u64) << 8 ^ k as u64);
+            let (rank, step) = ((hash % gpus as u64) as usize, 1 + (hash >> 32) % 2);
+            let report = run_with(gpus, 4, Some((rank, step, kind)), &check);
+            let case = format!("{gpus} GPUs, rank {rank}, step {step}, {kind}");
+            let faults = &report.faults;
+            assert_eq!(
+                faults.detected.keys().collect::<Vec<_>>(),
+                [&Detector::DesyncCheck],
+                "{case}"
+            );
+            let [flight] = faults.flight_recorder.as_slice() else {
+                panic!("{case}: {:?}", faults.flight_recorder);
+            };
+            let d = &flight.diagnosis;
+            assert_eq!(
+                (d.verdict, &d.mismatched_ranks),
+                (Verdict::Desync, &vec![rank])
+            );
+            assert_eq!(flight.named_injected_rank, Some(true), "{case}");
+            // Within a second of the injection: the peers' compute, then the exchange.
+            let latency = d.at_ns - flight.injected.expect("injected").at_ns;
+            assert!(latency < 1_000_000_000, "{case}: {latency} ns");
+            let (want, got) = (
+                d.collective.as_ref().unwrap(),
+                d.issued_instead.as_ref().unwrap(),
+            );
+            let differs = |c: &Collective| (c.op_id, c.input_bytes, c.op.clone());
+            let expected = match *kind {
+                "desync-sequence" => (want.op_id + 1, want.input_bytes, want.op.clone()),
+                "desync-size" => (want.op_id, want.input_bytes * 2, want.op.clone()),
+                _ => (want.op_id, want.input_bytes, "nccl:all_gather".into()),
+            };
+            assert_eq!(differs(got), expected, "{case}");
+            assert_eq!(report.steps_completed, 4, "{case}");
+        }
+    }
+}
+
+/// A hung rank never posts its fingerprint, so the check cannot see a hang (the watchdog
+/// does); and a fault-free run with the check costs every collective its exchange (six
+/// rounds of 25 us at 64 GPUs), with the same parameters.
+#[test]
+fn the_desync_check_misses_hangs_and_costs_every_collective_its_exchange() {
+    let check = ["recovery.desync_check=true"];
+    let hung = run_with(64, 6, Some((9, 3, "kernel")), &check);
+    assert_eq!(
+        hung.faults.detected.keys().collect::<Vec<_>>(),
+        [&Detector::Watchdog]
+    );
+    let (plain, checked) = (run(64, 6, None), run_with(64, 6, None, &check));
+    assert_eq!(plain.param_digest, checked.param_digest);
+    assert!(
+        checked.faults.detected.is_empty(),
+        "{:?}",
+        checked.faults.detected
+    );
+    let cost = checked.lost_time_ns_by_cause[&LostCause::DesyncCheck];
+    assert!(cost > 0 && cost % 150_000 == 0, "{cost} ns");
+    assert!(checked.model_time_ns > plain.model_time_ns);
+    assert_eq!(
+        plain.lost_time_ns_by_cause.get(&LostCause::DesyncCheck),
+        None
+    );
 }

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{DesyncSpec, HangPoint, HangSpec};
+use crate::config::{DesyncKind, DesyncSpec, HangPoint, HangSpec};
 use crate::source::{in_range, ScenarioError, Source};
 
 /// One hang: `gpu`, `at_step`, and `point` = "data_loader" (before the step's compute) or
@@ -51,12 +51,19 @@ pub(super) fn validate_hangs(
     Ok(specs)
 }
 
-/// One desync: `gpu` issues, for its first collective of `at_step`, the one after it.
+/// One desync: `gpu` issues, for its first collective of `at_step`, another collective than
+/// its peers; `kind` ("sequence", the default, "size" or "op") says how it differs.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDesync {
     gpu: i64,
     at_step: i64,
+    #[serde(default = "default_desync_kind")]
+    kind: String,
+}
+
+fn default_desync_kind() -> String {
+    DesyncKind::Sequence.name().into()
 }
 
 pub(super) fn validate_desyncs(
@@ -75,7 +82,20 @@ pub(super) fn validate_desyncs(
             (gpus, steps),
             taken,
         )?;
-        specs.push(DesyncSpec { rank, at_step });
+        let kind = DesyncKind::from_name(&d.kind).ok_or_else(|| {
+            src.error(
+                &format!("faults.desync.{idx}.kind"),
+                format!(
+                    "unknown desync kind {:?}; expected \"sequence\", \"size\" or \"op\"",
+                    d.kind
+                ),
+            )
+        })?;
+        specs.push(DesyncSpec {
+            rank,
+            at_step,
+            kind,
+        });
     }
     Ok(specs)
 }

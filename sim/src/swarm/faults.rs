@@ -11,7 +11,7 @@ use trainer_core::digest::mix64;
 use faultline_scenario::{LinkRef, Scenario};
 
 use crate::world::{CrashTarget, CrashWhen, SdcKind, StragglerTarget};
-use faultline_scenario::config::{DesyncSpec, HangPoint, HangSpec};
+use faultline_scenario::config::{DesyncKind, DesyncSpec, HangPoint, HangSpec};
 
 /// Times are drawn and shrunk on a grid of this many nanoseconds, so schedules read well.
 const GRID_NS: u64 = 1_000_000;
@@ -139,6 +139,7 @@ impl FaultKind {
             FaultKind::Desync => FaultSpec::Desync {
                 gpu: rng.gen_range(0..space.gpus),
                 at_step: rng.gen_range(0..space.faulty_steps.max(1)),
+                kind: DesyncKind::ALL[rng.gen_range(0..DesyncKind::ALL.len())],
             },
             FaultKind::Sdc => {
                 let kind = SDC_KINDS[rng.gen_range(0..SDC_KINDS.len())];
@@ -313,10 +314,11 @@ pub enum FaultSpec {
         at_step: u64,
         kernel: bool,
     },
-    /// `gpu` issues the wrong collective at `at_step`.
+    /// `gpu` issues the wrong collective at `at_step`, differing by `kind`.
     Desync {
         gpu: usize,
         at_step: u64,
+        kind: DesyncKind,
     },
 }
 
@@ -450,9 +452,10 @@ impl FaultSpec {
                 table.insert("point".into(), hang_point(kernel).name().into());
                 ("hang", table)
             }
-            FaultSpec::Desync { gpu, at_step } => {
+            FaultSpec::Desync { gpu, at_step, kind } => {
                 table.insert("gpu".into(), (gpu as i64).into());
                 table.insert("at_step".into(), (at_step as i64).into());
+                table.insert("kind".into(), kind.name().into());
                 ("desync", table)
             }
             _ => unreachable!("to_toml writes crashes and storage faults itself"),
@@ -544,8 +547,12 @@ impl FaultSpec {
                 at_step,
                 point: hang_point(kernel),
             }),
-            FaultSpec::Desync { gpu, at_step } => {
-                (scenario.control.desyncs).push(DesyncSpec { rank: gpu, at_step })
+            FaultSpec::Desync { gpu, at_step, kind } => {
+                (scenario.control.desyncs).push(DesyncSpec {
+                    rank: gpu,
+                    at_step,
+                    kind,
+                })
             }
             _ => unreachable!("apply adds crashes and storage faults itself"),
         }
@@ -653,8 +660,8 @@ impl FaultSpec {
                 };
                 format!("gpu {gpu} hangs in {point} at step {at_step}")
             }
-            FaultSpec::Desync { gpu, at_step } => {
-                format!("gpu {gpu} issues the wrong collective at step {at_step}")
+            FaultSpec::Desync { gpu, at_step, kind } => {
+                format!("gpu {gpu} issues the wrong collective ({kind}) at step {at_step}")
             }
             _ => unreachable!("describe says crashes and storage faults itself"),
         }
@@ -698,7 +705,7 @@ impl FaultSpec {
                 at_step,
                 bit,
             } => simpler_sdc(kind, gpu, at_step, bit, &mut out),
-            FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step } => {
+            FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step, .. } => {
                 simpler_gray(*self, gpu, at_step, &mut out)
             }
         }
@@ -920,7 +927,8 @@ fn simpler_gray(fault: FaultSpec, gpu: usize, at_step: u64, out: &mut Vec<FaultS
             at_step,
             kernel,
         },
-        _ => FaultSpec::Desync { gpu, at_step },
+        FaultSpec::Desync { kind, .. } => FaultSpec::Desync { gpu, at_step, kind },
+        _ => unreachable!("simpler_gray moves hangs and desyncs"),
     };
     let mut steps = vec![0, at_step / 2];
     steps.retain(|&s| s < at_step);

@@ -119,7 +119,7 @@ fn schedules_depend_on_the_seed_alone_and_cover_every_kind() {
                 FaultSpec::Sdc {
                     gpu, at_step, bit, ..
                 } => assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps && bit < 32),
-                FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step } => {
+                FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step, .. } => {
                     assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps)
                 }
             }
@@ -241,7 +241,7 @@ fn size(fault: &FaultSpec) -> (u64, u64, u64) {
             at_step,
             kernel,
         } => (at_step, gpu as u64, u64::from(kernel)),
-        FaultSpec::Desync { gpu, at_step } => (at_step, gpu as u64, 0),
+        FaultSpec::Desync { gpu, at_step, .. } => (at_step, gpu as u64, 0),
     }
 }
 

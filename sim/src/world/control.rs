@@ -228,8 +228,9 @@ impl World {
         if let Some(timeout) = config.progress_timeout_ns {
             self.schedule((timeout / 10).max(1), EventKind::ProgressCheck);
         }
-        let (hangs, desyncs) = (config.hangs.clone(), config.desyncs.clone());
-        self.hangs = super::hangs::Hangs::new(hangs, desyncs, self.ranks.len(), record);
+        let faults = (config.hangs.clone(), config.desyncs.clone());
+        let check = config.desync_check;
+        self.hangs = super::hangs::Hangs::new(faults, check, self.ranks.len(), record);
         let mut control = Control::new(config, self.seed, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
             let at = next_arrival(&mut control, 0);

@@ -7,14 +7,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use faultline_scenario::config::{DesyncSpec, HangPoint, HangSpec};
+use faultline_scenario::config::{DesyncCheck, DesyncKind, DesyncSpec, HangPoint, HangSpec};
 use serde::Serialize;
+use trainer_core::collectives::Op;
 use trainer_core::Event;
 
 use super::control::Phase;
 use super::{EventKind, World, FINISHED};
-use crate::books::{Detector, FaultKind};
-use crate::flight::{self, Diagnosis, Dump, GroupKey, Recorder};
+use crate::books::{Detector, FaultKind, LostCause};
+use crate::flight::{self, Diagnosis, Dump, Fingerprint, FingerprintCheck, GroupKey, Recorder};
 use crate::trace::Record;
 
 pub(super) struct Hangs {
@@ -26,6 +27,13 @@ pub(super) struct Hangs {
     desyncs_fired: Vec<bool>,
     /// Ranks whose desync is due at their next collective (the index of its spec).
     desyncs_armed: BTreeMap<usize, usize>,
+    /// Ranks whose collective starting now is a desync: how it differs, and the op id its
+    /// program gave it.
+    desyncs_issued: BTreeMap<usize, (DesyncKind, u64)>,
+    /// The pre-collective desync check, when the scenario runs it.
+    check: Option<Check>,
+    /// The generation in which the check found a mismatch, until the exchange ends.
+    check_found: Option<u64>,
     /// Ranks parked in a hang now; the abort wakes them.
     hung: BTreeSet<usize>,
     recorder: Option<Recorder>,
@@ -64,13 +72,26 @@ pub struct InjectedHang {
     pub at_ns: u64,
 }
 
+/// The desync check's state: the open collectives' fingerprints, and per rank when the
+/// exchange for its latest collective ends (its sends wait for it).
+struct Check {
+    round_ns: u64,
+    fingerprints: FingerprintCheck,
+    exchanged_ns: Vec<u64>,
+}
+
 impl Hangs {
     pub(super) fn new(
-        specs: Vec<HangSpec>,
-        desyncs: Vec<DesyncSpec>,
+        (specs, desyncs): (Vec<HangSpec>, Vec<DesyncSpec>),
+        desync_check: Option<DesyncCheck>,
         ranks: usize,
         record: bool,
     ) -> Hangs {
+        let check = desync_check.map(|c| Check {
+            round_ns: c.round_ns,
+            fingerprints: FingerprintCheck::default(),
+            exchanged_ns: vec![0; ranks],
+        });
         Hangs {
             fired: vec![false; specs.len()],
             specs,
@@ -78,8 +99,11 @@ impl Hangs {
             desyncs_fired: vec![false; desyncs.len()],
             desyncs,
             desyncs_armed: BTreeMap::new(),
+            desyncs_issued: BTreeMap::new(),
+            recorder: (record || check.is_some()).then(|| Recorder::new(ranks)),
+            check,
+            check_found: None,
             hung: BTreeSet::new(),
-            recorder: record.then(|| Recorder::new(ranks)),
             keep_dumps: false,
             dumps: Vec::new(),
             reports: Vec::new(),
@@ -127,9 +151,15 @@ impl World {
                 group,
                 group_holes,
             } => {
+                let pg = GroupKey::of(group, group_holes);
+                let (op, op_id, bytes) = match hangs.desyncs_issued.remove(&rank) {
+                    Some((kind, programmed)) => desynced(kind, op, (op_id, programmed), bytes),
+                    None => (op, op_id, bytes),
+                };
                 if let Some(recorder) = &mut hangs.recorder {
-                    let pg = GroupKey::of(group, group_holes);
-                    recorder.begin(rank, pg, op, algo, (op_id, bytes), now);
+                    let seq = recorder.begin(rank, pg, op, algo, (op_id, bytes), now);
+                    let fingerprint = Fingerprint::new(op_id, bytes, op);
+                    self.check_fingerprint(rank, (pg, seq), fingerprint);
                 }
             }
             Event::CollectiveEnd { op_id } => {
@@ -169,7 +199,12 @@ impl World {
             return op_id;
         };
         self.hangs.desyncs_fired[idx] = true;
-        let step = self.hangs.desyncs[idx].at_step;
+        let DesyncSpec {
+            at_step: step,
+            kind,
+            ..
+        } = self.hangs.desyncs[idx];
+        self.hangs.desyncs_issued.insert(rank, (kind, op_id));
         self.count_injected(FaultKind::Desync);
         self.note_undetected_fault();
         self.hangs.injected.push(InjectedHang {
@@ -179,13 +214,82 @@ impl World {
             point: "collective",
             at_ns: self.clock.now_ns(),
         });
-        self.record_injected(Some(rank as u32), FaultKind::Desync, |_| {
-            format!(
+        self.record_injected(Some(rank as u32), FaultKind::Desync, |_| match kind {
+            DesyncKind::Sequence => format!(
                 "rank {rank} at step {step}: it issues collective {} for {op_id}",
                 op_id + 1
-            )
+            ),
+            DesyncKind::Size => {
+                format!("rank {rank} at step {step}: collective {op_id} with twice the bytes")
+            }
+            DesyncKind::Op => {
+                format!("rank {rank} at step {step}: another op for collective {op_id}")
+            }
         });
         op_id + 1
+    }
+
+    /// The desync check, when it runs: `rank` posts its collective's fingerprint and waits for
+    /// the exchange (its sends leave when it ends); the last member to post compares them,
+    /// and a mismatch stops the job when the exchange ends.
+    fn check_fingerprint(&mut self, rank: usize, at: (GroupKey, u32), fingerprint: Fingerprint) {
+        let now = self.clock.now_ns();
+        let Some(check) = &mut self.hangs.check else {
+            return;
+        };
+        let members = at.0.size.saturating_sub(at.0.holes).max(1);
+        let rounds = u64::from(members.next_power_of_two().trailing_zeros());
+        let exchanged = now + rounds * check.round_ns;
+        check.exchanged_ns[rank] = exchanged;
+        let Some(verdict) = check.fingerprints.post(rank, at, fingerprint) else {
+            return;
+        };
+        // The last member's exchange delays the collective: its cost on the critical path,
+        // booked for the collectives of rank 0's groups (the step time the books measure).
+        if let Some(control) = self.control.as_mut().filter(|_| at.0.first == 0) {
+            control.lose(LostCause::DesyncCheck, exchanged - now);
+            control.step_overhead_ns += exchanged - now;
+        }
+        if verdict.is_err() {
+            // Which ranks differ is the recorder's analysis to say, from the dump.
+            let generation = self.generation();
+            self.hangs.check_found.get_or_insert(generation);
+            self.schedule(exchanged, EventKind::DesyncCheckFails { generation });
+        }
+    }
+
+    /// When `rank`'s sends may leave: after its desync check's exchange, if one runs.
+    #[inline]
+    pub(super) fn sends_leave_ns(&self, rank: usize, now_ns: u64) -> u64 {
+        match &self.hangs.check {
+            None => now_ns,
+            Some(check) => check.exchanged_ns[rank].max(now_ns),
+        }
+    }
+
+    /// The desync check of a collective found members that disagree: the job stops, unless
+    /// it stopped already.
+    pub(super) fn fire_desync_check(&mut self, generation: u64) {
+        let Some(found_in) = self.hangs.check_found.take() else {
+            return;
+        };
+        let running = self
+            .control
+            .as_ref()
+            .is_some_and(|c| c.phase == Phase::Running);
+        if found_in != generation || self.generation() != generation || !running {
+            return;
+        }
+        if self.note_detection(Detector::DesyncCheck) {
+            self.record(
+                None,
+                Record::Detected {
+                    by: Detector::DesyncCheck,
+                },
+            );
+            self.flight_dump(generation, Detector::DesyncCheck);
+            self.begin_abort();
+        }
     }
 
     /// The job stops: hung ranks are woken to see it.
@@ -200,6 +304,10 @@ impl World {
         self.hangs.generation_began_ns = self.clock.now_ns();
         self.hangs.armed.clear();
         self.hangs.desyncs_armed.clear();
+        self.hangs.desyncs_issued.clear();
+        if let Some(check) = &mut self.hangs.check {
+            check.fingerprints.clear();
+        }
         // Another fault's restart ended them: no later stop is theirs.
         self.hangs.injected.clear();
         self.hangs.hung.clear();
@@ -280,5 +388,36 @@ impl World {
             hangs.dumps.push(dump);
         }
         self.record(None, Record::FlightRecorder { diagnosis: &text });
+    }
+}
+
+/// What a desynced rank's recorder holds for the collective it issued in place of
+/// `programmed`: the collective after it (its op id, `issued`), or the programmed one with
+/// twice the bytes or another op. Its messages carry `issued` in every case, so that they match
+/// none of its peers', as mismatched counts or ops leave NCCL's members waiting.
+fn desynced(
+    kind: DesyncKind,
+    op: Op,
+    (issued, programmed): (u64, u64),
+    bytes: u64,
+) -> (Op, u64, u64) {
+    match kind {
+        DesyncKind::Sequence => (op, issued, bytes),
+        DesyncKind::Size => (
+            op,
+            programmed,
+            if bytes == 0 {
+                4
+            } else {
+                bytes.saturating_mul(2)
+            },
+        ),
+        DesyncKind::Op => {
+            let other = match op {
+                Op::AllReduce => Op::AllGather,
+                _ => Op::AllReduce,
+            };
+            (other, programmed, bytes)
+        }
     }
 }

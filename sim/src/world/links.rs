@@ -215,7 +215,8 @@ impl World {
             let mut arrival_ns = if from == to {
                 self.clock.now_ns()
             } else {
-                self.reserve_route(route, bytes, self.clock.now_ns())
+                let leaves_ns = self.sends_leave_ns(from, self.clock.now_ns());
+                self.reserve_route(route, bytes, leaves_ns)
             };
             if checksummed {
                 arrival_ns += self.checksum_ns(bytes);
