@@ -278,7 +278,36 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
     assert!(file["not_measured"]
         .get("restore_time_s.in-memory")
         .is_some());
-    assert_eq!(file["runs"].as_array().unwrap().len(), 2);
+    // The steady run, the restart crash run, and the two hang runs.
+    let runs = file["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "steady",
+            "crash-restart",
+            "hang-watchdog",
+            "hang-progress-monitor"
+        ]
+    );
+    // A hang: the watchdog alone takes its timeout (10 min, checked every minute), the monitor
+    // its own (1 min when the scenario sets none, said as an input); the file runs no monitor,
+    // so the planner's hang detection is the watchdog's.
+    let m = |key: &str| file["measured"][key].as_f64().unwrap();
+    let (watchdog, monitor) = (
+        m("hang_detection_time_s.watchdog"),
+        m("hang_detection_time_s.progress_monitor"),
+    );
+    assert!((600.0..=661.0).contains(&watchdog), "{watchdog}");
+    assert!((60.0..=67.0).contains(&monitor), "{monitor}");
+    assert_eq!(m("hang_detection_time_s"), watchdog);
+    assert_eq!(runs[2]["faults_detected"]["watchdog"], 1);
+    assert_eq!(runs[3]["faults_detected"]["progress_monitor"], 1);
+    assert_eq!(runs[3]["faults_injected"]["hang"], 1);
+    let timeout = file["inputs"]["recovery.progress_timeout"]
+        .as_str()
+        .unwrap();
+    assert!(timeout.starts_with("1min"), "{timeout}");
     // The same inputs give the same cost file, byte for byte.
     let again = temp("costs-again.json");
     let out = faultline(&[
@@ -409,8 +438,8 @@ fn calibrate_measures_checkpoint_restore_and_detection_consistently_with_the_sce
         .get("restore_time_s.in-memory")
         .is_none());
     let runs = file["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 4);
-    for run in &runs[1..] {
+    assert_eq!(runs.len(), 6, "steady, three crash runs, two hang runs");
+    for run in &runs[1..4] {
         assert_eq!(run["recoveries"], 1, "{run}");
         assert_eq!(run["faults_injected"]["node_crash"], 1, "{run}");
         assert_eq!(run["faults_detected"]["heartbeat"], 1, "{run}");

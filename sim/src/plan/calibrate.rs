@@ -26,6 +26,9 @@ use crate::books::{Detector, FaultKind, LostCause, TierName};
 use crate::run::{run_scenario, RunReport};
 use crate::scenario::{self, Scenario, ScenarioError};
 
+mod hang;
+pub use hang::HangDetection;
+
 pub const COSTS_FORMAT: &str = "faultline-costs/2";
 
 /// Crash runs try this many step counts, doubling, before giving up.
@@ -44,11 +47,11 @@ pub const NOT_MEASURED: [(&str, &str); 3] = [
          restart)",
     ),
     (
-        "faults.detection (nic, switch, link, software, sdc)",
-        "calibration's crash runs inject node and GPU crashes, which heartbeats find; the \
-         simulator's link flaps and silent data corruptions are not calibrated yet (their \
-         detection is measured per run, in `faultline run`'s report), and hangs are not \
-         simulated, so these kinds keep the scenario's detection time",
+        "faults.detection (nic, switch, link, software, sdc, degrade)",
+        "calibration's crash runs inject node and GPU crashes, which heartbeats find, and its \
+         hang runs hangs; the simulator's link flaps, fail-slow links and silent data \
+         corruptions are not calibrated yet (their detection is measured per run, in \
+         `faultline run`'s report), so these kinds keep the scenario's detection time",
     ),
 ];
 
@@ -130,6 +133,7 @@ impl CostFile {
             checkpoint_write_time_s: m("checkpoint_write_time_s"),
             checkpoint_persist_time_s: m("checkpoint_persist_time_s"),
             crash_detection_time_s: m("detection_time_s"),
+            hang_detection_time_s: m("hang_detection_time_s"),
             restore_time_s: Policy::NAMES
                 .iter()
                 .filter_map(|p| Some((p.to_string(), m(&format!("restore_time_s.{p}"))?)))
@@ -144,19 +148,24 @@ pub struct Plan {
     pub steady: Scenario,
     /// One crash run per policy, the planner's own policy first.
     pub crash: Vec<(Policy, Scenario)>,
+    /// A hang found by the watchdog alone, and one found by the progress monitor.
+    pub hang: Vec<(HangDetection, Scenario)>,
+    /// The progress monitor's timeout the planner file (or a `--set`) gives, if any.
+    progress_timeout: Option<String>,
     /// The planner's values the runs took as inputs.
     planner: PlanConfig,
 }
 
 /// The run-scenario keys of a planner file's `checkpoint` and `recovery` tables, which the
 /// planner only checks and calibration passes on.
-const PASSED_ON: [(&str, &str); 6] = [
+const PASSED_ON: [(&str, &str); 7] = [
     ("checkpoint", "state_bytes_per_param"),
     ("checkpoint", "snapshot_bandwidth"),
     ("checkpoint", "buddy_copy"),
     ("recovery", "heartbeat_interval"),
     ("recovery", "heartbeat_misses"),
     ("recovery", "collective_timeout"),
+    ("recovery", "progress_timeout"),
 ];
 
 /// Whether a `--set` applies to the run scenarios: the steady run has no `checkpoint` or
@@ -304,10 +313,14 @@ pub fn plan_runs(
             Ok((policy, load_view(name, origin, text, sets, true)?))
         })
         .collect::<Result<Vec<_>, ScenarioError>>()?;
+    let last_gpu = steady.cluster.gpus - 1;
+    let hang = hang::hang_runs((name, origin, text), sets, crash_steps, &planner, last_gpu)?;
     Ok(Plan {
         name: name.to_string(),
         steady,
         crash,
+        hang,
+        progress_timeout: hang::progress_timeout(text, sets),
         planner,
     })
 }
@@ -359,13 +372,17 @@ fn crash_run(mut scenario: Scenario) -> Result<RunReport, String> {
 /// Runs the calibration's runs (on threads: each is independent and deterministic) and turns
 /// the reports into a cost file.
 pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
-    let (steady, crashes) = run_all(plan)?;
-    let (measured, used_as) = measure(plan, &steady, &crashes);
+    let (steady, crashes, hangs) = run_all(plan)?;
+    let (mut measured, mut used_as) = measure(plan, &steady, &crashes);
+    measure_hangs(plan, &hangs, (&mut measured, &mut used_as))?;
     let inputs = inputs(plan);
     let not_measured = not_measured(plan, &measured);
     let mut runs = vec![summary("steady", &steady)];
     for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
         runs.push(summary(&format!("crash-{}", policy.name()), report));
+    }
+    for ((detection, _), report) in plan.hang.iter().zip(&hangs) {
+        runs.push(summary(detection.run_name(), report));
     }
     Ok(CostFile {
         format: COSTS_FORMAT.to_string(),
@@ -387,7 +404,11 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
                  relaunch done to the first step begun (shard reads with verification, \
                  agreement, all-gather); recomputed_s: steps done again after the restore. \
                  One crash per run: detection depends on where the crash falls between \
-                 heartbeat checks, recomputed work on where it falls after the checkpoint."
+                 heartbeat checks, recomputed work on where it falls after the checkpoint. \
+                 The hang runs hang the last GPU in its data loader at step 2 of the crash \
+                 runs' job, once with the collective watchdog alone and once with the \
+                 collective progress monitor: hang_detection_time_s.<detector> is the hang to \
+                 the abort."
             .to_string(),
         measured,
         used_as,
@@ -397,26 +418,66 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
     })
 }
 
-/// The steady run and each policy's crash run, the crash runs on threads of their own.
-fn run_all(plan: &Plan) -> Result<(RunReport, Vec<RunReport>), String> {
-    let (steady, crashes) = std::thread::scope(|scope| {
-        let crash_threads: Vec<_> = plan
-            .crash
-            .iter()
-            .map(|(_, s)| {
-                let s = s.clone();
-                scope.spawn(move || crash_run(s))
+/// The reports of the steady run, each policy's crash run and the hang runs.
+type Reports = (RunReport, Vec<RunReport>, Vec<RunReport>);
+
+/// The steady run, each policy's crash run and the hang runs, all but the steady run on
+/// threads of their own.
+fn run_all(plan: &Plan) -> Result<Reports, String> {
+    let (steady, crashes, hangs) = std::thread::scope(|scope| {
+        let spawn = |s: &Scenario, crash: bool| {
+            let s = s.clone();
+            scope.spawn(move || match crash {
+                true => crash_run(s),
+                false => run_scenario(&s).map_err(|e| e.to_string()),
             })
-            .collect();
+        };
+        let crash_threads: Vec<_> = plan.crash.iter().map(|(_, s)| spawn(s, true)).collect();
+        let hang_threads: Vec<_> = plan.hang.iter().map(|(_, s)| spawn(s, false)).collect();
         let steady = run_scenario(&plan.steady).map_err(|e| e.to_string());
-        let crashes: Vec<Result<RunReport, String>> = crash_threads
-            .into_iter()
-            .map(|t| t.join().expect("a calibration run does not panic"))
-            .collect();
-        (steady, crashes)
+        let join = |threads: Vec<std::thread::ScopedJoinHandle<'_, _>>| {
+            (threads.into_iter())
+                .map(|t| t.join().expect("a calibration run does not panic"))
+                .collect::<Vec<Result<RunReport, String>>>()
+        };
+        (steady, join(crash_threads), join(hang_threads))
     });
     let crashes = crashes.into_iter().collect::<Result<Vec<_>, String>>()?;
-    Ok((steady?, crashes))
+    let hangs = hangs.into_iter().collect::<Result<Vec<_>, String>>()?;
+    Ok((steady?, crashes, hangs))
+}
+
+/// Each hang run's detection time, and the one the planner file's own detection gives as
+/// `faults.detection.hang`: the monitor's when the file sets `recovery.progress_timeout`.
+fn measure_hangs(
+    plan: &Plan,
+    hangs: &[RunReport],
+    (measured, used_as): (&mut BTreeMap<String, f64>, &mut BTreeMap<String, String>),
+) -> Result<(), String> {
+    let monitored = plan.progress_timeout.is_some();
+    for ((detection, _), report) in plan.hang.iter().zip(hangs) {
+        let seconds = hang::detection_s(*detection, report)?;
+        let key = match detection {
+            HangDetection::Watchdog => "hang_detection_time_s.watchdog",
+            HangDetection::ProgressMonitor => "hang_detection_time_s.progress_monitor",
+        };
+        measured.insert(key.to_string(), seconds);
+        if monitored == (*detection == HangDetection::ProgressMonitor) {
+            measured.insert("hang_detection_time_s".to_string(), seconds);
+            used_as.insert(
+                "hang_detection_time_s".to_string(),
+                format!(
+                    "faults.detection.hang (the {} run's: {})",
+                    detection.run_name(),
+                    match monitored {
+                        true => "the scenario sets recovery.progress_timeout",
+                        false => "the scenario runs no progress monitor",
+                    }
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Each measured figure, and (where the planner uses it) what it replaces.
@@ -509,6 +570,17 @@ fn inputs(plan: &Plan) -> BTreeMap<String, String> {
             "{} s, an input: the spare swap (recovery.spare_swap_time of the hot-spare run); \
              plan --costs adds the measured restore_time_s.hot-spare to it",
             r.hot_spare_time_s
+        ),
+    );
+    inputs.insert(
+        "recovery.progress_timeout".to_string(),
+        format!(
+            "{}, the progress monitor's timeout in the hang-progress-monitor run ({})",
+            (plan.progress_timeout.as_deref()).unwrap_or(hang::DEFAULT_PROGRESS_TIMEOUT),
+            match plan.progress_timeout {
+                Some(_) => "the scenario's",
+                None => "the scenario sets none: an input",
+            }
         ),
     );
     inputs.insert(

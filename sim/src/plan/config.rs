@@ -14,21 +14,63 @@ use crate::units::parse_duration_ns;
 /// The failure kinds the planner models, in the order reports list them. Rates are failures
 /// per 1,000 node-days, each written `faults.rates.<kind>_failures_per_1000_node_days`, except
 /// the generic `node`, written `faults.rates.node_failures_per_1000_node_days`.
-pub const FAULT_KINDS: [&str; 9] = [
-    "node", "gpu", "hbm", "host", "nic", "switch", "link", "software", "sdc",
+pub const FAULT_KINDS: [&str; 11] = [
+    "node", "gpu", "hbm", "host", "nic", "switch", "link", "software", "sdc", "hang", "degrade",
 ];
 
 /// The index of the lemon-node stream in per-kind counts, after [`FAULT_KINDS`].
 pub const LEMON: usize = FAULT_KINDS.len();
 
 /// Every kind a report counts: [`FAULT_KINDS`] and then `lemon`.
-pub const COUNTED_KINDS: [&str; 10] = [
-    "node", "gpu", "hbm", "host", "nic", "switch", "link", "software", "sdc", "lemon",
+pub const COUNTED_KINDS: [&str; 12] = [
+    "node", "gpu", "hbm", "host", "nic", "switch", "link", "software", "sdc", "hang", "degrade",
+    "lemon",
 ];
 
 /// The index of silent data corruption in [`FAULT_KINDS`]: found late, and never recoverable
 /// by rejoining a replica, since the corruption has already spread through the all-reduce.
 pub const SDC: usize = 8;
+
+/// The index of hangs in [`FAULT_KINDS`]: a rank stops issuing collectives, alive, until a
+/// collective-level detector notices (by default the watchdog's 10 minutes); then a restart.
+pub const HANG: usize = 9;
+
+/// The index of fail-slow episodes in [`FAULT_KINDS`]: a link or NIC keeps working slowly
+/// ([`FailSlow`]); the job does not stop, it runs slower while the episode lasts.
+pub const DEGRADE: usize = 10;
+
+/// A hang's detection time when the scenario gives none: PyTorch's collective watchdog.
+pub const HANG_DEFAULT_DETECTION_S: f64 = 600.0;
+
+/// The random stream of a kind's arrivals (or of the lemons'). Kinds added after the lemons
+/// number their streams after it, so that adding a kind never moves another kind's failures
+/// (the same seed gives the same failures in every version).
+pub fn stream_of(kind_idx: usize) -> u64 {
+    match kind_idx {
+        LEMON => 9,
+        idx if idx < HANG => idx as u64,
+        idx => idx as u64 + 1,
+    }
+}
+
+/// What a fail-slow episode does: the step takes `slowdown` times as long for `duration_s`,
+/// so the job loses `duration_s * (1 - 1 / slowdown)` of progress and nothing else (no
+/// restart, no rework). Defaults: a mean of 24 minutes, the mean of communication fail-slows
+/// in Alibaba's production study (Greyhound, ATC'25), and a slowdown of 1.34, FALCON's mean
+/// job completion time under fail-slows (arXiv 2410.12588) taken as the slowdown while one
+/// lasts, an assumption that `calibrate` replaces with the step time it measures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FailSlow {
+    pub slowdown: f64,
+    pub duration_s: f64,
+}
+
+impl FailSlow {
+    /// Progress one episode costs.
+    pub fn lost_s(&self) -> f64 {
+        self.duration_s * (1.0 - 1.0 / self.slowdown)
+    }
+}
 
 /// Whether a failure of this kind takes a node out of the job until it is repaired, so that
 /// recovery needs a replacement node. Switch, link and software failures do not.
@@ -157,6 +199,8 @@ pub struct PlanConfig {
     pub recovery: Recovery,
     /// One per [`FAULT_KINDS`] entry.
     pub faults: Vec<FaultProcess>,
+    /// What a `degrade` episode costs.
+    pub fail_slow: FailSlow,
     pub lemons: Lemons,
     pub maintenance: Option<Maintenance>,
     /// Measured step time from a cost file; 0 treats work as continuous.
@@ -169,7 +213,13 @@ impl PlanConfig {
         let ordinary = (self.nodes - self.lemons.nodes) as f64;
         let mut rate = 0.0;
         let mut node_hardware = 0.0;
-        for (idx, f) in self.faults.iter().enumerate() {
+        // A fail-slow episode stops nothing: it is not a failure of the job.
+        for (idx, f) in self
+            .faults
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != DEGRADE)
+        {
             if needs_replacement_node(idx) {
                 rate += f.rate_per_node_s * ordinary;
                 node_hardware += f.rate_per_node_s;
@@ -180,15 +230,15 @@ impl PlanConfig {
         rate + node_hardware * self.lemons.rate_multiplier * self.lemons.nodes as f64
     }
 
-    /// Failure-weighted mean detection time.
+    /// Failure-weighted mean detection time (of the kinds that stop the job).
     pub fn mean_detection_s(&self) -> f64 {
-        let total: f64 = self.faults.iter().map(|f| f.rate_per_node_s).sum();
+        let stopping = || (self.faults.iter().enumerate()).filter(|(i, _)| *i != DEGRADE);
+        let total: f64 = stopping().map(|(_, f)| f.rate_per_node_s).sum();
         if total == 0.0 {
             return 0.0;
         }
-        self.faults
-            .iter()
-            .map(|f| f.rate_per_node_s * f.detection_s)
+        stopping()
+            .map(|(_, f)| f.rate_per_node_s * f.detection_s)
             .sum::<f64>()
             / total
     }
@@ -209,6 +259,8 @@ pub struct Costs {
     pub checkpoint_persist_time_s: Option<f64>,
     /// From a crash to the start of recovery, for the kinds in [`CRASH_KINDS`].
     pub crash_detection_time_s: Option<f64>,
+    /// From a hang to the abort, by the detection the planner file runs.
+    pub hang_detection_time_s: Option<f64>,
     /// Reading and rebuilding the state after the relaunch, by policy name; added to the
     /// policy's relaunch (or swap) time, which stays an input.
     pub restore_time_s: BTreeMap<String, f64>,
@@ -232,6 +284,9 @@ impl Costs {
                     process.detection_s = detection;
                 }
             }
+        }
+        if let Some(detection) = self.hang_detection_time_s {
+            config.faults[HANG].detection_s = detection;
         }
         let r = &mut config.recovery;
         for (policy, time) in [
@@ -391,6 +446,7 @@ struct RawRecovery {
     heartbeat_interval: Option<String>,
     heartbeat_misses: Option<i64>,
     collective_timeout: Option<String>,
+    progress_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -406,6 +462,8 @@ struct RawFaults {
     detection: BTreeMap<String, String>,
     #[serde(default)]
     lemon: RawLemon,
+    degrade_slowdown: Option<f64>,
+    degrade_duration: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -503,6 +561,7 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         validate_checkpoint(src, &raw.checkpoint)?;
     let (recovery, detection_time_s) = validate_recovery(src, &raw.recovery)?;
     let faults = validate_faults(src, &raw.faults, detection_time_s)?;
+    let fail_slow = validate_fail_slow(src, &raw.faults)?;
     let lemons = validate_lemons(src, &raw.faults.lemon, nodes)?;
     let config = PlanConfig {
         name: name.to_string(),
@@ -519,6 +578,7 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
         checkpoint_persist_time_s,
         recovery,
         faults,
+        fail_slow,
         lemons,
         maintenance: plan.maintenance,
         step_time_s: 0.0,
@@ -653,12 +713,14 @@ fn validate_faults(
     f: &RawFaults,
     detection_time_s: f64,
 ) -> Result<Vec<FaultProcess>, ScenarioError> {
-    let mut faults: Vec<FaultProcess> = FAULT_KINDS
-        .iter()
-        .map(|_| FaultProcess {
+    let mut faults: Vec<FaultProcess> = (0..FAULT_KINDS.len())
+        .map(|idx| FaultProcess {
             rate_per_node_s: 0.0,
             distribution: Distribution::Exponential,
-            detection_s: detection_time_s,
+            detection_s: match idx {
+                HANG => HANG_DEFAULT_DETECTION_S,
+                _ => detection_time_s,
+            },
         })
         .collect();
     for (key, &rate) in &f.rates {
@@ -752,6 +814,29 @@ fn validate_shapes_and_detection(
         )?;
     }
     Ok(())
+}
+
+/// `faults.degrade_slowdown` (1.01 to 100) and `faults.degrade_duration` (1s to 30d), with
+/// the defaults [`FailSlow`] gives.
+fn validate_fail_slow(src: &Source, f: &RawFaults) -> Result<FailSlow, ScenarioError> {
+    let slowdown = f.degrade_slowdown.unwrap_or(1.34);
+    if !(slowdown.is_finite() && (1.01..=100.0).contains(&slowdown)) {
+        return Err(src.error(
+            "faults.degrade_slowdown",
+            format!("expected a step-time factor from 1.01 to 100, got {slowdown}"),
+        ));
+    }
+    let duration_s = duration_s(src, "faults.degrade_duration", &f.degrade_duration, "24min")?;
+    if !(1.0..=30.0 * 86_400.0).contains(&duration_s) {
+        return Err(src.error(
+            "faults.degrade_duration",
+            format!("expected from 1s to 30d, got {duration_s} s"),
+        ));
+    }
+    Ok(FailSlow {
+        slowdown,
+        duration_s,
+    })
 }
 
 /// `[faults.lemon]`: a share of nodes that fail more often, and when they are drained.

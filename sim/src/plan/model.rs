@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{Exp, Weibull};
 
 use super::config::{
-    needs_replacement_node, Distribution, PlanConfig, Policy, COUNTED_KINDS, FAULT_KINDS, LEMON,
-    SDC,
+    needs_replacement_node, stream_of, Distribution, PlanConfig, Policy, COUNTED_KINDS, DEGRADE,
+    FAULT_KINDS, LEMON, SDC,
 };
 
 /// Wall time lost by cause, in seconds.
@@ -36,19 +36,23 @@ pub struct LostTime {
     pub maintenance_s: f64,
     /// Per-replica recovery: the job running one replica short, as the equivalent stall.
     pub degraded_s: f64,
+    /// Fail-slow episodes (`degrade`): the progress the slower steps did not make.
+    #[serde(default)]
+    pub fail_slow_s: f64,
 }
 
 impl LostTime {
-    pub const CAUSES: [&'static str; 6] = [
+    pub const CAUSES: [&'static str; 7] = [
         "detection",
         "recovery",
         "rework",
         "checkpoint",
         "maintenance",
         "degraded",
+        "fail_slow",
     ];
 
-    pub fn by_cause(&self) -> [f64; 6] {
+    pub fn by_cause(&self) -> [f64; 7] {
         [
             self.detection_s,
             self.recovery_s,
@@ -56,6 +60,7 @@ impl LostTime {
             self.checkpoint_s,
             self.maintenance_s,
             self.degraded_s,
+            self.fail_slow_s,
         ]
     }
 
@@ -305,7 +310,7 @@ fn arrivals(cfg: &PlanConfig, seed_idx: u64) -> Vec<Arrivals> {
             Arrivals::new(
                 f.rate_per_node_s * nodes,
                 f.distribution,
-                stream(cfg.root_seed, seed_idx, idx as u64),
+                stream(cfg.root_seed, seed_idx, stream_of(idx)),
             )
         })
         .collect()
@@ -325,7 +330,7 @@ impl LemonNodes {
             rate_each_per_s: node_hardware_rate * cfg.lemons.rate_multiplier,
             exclude_after: cfg.lemons.exclude_after,
             next_s: f64::INFINITY,
-            rng: stream(cfg.root_seed, seed_idx, LEMON as u64),
+            rng: stream(cfg.root_seed, seed_idx, stream_of(LEMON)),
         };
         lemons.redraw(0.0);
         lemons
@@ -418,12 +423,41 @@ impl Sim<'_> {
                 self.maintenance();
                 continue;
             }
+            if kind == DEGRADE {
+                // The job goes on, slower: a write under way is not lost, only delayed.
+                self.result.lost.checkpoint_s += writing_s;
+                self.fail_slow();
+                continue;
+            }
             // A write cut short by a failure is wasted.
             self.result.lost.rework_s += writing_s;
             self.result.interruptions += 1;
             self.result.interruptions_by_kind[kind] += 1;
             self.consume(kind);
             self.fail(failure_s, kind);
+        }
+    }
+
+    /// A fail-slow episode strikes the running job: it makes no progress for the time the
+    /// slower steps lose (the episode condensed), and failures that arrive meanwhile strike
+    /// when it ends. Nothing is rolled back.
+    fn fail_slow(&mut self) {
+        self.consume(DEGRADE);
+        self.result.interruptions_by_kind[DEGRADE] += 1;
+        let end_s = (self.t + self.cfg.fail_slow.lost_s()).min(self.cfg.horizon_s);
+        self.result.lost.fail_slow_s += end_s - self.t;
+        self.t = end_s;
+        for a in &mut self.arrivals {
+            a.next_s = a.next_s.max(end_s);
+        }
+        self.lemons.next_s = self.lemons.next_s.max(end_s);
+    }
+
+    /// Fail-slow episodes before `until` strike a job that is down: nothing to slow.
+    fn absorb_fail_slows_until(&mut self, until: f64) {
+        while self.arrivals[DEGRADE].next_s < until && self.next_failure().1 == DEGRADE {
+            self.consume(DEGRADE);
+            self.result.absorbed_failures += 1;
         }
     }
 
@@ -473,6 +507,7 @@ impl Sim<'_> {
                 return;
             }
             let end_s = self.t + recovery_s + degraded_s;
+            self.absorb_fail_slows_until(end_s);
             let (next_s, next_kind) = self.next_failure();
             let stop_s = next_s.min(end_s).min(h);
             let spent_s = stop_s - self.t;

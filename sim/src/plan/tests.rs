@@ -378,6 +378,7 @@ fn measured_costs_replace_the_scenarios_and_add_restores_to_relaunches() {
         checkpoint_write_time_s: Some(0.5),
         checkpoint_persist_time_s: Some(7.0),
         crash_detection_time_s: Some(35.0),
+        hang_detection_time_s: Some(80.0),
         restore_time_s: [("restart".to_string(), 4.0), ("hot-spare".to_string(), 1.0)]
             .into_iter()
             .collect(),
@@ -393,6 +394,8 @@ fn measured_costs_replace_the_scenarios_and_add_restores_to_relaunches() {
     {
         if config::CRASH_KINDS.contains(kind) {
             assert_eq!(after.detection_s, 35.0, "{kind}");
+        } else if *kind == "hang" {
+            assert_eq!((before.detection_s, after.detection_s), (600.0, 80.0));
         } else {
             assert_eq!(after.detection_s, before.detection_s, "{kind}");
         }
@@ -401,4 +404,70 @@ fn measured_costs_replace_the_scenarios_and_add_restores_to_relaunches() {
     assert_eq!(r1.restart_time_s, r0.restart_time_s + 4.0);
     assert_eq!(r1.hot_spare_time_s, r0.hot_spare_time_s + 1.0);
     assert_eq!(r1.in_memory_restore_time_s, r0.in_memory_restore_time_s);
+}
+
+/// 1,000 nodes with only `kind` failing at `rate` per 1,000 node-days.
+fn only(kind: &str, rate: f64, extra: &str) -> PlanConfig {
+    let text = format!(
+        "[cluster]\ngpus = 8000\n[plan]\nhorizon = \"30d\"\nseeds = 4\n\
+         [checkpoint]\ninterval = \"30min\"\nwrite_time = \"1min\"\n\
+         [recovery]\nrestart_time = \"10min\"\n\
+         [faults]\n{extra}\n[faults.rates]\n{kind}_failures_per_1000_node_days = {rate}\n"
+    );
+    points_from(&text, &[]).remove(0).config
+}
+
+/// A fail-slow episode stops nothing: no interruption, no rework, no detection; each costs
+/// exactly `duration * (1 - 1/slowdown)` of progress (the last one perhaps cut by the
+/// horizon), and the parts still add up to the horizon.
+#[test]
+fn a_fail_slow_episode_costs_its_slower_steps_and_nothing_else() {
+    let cfg = only(
+        "degrade",
+        1.0,
+        "degrade_slowdown = 2.0\ndegrade_duration = \"20min\"",
+    );
+    for seed in 0..4 {
+        let r = run_seed(&cfg, seed);
+        let episodes = r.interruptions_by_kind[config::DEGRADE];
+        assert!(episodes > 10, "about 30 a month at this rate: {episodes}");
+        assert_eq!(
+            (r.interruptions, r.lost.rework_s, r.lost.detection_s),
+            (0, 0.0, 0.0)
+        );
+        let each = 20.0 * MIN * 0.5;
+        let lost = r.lost.fail_slow_s;
+        assert!(
+            lost <= episodes as f64 * each + 1e-6 && lost > (episodes - 1) as f64 * each,
+            "{lost} s for {episodes} episodes"
+        );
+        let total = r.useful_s + r.lost.total_s();
+        assert!((total - 30.0 * 86_400.0).abs() < 1e-3, "{total}");
+    }
+    // Not a failure of the job: Daly's interval and the MTTF ignore it.
+    assert_eq!(cfg.job_failures_per_s(), 0.0);
+}
+
+/// A hang is detected by the watchdog's 10 minutes unless the scenario says otherwise, then
+/// the job restarts from its checkpoint, as after a software failure; its failures come from
+/// a stream of their own, so adding the kinds moved no other kind's failures.
+#[test]
+fn a_hang_waits_for_the_watchdog_then_restarts() {
+    let hang = only("hang", 0.5, "");
+    assert_eq!(hang.faults[config::HANG].detection_s, 600.0);
+    let r = run_seed(&hang, 0);
+    let hangs = r.interruptions_by_kind[config::HANG];
+    assert!(hangs > 3 && r.interruptions == hangs, "{r:?}");
+    // Each costs its 10 minutes of detection (unless another struck first, which absorbs).
+    assert!(r.lost.detection_s <= hangs as f64 * 600.0 + 1e-6);
+    assert!(r.lost.detection_s >= (hangs - 1) as f64 * 600.0, "{r:?}");
+    assert!(r.lost.rework_s > 0.0 && r.lost.recovery_s > 0.0);
+    let monitored = only("hang", 0.5, "detection.hang = \"70s\"");
+    let m = run_seed(&monitored, 0);
+    assert_eq!(m.interruptions_by_kind, r.interruptions_by_kind);
+    assert!(m.lost.detection_s < r.lost.detection_s / 5.0, "{m:?}");
+    // The software kind's failures are where they were before hangs existed: stream 7.
+    assert_eq!(config::stream_of(7), 7);
+    assert_eq!(config::stream_of(config::LEMON), 9);
+    assert_eq!(config::stream_of(config::HANG), 10);
 }
