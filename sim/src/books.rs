@@ -92,6 +92,8 @@ named_enum! {
     pub enum LostCause {
         /// Blocking checkpoint snapshots.
         CheckpointStalls = "checkpoint_stalls",
+        /// Per-replica: aborting and rebuilding the communicators before a regroup.
+        CommRebuild = "comm_rebuild",
         /// The desync check's exchange before each collective.
         DesyncCheck = "desync_check",
         /// From a fault to its detection.

@@ -7,7 +7,7 @@
 use trainer_core::{Event, Tier};
 
 use crate::books::FaultKind;
-use crate::trace::Record;
+use crate::trace::{CommOp, Record};
 use trainer_core::units::format_duration_ns as duration;
 
 /// One happening: when, and what, in words.
@@ -126,19 +126,48 @@ impl Story {
                 abandoned: true, ..
             } => "the job gives up: recovery.max_restarts reached".into(),
             Record::Restart { generation, .. } => format!("generation {generation} starts"),
-            Record::ReplicaDropped { node, rejoin_at_ns } => format!(
-                "node {node} leaves the replica group; it rejoins at {}",
-                duration(rejoin_at_ns)
-            ),
-            Record::ReplicaReadmitted { node } => format!("node {node} is readmitted"),
-            Record::Regroup {
-                members,
-                dropped,
-                joined,
-            } => format!("regroup: {members} ranks go on, {dropped} node(s) out, {joined} back"),
+            Record::ReplicaDropped { .. }
+            | Record::ReplicaReadmitted { .. }
+            | Record::Regroup { .. }
+            | Record::CommRebuild { .. } => replica_sentence(record),
             Record::Rank(event) => rank_sentence(rank.unwrap_or(0), event),
             Record::Compute { .. } | Record::Deliver { .. } | Record::Finished => String::new(),
         }
+    }
+}
+
+/// [`Story::sentence`] for the per-replica policy's records.
+fn replica_sentence(record: &Record) -> String {
+    match *record {
+        Record::ReplicaDropped { node, rejoin_at_ns } => format!(
+            "node {node} leaves the replica group; it rejoins at {}",
+            duration(rejoin_at_ns)
+        ),
+        Record::ReplicaReadmitted { node } => format!("node {node} is readmitted"),
+        Record::Regroup {
+            members,
+            dropped,
+            joined,
+        } => format!("regroup: {members} ranks go on, {dropped} node(s) out, {joined} back"),
+        Record::CommRebuild {
+            op,
+            aborted,
+            members,
+            cost_ns,
+        } => {
+            let how = match op {
+                CommOp::Shrink => format!("shrink them to {members} ranks"),
+                CommOp::Grow => format!("grow them back to {members} ranks"),
+                CommOp::Reinit => format!("build new ones for {members} ranks"),
+            };
+            let abort = if aborted {
+                "abort their communicators and "
+            } else {
+                ""
+            };
+            format!("the survivors {abort}{how} ({op}, {})", duration(cost_ns))
+        }
+        _ => unreachable!("replica_sentence says the per-replica records"),
     }
 }
 

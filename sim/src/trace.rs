@@ -71,6 +71,18 @@ impl TraceLevel {
     }
 }
 
+trainer_core::named_enum! {
+    /// How per-replica recovery rebuilt the communicators (NCCL's names where it has them).
+    pub enum CommOp {
+        /// `ncclCommShrink` without the failed ranks, after `ncclCommAbort` (abort mode).
+        Shrink = "shrink",
+        /// The group grows back to take in re-admitted nodes (no error: default mode).
+        Grow = "grow",
+        /// New communicators from scratch (`ncclCommInitRank`).
+        Reinit = "reinit",
+    }
+}
+
 /// One thing that happened, as the world saw it. Records of a rank carry it; the controller's
 /// records that concern no one rank carry none.
 #[derive(Clone, Copy, Debug)]
@@ -108,6 +120,14 @@ pub enum Record<'a> {
     ReplicaDropped { node: usize, rejoin_at_ns: u64 },
     /// Per-replica: `node`, replaced, rejoins the group at the regroup scheduled now.
     ReplicaReadmitted { node: usize },
+    /// Per-replica: the survivors rebuild their communicators for the `members` ranks of the
+    /// new group (after aborting them when an error stopped the job), in `cost_ns`.
+    CommRebuild {
+        op: CommOp,
+        aborted: bool,
+        members: usize,
+        cost_ns: u64,
+    },
     /// Per-replica: the job resumes without a restore, `members` ranks strong, `dropped`
     /// nodes out, `joined` nodes back.
     Regroup {
@@ -191,6 +211,7 @@ impl Record<'_> {
             Record::Restart { .. } => "restart",
             Record::ReplicaDropped { .. } => "replica_dropped",
             Record::ReplicaReadmitted { .. } => "replica_readmitted",
+            Record::CommRebuild { .. } => "comm_rebuild",
             Record::Regroup { .. } => "regroup",
             Record::StorageWriteFailed => "storage_write_failed",
             Record::StorageCorruption { .. } => "storage_corruption",
@@ -241,18 +262,10 @@ impl Record<'_> {
                 out,
                 ",\"generation\":{generation},\"abandoned\":{abandoned}"
             ),
-            Record::ReplicaDropped { node, rejoin_at_ns } => {
-                write!(out, ",\"node\":{node},\"rejoin_at_ns\":{rejoin_at_ns}")
-            }
-            Record::ReplicaReadmitted { node } => write!(out, ",\"node\":{node}"),
-            Record::Regroup {
-                members,
-                dropped,
-                joined,
-            } => write!(
-                out,
-                ",\"members\":{members},\"dropped\":{dropped},\"joined\":{joined}"
-            ),
+            Record::ReplicaDropped { .. }
+            | Record::ReplicaReadmitted { .. }
+            | Record::Regroup { .. }
+            | Record::CommRebuild { .. } => self.write_replica_fields(out),
             Record::StorageCorruption { name } => write!(
                 out,
                 ",\"name\":{}",
@@ -269,6 +282,34 @@ impl Record<'_> {
                 serde_json::to_string(target).expect("a string serialises")
             ),
         };
+    }
+
+    /// [`Record::write_fields`] for the per-replica policy's records.
+    fn write_replica_fields(&self, out: &mut String) -> std::fmt::Result {
+        match *self {
+            Record::ReplicaDropped { node, rejoin_at_ns } => {
+                write!(out, ",\"node\":{node},\"rejoin_at_ns\":{rejoin_at_ns}")
+            }
+            Record::ReplicaReadmitted { node } => write!(out, ",\"node\":{node}"),
+            Record::Regroup {
+                members,
+                dropped,
+                joined,
+            } => write!(
+                out,
+                ",\"members\":{members},\"dropped\":{dropped},\"joined\":{joined}"
+            ),
+            Record::CommRebuild {
+                op,
+                aborted,
+                members,
+                cost_ns,
+            } => write!(
+                out,
+                ",\"op\":\"{op}\",\"aborted\":{aborted},\"members\":{members},\"cost_ns\":{cost_ns}"
+            ),
+            _ => unreachable!("write_replica_fields writes the per-replica records"),
+        }
     }
 }
 
@@ -797,6 +838,7 @@ impl Timeline {
             | Record::ReplicaDropped { .. }
             | Record::ReplicaReadmitted { .. }
             | Record::Regroup { .. }
+            | Record::CommRebuild { .. }
             | Record::StorageWriteFailed
             | Record::StorageCorruption { .. } => {
                 let mut fields = String::new();

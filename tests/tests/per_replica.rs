@@ -33,7 +33,17 @@ policy = \"per-replica\"
 restart_time = \"10min\"
 heartbeat_interval = \"1s\"
 replica_rejoin_time = \"2s\"
+comm_abort_time = \"0s\"
+comm_shrink_time = \"0s\"
+comm_shrink_per_doubling = \"0s\"
 ";
+
+/// The communicators' costs by default (the base makes them free, to test the arithmetic).
+const COMM_DEFAULTS: [&str; 3] = [
+    "recovery.comm_abort_time=1s",
+    "recovery.comm_shrink_time=730ms",
+    "recovery.comm_shrink_per_doubling=130ms",
+];
 
 fn scenario(extra: &str, sets: &[&str]) -> Scenario {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -285,4 +295,54 @@ fn a_regroup_with_no_member_holding_state_restarts_instead() {
     assert!(report
         .lost_time_ns_by_cause
         .contains_key(&LostCause::Restart));
+}
+
+/// NCCL's recovery path, modelled: a node's crash makes every survivor abort its
+/// communicators and shrink them to the group without the node (abort mode), the rejoin grows
+/// them back (no abort: default mode), each costing what the law says and booked as
+/// `comm_rebuild`; every survivor resumes only after the rebuild, and `reinit` costs its own
+/// time instead.
+#[test]
+fn survivors_abort_shrink_and_grow_their_communicators_at_the_laws_cost() {
+    let (report, records) = traced(&crash("node = 2", 5), &COMM_DEFAULTS);
+    let rebuilds: Vec<&serde_json::Value> = (records.iter())
+        .filter(|r| r["kind"] == "comm_rebuild")
+        .collect();
+    let ops: Vec<(&str, bool, u64)> = (rebuilds.iter())
+        .map(|r| {
+            let op = r["op"].as_str().unwrap();
+            (
+                op,
+                r["aborted"].as_bool().unwrap(),
+                r["members"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ops, [("shrink", true, 20), ("grow", false, 24)]);
+    // 20 ranks: 5 doublings of 130 ms on 730 ms, and the 1 s abort; 24 ranks: the same shrink.
+    let costs: Vec<u64> = rebuilds
+        .iter()
+        .map(|r| r["cost_ns"].as_u64().unwrap())
+        .collect();
+    assert_eq!(costs, [2_380_000_000, 1_380_000_000]);
+    assert_eq!(
+        report.lost_time_ns_by_cause[&LostCause::CommRebuild],
+        costs.iter().sum::<u64>()
+    );
+    // Each regroup's generation starts exactly one rebuild after it was scheduled.
+    for rebuild in &rebuilds {
+        let at = rebuild["t_ns"].as_u64().unwrap();
+        let cost = rebuild["cost_ns"].as_u64().unwrap();
+        let starts = (records.iter())
+            .find(|r| r["kind"] == "restart" && r["t_ns"].as_u64().unwrap() >= at)
+            .expect("the regroup's generation starts");
+        assert_eq!(starts["t_ns"].as_u64().unwrap(), at + cost);
+    }
+    let mut sets = COMM_DEFAULTS.to_vec();
+    sets.push("recovery.comm_rebuild=reinit");
+    let reinit = run(&crash("node = 2", 5), &sets);
+    assert_eq!(
+        reinit.lost_time_ns_by_cause[&LostCause::CommRebuild],
+        30_000_000_000 + 1_000_000_000 + 30_000_000_000
+    );
 }

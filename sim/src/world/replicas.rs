@@ -18,7 +18,8 @@ use serde::Serialize;
 use trainer_core::Group;
 
 use super::{EventKind, Wait, World};
-use crate::trace::Record;
+use crate::trace::{CommOp, Record};
+use faultline_scenario::config::CommRebuild;
 
 /// How often a re-admission that found a recovery under way tries again.
 const REJOIN_RETRY_NS: u64 = 1_000_000;
@@ -204,6 +205,8 @@ impl World {
             LostCause::Regroup
         };
         let generation = control.generation + 1;
+        // An error stopped the job unless it stopped only to re-admit nodes.
+        let delay_ns = self.rebuild_communicators(!failed.is_empty() || due.is_empty());
         for node in dropped_now {
             self.schedule(rejoin_at_ns, EventKind::ReplicaRejoin { node: node as u32 });
             self.digest.u64(DigestTag::ReplicaDropped.word(node as u64));
@@ -214,15 +217,45 @@ impl World {
                 .u64(DigestTag::ReplicaReadmitted.word(node as u64));
             self.record(None, Record::ReplicaReadmitted { node });
         }
-        self.schedule(now, EventKind::Restart);
+        self.schedule(now + delay_ns, EventKind::Restart);
         self.record(
             None,
             Record::RestartScheduled {
                 generation,
-                delay_ns: 0,
+                delay_ns,
                 spares: 0,
             },
         );
+    }
+
+    /// The survivors' communicators for the group the regroup leaves, modelled on NCCL's
+    /// recovery path: after an error (a node failed, or a transfer was lost with no node out)
+    /// every survivor aborts its communicators and shrinks them in abort mode; a re-admission
+    /// alone grows them with no abort; `reinit` builds new ones instead. Returns what it
+    /// costs, booked as `comm_rebuild` and recorded.
+    fn rebuild_communicators(&mut self, after_error: bool) -> u64 {
+        let control = self.control.as_mut().expect("a controller");
+        let replicas = &control.replicas;
+        let dropped: Vec<usize> = replicas.dropped.keys().copied().collect();
+        let members = self.placement.world_without_nodes(&dropped).count();
+        let comm = control.config.comm;
+        let op = match (comm.rebuild, after_error) {
+            (CommRebuild::Reinit, _) => CommOp::Reinit,
+            (CommRebuild::Shrink, true) => CommOp::Shrink,
+            (CommRebuild::Shrink, false) => CommOp::Grow,
+        };
+        let cost_ns = comm.rebuild_ns(members, after_error);
+        control.lose(LostCause::CommRebuild, cost_ns);
+        self.record(
+            None,
+            Record::CommRebuild {
+                op,
+                aborted: after_error,
+                members,
+                cost_ns,
+            },
+        );
+        cost_ns
     }
 
     /// Per-replica, when every live rank has finished while dropped ranks wait to rejoin:
