@@ -229,20 +229,7 @@ pub fn run_scenario_with(
             w.keep_flight_dumps();
         }
     }
-    // Shared, not copied into each rank's future beside the trainer made from it.
-    let config = Rc::new(scenario.job.clone());
-    let results = run_ranks(kind, scenario.run.seed, &world, |rank| {
-        let backend = SimBackend::new(world.clone(), rank);
-        let config = config.clone();
-        async move {
-            match config.layout {
-                // Boxed, so that the plain job's future, which every rank of every plain run
-                // holds, keeps its size.
-                Some(_) => Box::pin(layout_job::run(&backend, (*config).clone())).await,
-                None => job::run(&backend, (*config).clone()).await,
-            }
-        }
-    });
+    let results = run_jobs(kind, scenario, &world);
     let passed = world.borrow().passed_horizon_at_ns();
     let results = match (results, passed) {
         (Ok(results), None) => results,
@@ -261,6 +248,32 @@ pub fn run_scenario_with(
     let mut report = report_of(scenario, kind, &world.borrow(), &results, started);
     report.flight_dumps = world.borrow_mut().take_flight_dumps();
     Ok((report, recorder))
+}
+
+/// Runs every rank's job: the plain job, or with `[parallelism]` the layout job. One executor
+/// run per kind of job, so that each rank's task is that job's future itself, neither sized by
+/// the other's nor boxed behind a pointer that the executor's prefetch of the task would not
+/// follow (at 100,000 ranks every poll of a rank's future starts with loading it).
+fn run_jobs(
+    kind: ExecutorKind,
+    scenario: &Scenario,
+    world: &Rc<RefCell<World>>,
+) -> Result<Vec<job::JobOutcome>, Deadlock> {
+    // Shared, not copied into each rank's future beside the trainer made from it.
+    let config = Rc::new(scenario.job.clone());
+    let seed = scenario.run.seed;
+    if config.layout.is_some() {
+        return run_ranks(kind, seed, world, |rank| {
+            let backend = SimBackend::new(world.clone(), rank);
+            let config = config.clone();
+            async move { layout_job::run(&backend, (*config).clone()).await }
+        });
+    }
+    run_ranks(kind, seed, world, |rank| {
+        let backend = SimBackend::new(world.clone(), rank);
+        let config = config.clone();
+        async move { job::run(&backend, (*config).clone()).await }
+    })
 }
 
 impl FaultSummary {

@@ -244,11 +244,14 @@ fn rerouting_avoids_the_dead_spine_and_only_leaf_to_leaf_routes_have_alternative
 }
 
 /// Every byte of a rank's future is loaded on each of its polls, 100,000 times an instant at
-/// scale (see the executor's note): the training step's and a collective's futures must not
-/// grow unnoticed. The bounds are this build's sizes (912 and 584 bytes in the test profile)
-/// with a cache line of room; a change that needs more says why and moves the bound.
+/// scale (see the executor's note): the training step's, the layout job's and a collective's
+/// futures must not grow unnoticed. The bounds are this build's sizes (912, `LAYOUT_BOUND` and
+/// 584 bytes in the test profile) with a cache line of room; a change that needs more says why
+/// and moves the bound.
 #[test]
 fn the_training_and_collective_futures_stay_small() {
+    // 1,392 before the layout trainer's steps became plain functions around `async move`.
+    const LAYOUT_BOUND: usize = 1032;
     use crate::world::{SimBackend, World, WorldConfig};
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -258,6 +261,12 @@ fn the_training_and_collective_futures_stay_small() {
     let world = Rc::new(RefCell::new(World::new(WorldConfig::bare(topo, 1e15))));
     let backend = SimBackend::new(world.clone(), 0);
     let training = std::mem::size_of_val(&trainer_core::job::run(&backend, s.job.clone()));
+    let layout = "[cluster]\ngpus = 16\n[job]\nsteps = 1\nproxy_layers = 4\nproxy_width = 8\n\
+        micro_batches = 4\n[parallelism]\ntp = 2\npp = 2\n";
+    let layout = load_str("t", "t.toml", layout, &[]).unwrap();
+    let layout_job = trainer_core::layout_job::run(&backend, layout.job.clone());
+    let layout_bytes = std::mem::size_of_val(&layout_job);
+    drop(layout_job);
     let group = s.placement().world();
     let mut data = vec![0.0f32; 16];
     let collective = Collective::new(Algo::Hierarchical);
@@ -265,6 +274,11 @@ fn the_training_and_collective_futures_stay_small() {
     let collective_bytes = std::mem::size_of_val(&all_reduce);
     drop(all_reduce);
     println!("training future: {training} bytes; all-reduce future: {collective_bytes} bytes");
+    println!("layout training future: {layout_bytes} bytes");
+    assert!(
+        layout_bytes <= LAYOUT_BOUND + 64,
+        "the layout training future is {layout_bytes} bytes"
+    );
     assert!(
         training <= 912 + 64,
         "the training future is {training} bytes"

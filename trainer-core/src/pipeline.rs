@@ -23,27 +23,53 @@ pub enum Pass {
 
 /// The passes stage `stage` of `pp` runs in one step of `micro_batches` micro-batches, in
 /// order. Backwards run in micro-batch order under both schedules, so the loss and gradient
-/// sums over micro-batches are in the same order whatever the schedule.
+/// sums over micro-batches are in the same order whatever the schedule; so do forwards, so the
+/// micro-batches a stage holds between their two passes are always consecutive ones.
 pub fn passes(schedule: Schedule, stage: usize, pp: usize, micro_batches: usize) -> Vec<Pass> {
-    assert!(stage < pp && micro_batches > 0);
+    (0..2 * micro_batches)
+        .map(|index| pass(schedule, stage, pp, micro_batches, index))
+        .collect()
+}
+
+/// Pass `index` of [`passes`], worked out without the list: a training step asks for its
+/// passes one at a time, and at 100,000 ranks a list per rank is 50 MB held through the step.
+pub fn pass(
+    schedule: Schedule,
+    stage: usize,
+    pp: usize,
+    micro_batches: usize,
+    index: usize,
+) -> Pass {
+    assert!(stage < pp && micro_batches > 0 && index < 2 * micro_batches);
     let m = micro_batches;
-    let mut out = Vec::with_capacity(2 * m);
     match schedule {
-        Schedule::GPipe => {
-            out.extend((0..m).map(Pass::Forward));
-            out.extend((0..m).map(Pass::Backward));
-        }
+        Schedule::GPipe if index < m => Pass::Forward(index),
+        Schedule::GPipe => Pass::Backward(index - m),
         Schedule::OneForwardOneBackward => {
+            // A warm-up of forwards, pairs of a forward and a backward, backwards to drain.
             let warmup = (pp - stage - 1).min(m);
-            out.extend((0..warmup).map(Pass::Forward));
-            for i in 0..m - warmup {
-                out.push(Pass::Forward(warmup + i));
-                out.push(Pass::Backward(i));
+            match index {
+                index if index < warmup => Pass::Forward(index),
+                index if index < 2 * m - warmup => {
+                    let pair = (index - warmup) / 2;
+                    match (index - warmup) % 2 {
+                        0 => Pass::Forward(warmup + pair),
+                        _ => Pass::Backward(pair),
+                    }
+                }
+                index => Pass::Backward(index - m),
             }
-            out.extend((m - warmup..m).map(Pass::Backward));
         }
     }
-    out
+}
+
+/// The most micro-batches stage `stage` holds at once between their forward and their
+/// backward: every one under GPipe, at most `pp - stage` under 1F1B.
+pub fn max_in_flight(schedule: Schedule, stage: usize, pp: usize, micro_batches: usize) -> usize {
+    match schedule {
+        Schedule::GPipe => micro_batches,
+        Schedule::OneForwardOneBackward => (pp - stage).min(micro_batches),
+    }
 }
 
 /// The bubble fraction of a pipeline whose stages each take the same time per micro-batch and
@@ -115,21 +141,68 @@ mod tests {
         }
     }
 
+    /// A stage holds at most `max_in_flight` micro-batches (1F1B: `pp - stage`), and reaches
+    /// it; forwards and backwards each run in micro-batch order, so the ones it holds are
+    /// consecutive (a step keeps micro-batch `i`'s state in slot `i % max_in_flight`).
     #[test]
-    fn one_f_one_b_holds_at_most_pp_minus_stage_micro_batches() {
-        for pp in 1..6 {
-            for m in 1..9 {
-                for stage in 0..pp {
-                    let mut live = 0usize;
-                    let mut most = 0;
-                    for pass in passes(Schedule::OneForwardOneBackward, stage, pp, m) {
-                        match pass {
-                            Pass::Forward(_) => live += 1,
-                            Pass::Backward(_) => live -= 1,
+    fn a_stage_holds_at_most_max_in_flight_consecutive_micro_batches() {
+        for schedule in Schedule::ALL.iter().copied() {
+            for pp in 1..6 {
+                for m in 1..9 {
+                    for stage in 0..pp {
+                        let (mut forwards, mut backwards, mut most) = (0, 0, 0);
+                        for pass in passes(schedule, stage, pp, m) {
+                            match pass {
+                                Pass::Forward(i) => {
+                                    assert_eq!(i, forwards);
+                                    forwards += 1;
+                                }
+                                Pass::Backward(i) => {
+                                    assert_eq!(i, backwards);
+                                    backwards += 1;
+                                }
+                            }
+                            most = most.max(forwards - backwards);
                         }
-                        most = most.max(live);
+                        assert_eq!(most, max_in_flight(schedule, stage, pp, m));
                     }
-                    assert_eq!(most, (pp - stage).min(m), "pp {pp} m {m} stage {stage}");
+                    let one_f_one_b = Schedule::OneForwardOneBackward;
+                    assert_eq!(max_in_flight(one_f_one_b, 0, pp, m), pp.min(m));
+                }
+            }
+        }
+    }
+
+    /// The schedules as Megatron-LM writes them out, list by list: `pass` must agree.
+    fn written_out(schedule: Schedule, stage: usize, pp: usize, m: usize) -> Vec<Pass> {
+        let mut out = Vec::new();
+        match schedule {
+            Schedule::GPipe => {
+                out.extend((0..m).map(Pass::Forward));
+                out.extend((0..m).map(Pass::Backward));
+            }
+            Schedule::OneForwardOneBackward => {
+                let warmup = (pp - stage - 1).min(m);
+                out.extend((0..warmup).map(Pass::Forward));
+                for i in 0..m - warmup {
+                    out.push(Pass::Forward(warmup + i));
+                    out.push(Pass::Backward(i));
+                }
+                out.extend((m - warmup..m).map(Pass::Backward));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_pass_is_the_written_out_schedules() {
+        for schedule in Schedule::ALL.iter().copied() {
+            for pp in 1..7 {
+                for m in 1..10 {
+                    for stage in 0..pp {
+                        let want = written_out(schedule, stage, pp, m);
+                        assert_eq!(passes(schedule, stage, pp, m), want);
+                    }
                 }
             }
         }

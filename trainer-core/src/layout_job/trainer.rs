@@ -3,6 +3,12 @@
 //! its shard reduced over the shard's DP replicas. With a checkpoint policy, each rank
 //! checkpoints the part of its shard it updates (its DP group's reduce-scatter layout) through
 //! the plain job's `Checkpointer`, and restores it after a restart.
+//!
+//! The steps a layout rank spends most of its polls in (the passes, each forward and
+//! backward, the step around them) are plain functions that return an `async move` block, as
+//! the collectives' are and for the same reason (see the note in `collectives`): an `async fn`
+//! keeps its arguments twice, and every byte of a rank's future is loaded on each poll.
+#![allow(clippy::manual_async_fn)]
 
 use std::future::Future;
 
@@ -32,15 +38,73 @@ const OP_LOSS: u64 = 3;
 const OP_VOTES: u64 = 4;
 pub(super) const OP_FIRST_MESSAGE: u64 = 8;
 
-/// One micro-batch's state between its forward and its backward on this rank.
-#[derive(Default)]
-struct Stash {
-    /// Each local layer's input and pre-activations.
-    inputs: Vec<Vec<f32>>,
-    pres: Vec<Vec<f32>>,
-    /// On the last stage: the loss's gradient at the output, and the micro-batch's loss.
-    output_grad: Vec<f32>,
-    loss: f32,
+/// A step's working memory for its passes, in three allocations however many micro-batches
+/// and layers: at 100,000 ranks a step's stashes, one list per layer of one vector per
+/// micro-batch, were the largest part of the heap, and each fresh page of it a fault.
+struct PassBuffers {
+    /// The weight gradient summed over the micro-batches, then (after the passes) their
+    /// summed loss: the buffer the DP reduction sums.
+    grads: Vec<f32>,
+    /// The micro-batches held between their forward and their backward: micro-batch `mb` in
+    /// slot `mb % slots` (the ones held are consecutive, `pipeline::max_in_flight`). A slot
+    /// holds each local layer's input, then each local layer's pre-activations, then on the
+    /// last stage the loss's gradient at the output and the micro-batch's loss.
+    stash: Vec<f32>,
+    slots: usize,
+    /// The partial gradient of a layer's input, before its TP all-reduce.
+    partial: Vec<f32>,
+}
+
+/// The parts of a stash slot, in floats: their sizes, and where each lies in the slot.
+#[derive(Clone, Copy)]
+struct SlotLayout {
+    /// The sizes of one layer's input (`batch x width`) and pre-activations (`batch x units`).
+    input: usize,
+    pre: usize,
+    layers: usize,
+    /// On the last stage, the output's gradient (`input` floats) and the loss after it.
+    last_stage: bool,
+}
+
+impl SlotLayout {
+    fn floats(&self) -> usize {
+        let extra = if self.last_stage { self.input + 1 } else { 0 };
+        self.layers * (self.input + self.pre) + extra
+    }
+
+    fn input(&self, layer: usize) -> std::ops::Range<usize> {
+        layer * self.input..(layer + 1) * self.input
+    }
+
+    fn pre(&self, layer: usize) -> std::ops::Range<usize> {
+        let start = self.layers * self.input + layer * self.pre;
+        start..start + self.pre
+    }
+
+    fn output_grad(&self) -> std::ops::Range<usize> {
+        let start = self.layers * (self.input + self.pre);
+        start..start + self.input
+    }
+}
+
+impl PassBuffers {
+    fn slot(&mut self, layout: SlotLayout, micro_batch: usize) -> &mut [f32] {
+        let floats = layout.floats();
+        let start = (micro_batch % self.slots) * floats;
+        &mut self.stash[start..start + floats]
+    }
+
+    /// A backward's view: the micro-batch's stash slot, the gradient and the partial buffer.
+    fn parts(
+        &mut self,
+        layout: SlotLayout,
+        micro_batch: usize,
+    ) -> (&[f32], &mut [f32], &mut [f32]) {
+        let floats = layout.floats();
+        let start = (micro_batch % self.slots) * floats;
+        let slot = &self.stash[start..start + floats];
+        (slot, &mut self.grads, &mut self.partial)
+    }
 }
 
 /// One rank's part of a layout job.
@@ -225,23 +289,19 @@ impl LayoutTrainer {
         Ok(())
     }
 
-    /// Sums `data` over this rank's TP group (nothing to do without TP).
-    async fn all_reduce_tp<B: Backend>(
-        &mut self,
-        backend: &B,
-        data: &mut [f32],
+    /// Sums `data` over this rank's TP group, which has more than one member. The collective's
+    /// own future, not one around it: most polls of a layout rank are inside a TP all-reduce,
+    /// and the caller times it (see the note in `collectives` on futures).
+    fn all_reduce_tp<'a, B: Backend>(
+        &self,
+        backend: &'a B,
+        data: &'a mut [f32],
         op_id: u64,
-    ) -> Result<(), CommError> {
-        if self.job.layout.tp == 1 {
-            return Ok(());
-        }
-        let began = backend.now_ns();
+    ) -> impl Future<Output = Result<(), CommError>> + 'a {
         let group = self.job.layout.tp_group(self.rank);
         let collective = self.collective_for(&group, backend.world_size());
         let bytes = self.costs.tp_all_reduce_bytes;
-        (collective.run(backend, &group, Op::AllReduce, op_id, data, bytes)).await?;
-        self.time.tp_ns += backend.now_ns() - began;
-        Ok(())
+        collective.run(backend, &group, Op::AllReduce, op_id, data, bytes)
     }
 
     /// Sends `data` to `to`, counting the time as pipeline traffic.
@@ -294,120 +354,225 @@ impl LayoutTrainer {
         self.coords.stage + 1 == self.job.layout.pp
     }
 
-    /// The forward pass of `micro_batch` through this rank's layers.
-    async fn forward<B: Backend>(
-        &mut self,
-        backend: &B,
-        micro_batch: usize,
-    ) -> Result<Stash, CommError> {
+    /// The inputs of `micro_batch`'s samples: the first stage's input, the last stage's target.
+    fn inputs(&self, micro_batch: usize) -> Vec<f32> {
         let (width, batch) = (self.shape.width, self.job.model.micro_batch_size);
-        let first = self.first_sample(micro_batch);
-        let seed = self.config.data_seed;
-        let tag = self.message_tag(micro_batch, false);
-        let mut h = match self.coords.stage {
-            0 => mlp::inputs(seed, self.step, first, batch, width),
-            stage => self.recv(backend, self.stage_peer(stage - 1), tag).await?,
-        };
-        let mut stash = Stash::default();
-        let per_layer = self.shape.layer_params();
-        for local in 0..self.shape.layers.len() {
-            let mut pre = vec![0.0f32; batch * self.shape.units().len()];
-            let mut out = vec![0.0f32; batch * width];
-            let weights = &self.params[local * per_layer..(local + 1) * per_layer];
-            backend.layer_forward(weights, width, &h, &mut pre, &mut out);
-            self.compute(backend, self.costs.forward_flops_per_proxy_layer)
-                .await?;
-            let op_id = self.tp_op_id(micro_batch, local, false);
-            self.all_reduce_tp(backend, &mut out, op_id).await?;
-            kernels::add_assign(&mut out, &h);
-            stash.inputs.push(std::mem::replace(&mut h, out));
-            stash.pres.push(pre);
-        }
-        if self.is_last_stage() {
-            let x = mlp::inputs(seed, self.step, first, batch, width);
-            let global_batch = self.job.global_batch();
-            (stash.loss, stash.output_grad) =
-                mlp::loss_and_output_grad(&h, &x, width, global_batch);
-        } else {
-            self.send(backend, self.stage_peer(self.coords.stage + 1), tag, h)
-                .await?;
-        }
-        Ok(stash)
+        let (seed, first) = (self.config.data_seed, self.first_sample(micro_batch));
+        mlp::inputs(seed, self.step, first, batch, width)
     }
 
-    /// The backward pass of `micro_batch`: adds this rank's weight gradient into `grads` and
-    /// returns the micro-batch's loss, which travels back with the activations' gradient.
-    async fn backward<B: Backend>(
+    fn layer_weights(&self, local: usize) -> &[f32] {
+        let per_layer = self.shape.layer_params();
+        &self.params[local * per_layer..(local + 1) * per_layer]
+    }
+
+    fn slot_layout(&self) -> SlotLayout {
+        let batch = self.job.model.micro_batch_size;
+        SlotLayout {
+            input: batch * self.shape.width,
+            pre: batch * self.shape.units().len(),
+            layers: self.shape.layers.len(),
+            last_stage: self.is_last_stage(),
+        }
+    }
+
+    /// The buffers of one step's passes, zeroed.
+    fn pass_buffers(&self) -> PassBuffers {
+        let job = &self.job;
+        let (stage, pp, m) = (self.coords.stage, job.layout.pp, job.micro_batches);
+        let slots = pipeline::max_in_flight(job.schedule, stage, pp, m);
+        let layout = self.slot_layout();
+        PassBuffers {
+            grads: vec![0.0; self.params.len() + 1],
+            stash: vec![0.0; slots * layout.floats()],
+            slots,
+            partial: vec![0.0; layout.input],
+        }
+    }
+
+    /// Layer `local`'s forward of a micro-batch on `h`, its partial output in `out`, its input
+    /// and pre-activations stashed. A plain function, so that nothing it works out is kept in
+    /// the future across the waits that follow.
+    fn layer_forward<B: Backend>(
+        &self,
+        backend: &B,
+        buffers: &mut PassBuffers,
+        (micro_batch, local): (usize, usize),
+        h: &[f32],
+        out: &mut [f32],
+    ) {
+        let layout = self.slot_layout();
+        let slot = buffers.slot(layout, micro_batch);
+        slot[layout.input(local)].copy_from_slice(h);
+        let pre = &mut slot[layout.pre(local)];
+        pre.fill(0.0);
+        out.fill(0.0);
+        backend.layer_forward(self.layer_weights(local), self.shape.width, h, pre, out);
+    }
+
+    /// Layer `local`'s backward of a micro-batch from the gradient `g` at its output: its
+    /// weights' gradient added in, the partial gradient of its input in the buffers' `partial`.
+    fn layer_backward<B: Backend>(
+        &self,
+        backend: &B,
+        buffers: &mut PassBuffers,
+        (micro_batch, local): (usize, usize),
+        g: &[f32],
+    ) {
+        let (layout, per_layer) = (self.slot_layout(), self.shape.layer_params());
+        let span = local * per_layer..(local + 1) * per_layer;
+        let (slot, grads, partial) = buffers.parts(layout, micro_batch);
+        let saved = (&slot[layout.input(local)], &slot[layout.pre(local)], g);
+        partial.fill(0.0);
+        let weights = &self.params[span.clone()];
+        backend.layer_backward(weights, self.shape.width, saved, &mut grads[span], partial);
+    }
+
+    /// The forward pass of `micro_batch` through this rank's layers; each layer's input and
+    /// pre-activations go to the micro-batch's stash slot, and on the last stage the loss and
+    /// its gradient at the output.
+    ///
+    /// A function that returns an `async move` block, not an `async fn`, so that the future
+    /// holds its arguments once (see the note in `collectives`).
+    fn forward<'a, B: Backend>(
+        &'a mut self,
+        backend: &'a B,
+        micro_batch: usize,
+        buffers: &'a mut PassBuffers,
+    ) -> impl Future<Output = Result<(), CommError>> + 'a {
+        async move {
+            let mut h = match self.coords.stage {
+                0 => self.inputs(micro_batch),
+                stage => {
+                    let tag = self.message_tag(micro_batch, false);
+                    self.recv(backend, self.stage_peer(stage - 1), tag).await?
+                }
+            };
+            // The layer's output; after each layer, the next one's (the old input, stashed).
+            let mut out = vec![0.0f32; h.len()];
+            for local in 0..self.shape.layers.len() {
+                self.layer_forward(backend, buffers, (micro_batch, local), &h, &mut out);
+                self.compute(backend, self.costs.forward_flops_per_proxy_layer)
+                    .await?;
+                if self.job.layout.tp > 1 {
+                    let (began, op_id) =
+                        (backend.now_ns(), self.tp_op_id(micro_batch, local, false));
+                    self.all_reduce_tp(backend, &mut out, op_id).await?;
+                    self.time.tp_ns += backend.now_ns() - began;
+                }
+                kernels::add_assign(&mut out, &h);
+                std::mem::swap(&mut h, &mut out);
+            }
+            let layout = self.slot_layout();
+            if layout.last_stage {
+                let x = self.inputs(micro_batch);
+                let (width, global_batch) = (self.shape.width, self.job.global_batch());
+                let (loss, output_grad) = mlp::loss_and_output_grad(&h, &x, width, global_batch);
+                let slot = buffers.slot(layout, micro_batch);
+                slot[layout.output_grad()].copy_from_slice(&output_grad);
+                slot[layout.output_grad().end] = loss;
+            } else {
+                let next = self.stage_peer(self.coords.stage + 1);
+                let tag = self.message_tag(micro_batch, false);
+                self.send(backend, next, tag, h).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// The gradient at `micro_batch`'s output and its loss: on the last stage from its stash
+    /// slot, elsewhere from the next stage's message (the loss travels last).
+    async fn output_grad<B: Backend>(
         &mut self,
         backend: &B,
         micro_batch: usize,
-        stash: Stash,
-        grads: &mut [f32],
-    ) -> Result<f32, CommError> {
-        let width = self.shape.width;
+        buffers: &mut PassBuffers,
+    ) -> Result<(Vec<f32>, f32), CommError> {
+        let layout = self.slot_layout();
+        if layout.last_stage {
+            let slot = buffers.slot(layout, micro_batch);
+            // Room for the loss, which travels back with it.
+            let mut g = Vec::with_capacity(layout.input + 1);
+            g.extend_from_slice(&slot[layout.output_grad()]);
+            return Ok((g, slot[layout.output_grad().end]));
+        }
+        let next = self.stage_peer(self.coords.stage + 1);
         let tag = self.message_tag(micro_batch, true);
-        let (mut g, loss) = if self.is_last_stage() {
-            (stash.output_grad, stash.loss)
-        } else {
-            let next = self.stage_peer(self.coords.stage + 1);
-            let mut data = self.recv(backend, next, tag).await?;
-            let loss = data.pop().expect("the loss travels last");
-            (data, loss)
-        };
-        let per_layer = self.shape.layer_params();
-        for local in (0..self.shape.layers.len()).rev() {
-            let mut dh = vec![0.0f32; g.len()];
-            let span = local * per_layer..(local + 1) * per_layer;
-            let saved = (&stash.inputs[local][..], &stash.pres[local][..], &g[..]);
-            let weights = &self.params[span.clone()];
-            backend.layer_backward(weights, width, saved, &mut grads[span], &mut dh);
-            self.compute(backend, 2.0 * self.costs.forward_flops_per_proxy_layer)
-                .await?;
-            let op_id = self.tp_op_id(micro_batch, local, true);
-            self.all_reduce_tp(backend, &mut dh, op_id).await?;
-            kernels::add_assign(&mut g, &dh);
+        let mut data = self.recv(backend, next, tag).await?;
+        let loss = data.pop().expect("the loss travels last");
+        Ok((data, loss))
+    }
+
+    /// The backward pass of `micro_batch`: adds this rank's weight gradient into the buffers'
+    /// and returns the micro-batch's loss, which travels back with the activations' gradient.
+    /// A function that returns an `async move` block, as `forward`.
+    fn backward<'a, B: Backend>(
+        &'a mut self,
+        backend: &'a B,
+        micro_batch: usize,
+        buffers: &'a mut PassBuffers,
+    ) -> impl Future<Output = Result<f32, CommError>> + 'a {
+        async move {
+            let (mut g, loss) = self.output_grad(backend, micro_batch, buffers).await?;
+            for local in (0..self.shape.layers.len()).rev() {
+                self.layer_backward(backend, buffers, (micro_batch, local), &g);
+                self.compute(backend, 2.0 * self.costs.forward_flops_per_proxy_layer)
+                    .await?;
+                if self.job.layout.tp > 1 {
+                    let (began, op_id) =
+                        (backend.now_ns(), self.tp_op_id(micro_batch, local, true));
+                    (self.all_reduce_tp(backend, &mut buffers.partial, op_id)).await?;
+                    self.time.tp_ns += backend.now_ns() - began;
+                }
+                kernels::add_assign(&mut g, &buffers.partial);
+            }
+            if self.coords.stage > 0 {
+                g.push(loss);
+                let (previous, tag) = (self.coords.stage - 1, self.message_tag(micro_batch, true));
+                self.send(backend, self.stage_peer(previous), tag, g)
+                    .await?;
+            }
+            Ok(loss)
         }
-        if self.coords.stage > 0 {
-            g.push(loss);
-            self.send(backend, self.stage_peer(self.coords.stage - 1), tag, g)
-                .await?;
-        }
-        Ok(loss)
+    }
+
+    /// Pass `index` of this stage's schedule.
+    fn pass(&self, index: usize) -> Pass {
+        let job = &self.job;
+        let (stage, pp, m) = (self.coords.stage, job.layout.pp, job.micro_batches);
+        pipeline::pass(job.schedule, stage, pp, m, index)
     }
 
     /// Every pass of this stage's schedule; the summed gradient of the rank's micro-batches
-    /// (its loss last) for the DP reduction.
-    async fn passes<B: Backend>(&mut self, backend: &B) -> Result<Vec<f32>, CommError> {
-        let job = &self.job;
-        let order = pipeline::passes(
-            job.schedule,
-            self.coords.stage,
-            job.layout.pp,
-            job.micro_batches,
-        );
-        let mut stashes: Vec<Option<Stash>> = (0..job.micro_batches).map(|_| None).collect();
-        let mut grads = vec![0.0f32; self.params.len() + 1];
-        let mut loss_sum = 0.0f32;
-        let began = backend.now_ns();
-        let compute_before = self.time.pass_compute_ns;
-        for pass in order {
-            match pass {
-                Pass::Forward(mb) => stashes[mb] = Some(self.forward(backend, mb).await?),
-                Pass::Backward(mb) => {
-                    let stash = stashes[mb].take().expect("forward before backward");
-                    let n = self.params.len();
-                    loss_sum += self.backward(backend, mb, stash, &mut grads[..n]).await?;
+    /// (its loss last) for the DP reduction. A function that returns an `async move` block,
+    /// as `forward`.
+    fn passes<'a, B: Backend>(
+        &'a mut self,
+        backend: &'a B,
+    ) -> impl Future<Output = Result<Vec<f32>, CommError>> + 'a {
+        let mut buffers = self.pass_buffers();
+        async move {
+            let began = backend.now_ns();
+            let compute_before = self.time.pass_compute_ns;
+            let mut loss_sum = 0.0f32;
+            for index in 0..2 * self.job.micro_batches {
+                match self.pass(index) {
+                    Pass::Forward(mb) => self.forward(backend, mb, &mut buffers).await?,
+                    Pass::Backward(mb) => {
+                        loss_sum += self.backward(backend, mb, &mut buffers).await?;
+                    }
                 }
             }
+            self.time.pipeline_ns += backend.now_ns() - began;
+            let compute_ns = self.time.pass_compute_ns - compute_before;
+            backend.emit(Event::ComputeTimed {
+                step: self.step,
+                compute_ns,
+            });
+            let mut grads = buffers.grads;
+            *grads.last_mut().expect("the loss's place") = loss_sum;
+            Ok(grads)
         }
-        self.time.pipeline_ns += backend.now_ns() - began;
-        let compute_ns = self.time.pass_compute_ns - compute_before;
-        backend.emit(Event::ComputeTimed {
-            step: self.step,
-            compute_ns,
-        });
-        *grads.last_mut().expect("the loss's place") = loss_sum;
-        Ok(grads)
     }
 
     /// The ranks that hold this shard, and the algorithm over them.
@@ -430,7 +595,8 @@ impl LayoutTrainer {
         }
         let began = backend.now_ns();
         let (group, collective) = self.dp_collective(backend);
-        let mut buffer = self.params.clone();
+        let mut buffer = Vec::with_capacity(self.params.len() + 1);
+        buffer.extend_from_slice(&self.params);
         buffer.push(0.0);
         let (op_id, bytes) = (self.op_id(op), self.shard_bytes());
         (collective.run(backend, &group, Op::AllGather, op_id, &mut buffer, bytes)).await?;
@@ -472,7 +638,10 @@ impl LayoutTrainer {
             .await?;
             let member = group.index_of(self.rank).expect("a member of its DP group");
             let placement = backend.placement();
-            let mut updated = std::mem::take(&mut self.params);
+            // The parameters and the loss: made with room for the loss, as pushing it onto the
+            // parameters would reallocate them at twice their size for the rest of the run.
+            let mut updated = Vec::with_capacity(n + 1);
+            updated.extend_from_slice(&self.params);
             updated.push(buffer[n]);
             for span in collective.owned_spans(&placement, &group, member, n + 1, bytes) {
                 let elems = span.clipped(n).elems();
@@ -500,35 +669,40 @@ impl LayoutTrainer {
     /// One step over the layout: the weights gathered (under full sharding), the passes of
     /// the schedule, the DP reduction and update, the optimizer's modelled compute. Returns
     /// the step's global mean loss.
-    pub async fn train_step<B: Backend>(&mut self, backend: &B) -> Result<f32, CommError> {
-        let step = self.step;
-        backend.emit(Event::StepBegin { step });
-        self.gather_weights(backend, OP_GATHER_WEIGHTS).await?;
-        let buffer = self.passes(backend).await?;
-        let loss = self.reduce_and_update(backend, buffer).await?;
-        let sharded = self.job.dp_sharding != DpSharding::None;
-        let replicas = if sharded { self.job.layout.dp } else { 1 } as f64;
-        let flops = self.job.optimizer_flops_per_param * self.costs.shard_params / replicas;
-        let began = backend.now_ns();
-        let work = Work {
-            kind: WorkKind::Optimizer,
-            flops,
-        };
-        backend.compute(work).await?;
-        self.time.compute_ns += backend.now_ns() - began;
-        backend.emit(Event::StepEnd { step, loss });
-        self.losses.truncate(step as usize);
-        self.losses.push(loss);
-        crate::job::count_completed_step(
-            &mut self.step,
-            &mut self.high_water_step,
-            &mut self.recomputed_steps,
-        );
-        self.last_loss = loss;
-        if step == 0 {
-            self.first_loss = loss;
+    pub fn train_step<'a, B: Backend>(
+        &'a mut self,
+        backend: &'a B,
+    ) -> impl Future<Output = Result<f32, CommError>> + 'a {
+        async move {
+            let step = self.step;
+            backend.emit(Event::StepBegin { step });
+            self.gather_weights(backend, OP_GATHER_WEIGHTS).await?;
+            let buffer = self.passes(backend).await?;
+            let loss = self.reduce_and_update(backend, buffer).await?;
+            let sharded = self.job.dp_sharding != DpSharding::None;
+            let replicas = if sharded { self.job.layout.dp } else { 1 } as f64;
+            let flops = self.job.optimizer_flops_per_param * self.costs.shard_params / replicas;
+            let began = backend.now_ns();
+            let work = Work {
+                kind: WorkKind::Optimizer,
+                flops,
+            };
+            backend.compute(work).await?;
+            self.time.compute_ns += backend.now_ns() - began;
+            backend.emit(Event::StepEnd { step, loss });
+            self.losses.truncate(step as usize);
+            self.losses.push(loss);
+            crate::job::count_completed_step(
+                &mut self.step,
+                &mut self.high_water_step,
+                &mut self.recomputed_steps,
+            );
+            self.last_loss = loss;
+            if step == 0 {
+                self.first_loss = loss;
+            }
+            Ok(loss)
         }
-        Ok(loss)
     }
 
     pub fn outcome(&self) -> JobOutcome {
