@@ -93,6 +93,7 @@ impl Story {
                 }
                 format!("{kind} strikes {target}")
             }
+            Record::FaultEnded { kind, target } => format!("{kind} ends on {target}"),
             Record::FlightRecorder { diagnosis } => format!("flight recorder: {diagnosis}"),
             Record::StorageWriteFailed => "a checkpoint write to the store fails".into(),
             Record::StorageCorruption { name } => {
