@@ -177,3 +177,87 @@ impl World {
         arrival_ns
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{World, WorldConfig};
+
+    /// Two nodes of 8 on the default H100 fabric (NVLink 450 GB/s, NICs 50 GB/s), one run
+    /// step, and `faults`.
+    fn world(faults: &str) -> World {
+        let text = format!(
+            "[cluster]\ngpus = 16\n[job]\nsteps = 1\n[recovery]\nheartbeat_interval = \
+             \"0s\"\n{faults}"
+        );
+        let scenario = faultline_scenario::load_str("t", "t.toml", &text, &[]).unwrap();
+        World::new(WorldConfig::of(&scenario))
+    }
+
+    fn degrade(target: &str, bandwidth: f64, extra: &str) -> String {
+        format!("[[faults.degrade]]\n{target}\nbandwidth = {bandwidth}\nat = \"0s\"\n{extra}")
+    }
+
+    /// Without contention a transfer takes alpha-beta: the route's latencies plus its bytes
+    /// over the bottleneck, which a degrade divides by the bandwidth it keeps, exactly.
+    #[test]
+    fn a_degraded_links_transfers_take_one_over_bandwidth_times_as_long() {
+        let nic_latency = 1_500;
+        let nvlink_latency = 1_000;
+        // Across nodes on one rail: 50 MB over 50 GB/s NICs, 1 ms at full speed.
+        assert_eq!(world("").transfer(2, 10, 50_000_000), 1_000_000 + 2 * nic_latency);
+        for (bandwidth, expected_ns) in [(1.0, 1_000_000), (0.5, 2_000_000), (0.25, 4_000_000)] {
+            let mut w = world(&degrade("nic = 2", bandwidth, ""));
+            assert_eq!(w.transfer(2, 10, 50_000_000), expected_ns + 2 * nic_latency);
+            // The receiver's NIC is the same link in the other direction: slowed too.
+            let mut w = world(&degrade("nic = 10", bandwidth, ""));
+            assert_eq!(w.transfer(2, 10, 50_000_000), expected_ns + 2 * nic_latency);
+        }
+        // A tenth, within the nanosecond the byte count rounds to.
+        let took = world(&degrade("nic = 2", 0.1, "")).transfer(2, 10, 50_000_000);
+        assert!(took.abs_diff(10_000_000 + 2 * nic_latency) <= 1, "{took}");
+        // A node's NVLinks: 450 MB inside node 1 at half speed; node 0's are not slowed.
+        let mut w = world(&degrade("nvlink = 1", 0.5, ""));
+        assert_eq!(w.transfer(8, 9, 450_000_000), 2_000_000 + 2 * nvlink_latency);
+        assert_eq!(w.transfer(0, 1, 450_000_000), 1_000_000 + 2 * nvlink_latency);
+        // Another rail's NIC is untouched; a degrade not begun yet slows nothing.
+        let mut w = world(&degrade("link = \"nic:gpu=2\"", 0.25, ""));
+        assert_eq!(w.transfer(3, 11, 50_000_000), 1_000_000 + 2 * nic_latency);
+        let later = degrade("nic = 2", 0.25, "").replace("at = \"0s\"", "at = \"1s\"");
+        assert_eq!(world(&later).transfer(2, 10, 50_000_000), 1_000_000 + 2 * nic_latency);
+    }
+
+    /// A lost transfer arrives after the retransmission timeout and its link time again, once
+    /// per resend; the resends are drawn from the root seed's stream, the same every time.
+    #[test]
+    fn each_retransmission_costs_the_timeout_and_the_link_time_again() {
+        let faults = degrade(
+            "nic = 2",
+            1.0,
+            "loss = 0.5\n[fabric]\nretransmit_timeout = \"1ms\"",
+        );
+        let draws = |faults: &str| {
+            let mut w = world(faults);
+            let mut arrivals = Vec::new();
+            for _ in 0..40 {
+                // One transfer at a time: each from an idle fabric, an hour apart.
+                let start = w.clock.now_ns() + arrivals.len() as u64 * 3_600_000_000_000;
+                arrivals.push(w.transfer_from(2, 10, 50_000_000, start) - start);
+            }
+            (arrivals, w.slow_links.retransmissions)
+        };
+        let (arrivals, books) = draws(&faults);
+        let once = 1_000_000 + 2 * 1_500;
+        for &took in &arrivals {
+            // The first attempt, then k x (the timeout, then the transfer again).
+            let resends = (took - once) / (1_000_000 + once);
+            assert_eq!(took, once + resends * (1_000_000 + once), "{arrivals:?}");
+        }
+        assert!(books.resends > 5 && books.transfers < 40, "{books:?}");
+        let resends: u64 = arrivals.iter().map(|t| (t - once) / (1_000_000 + once)).sum();
+        assert_eq!(resends, books.resends);
+        // Deterministic: the same draws again; another seed, others.
+        assert_eq!(draws(&faults).0, arrivals);
+        let other = format!("{faults}\n[run]\nseed = 2\n");
+        assert_ne!(draws(&other).0, arrivals);
+    }
+}
