@@ -36,7 +36,11 @@ fn heartbeats_and_scores_do_not_see_a_degrade_but_step_time_does() {
         assert_eq!(r.steps_completed, 12, "{faults}");
         assert_eq!(r.param_digest, healthy.param_digest, "{faults}");
         assert_eq!(r.faults.injected.get(&FaultKind::Degrade), Some(&1));
-        assert!(r.faults.detected.is_empty(), "{faults}: {:?}", r.faults.detected);
+        assert!(
+            r.faults.detected.is_empty(),
+            "{faults}: {:?}",
+            r.faults.detected
+        );
         assert!(!r.faults.detected.contains_key(&Detector::Heartbeat));
         assert_eq!(r.recoveries, 0, "{faults}");
         assert!(r.model_time_ns > healthy.model_time_ns, "{faults}");
@@ -45,7 +49,10 @@ fn heartbeats_and_scores_do_not_see_a_degrade_but_step_time_does() {
         assert_eq!(d.steps_degraded, 12);
         assert!(d.step_time_ns_p50_degraded > 0);
         let scores = r.stragglers.as_ref().unwrap();
-        assert!(scores.flagged.is_empty() && scores.max_score < 1.2, "{faults}");
+        assert!(
+            scores.flagged.is_empty() && scores.max_score < 1.2,
+            "{faults}"
+        );
     }
     // The lossy NIC resent some transfers; the lossless spine link none.
     assert!(run(NIC, &[]).degrades.unwrap().retransmissions > 0);
@@ -61,7 +68,12 @@ fn loss_draws_are_the_same_under_every_executor() {
             let r = run(faults, &[&format!("run.executor=\"{executor}\"")]);
             let d = r.degrades.unwrap();
             let books = (d.retransmissions, d.transfers_retransmitted);
-            (r.model_time_ns, r.param_digest, books, d.retransmission_delay_ns)
+            (
+                r.model_time_ns,
+                r.param_digest,
+                books,
+                d.retransmission_delay_ns,
+            )
         };
         let fifo = by("fifo");
         assert!(fifo.2 .0 > 0, "{faults}: no retransmission to compare");
@@ -77,7 +89,10 @@ fn random_degrades_begin_and_end() {
     let r = run(rates, &[]);
     let d = r.degrades.as_ref().unwrap();
     assert!(d.degrades_injected > 0, "{d:?}");
-    assert!(d.degrades_ended > 0 && d.degrades_ended <= d.degrades_injected, "{d:?}");
+    assert!(
+        d.degrades_ended > 0 && d.degrades_ended <= d.degrades_injected,
+        "{d:?}"
+    );
     assert_eq!(r.steps_completed, 12);
     assert!(r.faults.detected.is_empty(), "{:?}", r.faults.detected);
     // The same seed, the same episodes.

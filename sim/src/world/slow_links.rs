@@ -204,7 +204,10 @@ mod tests {
         let nic_latency = 1_500;
         let nvlink_latency = 1_000;
         // Across nodes on one rail: 50 MB over 50 GB/s NICs, 1 ms at full speed.
-        assert_eq!(world("").transfer(2, 10, 50_000_000), 1_000_000 + 2 * nic_latency);
+        assert_eq!(
+            world("").transfer(2, 10, 50_000_000),
+            1_000_000 + 2 * nic_latency
+        );
         for (bandwidth, expected_ns) in [(1.0, 1_000_000), (0.5, 2_000_000), (0.25, 4_000_000)] {
             let mut w = world(&degrade("nic = 2", bandwidth, ""));
             assert_eq!(w.transfer(2, 10, 50_000_000), expected_ns + 2 * nic_latency);
@@ -217,13 +220,22 @@ mod tests {
         assert!(took.abs_diff(10_000_000 + 2 * nic_latency) <= 1, "{took}");
         // A node's NVLinks: 450 MB inside node 1 at half speed; node 0's are not slowed.
         let mut w = world(&degrade("nvlink = 1", 0.5, ""));
-        assert_eq!(w.transfer(8, 9, 450_000_000), 2_000_000 + 2 * nvlink_latency);
-        assert_eq!(w.transfer(0, 1, 450_000_000), 1_000_000 + 2 * nvlink_latency);
+        assert_eq!(
+            w.transfer(8, 9, 450_000_000),
+            2_000_000 + 2 * nvlink_latency
+        );
+        assert_eq!(
+            w.transfer(0, 1, 450_000_000),
+            1_000_000 + 2 * nvlink_latency
+        );
         // Another rail's NIC is untouched; a degrade not begun yet slows nothing.
         let mut w = world(&degrade("link = \"nic:gpu=2\"", 0.25, ""));
         assert_eq!(w.transfer(3, 11, 50_000_000), 1_000_000 + 2 * nic_latency);
         let later = degrade("nic = 2", 0.25, "").replace("at = \"0s\"", "at = \"1s\"");
-        assert_eq!(world(&later).transfer(2, 10, 50_000_000), 1_000_000 + 2 * nic_latency);
+        assert_eq!(
+            world(&later).transfer(2, 10, 50_000_000),
+            1_000_000 + 2 * nic_latency
+        );
     }
 
     /// A lost transfer arrives after the retransmission timeout and its link time again, once
@@ -253,7 +265,10 @@ mod tests {
             assert_eq!(took, once + resends * (1_000_000 + once), "{arrivals:?}");
         }
         assert!(books.resends > 5 && books.transfers < 40, "{books:?}");
-        let resends: u64 = arrivals.iter().map(|t| (t - once) / (1_000_000 + once)).sum();
+        let resends: u64 = arrivals
+            .iter()
+            .map(|t| (t - once) / (1_000_000 + once))
+            .sum();
         assert_eq!(resends, books.resends);
         // Deterministic: the same draws again; another seed, others.
         assert_eq!(draws(&faults).0, arrivals);
