@@ -494,32 +494,7 @@ impl FaultSpec {
                 table.insert("at_step".into(), (at_step as i64).into());
                 ("desync", table)
             }
-            FaultSpec::Degrade {
-                target,
-                bandwidth,
-                loss,
-                at_ns,
-                duration_ns,
-            } => {
-                match target {
-                    DegradeTarget::Link(LinkRef::Nic { gpu }) => {
-                        table.insert("nic".into(), (gpu as i64).into())
-                    }
-                    DegradeTarget::Link(link) => {
-                        table.insert("link".into(), link.to_string().into())
-                    }
-                    DegradeTarget::NodeNvlinks(node) => {
-                        table.insert("nvlink".into(), (node as i64).into())
-                    }
-                };
-                table.insert("bandwidth".into(), bandwidth.into());
-                if loss > 0.0 {
-                    table.insert("loss".into(), loss.into());
-                }
-                table.insert("at".into(), duration(at_ns));
-                table.insert("duration".into(), duration(duration_ns));
-                ("degrade", table)
-            }
+            FaultSpec::Degrade { .. } => self.degrade_toml(table),
             _ => unreachable!("to_toml writes crashes and storage faults itself"),
         }
     }
@@ -612,19 +587,7 @@ impl FaultSpec {
             FaultSpec::Desync { gpu, at_step } => {
                 (scenario.control.desyncs).push(DesyncSpec { rank: gpu, at_step })
             }
-            FaultSpec::Degrade {
-                target,
-                bandwidth,
-                loss,
-                at_ns,
-                duration_ns,
-            } => scenario.degrades.degrades.push(DegradeSpec {
-                target,
-                bandwidth,
-                loss,
-                at_ns,
-                until_ns: at_ns + duration_ns,
-            }),
+            FaultSpec::Degrade { .. } => self.apply_degrade(scenario),
             _ => unreachable!("apply adds crashes and storage faults itself"),
         }
     }
@@ -734,26 +697,83 @@ impl FaultSpec {
             FaultSpec::Desync { gpu, at_step } => {
                 format!("gpu {gpu} issues the wrong collective at step {at_step}")
             }
-            FaultSpec::Degrade {
-                target,
-                bandwidth,
-                loss,
-                at_ns,
-                duration_ns,
-            } => {
-                let loss = if loss > 0.0 {
-                    format!(", losing {loss} of its transfers,")
-                } else {
-                    String::new()
-                };
-                format!(
-                    "{target} keeps {bandwidth} of its bandwidth{loss} from {} for {}",
-                    d(at_ns),
-                    d(duration_ns)
-                )
-            }
+            FaultSpec::Degrade { .. } => self.describe_degrade(),
             _ => unreachable!("describe says crashes and storage faults itself"),
         }
+    }
+
+    /// [`FaultSpec::to_toml`] for a degrade: its target as `nic`, `link` or `nvlink`.
+    fn degrade_toml(&self, mut table: toml::Table) -> (&'static str, toml::Table) {
+        let FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } = *self
+        else {
+            unreachable!("a degrade")
+        };
+        match target {
+            DegradeTarget::Link(LinkRef::Nic { gpu }) => {
+                table.insert("nic".into(), (gpu as i64).into())
+            }
+            DegradeTarget::Link(link) => table.insert("link".into(), link.to_string().into()),
+            DegradeTarget::NodeNvlinks(node) => table.insert("nvlink".into(), (node as i64).into()),
+        };
+        table.insert("bandwidth".into(), bandwidth.into());
+        if loss > 0.0 {
+            table.insert("loss".into(), loss.into());
+        }
+        table.insert("at".into(), duration(at_ns));
+        table.insert("duration".into(), duration(duration_ns));
+        ("degrade", table)
+    }
+
+    /// [`FaultSpec::apply`] for a degrade.
+    fn apply_degrade(&self, scenario: &mut Scenario) {
+        let FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } = *self
+        else {
+            unreachable!("a degrade")
+        };
+        scenario.degrades.degrades.push(DegradeSpec {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            until_ns: at_ns + duration_ns,
+        });
+    }
+
+    /// [`FaultSpec::describe`] for a degrade.
+    fn describe_degrade(&self) -> String {
+        use crate::units::format_duration_ns as d;
+        let FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } = *self
+        else {
+            unreachable!("a degrade")
+        };
+        let loss = if loss > 0.0 {
+            format!(", losing {loss} of its transfers,")
+        } else {
+            String::new()
+        };
+        format!(
+            "{target} keeps {bandwidth} of its bandwidth{loss} from {} for {}",
+            d(at_ns),
+            d(duration_ns)
+        )
     }
 
     /// Simpler forms of this fault, most aggressive first: earlier, on fewer or lower ranks,
