@@ -88,6 +88,8 @@ pub struct Scenario {
     pub link_faults: LinkFaultConfig,
     /// Slowdowns, straggler scores and mitigation.
     pub stragglers: StragglerConfig,
+    /// Fail-slow links (`[[faults.degrade]]`, the random rate) and the retransmission timeout.
+    pub degrades: DegradeConfig,
     /// Silent data corruption to inject (`[[faults.sdc]]`) and the checksum cost.
     pub sdc: SdcConfig,
     pub run: RunConfig,
@@ -107,6 +109,8 @@ impl Scenario {
         self.link_faults.flaps.clear();
         self.link_faults.random_flap_rate_per_link_per_ns = 0.0;
         self.stragglers.stragglers.clear();
+        self.degrades.degrades.clear();
+        self.degrades.random_rate_per_link_per_ns = 0.0;
         self.sdc.specs.clear();
         self
     }
@@ -460,6 +464,94 @@ pub struct StragglerConfig {
     pub stragglers: Vec<StragglerSpec>,
     /// Per-rank scores; `None` collects no timings.
     pub detection: Option<StragglerDetection>,
+}
+
+// Fail-slow links: degraded bandwidth and loss for a while.
+
+/// What a `[[faults.degrade]]` slows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DegradeTarget {
+    /// One full-duplex link, both of its directions (`link = "leaf-spine:leaf=0,spine=1"`,
+    /// or `nic = G` for `nic:gpu=G`).
+    Link(LinkRef),
+    /// Every NVLink of a node's GPUs, both directions (`nvlink = NODE`).
+    NodeNvlinks(usize),
+}
+
+/// `link nic:gpu=3` or `node 2's NVLinks`, as reports and the swarm write a target.
+impl std::fmt::Display for DegradeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DegradeTarget::Link(link) => write!(f, "link {link}"),
+            DegradeTarget::NodeNvlinks(node) => write!(f, "node {node}'s NVLinks"),
+        }
+    }
+}
+
+/// One fail-slow episode: `target` keeps `bandwidth` of its bandwidth over
+/// `at_ns..until_ns`, and loses each transfer crossing it with probability `loss` (the sender
+/// resends it after the retransmission timeout).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DegradeSpec {
+    pub target: DegradeTarget,
+    /// The fraction of its bandwidth the link keeps, in (0, 1].
+    pub bandwidth: f64,
+    /// The chance that one crossing of the link by a transfer is lost, in [0, 1).
+    pub loss: f64,
+    pub at_ns: u64,
+    pub until_ns: u64,
+}
+
+/// A communication fail-slow's mean duration: 24 minutes, as Alibaba's Greyhound (ATC'25)
+/// measured over production jobs, where communication fail-slows were about 40% of cases.
+pub const DEGRADE_DEFAULT_DURATION_NS: u64 = 24 * 60 * 1_000_000_000;
+
+/// The bandwidth a degraded link keeps when a scenario does not say: an assumption (half),
+/// not a published figure; Greyhound and FALCON report durations and job slowdowns, not the
+/// bandwidth a degraded link keeps.
+pub const DEGRADE_DEFAULT_BANDWIDTH: f64 = 0.5;
+
+/// NCCL's InfiniBand QP timeout: 4.096 us x 2^`NCCL_IB_TIMEOUT`, whose default is 20 in
+/// recent NCCL releases' `net_ib` transport (18 in 2.19): about 4.29 s before a lost packet
+/// is resent.
+pub const DEFAULT_RETRANSMIT_TIMEOUT_NS: u64 = 4_096 << 20;
+
+/// The most retransmissions a transfer is drawn: `NCCL_IB_RETRY_CNT`'s default of 7. A real
+/// queue pair fails the connection after that; faultline delivers the transfer (not modelled).
+pub const MAX_RETRANSMISSIONS: u32 = 7;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DegradeConfig {
+    pub degrades: Vec<DegradeSpec>,
+    /// Random degrades per flappable link (NIC uplinks, leaf-spine links) per nanosecond,
+    /// drawn as a Poisson process; 0 for none.
+    pub random_rate_per_link_per_ns: f64,
+    /// A random degrade's duration, bandwidth kept and loss.
+    pub random_duration_ns: u64,
+    pub random_bandwidth: f64,
+    pub random_loss: f64,
+    /// How long a sender waits before resending a lost transfer.
+    pub retransmit_timeout_ns: u64,
+}
+
+impl DegradeConfig {
+    /// Whether any degrade, scheduled or random, can happen.
+    pub fn any(&self) -> bool {
+        !self.degrades.is_empty() || self.random_rate_per_link_per_ns > 0.0
+    }
+}
+
+impl Default for DegradeConfig {
+    fn default() -> Self {
+        DegradeConfig {
+            degrades: Vec::new(),
+            random_rate_per_link_per_ns: 0.0,
+            random_duration_ns: DEGRADE_DEFAULT_DURATION_NS,
+            random_bandwidth: DEGRADE_DEFAULT_BANDWIDTH,
+            random_loss: 0.0,
+            retransmit_timeout_ns: DEFAULT_RETRANSMIT_TIMEOUT_NS,
+        }
+    }
 }
 
 // Silent data corruption.

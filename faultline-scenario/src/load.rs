@@ -238,6 +238,8 @@ struct RawFaults {
     hang: Vec<hang::RawHang>,
     #[serde(default)]
     desync: Vec<hang::RawDesync>,
+    #[serde(default)]
+    degrade: Vec<degrade::RawDegrade>,
 }
 
 /// A storage fault: `kind = "slow"` (with `factor`) or `"fail_writes"` over `from..until`, or
@@ -274,6 +276,13 @@ struct RawRates {
     #[serde(default)]
     link_flaps_per_1000_link_days: f64,
     link_flap_down: Option<String>,
+    /// Random fail-slows of NIC uplinks and leaf-spine links, each `degrade_duration` long,
+    /// keeping `degrade_bandwidth` and losing `degrade_loss` of the transfers crossing them.
+    #[serde(default)]
+    degrades_per_1000_link_days: f64,
+    degrade_duration: Option<String>,
+    degrade_bandwidth: Option<f64>,
+    degrade_loss: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -341,6 +350,8 @@ struct RawFabric {
     retry_max_backoff: String,
     /// Total backoff before the retry transport gives up.
     retry_budget: String,
+    /// How long a sender waits before resending a transfer a degraded link lost.
+    retransmit_timeout: String,
 }
 
 impl Default for RawFabric {
@@ -359,6 +370,7 @@ impl Default for RawFabric {
             retry_initial_backoff: "1ms".into(),
             retry_max_backoff: "1s".into(),
             retry_budget: "30s".into(),
+            retransmit_timeout: format!("{DEFAULT_RETRANSMIT_TIMEOUT_NS}ns"),
         }
     }
 }
@@ -540,6 +552,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
     let control = validate_control(src, &raw.recovery, &raw.faults, gpus, nodes, spare_nodes)?;
     let link_faults = validate_link_faults(src, &raw, &cluster, control.collective_timeout_ns)?;
     let stragglers = validate_stragglers(src, &raw, gpus, nodes)?;
+    let degrades = validate_degrades(src, &raw, &cluster)?;
     let (detection, checksum_bytes_per_s) = sdc::validate_detection(src, &raw.detection)?;
     let sdc = SdcConfig {
         specs: sdc::validate_sdc(src, &raw.faults.sdc, gpus)?,
@@ -576,6 +589,7 @@ fn validate(name: &str, raw: RawScenario, src: &Source) -> Result<Scenario, Scen
         },
         link_faults,
         stragglers,
+        degrades,
         sdc,
         run,
         planted_bug: validate_debug(src, &raw.debug)?,
@@ -894,6 +908,23 @@ fn validate_stragglers(
         mitigation: &r.straggler_mitigation,
     };
     degrade::validate_stragglers(src, &recovery, &raw.faults.straggler, gpus, nodes)
+}
+
+/// `[[faults.degrade]]`, the random degrade rate and `[fabric] retransmit_timeout`.
+fn validate_degrades(
+    src: &Source,
+    raw: &RawScenario,
+    cluster: &ClusterConfig,
+) -> Result<DegradeConfig, ScenarioError> {
+    let r = &raw.faults.rates;
+    let rate = degrade::RawDegradeRate {
+        per_1000_link_days: r.degrades_per_1000_link_days,
+        duration: r.degrade_duration.as_deref(),
+        bandwidth: r.degrade_bandwidth,
+        loss: r.degrade_loss,
+        retransmit_timeout: &raw.fabric.retransmit_timeout,
+    };
+    degrade::validate_degrades(src, &raw.faults.degrade, &rate, cluster)
 }
 
 fn validate_debug(

@@ -15,6 +15,9 @@ use trainer_core::named_enum;
 named_enum! {
     /// A fault as the report counts it (`faults.injected`).
     pub enum FaultKind {
+        /// A link kept a fraction of its bandwidth, perhaps lossy, for a while
+        /// (`[[faults.degrade]]`): a fail-slow.
+        Degrade = "degrade",
         /// A rank issued another collective than its peers (`[[faults.desync]]`).
         Desync = "desync",
         GpuFailure = "gpu_failure",

@@ -23,6 +23,10 @@ pub enum RngStream {
     LinkFlaps,
     /// Silent data corruption: the bits flipped where a scenario leaves them to chance.
     Sdc,
+    /// Random fail-slow links (`faults.rates.degrades_per_1000_link_days`): when, and which.
+    Degrades,
+    /// How many times a transfer over a lossy link is resent (`world/slow_links.rs`).
+    Retransmissions,
 }
 
 impl RngStream {
@@ -33,6 +37,8 @@ impl RngStream {
             RngStream::StorageCorruption { at_ns } => mix64(mix64(at_ns) ^ root_seed ^ 0x00c0_44e7),
             RngStream::LinkFlaps => mix64(root_seed ^ 0x0f1a_9115),
             RngStream::Sdc => mix64(root_seed ^ 0x05dc_f11b),
+            RngStream::Degrades => mix64(root_seed ^ 0x0de9_ade5),
+            RngStream::Retransmissions => mix64(root_seed ^ 0x0e7a_5e7d),
         };
         ChaCha8Rng::seed_from_u64(key)
     }
@@ -51,6 +57,8 @@ mod tests {
             RngStream::StorageCorruption { at_ns: 1 },
             RngStream::LinkFlaps,
             RngStream::Sdc,
+            RngStream::Degrades,
+            RngStream::Retransmissions,
         ];
         let firsts: std::collections::BTreeSet<u64> =
             streams.iter().map(|s| s.rng(7).gen::<u64>()).collect();

@@ -153,6 +153,10 @@ pub struct RunReport {
     /// Straggler slowdowns and scores; absent without either.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stragglers: Option<StragglerReport>,
+    /// Fail-slow links: episodes, retransmissions, step times inside and outside them, and
+    /// the detections while one was in force; absent when none can happen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degrades: Option<crate::world::DegradeReport>,
     /// The parallelism layout, its bubble and where step time went; absent without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutReport>,
@@ -348,6 +352,7 @@ fn report_of(
         per_replica: faults.per_replica,
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
+        degrades: world.degrade_report(),
         layout: LayoutReport::of(scenario, results),
         rank0_step_ns: world.rank0_step_ns(),
         story: world.story().clone(),

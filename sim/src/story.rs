@@ -69,6 +69,14 @@ impl Story {
         self.undetected_since_ns.get_or_insert(at_ns);
     }
 
+    /// A fault that kills nothing, in words; a hang or a desync starts the detection clock.
+    fn injected(&mut self, at_ns: u64, kind: FaultKind, target: &str) -> String {
+        if matches!(kind, FaultKind::Hang | FaultKind::Desync) {
+            self.struck(at_ns); // a detector must notice it
+        }
+        format!("{kind} strikes {target}")
+    }
+
     /// One record in words; faults start a detection clock that the next detection reads.
     fn sentence(&mut self, at_ns: u64, rank: Option<u32>, record: &Record) -> String {
         match *record {
@@ -87,12 +95,8 @@ impl Story {
             Record::CrashSkipped { kind, node } => {
                 format!("{kind} due on node {node} after the job finished: nothing to do")
             }
-            Record::Injected { kind, target } => {
-                if matches!(kind, FaultKind::Hang | FaultKind::Desync) {
-                    self.struck(at_ns); // a detector must notice it
-                }
-                format!("{kind} strikes {target}")
-            }
+            Record::Injected { kind, target } => self.injected(at_ns, kind, target),
+            Record::FaultEnded { kind, target } => format!("{kind} ends on {target}"),
             Record::FlightRecorder { diagnosis } => format!("flight recorder: {diagnosis}"),
             Record::StorageWriteFailed => "a checkpoint write to the store fails".into(),
             Record::StorageCorruption { name } => {

@@ -161,7 +161,8 @@ impl RunReport {
         Ok(())
     }
 
-    /// Link flaps, stragglers and per-replica recovery, where the run had them.
+    /// Link flaps, stragglers, fail-slow links and per-replica recovery, where the run had
+    /// them.
     fn fmt_degradations(&self, f: &mut Formatter<'_>) -> fmt::Result {
         if let Some(flaps) = &self.link_flaps {
             writeln!(
@@ -198,6 +199,9 @@ impl RunReport {
                 duration(s.step_time_ns_p50),
                 duration(s.step_time_ns_max),
             )?;
+        }
+        if let Some(d) = &self.degrades {
+            fmt_fail_slow(f, d)?;
         }
         if let Some(p) = &self.per_replica {
             writeln!(
@@ -349,4 +353,31 @@ impl PlanReport {
             )
         }
     }
+}
+
+/// Fail-slow links: the episodes, the retransmissions, step times inside and outside them, and
+/// which detector (if any) fired while one was in force.
+fn fmt_fail_slow(f: &mut Formatter<'_>, d: &crate::world::DegradeReport) -> fmt::Result {
+    let seen: Vec<String> = (d.detections.iter())
+        .map(|x| format!("{} after {}", x.detector, duration(x.latency_ns)))
+        .collect();
+    writeln!(
+        f,
+        "fail-slow: {} degrades ({} ended); {} retransmissions of {} transfers (+{}); step time \
+         p50 {} healthy, {} degraded ({} steps, max {}); seen by: {}",
+        d.degrades_injected,
+        d.degrades_ended,
+        d.retransmissions,
+        d.transfers_retransmitted,
+        duration(d.retransmission_delay_ns),
+        duration(d.step_time_ns_p50_healthy),
+        duration(d.step_time_ns_p50_degraded),
+        d.steps_degraded,
+        duration(d.step_time_ns_max_degraded),
+        if seen.is_empty() {
+            "no detector (step time only)".to_string()
+        } else {
+            seen.join(", ")
+        },
+    )
 }

@@ -142,15 +142,18 @@ pub enum Record<'a> {
     /// A fault that kills nothing struck `target` (a link flap, a straggler, a silent data
     /// corruption): the marker a reader needs to see why what follows happened.
     Injected { kind: FaultKind, target: &'a str },
+    /// A fault that killed nothing and lasts a while (a degrade) ended on `target`.
+    FaultEnded { kind: FaultKind, target: &'a str },
     /// The watchdog fired and the flight recorder's analysis said this (`flight.rs`).
     FlightRecorder { diagnosis: &'a str },
 }
 
 /// The `kind`s of the controller's records, which every level keeps.
-pub const CONTROL_KINDS: [&str; 13] = [
+pub const CONTROL_KINDS: [&str; 14] = [
     "crash",
     "flight_recorder",
     "injected",
+    "fault_ended",
     "crash_skipped",
     "detected",
     "abort",
@@ -216,6 +219,7 @@ impl Record<'_> {
             Record::StorageWriteFailed => "storage_write_failed",
             Record::StorageCorruption { .. } => "storage_corruption",
             Record::Injected { .. } => "injected",
+            Record::FaultEnded { .. } => "fault_ended",
             Record::FlightRecorder { .. } => "flight_recorder",
         }
     }
@@ -276,7 +280,7 @@ impl Record<'_> {
                 ",\"diagnosis\":{}",
                 serde_json::to_string(diagnosis).expect("a string serialises")
             ),
-            Record::Injected { kind, target } => write!(
+            Record::Injected { kind, target } | Record::FaultEnded { kind, target } => write!(
                 out,
                 ",\"fault\":\"{kind}\",\"target\":{}",
                 serde_json::to_string(target).expect("a string serialises")
@@ -829,6 +833,9 @@ impl Timeline {
             } => self.restart(t_ns, generation, abandoned)?,
             Record::Injected { kind, target } => {
                 self.instant(TID_FAULTS, &format!("{kind}: {target}"), t_ns)?;
+            }
+            Record::FaultEnded { kind, target } => {
+                self.instant(TID_FAULTS, &format!("{kind} ends: {target}"), t_ns)?;
             }
             Record::FlightRecorder { diagnosis } => {
                 self.instant(TID_FAULTS, &format!("flight recorder: {diagnosis}"), t_ns)?;

@@ -19,7 +19,7 @@ use trainer_core::{Backend, CommError, Event, Payload, Placement, Tag, Work};
 use trainer_core::{Blob, RestartOrder, StorageError, Tier, WriteStatus, WriteTicket};
 
 use crate::books::{Coverage, FaultKind, RarePath};
-use crate::fabric::{Fabric, MAX_ROUTE_LINKS};
+use crate::fabric::Fabric;
 use crate::slab::Slab;
 use crate::storage::{place_of, Place, Storage, StorageConfig};
 use crate::topology::{Route, Topology};
@@ -32,6 +32,7 @@ use hot::{
 
 mod clock;
 mod control;
+mod degrades;
 mod digest_tag;
 mod hangs;
 pub use hangs::{FlightReport, InjectedHang};
@@ -42,10 +43,12 @@ mod links;
 mod recording;
 mod replicas;
 mod sdc;
+mod slow_links;
 mod stragglers;
 mod waking;
 
 pub use control::FaultReport;
+pub use degrades::{DegradeDetection, DegradeReport};
 pub use faultline_scenario::config::{
     ControlConfig, CrashSpec, CrashTarget, CrashWhen, LinkFaultConfig, LinkFlapSpec,
     RecoveryPolicy, SdcConfig, SdcKind, SdcSpec, StragglerConfig, StragglerDetection,
@@ -82,17 +85,29 @@ struct PendingStorage {
 enum EventKind {
     /// A message reaches rank `to`; the message waits in `messages[slot]`. The receiver is
     /// named here too, so that its state can be loaded at once, not after the slot.
-    Deliver { slot: u32, to: u32 },
+    Deliver {
+        slot: u32,
+        to: u32,
+    },
     /// A rank's sleep or compute ends, unless the rank stopped waiting for timer `seq`.
-    Timer { rank: u32, seq: u32 },
+    Timer {
+        rank: u32,
+        seq: u32,
+    },
     /// A storage write lands.
-    WriteDone { ticket: u64 },
+    WriteDone {
+        ticket: u64,
+    },
     /// Scheduled crash `idx` of the controller's list.
-    Crash { idx: u32 },
+    Crash {
+        idx: u32,
+    },
     /// The next arrival of the stochastic node-failure process.
     RandomCrash,
     /// The heartbeat monitor notices the crash of that generation.
-    HeartbeatDetect { generation: u64 },
+    HeartbeatDetect {
+        generation: u64,
+    },
     /// The collective watchdog's periodic check.
     Watchdog,
     /// The collective progress monitor's periodic check.
@@ -102,17 +117,38 @@ enum EventKind {
     /// A bit flips in a stored checkpoint shard.
     CorruptBlob,
     /// Repeat `repeat` of link flap series `idx`: the link goes down.
-    LinkFlap { idx: u32, repeat: u32 },
+    LinkFlap {
+        idx: u32,
+        repeat: u32,
+    },
     /// The transport retries the transfer in `messages[slot]` (retry number `attempt`).
-    RetrySend { slot: u32, attempt: u32 },
+    RetrySend {
+        slot: u32,
+        attempt: u32,
+    },
     /// Slowdown `idx` of the straggler list begins.
-    StragglerBegins { idx: u32 },
+    StragglerBegins {
+        idx: u32,
+    },
     /// The next arrival of the random link flap process.
     RandomLinkFlap,
     /// Per-replica: dropped node `node` may rejoin.
-    ReplicaRejoin { node: u32 },
+    ReplicaRejoin {
+        node: u32,
+    },
     /// The desync check's exchange that found a mismatch in `generation` ends.
-    DesyncCheckFails { generation: u64 },
+    DesyncCheckFails {
+        generation: u64,
+    },
+    /// Degrade `idx` (`[[faults.degrade]]`, then random ones) begins or ends.
+    DegradeBegins {
+        idx: u32,
+    },
+    DegradeEnds {
+        idx: u32,
+    },
+    /// The next arrival of the random degrade process.
+    RandomDegrade,
 }
 
 /// How many events ahead of the one it fires `World::advance` prefetches a delivery's
@@ -173,6 +209,10 @@ pub struct World {
     links: links::LinkFaults,
     /// Slowdowns and straggler scores.
     stragglers: stragglers::Stragglers,
+    /// Per-link slowdowns and loss over windows of time (NIC stragglers, degrades).
+    slow_links: slow_links::SlowLinks,
+    /// Fail-slow links: their episodes and books.
+    degrades: degrades::Degrades,
     /// Silent data corruption to inject, and its books.
     sdc: Option<Box<sdc::Sdc>>,
     /// Hangs to inject, and the flight recorder.
@@ -194,6 +234,7 @@ pub struct WorldConfig {
     pub control: Option<ControlConfig>,
     pub link_faults: Option<LinkFaultConfig>,
     pub stragglers: Option<StragglerConfig>,
+    pub degrades: Option<faultline_scenario::DegradeConfig>,
     pub sdc: Option<SdcConfig>,
     pub planted_bug: Option<trainer_core::PlantedBug>,
 }
@@ -209,6 +250,7 @@ impl WorldConfig {
             control: None,
             link_faults: None,
             stragglers: None,
+            degrades: None,
             sdc: None,
             planted_bug: None,
         }
@@ -222,6 +264,7 @@ impl WorldConfig {
             control: Some(scenario.control.clone()),
             link_faults: Some(scenario.link_faults.clone()),
             stragglers: Some(scenario.stragglers.clone()),
+            degrades: Some(scenario.degrades.clone()),
             sdc: Some(scenario.sdc.clone()),
             planted_bug: scenario.planted_bug,
             ..WorldConfig::bare(
@@ -247,6 +290,9 @@ impl World {
         }
         if let Some(stragglers) = config.stragglers {
             world.configure_stragglers(stragglers);
+        }
+        if let Some(degrades) = config.degrades {
+            world.configure_degrades(degrades);
         }
         if let Some(sdc) = config.sdc {
             world.configure_sdc(sdc);
@@ -286,6 +332,8 @@ impl World {
             planted_bug: None,
             links: links::LinkFaults::default(),
             stragglers: stragglers::Stragglers::default(),
+            slow_links: slow_links::SlowLinks::default(),
+            degrades: degrades::Degrades::default(),
             sdc: None,
             hangs: hangs::Hangs::new((Vec::new(), Vec::new()), None, 0, false),
             checksum_bytes_per_s: 0.0,
@@ -514,6 +562,9 @@ impl World {
             EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
             EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),
             EventKind::StragglerBegins { idx } => self.fire_straggler_begins(idx),
+            EventKind::DegradeBegins { idx } => self.fire_degrade_begins(idx),
+            EventKind::DegradeEnds { idx } => self.fire_degrade_ends(idx),
+            EventKind::RandomDegrade => self.fire_random_degrade(),
             EventKind::RandomLinkFlap => self.fire_random_link_flap(),
             EventKind::ReplicaRejoin { node } => self.fire_replica_rejoin(node),
         }
@@ -678,19 +729,16 @@ impl World {
         self.reserve_route(route, bytes, earliest_ns)
     }
 
-    /// Reserves `route` for `bytes`, with the NIC slowdowns of its links when there are any
-    /// (checked once per transfer, not per link: the hot path of a run without slow NICs).
+    /// Reserves `route` for `bytes`, with the slowdowns and loss of its links when some link
+    /// may be slow (checked once per transfer, not per link: the hot path of a run without
+    /// slow links; see `world/slow_links.rs`).
     #[inline]
     fn reserve_route(&mut self, route: Route, bytes: u64, earliest_ns: u64) -> u64 {
+        if self.slow_links.any() {
+            return self.reserve_slowed(route, bytes, earliest_ns);
+        }
         let now_ns = self.clock.now_ns();
-        if !self.has_slow_nics() {
-            return (self.fabric).reserve(route, bytes, earliest_ns, now_ns, None);
-        }
-        let mut factors = [1.0; MAX_ROUTE_LINKS];
-        for (factor, &link) in factors.iter_mut().zip(route.links()) {
-            *factor = self.nic_slowdown(link);
-        }
-        (self.fabric).reserve(route, bytes, earliest_ns, now_ns, Some(&factors))
+        (self.fabric).reserve(route, bytes, earliest_ns, now_ns, None)
     }
 
     /// The GPU of `node` with `rank`'s local index (or the node's last), for peer transfers.

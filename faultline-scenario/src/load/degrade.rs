@@ -1,7 +1,8 @@
 //! Scenario keys for faults that slow the job or cut links rather than kill ranks: link flaps
 //! and the transport policy (`[fabric] transport`, `retry_*`, `[[faults.link_flap]]`), and
 //! stragglers with their scores and mitigation (`[[faults.straggler]]`,
-//! `[recovery] straggler_*`).
+//! `[recovery] straggler_*`); and fail-slow links (`[[faults.degrade]]`, the random
+//! degrade rate, `[fabric] retransmit_timeout`).
 
 use serde::Deserialize;
 use trainer_core::transport::RetryPolicy;
@@ -9,11 +10,12 @@ use trainer_core::units::MAX_MODEL_TIME_NS;
 
 use super::{duration, duration_in};
 use crate::config::{
-    ClusterConfig, LinkFaultConfig, LinkFlapSpec, StragglerConfig, StragglerDetection,
-    StragglerKind, StragglerSpec, StragglerTarget, Transport,
+    ClusterConfig, DegradeConfig, DegradeSpec, DegradeTarget, LinkFaultConfig, LinkFlapSpec,
+    StragglerConfig, StragglerDetection, StragglerKind, StragglerSpec, StragglerTarget, Transport,
+    DEGRADE_DEFAULT_BANDWIDTH, DEGRADE_DEFAULT_DURATION_NS,
 };
 use crate::link::LinkRef;
-use crate::source::{in_range, ScenarioError, Source};
+use crate::source::{in_range, within, ScenarioError, Source};
 
 /// `[[faults.link_flap]]`: `link` goes down at `at` for `down`, `count` times, one every
 /// `period`.
@@ -334,5 +336,147 @@ fn validate_straggler(
         factor: s.factor,
         from_ns,
         until_ns: from_ns.saturating_add(duration_ns),
+    })
+}
+
+/// `[[faults.degrade]]`: a fail-slow link. Exactly one target: `link` (a name from
+/// `topo --links`), `nic` (a GPU, for `nic:gpu=G`) or `nvlink` (a node: every NVLink of its
+/// GPUs); `bandwidth` kept, `loss`, `at` and `duration`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDegrade {
+    link: Option<String>,
+    nic: Option<i64>,
+    nvlink: Option<i64>,
+    bandwidth: Option<f64>,
+    #[serde(default)]
+    loss: f64,
+    at: String,
+    duration: Option<String>,
+}
+
+/// `[faults.rates]`'s random degrades and `[fabric] retransmit_timeout`.
+pub(super) struct RawDegradeRate<'a> {
+    pub per_1000_link_days: f64,
+    pub duration: Option<&'a str>,
+    pub bandwidth: Option<f64>,
+    pub loss: Option<f64>,
+    pub retransmit_timeout: &'a str,
+}
+
+/// The bandwidth a degraded link keeps: from 1/1000 (a straggler's largest factor) to all.
+const MIN_DEGRADE_BANDWIDTH: f64 = 1e-3;
+/// The largest loss: beyond it, most transfers would be resent up to the retry count.
+const MAX_DEGRADE_LOSS: f64 = 0.99;
+
+pub(super) fn validate_degrades(
+    src: &Source,
+    degrades: &[RawDegrade],
+    rate: &RawDegradeRate,
+    cluster: &ClusterConfig,
+) -> Result<DegradeConfig, ScenarioError> {
+    let specs = (degrades.iter().enumerate())
+        .map(|(idx, d)| validate_degrade(src, idx, d, cluster))
+        .collect::<Result<Vec<_>, _>>()?;
+    let per_1000_link_days = rate.per_1000_link_days;
+    // As the random flaps' rate: far past any fabric at the top, for tests of seconds.
+    if !(per_1000_link_days.is_finite() && (0.0..=1e6).contains(&per_1000_link_days)) {
+        return Err(src.error(
+            "faults.rates.degrades_per_1000_link_days",
+            format!("expected a rate from 0 to 1e6, got {per_1000_link_days}"),
+        ));
+    }
+    let random_duration_ns = match rate.duration {
+        None => DEGRADE_DEFAULT_DURATION_NS,
+        Some(text) => duration_in(
+            src,
+            "faults.rates.degrade_duration",
+            text,
+            (1, MAX_MODEL_TIME_NS),
+            "from 1ns to 13d",
+        )?,
+    };
+    let random_bandwidth = rate.bandwidth.unwrap_or(DEGRADE_DEFAULT_BANDWIDTH);
+    within(
+        src,
+        "faults.rates.degrade_bandwidth",
+        random_bandwidth,
+        (MIN_DEGRADE_BANDWIDTH, 1.0),
+    )?;
+    let random_loss = rate.loss.unwrap_or(0.0);
+    within(
+        src,
+        "faults.rates.degrade_loss",
+        random_loss,
+        (0.0, MAX_DEGRADE_LOSS),
+    )?;
+    let retransmit_timeout_ns = duration_in(
+        src,
+        "fabric.retransmit_timeout",
+        rate.retransmit_timeout,
+        (1_000, 600 * 1_000_000_000),
+        "from 1us to 10min",
+    )?;
+    Ok(DegradeConfig {
+        degrades: specs,
+        random_rate_per_link_per_ns: per_1000_link_days / 1000.0 / 86_400e9,
+        random_duration_ns,
+        random_bandwidth,
+        random_loss,
+        retransmit_timeout_ns,
+    })
+}
+
+/// One `[[faults.degrade]]` entry.
+fn validate_degrade(
+    src: &Source,
+    idx: usize,
+    d: &RawDegrade,
+    cluster: &ClusterConfig,
+) -> Result<DegradeSpec, ScenarioError> {
+    let key = |field: &str| format!("faults.degrade.{idx}.{field}");
+    let (gpus, nodes) = (cluster.gpus as i64, cluster.node_count() as i64);
+    let target = match (&d.link, d.nic, d.nvlink) {
+        (Some(name), None, None) => DegradeTarget::Link(
+            LinkRef::parse(name, cluster).map_err(|message| src.error(&key("link"), message))?,
+        ),
+        (None, Some(gpu), None) => DegradeTarget::Link(LinkRef::Nic {
+            gpu: in_range(src, &key("nic"), gpu, 0, gpus - 1)?,
+        }),
+        (None, None, Some(node)) => {
+            DegradeTarget::NodeNvlinks(in_range(src, &key("nvlink"), node, 0, nodes - 1)?)
+        }
+        _ => {
+            return Err(src.error(
+                &format!("faults.degrade.{idx}"),
+                "expected exactly one of `link` (a link name), `nic` (a GPU) or `nvlink` (a node)",
+            ))
+        }
+    };
+    let bandwidth = d.bandwidth.unwrap_or(DEGRADE_DEFAULT_BANDWIDTH);
+    within(
+        src,
+        &key("bandwidth"),
+        bandwidth,
+        (MIN_DEGRADE_BANDWIDTH, 1.0),
+    )?;
+    within(src, &key("loss"), d.loss, (0.0, MAX_DEGRADE_LOSS))?;
+    let at_ns = duration(src, &key("at"), &d.at)?;
+    let duration_ns = match &d.duration {
+        None => DEGRADE_DEFAULT_DURATION_NS,
+        Some(text) => duration_in(
+            src,
+            &key("duration"),
+            text,
+            (1, MAX_MODEL_TIME_NS),
+            "from 1ns to 13d",
+        )?,
+    };
+    Ok(DegradeSpec {
+        target,
+        bandwidth,
+        loss: d.loss,
+        at_ns,
+        until_ns: at_ns.saturating_add(duration_ns),
     })
 }

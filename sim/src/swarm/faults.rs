@@ -1,7 +1,7 @@
 //! Fault schedules as data: the swarm draws one per seed, the shrinker edits it, and both write
 //! it back as a scenario's `[faults]` tables. Every fault kind faultline injects lives in
 //! [`FaultKind`] and [`FaultSpec`] (crashes, storage faults, link flaps, stragglers, silent data
-//! corruption); a new kind plugs in here: one variant in each, its draw, its TOML, its simpler
+//! corruption, hangs, desyncs, fail-slow links); a new kind plugs in here: one variant in each, its draw, its TOML, its simpler
 //! forms.
 
 use rand::{Rng, SeedableRng};
@@ -11,7 +11,9 @@ use trainer_core::digest::mix64;
 use faultline_scenario::{LinkRef, Scenario};
 
 use crate::world::{CrashTarget, CrashWhen, SdcKind, StragglerTarget};
-use faultline_scenario::config::{DesyncKind, DesyncSpec, HangPoint, HangSpec};
+use faultline_scenario::config::{
+    DegradeSpec, DegradeTarget, DesyncKind, DesyncSpec, HangPoint, HangSpec,
+};
 
 /// Times are drawn and shrunk on a grid of this many nanoseconds, so schedules read well.
 const GRID_NS: u64 = 1_000_000;
@@ -54,6 +56,7 @@ trainer_core::named_enum! {
         Sdc = "sdc",
         Hang = "hang",
         Desync = "desync",
+        Degrade = "degrade",
     }
 }
 
@@ -76,6 +79,9 @@ impl FaultKind {
             }
             FaultKind::Hang => "a rank that stops issuing collectives, alive (with a watchdog)",
             FaultKind::Desync => "a rank that issues the wrong collective (with a watchdog)",
+            FaultKind::Degrade => {
+                "a fail-slow link, NIC or node's NVLinks: less bandwidth, perhaps lossy"
+            }
         }
     }
 
@@ -141,6 +147,7 @@ impl FaultKind {
                 at_step: rng.gen_range(0..space.faulty_steps.max(1)),
                 kind: DesyncKind::ALL[rng.gen_range(0..DesyncKind::ALL.len())],
             },
+            FaultKind::Degrade => draw_degrade(rng, space),
             FaultKind::Sdc => {
                 let kind = SDC_KINDS[rng.gen_range(0..SDC_KINDS.len())];
                 FaultSpec::Sdc {
@@ -198,6 +205,31 @@ fn draw_straggler(rng: &mut ChaCha8Rng, space: &DrawSpace) -> FaultSpec {
         nic: rng.gen_bool(0.5),
         factor: [2, 4, 8, 16][rng.gen_range(0..4)],
         from_ns,
+        duration_ns: until_ns - from_ns,
+    }
+}
+
+/// A fail-slow: a NIC, a leaf-spine link or a node's NVLinks keeps a half, a quarter or a
+/// tenth of its bandwidth over a window of the faulty phase, mostly without loss.
+fn draw_degrade(rng: &mut ChaCha8Rng, space: &DrawSpace) -> FaultSpec {
+    let target = match rng.gen_range(0..3) {
+        0 if space.leaves > 0 && space.spines_per_leaf > 0 => {
+            DegradeTarget::Link(LinkRef::LeafSpine {
+                leaf: rng.gen_range(0..space.leaves),
+                spine: rng.gen_range(0..space.spines_per_leaf),
+            })
+        }
+        1 => DegradeTarget::NodeNvlinks(rng.gen_range(0..space.nodes)),
+        _ => DegradeTarget::Link(LinkRef::Nic {
+            gpu: rng.gen_range(0..space.gpus),
+        }),
+    };
+    let (from_ns, until_ns) = space.window(rng);
+    FaultSpec::Degrade {
+        target,
+        bandwidth: [0.5, 0.25, 0.1][rng.gen_range(0..3)],
+        loss: [0.0, 0.0, 0.01, 0.05][rng.gen_range(0..4)],
+        at_ns: from_ns,
         duration_ns: until_ns - from_ns,
     }
 }
@@ -319,6 +351,15 @@ pub enum FaultSpec {
         gpu: usize,
         at_step: u64,
         kind: DesyncKind,
+    },
+    /// `target` keeps `bandwidth` of its bandwidth and loses `loss` of its crossings over
+    /// `at_ns..at_ns + duration_ns`.
+    Degrade {
+        target: DegradeTarget,
+        bandwidth: f64,
+        loss: f64,
+        at_ns: u64,
+        duration_ns: u64,
     },
 }
 
@@ -458,6 +499,7 @@ impl FaultSpec {
                 table.insert("kind".into(), kind.name().into());
                 ("desync", table)
             }
+            FaultSpec::Degrade { .. } => self.degrade_toml(table),
             _ => unreachable!("to_toml writes crashes and storage faults itself"),
         }
     }
@@ -554,6 +596,7 @@ impl FaultSpec {
                     kind,
                 })
             }
+            FaultSpec::Degrade { .. } => self.apply_degrade(scenario),
             _ => unreachable!("apply adds crashes and storage faults itself"),
         }
     }
@@ -663,8 +706,83 @@ impl FaultSpec {
             FaultSpec::Desync { gpu, at_step, kind } => {
                 format!("gpu {gpu} issues the wrong collective ({kind}) at step {at_step}")
             }
+            FaultSpec::Degrade { .. } => self.describe_degrade(),
             _ => unreachable!("describe says crashes and storage faults itself"),
         }
+    }
+
+    /// [`FaultSpec::to_toml`] for a degrade: its target as `nic`, `link` or `nvlink`.
+    fn degrade_toml(&self, mut table: toml::Table) -> (&'static str, toml::Table) {
+        let FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } = *self
+        else {
+            unreachable!("a degrade")
+        };
+        match target {
+            DegradeTarget::Link(LinkRef::Nic { gpu }) => {
+                table.insert("nic".into(), (gpu as i64).into())
+            }
+            DegradeTarget::Link(link) => table.insert("link".into(), link.to_string().into()),
+            DegradeTarget::NodeNvlinks(node) => table.insert("nvlink".into(), (node as i64).into()),
+        };
+        table.insert("bandwidth".into(), bandwidth.into());
+        if loss > 0.0 {
+            table.insert("loss".into(), loss.into());
+        }
+        table.insert("at".into(), duration(at_ns));
+        table.insert("duration".into(), duration(duration_ns));
+        ("degrade", table)
+    }
+
+    /// [`FaultSpec::apply`] for a degrade.
+    fn apply_degrade(&self, scenario: &mut Scenario) {
+        let FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } = *self
+        else {
+            unreachable!("a degrade")
+        };
+        scenario.degrades.degrades.push(DegradeSpec {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            until_ns: at_ns + duration_ns,
+        });
+    }
+
+    /// [`FaultSpec::describe`] for a degrade.
+    fn describe_degrade(&self) -> String {
+        use crate::units::format_duration_ns as d;
+        let FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } = *self
+        else {
+            unreachable!("a degrade")
+        };
+        let loss = if loss > 0.0 {
+            format!(", losing {loss} of its transfers,")
+        } else {
+            String::new()
+        };
+        format!(
+            "{target} keeps {bandwidth} of its bandwidth{loss} from {} for {}",
+            d(at_ns),
+            d(duration_ns)
+        )
     }
 
     /// Simpler forms of this fault, most aggressive first: earlier, on fewer or lower ranks,
@@ -708,6 +826,7 @@ impl FaultSpec {
             FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step, .. } => {
                 simpler_gray(*self, gpu, at_step, &mut out)
             }
+            FaultSpec::Degrade { .. } => simpler_degrade(*self, &mut out),
         }
         out
     }
@@ -945,6 +1064,66 @@ fn simpler_gray(fault: FaultSpec, gpu: usize, at_step: u64, out: &mut Vec<FaultS
             kernel: false,
         });
     }
+}
+
+/// A degrade over a shorter or earlier window, without its loss, keeping more of its
+/// bandwidth (at most half: a degrade that keeps all is none), or on a lower link or node.
+fn simpler_degrade(fault: FaultSpec, out: &mut Vec<FaultSpec>) {
+    let FaultSpec::Degrade {
+        target,
+        bandwidth,
+        loss,
+        at_ns,
+        duration_ns,
+    } = fault
+    else {
+        unreachable!("a degrade")
+    };
+    let degrade = |target, bandwidth, loss, (from_ns, until_ns): (u64, u64)| FaultSpec::Degrade {
+        target,
+        bandwidth,
+        loss,
+        at_ns: from_ns,
+        duration_ns: until_ns - from_ns,
+    };
+    let window = (at_ns, at_ns + duration_ns);
+    out.extend(
+        shorter_windows(window.0, window.1)
+            .into_iter()
+            .map(|w| degrade(target, bandwidth, loss, w)),
+    );
+    if loss > 0.0 {
+        out.push(degrade(target, bandwidth, 0.0, window));
+    }
+    if bandwidth < 0.5 {
+        out.push(degrade(target, (bandwidth * 2.0).min(0.5), loss, window));
+    }
+    let lower = match target {
+        DegradeTarget::Link(LinkRef::Nic { gpu }) => vec![0, gpu / 2]
+            .into_iter()
+            .map(|gpu| DegradeTarget::Link(LinkRef::Nic { gpu }))
+            .collect(),
+        DegradeTarget::Link(LinkRef::LeafSpine { leaf, spine }) => vec![
+            DegradeTarget::Link(LinkRef::LeafSpine { leaf: 0, spine: 0 }),
+            DegradeTarget::Link(LinkRef::LeafSpine {
+                leaf: leaf / 2,
+                spine,
+            }),
+        ],
+        DegradeTarget::NodeNvlinks(node) => vec![
+            DegradeTarget::NodeNvlinks(0),
+            DegradeTarget::NodeNvlinks(node / 2),
+        ],
+        // The swarm degrades NICs, leaf-spine links and nodes' NVLinks only.
+        DegradeTarget::Link(_) => Vec::new(),
+    };
+    let mut lower: Vec<DegradeTarget> = lower.into_iter().filter(|t| *t != target).collect();
+    lower.dedup();
+    out.extend(
+        lower
+            .into_iter()
+            .map(|t| degrade(t, bandwidth, loss, window)),
+    );
 }
 
 /// A window moved earlier (same length) or cut shorter (from either end), on the grid.

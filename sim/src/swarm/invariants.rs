@@ -109,7 +109,7 @@ impl Reference {
 }
 
 /// When the run's faults are all over: the last injected fault, or the end of the last storage
-/// fault window, link flap or straggler window, whichever is later.
+/// fault window, link flap, straggler or degrade window, whichever is later.
 pub fn healed_from_ns(scenario: &Scenario, report: &RunReport) -> u64 {
     let storage = &scenario.storage;
     let windows = storage
@@ -127,9 +127,11 @@ pub fn healed_from_ns(scenario: &Scenario, report: &RunReport) -> u64 {
             .saturating_add(f.down_ns)
     });
     let stragglers = scenario.stragglers.stragglers.iter().map(|s| s.until_ns);
+    let degrades = scenario.degrades.degrades.iter().map(|d| d.until_ns);
     windows
         .chain(flaps)
         .chain(stragglers)
+        .chain(degrades)
         .chain(report.last_fault_ns)
         .max()
         .unwrap_or(0)

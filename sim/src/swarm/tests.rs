@@ -8,7 +8,7 @@ use super::seeds::{parse_seed_range, run_swarm};
 use super::Base;
 use crate::storage::Audit;
 use crate::world::{CrashTarget, CrashWhen, StragglerTarget};
-use faultline_scenario::LinkRef;
+use faultline_scenario::{DegradeTarget, LinkRef};
 
 fn base_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/swarm-checkpoint-restart.toml")
@@ -51,6 +51,7 @@ fn kind_of(fault: &FaultSpec) -> &'static str {
         FaultSpec::Sdc { .. } => "sdc",
         FaultSpec::Hang { .. } => "hang",
         FaultSpec::Desync { .. } => "desync",
+        FaultSpec::Degrade { .. } => "degrade",
     }
 }
 
@@ -121,6 +122,24 @@ fn schedules_depend_on_the_seed_alone_and_cover_every_kind() {
                 } => assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps && bit < 32),
                 FaultSpec::Hang { gpu, at_step, .. } | FaultSpec::Desync { gpu, at_step, .. } => {
                     assert!(gpu < SPACE.gpus && at_step < SPACE.faulty_steps)
+                }
+                FaultSpec::Degrade {
+                    target,
+                    bandwidth,
+                    loss,
+                    at_ns,
+                    duration_ns,
+                } => {
+                    match target {
+                        DegradeTarget::Link(LinkRef::Nic { gpu }) => assert!(gpu < SPACE.gpus),
+                        DegradeTarget::Link(LinkRef::LeafSpine { leaf, spine }) => {
+                            assert!(leaf < SPACE.leaves && spine < SPACE.spines_per_leaf)
+                        }
+                        DegradeTarget::NodeNvlinks(node) => assert!(node < SPACE.nodes),
+                        other => panic!("the swarm drew {other}"),
+                    }
+                    assert!(bandwidth > 0.0 && bandwidth < 1.0 && (0.0..1.0).contains(&loss));
+                    assert!(duration_ns > 0 && at_ns + duration_ns <= SPACE.faulty_until_ns);
                 }
             }
         }
@@ -242,6 +261,25 @@ fn size(fault: &FaultSpec) -> (u64, u64, u64) {
             kernel,
         } => (at_step, gpu as u64, u64::from(kernel)),
         FaultSpec::Desync { gpu, at_step, .. } => (at_step, gpu as u64, 0),
+        FaultSpec::Degrade {
+            target,
+            bandwidth,
+            loss,
+            at_ns,
+            duration_ns,
+        } => {
+            let target = match target {
+                DegradeTarget::Link(LinkRef::Nic { gpu }) => gpu as u64,
+                DegradeTarget::Link(LinkRef::LeafSpine { leaf, spine }) => {
+                    100_000 + 1000 * leaf as u64 + spine as u64
+                }
+                DegradeTarget::NodeNvlinks(node) => 900_000 + node as u64,
+                other => panic!("the swarm drew {other}"),
+            };
+            // Lossy above lossless, then less bandwidth kept above more.
+            let severity = u64::from(loss > 0.0) << 40 | ((1000.0 / bandwidth) as u64) << 20;
+            (duration_ns, at_ns, severity + target)
+        }
     }
 }
 

@@ -448,6 +448,7 @@ impl World {
         match self.control.as_mut() {
             Some(control) if control.phase == Phase::Running => {
                 bump(&mut control.report.detected, detector);
+                self.degrades_on_detection(detector);
                 true
             }
             _ => false,

@@ -39,11 +39,13 @@ pub(super) enum DigestTag {
     Finished,
     /// A link went down (its directed link id).
     LinkDown,
+    /// A degrade began or ended (its index << 1, plus 1 at its end).
+    Degrade,
 }
 
 impl DigestTag {
     #[cfg(test)]
-    const ALL: [DigestTag; 15] = [
+    const ALL: [DigestTag; 16] = [
         DigestTag::TransferLost,
         DigestTag::StragglerBegins,
         DigestTag::StragglerFlagged,
@@ -59,6 +61,7 @@ impl DigestTag {
         DigestTag::Evict,
         DigestTag::Finished,
         DigestTag::LinkDown,
+        DigestTag::Degrade,
     ];
 
     /// The tag's bits above bit 48: one byte at the top, or (a link going down) two.
@@ -79,6 +82,7 @@ impl DigestTag {
             DigestTag::Evict => 0xEE << 56,
             DigestTag::Finished => 0xF1 << 56,
             DigestTag::LinkDown => 0xF1A9 << 48,
+            DigestTag::Degrade => 0xDE << 56,
         }
     }
 

@@ -8,15 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use faultline_scenario::config::{StragglerConfig, StragglerKind, StragglerTarget};
+use faultline_scenario::config::{StragglerConfig, StragglerKind, StragglerSpec, StragglerTarget};
+use faultline_scenario::LinkRef;
 use serde::Serialize;
 use trainer_core::health::StragglerDetector;
 use trainer_core::Event;
 
 use super::digest_tag::DigestTag;
+use super::slow_links::Cause;
 use super::{EventKind, World};
 use crate::books::{Detector, FaultKind, LostCause, RarePath};
-use crate::topology::LinkId;
 
 /// One rank the scores flagged.
 #[derive(Clone, Debug, Serialize)]
@@ -52,13 +53,13 @@ pub(super) struct Stragglers {
     /// Per slowdown: its node was evicted, so the slow hardware is gone.
     evicted: Vec<bool>,
     has_compute: bool,
-    has_nic: bool,
     detector: Option<StragglerDetector>,
     /// Per step of the current attempt: each rank's compute time, and how many reported.
     pending: BTreeMap<u64, (Vec<u64>, usize)>,
     rank0_step_began_ns: Option<u64>,
-    /// Rank 0's completed step durations, in order.
+    /// Rank 0's completed step durations, in order, and when each began.
     pub(super) rank0_step_ns: Vec<u64>,
+    rank0_step_began_at_ns: Vec<u64>,
     detection_latency_total_ns: u64,
     detections_of_injected: u64,
     report: StragglerReport,
@@ -72,10 +73,6 @@ impl World {
                 .stragglers
                 .iter()
                 .any(|x| x.kind == StragglerKind::Compute),
-            has_nic: config
-                .stragglers
-                .iter()
-                .any(|x| x.kind == StragglerKind::Nic),
             detector: config
                 .detection
                 .map(|d| StragglerDetector::new(self.ranks.len(), d.threshold, d.patience)),
@@ -83,6 +80,9 @@ impl World {
         };
         for (idx, spec) in config.stragglers.iter().enumerate() {
             self.schedule(spec.from_ns, EventKind::StragglerBegins { idx: idx as u32 });
+            if spec.kind == StragglerKind::Nic {
+                self.slow_nic(idx as u32, spec);
+            }
         }
         s.config = config;
         self.stragglers = s;
@@ -91,6 +91,35 @@ impl World {
     /// Rank 0's completed step durations, in order.
     pub fn rank0_step_ns(&self) -> Vec<u64> {
         self.stragglers.rank0_step_ns.clone()
+    }
+
+    /// Rank 0's completed steps: when each began, and how long it took.
+    pub(super) fn rank0_steps(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let s = &self.stragglers;
+        s.rank0_step_began_at_ns
+            .iter()
+            .copied()
+            .zip(s.rank0_step_ns.iter().copied())
+    }
+
+    /// A NIC straggler: its GPUs' NIC links (both directions) carry `1 / factor` of their
+    /// bandwidth over its window, in the slow links every transfer looks up.
+    fn slow_nic(&mut self, idx: u32, spec: &StragglerSpec) {
+        let gpus: Vec<usize> = match spec.target {
+            StragglerTarget::Gpu(gpu) => vec![gpu],
+            StragglerTarget::Node(node) => {
+                let group = self.placement.node_group(node);
+                (0..group.count()).map(|i| group.member(i)).collect()
+            }
+        };
+        for gpu in gpus {
+            let (up, down) = (self.fabric.topology).link_ids(LinkRef::Nic { gpu });
+            let window = (spec.from_ns, spec.until_ns);
+            for link in [up, down] {
+                let cause = Cause::Straggler(idx);
+                (self.slow_links).add(link, window, spec.factor, 0.0, cause);
+            }
+        }
     }
 
     pub fn straggler_report(&self) -> Option<StragglerReport> {
@@ -162,20 +191,6 @@ impl World {
         (nominal_ns as f64 * self.slowdown(rank, StragglerKind::Compute)).ceil() as u64
     }
 
-    /// Whether any NIC slowdown is configured.
-    #[inline]
-    pub(super) fn has_slow_nics(&self) -> bool {
-        self.stragglers.has_nic
-    }
-
-    /// What divides `link`'s bandwidth now: its GPU's NIC slowdown, or 1.
-    pub(super) fn nic_slowdown(&self, link: LinkId) -> f64 {
-        match self.fabric.topology.nic_gpu(link) {
-            Some(gpu) => self.slowdown(gpu, StragglerKind::Nic),
-            None => 1.0,
-        }
-    }
-
     /// Telemetry: rank 0's step times, and each rank's compute time for the scores.
     pub(super) fn observe_for_stragglers(&mut self, rank: usize, event: &Event) {
         let now = self.clock.now_ns();
@@ -186,6 +201,7 @@ impl World {
             Event::StepEnd { .. } if rank == 0 => {
                 if let Some(began) = self.stragglers.rank0_step_began_ns.take() {
                     self.stragglers.rank0_step_ns.push(now - began);
+                    self.stragglers.rank0_step_began_at_ns.push(began);
                 }
             }
             Event::ComputeTimed { step, compute_ns } => self.record_compute(rank, step, compute_ns),
@@ -267,6 +283,7 @@ impl World {
             let target = self.stragglers.config.stragglers[idx].target;
             if members.iter().any(|&r| self.covers(target, r)) {
                 self.stragglers.evicted[idx] = true;
+                self.slow_links.end(Cause::Straggler(idx as u32), now);
             }
         }
         if let Some(detector) = self.stragglers.detector.as_mut() {
