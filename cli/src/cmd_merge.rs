@@ -28,9 +28,10 @@ pub(crate) struct MergeArgs {
     /// Write the merged report as JSON to this file; `-` as for `plan --out`.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Also write the union of the inputs as one shard file, which `merge` reads again (for
-    /// a tree of merges over a very wide array).
-    #[arg(long, value_name = "FILE")]
+    /// Write the union of the inputs as one shard file, which `merge` reads again (a tree of
+    /// merges over a very wide array), instead of the verdict or report; seeds may be
+    /// missing from it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "out", "plot", "allow_partial"])]
     union: Option<PathBuf>,
     /// Report on the seeds there are when some are missing (their intervals are then those of
     /// fewer seeds, so wider), rather than refusing (exit 2) and naming the shards to resubmit.
@@ -250,12 +251,28 @@ fn check_missing(
     Ok(())
 }
 
+/// `--union FILE`: the inputs as one shard file, and what it covers.
+fn write_union(path: &Path, text: &str, covered: &Cover, total: u64) -> Result<u8, Failure> {
+    write_atomically(path, text.as_bytes())
+        .map_err(|e| Failure::bad_input(format!("--union {}: {e}", path.display())))?;
+    say!(
+        "faultline merge: {} of {total} seeds, written to {}",
+        covered.len(),
+        crate::shown(path)
+    );
+    Ok(0)
+}
+
 fn merge_swarm(args: &MergeArgs, shards: Vec<(String, SwarmShard)>) -> Result<u8, Failure> {
     if args.plot.is_some() {
         return Err(Failure::bad_input("--plot: a swarm has no sweep to draw"));
     }
     let merged = swarm_shard::merge(shards).map_err(Failure::bad_input)?;
     let facts = &merged.swarm;
+    if let Some(path) = &args.union {
+        let text = serde_json::to_string(&merged).expect("a shard serialises");
+        return write_union(path, &text, &merged.covered, facts.seeds());
+    }
     check_missing(
         args,
         &merged.missing(),
@@ -264,11 +281,6 @@ fn merge_swarm(args: &MergeArgs, shards: Vec<(String, SwarmShard)>) -> Result<u8
         facts.seeds_from,
         merged.split.as_ref(),
     )?;
-    if let Some(path) = &args.union {
-        let text = serde_json::to_string(&merged).expect("a shard serialises");
-        write_atomically(path, text.as_bytes())
-            .map_err(|e| Failure::bad_input(format!("--union {}: {e}", path.display())))?;
-    }
     let report = merged.report();
     let json = serde_json::to_string(&report).expect("a report serialises");
     if let Some(out) = &args.out {
@@ -289,6 +301,10 @@ fn merge_swarm(args: &MergeArgs, shards: Vec<(String, SwarmShard)>) -> Result<u8
 
 fn merge_plan(args: &MergeArgs, shards: Vec<plan::report::Shard>) -> Result<u8, Failure> {
     let mut merged = plan::report::merge(shards).map_err(Failure::bad_input)?;
+    if let Some(path) = &args.union {
+        let text = serde_json::to_string(&merged).expect("a shard serialises");
+        return write_union(path, &text, &merged.covered, merged.seeds as u64);
+    }
     let missing = merged.missing();
     check_missing(
         args,
@@ -298,11 +314,6 @@ fn merge_plan(args: &MergeArgs, shards: Vec<plan::report::Shard>) -> Result<u8, 
         0,
         merged.split.as_ref(),
     )?;
-    if let Some(path) = &args.union {
-        let text = serde_json::to_string(&merged).expect("a shard serialises");
-        write_atomically(path, text.as_bytes())
-            .map_err(|e| Failure::bad_input(format!("--union {}: {e}", path.display())))?;
-    }
     // A partial report counts the seeds it has.
     merged.seeds = merged.covered.len() as usize;
     let report = plan::report::summarise(&merged);
