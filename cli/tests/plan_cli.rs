@@ -117,12 +117,27 @@ fn merged_shards_equal_the_unsharded_report() {
         shards[1].to_str().unwrap(),
     ]);
     assert_eq!(partial.status.code(), Some(2));
-    // Forged shards are refused with exit 2, never a panic (exit 70): a split of 2^64 - 1,
-    // a shard with no points, a seed whose counts by kind are short.
+    let said = String::from_utf8_lossy(&partial.stderr);
+    assert!(
+        said.contains("3 of 9 seeds missing: 2,5,8") && said.contains("--array=2"),
+        "{said}"
+    );
+    // Forged shards are refused with exit 2, never a panic (exit 70): a split of 2^64 - 1
+    // or of none, seeds beyond the plan's, a shard with no points, a seed whose counts by
+    // kind are short.
     type Forge = fn(&mut serde_json::Value);
-    let forgeries: [(&str, Forge); 3] = [
-        ("expected the 18446744073709551615 shards", |v| {
-            v["shard_count"] = serde_json::json!(u64::MAX)
+    let forgeries: [(&str, Forge); 6] = [
+        ("its split is not one faultline writes", |v| {
+            v["split"]["count"] = serde_json::json!(u64::MAX)
+        }),
+        ("its split is not one faultline writes", |v| {
+            v["split"]["count"] = serde_json::json!(0)
+        }),
+        ("the seeds it says it covers", |v| {
+            v["covered"] = serde_json::json!([[0, 1000]])
+        }),
+        ("holds other seeds", |v| {
+            v["covered"] = serde_json::json!([[0, 1]])
         }),
         ("has no points", |v| v["points"] = serde_json::json!([])),
         ("counts by kind", |v| {

@@ -82,7 +82,13 @@ impl Assignment {
 
     /// The scheduler's task id of shard `index` of this split.
     pub fn task_id(&self, index: u64) -> u64 {
-        self.first_task + index * self.task_step
+        self.first_task
+            .saturating_add(index.saturating_mul(self.task_step))
+    }
+
+    /// Whether a split read from a file is one faultline could have written.
+    pub fn is_valid(&self) -> bool {
+        (1..=MAX_SHARDS).contains(&self.count) && self.index < self.count && self.task_step >= 1
     }
 }
 

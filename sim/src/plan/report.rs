@@ -172,6 +172,12 @@ fn check_results(shards: &[Shard]) -> Result<(), String> {
         if s.points.is_empty() {
             return Err(format!("{} has no points", s.label()));
         }
+        if s.split.is_some_and(|split| !split.is_valid()) {
+            return Err(format!(
+                "{}: its split is not one faultline writes",
+                s.label()
+            ));
+        }
         if !s.covered.is_valid_below(s.seeds as u64) {
             return Err(format!(
                 "{}: the seeds it says it covers are not of 0 to {}",

@@ -155,6 +155,9 @@ fn check_shard(name: &str, shard: &SwarmShard) -> Result<(), String> {
         ));
     }
     let facts = &shard.swarm;
+    if shard.split.is_some_and(|s| !s.is_valid()) {
+        return Err(format!("{name}: its split is not one faultline writes"));
+    }
     if facts.seeds_until <= facts.seeds_from || !shard.covered.is_valid_below(facts.seeds()) {
         return Err(format!(
             "{name}: its seed range or the seeds it covers are not a swarm's"
