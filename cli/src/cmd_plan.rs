@@ -116,22 +116,7 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     let wall_ms = started.elapsed().as_millis();
     if let (Some(shard), Some(out)) = (shard, target) {
         result.split = Some(shard);
-        let text = serde_json::to_string(&result).expect("a shard serialises");
-        write_shard(&out, &text)?;
-        if !args.json {
-            say!(
-                "faultline plan: shard {}/{}{} of {} ({} points, {} of {} seeds) written to {} in {wall_ms} ms",
-                shard.index,
-                shard.count,
-                origin(&shard),
-                result.scenario,
-                result.points.len(),
-                result.covered.len(),
-                result.seeds,
-                crate::shown(&out)
-            );
-        }
-        return Ok(0);
+        return write_plan_shard(&result, &out, !args.json, wall_ms);
     }
     let report = plan::report::summarise(&result);
     if !args.json {
@@ -152,6 +137,32 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     )?;
     if !args.json {
         say!("wall: {wall_ms} ms");
+    }
+    Ok(0)
+}
+
+/// A shard's end: its file and, unless `--json`, a line on what it ran. Exit 0.
+fn write_plan_shard(
+    result: &plan::report::Shard,
+    out: &Path,
+    say_it: bool,
+    wall_ms: u128,
+) -> Result<u8, Failure> {
+    let text = serde_json::to_string(result).expect("a shard serialises");
+    write_shard(out, &text)?;
+    let shard = result.split.expect("a shard has its split");
+    if say_it {
+        say!(
+            "faultline plan: shard {}/{}{} of {} ({} points, {} of {} seeds) written to {} in {wall_ms} ms",
+            shard.index,
+            shard.count,
+            origin(&shard),
+            result.scenario,
+            result.points.len(),
+            result.covered.len(),
+            result.seeds,
+            crate::shown(out)
+        );
     }
     Ok(0)
 }

@@ -141,16 +141,15 @@ pub fn run_seeds(
     let results = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
-                let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
-                let outcome = run_seed(base, seed);
-                results
-                    .lock()
-                    .expect("no worker panicked")
-                    .insert(seed, outcome);
-                progress();
+            scope.spawn(|| {
+                while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let outcome = run_seed(base, seed);
+                    results
+                        .lock()
+                        .expect("no worker panicked")
+                        .insert(seed, outcome);
+                    progress();
+                }
             });
         }
     });
