@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use faultline_sim::atomic::write_atomically;
 use faultline_sim::fanout::{self, Assignment, Cover, Scheduler};
 use faultline_sim::plan;
+use faultline_sim::plan::calibrate::shard::{
+    self as calibrate_shard, CalibrateShard, CALIBRATE_SHARD_FORMAT,
+};
 use faultline_sim::swarm::shard::{self as swarm_shard, SwarmShard, SWARM_SHARD_FORMAT};
 
 use crate::{check_outputs, say, Failure, EXIT_FINDING};
@@ -159,6 +162,7 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
 enum Files {
     Swarm(Vec<(String, SwarmShard)>),
     Plan(Vec<plan::report::Shard>),
+    Calibrate(Vec<(String, CalibrateShard)>),
 }
 
 #[derive(serde::Deserialize)]
@@ -169,6 +173,7 @@ struct Peek {
 fn read(files: &[PathBuf]) -> Result<Files, Failure> {
     let mut swarms = Vec::new();
     let mut plans = Vec::new();
+    let mut calibrations = Vec::new();
     for path in files {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
@@ -178,7 +183,10 @@ fn read(files: &[PathBuf]) -> Result<Files, Failure> {
         };
         let peek: Peek = serde_json::from_str(&text).map_err(|e| not_one(&e))?;
         let format = peek.format.unwrap_or_default();
-        if format == SWARM_SHARD_FORMAT {
+        if format == CALIBRATE_SHARD_FORMAT {
+            let shard = serde_json::from_str(&text).map_err(|e| not_one(&e))?;
+            calibrations.push((name, shard));
+        } else if format == SWARM_SHARD_FORMAT {
             let shard = serde_json::from_str(&text).map_err(|e| not_one(&e))?;
             swarms.push((name, shard));
         } else if format.starts_with("faultline-plan-shard/") {
@@ -192,16 +200,18 @@ fn read(files: &[PathBuf]) -> Result<Files, Failure> {
             plans.push(serde_json::from_str(&text).map_err(|e| not_one(&e))?);
         } else {
             return Err(not_one(&format!(
-                "format {format:?}; merge reads {SWARM_SHARD_FORMAT:?} and {:?}",
+                "format {format:?}; merge reads {SWARM_SHARD_FORMAT:?}, {:?} and \
+                 {CALIBRATE_SHARD_FORMAT:?}",
                 plan::report::SHARD_FORMAT
             )));
         }
     }
-    match (swarms.is_empty(), plans.is_empty()) {
-        (false, true) => Ok(Files::Swarm(swarms)),
-        (true, false) => Ok(Files::Plan(plans)),
+    match (swarms.is_empty(), plans.is_empty(), calibrations.is_empty()) {
+        (false, true, true) => Ok(Files::Swarm(swarms)),
+        (true, false, true) => Ok(Files::Plan(plans)),
+        (true, true, false) => Ok(Files::Calibrate(calibrations)),
         _ => Err(Failure::bad_input(
-            "the inputs mix swarm and plan shard files; merge one swarm or plan at a time",
+            "the inputs mix swarm, plan and calibration shard files; merge one at a time",
         )),
     }
 }
@@ -219,6 +229,7 @@ pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
     match read(&files)? {
         Files::Swarm(shards) => merge_swarm(&args, shards),
         Files::Plan(shards) => merge_plan(&args, shards),
+        Files::Calibrate(shards) => merge_calibrate(&args, shards),
     }
 }
 
@@ -329,6 +340,71 @@ fn merge_plan(args: &MergeArgs, shards: Vec<plan::report::Shard>) -> Result<u8, 
             merged.covered.len(),
             merged.covered.len() + missing.len()
         );
+    }
+    Ok(0)
+}
+
+/// A calibration's shards into its cost file: every run must be there (a cost file of some
+/// runs would be another); the planner file is read again, and must be the one the shards ran.
+fn merge_calibrate(args: &MergeArgs, shards: Vec<(String, CalibrateShard)>) -> Result<u8, Failure> {
+    if args.plot.is_some() || args.json {
+        return Err(Failure::bad_input(
+            "--plot and --json: a calibration's product is its cost file (--out FILE, or \
+             standard output)",
+        ));
+    }
+    let merged = calibrate_shard::merge(shards).map_err(Failure::bad_input)?;
+    let request = merged.calibration.clone();
+    if let Some(path) = &args.union {
+        let text = serde_json::to_string(&merged).expect("a shard serialises");
+        return write_union(path, &text, &merged.covered, request.runs);
+    }
+    let missing = merged.missing();
+    if !missing.is_empty() {
+        return Err(Failure::bad_input(format!(
+            "{} of {} calibration runs missing: {} ({}); a cost file needs every run",
+            missing.len(),
+            request.runs,
+            fanout::compact(missing.items()),
+            fanout::resubmission(&missing, merged.split.as_ref())
+        )));
+    }
+    let text = std::fs::read_to_string(&request.path).map_err(|e| {
+        Failure::bad_input(format!(
+            "{}: merge reads the planner file the shards ran again: {e}",
+            request.path
+        ))
+    })?;
+    let runs = plan::calibrate::plan_runs(
+        &request.scenario,
+        &request.path,
+        &text,
+        &request.sets,
+        request.steps,
+        request.all_policies,
+    )
+    .map_err(|e| Failure::bad_input(e.to_string()))?;
+    let now = calibrate_shard::Request::new(
+        &runs,
+        &request.path,
+        &text,
+        &request.sets,
+        request.steps,
+        request.all_policies,
+    );
+    if now != request {
+        return Err(Failure::bad_input(format!(
+            "{}: not the planner file the shards ran (its digest is {}, theirs {})",
+            request.path, now.digest, request.digest
+        )));
+    }
+    let (steady, crashes) = merged.figures().expect("every run is there");
+    let costs = plan::calibrate::costs_of(&runs, &steady, &crashes);
+    let text = serde_json::to_string_pretty(&costs).expect("a cost file serialises");
+    match &args.out {
+        Some(out) => write_atomically(out, text.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?,
+        None => println!("{text}"),
     }
     Ok(0)
 }

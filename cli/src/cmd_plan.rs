@@ -10,6 +10,7 @@ use faultline_sim::shell::quote;
 use crate::cmd_merge::{origin, resolve_shard, shard_target, write_shard};
 use crate::{check_outputs, plot, say, say_part, Failure, SetArgs, EXIT_BUG};
 use faultline_sim::fanout::Assignment;
+use faultline_sim::plan::calibrate::shard::{CalibrateShard, Request, RunFigures};
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {
@@ -67,9 +68,15 @@ pub(crate) struct CalibrateArgs {
     #[arg(long)]
     all_policies: bool,
     /// The cost file to write; `-` for standard output, where the summary then goes to
-    /// standard error.
+    /// standard error. With --shard, the shard file, or a directory (`DIR/`) that takes it as
+    /// calibrate-DIGEST-I-of-N.json.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// Run only shard i of n of the calibration's runs (the steady run, then one crash run
+    /// per policy: with n = runs, one run per shard), or `auto` from the batch scheduler's
+    /// array variables; `faultline merge` builds the cost file from the shard files.
+    #[arg(long, value_name = "I/N|auto")]
+    shard: Option<String>,
 }
 
 pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
@@ -164,6 +171,50 @@ fn write_plan_shard(
             crate::shown(out)
         );
     }
+    Ok(0)
+}
+
+/// `calibrate --shard`: this shard's runs, at once on threads of their own, into its file.
+/// Exit 0 once they ran; a run that fails is a finding (exit 1), as unsharded.
+fn calibrate_shard(
+    runs: &plan::calibrate::Plan,
+    request: Request,
+    shard: Assignment,
+    out: &Path,
+) -> Result<u8, Failure> {
+    let target = shard_target(out, "calibrate", &request.digest, &shard)?;
+    let items: Vec<u64> = shard.items(request.runs).collect();
+    crate::guard_memory("this calibration shard", &runs.steady, items.len())?;
+    let figures = std::thread::scope(|scope| {
+        let threads: Vec<_> = (items.iter())
+            .map(|&run| scope.spawn(move || plan::calibrate::run_one(runs, run)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a calibration run does not panic"))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .map_err(Failure::finding)?;
+    let runs_held = items
+        .iter()
+        .zip(figures)
+        .map(|(&run, figures)| RunFigures { run, figures })
+        .collect();
+    let file = CalibrateShard::of_run(request, shard, runs_held);
+    write_shard(
+        &target,
+        &serde_json::to_string(&file).expect("a shard serialises"),
+    )?;
+    say!(
+        "faultline calibrate: shard {}/{}{} of {}: runs {} of {}, written to {}",
+        shard.index,
+        shard.count,
+        origin(&shard),
+        file.calibration.scenario,
+        faultline_sim::fanout::compact(file.covered.items()),
+        file.calibration.runs,
+        crate::shown(&target)
+    );
     Ok(0)
 }
 
@@ -287,8 +338,10 @@ pub(crate) fn emit_plan_report(
     Ok(())
 }
 
-pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
-    check_outputs(&[("--out", Some(&args.out))], None)?;
+/// The planner file `calibrate` names, read, checked and loaded as its runs.
+fn calibration_runs(
+    args: &CalibrateArgs,
+) -> Result<(String, String, plan::calibrate::Plan), Failure> {
     let origin = args.scenario.display().to_string();
     let text = std::fs::read_to_string(&args.scenario)
         .map_err(|e| Failure::bad_input(format!("{origin}: cannot read the scenario file: {e}")))?;
@@ -315,6 +368,26 @@ pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
         args.all_policies,
     )
     .map_err(|e| Failure::bad_input(e.to_string()))?;
+    Ok((origin, text, runs))
+}
+
+pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
+    let shard = args.shard.as_deref().map(resolve_shard).transpose()?;
+    if shard.is_none() {
+        check_outputs(&[("--out", Some(&args.out))], None)?;
+    }
+    let (origin, text, runs) = calibration_runs(&args)?;
+    if let Some(shard) = shard {
+        let request = Request::new(
+            &runs,
+            &origin,
+            &text,
+            &args.set.sets,
+            args.steps,
+            args.all_policies,
+        );
+        return calibrate_shard(&runs, request, shard, &args.out);
+    }
     // The steady run and every crash run go at once, on threads of their own.
     crate::guard_memory("this calibration", &runs.steady, 1 + runs.crash.len())?;
     #[allow(clippy::disallowed_methods)] // wall time for people, never in the cost file

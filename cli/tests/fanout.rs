@@ -11,21 +11,9 @@ use std::process::{Command, Output};
 const SWARM: &str = "scenarios/swarm-checkpoint-restart.toml";
 const PLAN: &str = "scenarios/plan-daly-closed-form.toml";
 
-/// Every variable `--shard auto` or the allocation reads, so the tests' own environment (a
-/// CI job inside a Slurm array, say) changes nothing.
-const CLEARED: [&str; 16] = [
-    "FAULTLINE_SHARD_INDEX",
-    "FAULTLINE_SHARD_COUNT",
-    "SLURM_ARRAY_TASK_ID",
-    "SLURM_ARRAY_TASK_MIN",
-    "SLURM_ARRAY_TASK_MAX",
-    "SLURM_ARRAY_TASK_STEP",
-    "SLURM_ARRAY_TASK_COUNT",
-    "JOB_COMPLETION_INDEX",
-    "AWS_BATCH_JOB_ARRAY_INDEX",
-    "AWS_BATCH_JOB_ARRAY_SIZE",
-    "BATCH_TASK_INDEX",
-    "BATCH_TASK_COUNT",
+/// Every variable the allocation reads besides `--shard auto`'s, which are cleared too, so
+/// the tests' own environment (a CI job inside a Slurm array, say) changes nothing.
+const CLEARED: [&str; 4] = [
     "FAULTLINE_MEMORY_LIMIT",
     "FAULTLINE_CGROUP_ROOT",
     "SLURM_MEM_PER_NODE",
@@ -37,7 +25,10 @@ fn faultline(args: &[&str], env: &[(&str, &str)]) -> Output {
     command
         .args(args)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    for name in CLEARED {
+    for name in CLEARED
+        .iter()
+        .chain(&faultline_sim::fanout::SHARD_VARIABLES)
+    {
         command.env_remove(name);
     }
     command.envs(env.iter().copied());
@@ -316,4 +307,44 @@ fn a_run_over_its_cgroup_s_memory_limit_is_refused_with_both_numbers() {
     std::fs::write(root.join("memory.max"), "max\n").unwrap();
     let out = faultline(&["swarm", SWARM, "--seeds", "1..2"], &env);
     assert!(out.status.success(), "{}", said(&out));
+}
+
+#[test]
+fn a_sharded_calibration_merges_to_the_unsharded_cost_file_byte_for_byte() {
+    let dir = scratch("calibrate");
+    let whole = dir.join("whole.json");
+    let calibrate = [
+        "calibrate",
+        PLAN,
+        "--steps",
+        "2",
+        "--all-policies",
+        "--set",
+        "cluster.gpus=64",
+    ];
+    let out = faultline(
+        &[&calibrate[..], &["--out", whole.to_str().unwrap()]].concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    // Four runs: two shards of two, and six shards, two of them with no run.
+    for n in [2, 6] {
+        let shards = shards(&calibrate, n, &format!("calibrate-{n}"));
+        let merged = dir.join(format!("merged-{n}.json"));
+        let out = faultline(
+            &[
+                "merge",
+                &dir_arg(&shards),
+                "--out",
+                merged.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", said(&out));
+        assert_eq!(
+            std::fs::read(&merged).unwrap(),
+            std::fs::read(&whole).unwrap(),
+            "{n} shards"
+        );
+    }
 }

@@ -423,25 +423,27 @@ pub fn resubmission(missing: &Cover, split: Option<&Assignment>) -> String {
     )
 }
 
+/// Every variable [`resolve`] reads.
+pub const SHARD_VARIABLES: [&str; 12] = [
+    INDEX_ENV,
+    COUNT_ENV,
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_MAX",
+    "SLURM_ARRAY_TASK_STEP",
+    "SLURM_ARRAY_TASK_COUNT",
+    "JOB_COMPLETION_INDEX",
+    "AWS_BATCH_JOB_ARRAY_INDEX",
+    "AWS_BATCH_JOB_ARRAY_SIZE",
+    "BATCH_TASK_INDEX",
+    "BATCH_TASK_COUNT",
+];
+
 /// The process's environment as [`resolve`] reads it: only the variables it may read, so a
 /// shard file or an error never carries anything else.
 pub fn shard_env_of(vars: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
-    const READ: [&str; 12] = [
-        INDEX_ENV,
-        COUNT_ENV,
-        "SLURM_ARRAY_TASK_ID",
-        "SLURM_ARRAY_TASK_MIN",
-        "SLURM_ARRAY_TASK_MAX",
-        "SLURM_ARRAY_TASK_STEP",
-        "SLURM_ARRAY_TASK_COUNT",
-        "JOB_COMPLETION_INDEX",
-        "AWS_BATCH_JOB_ARRAY_INDEX",
-        "AWS_BATCH_JOB_ARRAY_SIZE",
-        "BATCH_TASK_INDEX",
-        "BATCH_TASK_COUNT",
-    ];
     vars.into_iter()
-        .filter(|(name, _)| READ.contains(&name.as_str()))
+        .filter(|(name, _)| SHARD_VARIABLES.contains(&name.as_str()))
         .collect()
 }
 

@@ -26,6 +26,9 @@ use crate::books::{Detector, FaultKind, LostCause, TierName};
 use crate::run::{run_scenario, RunReport};
 use crate::scenario::{self, Scenario, ScenarioError};
 
+pub mod shard;
+use shard::Figures;
+
 pub const COSTS_FORMAT: &str = "faultline-costs/2";
 
 /// Crash runs try this many step counts, doubling, before giving up.
@@ -312,7 +315,7 @@ pub fn plan_runs(
     })
 }
 
-fn summary(name: &str, report: &RunReport) -> RunSummary {
+fn summary(name: &str, report: &Figures) -> RunSummary {
     RunSummary {
         name: name.to_string(),
         policy: report.recovery_policy.to_string(),
@@ -360,14 +363,29 @@ fn crash_run(mut scenario: Scenario) -> Result<RunReport, String> {
 /// the reports into a cost file.
 pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
     let (steady, crashes) = run_all(plan)?;
-    let (measured, used_as) = measure(plan, &steady, &crashes);
+    let crashes: Vec<Figures> = crashes.iter().map(Figures::from).collect();
+    Ok(costs_of(plan, &Figures::from(&steady), &crashes))
+}
+
+/// Runs one run of a calibration: 0 the steady run, k the k-th crash run. What a shard runs.
+pub fn run_one(plan: &Plan, run: u64) -> Result<Figures, String> {
+    let report = match run {
+        0 => run_scenario(&plan.steady).map_err(|e| e.to_string())?,
+        k => crash_run(plan.crash[k as usize - 1].1.clone())?,
+    };
+    Ok(Figures::from(&report))
+}
+
+/// The cost file of a calibration's runs: the steady run's figures and each crash run's.
+pub fn costs_of(plan: &Plan, steady: &Figures, crashes: &[Figures]) -> CostFile {
+    let (measured, used_as) = measure(plan, steady, crashes);
     let inputs = inputs(plan);
     let not_measured = not_measured(plan, &measured);
-    let mut runs = vec![summary("steady", &steady)];
-    for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
+    let mut runs = vec![summary("steady", steady)];
+    for ((policy, _), report) in plan.crash.iter().zip(crashes) {
         runs.push(summary(&format!("crash-{}", policy.name()), report));
     }
-    Ok(CostFile {
+    CostFile {
         format: COSTS_FORMAT.to_string(),
         scenario: plan.name.clone(),
         gpus: steady.gpus,
@@ -394,7 +412,7 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
         inputs,
         not_measured,
         runs,
-    })
+    }
 }
 
 /// The steady run and each policy's crash run, the crash runs on threads of their own.
@@ -422,8 +440,8 @@ fn run_all(plan: &Plan) -> Result<(RunReport, Vec<RunReport>), String> {
 /// Each measured figure, and (where the planner uses it) what it replaces.
 fn measure(
     plan: &Plan,
-    steady: &RunReport,
-    crashes: &[RunReport],
+    steady: &Figures,
+    crashes: &[Figures],
 ) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
     let secs = |ns: u64| ns as f64 / 1e9;
     let mut measured = BTreeMap::new();
@@ -440,7 +458,7 @@ fn measure(
         "the step: plan rounds the checkpoint interval up to whole steps",
     );
     let lost =
-        |r: &RunReport, cause: LostCause| secs(*r.lost_time_ns_by_cause.get(&cause).unwrap_or(&0));
+        |r: &Figures, cause: LostCause| secs(*r.lost_time_ns_by_cause.get(&cause).unwrap_or(&0));
     // The planner's own policy's run gives the checkpoint and detection figures.
     let own = &crashes[0];
     put(
