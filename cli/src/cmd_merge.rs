@@ -282,7 +282,7 @@ fn merge_swarm(args: &MergeArgs, shards: Vec<(String, SwarmShard)>) -> Result<u8
     let facts = &merged.swarm;
     if let Some(path) = &args.union {
         let text = serde_json::to_string(&merged).expect("a shard serialises");
-        return write_union(path, &text, &merged.covered, facts.seeds());
+        return write_union(path, &text, &merged.holding.covered, facts.seeds());
     }
     check_missing(
         args,
@@ -290,7 +290,7 @@ fn merge_swarm(args: &MergeArgs, shards: Vec<(String, SwarmShard)>) -> Result<u8
         facts.seeds(),
         "seeds",
         facts.seeds_from,
-        merged.split.as_ref(),
+        merged.holding.split.as_ref(),
     )?;
     let report = merged.report();
     let json = serde_json::to_string(&report).expect("a report serialises");
@@ -314,7 +314,7 @@ fn merge_plan(args: &MergeArgs, shards: Vec<plan::report::Shard>) -> Result<u8, 
     let mut merged = plan::report::merge(shards).map_err(Failure::bad_input)?;
     if let Some(path) = &args.union {
         let text = serde_json::to_string(&merged).expect("a shard serialises");
-        return write_union(path, &text, &merged.covered, merged.seeds as u64);
+        return write_union(path, &text, &merged.holding.covered, merged.seeds as u64);
     }
     let missing = merged.missing();
     check_missing(
@@ -323,10 +323,10 @@ fn merge_plan(args: &MergeArgs, shards: Vec<plan::report::Shard>) -> Result<u8, 
         merged.seeds as u64,
         "seeds",
         0,
-        merged.split.as_ref(),
+        merged.holding.split.as_ref(),
     )?;
     // A partial report counts the seeds it has.
-    merged.seeds = merged.covered.len() as usize;
+    merged.seeds = merged.holding.covered.len() as usize;
     let report = plan::report::summarise(&merged);
     crate::cmd_plan::emit_plan_report(
         &report,
@@ -337,8 +337,8 @@ fn merge_plan(args: &MergeArgs, shards: Vec<plan::report::Shard>) -> Result<u8, 
     if !args.json && !missing.is_empty() {
         say!(
             "partial: {} of {} seeds (the intervals are those of the seeds there are)",
-            merged.covered.len(),
-            merged.covered.len() + missing.len()
+            merged.holding.covered.len(),
+            merged.holding.covered.len() + missing.len()
         );
     }
     Ok(0)
@@ -357,7 +357,7 @@ fn merge_calibrate(args: &MergeArgs, shards: Vec<(String, CalibrateShard)>) -> R
     let request = merged.calibration.clone();
     if let Some(path) = &args.union {
         let text = serde_json::to_string(&merged).expect("a shard serialises");
-        return write_union(path, &text, &merged.covered, request.runs);
+        return write_union(path, &text, &merged.holding.covered, request.runs);
     }
     let missing = merged.missing();
     if !missing.is_empty() {
@@ -366,7 +366,7 @@ fn merge_calibrate(args: &MergeArgs, shards: Vec<(String, CalibrateShard)>) -> R
             missing.len(),
             request.runs,
             fanout::compact(missing.items()),
-            fanout::resubmission(&missing, merged.split.as_ref())
+            fanout::resubmission(&missing, merged.holding.split.as_ref())
         )));
     }
     let text = std::fs::read_to_string(&request.path).map_err(|e| {

@@ -122,7 +122,7 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
         run_with_progress(&points, split.index as usize, split.count as usize, threads);
     let wall_ms = started.elapsed().as_millis();
     if let (Some(shard), Some(out)) = (shard, target) {
-        result.split = Some(shard);
+        result.holding.split = Some(shard);
         return write_plan_shard(&result, &out, !args.json, wall_ms);
     }
     let report = plan::report::summarise(&result);
@@ -157,7 +157,7 @@ fn write_plan_shard(
 ) -> Result<u8, Failure> {
     let text = serde_json::to_string(result).expect("a shard serialises");
     write_shard(out, &text)?;
-    let shard = result.split.expect("a shard has its split");
+    let shard = result.holding.split.expect("a shard has its split");
     if say_it {
         say!(
             "faultline plan: shard {}/{}{} of {} ({} points, {} of {} seeds) written to {} in {wall_ms} ms",
@@ -166,7 +166,7 @@ fn write_plan_shard(
             origin(&shard),
             result.scenario,
             result.points.len(),
-            result.covered.len(),
+            result.holding.covered.len(),
             result.seeds,
             crate::shown(out)
         );
@@ -211,7 +211,7 @@ fn calibrate_shard(
         shard.count,
         origin(&shard),
         file.calibration.scenario,
-        faultline_sim::fanout::compact(file.covered.items()),
+        faultline_sim::fanout::compact(file.holding.covered.items()),
         file.calibration.runs,
         crate::shown(&target)
     );

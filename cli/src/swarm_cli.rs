@@ -212,7 +212,7 @@ fn write_swarm_shard(
         shard.count,
         origin(&shard),
         file.swarm.scenario,
-        file.covered.len(),
+        file.holding.covered.len(),
         file.swarm.seeds(),
         crate::shown(target)
     );

@@ -127,6 +127,24 @@ fn a_sharded_swarm_merges_to_the_unsharded_verdict_byte_for_byte() {
     let partial = faultline(&["merge", &dir_arg(&dir), "--allow-partial"], &[]);
     assert!(partial.status.success(), "{}", said(&partial));
     assert!(String::from_utf8_lossy(&partial.stdout).contains("verdict: 0 of 5 seeds failed"));
+    // A forged file is refused (exit 2), never panicked on (exit 70).
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&union).unwrap()).unwrap();
+    type Forge = fn(&mut serde_json::Value);
+    let forgeries: [Forge; 5] = [
+        |v| v["holding"]["split"]["count"] = serde_json::json!(0),
+        |v| v["holding"]["covered"] = serde_json::json!([[5, 2]]),
+        |v| v["holding"]["shards"] = serde_json::json!([[9, 2]]),
+        |v| v["outcomes"][0]["seed"] = serde_json::json!(0),
+        |v| v["swarm"]["seeds_until"] = serde_json::json!(0),
+    ];
+    for forge in forgeries {
+        let mut bad = good.clone();
+        forge(&mut bad);
+        let forged = dir.join("forged.json.part");
+        std::fs::write(&forged, bad.to_string()).unwrap();
+        let out = faultline(&["merge", forged.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", said(&out));
+    }
 }
 
 #[test]

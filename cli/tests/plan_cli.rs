@@ -127,17 +127,17 @@ fn merged_shards_equal_the_unsharded_report() {
     // kind are short.
     type Forge = fn(&mut serde_json::Value);
     let forgeries: [(&str, Forge); 6] = [
-        ("its split is not one faultline writes", |v| {
-            v["split"]["count"] = serde_json::json!(u64::MAX)
+        ("its split, or the seeds", |v| {
+            v["holding"]["split"]["count"] = serde_json::json!(u64::MAX)
         }),
-        ("its split is not one faultline writes", |v| {
-            v["split"]["count"] = serde_json::json!(0)
+        ("its split, or the seeds", |v| {
+            v["holding"]["split"]["count"] = serde_json::json!(0)
         }),
-        ("the seeds it says it covers", |v| {
-            v["covered"] = serde_json::json!([[0, 1000]])
+        ("it says it covers", |v| {
+            v["holding"]["covered"] = serde_json::json!([[0, 1000]])
         }),
-        ("holds other seeds", |v| {
-            v["covered"] = serde_json::json!([[0, 1]])
+        ("it says it covers", |v| {
+            v["holding"]["covered"] = serde_json::json!([[0, 1]])
         }),
         ("has no points", |v| v["points"] = serde_json::json!([])),
         ("counts by kind", |v| {

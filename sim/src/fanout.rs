@@ -314,8 +314,9 @@ impl Cover {
         let mut ranges: Vec<[u64; 2]> = Vec::new();
         for item in sorted {
             match ranges.last_mut() {
-                Some(last) if last[1] == item => last[1] = item + 1,
-                _ => ranges.push([item, item + 1]),
+                // u64::MAX, which no item reaches, makes an empty range a check refuses.
+                Some(last) if last[1] == item => last[1] = item.saturating_add(1),
+                _ => ranges.push([item, item.saturating_add(1)]),
             }
         }
         Cover(ranges)
@@ -327,7 +328,7 @@ impl Cover {
     }
 
     pub fn len(&self) -> u64 {
-        self.0.iter().map(|r| r[1] - r[0]).sum()
+        (self.0.iter()).fold(0, |n: u64, r| n.saturating_add(r[1].saturating_sub(r[0])))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -373,6 +374,57 @@ impl Cover {
             gaps.push([at, items]);
         }
         Cover(gaps.into_iter().filter(|r| r[0] < r[1]).collect())
+    }
+}
+
+/// What a shard file holds: the items it covers and, when one split made it, that split and
+/// its shards among it. Every shard file (swarm, plan, calibration) carries one, so merging
+/// is the same set union for all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// The split the shards came from (index: the first shard held), when one split made them.
+    pub split: Option<Assignment>,
+    /// The split's shard indices held.
+    pub shards: Cover,
+    /// The items held: seed indices, or a calibration's runs.
+    pub covered: Cover,
+}
+
+impl Holding {
+    /// What one shard's run holds.
+    pub fn of_shard(shard: Assignment, items: impl IntoIterator<Item = u64>) -> Holding {
+        Holding {
+            split: Some(shard),
+            shards: Cover::of([shard.index]),
+            covered: Cover::of(items),
+        }
+    }
+
+    /// Adds what `other` holds; the split stays only when both came from the same one.
+    pub fn unite(&mut self, other: &Holding) {
+        let same = |a: Option<Assignment>| a.map(|a| Assignment { index: 0, ..a });
+        if same(self.split) != same(other.split) {
+            self.split = None;
+        }
+        self.shards = match self.split {
+            Some(_) => self.shards.union(&other.shards),
+            None => Cover::default(),
+        };
+        self.covered = self.covered.union(&other.covered);
+    }
+
+    /// Whether a file read back holds what faultline could have written: a valid split, and
+    /// exactly the `held` items of `0..items` it says it covers.
+    pub fn is_valid(&self, items: u64, held: &Cover) -> bool {
+        self.split.is_none_or(|s| s.is_valid())
+            && (self.shards).is_valid_below(self.split.map_or(0, |s| s.count))
+            && self.covered.is_valid_below(items)
+            && *held == self.covered
+    }
+
+    /// The items of `0..items` not held.
+    pub fn missing(&self, items: u64) -> Cover {
+        self.covered.missing(items)
     }
 }
 

@@ -164,12 +164,10 @@ pub fn run_shard(
         gpus: first.gpus,
         nodes: first.nodes,
         horizon_s: first.horizon_s,
-        split: Some(crate::fanout::Assignment::of_flag(
-            shard_idx as u64,
-            shard_count as u64,
-        )),
-        shards: crate::fanout::Cover::of([shard_idx as u64]),
-        covered: crate::fanout::Cover::of(seeds.iter().copied()),
+        holding: crate::fanout::Holding::of_shard(
+            crate::fanout::Assignment::of_flag(shard_idx as u64, shard_count as u64),
+            seeds.iter().copied(),
+        ),
         points: points
             .iter()
             .map(|p| ShardPoint {

@@ -10,7 +10,7 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 use super::analytic;
 use super::config::{PlanConfig, COUNTED_KINDS};
 use super::model::{LostTime, SeedResult};
-use crate::fanout::{Assignment, Cover};
+use crate::fanout::{Cover, Holding};
 
 /// Version 2 added `plan_digest`; version 3 `split`, `shards` and `covered` (the seed
 /// indices a file holds), so that merging is a set union over any files of one plan.
@@ -84,30 +84,26 @@ pub struct Shard {
     pub gpus: usize,
     pub nodes: usize,
     pub horizon_s: f64,
-    /// The split the shards came from (index: the first shard held), when one split made them.
-    pub split: Option<Assignment>,
-    /// The split's shard indices this file holds.
-    pub shards: Cover,
-    /// The seed indices whose results it holds, at every point.
-    pub covered: Cover,
+    /// The seed indices whose results it holds at every point, and the split.
+    pub holding: Holding,
     pub points: Vec<ShardPoint>,
 }
 
 impl Shard {
     /// The seed indices of `0..seeds` no file held.
     pub fn missing(&self) -> Cover {
-        self.covered.missing(self.seeds as u64)
+        self.holding.covered.missing(self.seeds as u64)
     }
 
     /// How the file is named in messages: its shards, or the seeds it covers.
     fn label(&self) -> String {
-        match &self.split {
-            Some(split) if self.shards.len() == 1 => {
+        match &self.holding.split {
+            Some(split) if self.holding.shards.len() == 1 => {
                 format!("shard {}/{}", split.index, split.count)
             }
             _ => format!(
                 "the file of seeds {}",
-                crate::fanout::compact(self.covered.items().take(20))
+                crate::fanout::compact(self.holding.covered.items().take(20))
             ),
         }
     }
@@ -172,29 +168,20 @@ fn check_results(shards: &[Shard]) -> Result<(), String> {
         if s.points.is_empty() {
             return Err(format!("{} has no points", s.label()));
         }
-        if s.split.is_some_and(|split| !split.is_valid()) {
-            return Err(format!(
-                "{}: its split is not one faultline writes",
-                s.label()
-            ));
-        }
-        if !s.covered.is_valid_below(s.seeds as u64) {
-            return Err(format!(
-                "{}: the seeds it says it covers are not of 0 to {}",
-                s.label(),
-                s.seeds
-            ));
-        }
         for (p, point) in s.points.iter().enumerate() {
             let short = point
                 .results
                 .iter()
                 .find(|r| r.interruptions_by_kind.len() != COUNTED_KINDS.len());
             let held = Cover::of(point.results.iter().map(|r| r.seed_idx));
-            if held != s.covered || held.len() != point.results.len() as u64 {
+            if !s.holding.is_valid(s.seeds as u64, &held)
+                || held.len() != point.results.len() as u64
+            {
                 return Err(format!(
-                    "{}: point {p} holds other seeds than the file says it covers",
-                    s.label()
+                    "{}: its split, or the seeds point {p} holds, are not those it says it \
+                     covers of 0 to {}",
+                    s.label(),
+                    s.seeds
                 ));
             }
             if let Some(r) = short {
@@ -223,13 +210,8 @@ pub fn merge(shards: Vec<Shard>) -> Result<Shard, String> {
         points: Vec::new(),
         ..first.clone()
     };
-    let same_split = |a: &Option<Assignment>| a.map(|a| Assignment { index: 0, ..a });
     for shard in shards {
-        if same_split(&merged.split) != same_split(&shard.split) {
-            merged.split = None;
-        }
-        merged.shards = merged.shards.union(&shard.shards);
-        merged.covered = merged.covered.union(&shard.covered);
+        merged.holding.unite(&shard.holding);
         let label = shard.label();
         for (into, from) in by_seed.iter_mut().zip(shard.points) {
             for result in from.results {
@@ -242,9 +224,6 @@ pub fn merge(shards: Vec<Shard>) -> Result<Shard, String> {
                 into.insert(seed, result);
             }
         }
-    }
-    if merged.split.is_none() {
-        merged.shards = Cover::default();
     }
     merged.points = first
         .points

@@ -217,7 +217,7 @@ fn merged_shards_equal_the_unsharded_run_bit_for_bit() {
         .collect();
     let merged = merge(shards.clone()).expect("the shards merge");
     assert_eq!(merged.points, whole.points);
-    assert_eq!(merged.covered, whole.covered);
+    assert_eq!(merged.holding.covered, whole.holding.covered);
     assert!(merged.missing().is_empty());
     let a = serde_json::to_string(&summarise(&merged)).unwrap();
     let b = serde_json::to_string(&summarise(&whole)).unwrap();

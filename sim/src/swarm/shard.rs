@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::seeds::{SeedOutcome, SwarmReport};
 use super::Base;
 use crate::books::RarePath;
-use crate::fanout::{Assignment, Cover};
+use crate::fanout::{Assignment, Cover, Holding};
 
 /// The shard file's format; `merge` refuses any other.
 pub const SWARM_SHARD_FORMAT: &str = "faultline-swarm-shard/1";
@@ -95,26 +95,20 @@ pub struct SwarmShard {
     /// The faultline that wrote it (for people; the format is what is checked).
     pub faultline: String,
     pub swarm: SwarmFacts,
-    /// The split the shards came from (index: the first shard held), when one split made them.
-    pub split: Option<Assignment>,
-    /// The split's shard indices this file holds.
-    pub shards: Cover,
-    /// The seed indices (seed - seeds_from) whose outcomes it holds.
-    pub covered: Cover,
+    /// The seed indices (seed - seeds_from) whose outcomes it holds, and the split.
+    pub holding: Holding,
     pub outcomes: Vec<ShardOutcome>,
 }
 
 impl SwarmShard {
     /// The file of one shard's run.
     pub fn of_run(facts: SwarmFacts, shard: Assignment, outcomes: Vec<SeedOutcome>) -> SwarmShard {
-        let covered = Cover::of(outcomes.iter().map(|o| o.seed - facts.seeds_from));
+        let holding = Holding::of_shard(shard, outcomes.iter().map(|o| o.seed - facts.seeds_from));
         SwarmShard {
             format: SWARM_SHARD_FORMAT.to_string(),
             faultline: env!("CARGO_PKG_VERSION").to_string(),
             swarm: facts,
-            split: Some(shard),
-            shards: Cover::of([shard.index]),
-            covered,
+            holding,
             outcomes: outcomes
                 .into_iter()
                 .map(|outcome| ShardOutcome {
@@ -127,7 +121,7 @@ impl SwarmShard {
 
     /// The seeds of `0..items` no file held.
     pub fn missing(&self) -> Cover {
-        self.covered.missing(self.swarm.seeds())
+        self.holding.covered.missing(self.swarm.seeds())
     }
 
     /// The report over the seeds held, in seed order.
@@ -155,19 +149,20 @@ fn check_shard(name: &str, shard: &SwarmShard) -> Result<(), String> {
         ));
     }
     let facts = &shard.swarm;
-    if shard.split.is_some_and(|s| !s.is_valid()) {
-        return Err(format!("{name}: its split is not one faultline writes"));
-    }
-    if facts.seeds_until <= facts.seeds_from || !shard.covered.is_valid_below(facts.seeds()) {
+    let seeds = facts.seeds_from..facts.seeds_until;
+    if !(shard.outcomes.iter()).all(|o| seeds.contains(&o.outcome.seed)) {
         return Err(format!(
-            "{name}: its seed range or the seeds it covers are not a swarm's"
+            "{name}: it holds seeds outside its range {seeds:?}"
         ));
     }
-    let held =
-        Cover::of((shard.outcomes.iter()).map(|o| o.outcome.seed.wrapping_sub(facts.seeds_from)));
-    if held != shard.covered || held.len() != shard.outcomes.len() as u64 {
+    let held = Cover::of((shard.outcomes.iter()).map(|o| o.outcome.seed - facts.seeds_from));
+    if facts.seeds_until <= facts.seeds_from
+        || !shard.holding.is_valid(facts.seeds(), &held)
+        || held.len() != shard.outcomes.len() as u64
+    {
         return Err(format!(
-            "{name}: its outcomes are not exactly the seeds it says it covers"
+            "{name}: its split, seed range or outcomes are not those of a swarm's shard (the \
+             outcomes must be exactly the seeds it says it covers)"
         ));
     }
     Ok(())
@@ -217,11 +212,7 @@ pub fn merge(files: Vec<(String, SwarmShard)>) -> Result<SwarmShard, String> {
                 "{name} is not a shard of the same swarm as {first_name}: {why}"
             ));
         }
-        if merged.split.map(same_split) != shard.split.map(same_split) {
-            merged.split = None;
-        }
-        merged.shards = merged.shards.union(&shard.shards);
-        merged.covered = merged.covered.union(&shard.covered);
+        merged.holding.unite(&shard.holding);
         for o in shard.outcomes {
             let seed = o.outcome.seed;
             if let Some(held) = outcomes.get(&seed) {
@@ -236,14 +227,6 @@ pub fn merge(files: Vec<(String, SwarmShard)>) -> Result<SwarmShard, String> {
             outcomes.insert(seed, o);
         }
     }
-    if merged.split.is_none() {
-        merged.shards = Cover::default();
-    }
     merged.outcomes = outcomes.into_values().collect();
     Ok(merged)
-}
-
-/// A split with its index forgotten: two shards of one split compare equal.
-fn same_split(a: Assignment) -> Assignment {
-    Assignment { index: 0, ..a }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use crate::books::{Detector, FaultKind, LostCause, TierName};
-use crate::fanout::{Assignment, Cover};
+use crate::fanout::{Assignment, Cover, Holding};
 use crate::run::RunReport;
 
 pub const CALIBRATE_SHARD_FORMAT: &str = "faultline-calibrate-shard/1";
@@ -120,9 +120,8 @@ pub struct CalibrateShard {
     pub format: String,
     pub faultline: String,
     pub calibration: Request,
-    pub split: Option<Assignment>,
-    pub shards: Cover,
-    pub covered: Cover,
+    /// The runs it holds (0: the steady run, k: the k-th crash run), and the split.
+    pub holding: Holding,
     pub runs: Vec<RunFigures>,
 }
 
@@ -132,15 +131,13 @@ impl CalibrateShard {
             format: CALIBRATE_SHARD_FORMAT.to_string(),
             faultline: env!("CARGO_PKG_VERSION").to_string(),
             calibration: request,
-            split: Some(shard),
-            shards: Cover::of([shard.index]),
-            covered: Cover::of(runs.iter().map(|r| r.run)),
+            holding: Holding::of_shard(shard, runs.iter().map(|r| r.run)),
             runs,
         }
     }
 
     pub fn missing(&self) -> Cover {
-        self.covered.missing(self.calibration.runs)
+        self.holding.covered.missing(self.calibration.runs)
     }
 
     /// The steady run's figures and the crash runs', in order, when every run is there.
@@ -163,10 +160,8 @@ fn check(name: &str, shard: &CalibrateShard) -> Result<(), String> {
     }
     let runs = shard.calibration.runs;
     let held = Cover::of(shard.runs.iter().map(|r| r.run));
-    let valid = shard.split.is_none_or(|s| s.is_valid())
-        && (1..=4).contains(&runs)
-        && shard.covered.is_valid_below(runs)
-        && held == shard.covered
+    let valid = (1..=4).contains(&runs)
+        && shard.holding.is_valid(runs, &held)
         && held.len() == shard.runs.len() as u64;
     if !valid {
         return Err(format!(
@@ -194,12 +189,7 @@ pub fn merge(files: Vec<(String, CalibrateShard)>) -> Result<CalibrateShard, Str
                  scenario, --set, --steps or --all-policies)"
             ));
         }
-        let same = |a: &Option<Assignment>| a.map(|a| Assignment { index: 0, ..a });
-        if same(&merged.split) != same(&shard.split) {
-            merged.split = None;
-        }
-        merged.shards = merged.shards.union(&shard.shards);
-        merged.covered = merged.covered.union(&shard.covered);
+        merged.holding.unite(&shard.holding);
         for r in shard.runs {
             if runs.get(&r.run).is_some_and(|held| *held != r.figures) {
                 return Err(format!(
@@ -209,9 +199,6 @@ pub fn merge(files: Vec<(String, CalibrateShard)>) -> Result<CalibrateShard, Str
             }
             runs.insert(r.run, r.figures);
         }
-    }
-    if merged.split.is_none() {
-        merged.shards = Cover::default();
     }
     merged.runs = (runs.into_iter())
         .map(|(run, figures)| RunFigures { run, figures })
