@@ -39,7 +39,9 @@ pub fn swarm_about() -> String {
          it comes the healed phase. Each seed runs twice and is checked for: {}.\n\n\
          Stdout is the verdict, which does not depend on --jobs: each failing seed with the \
          invariant it broke, its faults, and the commands that rerun and shrink it. Exit status: \
-         0 every seed passed, 1 some seed broke an invariant, 2 bad input.",
+         0 every seed passed, 1 some seed broke an invariant, 2 bad input. With --shard, a \
+         shard of the seeds goes to a file and exits 0 once it has run; `faultline merge` \
+         gives the verdict, the same as one unsharded run.",
         kinds.join(", "),
         invariants.join("; ")
     )
