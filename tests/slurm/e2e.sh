@@ -3,7 +3,9 @@
 # local-cluster.sh), a swarm submitted as a 4-task job array with deploy/slurm/
 # swarm-array.sbatch as shipped, a merge job (deploy/slurm/merge.sbatch) that waits for it
 # with --dependency=afterok, and the merged verdict compared byte for byte with the unsharded
-# run's. Then a shard file is taken away and merge must name the array task to resubmit.
+# run's; likewise a plan over array tasks 1-3 (plan-array.sbatch), its merged JSON against
+# the unsharded plan's. Then a shard file is taken away and merge must name the array task
+# to resubmit.
 #
 #   tests/slurm/e2e.sh            # FAULTLINE=path/to/faultline to test another build
 #
@@ -48,7 +50,7 @@ fail() {
     echo "slurm e2e: FAIL: $*" >&2
     echo "----- squeue" >&2
     timeout 10 squeue 2>&1 >&2 || true
-    for job in ${array_job:-} ${merge_job:-}; do
+    for job in ${array_job:-} ${merge_job:-} ${plan_job:-} ${plan_merge:-}; do
         echo "----- scontrol show job $job" >&2
         timeout 10 scontrol show job "$job" 2>&1 | grep -E "JobState|ExitCode|Reason" >&2 || true
     done
@@ -72,12 +74,29 @@ merge_job=$(timeout 30 sbatch --parsable --chdir="$work" --export="$vars" \
     --dependency=afterok:"$array_job" deploy/slurm/merge.sbatch) || fail "sbatch of the merge did not succeed"
 echo "slurm e2e: array job $array_job (4 tasks), merge job $merge_job after it"
 
-# Meanwhile, the unsharded run to compare with.
+# A plan too, over tasks numbered 1-3 (shard = task - 1), its merge as JSON.
+PLAN=$repo/scenarios/plan-daly-closed-form.toml
+mkdir -p "$work/plan"
+plan_vars="ALL,FAULTLINE=$FAULTLINE,SCENARIO=$PLAN,SEEDS=30,RESULTS=$work/plan,MERGE_FLAGS=--json"
+plan_job=$(timeout 30 sbatch --parsable --chdir="$work" --export="$plan_vars" --array=1-3 \
+    --cpus-per-task=1 \
+    deploy/slurm/plan-array.sbatch) || fail "sbatch of the plan array did not succeed"
+plan_merge=$(timeout 30 sbatch --parsable --chdir="$work" --export="$plan_vars" \
+    --dependency=afterok:"$plan_job" deploy/slurm/merge.sbatch) || fail "sbatch of the plan merge did not succeed"
+
+# Meanwhile, the unsharded runs to compare with.
 "$FAULTLINE" swarm "$SCENARIO" --seeds "$SEEDS" > "$work/unsharded.txt" || true
+"$FAULTLINE" plan "$PLAN" --seeds 30 --json > "$work/unsharded-plan.json" || true
 
 deadline=$((SECONDS + timeout_s))
-while [ -n "$(timeout 10 squeue -h -j "$array_job,$merge_job" 2>/dev/null || echo busy)" ]; do
+jobs_all="$array_job,$merge_job,$plan_job,$plan_merge"
+while [ -n "$(timeout 10 squeue -h -j "$jobs_all" 2>/dev/null || echo busy)" ]; do
     [ $SECONDS -lt $deadline ] || fail "the jobs did not finish within ${timeout_s}s"
+    # A job this cluster can never run (more CPUs than the node has, a dependency that failed)
+    # fails the test now rather than at the deadline.
+    never=$(timeout 10 squeue -h -j "$jobs_all" -o "%i %r" 2>/dev/null \
+        | grep -E "PartitionConfig|BadConstraints|DependencyNeverSatisfied|PartitionNodeLimit" || true)
+    [ -z "$never" ] || fail "a job can never run: $never"
     sleep 1
 done
 
@@ -87,6 +106,9 @@ shards=$(ls "$work/results" | grep -c -E '^swarm-[0-9a-f]{8}-[0-3]-of-4\.json$' 
 [ "$shards" = 4 ] || fail "expected 4 shard files, found: $(ls "$work/results")"
 cmp "$work/unsharded.txt" "$work/results/verdict.txt" \
     || { diff "$work/unsharded.txt" "$work/results/verdict.txt" >&2 || true; fail "the merged verdict differs from the unsharded run's"; }
+
+cmp "$work/unsharded-plan.json" "$work/plan/verdict.txt" \
+    || fail "the merged plan (tasks 1-3) differs from the unsharded plan's JSON"
 
 # A missing shard is named with the array task that resubmits it (tasks 0-3: shard 2 is 2).
 rm "$work/results/"swarm-*-2-of-4.json
@@ -98,6 +120,7 @@ set -e
 grep -q -- "sbatch --array=2 " "$work/missing.txt" \
     || fail "merge without shard 2 did not name task 2: $(cat "$work/missing.txt")"
 
-echo "slurm e2e: PASS: 4-task array, afterok merge, verdict equal to the unsharded run's" \
+echo "slurm e2e: PASS: 4-task swarm array and 3-task plan array (tasks 1-3), afterok merges," \
+     "the swarm's verdict and the plan's JSON equal to the unsharded runs'" \
      "($(tail -n 1 "$work/unsharded.txt" | cut -c1-60)...); a missing shard names" \
      "'sbatch --array=2'; $((SECONDS - started)) s"
