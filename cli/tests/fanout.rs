@@ -321,6 +321,21 @@ fn a_run_over_its_cgroup_s_memory_limit_is_refused_with_both_numbers() {
             "{text}"
         );
     }
+    // Threads follow the cgroup's CPU quota and a Slurm task's CPUs, not the host's cores.
+    std::fs::write(root.join("cpu.max"), "50000 100000\n").unwrap();
+    let plan = ["plan", PLAN, "--seeds", "2"];
+    let quota = faultline(&plan, &env);
+    assert!(
+        said(&quota).contains("2 seeds, 1 threads"),
+        "{}",
+        said(&quota)
+    );
+    let slurm = faultline(&plan, &[("SLURM_CPUS_PER_TASK", "1")]);
+    assert!(
+        said(&slurm).contains("2 seeds, 1 threads"),
+        "{}",
+        said(&slurm)
+    );
     // Without the limit the same run goes.
     std::fs::write(root.join("memory.max"), "max\n").unwrap();
     let out = faultline(&["swarm", SWARM, "--seeds", "1..2"], &env);
