@@ -11,6 +11,7 @@ mod cmd_collective;
 mod cmd_fr;
 mod cmd_plan;
 mod cmd_run;
+mod cmd_validate;
 mod heap;
 mod plot;
 mod progress;
@@ -62,6 +63,9 @@ enum Command {
     BenchCase(cmd_bench::BenchCaseArgs),
     /// Capacity planning: Monte Carlo of failures, recovery and checkpoints over weeks.
     Plan(cmd_plan::PlanArgs),
+    /// Run the bundled suite of published anchors (Llama 3, Kokolis et al., Daly, Epoch AI)
+    /// through the planner: each figure, measured, beside the published one.
+    Validate(cmd_validate::ValidateArgs),
     /// Merge `plan --shard i/n --out FILE` shards into the unsharded report.
     Merge(cmd_plan::MergeArgs),
     /// Measure planner costs by running the training logic at the scenario's scale.
@@ -320,6 +324,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::BenchCase(args) => cmd_bench::cmd_bench_case(args),
         Command::Plan(args) => cmd_plan::cmd_plan(args),
         Command::Merge(args) => cmd_plan::cmd_merge(args),
+        Command::Validate(args) => cmd_validate::cmd_validate(args),
         Command::Calibrate(args) => cmd_plan::cmd_calibrate(args),
         Command::Replay(args) => cmd_run::cmd_replay(args),
         Command::Fr(args) => cmd_fr::cmd_fr(args),
