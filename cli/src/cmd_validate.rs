@@ -142,6 +142,11 @@ struct Verdict {
 pub(crate) fn cmd_validate(args: ValidateArgs) -> Result<u8, Failure> {
     let threads = crate::workers("--threads", args.threads)?;
     let texts = anchor_texts(&args.paths)?;
+    if texts.is_empty() {
+        return Err(Failure::bad_input(
+            "validate: no anchor files (.toml) given",
+        ));
+    }
     let mut files = Vec::new();
     for (origin, text) in &texts {
         files.push(load_anchor_file(origin, text, &args.set.sets).map_err(bad)?);

@@ -176,6 +176,11 @@ fn malformed_anchor_files_are_bad_input_naming_file_line_and_key() {
         assert!(err.contains(name), "{name}: no file in {err}");
         assert!(err.contains(expected), "{name}: no {expected:?} in {err}");
     }
+    let empty =
+        std::env::temp_dir().join(format!("faultline-validate-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = faultline(&["validate", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = faultline(&["validate", "--only", "no-such-anchor"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains(INTERRUPTIONS), "{}", stderr(&out));
