@@ -30,12 +30,14 @@ macro_rules! bundled {
 
 /// The bundled suite: every file of `scenarios/anchors/`, in the order it prints (a test checks
 /// that the directory and this list agree).
-pub(crate) const BUNDLED: [(&str, &str); 10] = [
+pub(crate) const BUNDLED: [(&str, &str); 12] = [
     bundled!("llama3-16k-54d.toml"),
     bundled!("kokolis-rsc1-16k.toml"),
     bundled!("kokolis-rsc1-131k.toml"),
     bundled!("kokolis-rsc2-16k.toml"),
     bundled!("kokolis-rsc2-131k.toml"),
+    bundled!("kokolis-ettr-16k-60min.toml"),
+    bundled!("kokolis-ettr-16k-5min.toml"),
     bundled!("daly-m24h.toml"),
     bundled!("daly-m6h.toml"),
     bundled!("daly-m15min.toml"),

@@ -64,7 +64,7 @@ enum Command {
     /// Capacity planning: Monte Carlo of failures, recovery and checkpoints over weeks.
     Plan(cmd_plan::PlanArgs),
     /// Run the bundled suite of published anchors (Llama 3, Kokolis et al., Daly, Epoch AI)
-    /// through the planner: each figure, measured, beside the published one.
+    /// through the planner: each figure measured beside the published one, pass or fail.
     Validate(cmd_validate::ValidateArgs),
     /// Merge `plan --shard i/n --out FILE` shards into the unsharded report.
     Merge(cmd_plan::MergeArgs),
