@@ -343,8 +343,28 @@ fn measure(m: Measure, r: &PlanReport) -> (f64, [f64; 2]) {
 
 fn judge(a: &RawAnchor, file: &str, report: &PlanReport) -> Verdict {
     let (measured, ci) = measure(a.measure, report);
+    let reason = why_not(a, measured, ci);
+    Verdict {
+        name: a.name.clone(),
+        figure: a.figure.clone(),
+        source: a.source.clone(),
+        file: file.to_string(),
+        measure: a.measure,
+        comparison: a.comparison,
+        published: a.published,
+        measured,
+        measured_ci95: ci,
+        tolerance: a.tolerance,
+        pass: reason.is_empty(),
+        reason,
+    }
+}
+
+/// Why `measured` (with its 95% interval `ci`) does not reproduce the anchor; empty when it
+/// does.
+fn why_not(a: &RawAnchor, measured: f64, ci: [f64; 2]) -> String {
     let half = (ci[1] - ci[0]) / 2.0;
-    let reason = match a.comparison {
+    match a.comparison {
         _ if !measured.is_finite() || !ci.iter().all(|x| x.is_finite()) => {
             "no finite measurement (nothing failed, or nothing was useful)".to_string()
         }
@@ -359,20 +379,6 @@ fn judge(a: &RawAnchor, file: &str, report: &PlanReport) -> Verdict {
             format!("the interval's lower end {:.4} is below the bound", ci[0])
         }
         _ => String::new(),
-    };
-    Verdict {
-        name: a.name.clone(),
-        figure: a.figure.clone(),
-        source: a.source.clone(),
-        file: file.to_string(),
-        measure: a.measure,
-        comparison: a.comparison,
-        published: a.published,
-        measured,
-        measured_ci95: ci,
-        tolerance: a.tolerance,
-        pass: reason.is_empty(),
-        reason,
     }
 }
 
@@ -426,4 +432,43 @@ fn print_table(verdicts: &[Verdict]) {
     }
     let passed = verdicts.iter().filter(|v| v.pass).count();
     say!("{passed} of {} anchors pass", verdicts.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchor(comparison: Comparison, published: f64, tolerance: f64) -> RawAnchor {
+        RawAnchor {
+            name: "a".into(),
+            figure: "f".into(),
+            measure: Measure::Ettr,
+            comparison,
+            published,
+            tolerance,
+            source: "s".into(),
+        }
+    }
+
+    #[test]
+    fn within_counts_the_interval_and_refuses_one_wider_than_the_tolerance() {
+        let a = anchor(Comparison::Within, 1.0, 0.1);
+        assert_eq!(why_not(&a, 1.05, [1.04, 1.06]), "");
+        // Off by 0.15: the tolerance and the half-width (0.05) together just reach it.
+        assert_eq!(why_not(&a, 1.15, [1.10, 1.20]), "");
+        assert!(why_not(&a, 1.2, [1.19, 1.21]).starts_with("off by"));
+        assert!(why_not(&a, 1.0, [0.8, 1.2]).contains("wider than the tolerance"));
+    }
+
+    #[test]
+    fn at_least_needs_the_intervals_lower_end_and_nothing_passes_without_a_number() {
+        let a = anchor(Comparison::AtLeast, 0.9, 0.0);
+        assert_eq!(why_not(&a, 0.95, [0.91, 0.99]), "");
+        assert!(why_not(&a, 0.95, [0.89, 1.01]).contains("below the bound"));
+        for bad in [f64::NAN, f64::INFINITY] {
+            assert!(!why_not(&a, bad, [0.91, 0.99]).is_empty());
+            let w = anchor(Comparison::Within, 1.0, 0.1);
+            assert!(!why_not(&w, 1.0, [bad, 1.0]).is_empty());
+        }
+    }
 }

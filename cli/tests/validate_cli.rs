@@ -197,3 +197,11 @@ fn every_anchor_file_is_a_planner_scenario_that_plan_runs() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn the_suite_gives_the_same_numbers_on_one_thread_as_on_many() {
+    let one = faultline(&["validate", "--json", "--threads", "1"]);
+    let many = faultline(&["validate", "--json", "--threads", "3"]);
+    assert_eq!(one.status.code(), Some(0));
+    assert_eq!(one.stdout, many.stdout);
+}
