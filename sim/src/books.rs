@@ -233,7 +233,7 @@ macro_rules! serde_by_name {
     };
 }
 
-serde_by_name!(FaultKind, Detector, LostCause, TierName);
+serde_by_name!(FaultKind, Detector, LostCause, TierName, RarePath);
 
 #[cfg(test)]
 mod tests {
