@@ -12,6 +12,7 @@ mod cmd_fr;
 mod cmd_merge;
 mod cmd_plan;
 mod cmd_run;
+mod cmd_validate;
 mod heap;
 mod plot;
 mod progress;
@@ -63,6 +64,9 @@ enum Command {
     BenchCase(cmd_bench::BenchCaseArgs),
     /// Capacity planning: Monte Carlo of failures, recovery and checkpoints over weeks.
     Plan(cmd_plan::PlanArgs),
+    /// Run the bundled suite of published anchors (Llama 3, Kokolis et al., Daly, Epoch AI)
+    /// through the planner: each figure measured beside the published one, pass or fail.
+    Validate(cmd_validate::ValidateArgs),
     /// Merge the shard files of a swarm or a plan (`--shard ... --out DIR/`) into the
     /// unsharded verdict or report: a set union over files, directories and globs; missing
     /// seeds are named with the shards to resubmit. Exit status as the command's own.
@@ -323,6 +327,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::BenchCase(args) => cmd_bench::cmd_bench_case(args),
         Command::Plan(args) => cmd_plan::cmd_plan(args),
         Command::Merge(args) => cmd_merge::cmd_merge(args),
+        Command::Validate(args) => cmd_validate::cmd_validate(args),
         Command::Calibrate(args) => cmd_plan::cmd_calibrate(args),
         Command::Replay(args) => cmd_run::cmd_replay(args),
         Command::Fr(args) => cmd_fr::cmd_fr(args),

@@ -207,6 +207,10 @@ fn check_passes_and_catches_a_perturbed_compute_naming_it() {
 fn check_passes_for_every_ci_scenario() {
     for entry in std::fs::read_dir(root().join("scenarios")).unwrap() {
         let path = entry.unwrap().path();
+        // scenarios/anchors/ holds planner files: `faultline validate`'s.
+        if path.is_dir() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = text.parse().unwrap();
         let ci = table

@@ -367,6 +367,10 @@ struct RawPlanFile {
     /// The storage tiers' bandwidths and latency, as in a run scenario: read by calibration.
     #[serde(default)]
     storage: Option<toml::Table>,
+    /// A published figure this scenario reproduces: read only by `faultline validate`
+    /// (`[[anchor]]` tables, checked there), so that an anchor file is a planner file too.
+    #[serde(default)]
+    anchor: Option<toml::Value>,
     #[serde(default)]
     plan: RawPlan,
     #[serde(default)]
