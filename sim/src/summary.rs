@@ -16,6 +16,7 @@ impl Display for RunReport {
         self.fmt_job(f)?;
         self.fmt_layout(f)?;
         self.fmt_faults(f)?;
+        self.fmt_blast_radius(f)?;
         self.fmt_degradations(f)?;
         writeln!(f, "goodput: {:.2}%", 100.0 * self.goodput)?;
         if let Some(first) = self.atomicity_violations.first() {
@@ -106,6 +107,51 @@ impl RunReport {
             kind(&m.pp),
             kind(&m.dp)
         )
+    }
+
+    /// The blast radius: GPU-time idle by cause, and each fault's groups and idle GPUs.
+    fn fmt_blast_radius(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let b = &self.blast_radius;
+        if b.is_empty() {
+            return Ok(());
+        }
+        let by_cause: Vec<String> = b
+            .gpus_idle_seconds_by_cause
+            .iter()
+            .map(|(cause, s)| format!("{cause} {s:.1}"))
+            .collect();
+        writeln!(
+            f,
+            "blast radius: {:.1} GPU-seconds idle ({}); {} replica(s) lost, {} pipeline(s) \
+             stalled, {} TP group(s) stopped",
+            b.gpus_idle_seconds,
+            by_cause.join(", "),
+            b.replicas_lost,
+            b.pipelines_stalled,
+            b.tp_groups_stopped
+        )?;
+        for x in b.faults.iter().take(8) {
+            let groups = if x.tp_groups.is_empty() {
+                format!("node(s) {:?}", x.nodes)
+            } else {
+                format!(
+                    "TP groups {:?}, pipelines {:?}, DP replicas {:?} ({} GPUs each)",
+                    x.tp_groups, x.pipelines, x.dp_replicas, x.replica_gpus
+                )
+            };
+            writeln!(
+                f,
+                "  {} at {} ({}): {groups}; {} GPUs idle {}, {} out {} more",
+                x.cause,
+                duration(x.at_ns),
+                x.recovery,
+                x.gpus_stopped,
+                duration(x.stopped_ns),
+                x.gpus_out,
+                duration(x.out_ns)
+            )?;
+        }
+        Ok(())
     }
 
     /// Faults injected and detected, the SDC books per kind, escapes and time lost.
