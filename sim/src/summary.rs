@@ -342,20 +342,21 @@ impl PlanReport {
         let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
         writeln!(
             f,
-            "{:<width$} {:>8} {:>19} {:>9} {:>9} {:>9}",
-            "point", "ETTR", "95% CI", "interrupt", "Daly ETTR", "Kokolis"
+            "{:<width$} {:>8} {:>19} {:>9} {:>9} {:>9} {:>9}",
+            "point", "ETTR", "95% CI", "interrupt", "Daly ETTR", "Kokolis", "GPUs idle"
         )?;
         for (p, name) in self.sweep.iter().zip(&names) {
             writeln!(
                 f,
-                "{:<width$} {:>8.4} [{:>8.4}, {:>8.4}] {:>9.1} {:>9.4} {:>9.4}",
+                "{:<width$} {:>8.4} [{:>8.4}, {:>8.4}] {:>9.1} {:>9.4} {:>9.4} {:>9}",
                 name,
                 p.ettr_mean,
                 p.ettr_ci95[0],
                 p.ettr_ci95[1],
                 p.interruptions_mean,
                 p.daly_ettr,
-                p.kokolis_ettr
+                p.kokolis_ettr,
+                p.gpus_idled_per_failure
             )?;
         }
         Ok(())
