@@ -120,15 +120,19 @@ impl RunReport {
             .iter()
             .map(|(cause, s)| format!("{cause} {s:.1}"))
             .collect();
+        let groups = if self.layout.is_some() {
+            format!(
+                "{} replica(s) lost, {} pipeline(s) stalled, {} TP group(s) stopped",
+                b.replicas_lost, b.pipelines_stalled, b.tp_groups_stopped
+            )
+        } else {
+            format!("{} replica(s) lost", b.replicas_lost)
+        };
         writeln!(
             f,
-            "blast radius: {:.1} GPU-seconds idle ({}); {} replica(s) lost, {} pipeline(s) \
-             stalled, {} TP group(s) stopped",
+            "blast radius: {:.1} GPU-seconds idle ({}); {groups}",
             b.gpus_idle_seconds,
             by_cause.join(", "),
-            b.replicas_lost,
-            b.pipelines_stalled,
-            b.tp_groups_stopped
         )?;
         for x in b.faults.iter().take(8) {
             let groups = if x.tp_groups.is_empty() {
@@ -139,16 +143,19 @@ impl RunReport {
                     x.tp_groups, x.pipelines, x.dp_replicas, x.replica_gpus
                 )
             };
+            let out = if x.gpus_out > 0 {
+                format!(", then {} out for {}", x.gpus_out, duration(x.out_ns))
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "  {} at {} ({}): {groups}; {} GPUs idle {}, {} out {} more",
+                "  {} at {} ({}): {groups}; {} GPUs idle for {}{out}",
                 x.cause,
                 duration(x.at_ns),
                 x.recovery,
                 x.gpus_stopped,
                 duration(x.stopped_ns),
-                x.gpus_out,
-                duration(x.out_ns)
             )?;
         }
         Ok(())
