@@ -7,7 +7,10 @@ use faultline_sim::atomic::write_atomically;
 use faultline_sim::plan;
 use faultline_sim::shell::quote;
 
+use crate::cmd_merge::{origin, resolve_shard, shard_target, write_shard};
 use crate::{check_outputs, plot, say, say_part, Failure, SetArgs, EXIT_BUG};
+use faultline_sim::fanout::Assignment;
+use faultline_sim::plan::calibrate::shard::{CalibrateShard, Request, RunFigures};
 
 #[derive(clap::Args)]
 pub(crate) struct PlanArgs {
@@ -27,12 +30,15 @@ pub(crate) struct PlanArgs {
     /// Draw ETTR against the checkpoint interval into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// Run only shard i of n (seeds i, i+n, ...); needs --out, and `faultline merge` combines.
-    #[arg(long, value_name = "I/N")]
+    /// Run only shard i of n (seeds i, i+n, ...), or `auto`: the shard the batch scheduler's
+    /// array variables give (FAULTLINE_SHARD_INDEX and _COUNT, Slurm, Kubernetes Indexed
+    /// Jobs, AWS Batch, Google Batch). Needs --out; `faultline merge` combines the files.
+    #[arg(long, value_name = "I/N|auto")]
     shard: Option<String>,
     /// Write the report (or with --shard, the shard) as JSON to this file; `-` for standard
     /// output, where the summary then goes to standard error (not with --json, but with
-    /// --shard). --plot takes `-` too, for the SVG.
+    /// --shard). With --shard, a directory (`DIR/`) takes the shard under a name of its own,
+    /// plan-DIGEST-I-of-N.json. --plot takes `-` too, for the SVG.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// A cost file from `faultline calibrate`.
@@ -45,20 +51,6 @@ pub(crate) struct PlanArgs {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
-}
-
-#[derive(clap::Args)]
-pub(crate) struct MergeArgs {
-    /// Shard files written by `plan --shard i/n --out FILE`.
-    #[arg(required = true)]
-    files: Vec<PathBuf>,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, value_name = "FILE.svg")]
-    plot: Option<PathBuf>,
-    /// Write the merged report as JSON to this file; `-` as for `plan --out`.
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -76,44 +68,31 @@ pub(crate) struct CalibrateArgs {
     #[arg(long)]
     all_policies: bool,
     /// The cost file to write; `-` for standard output, where the summary then goes to
-    /// standard error.
+    /// standard error. With --shard, the shard file, or a directory (`DIR/`) that takes it as
+    /// calibrate-DIGEST-I-of-N.json.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-}
-
-/// More shards than this is a typo, not a plan: `merge` needs every one of them.
-const MAX_SHARDS: usize = 1_000_000;
-
-pub(crate) fn parse_shard(text: &str) -> Result<(usize, usize), Failure> {
-    let bad = || {
-        Failure::bad_input(format!(
-            "--shard: expected I/N with 0 <= I < N <= {MAX_SHARDS}, got {text:?}"
-        ))
-    };
-    let (i, n) = text.split_once('/').ok_or_else(bad)?;
-    let (i, n): (usize, usize) = (
-        i.trim().parse().map_err(|_| bad())?,
-        n.trim().parse().map_err(|_| bad())?,
-    );
-    if n == 0 || i >= n || n > MAX_SHARDS {
-        return Err(bad());
-    }
-    Ok((i, n))
+    /// Run only shard i of n of the calibration's runs (the steady run, then one crash run
+    /// per policy: with n = runs, one run per shard), or `auto` from the batch scheduler's
+    /// array variables; `faultline merge` builds the cost file from the shard files.
+    #[arg(long, value_name = "I/N|auto")]
+    shard: Option<String>,
 }
 
 pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     let threads = crate::workers("--threads", args.threads)?;
-    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
-    // A shard's --json prints nothing: the shard is the product.
+    let shard = args.shard.as_deref().map(resolve_shard).transpose()?;
+    // A shard's --json prints nothing: the shard is the product. Its --out DIR/ is checked
+    // once its name is known.
+    let out_now = args.out.as_deref().filter(|_| shard.is_none());
     check_outputs(
-        &[
-            ("--out", args.out.as_deref()),
-            ("--plot", args.plot.as_deref()),
-        ],
+        &[("--out", out_now), ("--plot", args.plot.as_deref())],
         (args.json && shard.is_none()).then_some("the --json report"),
     )?;
     if shard.is_some() && args.out.is_none() {
-        return Err(Failure::bad_input("--shard needs --out FILE for the shard"));
+        return Err(Failure::bad_input(
+            "--shard needs --out FILE, or --out DIR/ for a file named after the shard",
+        ));
     }
     let cost_file = load_costs(args.costs.as_deref())?;
     let costs = cost_file.as_ref().map(|f| f.costs()).unwrap_or_default();
@@ -126,27 +105,25 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     if let (Some(file), Some(path)) = (&cost_file, &args.costs) {
         check_costs_match(file, path, &points[0].config, args.strict)?;
     }
-    let (shard_idx, shard_count) = shard.unwrap_or((0, 1));
+    let target = match (&shard, &args.out) {
+        (Some(shard), Some(out)) => Some(shard_target(
+            out,
+            "plan",
+            &plan::plan_digest(&points),
+            shard,
+        )?),
+        _ => None,
+    };
+    let one = Assignment::of_flag(0, 1);
+    let split = shard.unwrap_or(one);
     #[allow(clippy::disallowed_methods)] // wall time for people, never in results
     let started = std::time::Instant::now();
-    let result = run_with_progress(&points, shard_idx, shard_count, threads);
+    let mut result =
+        run_with_progress(&points, split.index as usize, split.count as usize, threads);
     let wall_ms = started.elapsed().as_millis();
-    if let Some((i, n)) = shard {
-        let out = args.out.as_ref().expect("checked above");
-        let text = serde_json::to_string(&result).expect("a shard serialises");
-        write_atomically(out, text.as_bytes())
-            .map_err(|e| Failure::bad_input(format!("--out {}: {e}", out.display())))?;
-        if !args.json {
-            say!(
-                "faultline plan: shard {i}/{n} of {} ({} points, seeds {i}, {}, ... of {}) written to {} in {wall_ms} ms",
-                result.scenario,
-                result.points.len(),
-                i + n,
-                result.seeds,
-                crate::shown(out)
-            );
-        }
-        return Ok(0);
+    if let (Some(shard), Some(out)) = (shard, target) {
+        result.holding.split = Some(shard);
+        return write_plan_shard(&result, &out, !args.json, wall_ms);
     }
     let report = plan::report::summarise(&result);
     if !args.json {
@@ -168,6 +145,76 @@ pub(crate) fn cmd_plan(args: PlanArgs) -> Result<u8, Failure> {
     if !args.json {
         say!("wall: {wall_ms} ms");
     }
+    Ok(0)
+}
+
+/// A shard's end: its file and, unless `--json`, a line on what it ran. Exit 0.
+fn write_plan_shard(
+    result: &plan::report::Shard,
+    out: &Path,
+    say_it: bool,
+    wall_ms: u128,
+) -> Result<u8, Failure> {
+    let text = serde_json::to_string(result).expect("a shard serialises");
+    write_shard(out, &text)?;
+    let shard = result.holding.split.expect("a shard has its split");
+    if say_it {
+        say!(
+            "faultline plan: shard {}/{}{} of {} ({} points, {} of {} seeds) written to {} in {wall_ms} ms",
+            shard.index,
+            shard.count,
+            origin(&shard),
+            result.scenario,
+            result.points.len(),
+            result.holding.covered.len(),
+            result.seeds,
+            crate::shown(out)
+        );
+    }
+    Ok(0)
+}
+
+/// `calibrate --shard`: this shard's runs, at once on threads of their own, into its file.
+/// Exit 0 once they ran; a run that fails is a finding (exit 1), as unsharded.
+fn calibrate_shard(
+    runs: &plan::calibrate::Plan,
+    request: Request,
+    shard: Assignment,
+    out: &Path,
+) -> Result<u8, Failure> {
+    let target = shard_target(out, "calibrate", &request.digest, &shard)?;
+    let items: Vec<u64> = shard.items(request.runs).collect();
+    crate::guard_memory("this calibration shard", &runs.steady, items.len())?;
+    let figures = std::thread::scope(|scope| {
+        let threads: Vec<_> = (items.iter())
+            .map(|&run| scope.spawn(move || plan::calibrate::run_one(runs, run)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a calibration run does not panic"))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .map_err(Failure::finding)?;
+    let runs_held = items
+        .iter()
+        .zip(figures)
+        .map(|(&run, figures)| RunFigures { run, figures })
+        .collect();
+    let file = CalibrateShard::of_run(request, shard, runs_held);
+    write_shard(
+        &target,
+        &serde_json::to_string(&file).expect("a shard serialises"),
+    )?;
+    say!(
+        "faultline calibrate: shard {}/{}{} of {}: runs {} of {}, written to {}",
+        shard.index,
+        shard.count,
+        origin(&shard),
+        file.calibration.scenario,
+        faultline_sim::fanout::compact(file.holding.covered.items()),
+        file.calibration.runs,
+        crate::shown(&target)
+    );
     Ok(0)
 }
 
@@ -264,7 +311,7 @@ fn plan_reproduce_line(args: &PlanArgs) -> String {
     line
 }
 
-fn emit_plan_report(
+pub(crate) fn emit_plan_report(
     report: &plan::report::PlanReport,
     json: bool,
     plot_path: Option<&Path>,
@@ -291,36 +338,10 @@ fn emit_plan_report(
     Ok(())
 }
 
-pub(crate) fn cmd_merge(args: MergeArgs) -> Result<u8, Failure> {
-    check_outputs(
-        &[
-            ("--out", args.out.as_deref()),
-            ("--plot", args.plot.as_deref()),
-        ],
-        args.json.then_some("the --json report"),
-    )?;
-    let mut shards = Vec::new();
-    for path in &args.files {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::bad_input(format!("{}: {e}", path.display())))?;
-        let shard: plan::report::Shard = serde_json::from_str(&text).map_err(|e| {
-            Failure::bad_input(format!("{}: not a plan shard: {e}", path.display()))
-        })?;
-        shards.push(shard);
-    }
-    let merged = plan::report::merge(shards).map_err(Failure::bad_input)?;
-    let report = plan::report::summarise(&merged);
-    emit_plan_report(
-        &report,
-        args.json,
-        args.plot.as_deref(),
-        args.out.as_deref(),
-    )?;
-    Ok(0)
-}
-
-pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
-    check_outputs(&[("--out", Some(&args.out))], None)?;
+/// The planner file `calibrate` names, read, checked and loaded as its runs.
+fn calibration_runs(
+    args: &CalibrateArgs,
+) -> Result<(String, String, plan::calibrate::Plan), Failure> {
     let origin = args.scenario.display().to_string();
     let text = std::fs::read_to_string(&args.scenario)
         .map_err(|e| Failure::bad_input(format!("{origin}: cannot read the scenario file: {e}")))?;
@@ -347,13 +368,33 @@ pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
         args.all_policies,
     )
     .map_err(|e| Failure::bad_input(e.to_string()))?;
+    Ok((origin, text, runs))
+}
+
+pub(crate) fn cmd_calibrate(args: CalibrateArgs) -> Result<u8, Failure> {
+    let shard = args.shard.as_deref().map(resolve_shard).transpose()?;
+    if shard.is_none() {
+        check_outputs(&[("--out", Some(&args.out))], None)?;
+    }
+    let (origin, text, runs) = calibration_runs(&args)?;
+    if let Some(shard) = shard {
+        let request = Request::new(
+            &runs,
+            &origin,
+            &text,
+            &args.set.sets,
+            args.steps,
+            args.all_policies,
+        );
+        return calibrate_shard(&runs, request, shard, &args.out);
+    }
     // The steady run and every crash run go at once, on threads of their own.
-    crate::guard_memory("this calibration", &runs.steady, 1 + runs.crash.len())?;
+    crate::guard_memory("this calibration", &runs.steady, runs.runs() as usize)?;
     #[allow(clippy::disallowed_methods)] // wall time for people, never in the cost file
     let started = std::time::Instant::now();
     let spinner = crate::progress::spinner(format!(
         "calibrating: {} runs of {} steps at {} GPUs at once",
-        1 + runs.crash.len(),
+        runs.runs(),
         args.steps,
         runs.steady.cluster.gpus
     ));

@@ -9,6 +9,7 @@ mod check;
 mod cmd_bench;
 mod cmd_collective;
 mod cmd_fr;
+mod cmd_merge;
 mod cmd_plan;
 mod cmd_run;
 mod heap;
@@ -62,8 +63,10 @@ enum Command {
     BenchCase(cmd_bench::BenchCaseArgs),
     /// Capacity planning: Monte Carlo of failures, recovery and checkpoints over weeks.
     Plan(cmd_plan::PlanArgs),
-    /// Merge `plan --shard i/n --out FILE` shards into the unsharded report.
-    Merge(cmd_plan::MergeArgs),
+    /// Merge the shard files of a swarm or a plan (`--shard ... --out DIR/`) into the
+    /// unsharded verdict or report: a set union over files, directories and globs; missing
+    /// seeds are named with the shards to resubmit. Exit status as the command's own.
+    Merge(cmd_merge::MergeArgs),
     /// Measure planner costs by running the training logic at the scenario's scale.
     Calibrate(cmd_plan::CalibrateArgs),
     /// Swarm testing: run many seeds, each with a random subset of fault kinds at random
@@ -319,7 +322,7 @@ fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Bench(args) => cmd_bench::cmd_bench(args),
         Command::BenchCase(args) => cmd_bench::cmd_bench_case(args),
         Command::Plan(args) => cmd_plan::cmd_plan(args),
-        Command::Merge(args) => cmd_plan::cmd_merge(args),
+        Command::Merge(args) => cmd_merge::cmd_merge(args),
         Command::Calibrate(args) => cmd_plan::cmd_calibrate(args),
         Command::Replay(args) => cmd_run::cmd_replay(args),
         Command::Fr(args) => cmd_fr::cmd_fr(args),
@@ -349,11 +352,13 @@ fn locate(path: &Path) -> PathBuf {
 /// what would exhaust the process's threads or memory.
 const MAX_WORKERS: usize = 1024;
 
-/// A worker-thread count from `flag`, or every core when absent; refused (exit 2) when zero or
-/// above [`MAX_WORKERS`]. Results never depend on it.
+/// A worker-thread count from `flag`, or when absent every CPU this task may use (its
+/// affinity, its cgroup's CPU quota, a Slurm task's `SLURM_CPUS_PER_TASK`: see
+/// `limits::cpu_allowance`); refused (exit 2) when zero or above [`MAX_WORKERS`]. Results
+/// never depend on it.
 pub(crate) fn workers(flag: &str, asked: Option<usize>) -> Result<usize, Failure> {
     match asked {
-        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        None => Ok(faultline_sim::limits::available_cpus().min(MAX_WORKERS)),
         Some(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
         Some(n) => Err(Failure::bad_input(format!(
             "{flag}: expected 1 to {MAX_WORKERS} threads, got {n}"

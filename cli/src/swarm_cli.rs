@@ -3,15 +3,18 @@
 
 use std::path::PathBuf;
 
+use faultline_sim::fanout::Assignment;
 use faultline_sim::run::{run_scenario, RunReport};
 use faultline_sim::scenario::Scenario;
 use faultline_sim::swarm::faults::FaultKind;
 use faultline_sim::swarm::invariants::{check, Invariant, Reference, Violation};
-use faultline_sim::swarm::seeds::{parse_seed_range, run_swarm, SeedOutcome, SwarmReport};
+use faultline_sim::swarm::seeds::{parse_seed_range, run_seeds, SeedOutcome, SwarmReport};
+use faultline_sim::swarm::shard::{SwarmFacts, SwarmShard};
 use faultline_sim::swarm::shrink::{shrink, Shrunk};
 use faultline_sim::swarm::{Base, SwarmError, FAULTY_TENTHS};
 use faultline_sim::units::format_duration_ns;
 
+use crate::cmd_merge::{origin, resolve_shard, shard_target, write_shard};
 use crate::{say, Failure, EXIT_FINDING};
 use faultline_sim::atomic::{is_stdout, write_atomically};
 use faultline_sim::shell::quote;
@@ -36,7 +39,9 @@ pub fn swarm_about() -> String {
          it comes the healed phase. Each seed runs twice and is checked for: {}.\n\n\
          Stdout is the verdict, which does not depend on --jobs: each failing seed with the \
          invariant it broke, its faults, and the commands that rerun and shrink it. Exit status: \
-         0 every seed passed, 1 some seed broke an invariant, 2 bad input.",
+         0 every seed passed, 1 some seed broke an invariant, 2 bad input. With --shard, a \
+         shard of the seeds goes to a file and exits 0 once it has run; `faultline merge` \
+         gives the verdict, the same as one unsharded run.",
         kinds.join(", "),
         invariants.join("; ")
     )
@@ -72,6 +77,15 @@ pub struct SwarmArgs {
     /// Also list the seeds that passed with reported SDC escapes (by default, a count).
     #[arg(long, short)]
     pub verbose: bool,
+    /// Run only shard i of n of the seeds (the i-th, (i+n)-th, ... of the range), or `auto`:
+    /// the shard the batch scheduler's array variables give. Needs --out; the shard exits 0
+    /// once it has run, whatever its seeds found, and `faultline merge` gives the verdict.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+    /// With --shard: the shard file, or a directory (`DIR/`) that takes it as
+    /// swarm-DIGEST-I-of-N.json, so a retried task overwrites its own file.
+    #[arg(long, value_name = "FILE|DIR/")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -120,48 +134,54 @@ pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", dir.display())))?;
     }
     let jobs = crate::workers("--jobs", args.jobs)?;
+    let shard = args.shard.as_deref().map(resolve_shard).transpose()?;
+    match (&shard, &args.out) {
+        (Some(_), None) => {
+            return Err(Failure::bad_input(
+                "--shard needs --out FILE, or --out DIR/ for a file named after the shard",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Failure::bad_input(
+                "--out: the swarm writes a file only with --shard; its verdict is on standard \
+                 output (--json for one object)",
+            ))
+        }
+        _ => {}
+    }
+    let split = shard.unwrap_or(Assignment::of_flag(0, 1));
+    let list: Vec<u64> = split
+        .items(seeds.end - seeds.start)
+        .map(|k| seeds.start + k)
+        .collect();
     // Before the base's fault-free run: `jobs` seeds run at once, one simulation each.
     let scenario = crate::load(&args.scenario, &[])?;
-    let at_once = jobs.min((seeds.end - seeds.start).max(1) as usize);
+    let at_once = jobs.min(list.len().max(1));
     crate::guard_memory("this swarm", &scenario, at_once)?;
     let base = Base::load(&args.scenario).map_err(failure)?;
+    let facts = SwarmFacts::of(&base, seeds.clone());
+    let target = match (&shard, &args.out) {
+        (Some(shard), Some(out)) => Some(shard_target(out, "swarm", &facts.digest(), shard)?),
+        _ => None,
+    };
     let bar = indicatif::ProgressBar::with_draw_target(
-        Some(seeds.end - seeds.start),
+        Some(list.len() as u64),
         indicatif::ProgressDrawTarget::stderr(),
     );
-    let report = run_swarm(&base, seeds, jobs, &|| bar.inc(1));
+    let outcomes = run_seeds(&base, &list, jobs, &|| bar.inc(1));
     bar.finish_and_clear();
-    if let Some(dir) = &args.emit {
-        for outcome in report.outcomes.iter().filter(|o| o.failed()) {
-            let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
-            let header = vec![
-                format!(
-                    "Seed {} of `{}`.",
-                    outcome.seed,
-                    base.swarm_command(outcome.seed)
-                ),
-                format!(
-                    "It breaks {}.",
-                    outcome
-                        .violations
-                        .iter()
-                        .map(|v| v.invariant.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ];
-            let text = base.scenario_text(outcome.seed, &outcome.schedule, &header);
-            write_atomically(&path, text.as_bytes())
-                .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", path.display())))?;
-        }
+    if let (Some(shard), Some(target)) = (shard, target) {
+        return write_swarm_shard(&args, &base, facts, shard, outcomes, &target);
     }
+    let report = SwarmReport::of(&facts, outcomes);
+    emit_failing(&args, &base, &report.outcomes)?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string(&report).expect("a report serialises")
         );
     } else {
-        print_swarm(&base, &report, args.emit.as_ref(), args.verbose);
+        print_swarm(&facts, &report, args.emit.as_ref(), args.verbose);
     }
     Ok(if report.seeds_failed == 0 {
         0
@@ -170,7 +190,75 @@ pub fn cmd_swarm(args: SwarmArgs) -> Result<u8, Failure> {
     })
 }
 
-fn print_swarm(base: &Base, report: &SwarmReport, emit: Option<&PathBuf>, verbose: bool) {
+/// A shard's end: its file, and a line on what it ran. Exit 0 whatever its seeds found: the
+/// findings are in the file, and `merge` gives the verdict (a scheduler's `afterok` and its
+/// retries mean "ran", not "passed").
+fn write_swarm_shard(
+    args: &SwarmArgs,
+    base: &Base,
+    facts: SwarmFacts,
+    shard: Assignment,
+    outcomes: Vec<SeedOutcome>,
+    target: &std::path::Path,
+) -> Result<u8, Failure> {
+    emit_failing(args, base, &outcomes)?;
+    let failed = outcomes.iter().filter(|o| o.failed()).count();
+    let file = SwarmShard::of_run(facts, shard, outcomes);
+    write_shard(
+        target,
+        &serde_json::to_string(&file).expect("a shard serialises"),
+    )?;
+    eprintln!(
+        "faultline swarm: shard {}/{}{} of {}: {} of {} seeds ({failed} failed), written to {}",
+        shard.index,
+        shard.count,
+        origin(&shard),
+        file.swarm.scenario,
+        file.holding.covered.len(),
+        file.swarm.seeds(),
+        crate::shown(target)
+    );
+    Ok(0)
+}
+
+/// `--emit DIR`: each failing seed's schedule as a scenario file.
+fn emit_failing(args: &SwarmArgs, base: &Base, outcomes: &[SeedOutcome]) -> Result<(), Failure> {
+    let Some(dir) = &args.emit else {
+        return Ok(());
+    };
+    for outcome in outcomes.iter().filter(|o| o.failed()) {
+        let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
+        let header = vec![
+            format!(
+                "Seed {} of `{}`.",
+                outcome.seed,
+                base.swarm_command(outcome.seed)
+            ),
+            format!(
+                "It breaks {}.",
+                outcome
+                    .violations
+                    .iter()
+                    .map(|v| v.invariant.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ];
+        let text = base.scenario_text(outcome.seed, &outcome.schedule, &header);
+        write_atomically(&path, text.as_bytes())
+            .map_err(|e| Failure::bad_input(format!("--emit {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The verdict for people: the swarm's header, each failing seed, the tally. What `swarm`
+/// prints and what `merge` prints for its shards, the same bytes.
+pub(crate) fn print_swarm(
+    base: &SwarmFacts,
+    report: &SwarmReport,
+    emit: Option<&PathBuf>,
+    verbose: bool,
+) {
     println!(
         "faultline swarm: {}, seeds {}..{} ({} seeds)",
         report.scenario, report.seeds_from, report.seeds_until, report.seeds_run
@@ -245,7 +333,7 @@ fn print_verdict(report: &SwarmReport) {
 
 /// One failing seed: the invariants it broke, its faults, and the commands that rerun and
 /// shrink it.
-fn print_failed_seed(base: &Base, outcome: &SeedOutcome, emit: Option<&PathBuf>) {
+fn print_failed_seed(base: &SwarmFacts, outcome: &SeedOutcome, emit: Option<&PathBuf>) {
     let first = &outcome.violations[0];
     println!();
     println!(
@@ -267,10 +355,10 @@ fn print_failed_seed(base: &Base, outcome: &SeedOutcome, emit: Option<&PathBuf>)
     );
     println!("  reproduce: {}", crate::pasteable(&outcome.reproduce));
     if let Some(dir) = emit {
-        let path = dir.join(format!("{}-seed-{}.toml", base.name, outcome.seed));
+        let path = dir.join(format!("{}-seed-{}.toml", base.scenario, outcome.seed));
         println!(
             "  reproduce: {}{} run --check {}",
-            base.permission(),
+            base.permission,
             crate::program(),
             quote(&path.display().to_string())
         );

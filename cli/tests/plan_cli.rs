@@ -117,12 +117,27 @@ fn merged_shards_equal_the_unsharded_report() {
         shards[1].to_str().unwrap(),
     ]);
     assert_eq!(partial.status.code(), Some(2));
-    // Forged shards are refused with exit 2, never a panic (exit 70): a split of 2^64 - 1,
-    // a shard with no points, a seed whose counts by kind are short.
+    let said = String::from_utf8_lossy(&partial.stderr);
+    assert!(
+        said.contains("3 of 9 seeds missing: 2,5,8") && said.contains("--array=2"),
+        "{said}"
+    );
+    // Forged shards are refused with exit 2, never a panic (exit 70): a split of 2^64 - 1
+    // or of none, seeds beyond the plan's, a shard with no points, a seed whose counts by
+    // kind are short.
     type Forge = fn(&mut serde_json::Value);
-    let forgeries: [(&str, Forge); 3] = [
-        ("expected the 18446744073709551615 shards", |v| {
-            v["shard_count"] = serde_json::json!(u64::MAX)
+    let forgeries: [(&str, Forge); 6] = [
+        ("its split, or the seeds", |v| {
+            v["holding"]["split"]["count"] = serde_json::json!(u64::MAX)
+        }),
+        ("its split, or the seeds", |v| {
+            v["holding"]["split"]["count"] = serde_json::json!(0)
+        }),
+        ("it says it covers", |v| {
+            v["holding"]["covered"] = serde_json::json!([[0, 1000]])
+        }),
+        ("it says it covers", |v| {
+            v["holding"]["covered"] = serde_json::json!([[0, 1]])
         }),
         ("has no points", |v| v["points"] = serde_json::json!([])),
         ("counts by kind", |v| {
@@ -278,7 +293,7 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
     assert!(file["not_measured"]
         .get("restore_time_s.in-memory")
         .is_some());
-    // The steady run, the restart crash run, and the two hang runs.
+    // The steady run, the restart crash run, the two hang runs and the degrade run.
     let runs = file["runs"].as_array().unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
@@ -287,7 +302,8 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
             "steady",
             "crash-restart",
             "hang-watchdog",
-            "hang-progress-monitor"
+            "hang-progress-monitor",
+            "degrade"
         ]
     );
     // A hang: the watchdog alone takes its timeout (10 min, checked every minute), the monitor
@@ -308,6 +324,12 @@ fn calibrate_measures_the_step_time_and_says_what_it_did_not_measure() {
         .as_str()
         .unwrap();
     assert!(timeout.starts_with("1min"), "{timeout}");
+    // The last GPU's NIC at half its bandwidth slows the step, and nothing else happens.
+    let slowdown = m("degrade_slowdown");
+    let step = |r: &serde_json::Value| r["model_time_s"].as_f64().unwrap();
+    assert!(slowdown > 1.0 && slowdown < 2.0, "{slowdown}");
+    assert!((step(&runs[4]) / step(&runs[0]) - slowdown).abs() < 1e-9);
+    assert_eq!(runs[4]["recoveries"], 0);
     // The same inputs give the same cost file, byte for byte.
     let again = temp("costs-again.json");
     let out = faultline(&[
@@ -438,7 +460,11 @@ fn calibrate_measures_checkpoint_restore_and_detection_consistently_with_the_sce
         .get("restore_time_s.in-memory")
         .is_none());
     let runs = file["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 6, "steady, three crash runs, two hang runs");
+    assert_eq!(
+        runs.len(),
+        7,
+        "steady, three crash runs, two hang runs, a degrade run"
+    );
     for run in &runs[1..4] {
         assert_eq!(run["recoveries"], 1, "{run}");
         assert_eq!(run["faults_injected"]["node_crash"], 1, "{run}");

@@ -48,6 +48,9 @@ pub struct JobSettings {
     /// `[[faults.hang]]` and `[[faults.desync]]` entries: the runner does not make a rank
     /// hang or desync (the simulator does), and says so.
     pub hangs_not_injected: usize,
+    /// `[[faults.degrade]]` entries, and whether random degrades were asked for: the runner
+    /// cannot slow a real link (the simulator does), and says so.
+    pub degrades_not_injected: (usize, bool),
 }
 
 /// A scenario the runner cannot use: the file, line, column and key, and what is wrong. The
@@ -92,6 +95,10 @@ impl JobSettings {
             failures_at_step,
             crashes_not_injected,
             hangs_not_injected: scenario.control.hangs.len() + scenario.control.desyncs.len(),
+            degrades_not_injected: (
+                scenario.degrades.degrades.len(),
+                scenario.degrades.random_rate_per_link_per_ns > 0.0,
+            ),
         }
     }
 }

@@ -187,6 +187,18 @@ fn run_args_command(mut args: RunArgs) -> ExitCode {
             settings.hangs_not_injected
         );
     }
+    let (degrades, random) = settings.degrades_not_injected;
+    if degrades > 0 || random {
+        let what = match (degrades, random) {
+            (0, _) => "random degrades (faults.rates.degrades_per_1000_link_days)".to_string(),
+            (n, false) => format!("{n} [[faults.degrade]]"),
+            (n, true) => format!("{n} [[faults.degrade]] and random degrades"),
+        };
+        eprintln!(
+            "faultline-gpu: {what} not injected: the GPU runner cannot slow a real link; the \
+             simulator does"
+        );
+    }
     run_command(&settings, &options, args.transport, args.device, args.gpu)
 }
 

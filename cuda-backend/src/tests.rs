@@ -937,6 +937,10 @@ fn the_scenarios_crashes_at_a_step_are_injected_on_the_local_transport() {
     );
     let g = job::parse_scenario("gray", "<test>", &gray, &[]).unwrap();
     assert_eq!(g.hangs_not_injected, 2);
+    // So are fail-slow links.
+    let slow = format!("{text}[[faults.degrade]]\nnic = 3\nat = \"1s\"\n");
+    let d = job::parse_scenario("slow", "<test>", &slow, &[]).unwrap();
+    assert_eq!(d.degrades_not_injected, (1, false));
     let report = job::run_local_job(vec![HostRank; 8], &s, &options_in("scenario-crash").0);
     assert_eq!(report.error, None);
     // Rank 0 had not finished step 8, so the step-8 checkpoint was never committed: the job

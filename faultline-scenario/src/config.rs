@@ -106,6 +106,9 @@ impl Scenario {
         self.storage.slow.clear();
         self.storage.failing.clear();
         self.control.node_failure_rate_per_ns = 0.0;
+        self.control.hangs.clear();
+        self.control.desyncs.clear();
+        self.control.gray_rates_per_node_per_ns = (0.0, 0.0);
         self.link_faults.flaps.clear();
         self.link_faults.random_flap_rate_per_link_per_ns = 0.0;
         self.stragglers.stragglers.clear();
@@ -327,6 +330,9 @@ pub struct ControlConfig {
     pub desyncs: Vec<DesyncSpec>,
     /// Node failures per node per nanosecond, drawn as a Poisson process; 0 for none.
     pub node_failure_rate_per_ns: f64,
+    /// Random hangs and desyncs per node per nanosecond (`faults.rates.hangs_per_1000_node_days`,
+    /// `desyncs_per_1000_node_days`): each strikes a rank drawn at random at its next step.
+    pub gray_rates_per_node_per_ns: (f64, f64),
     /// Draw the gaps between node failures from a Weibull of this shape (a renewal process
     /// with the same mean gap) instead of an exponential; as the planner does.
     pub node_failure_weibull_shape: Option<f64>,

@@ -283,6 +283,11 @@ struct RawRates {
     degrade_duration: Option<String>,
     degrade_bandwidth: Option<f64>,
     degrade_loss: Option<f64>,
+    /// Random hangs and desyncs of a rank at its next step.
+    #[serde(default)]
+    hangs_per_1000_node_days: f64,
+    #[serde(default)]
+    desyncs_per_1000_node_days: f64,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -1112,6 +1117,7 @@ fn validate_control(
         hangs: Vec::new(),
         desyncs: Vec::new(),
         node_failure_rate_per_ns: rate / 1000.0 / 86_400e9,
+        gray_rates_per_node_per_ns: validate_gray_rates(src, f)?,
         node_failure_weibull_shape: weibull_shape,
         collective_timeout_ns,
         progress_timeout_ns,
@@ -1218,9 +1224,12 @@ fn validate_hangs(
     let watched = control
         .collective_timeout_ns
         .or(control.progress_timeout_ns);
+    let (hang_rate, desync_rate) = control.gray_rates_per_node_per_ns;
     let first = match (hangs.is_empty(), desyncs.is_empty()) {
         (false, _) => "faults.hang.0",
         (true, false) => "faults.desync.0",
+        _ if hang_rate > 0.0 => "faults.rates.hangs_per_1000_node_days",
+        _ if desync_rate > 0.0 => "faults.rates.desyncs_per_1000_node_days",
         (true, true) => return Ok((hangs, desyncs)),
     };
     if watched.is_none() {
@@ -1230,12 +1239,16 @@ fn validate_hangs(
              notice it: set recovery.collective_timeout or recovery.progress_timeout",
         ));
     }
-    if !desyncs.is_empty()
+    if (!desyncs.is_empty() || desync_rate > 0.0)
         && control.collective_timeout_ns.is_none()
         && control.desync_check.is_none()
     {
+        let key = match desyncs.is_empty() {
+            false => "faults.desync.0",
+            true => "faults.rates.desyncs_per_1000_node_days",
+        };
         return Err(src.error(
-            "faults.desync.0",
+            key,
             "every rank of a desynced job is inside a collective, so no rank is behind and \
              the progress monitor cannot notice it: set recovery.collective_timeout or \
              recovery.desync_check",
@@ -1304,6 +1317,27 @@ fn validate_node_failures(
         }
     };
     Ok((rate, weibull_shape))
+}
+
+/// `faults.rates.hangs_per_1000_node_days` and `desyncs_per_1000_node_days`, per node per
+/// nanosecond.
+fn validate_gray_rates(src: &Source, f: &RawFaults) -> Result<(f64, f64), ScenarioError> {
+    let rate = |key: &str, rate: f64| {
+        if !(rate.is_finite() && (0.0..=1e4).contains(&rate)) {
+            return Err(src.error(key, format!("expected a rate from 0 to 1e4, got {rate}")));
+        }
+        Ok(rate / 1000.0 / 86_400e9)
+    };
+    Ok((
+        rate(
+            "faults.rates.hangs_per_1000_node_days",
+            f.rates.hangs_per_1000_node_days,
+        )?,
+        rate(
+            "faults.rates.desyncs_per_1000_node_days",
+            f.rates.desyncs_per_1000_node_days,
+        )?,
+    ))
 }
 
 /// One `[[faults.crash]]` entry: exactly one target and exactly one time.

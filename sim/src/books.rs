@@ -259,7 +259,7 @@ named_enum! {
     }
 }
 
-serde_by_name!(FaultKind, Detector, LostCause, TierName, StopCause, Resumption);
+serde_by_name!(FaultKind, Detector, LostCause, TierName, RarePath, StopCause, Resumption);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod books;
 pub mod executor;
 pub mod fabric;
+pub mod fanout;
 pub mod flight;
 pub mod fuzzing;
 pub mod limits;

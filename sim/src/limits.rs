@@ -1,6 +1,7 @@
 //! Limits before work: an estimate of a run's peak memory, checked against what the machine
 //! has, so that a run that cannot fit is refused at the start with both numbers rather than
-//! killed halfway.
+//! killed halfway. What the process "has" is its allocation (`allocation.rs`): the cgroup's
+//! limit, a Slurm step's, or the machine's available memory, whichever is least.
 //!
 //! The estimate is a per-rank constant measured on this simulator (`faultline bench`: about
 //! 4.4 KiB per rank for the 100,000- and 1,000,000-GPU all-reduce of 256 elements, see
@@ -37,28 +38,16 @@ pub fn estimate_scenario_bytes(scenario: &faultline_scenario::Scenario) -> u64 {
 /// The environment variable that caps the memory faultline plans for.
 pub const MEMORY_LIMIT_ENV: &str = "FAULTLINE_MEMORY_LIMIT";
 
-/// Memory this process may use: [`MEMORY_LIMIT_ENV`] (a size such as "16GiB") when set, else
-/// `MemAvailable` from /proc/meminfo where there is one, else no limit known. A limit that is
-/// set but does not parse, or is zero, is an error, never a check switched off.
-pub fn available_bytes() -> Result<Option<u64>, String> {
-    if let Some(limit) = std::env::var_os(MEMORY_LIMIT_ENV) {
-        let text = limit.to_string_lossy();
-        return match crate::units::parse_bytes(&text) {
-            Ok(bytes) if bytes > 0 => Ok(Some(bytes)),
-            Ok(_) => Err(format!(
-                "{MEMORY_LIMIT_ENV}={text}: expected a size above zero"
-            )),
-            Err(e) => Err(format!("{MEMORY_LIMIT_ENV}={text}: expected {e}")),
-        };
-    }
-    Ok(meminfo_available())
+pub use allocation::{cpu_allowance, memory_limit, Allocation, Limit};
+
+/// Memory this process may use, as [`memory_limit`] reads this host's allocation.
+pub fn available_bytes() -> Result<Option<Limit>, String> {
+    memory_limit(&Allocation::of_host())
 }
 
-fn meminfo_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// Worker threads this process may keep busy, as [`cpu_allowance`] reads this host's allocation.
+pub fn available_cpus() -> usize {
+    cpu_allowance(&Allocation::of_host()).0
 }
 
 /// Refuses, before it starts, work that runs `at_once` simulations of `scenario` at the same
@@ -76,18 +65,35 @@ pub fn guard(
     )
 }
 
-/// Refuses a run whose estimate exceeds what is available, saying both.
-pub fn check(what: &str, estimate: u64, available: Option<u64>) -> Result<(), String> {
-    match available {
-        Some(limit) if estimate > limit => Err(format!(
-            "{what} needs about {:.1} GiB of memory by estimate, and {:.1} GiB is available; \
-             use fewer GPUs or a smaller proxy tensor (job.proxy_elems / --elems)",
-            estimate as f64 / (1u64 << 30) as f64,
-            limit as f64 / (1u64 << 30) as f64
+/// A size for people: GiB from one GiB up, MiB below.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Refuses a run whose estimate exceeds what is available, saying both and where the limit
+/// came from.
+pub fn check(what: &str, estimate: u64, available: Option<impl Into<Limit>>) -> Result<(), String> {
+    match available.map(Into::into) {
+        Some(limit) if estimate > limit.bytes => Err(format!(
+            "{what} needs about {} of memory by estimate, and {} is available{}; use fewer \
+             GPUs or a smaller proxy tensor (job.proxy_elems / --elems)",
+            size(estimate),
+            size(limit.bytes),
+            if limit.source.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", limit.source)
+            }
         )),
         _ => Ok(()),
     }
 }
+
+mod allocation;
 
 #[cfg(test)]
 mod tests {
@@ -102,7 +108,7 @@ mod tests {
             "{error}"
         );
         assert!(check("this run", estimate_run_bytes(100_000, 256), Some(24 << 30)).is_ok());
-        assert!(check("this run", estimate, None).is_ok());
+        assert!(check("this run", estimate, None::<u64>).is_ok());
         // A layout's weights count: the widest proxy on a million GPUs cannot fit, the
         // quickstart's shape at 100,000 can.
         let layout = |width: usize, layers: usize| {
@@ -129,7 +135,7 @@ mod tests {
             ("-5GiB", Err("expected")),
         ] {
             std::env::set_var(MEMORY_LIMIT_ENV, value);
-            match (available_bytes(), expected) {
+            match (available_bytes().map(|l| l.map(|l| l.bytes)), expected) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{value}"),
                 (Err(e), Err(says)) => assert!(e.contains(says) && e.contains(value), "{e}"),
                 (got, want) => panic!("{value}: {got:?}, expected {want:?}"),

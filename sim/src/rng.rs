@@ -27,6 +27,9 @@ pub enum RngStream {
     Degrades,
     /// How many times a transfer over a lossy link is resent (`world/slow_links.rs`).
     Retransmissions,
+    /// Random hangs and desyncs (`faults.rates.hangs_per_1000_node_days`, `desyncs_...`):
+    /// when, which kind, which rank, where.
+    GrayFailures,
 }
 
 impl RngStream {
@@ -39,6 +42,7 @@ impl RngStream {
             RngStream::Sdc => mix64(root_seed ^ 0x05dc_f11b),
             RngStream::Degrades => mix64(root_seed ^ 0x0de9_ade5),
             RngStream::Retransmissions => mix64(root_seed ^ 0x0e7a_5e7d),
+            RngStream::GrayFailures => mix64(root_seed ^ 0x06a7_f41d),
         };
         ChaCha8Rng::seed_from_u64(key)
     }
@@ -59,6 +63,7 @@ mod tests {
             RngStream::Sdc,
             RngStream::Degrades,
             RngStream::Retransmissions,
+            RngStream::GrayFailures,
         ];
         let firsts: std::collections::BTreeSet<u64> =
             streams.iter().map(|s| s.rng(7).gen::<u64>()).collect();

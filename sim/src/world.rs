@@ -134,6 +134,8 @@ enum EventKind {
     },
     /// The next arrival of the random link flap process.
     RandomLinkFlap,
+    /// The next arrival of the random hang and desync process.
+    RandomGray,
     /// Per-replica: dropped node `node` may rejoin.
     ReplicaRejoin {
         node: u32,
@@ -560,6 +562,7 @@ impl World {
             EventKind::Watchdog => self.fire_watchdog(),
             EventKind::ProgressCheck => self.fire_progress_check(),
             EventKind::DesyncCheckFails { generation } => self.fire_desync_check(generation),
+            EventKind::RandomGray => self.fire_random_gray(),
             EventKind::Restart => self.fire_restart(),
             EventKind::LinkFlap { idx, repeat } => self.fire_link_flap(idx, repeat),
             EventKind::RetrySend { slot, attempt } => self.fire_retry_send(slot, attempt),

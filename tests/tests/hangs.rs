@@ -260,3 +260,71 @@ fn the_desync_check_misses_hangs_and_costs_every_collective_its_exchange() {
         None
     );
 }
+
+/// Hangs and desyncs from rates: each arrival picks a rank at random, which hangs or desyncs
+/// at the next step it begins; every one is detected by the detector of its kind and named
+/// by the recorder, the job ends with the fault-free parameters, and the same seed gives the
+/// same run. `without_faults` (the swarm's and `--compare`'s reference) has none of them.
+#[test]
+fn hangs_and_desyncs_from_rates_are_each_detected_and_named() {
+    let text = "[cluster]\ngpus = 512\ngpus_per_node = 8\n\
+         [job]\nsteps = 60\nproxy_elems = 16\nmodel_params = 8e9\n\
+         [checkpoint]\ninterval = 5\n\
+         [recovery]\nrestart_time = \"1min\"\nheartbeat_interval = \"5s\"\n\
+         collective_timeout = \"2min\"\nprogress_timeout = \"30s\"\ndesync_check = true\n\
+         [faults.rates]\nhangs_per_1000_node_days = 10000\ndesyncs_per_1000_node_days = 10000\n";
+    let scenario = load_str("gray", "<test>", text, &[]).unwrap();
+    let report = run_scenario(&scenario).unwrap();
+    let faults = &report.faults;
+    let injected: u64 = faults.injected.values().sum();
+    assert!(injected >= 2, "{:?}", faults.injected);
+    assert_eq!(
+        faults.flight_recorder.len() as u64,
+        injected,
+        "one stop each"
+    );
+    for flight in &faults.flight_recorder {
+        let kind = flight.injected.expect("injected").kind;
+        assert_eq!(flight.named_injected_rank, Some(true), "{flight:?}");
+        let expected = match kind {
+            FaultKind::Hang => Verdict::Hang,
+            _ => Verdict::Desync,
+        };
+        assert_eq!(flight.diagnosis.verdict, expected, "{flight:?}");
+    }
+    // Hangs by the progress monitor, desyncs by the check; never the heartbeats.
+    let by = |d: Detector| faults.detected.get(&d).copied().unwrap_or(0);
+    assert_eq!(by(Detector::Heartbeat) + by(Detector::Watchdog), 0);
+    let hangs = faults.injected.get(&FaultKind::Hang).copied().unwrap_or(0);
+    let desyncs = faults
+        .injected
+        .get(&FaultKind::Desync)
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        (by(Detector::ProgressMonitor), by(Detector::DesyncCheck)),
+        (hangs, desyncs)
+    );
+    let clean = run_scenario(&scenario.clone().without_faults()).unwrap();
+    assert!(
+        clean.faults.injected.is_empty(),
+        "{:?}",
+        clean.faults.injected
+    );
+    assert_eq!(report.param_digest, clean.param_digest);
+    assert_eq!(
+        run_scenario(&scenario).unwrap().trace_digest,
+        report.trace_digest
+    );
+    // A rate without a detector that could see it is refused, naming the key.
+    let unwatched = text.replace(
+        "collective_timeout = \"2min\"\nprogress_timeout = \"30s\"\n",
+        "collective_timeout = \"0s\"\n",
+    );
+    let err = load_str("gray", "<test>", &unwatched, &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("faults.rates.hangs_per_1000_node_days"),
+        "{err}"
+    );
+}

@@ -27,7 +27,9 @@ use crate::run::{run_scenario, RunReport};
 use crate::scenario::{self, Scenario, ScenarioError};
 
 mod hang;
+pub mod shard;
 pub use hang::HangDetection;
+use shard::Figures;
 
 pub const COSTS_FORMAT: &str = "faultline-costs/2";
 
@@ -134,6 +136,7 @@ impl CostFile {
             checkpoint_persist_time_s: m("checkpoint_persist_time_s"),
             crash_detection_time_s: m("detection_time_s"),
             hang_detection_time_s: m("hang_detection_time_s"),
+            degrade_slowdown: m("degrade_slowdown"),
             restore_time_s: Policy::NAMES
                 .iter()
                 .filter_map(|p| Some((p.to_string(), m(&format!("restore_time_s.{p}"))?)))
@@ -150,10 +153,39 @@ pub struct Plan {
     pub crash: Vec<(Policy, Scenario)>,
     /// A hang found by the watchdog alone, and one found by the progress monitor.
     pub hang: Vec<(HangDetection, Scenario)>,
+    /// The steady run with the last GPU's NIC degraded throughout: the fail-slow step time.
+    pub degrade: Scenario,
     /// The progress monitor's timeout the planner file (or a `--set`) gives, if any.
     progress_timeout: Option<String>,
     /// The planner's values the runs took as inputs.
     planner: PlanConfig,
+}
+
+/// One run of a calibration, by its place in [`Plan::runs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Steady,
+    Crash(usize),
+    Hang(usize),
+    Degrade,
+}
+
+impl Plan {
+    /// How many runs the calibration has: the steady run, the crash runs, the hang runs and
+    /// the degrade run, numbered in that order (a shard's items).
+    pub fn runs(&self) -> u64 {
+        (2 + self.crash.len() + self.hang.len()) as u64
+    }
+
+    fn run(&self, idx: u64) -> Run {
+        let (crashes, hangs) = (self.crash.len() as u64, self.hang.len() as u64);
+        match idx {
+            0 => Run::Steady,
+            k if k <= crashes => Run::Crash(k as usize - 1),
+            k if k <= crashes + hangs => Run::Hang((k - crashes) as usize - 1),
+            _ => Run::Degrade,
+        }
+    }
 }
 
 /// The run-scenario keys of a planner file's `checkpoint` and `recovery` tables, which the
@@ -315,17 +347,21 @@ pub fn plan_runs(
         .collect::<Result<Vec<_>, ScenarioError>>()?;
     let last_gpu = steady.cluster.gpus - 1;
     let hang = hang::hang_runs((name, origin, text), sets, crash_steps, &planner, last_gpu)?;
+    let bandwidth = planner.fail_slow.bandwidth;
+    let degrade_text = degrade_view(text, steps, last_gpu, bandwidth);
+    let degrade = load_view(name, origin, degrade_text, sets, false)?;
     Ok(Plan {
         name: name.to_string(),
         steady,
         crash,
         hang,
+        degrade,
         progress_timeout: hang::progress_timeout(text, sets),
         planner,
     })
 }
 
-fn summary(name: &str, report: &RunReport) -> RunSummary {
+fn summary(name: &str, report: &Figures) -> RunSummary {
     RunSummary {
         name: name.to_string(),
         policy: report.recovery_policy.to_string(),
@@ -372,18 +408,60 @@ fn crash_run(mut scenario: Scenario) -> Result<RunReport, String> {
 /// Runs the calibration's runs (on threads: each is independent and deterministic) and turns
 /// the reports into a cost file.
 pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
-    let (steady, crashes, hangs) = run_all(plan)?;
-    let (mut measured, mut used_as) = measure(plan, &steady, &crashes);
+    let figures = std::thread::scope(|scope| {
+        let threads: Vec<_> = (1..plan.runs())
+            .map(|idx| scope.spawn(move || run_one(plan, idx)))
+            .collect();
+        let steady = run_one(plan, 0);
+        let others = threads
+            .into_iter()
+            .map(|t| t.join().expect("a calibration run does not panic"));
+        std::iter::once(steady)
+            .chain(others)
+            .collect::<Result<Vec<_>, String>>()
+    })?;
+    costs_of(plan, &figures)
+}
+
+/// Runs one run of a calibration, by its number (see [`Plan::runs`]). What a shard runs.
+pub fn run_one(plan: &Plan, idx: u64) -> Result<Figures, String> {
+    let report = match plan.run(idx) {
+        Run::Steady => run_scenario(&plan.steady).map_err(|e| e.to_string())?,
+        Run::Crash(k) => crash_run(plan.crash[k].1.clone())?,
+        Run::Hang(k) => run_scenario(&plan.hang[k].1).map_err(|e| e.to_string())?,
+        Run::Degrade => run_scenario(&plan.degrade).map_err(|e| e.to_string())?,
+    };
+    Ok(Figures::from(&report))
+}
+
+/// The cost file of a calibration's runs, from every run's figures in order.
+pub fn costs_of(plan: &Plan, figures: &[Figures]) -> Result<CostFile, String> {
+    let of = |run: Run| {
+        (0..plan.runs())
+            .find(|&i| plan.run(i) == run)
+            .map(|i| &figures[i as usize])
+    };
+    let steady = of(Run::Steady).ok_or("no steady run")?;
+    let crashes: Vec<Figures> = (0..plan.crash.len())
+        .filter_map(|k| of(Run::Crash(k)).cloned())
+        .collect();
+    let (mut measured, mut used_as) = measure(plan, steady, &crashes);
+    let hangs: Vec<&Figures> = (0..plan.hang.len())
+        .filter_map(|k| of(Run::Hang(k)))
+        .collect();
     measure_hangs(plan, &hangs, (&mut measured, &mut used_as))?;
+    let degrade = of(Run::Degrade).ok_or("no degrade run")?;
+    measure_degrade(steady, degrade, (&mut measured, &mut used_as));
     let inputs = inputs(plan);
     let not_measured = not_measured(plan, &measured);
-    let mut runs = vec![summary("steady", &steady)];
+    let mut runs = vec![summary("steady", steady)];
     for ((policy, _), report) in plan.crash.iter().zip(&crashes) {
         runs.push(summary(&format!("crash-{}", policy.name()), report));
     }
-    for ((detection, _), report) in plan.hang.iter().zip(&hangs) {
+    for ((detection, _), report) in plan.hang.iter().zip(hangs) {
         runs.push(summary(detection.run_name(), report));
     }
+    runs.push(summary("degrade", degrade));
     Ok(CostFile {
         format: COSTS_FORMAT.to_string(),
         scenario: plan.name.clone(),
@@ -408,7 +486,9 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
                  The hang runs hang the last GPU in its data loader at step 2 of the crash \
                  runs' job, once with the collective watchdog alone and once with the \
                  collective progress monitor: hang_detection_time_s.<detector> is the hang to \
-                 the abort."
+                 the abort. The degrade run is the steady run with the last GPU's NIC at \
+                 faults.degrade_bandwidth throughout: degrade_slowdown is its step time over \
+                 the steady run's."
             .to_string(),
         measured,
         used_as,
@@ -418,45 +498,16 @@ pub fn calibrate(plan: &Plan) -> Result<CostFile, String> {
     })
 }
 
-/// The reports of the steady run, each policy's crash run and the hang runs.
-type Reports = (RunReport, Vec<RunReport>, Vec<RunReport>);
-
-/// The steady run, each policy's crash run and the hang runs, all but the steady run on
-/// threads of their own.
-fn run_all(plan: &Plan) -> Result<Reports, String> {
-    let (steady, crashes, hangs) = std::thread::scope(|scope| {
-        let spawn = |s: &Scenario, crash: bool| {
-            let s = s.clone();
-            scope.spawn(move || match crash {
-                true => crash_run(s),
-                false => run_scenario(&s).map_err(|e| e.to_string()),
-            })
-        };
-        let crash_threads: Vec<_> = plan.crash.iter().map(|(_, s)| spawn(s, true)).collect();
-        let hang_threads: Vec<_> = plan.hang.iter().map(|(_, s)| spawn(s, false)).collect();
-        let steady = run_scenario(&plan.steady).map_err(|e| e.to_string());
-        let join = |threads: Vec<std::thread::ScopedJoinHandle<'_, _>>| {
-            (threads.into_iter())
-                .map(|t| t.join().expect("a calibration run does not panic"))
-                .collect::<Vec<Result<RunReport, String>>>()
-        };
-        (steady, join(crash_threads), join(hang_threads))
-    });
-    let crashes = crashes.into_iter().collect::<Result<Vec<_>, String>>()?;
-    let hangs = hangs.into_iter().collect::<Result<Vec<_>, String>>()?;
-    Ok((steady?, crashes, hangs))
-}
-
 /// Each hang run's detection time, and the one the planner file's own detection gives as
 /// `faults.detection.hang`: the monitor's when the file sets `recovery.progress_timeout`.
 fn measure_hangs(
     plan: &Plan,
-    hangs: &[RunReport],
+    hangs: &[&Figures],
     (measured, used_as): (&mut BTreeMap<String, f64>, &mut BTreeMap<String, String>),
 ) -> Result<(), String> {
     let monitored = plan.progress_timeout.is_some();
-    for ((detection, _), report) in plan.hang.iter().zip(hangs) {
-        let seconds = hang::detection_s(*detection, report)?;
+    for ((detection, _), figures) in plan.hang.iter().zip(hangs) {
+        let seconds = hang::detection_s(*detection, figures)?;
         let key = match detection {
             HangDetection::Watchdog => "hang_detection_time_s.watchdog",
             HangDetection::ProgressMonitor => "hang_detection_time_s.progress_monitor",
@@ -464,15 +515,15 @@ fn measure_hangs(
         measured.insert(key.to_string(), seconds);
         if monitored == (*detection == HangDetection::ProgressMonitor) {
             measured.insert("hang_detection_time_s".to_string(), seconds);
+            let why = match monitored {
+                true => "the scenario sets recovery.progress_timeout",
+                false => "the scenario runs no progress monitor",
+            };
             used_as.insert(
                 "hang_detection_time_s".to_string(),
                 format!(
-                    "faults.detection.hang (the {} run's: {})",
-                    detection.run_name(),
-                    match monitored {
-                        true => "the scenario sets recovery.progress_timeout",
-                        false => "the scenario runs no progress monitor",
-                    }
+                    "faults.detection.hang (the {} run's: {why})",
+                    detection.run_name()
                 ),
             );
         }
@@ -480,11 +531,46 @@ fn measure_hangs(
     Ok(())
 }
 
+/// The degrade run's step time over the steady run's: what a fail-slow NIC costs the job's
+/// step, as `faults.degrade_slowdown`.
+fn measure_degrade(
+    steady: &Figures,
+    degrade: &Figures,
+    (measured, used_as): (&mut BTreeMap<String, f64>, &mut BTreeMap<String, String>),
+) {
+    let step = |f: &Figures| f.model_time_ns as f64 / f.steps_completed.max(1) as f64;
+    let slowdown = step(degrade) / step(steady).max(1.0);
+    measured.insert("degrade_slowdown".to_string(), slowdown);
+    used_as.insert(
+        "degrade_slowdown".to_string(),
+        "faults.degrade_slowdown (the degrade run's step time over the steady run's)".into(),
+    );
+}
+
+/// The steady run's view with the last GPU's NIC keeping `bandwidth` of its bandwidth for
+/// the whole run: the degrade run.
+fn degrade_view(text: &str, steps: u64, gpu: usize, bandwidth: f64) -> Result<String, String> {
+    let steady = view(text, steps, None)?;
+    let mut table: toml::Table = toml::from_str(&steady).map_err(|e| e.to_string())?;
+    let mut degrade = toml::Table::new();
+    degrade.insert("nic".into(), toml::Value::Integer(gpu as i64));
+    degrade.insert("bandwidth".into(), toml::Value::Float(bandwidth));
+    degrade.insert("at".into(), "0s".into());
+    degrade.insert("duration".into(), "13d".into());
+    let mut faults = toml::Table::new();
+    faults.insert(
+        "degrade".into(),
+        toml::Value::Array(vec![toml::Value::Table(degrade)]),
+    );
+    table.insert("faults".into(), toml::Value::Table(faults));
+    toml::to_string(&table).map_err(|e| e.to_string())
+}
+
 /// Each measured figure, and (where the planner uses it) what it replaces.
 fn measure(
     plan: &Plan,
-    steady: &RunReport,
-    crashes: &[RunReport],
+    steady: &Figures,
+    crashes: &[Figures],
 ) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
     let secs = |ns: u64| ns as f64 / 1e9;
     let mut measured = BTreeMap::new();
@@ -501,7 +587,7 @@ fn measure(
         "the step: plan rounds the checkpoint interval up to whole steps",
     );
     let lost =
-        |r: &RunReport, cause: LostCause| secs(*r.lost_time_ns_by_cause.get(&cause).unwrap_or(&0));
+        |r: &Figures, cause: LostCause| secs(*r.lost_time_ns_by_cause.get(&cause).unwrap_or(&0));
     // The planner's own policy's run gives the checkpoint and detection figures.
     let own = &crashes[0];
     put(
@@ -581,6 +667,13 @@ fn inputs(plan: &Plan) -> BTreeMap<String, String> {
                 Some(_) => "the scenario's",
                 None => "the scenario sets none: an input",
             }
+        ),
+    );
+    inputs.insert(
+        "faults.degrade_bandwidth".to_string(),
+        format!(
+            "{}, the bandwidth the last GPU's NIC keeps in the degrade run",
+            plan.planner.fail_slow.bandwidth
         ),
     );
     inputs.insert(

@@ -63,6 +63,9 @@ pub fn stream_of(kind_idx: usize) -> u64 {
 pub struct FailSlow {
     pub slowdown: f64,
     pub duration_s: f64,
+    /// The bandwidth a degraded NIC keeps in `calibrate`'s degrade run, which measures the
+    /// slowdown (0.5 by default, as a run scenario's degrade; an assumption).
+    pub bandwidth: f64,
 }
 
 impl FailSlow {
@@ -275,6 +278,8 @@ pub struct Costs {
     pub crash_detection_time_s: Option<f64>,
     /// From a hang to the abort, by the detection the planner file runs.
     pub hang_detection_time_s: Option<f64>,
+    /// A fail-slow NIC's step-time factor.
+    pub degrade_slowdown: Option<f64>,
     /// Reading and rebuilding the state after the relaunch, by policy name; added to the
     /// policy's relaunch (or swap) time, which stays an input.
     pub restore_time_s: BTreeMap<String, f64>,
@@ -301,6 +306,9 @@ impl Costs {
         }
         if let Some(detection) = self.hang_detection_time_s {
             config.faults[HANG].detection_s = detection;
+        }
+        if let Some(slowdown) = self.degrade_slowdown {
+            config.fail_slow.slowdown = slowdown;
         }
         let r = &mut config.recovery;
         for (policy, time) in [
@@ -490,6 +498,7 @@ struct RawFaults {
     lemon: RawLemon,
     degrade_slowdown: Option<f64>,
     degrade_duration: Option<String>,
+    degrade_bandwidth: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -970,9 +979,17 @@ fn validate_fail_slow(src: &Source, f: &RawFaults) -> Result<FailSlow, ScenarioE
             format!("expected from 1s to 30d, got {duration_s} s"),
         ));
     }
+    let bandwidth = f.degrade_bandwidth.unwrap_or(0.5);
+    if !(bandwidth.is_finite() && (1e-3..=1.0).contains(&bandwidth)) {
+        return Err(src.error(
+            "faults.degrade_bandwidth",
+            format!("expected a share of the bandwidth from 1e-3 to 1, got {bandwidth}"),
+        ));
+    }
     Ok(FailSlow {
         slowdown,
         duration_s,
+        bandwidth,
     })
 }
 

@@ -164,8 +164,10 @@ pub fn run_shard(
         gpus: first.gpus,
         nodes: first.nodes,
         horizon_s: first.horizon_s,
-        shard_idx,
-        shard_count,
+        holding: crate::fanout::Holding::of_shard(
+            crate::fanout::Assignment::of_flag(shard_idx as u64, shard_count as u64),
+            seeds.iter().copied(),
+        ),
         points: points
             .iter()
             .map(|p| ShardPoint {

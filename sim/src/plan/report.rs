@@ -10,9 +10,11 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 use super::analytic;
 use super::config::{PlanConfig, COUNTED_KINDS};
 use super::model::{LostTime, SeedResult};
+use crate::fanout::{Cover, Holding};
 
-/// Version 2 added `plan_digest`.
-pub const SHARD_FORMAT: &str = "faultline-plan-shard/2";
+/// Version 2 added `plan_digest`; version 3 `split`, `shards` and `covered` (the seed
+/// indices a file holds), so that merging is a set union over any files of one plan.
+pub const SHARD_FORMAT: &str = "faultline-plan-shard/3";
 
 /// One sweep point as configured, with the closed forms for its inputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,9 +96,29 @@ pub struct Shard {
     pub gpus: usize,
     pub nodes: usize,
     pub horizon_s: f64,
-    pub shard_idx: usize,
-    pub shard_count: usize,
+    /// The seed indices whose results it holds at every point, and the split.
+    pub holding: Holding,
     pub points: Vec<ShardPoint>,
+}
+
+impl Shard {
+    /// The seed indices of `0..seeds` no file held.
+    pub fn missing(&self) -> Cover {
+        self.holding.covered.missing(self.seeds as u64)
+    }
+
+    /// How the file is named in messages: its shards, or the seeds it covers.
+    fn label(&self) -> String {
+        match &self.holding.split {
+            Some(split) if self.holding.shards.len() == 1 => {
+                format!("shard {}/{}", split.index, split.count)
+            }
+            _ => format!(
+                "the file of seeds {}",
+                crate::fanout::compact(self.holding.covered.items().take(20))
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,19 +134,19 @@ fn check_same_plan(shards: &[Shard], first: &Shard) -> Result<(), String> {
     for s in shards {
         if s.format != SHARD_FORMAT {
             return Err(format!(
-                "shard {}/{}: format {:?}, expected {SHARD_FORMAT:?}",
-                s.shard_idx, s.shard_count, s.format
+                "{}: format {:?}, expected {SHARD_FORMAT:?} (write it again with this \
+                 faultline)",
+                s.label(),
+                s.format
             ));
         }
         if s.plan_digest != first.plan_digest {
             return Err(format!(
-                "shard {}/{} and shard {}/{} are not from the same plan: the scenario content \
+                "{} and {} are not from the same plan: the scenario content \
                  differs (plan digest {} and {}: another file of the same name, or other \
                  --set, --sweep, --seeds or --costs)",
-                first.shard_idx,
-                first.shard_count,
-                s.shard_idx,
-                s.shard_count,
+                first.label(),
+                s.label(),
                 first.plan_digest,
                 s.plan_digest
             ));
@@ -134,7 +156,6 @@ fn check_same_plan(shards: &[Shard], first: &Shard) -> Result<(), String> {
             && s.seeds == first.seeds
             && s.gpus == first.gpus
             && s.horizon_s == first.horizon_s
-            && s.shard_count == first.shard_count
             && s.points.len() == first.points.len()
             && s.points
                 .iter()
@@ -142,9 +163,10 @@ fn check_same_plan(shards: &[Shard], first: &Shard) -> Result<(), String> {
                 .all(|(a, b)| a.info == b.info);
         if !same {
             return Err(format!(
-                "shard {}/{} is not from the same plan as shard {}/{} (scenario, seed, seeds, \
-                 scale, horizon or sweep differ)",
-                s.shard_idx, s.shard_count, first.shard_idx, first.shard_count
+                "{} is not from the same plan as {} (scenario, seed, seeds, scale, horizon or \
+                 sweep differ)",
+                s.label(),
+                first.label()
             ));
         }
     }
@@ -156,21 +178,28 @@ fn check_same_plan(shards: &[Shard], first: &Shard) -> Result<(), String> {
 fn check_results(shards: &[Shard]) -> Result<(), String> {
     for s in shards {
         if s.points.is_empty() {
-            return Err(format!(
-                "shard {}/{} has no points",
-                s.shard_idx, s.shard_count
-            ));
+            return Err(format!("{} has no points", s.label()));
         }
         for (p, point) in s.points.iter().enumerate() {
             let short = point
                 .results
                 .iter()
                 .find(|r| r.interruptions_by_kind.len() != COUNTED_KINDS.len());
+            let held = Cover::of(point.results.iter().map(|r| r.seed_idx));
+            if !s.holding.is_valid(s.seeds as u64, &held)
+                || held.len() != point.results.len() as u64
+            {
+                return Err(format!(
+                    "{}: its split, or the seeds point {p} holds, are not those it says it \
+                     covers of 0 to {}",
+                    s.label(),
+                    s.seeds
+                ));
+            }
             if let Some(r) = short {
                 return Err(format!(
-                    "shard {}/{}: point {p}, seed {}: {} counts by kind, expected {}",
-                    s.shard_idx,
-                    s.shard_count,
+                    "{}: point {p}, seed {}: {} counts by kind, expected {}",
+                    s.label(),
                     r.seed_idx,
                     r.interruptions_by_kind.len(),
                     COUNTED_KINDS.len()
@@ -181,56 +210,42 @@ fn check_results(shards: &[Shard]) -> Result<(), String> {
     Ok(())
 }
 
-/// Combines shards `0..n` of one plan into one unsharded whole.
-pub fn merge(mut shards: Vec<Shard>) -> Result<Shard, String> {
+/// Unites shard files of one plan: any shards, merged files or retries with another split,
+/// a seed held twice only with the same results. The result is a shard file again (merging is
+/// associative); the seeds no file held are [`Shard::missing`].
+pub fn merge(shards: Vec<Shard>) -> Result<Shard, String> {
     let first = shards.first().ok_or("no shard files given")?.clone();
     check_same_plan(&shards, &first)?;
-    if shards.len() != first.shard_count {
-        return Err(format!(
-            "expected the {} shards of the split, got {} file(s)",
-            first.shard_count,
-            shards.len()
-        ));
-    }
     check_results(&shards)?;
-    shards.sort_by_key(|s| s.shard_idx);
-    let indices: Vec<usize> = shards.iter().map(|s| s.shard_idx).collect();
-    if indices != (0..first.shard_count).collect::<Vec<_>>() {
-        return Err(format!(
-            "expected shards 0 to {} of {} once each, got {indices:?}",
-            first.shard_count - 1,
-            first.shard_count
-        ));
-    }
+    let mut by_seed: Vec<BTreeMap<u64, SeedResult>> = vec![BTreeMap::new(); first.points.len()];
     let mut merged = Shard {
-        shard_idx: 0,
-        shard_count: 1,
-        points: first
-            .points
-            .iter()
-            .map(|p| ShardPoint {
-                info: p.info.clone(),
-                results: Vec::new(),
-            })
-            .collect(),
-        ..first
+        points: Vec::new(),
+        ..first.clone()
     };
     for shard in shards {
-        for (into, from) in merged.points.iter_mut().zip(shard.points) {
-            into.results.extend(from.results);
+        merged.holding.unite(&shard.holding);
+        let label = shard.label();
+        for (into, from) in by_seed.iter_mut().zip(shard.points) {
+            for result in from.results {
+                let seed = result.seed_idx;
+                if into.get(&seed).is_some_and(|held| *held != result) {
+                    return Err(format!(
+                        "{label}: seed {seed} has other results than in an earlier file"
+                    ));
+                }
+                into.insert(seed, result);
+            }
         }
     }
-    for point in &mut merged.points {
-        point.results.sort_by_key(|r| r.seed_idx);
-        let expected = (0..merged.seeds as u64).collect::<Vec<_>>();
-        let got: Vec<u64> = point.results.iter().map(|r| r.seed_idx).collect();
-        if got != expected {
-            return Err(format!(
-                "the shards do not hold seeds 0 to {} exactly once each",
-                merged.seeds - 1
-            ));
-        }
-    }
+    merged.points = first
+        .points
+        .iter()
+        .zip(by_seed)
+        .map(|(p, results)| ShardPoint {
+            info: p.info.clone(),
+            results: results.into_values().collect(),
+        })
+        .collect();
     Ok(merged)
 }
 

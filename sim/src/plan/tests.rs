@@ -216,15 +216,23 @@ fn merged_shards_equal_the_unsharded_run_bit_for_bit() {
         })
         .collect();
     let merged = merge(shards.clone()).expect("the shards merge");
-    assert_eq!(merged, whole);
+    assert_eq!(merged.points, whole.points);
+    assert_eq!(merged.holding.covered, whole.holding.covered);
+    assert!(merged.missing().is_empty());
     let a = serde_json::to_string(&summarise(&merged)).unwrap();
     let b = serde_json::to_string(&summarise(&whole)).unwrap();
     assert_eq!(a, b);
-    // A missing or repeated shard is refused.
-    assert!(merge(shards[..2].to_vec()).is_err());
-    let mut twice = shards.clone();
-    twice[0] = shards[1].clone();
-    assert!(merge(twice).is_err());
+    // Associative: a merged file merges again, and a shard held twice changes nothing.
+    let two = merge(shards[..2].to_vec()).expect("two shards merge");
+    let again = merge(vec![shards[1].clone(), two.clone(), shards[2].clone()]).unwrap();
+    assert_eq!(again.points, whole.points);
+    // A missing shard leaves its seeds missing: shards[2] is shard 0 of 3.
+    let missing: Vec<u64> = two.missing().items().collect();
+    assert_eq!(missing, super::shard_seeds(whole.seeds, 0, 3));
+    // Another result for a seed already held is refused.
+    let mut forged = shards[0].clone();
+    forged.points[0].results[0].useful_s += 1.0;
+    assert!(merge(vec![shards[0].clone(), forged]).is_err());
 }
 
 #[test]
@@ -379,6 +387,7 @@ fn measured_costs_replace_the_scenarios_and_add_restores_to_relaunches() {
         checkpoint_persist_time_s: Some(7.0),
         crash_detection_time_s: Some(35.0),
         hang_detection_time_s: Some(80.0),
+        degrade_slowdown: Some(1.2),
         restore_time_s: [("restart".to_string(), 4.0), ("hot-spare".to_string(), 1.0)]
             .into_iter()
             .collect(),
@@ -386,6 +395,10 @@ fn measured_costs_replace_the_scenarios_and_add_restores_to_relaunches() {
     let plain = &load_points(&path, &[], &[], &Costs::default()).unwrap()[0].config;
     let calibrated = &load_points(&path, &[], &[], &costs).unwrap()[0].config;
     assert_eq!(calibrated.step_time_s, 2.0);
+    assert_eq!(
+        (plain.fail_slow.slowdown, calibrated.fail_slow.slowdown),
+        (1.34, 1.2)
+    );
     assert_eq!(calibrated.checkpoint_write_time_s, 0.5);
     assert_eq!(calibrated.checkpoint_persist_time_s, 7.0);
     for (kind, (before, after)) in config::FAULT_KINDS

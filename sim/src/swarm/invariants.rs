@@ -16,7 +16,7 @@
 //! fault-free equivalence and replicas agreeing through the same schedule without its SDC
 //! faults (one more run), and the swarm's verdict counts such runs apart.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::books::FaultKind;
 use crate::run::{run_scenario, RunReport};
@@ -25,7 +25,7 @@ use crate::units::format_duration_ns;
 
 trainer_core::named_enum! {
     /// The invariants, in the order a run's first violation is named.
-    #[derive(Serialize)]
+    #[derive(Serialize, Deserialize)]
     #[serde(rename_all = "snake_case")]
     pub enum Invariant {
         CheckpointAtomicity = "checkpoint_atomicity",
@@ -70,7 +70,7 @@ impl Invariant {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Violation {
     pub invariant: Invariant,
     pub detail: String,

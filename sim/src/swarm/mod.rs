@@ -1,7 +1,8 @@
 //! Swarm testing and shrinking: `faultline swarm` runs many seeds of one scenario, each with
 //! its own random subset of fault kinds at random times in a faulty phase (`faults.rs`), and
 //! checks every invariant (`invariants.rs`) on each (`seeds.rs`); `faultline shrink` reduces a
-//! failing seed's schedule to a minimal one that breaks the same invariant (`shrink.rs`).
+//! failing seed's schedule to a minimal one that breaks the same invariant (`shrink.rs`);
+//! `shard.rs` holds a shard of a swarm's seeds as a file, and unites such files again.
 //!
 //! Every schedule becomes scenario text first and is loaded like a file, so what the swarm runs
 //! and the file it writes for a reproduction are the same thing by construction.
@@ -9,6 +10,7 @@
 pub mod faults;
 pub mod invariants;
 pub mod seeds;
+pub mod shard;
 pub mod shrink;
 
 use std::path::Path;
@@ -147,12 +149,7 @@ impl Base {
     }
 
     pub fn shrink_command(&self, seed: u64) -> String {
-        format!(
-            "{}faultline shrink {} --seed {seed} --out {}",
-            self.permission(),
-            crate::shell::quote(&self.path),
-            crate::shell::quote(&format!("{}-seed-{seed}-shrunk.toml", self.name))
-        )
+        shrink_command(&self.permission(), &self.path, &self.name, seed)
     }
 
     /// What a command line needs in front to load this base: the planted-bug permission.
@@ -168,6 +165,15 @@ impl Base {
     pub fn plants_bug(&self) -> bool {
         self.scenario.planted_bug.is_some()
     }
+}
+
+/// The command that shrinks `seed` of the swarm over the scenario at `path` named `name`.
+pub fn shrink_command(permission: &str, path: &str, name: &str, seed: u64) -> String {
+    format!(
+        "{permission}faultline shrink {} --seed {seed} --out {}",
+        crate::shell::quote(path),
+        crate::shell::quote(&format!("{name}-seed-{seed}-shrunk.toml"))
+    )
 }
 
 #[cfg(test)]

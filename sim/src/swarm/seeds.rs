@@ -6,17 +6,18 @@ use crate::books::RarePath;
 use crate::scenario::MAX_SEED;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::faults::{draw_schedule, FaultSpec};
 use super::invariants::{run_and_check, Invariant, Violation};
+use super::shard::SwarmFacts;
 use super::Base;
 
 /// One seed's schedule and verdict.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SeedOutcome {
     pub seed: u64,
     /// The drawn faults, one line each.
@@ -123,60 +124,78 @@ pub fn run_swarm(
     jobs: usize,
     progress: &(dyn Fn() + Sync),
 ) -> SwarmReport {
-    let next = AtomicU64::new(seeds.start);
+    let list: Vec<u64> = seeds.clone().collect();
+    let outcomes = run_seeds(base, &list, jobs, progress);
+    SwarmReport::of(&SwarmFacts::of(base, seeds), outcomes)
+}
+
+/// Runs the seeds `seeds` on `jobs` threads and returns their outcomes in seed order;
+/// `progress` is called after each seed. What a shard of a swarm runs.
+pub fn run_seeds(
+    base: &Base,
+    seeds: &[u64],
+    jobs: usize,
+    progress: &(dyn Fn() + Sync),
+) -> Vec<SeedOutcome> {
+    let next = AtomicUsize::new(0);
     let results = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= seeds.end {
-                    break;
+            scope.spawn(|| {
+                while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let outcome = run_seed(base, seed);
+                    results
+                        .lock()
+                        .expect("no worker panicked")
+                        .insert(seed, outcome);
+                    progress();
                 }
-                let outcome = run_seed(base, seed);
-                results
-                    .lock()
-                    .expect("no worker panicked")
-                    .insert(seed, outcome);
-                progress();
             });
         }
     });
-    let outcomes: Vec<SeedOutcome> = results
+    results
         .into_inner()
         .expect("no worker panicked")
         .into_values()
-        .collect();
-    let mut failures_by_invariant = BTreeMap::new();
-    for invariant in outcomes.iter().filter_map(SeedOutcome::first_invariant) {
-        *failures_by_invariant
-            .entry(invariant.name().to_string())
-            .or_default() += 1;
-    }
-    let (rare_paths_reached, rare_paths_never_reached) = rare_path_coverage(&outcomes);
-    let fault_free = &base.reference.fault_free;
-    SwarmReport {
-        rare_paths_reached,
-        rare_paths_never_reached,
-        scenario: base.name.clone(),
-        seeds_from: seeds.start,
-        seeds_until: seeds.end,
-        fault_free_param_digest: fault_free.param_digest.clone(),
-        fault_free_model_time_ns: fault_free.model_time_ns,
-        faulty_until_ns: base.space.faulty_until_ns,
-        faulty_steps: base.space.faulty_steps,
-        liveness_bound_ns: base.reference.liveness_bound_ns,
-        seeds_run: outcomes.len() as u64,
-        seeds_failed: outcomes.iter().filter(|o| o.failed()).count() as u64,
-        failures_by_invariant,
-        seeds_without_faults: outcomes.iter().filter(|o| o.schedule.is_empty()).count() as u64,
-        seeds_with_reported_escapes: outcomes.iter().filter(|o| o.escaped > 0).count() as u64,
-        simulations: 2 * outcomes.len() as u64
-            + 1
-            + outcomes
-                .iter()
-                .filter(|o| o.escaped > 0 && o.steps_completed == base.scenario.job.steps)
-                .count() as u64,
-        outcomes,
+        .collect()
+}
+
+impl SwarmReport {
+    /// The report over `outcomes` (in seed order) of the swarm `facts` describes: what an
+    /// unsharded swarm prints, and what `merge` rebuilds from shard files.
+    pub fn of(facts: &SwarmFacts, outcomes: Vec<SeedOutcome>) -> SwarmReport {
+        let mut failures_by_invariant = BTreeMap::new();
+        for invariant in outcomes.iter().filter_map(SeedOutcome::first_invariant) {
+            *failures_by_invariant
+                .entry(invariant.name().to_string())
+                .or_default() += 1;
+        }
+        let (rare_paths_reached, rare_paths_never_reached) = rare_path_coverage(&outcomes);
+        SwarmReport {
+            rare_paths_reached,
+            rare_paths_never_reached,
+            scenario: facts.scenario.clone(),
+            seeds_from: facts.seeds_from,
+            seeds_until: facts.seeds_until,
+            fault_free_param_digest: facts.fault_free_param_digest.clone(),
+            fault_free_model_time_ns: facts.fault_free_model_time_ns,
+            faulty_until_ns: facts.faulty_until_ns,
+            faulty_steps: facts.faulty_steps,
+            liveness_bound_ns: facts.liveness_bound_ns,
+            seeds_run: outcomes.len() as u64,
+            seeds_failed: outcomes.iter().filter(|o| o.failed()).count() as u64,
+            failures_by_invariant,
+            // A seed's faults are its schedule, one line each.
+            seeds_without_faults: outcomes.iter().filter(|o| o.faults.is_empty()).count() as u64,
+            seeds_with_reported_escapes: outcomes.iter().filter(|o| o.escaped > 0).count() as u64,
+            simulations: 2 * outcomes.len() as u64
+                + 1
+                + outcomes
+                    .iter()
+                    .filter(|o| o.escaped > 0 && o.steps_completed == facts.job_steps)
+                    .count() as u64,
+            outcomes,
+        }
     }
 }
 

@@ -234,6 +234,7 @@ impl World {
         let faults = (config.hangs.clone(), config.desyncs.clone());
         let check = config.desync_check;
         self.hangs = super::hangs::Hangs::new(faults, check, self.ranks.len(), record);
+        self.start_random_gray(config.gray_rates_per_node_per_ns, node_count);
         let mut control = Control::new(config, self.seed, self.placement.world(), node_count);
         if control.config.node_failure_rate_per_ns > 0.0 {
             let at = next_arrival(&mut control, 0);

@@ -16,7 +16,9 @@ use super::control::Phase;
 use super::{EventKind, World, FINISHED};
 use crate::books::{Detector, FaultKind, LostCause};
 use crate::flight::{self, Diagnosis, Dump, Fingerprint, FingerprintCheck, GroupKey, Recorder};
+use crate::rng::RngStream;
 use crate::trace::Record;
+use rand::Rng;
 
 pub(super) struct Hangs {
     specs: Vec<HangSpec>,
@@ -34,6 +36,8 @@ pub(super) struct Hangs {
     check: Option<Check>,
     /// The generation in which the check found a mismatch, until the exchange ends.
     check_found: Option<u64>,
+    /// Random hangs and desyncs, when the scenario gives them a rate.
+    random: Option<RandomGray>,
     /// Ranks parked in a hang now; the abort wakes them.
     hung: BTreeSet<usize>,
     recorder: Option<Recorder>,
@@ -72,6 +76,24 @@ pub struct InjectedHang {
     pub at_ns: u64,
 }
 
+/// The random hang and desync process: arrivals at the job's rate (per node, times the
+/// nodes); each picks a kind by the rates' shares and a rank, which then hangs or desyncs at
+/// the next step it begins, where the spec-given ones strike too.
+struct RandomGray {
+    rng: rand_chacha::ChaCha8Rng,
+    /// Per node per nanosecond.
+    rates: (f64, f64),
+    nodes: usize,
+    /// Ranks due to hang or desync at their next step, and how.
+    pending: BTreeMap<usize, Gray>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Gray {
+    Hang(HangPoint),
+    Desync(DesyncKind),
+}
+
 /// The desync check's state: the open collectives' fingerprints, and per rank when the
 /// exchange for its latest collective ends (its sends wait for it).
 struct Check {
@@ -103,6 +125,7 @@ impl Hangs {
             recorder: (record || check.is_some()).then(|| Recorder::new(ranks)),
             check,
             check_found: None,
+            random: None,
             hung: BTreeSet::new(),
             keep_dumps: false,
             dumps: Vec::new(),
@@ -114,7 +137,82 @@ impl Hangs {
     }
 }
 
+impl Hangs {
+    /// `rank` begins `step`: a random hang or desync due for it becomes a spec of this step,
+    /// which the scheduled ones' matching then arms.
+    fn take_random_due(&mut self, rank: usize, step: u64) {
+        let Some(gray) = self.random.as_mut().and_then(|r| r.pending.remove(&rank)) else {
+            return;
+        };
+        match gray {
+            Gray::Hang(point) => {
+                let taken = self
+                    .specs
+                    .iter()
+                    .any(|h| (h.rank, h.at_step) == (rank, step));
+                if !taken {
+                    self.specs.push(HangSpec {
+                        rank,
+                        at_step: step,
+                        point,
+                    });
+                    self.fired.push(false);
+                }
+            }
+            Gray::Desync(kind) => {
+                let taken = self
+                    .desyncs
+                    .iter()
+                    .any(|d| (d.rank, d.at_step) == (rank, step));
+                if !taken {
+                    self.desyncs.push(DesyncSpec {
+                        rank,
+                        at_step: step,
+                        kind,
+                    });
+                    self.desyncs_fired.push(false);
+                }
+            }
+        }
+    }
+}
+
 impl World {
+    /// Starts the random hang and desync process when the scenario gives it a rate.
+    pub(super) fn start_random_gray(&mut self, rates: (f64, f64), nodes: usize) {
+        if rates.0 + rates.1 <= 0.0 {
+            return;
+        }
+        let mut random = RandomGray {
+            rng: RngStream::GrayFailures.rng(self.seed),
+            rates,
+            nodes,
+            pending: BTreeMap::new(),
+        };
+        let at = random.next_arrival_ns(0);
+        self.hangs.random = Some(random);
+        self.schedule(at, EventKind::RandomGray);
+    }
+
+    /// A random hang or desync arrives: a rank drawn at random is due at its next step.
+    pub(super) fn fire_random_gray(&mut self) {
+        if self.all_finished() {
+            return;
+        }
+        let now = self.clock.now_ns();
+        let ranks = self.ranks.len();
+        let random = self.hangs.random.as_mut().expect("a random gray process");
+        let (hang, desync) = random.rates;
+        let gray = match random.rng.gen_bool(hang / (hang + desync)) {
+            true => Gray::Hang(HangPoint::ALL[random.rng.gen_range(0..HangPoint::ALL.len())]),
+            false => Gray::Desync(DesyncKind::ALL[random.rng.gen_range(0..DesyncKind::ALL.len())]),
+        };
+        let rank = random.rng.gen_range(0..ranks);
+        random.pending.entry(rank).or_insert(gray);
+        let next = random.next_arrival_ns(now);
+        self.schedule(next, EventKind::RandomGray);
+    }
+
     /// Keep every flight-recorder dump for the caller (`take_flight_dumps`).
     pub fn keep_flight_dumps(&mut self) {
         self.hangs.keep_dumps = true;
@@ -131,6 +229,7 @@ impl World {
         let hangs = &mut self.hangs;
         match *event {
             Event::StepBegin { step } => {
+                hangs.take_random_due(rank, step);
                 let due = (hangs.specs.iter().enumerate())
                     .find(|(idx, h)| h.rank == rank && h.at_step == step && !hangs.fired[*idx]);
                 if let Some((idx, _)) = due {
@@ -308,6 +407,10 @@ impl World {
         if let Some(check) = &mut self.hangs.check {
             check.fingerprints.clear();
         }
+        // A random hang or desync that had not struck yet was for a process that is gone.
+        if let Some(random) = &mut self.hangs.random {
+            random.pending.clear();
+        }
         // Another fault's restart ended them: no later stop is theirs.
         self.hangs.injected.clear();
         self.hangs.hung.clear();
@@ -419,5 +522,16 @@ fn desynced(
             };
             (other, programmed, bytes)
         }
+    }
+}
+
+impl RandomGray {
+    fn next_arrival_ns(&mut self, now_ns: u64) -> u64 {
+        use rand::distributions::Distribution;
+        let rate = (self.rates.0 + self.rates.1) * self.nodes as f64;
+        let gap = statrs::distribution::Exp::new(rate)
+            .expect("a positive rate")
+            .sample(&mut self.rng);
+        now_ns.saturating_add(gap.min(1e18) as u64)
     }
 }

@@ -3,10 +3,10 @@
 //! progress monitor, so that the time a hang costs at the planner's scale is measured with
 //! the real detection logic rather than assumed (`faults.detection.hang`).
 
+use super::shard::Figures;
 use super::{load_view, view, Policy};
 use crate::books::{Detector, LostCause};
 use crate::plan::config::PlanConfig;
-use crate::run::RunReport;
 use crate::scenario::{Scenario, ScenarioError};
 
 /// The progress monitor's timeout when the planner file sets none: an input, stated in the
@@ -107,7 +107,7 @@ fn hang_view(
 }
 
 /// The run's detection latency, or why the run measured none.
-pub(super) fn detection_s(detection: HangDetection, report: &RunReport) -> Result<f64, String> {
+pub(super) fn detection_s(detection: HangDetection, report: &Figures) -> Result<f64, String> {
     let detected = &report.faults.detected;
     if detected.get(&detection.detector()).is_none() || report.recoveries == 0 {
         return Err(format!(
