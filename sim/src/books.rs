@@ -233,7 +233,33 @@ macro_rules! serde_by_name {
     };
 }
 
-serde_by_name!(FaultKind, Detector, LostCause, TierName, RarePath);
+named_enum! {
+    /// A fault that stopped work, as the blast radius books it (`blast_radius`).
+    pub enum StopCause {
+        GpuFailure = "gpu_failure",
+        /// A transfer lost on a flapping link under the plain transport.
+        LinkFlap = "link_flap",
+        NodeCrash = "node_crash",
+        /// A GPU found computing wrong sums, taken out of service.
+        SdcQuarantine = "sdc_quarantine",
+        /// A straggler's node evicted.
+        StragglerEviction = "straggler_eviction",
+    }
+}
+
+named_enum! {
+    /// How the job got going again after a stop (`blast_radius.faults[].recovery`).
+    pub enum Resumption {
+        /// Hot-spare: the failed nodes swapped for spares, then a restart from a checkpoint.
+        HotSpareSwap = "hot_spare_swap",
+        /// Per-replica: the survivors regrouped without the failed node.
+        Regroup = "regroup",
+        /// A full restart from a checkpoint.
+        Restart = "restart",
+    }
+}
+
+serde_by_name!(FaultKind, Detector, LostCause, TierName, RarePath, StopCause, Resumption);
 
 #[cfg(test)]
 mod tests {
@@ -248,6 +274,8 @@ mod tests {
             Detector::NAMES,
             LostCause::NAMES,
             TierName::NAMES,
+            StopCause::NAMES,
+            Resumption::NAMES,
         ] {
             assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
         }

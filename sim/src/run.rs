@@ -157,6 +157,10 @@ pub struct RunReport {
     /// the detections while one was in force; absent when none can happen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degrades: Option<crate::world::DegradeReport>,
+    /// Per fault that stopped work: the groups it hit and the GPUs idle for how long; absent
+    /// when nothing stopped.
+    #[serde(skip_serializing_if = "crate::world::BlastRadius::is_empty")]
+    pub blast_radius: crate::world::BlastRadius,
     /// The parallelism layout, its bubble and where step time went; absent without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<LayoutReport>,
@@ -353,6 +357,7 @@ fn report_of(
         link_flaps: world.link_flap_report(),
         stragglers: world.straggler_report(),
         degrades: world.degrade_report(),
+        blast_radius: world.blast_radius(scenario.job.layout.as_ref().map(|l| &l.layout)),
         layout: LayoutReport::of(scenario, results),
         rank0_step_ns: world.rank0_step_ns(),
         story: world.story().clone(),

@@ -16,6 +16,7 @@ impl Display for RunReport {
         self.fmt_job(f)?;
         self.fmt_layout(f)?;
         self.fmt_faults(f)?;
+        self.fmt_blast_radius(f)?;
         self.fmt_degradations(f)?;
         writeln!(f, "goodput: {:.2}%", 100.0 * self.goodput)?;
         if let Some(first) = self.atomicity_violations.first() {
@@ -106,6 +107,58 @@ impl RunReport {
             kind(&m.pp),
             kind(&m.dp)
         )
+    }
+
+    /// The blast radius: GPU-time idle by cause, and each fault's groups and idle GPUs.
+    fn fmt_blast_radius(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let b = &self.blast_radius;
+        if b.is_empty() {
+            return Ok(());
+        }
+        let by_cause: Vec<String> = b
+            .gpus_idle_seconds_by_cause
+            .iter()
+            .map(|(cause, s)| format!("{cause} {s:.1}"))
+            .collect();
+        let groups = if self.layout.is_some() {
+            format!(
+                "{} replica(s) lost, {} pipeline(s) stalled, {} TP group(s) stopped",
+                b.replicas_lost, b.pipelines_stalled, b.tp_groups_stopped
+            )
+        } else {
+            format!("{} replica(s) lost", b.replicas_lost)
+        };
+        writeln!(
+            f,
+            "blast radius: {:.1} GPU-seconds idle ({}); {groups}",
+            b.gpus_idle_seconds,
+            by_cause.join(", "),
+        )?;
+        for x in b.faults.iter().take(8) {
+            let groups = if x.tp_groups.is_empty() {
+                format!("node(s) {:?}", x.nodes)
+            } else {
+                format!(
+                    "TP groups {:?}, pipelines {:?}, DP replicas {:?} ({} GPUs each)",
+                    x.tp_groups, x.pipelines, x.dp_replicas, x.replica_gpus
+                )
+            };
+            let out = if x.gpus_out > 0 {
+                format!(", then {} out for {}", x.gpus_out, duration(x.out_ns))
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "  {} at {} ({}): {groups}; {} GPUs idle for {}{out}",
+                x.cause,
+                duration(x.at_ns),
+                x.recovery,
+                x.gpus_stopped,
+                duration(x.stopped_ns),
+            )?;
+        }
+        Ok(())
     }
 
     /// Faults injected and detected, the SDC books per kind, escapes and time lost.
@@ -296,20 +349,21 @@ impl PlanReport {
         let width = names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
         writeln!(
             f,
-            "{:<width$} {:>8} {:>19} {:>9} {:>9} {:>9}",
-            "point", "ETTR", "95% CI", "interrupt", "Daly ETTR", "Kokolis"
+            "{:<width$} {:>8} {:>19} {:>9} {:>9} {:>9} {:>9}",
+            "point", "ETTR", "95% CI", "interrupt", "Daly ETTR", "Kokolis", "GPUs idle"
         )?;
         for (p, name) in self.sweep.iter().zip(&names) {
             writeln!(
                 f,
-                "{:<width$} {:>8.4} [{:>8.4}, {:>8.4}] {:>9.1} {:>9.4} {:>9.4}",
+                "{:<width$} {:>8.4} [{:>8.4}, {:>8.4}] {:>9.1} {:>9.4} {:>9.4} {:>9}",
                 name,
                 p.ettr_mean,
                 p.ettr_ci95[0],
                 p.ettr_ci95[1],
                 p.interruptions_mean,
                 p.daly_ettr,
-                p.kokolis_ettr
+                p.kokolis_ettr,
+                p.gpus_idled_per_failure
             )?;
         }
         Ok(())

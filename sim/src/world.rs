@@ -30,6 +30,8 @@ use hot::{
     TIMER_FIRED,
 };
 
+mod blast;
+pub use blast::{BlastFault, BlastRadius};
 mod clock;
 mod control;
 mod degrades;

@@ -155,7 +155,12 @@ pub struct Recovery {
     pub in_memory_restore_time_s: f64,
     pub hot_spare_time_s: f64,
     pub per_replica_stall_time_s: f64,
+    /// Data-parallel replicas: `recovery.replicas`, or derived from `[parallelism]` or
+    /// `recovery.replica_gpus` (the GPUs over one replica's size).
     pub replicas: usize,
+    /// GPUs in one replica, the unit per-replica recovery takes out: tp x pp with a layout,
+    /// `recovery.replica_gpus`, or the GPUs over `replicas`, rounded up.
+    pub replica_gpus: usize,
     pub replica_rejoin_time_s: f64,
     /// Spare nodes for the in-memory, hot-spare and per-replica policies; `None` is unlimited.
     /// When all are in repair the recovery falls back to a full restart.
@@ -164,6 +169,15 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// GPUs a failure idles beyond the stall: one replica under per-replica (the others run
+    /// on while it rejoins), the whole job (`gpus`) under every other policy.
+    pub fn gpus_idled_per_failure(&self, gpus: usize) -> usize {
+        match self.policy {
+            Policy::PerReplica => self.replica_gpus,
+            _ => gpus,
+        }
+    }
+
     /// What one recovery costs under the policy when a spare is at hand, without rollback.
     pub fn policy_recovery_s(&self) -> f64 {
         match self.policy {
@@ -379,6 +393,17 @@ struct RawPlanFile {
     recovery: RawRecovery,
     #[serde(default)]
     faults: RawFaults,
+    /// The layout, for the per-replica recovery's replica size.
+    #[serde(default)]
+    parallelism: Option<RawParallelism>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawParallelism {
+    tp: Option<i64>,
+    pp: Option<i64>,
+    dp: Option<i64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -451,6 +476,7 @@ struct RawRecovery {
     hot_spare_time: Option<String>,
     per_replica_stall_time: Option<String>,
     replicas: Option<i64>,
+    replica_gpus: Option<i64>,
     replica_rejoin_time: Option<String>,
     spare_nodes: Option<i64>,
     repair_time: Option<String>,
@@ -572,7 +598,9 @@ fn validate(name: &str, raw: RawPlanFile, src: &Source) -> Result<PlanConfig, Sc
     let plan = validate_plan(src, &raw.plan)?;
     let (checkpoint_interval_s, checkpoint_write_time_s, checkpoint_persist_time_s) =
         validate_checkpoint(src, &raw.checkpoint)?;
-    let (recovery, detection_time_s) = validate_recovery(src, &raw.recovery)?;
+    let (mut recovery, detection_time_s) = validate_recovery(src, &raw.recovery)?;
+    (recovery.replicas, recovery.replica_gpus) =
+        validate_replicas(src, &raw, gpus, recovery.policy)?;
     let faults = validate_faults(src, &raw.faults, detection_time_s)?;
     let fail_slow = validate_fail_slow(src, &raw.faults)?;
     let lemons = validate_lemons(src, &raw.faults.lemon, nodes)?;
@@ -671,13 +699,6 @@ fn validate_recovery(src: &Source, r: &RawRecovery) -> Result<(Recovery, f64), S
     })?;
     let restart_time_s = duration_s(src, "recovery.restart_time", &r.restart_time, "10min")?;
     let detection_time_s = duration_s(src, "recovery.detection_time", &r.detection_time, "0s")?;
-    let replicas = in_range(
-        src,
-        "recovery.replicas",
-        r.replicas.unwrap_or(8),
-        2,
-        1 << 20,
-    )?;
     let recovery = Recovery {
         policy,
         restart_time_s,
@@ -694,7 +715,9 @@ fn validate_recovery(src: &Source, r: &RawRecovery) -> Result<(Recovery, f64), S
             &r.per_replica_stall_time,
             "3min",
         )?,
-        replicas,
+        // Set by `validate_replicas`.
+        replicas: 0,
+        replica_gpus: 0,
         replica_rejoin_time_s: match &r.replica_rejoin_time {
             Some(_) => duration_s(
                 src,
@@ -718,6 +741,120 @@ fn validate_recovery(src: &Source, r: &RawRecovery) -> Result<(Recovery, f64), S
     };
 
     Ok((recovery, detection_time_s))
+}
+
+/// The replica count and size: from `[parallelism]` (tp x pp GPUs a replica, dp of them, dp
+/// derived as the GPUs over tp x pp when not given), from `recovery.replica_gpus`, or from
+/// `recovery.replicas`. Two of them that disagree are refused, naming the later key; so is a
+/// layout of one replica under per-replica, which has no other replica to go on with.
+fn validate_replicas(
+    src: &Source,
+    raw: &RawPlanFile,
+    gpus: usize,
+    policy: Policy,
+) -> Result<(usize, usize), ScenarioError> {
+    let layout = match &raw.parallelism {
+        Some(p) => Some(validate_layout(src, p, gpus)?),
+        None => None,
+    };
+    let r = &raw.recovery;
+    let by_size = match r.replica_gpus {
+        Some(n) => {
+            let size = in_range(src, "recovery.replica_gpus", n, 1, MAX_GPUS as i64)?;
+            if gpus % size != 0 {
+                let message = format!("{size} GPUs a replica do not divide cluster.gpus = {gpus}");
+                return Err(src.error("recovery.replica_gpus", message));
+            }
+            if let Some((unit, _)) = layout.filter(|&(unit, _)| unit != size) {
+                let message = format!(
+                    "{size} GPUs a replica, but [parallelism] makes a replica tp x pp = {unit} GPUs"
+                );
+                return Err(src.error("recovery.replica_gpus", message));
+            }
+            Some((size, gpus / size))
+        }
+        None => None,
+    };
+    let derived = layout.or(by_size);
+    let Some((size, dp)) = derived else {
+        let replicas = in_range(
+            src,
+            "recovery.replicas",
+            r.replicas.unwrap_or(8),
+            2,
+            1 << 20,
+        )?;
+        return Ok((replicas, gpus.div_ceil(replicas)));
+    };
+    let source = if layout.is_some() {
+        "[parallelism]"
+    } else {
+        "recovery.replica_gpus"
+    };
+    if let Some(given) = r.replicas {
+        in_range(src, "recovery.replicas", given, 2, 1 << 20)?;
+        if given as usize != dp {
+            let message =
+                format!("{given} replicas, but {source} gives {dp} replicas of {size} GPUs");
+            return Err(src.error("recovery.replicas", message));
+        }
+    }
+    if dp < 2 && policy == Policy::PerReplica {
+        let key = match &raw.parallelism {
+            Some(p) => layout_key(p),
+            None => "recovery.replica_gpus",
+        };
+        let message = format!(
+            "per-replica recovery needs at least 2 data-parallel replicas; {source} gives 1 \
+             replica of all {gpus} GPUs"
+        );
+        return Err(src.error(key, message));
+    }
+    Ok((dp, size))
+}
+
+/// The `[parallelism]` key an error about the replica count names: the last of dp, pp and tp
+/// the file gives (so that the error has a line), tp when it gives none.
+fn layout_key(p: &RawParallelism) -> &'static str {
+    if p.dp.is_some() {
+        "parallelism.dp"
+    } else if p.pp.is_some() || p.tp.is_none() {
+        "parallelism.pp"
+    } else {
+        "parallelism.tp"
+    }
+}
+
+/// `[parallelism]`: tp x pp GPUs a replica and dp replicas, which must fill `cluster.gpus`.
+fn validate_layout(
+    src: &Source,
+    p: &RawParallelism,
+    gpus: usize,
+) -> Result<(usize, usize), ScenarioError> {
+    let tp = in_range(src, "parallelism.tp", p.tp.unwrap_or(1), 1, 256)?;
+    let pp = in_range(src, "parallelism.pp", p.pp.unwrap_or(1), 1, 1024)?;
+    let unit = tp * pp;
+    if gpus % unit != 0 {
+        let message = format!("tp x pp = {unit} does not divide cluster.gpus = {gpus}");
+        let key = if p.pp.is_some() {
+            "parallelism.pp"
+        } else {
+            "parallelism.tp"
+        };
+        return Err(src.error(key, message));
+    }
+    let dp = match p.dp {
+        Some(dp) => in_range(src, "parallelism.dp", dp, 1, MAX_GPUS as i64)?,
+        None => gpus / unit,
+    };
+    if unit * dp != gpus {
+        let message = format!(
+            "tp x pp x dp = {tp} x {pp} x {dp} = {}, but cluster.gpus = {gpus}",
+            unit * dp
+        );
+        return Err(src.error("parallelism.dp", message));
+    }
+    Ok((unit, dp))
 }
 
 /// Each failure kind's process: its rate, its distribution and its detection time.

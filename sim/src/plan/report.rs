@@ -34,6 +34,15 @@ pub struct PointInfo {
     /// Daly's T_s / T_w at this point's interval, with R = detection + the policy's recovery.
     pub daly_ettr: f64,
     pub kokolis_ettr: f64,
+    /// Data-parallel replicas and the GPUs in each (from `[parallelism]`,
+    /// `recovery.replica_gpus` or `recovery.replicas`).
+    #[serde(default)]
+    pub replicas: usize,
+    #[serde(default)]
+    pub replica_gpus: usize,
+    /// GPUs a failure idles beyond the stall: one replica under per-replica, all otherwise.
+    #[serde(default)]
+    pub gpus_idled_per_failure: usize,
 }
 
 impl PointInfo {
@@ -66,6 +75,9 @@ impl PointInfo {
                 tau / (tau + delta)
             },
             kokolis_ettr: analytic::kokolis_ettr(rate, restart, tau, delta),
+            replicas: cfg.recovery.replicas,
+            replica_gpus: cfg.recovery.replica_gpus,
+            gpus_idled_per_failure: cfg.recovery.gpus_idled_per_failure(cfg.gpus),
         }
     }
 }
@@ -299,6 +311,9 @@ pub struct PointSummary {
     pub daly_interval_s: f64,
     pub daly_ettr: f64,
     pub kokolis_ettr: f64,
+    pub replicas: usize,
+    pub replica_gpus: usize,
+    pub gpus_idled_per_failure: usize,
 }
 
 /// The planner's report: the best point's figures at the top, every point in `sweep`.
@@ -324,6 +339,8 @@ pub struct PlanReport {
     pub daly_interval_s: f64,
     pub daly_ettr: f64,
     pub kokolis_ettr: f64,
+    /// The best point's GPUs idled per failure beyond the stall.
+    pub gpus_idled_per_failure: usize,
     pub sweep: Vec<PointSummary>,
 }
 
@@ -369,6 +386,9 @@ fn summarise_point(point: &ShardPoint, horizon_s: f64) -> PointSummary {
         daly_interval_s: i.daly_interval_s,
         daly_ettr: i.daly_ettr,
         kokolis_ettr: i.kokolis_ettr,
+        replicas: i.replicas,
+        replica_gpus: i.replica_gpus,
+        gpus_idled_per_failure: i.gpus_idled_per_failure,
     }
 }
 
@@ -408,6 +428,7 @@ pub fn summarise(shard: &Shard) -> PlanReport {
         daly_interval_s: b.daly_interval_s,
         daly_ettr: b.daly_ettr,
         kokolis_ettr: b.kokolis_ettr,
+        gpus_idled_per_failure: b.gpus_idled_per_failure,
         sweep,
     }
 }

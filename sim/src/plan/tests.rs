@@ -484,3 +484,80 @@ fn a_hang_waits_for_the_watchdog_then_restarts() {
     assert_eq!(config::stream_of(config::LEMON), 9);
     assert_eq!(config::stream_of(config::HANG), 10);
 }
+
+/// `[parallelism]` (dp derived or given) and `recovery.replica_gpus` set the per-replica
+/// recovery's replica count and size, and the GPUs a failure idles; without either,
+/// `recovery.replicas` does as before.
+#[test]
+fn the_layout_sets_the_replica_size_and_the_gpus_idled_per_failure() {
+    let base = "[cluster]\ngpus = 1024\n[recovery]\npolicy = \"per-replica\"\n";
+    let load = |extra: &str| config::load_str("p", "p.toml", &format!("{base}{extra}"), &[]);
+    let r = load("[parallelism]\ntp = 8\npp = 4\n").unwrap().recovery;
+    assert_eq!((r.replicas, r.replica_gpus), (32, 32));
+    assert_eq!(r.gpus_idled_per_failure(1024), 32);
+    let r = load("[parallelism]\ntp = 8\npp = 4\ndp = 32\n")
+        .unwrap()
+        .recovery;
+    assert_eq!((r.replicas, r.replica_gpus), (32, 32));
+    let r = load("replica_gpus = 128\n").unwrap().recovery;
+    assert_eq!((r.replicas, r.replica_gpus), (8, 128));
+    let r = load("replicas = 16\n").unwrap().recovery;
+    assert_eq!((r.replicas, r.replica_gpus), (16, 64));
+    // Consistent pairs are accepted.
+    let r = load("replica_gpus = 32\nreplicas = 32\n[parallelism]\ntp = 8\npp = 4\n").unwrap();
+    assert_eq!(r.recovery.replicas, 32);
+    // Under another policy a failure idles every GPU.
+    let text = format!("{base}[parallelism]\ntp = 8\npp = 4\n");
+    let sets = ["recovery.policy=\"restart\"".to_string()];
+    let r = config::load_str("p", "p.toml", &text, &sets)
+        .unwrap()
+        .recovery;
+    assert_eq!(r.gpus_idled_per_failure(1024), 1024);
+}
+
+/// Replica counts and sizes that disagree, and a layout of one replica under per-replica, are
+/// refused naming the file, line, column and key.
+#[test]
+fn inconsistent_replica_settings_are_refused_naming_the_key() {
+    let base = "[cluster]\ngpus = 1024\n[recovery]\npolicy = \"per-replica\"\n";
+    let check = |extra: &str, expected: &str| {
+        let text = format!("{base}{extra}");
+        let err = config::load_str("p", "p.toml", &text, &[]).expect_err(&text);
+        assert_eq!(err.to_string(), expected);
+    };
+    check(
+        "replicas = 16\n[parallelism]\ntp = 8\npp = 4\n",
+        "p.toml:5:12: recovery.replicas: 16 replicas, but [parallelism] gives 32 replicas of 32 \
+         GPUs",
+    );
+    check(
+        "replica_gpus = 64\n[parallelism]\ntp = 8\npp = 4\n",
+        "p.toml:5:16: recovery.replica_gpus: 64 GPUs a replica, but [parallelism] makes a \
+         replica tp x pp = 32 GPUs",
+    );
+    check(
+        "replica_gpus = 100\n",
+        "p.toml:5:16: recovery.replica_gpus: 100 GPUs a replica do not divide cluster.gpus = 1024",
+    );
+    check(
+        "[parallelism]\ntp = 8\npp = 4\ndp = 16\n",
+        "p.toml:8:6: parallelism.dp: tp x pp x dp = 8 x 4 x 16 = 512, but cluster.gpus = 1024",
+    );
+    check(
+        "[parallelism]\ntp = 8\npp = 128\n",
+        "p.toml:7:6: parallelism.pp: per-replica recovery needs at least 2 data-parallel \
+         replicas; [parallelism] gives 1 replica of all 1024 GPUs",
+    );
+}
+
+/// FT-HSDP's comparison: the scenario's layout gives 768 replicas of 128 GPUs.
+#[test]
+fn the_ft_hsdp_scenario_derives_its_replicas_from_the_layout() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/plan-ft-hsdp-100k.toml");
+    let cfg = config::load(&path, &[]).unwrap();
+    assert_eq!(cfg.gpus, 98_304);
+    assert_eq!(
+        (cfg.recovery.replicas, cfg.recovery.replica_gpus),
+        (768, 128)
+    );
+}

@@ -20,7 +20,7 @@ use trainer_core::{CommError, Event, RestartOrder};
 
 use super::digest_tag::DigestTag;
 use super::{EventKind, Wait, WaitKind, World, ABORTED, DEAD, MEMORY_LOST, TIMED_OUT};
-use crate::books::{Detector, FaultKind, LostCause, RarePath, TierName};
+use crate::books::{Detector, FaultKind, LostCause, RarePath, Resumption, StopCause, TierName};
 use crate::rng::RngStream;
 use crate::storage::Place;
 use crate::trace::Record;
@@ -119,6 +119,8 @@ pub(super) struct Control {
     after_sdc_rollback: bool,
     /// Rank 0's last step recomputed after an SDC roll-back, for the SDC books.
     pub(super) sdc_recompute_ns: u64,
+    /// The stops faults caused, for the blast radius.
+    pub(super) blast: super::blast::BlastBooks,
 }
 
 impl Control {
@@ -154,6 +156,7 @@ impl Control {
             fingerprint_pending: None,
             after_sdc_rollback: false,
             sdc_recompute_ns: 0,
+            blast: Default::default(),
         };
         control.spares_left = spares_left;
         control
@@ -329,6 +332,11 @@ impl World {
         };
         self.record(Some(ranks[0] as u32), crash);
         self.digest.u64(DigestTag::Crash.word(ranks[0] as u64));
+        let cause = match kind {
+            FaultKind::NodeCrash => StopCause::NodeCrash,
+            _ => StopCause::GpuFailure,
+        };
+        self.blast_fault(cause, ranks.clone(), Some(node));
         for rank in ranks {
             let state = &mut self.ranks[rank];
             state.set(DEAD, true);
@@ -466,6 +474,8 @@ impl World {
             self.ranks[group.member(idx)].set(MEMORY_LOST, true);
         }
         self.digest.u64(DigestTag::Evict.word(node as u64));
+        let ranks = (0..group.count()).map(|idx| group.member(idx)).collect();
+        self.blast_fault(StopCause::StragglerEviction, ranks, Some(node));
         self.begin_abort();
     }
 
@@ -478,6 +488,7 @@ impl World {
             return;
         }
         control.phase = Phase::Aborting;
+        control.blast.stopped_at_ns = Some(now);
         if control.rank0_pending_checkpoint.take().is_some() {
             control.report.checkpoints_lost_in_flight += 1;
             self.coverage.reach(RarePath::CheckpointLostInFlight);
@@ -524,6 +535,8 @@ impl World {
                 self.ranks[faulty].set(MEMORY_LOST, true);
                 self.coverage.reach(RarePath::SdcQuarantine);
                 self.sdc_quarantine(faulty);
+                let node = self.placement.node_of(faulty);
+                self.blast_fault(StopCause::SdcQuarantine, vec![faulty], Some(node));
             }
             self.record(Some(rank as u32), Record::Detected { by: detector });
             if detector == Detector::Watchdog {
@@ -591,6 +604,9 @@ impl World {
             let at = self.clock.now_ns() + restart;
             self.schedule(at, EventKind::Restart);
             let delay_ns = restart;
+            if spares > 0 {
+                self.blast_recovery(Resumption::HotSpareSwap);
+            }
             self.record(
                 None,
                 Record::RestartScheduled {
@@ -686,12 +702,17 @@ impl World {
         }
         match *event {
             Event::StepBegin { step } => {
-                if let Some(at) = control.restarted_at_ns.take() {
+                let resumed = control.restarted_at_ns.take();
+                if let Some(at) = resumed {
                     let cause = control.resume_cause;
                     control.lose(cause, now - at);
                 }
                 control.rank0_step_began = Some((step, now));
-                if control.config.policy == RecoveryPolicy::PerReplica {
+                let per_replica = control.config.policy == RecoveryPolicy::PerReplica;
+                if resumed.is_some() {
+                    self.blast_resumed();
+                }
+                if per_replica {
                     self.replicas_on_step_begin();
                 }
             }

@@ -258,6 +258,7 @@ impl World {
                 self.digest
                     .u64(DigestTag::TransferLost.word((from as u64) << 24 | to as u64));
                 self.digest.u64(self.clock.now_ns());
+                self.blast_fault(crate::books::StopCause::LinkFlap, vec![from, to], None);
                 self.note_undetected_fault();
                 self.drop_message(slot);
             }

@@ -205,6 +205,7 @@ impl World {
             LostCause::Regroup
         };
         let generation = control.generation + 1;
+        self.blast_recovery(crate::books::Resumption::Regroup);
         // An error stopped the job unless it stopped only to re-admit nodes.
         let delay_ns = self.rebuild_communicators(!failed.is_empty() || due.is_empty());
         for node in dropped_now {
