@@ -31,6 +31,52 @@ impl From<DriverError> for DeviceError {
     }
 }
 
+/// The kernel half of `trainer_core::Backend`, the same on every transport: each call runs on
+/// the rank's device (`self.device()`) and a failure ends the rank (`self.fail(what, e)`).
+/// Expanded inside each transport's `impl Backend`.
+macro_rules! kernel_calls {
+    () => {
+        fn add_assign(&self, acc: &mut [f32], src: &[f32]) {
+            self.device()
+                .add_assign(acc, src)
+                .unwrap_or_else(|e| self.fail("add_assign kernel", e));
+        }
+
+        fn sgd_update(&self, params: &mut [f32], grad: &[f32], lr: f32) {
+            self.device()
+                .sgd_update(params, grad, lr)
+                .unwrap_or_else(|e| self.fail("sgd_update kernel", e));
+        }
+
+        fn layer_forward(
+            &self,
+            weights: &[f32],
+            width: usize,
+            h: &[f32],
+            pre: &mut [f32],
+            partial: &mut [f32],
+        ) {
+            self.device()
+                .layer_forward(weights, width, h, pre, partial)
+                .unwrap_or_else(|e| self.fail("layer_forward kernels", e));
+        }
+
+        fn layer_backward(
+            &self,
+            weights: &[f32],
+            width: usize,
+            saved: (&[f32], &[f32], &[f32]),
+            grad: &mut [f32],
+            partial_dh: &mut [f32],
+        ) {
+            self.device()
+                .layer_backward(weights, width, saved, grad, partial_dh)
+                .unwrap_or_else(|e| self.fail("layer_backward kernels", e));
+        }
+    };
+}
+pub(crate) use kernel_calls;
+
 /// One rank's device.
 pub trait RankDevice {
     type Buffer;

@@ -233,6 +233,15 @@ fn view(
     steps: u64,
     crash: Option<(Policy, &PlanConfig, usize)>,
 ) -> Result<String, String> {
+    toml::to_string(&view_table(text, steps, crash)?).map_err(|e| e.to_string())
+}
+
+/// [`view`] as a table, for the runs that change it further (hang and degrade runs).
+fn view_table(
+    text: &str,
+    steps: u64,
+    crash: Option<(Policy, &PlanConfig, usize)>,
+) -> Result<toml::Table, String> {
     let full: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
     let mut table = full.clone();
     table
@@ -267,14 +276,19 @@ fn view(
         let mut crash = toml::Table::new();
         crash.insert("node".into(), toml::Value::Integer(crash_node as i64));
         crash.insert("after_commits".into(), toml::Value::Integer(1));
-        let mut faults = toml::Table::new();
-        faults.insert(
-            "crash".into(),
-            toml::Value::Array(vec![toml::Value::Table(crash)]),
-        );
-        table.insert("faults".into(), toml::Value::Table(faults));
+        set_only_fault(&mut table, "crash", crash);
     }
-    toml::to_string(&table).map_err(|e| e.to_string())
+    Ok(table)
+}
+
+/// Makes `entry` the run's one fault, as `[[faults.<kind>]]`.
+fn set_only_fault(table: &mut toml::Table, kind: &str, entry: toml::Table) {
+    let mut faults = toml::Table::new();
+    faults.insert(
+        kind.into(),
+        toml::Value::Array(vec![toml::Value::Table(entry)]),
+    );
+    table.insert("faults".into(), toml::Value::Table(faults));
 }
 
 fn load_view(
@@ -550,19 +564,13 @@ fn measure_degrade(
 /// The steady run's view with the last GPU's NIC keeping `bandwidth` of its bandwidth for
 /// the whole run: the degrade run.
 fn degrade_view(text: &str, steps: u64, gpu: usize, bandwidth: f64) -> Result<String, String> {
-    let steady = view(text, steps, None)?;
-    let mut table: toml::Table = toml::from_str(&steady).map_err(|e| e.to_string())?;
+    let mut table = view_table(text, steps, None)?;
     let mut degrade = toml::Table::new();
     degrade.insert("nic".into(), toml::Value::Integer(gpu as i64));
     degrade.insert("bandwidth".into(), toml::Value::Float(bandwidth));
     degrade.insert("at".into(), "0s".into());
     degrade.insert("duration".into(), "13d".into());
-    let mut faults = toml::Table::new();
-    faults.insert(
-        "degrade".into(),
-        toml::Value::Array(vec![toml::Value::Table(degrade)]),
-    );
-    table.insert("faults".into(), toml::Value::Table(faults));
+    set_only_fault(&mut table, "degrade", degrade);
     toml::to_string(&table).map_err(|e| e.to_string())
 }
 

@@ -4,7 +4,7 @@
 //! the real detection logic rather than assumed (`faults.detection.hang`).
 
 use super::shard::Figures;
-use super::{load_view, view, Policy};
+use super::{load_view, set_only_fault, view_table, Policy};
 use crate::books::{Detector, LostCause};
 use crate::plan::config::PlanConfig;
 use crate::scenario::{Scenario, ScenarioError};
@@ -87,8 +87,7 @@ fn hang_view(
     gpu: usize,
     monitor: Option<&str>,
 ) -> Result<String, String> {
-    let crash_view = view(text, steps, Some((Policy::Restart, planner, 0)))?;
-    let mut table: toml::Table = toml::from_str(&crash_view).map_err(|e| e.to_string())?;
+    let mut table = view_table(text, steps, Some((Policy::Restart, planner, 0)))?;
     let recovery = (table.get_mut("recovery").and_then(|r| r.as_table_mut()))
         .ok_or("the crash run's view has a recovery table")?;
     let timeout = monitor.unwrap_or("0s");
@@ -97,12 +96,7 @@ fn hang_view(
     hang.insert("gpu".into(), toml::Value::Integer(gpu as i64));
     hang.insert("at_step".into(), toml::Value::Integer(HANG_STEP as i64));
     hang.insert("point".into(), "data_loader".into());
-    let mut faults = toml::Table::new();
-    faults.insert(
-        "hang".into(),
-        toml::Value::Array(vec![toml::Value::Table(hang)]),
-    );
-    table.insert("faults".into(), toml::Value::Table(faults));
+    set_only_fault(&mut table, "hang", hang);
     toml::to_string(&table).map_err(|e| e.to_string())
 }
 
